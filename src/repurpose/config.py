@@ -1,0 +1,94 @@
+"""Load and validate the run configuration against the JSON schema, filling defaults.
+
+The schema (`workflow/schemas/config.schema.yaml`, shipped as package data) is the single place where
+config keys, defaults and their meaning are written down; this module only applies it.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+
+class ConfigError(ValueError):
+    """The configuration does not match the schema; the message lists every mistake."""
+
+
+def load_schema() -> dict[str, Any]:
+    """Return the configuration JSON schema."""
+    text = resources.files("repurpose").joinpath("data/config.schema.yaml").read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def _fill_defaults(instance: dict[str, Any], schema: dict[str, Any], root: dict[str, Any]) -> None:
+    """Recursively insert schema defaults for missing keys (objects default to {} and are filled too)."""
+    if "$ref" in schema:
+        name = schema["$ref"].split("/")[-1]
+        schema = root["definitions"][name]
+    for key, sub in schema.get("properties", {}).items():
+        if "$ref" in sub:
+            sub = root["definitions"][sub["$ref"].split("/")[-1]]
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if isinstance(instance.get(key), dict) and sub.get("type") == "object":
+            _fill_defaults(instance[key], sub, root)
+
+
+def validate_config(config: dict[str, Any]) -> dict[str, Any]:
+    """Return a validated copy of `config` with defaults filled; raise ConfigError naming each mistake."""
+    schema = load_schema()
+    filled = copy.deepcopy(dict(config))
+    _fill_defaults(filled, schema, schema)
+    validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
+    errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = []
+        for error in errors:
+            where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
+            lines.append(f"  - config key `{where}`: {error.message}")
+        raise ConfigError("The configuration is invalid:\n" + "\n".join(lines))
+    if filled["study"]["start"] >= filled["study"]["end"]:
+        raise ConfigError(
+            f"The configuration is invalid:\n  - config key `study`: start {filled['study']['start']} "
+            f"must be before end {filled['study']['end']}"
+        )
+    overlap = set(filled["screen"]["adjust"]["strata"]) & set(filled["screen"]["adjust"]["covariates"])
+    if overlap:
+        raise ConfigError(
+            "The configuration is invalid:\n  - config key `screen.adjust`: "
+            f"{sorted(overlap)} are both strata and covariates; choose one for each"
+        )
+    return filled
+
+
+def deep_update(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge `override` into a copy of `base`, recursing into nested mappings (as Snakemake does)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_update(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def load_config(*paths: str | Path) -> dict[str, Any]:
+    """Read one or more YAML config files (later ones override earlier ones) and validate the result."""
+    merged: dict[str, Any] = {}
+    for path in paths:
+        with open(path, encoding="utf-8") as handle:
+            merged = deep_update(merged, yaml.safe_load(handle) or {})
+    return validate_config(merged)
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """A short SHA-256 of the canonical JSON form of the config, for provenance."""
+    blob = json.dumps(config, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]

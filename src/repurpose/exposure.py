@@ -1,0 +1,83 @@
+"""Exposure start per person and drug class at one ATC level, derived in DuckDB.
+
+Representation (documented in docs/schemas.md): one row per (person, class) for persons of the
+cohort who reach `screen.min_dispensings` dispensings of any substance of the class before their
+exit, holding the age (days) of the k-th dispensing. Ever-use is a step function of age that switches
+on at that age (plus the lag, applied by the screen), so this sparse table is all the screen needs:
+no person-by-class-by-interval table is ever built. Dose: the ages at which cumulative DDD in the
+class first reaches each cut point, the number of dispensings and the total DDD up to exit.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from repurpose.atc import ATC_LEVEL_CODE_LENGTH
+from repurpose.duck import connect, sql_literal
+
+log = logging.getLogger(__name__)
+
+
+def dose_column(cut_ddd: float) -> str:
+    """Column holding the age (days) at which cumulative DDD reaches `cut_ddd`."""
+    return f"cumulative_ddd_{cut_ddd:g}_age_days".replace(".", "_")
+
+
+def exposure_sql(prescriptions_glob: str, cohort_path: str, level: int, min_dispensings: int, dose_cutpoints: list[float]) -> str:
+    """SQL producing the exposure table of one ATC level (see module docstring)."""
+    code_length = ATC_LEVEL_CODE_LENGTH[level]
+    dose_columns = ", ".join(
+        f"min(dispense_date) FILTER (WHERE cumulative_ddd >= {cut}) AS reached_{i}" for i, cut in enumerate(dose_cutpoints)
+    )
+    dose_ages = ", ".join(
+        f"CAST(date_diff('day', c.birth_date, e.reached_{i}) AS INTEGER) AS {dose_column(cut)}"
+        for i, cut in enumerate(dose_cutpoints)
+    )
+    return f"""
+    WITH cohort AS (
+        SELECT person_id, birth_date, exit_date FROM read_parquet({sql_literal(cohort_path)})
+    ),
+    dispensings AS (
+        SELECT r.person_id, substr(r.atc_code, 1, {code_length}) AS atc_code, r.dispense_date,
+               coalesce(r.ddd, 0) AS ddd
+        FROM read_parquet({sql_literal(prescriptions_glob)}, hive_partitioning = true) r
+        JOIN cohort c ON r.person_id = c.person_id
+        WHERE r.dispense_date <= c.exit_date
+    ),
+    numbered AS (
+        SELECT *, row_number() OVER w AS dispensing_number,
+               sum(ddd) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS cumulative_ddd
+        FROM dispensings
+        WINDOW w AS (PARTITION BY person_id, atc_code ORDER BY dispense_date)
+    ),
+    per_class AS (
+        SELECT person_id, atc_code,
+               min(dispense_date) FILTER (WHERE dispensing_number = {int(min_dispensings)}) AS exposure_start_date,
+               min(dispense_date) AS first_dispense_date,
+               count(*) AS n_dispensings, sum(ddd) AS total_ddd
+               {"," if dose_columns else ""} {dose_columns}
+        FROM numbered GROUP BY person_id, atc_code
+    )
+    SELECT e.person_id, e.atc_code, CAST({level} AS TINYINT) AS atc_level,
+           e.exposure_start_date,
+           CAST(date_diff('day', c.birth_date, e.exposure_start_date) AS INTEGER) AS exposure_start_age_days,
+           CAST(date_diff('day', c.birth_date, e.first_dispense_date) AS INTEGER) AS first_dispense_age_days,
+           CAST(e.n_dispensings AS INTEGER) AS n_dispensings, e.total_ddd
+           {"," if dose_ages else ""} {dose_ages}
+    FROM per_class e JOIN cohort c ON e.person_id = c.person_id
+    WHERE e.exposure_start_date IS NOT NULL
+    ORDER BY e.atc_code, e.person_id
+    """
+
+
+def build_exposures(config: dict[str, Any], prescriptions_dir: str | Path, cohort_path: str | Path, level: int, out_path: str | Path) -> int:
+    """Write the exposure table of one ATC level to `out_path`; return its number of rows."""
+    screen = config["screen"]
+    con = connect(config.get("resources"))
+    glob = str(Path(prescriptions_dir) / "**" / "*.parquet")
+    sql = exposure_sql(glob, str(cohort_path), level, screen["min_dispensings"], screen["dose_cutpoints_ddd"])
+    n_rows = con.execute(f"COPY ({sql}) TO {sql_literal(str(out_path))} (FORMAT parquet, COMPRESSION zstd)").fetchone()[0]
+    log.info("ATC level %d: %d person-class exposures (k = %d dispensings)", level, n_rows, screen["min_dispensings"])
+    return int(n_rows)

@@ -1,0 +1,31 @@
+"""Route the package's log records to a stage's log file (every Snakemake rule has a `log:`)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+@contextmanager
+def log_to(path: str | Path | None, level: int = logging.INFO) -> Iterator[logging.Logger]:
+    """Within the block, write `repurpose.*` log records to `path` (and nowhere if None)."""
+    logger = logging.getLogger("repurpose")
+    logger.setLevel(level)
+    handler: logging.Handler = logging.NullHandler()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, mode="w", encoding="utf-8")
+        handler.setFormatter(logging.Formatter(FORMAT))
+    logger.addHandler(handler)
+    try:
+        yield logger
+    except Exception:
+        logger.exception("stage failed")
+        raise
+    finally:
+        logger.removeHandler(handler)
+        handler.close()

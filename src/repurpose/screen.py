@@ -1,0 +1,330 @@
+"""The drug-wide Cox screen: one Cox model per ATC class x lag x sex stratum, fitted on aggregated risk sets.
+
+Model: Cox proportional hazards on the age scale (days), delayed entry at cohort entry, Efron ties,
+ever-use of the class as a time-varying binary exposure that switches on `lag` years after the k-th
+dispensing, adjusted by stratification and/or categorical covariates (`screen.adjust`).
+
+Why it is fast and still exact: persons are grouped into *cells* (one combination of the adjustment
+variables and sex). At an event time t in stratum s, the Efron partial likelihood only needs, per cell
+and exposure state, the number at risk and the number of events at t. For a class, the exposed counts
+come from its sparse exposure table by binary search over sorted (class, cell, age) keys; unexposed
+counts are the cell totals minus the exposed ones. No person-interval table is built. See
+docs/methods.md and docs/cox_engine.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from scipy import stats
+
+from repurpose.atc import load_atc_names
+from repurpose.cohort import DAYS_PER_YEAR
+from repurpose.coxph import RiskSetTable, fit_efron
+from repurpose.disclosure import for_display, suppress_small_counts
+
+log = logging.getLogger(__name__)
+
+ADJUSTMENT_VARIABLES = ("sex", "birth_cohort", "education")
+COUNT_COLUMNS = ("n_persons", "n_exposed", "n_cases", "n_exposed_cases")
+SCREEN_COLUMNS = [
+    "atc_code", "atc_name", "atc_level", "lag_years", "sex", "n_persons", "n_exposed", "n_cases",
+    "n_exposed_cases", "person_years_exposed", "hr", "ci_lower", "ci_upper", "log_hr", "se", "p_value",
+    "q_value", "significant", "converged", "n_iter", "status", "reason",
+]
+
+
+def prepare_cohort(cohort: pl.DataFrame, band_years: int) -> pl.DataFrame:
+    """Cohort with the adjustment variables as labels: sex, birth cohort band, education (missing kept)."""
+    band_start = (pl.col("birth_year") // band_years) * band_years
+    return cohort.with_columns(
+        birth_cohort=band_start.cast(pl.String) + "-" + (band_start + band_years - 1).cast(pl.String),
+        education=pl.col("education").cast(pl.String).fill_null("missing"),
+        entry=pl.col("entry_age_days").cast(pl.Int64),
+        exit=pl.col("exit_age_days").cast(pl.Int64),
+    )
+
+
+@dataclass(frozen=True)
+class CellLayout:
+    """Cells (combinations of the adjustment variables) of one sex group, their strata and covariate design."""
+
+    cell_of_person: np.ndarray  # cell index per cohort row (-1 outside the sex group)
+    stratum_of_cell: np.ndarray
+    covariate_design: np.ndarray  # (n_cells, n_covariate_columns)
+    covariate_names: list[str]
+    n_cells: int
+
+
+def cell_layout(cohort: pl.DataFrame, sex_group: str, strata: list[str], covariates: list[str]) -> CellLayout:
+    """Index the cells and strata of a sex group (`all`, `F` or `M`)."""
+    if sex_group != "all":
+        covariates = [v for v in covariates if v != "sex"]
+    keys = list(dict.fromkeys([*strata, *covariates, "sex"]))
+    in_group = pl.lit(True) if sex_group == "all" else pl.col("sex") == sex_group
+    frame = cohort.select(*keys, in_group=in_group)
+    cells = frame.filter("in_group").select(keys).unique().sort(keys).with_row_index("cell")
+    cell_of_person = (
+        frame.join(cells, on=keys, how="left", maintain_order="left")["cell"].fill_null(-1).cast(pl.Int64).to_numpy()
+    )
+    cell_of_person = np.where(frame["in_group"].to_numpy(), cell_of_person, -1)
+    if strata:
+        strata_index = cells.select(strata).unique().sort(strata).with_row_index("stratum")
+        stratum_of_cell = cells.join(strata_index, on=strata, how="left", maintain_order="left")["stratum"].to_numpy()
+    else:
+        stratum_of_cell = np.zeros(cells.height, dtype=np.int64)
+    design_columns, names = [], []
+    for variable in covariates:
+        levels = sorted(cells[variable].unique().to_list())
+        for level in levels[1:]:  # first level is the reference
+            design_columns.append((cells[variable] == level).cast(pl.Float64).to_numpy())
+            names.append(f"{variable}={level}")
+    design = np.column_stack(design_columns) if design_columns else np.zeros((cells.height, 0))
+    return CellLayout(cell_of_person, stratum_of_cell.astype(np.int64), design, names, cells.height)
+
+
+def _count_in_block(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
+    return np.searchsorted(sorted_keys, queries, side="left")
+
+
+@dataclass
+class RiskSetCounts:
+    """Per (cell, event time) totals: at risk and events, for every event time of the cell's stratum."""
+
+    cell: np.ndarray
+    time: np.ndarray
+    stratum: np.ndarray
+    n_at_risk: np.ndarray
+    n_events: np.ndarray
+
+
+def total_counts(cohort: pl.DataFrame, layout: CellLayout, time_span: int) -> RiskSetCounts:
+    """At-risk and event totals per cell at each distinct event time of its stratum (delayed entry: entry < t <= exit)."""
+    cell = layout.cell_of_person
+    member = cell >= 0
+    entry, exit_, event = cohort["entry"].to_numpy()[member], cohort["exit"].to_numpy()[member], cohort["event"].to_numpy()[member]
+    cell = cell[member]
+    stratum = layout.stratum_of_cell[cell]
+    event_keys = np.unique(stratum[event] * time_span + exit_[event])
+    event_stratum, event_time = event_keys // time_span, event_keys % time_span
+    # Every cell of the stratum is queried at every event time of that stratum.
+    cells_by_stratum = pl.DataFrame({"stratum": layout.stratum_of_cell, "cell": np.arange(layout.n_cells)})
+    queries = pl.DataFrame({"stratum": event_stratum, "time": event_time}).join(cells_by_stratum, on="stratum")
+    q_cell, q_time = queries["cell"].to_numpy(), queries["time"].to_numpy()
+    q_key = q_cell * time_span + q_time
+    entry_keys = np.sort(cell * time_span + entry)
+    exit_keys = np.sort(cell * time_span + exit_)
+    n_at_risk = _count_in_block(entry_keys, q_key) - _count_in_block(exit_keys, q_key)
+    events_keys = np.sort(cell[event] * time_span + exit_[event])
+    n_events = np.searchsorted(events_keys, q_key, side="right") - np.searchsorted(events_keys, q_key, side="left")
+    return RiskSetCounts(q_cell, q_time, queries["stratum"].to_numpy(), n_at_risk.astype(np.float64), n_events.astype(np.float64))
+
+
+def exposed_counts(class_index: np.ndarray, cell: np.ndarray, start: np.ndarray, exit_: np.ndarray, event: np.ndarray,
+                   q_class: np.ndarray, q_cell: np.ndarray, q_time: np.ndarray, n_cells: int, time_span: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exposed at risk (start < t <= exit) and exposed events (exit == t) per (class, cell, t) query."""
+    block = class_index * n_cells + cell
+    q_key = (q_class * n_cells + q_cell) * time_span + q_time
+    start_keys = np.sort(block * time_span + start)
+    exit_keys = np.sort(block * time_span + exit_)
+    n_at_risk = np.searchsorted(start_keys, q_key, "left") - np.searchsorted(exit_keys, q_key, "left")
+    event_keys = np.sort(block[event] * time_span + exit_[event])
+    n_events = np.searchsorted(event_keys, q_key, "right") - np.searchsorted(event_keys, q_key, "left")
+    return n_at_risk.astype(np.float64), n_events.astype(np.float64)
+
+
+def fit_sex_group(cohort: pl.DataFrame, exposures: pl.DataFrame, classes: list[str], lag_years: float, sex_group: str,
+                  adjust: dict[str, list[str]], min_exposed_cases: int) -> pl.DataFrame:
+    """Fit every class for one lag and sex group; one result row per class (fitted or skipped with a reason)."""
+    layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
+    time_span = int(cohort["exit"].max()) + 2
+    totals = total_counts(cohort, layout, time_span)
+    cell_of_person = layout.cell_of_person
+    lag_days = round(lag_years * DAYS_PER_YEAR)
+
+    # Exposed person-class rows within the sex group: exposure counts from max(entry, start + lag) to exit.
+    person_row = exposures["cohort_row"].to_numpy()
+    cell = cell_of_person[person_row]
+    entry = cohort["entry"].to_numpy()[person_row]
+    exit_ = cohort["exit"].to_numpy()[person_row]
+    event = cohort["event"].to_numpy()[person_row]
+    start = np.maximum(entry, exposures["exposure_start_age_days"].to_numpy().astype(np.int64) + lag_days)
+    keep = (cell >= 0) & (start < exit_)
+    class_index, cell, start, exit_, event = exposures["class_index"].to_numpy()[keep], cell[keep], start[keep], exit_[keep], event[keep]
+    n_classes = len(classes)
+    n_exposed = np.bincount(class_index, minlength=n_classes)
+    n_exposed_cases = np.bincount(class_index[event], minlength=n_classes)
+    py_exposed = np.bincount(class_index, weights=(exit_ - start) / DAYS_PER_YEAR, minlength=n_classes)
+    members = cell_of_person >= 0
+    n_persons = int(members.sum())
+    n_cases = int(cohort["event"].to_numpy()[members].sum())
+
+    to_fit = np.flatnonzero(n_exposed_cases >= min_exposed_cases)
+    fit_of_class = np.full(n_classes, -1)
+    fit_of_class[to_fit] = np.arange(len(to_fit))
+    coef = np.full(n_classes, np.nan)
+    se = np.full(n_classes, np.nan)
+    converged = np.zeros(n_classes, dtype=bool)
+    n_iter = np.zeros(n_classes, dtype=np.int64)
+    status = np.array(["skipped"] * n_classes, dtype=object)
+    reason = np.array([f"fewer than {min_exposed_cases} exposed cases"] * n_classes, dtype=object)
+
+    if len(to_fit):
+        table = build_risk_sets(layout, totals, class_index, cell, start, exit_, event, fit_of_class, len(to_fit), time_span)
+        result = fit_efron(table)
+        coef[to_fit] = result.coef[:, 0]
+        se[to_fit] = result.se[:, 0]
+        converged[to_fit] = result.converged
+        n_iter[to_fit] = result.n_iter
+        status[to_fit] = result.status
+        reason[to_fit] = [None if s == "ok" else f"fit status: {s}" for s in result.status]
+
+    z = stats.norm.ppf(0.975)
+    return pl.DataFrame(
+        {
+            "atc_code": classes,
+            "lag_years": [float(lag_years)] * n_classes,
+            "sex": [sex_group] * n_classes,
+            "n_persons": [n_persons] * n_classes,
+            "n_exposed": n_exposed,
+            "n_cases": [n_cases] * n_classes,
+            "n_exposed_cases": n_exposed_cases,
+            "person_years_exposed": np.round(py_exposed, 2),
+            "hr": np.exp(coef),
+            "ci_lower": np.exp(coef - z * se),
+            "ci_upper": np.exp(coef + z * se),
+            "log_hr": coef,
+            "se": se,
+            "p_value": 2 * stats.norm.sf(np.abs(coef / se)),
+            "converged": converged,
+            "n_iter": n_iter,
+            "status": status.astype(str),
+            "reason": list(reason),
+        },
+        strict=False,
+    ).filter(pl.col("n_exposed") > 0)
+
+
+def build_risk_sets(layout: CellLayout, totals: RiskSetCounts, class_index: np.ndarray, cell: np.ndarray, start: np.ndarray,
+                    exit_: np.ndarray, event: np.ndarray, fit_of_class: np.ndarray, n_fits: int, time_span: int) -> RiskSetTable:
+    """Aggregated risk sets of all fitted classes: per (class, stratum, event time) the rows (cell x exposure state)."""
+    fitted = fit_of_class[class_index] >= 0
+    class_index, cell, start, exit_, event = class_index[fitted], cell[fitted], start[fitted], exit_[fitted], event[fitted]
+    n_covariates = layout.covariate_design.shape[1]
+    # Queries: for each fitted class, every (cell, event time) of the strata where the class has exposed persons.
+    # Without covariates a risk set with no exposed person carries no information on the exposure and is dropped.
+    class_strata = np.unique(class_index * (layout.stratum_of_cell.max() + 1) + layout.stratum_of_cell[cell])
+    n_strata = layout.stratum_of_cell.max() + 1
+    pairs = pl.DataFrame({"class_index": class_strata // n_strata, "stratum": class_strata % n_strata})
+    if n_covariates == 0:
+        spans = pl.DataFrame({"class_index": class_index, "stratum": layout.stratum_of_cell[cell], "start": start, "exit": exit_}).group_by(
+            ["class_index", "stratum"]).agg(pl.col("start").min(), pl.col("exit").max())
+        pairs = pairs.join(spans, on=["class_index", "stratum"])
+    totals_frame = pl.DataFrame({"stratum": totals.stratum, "cell": totals.cell, "time": totals.time,
+                                 "n_at_risk": totals.n_at_risk, "n_events": totals.n_events})
+    queries = pairs.join(totals_frame, on="stratum")
+    if n_covariates == 0:
+        queries = queries.filter((pl.col("time") > pl.col("start")) & (pl.col("time") <= pl.col("exit")))
+    queries = queries.with_columns(fit=pl.Series(fit_of_class)[pl.col("class_index")]).sort(["fit", "stratum", "time", "cell"])
+    q_class, q_cell, q_time = (queries[c].to_numpy() for c in ("class_index", "cell", "time"))
+    exposed_at_risk, exposed_events = exposed_counts(class_index, cell, start, exit_, event, q_class, q_cell, q_time, layout.n_cells, time_span)
+    if n_covariates == 0:
+        informative = exposed_at_risk > 0
+        queries = queries.filter(pl.Series(informative))
+        exposed_at_risk, exposed_events = exposed_at_risk[informative], exposed_events[informative]
+    fit = queries["fit"].to_numpy()
+    risk_set = (queries["fit"].cast(pl.Int64) * (n_strata * time_span) + queries["stratum"] * time_span + queries["time"]).to_numpy()
+    _, risk_set_index = np.unique(risk_set, return_inverse=True)
+    unexposed_at_risk = queries["n_at_risk"].to_numpy() - exposed_at_risk
+    unexposed_events = queries["n_events"].to_numpy() - exposed_events
+    covariates = layout.covariate_design[q_cell]
+    n = len(fit)
+    # Interleave unexposed and exposed rows so rows stay sorted by (fit, risk set).
+    design = np.zeros((2 * n, 1 + n_covariates))
+    design[1::2, 0] = 1.0
+    design[0::2, 1:] = covariates
+    design[1::2, 1:] = covariates
+    n_at_risk = np.empty(2 * n)
+    n_at_risk[0::2], n_at_risk[1::2] = unexposed_at_risk, exposed_at_risk
+    n_events = np.empty(2 * n)
+    n_events[0::2], n_events[1::2] = unexposed_events, exposed_events
+    keep = n_at_risk > 0
+    return RiskSetTable(
+        fit_index=np.repeat(fit, 2)[keep].astype(np.int64),
+        risk_set_index=np.repeat(risk_set_index, 2)[keep].astype(np.int64),
+        n_at_risk=n_at_risk[keep],
+        n_events=n_events[keep],
+        design=design[keep],
+        n_fits=n_fits,
+    )
+
+
+def screen_exposures(cohort: pl.DataFrame, exposures: pl.DataFrame, config: dict[str, Any], level: int) -> pl.DataFrame:
+    """Screen every class of one ATC level for every lag and sex group (raw counts; not for export)."""
+    screen = config["screen"]
+    cohort = prepare_cohort(cohort, screen["birth_cohort_band_years"]).with_row_index("cohort_row")
+    classes = sorted(exposures["atc_code"].unique().to_list())
+    class_lookup = pl.DataFrame({"atc_code": classes, "class_index": np.arange(len(classes))})
+    exposures = (
+        exposures.select("person_id", "atc_code", "exposure_start_age_days")
+        .join(cohort.select("person_id", "cohort_row"), on="person_id")
+        .join(class_lookup, on="atc_code")
+        .with_columns(pl.col("cohort_row").cast(pl.Int64))
+    )
+    results = []
+    for lag in screen["lags_years"]:
+        for sex_group in screen["sex_strata"]:
+            started = time.perf_counter()
+            part = fit_sex_group(cohort, exposures, classes, lag, sex_group, screen["adjust"], screen["min_exposed_cases"])
+            n_fitted = int((part["status"] != "skipped").sum())
+            log.info("level %d lag %g sex %s: %d classes, %d fitted in %.2f s", level, lag, sex_group, part.height, n_fitted,
+                     time.perf_counter() - started)
+            results.append(part)
+    out = pl.concat(results).with_columns(atc_level=pl.lit(level, pl.Int8))
+    return out
+
+
+def add_q_values(results: pl.DataFrame, alpha: float) -> pl.DataFrame:
+    """Benjamini-Hochberg q-values within each (atc_level, lag_years, sex) family of fitted rows."""
+    def family_q(p: pl.Series) -> pl.Series:
+        values = p.to_numpy()
+        q = np.full(len(values), np.nan)
+        ok = np.isfinite(values)
+        if ok.any():
+            q[ok] = stats.false_discovery_control(values[ok], method="bh")
+        return pl.Series(q)
+
+    return results.with_columns(
+        q_value=pl.col("p_value").fill_nan(None).map_batches(family_q, return_dtype=pl.Float64).over(["atc_level", "lag_years", "sex"])
+    ).with_columns(significant=(pl.col("q_value") < alpha).fill_null(False))
+
+
+def screen_level(config: dict[str, Any], cohort_path: str | Path, exposure_path: str | Path, level: int, out_path: str | Path) -> pl.DataFrame:
+    """Fit all classes of one ATC level and write the raw (internal) result part."""
+    started = time.perf_counter()
+    results = screen_exposures(pl.read_parquet(cohort_path), pl.read_parquet(exposure_path), config, level)
+    results.write_parquet(out_path)
+    log.info("level %d: %d rows in %.1f s", level, results.height, time.perf_counter() - started)
+    return results
+
+
+def gather_screen(config: dict[str, Any], part_paths: list[str], parquet_path: str | Path, csv_path: str | Path) -> pl.DataFrame:
+    """Combine the level parts, add names and q-values, apply disclosure control and write dwas.parquet/.csv."""
+    results = pl.concat([pl.read_parquet(p) for p in part_paths], how="vertical_relaxed")
+    results = add_q_values(results, config["screen"]["fdr_alpha"])
+    names = load_atc_names(config["inputs"].get("atc_index")).select("atc_code", "atc_name")
+    results = results.join(names, on="atc_code", how="left").select(SCREEN_COLUMNS).sort(
+        ["atc_level", "lag_years", "sex", "atc_code"]
+    )
+    released = suppress_small_counts(results, COUNT_COLUMNS, config["disclosure"]["min_cell"])
+    released.write_parquet(parquet_path)
+    for_display(released, COUNT_COLUMNS, config["disclosure"]["min_cell"]).write_csv(csv_path)
+    log.info("screen: %d rows, %d fitted, %d significant at q < %g", results.height,
+             int((results["status"] != "skipped").sum()), int(results["significant"].sum()), config["screen"]["fdr_alpha"])
+    return released

@@ -1,0 +1,234 @@
+"""Validation of registry extracts: every rejection reason and every fatal error, each with a small bad file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from repurpose.config import validate_config
+from repurpose.ingest import ExtractError, validate_extracts
+
+POPULATION = [
+    "person_id,sex,birth_year,birth_month,death_date,emigration_date,education",
+    "1,F,1980,5,,,3",
+    "2,M,1975,,2015-06-01,,",
+    "3,2,1990,12,,2020-01-01,1",
+    "4,M,2015,11,,,",
+]
+PRESCRIPTIONS = [
+    "person_id,dispense_date,atc_code,ddd,reimbursement_code",
+    "1,2005-01-10,N06AB06,30,F32",
+    "2,2006-03-01,R03AC02,10.5,",
+    "3,2010-07-07,C10AA01,90,",
+]
+MS_REGISTRY = [
+    "person_id,onset_date,diagnosis_date,ms_course,edss_at_diagnosis",
+    "1,2010-01-01,2011-02-03,RR,2.5",
+]
+
+
+def write_extracts(directory: Path, population=POPULATION, prescriptions=PRESCRIPTIONS, ms_registry=MS_REGISTRY,
+                   encoding: str = "utf-8") -> dict:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, lines in (("population", population), ("prescriptions", prescriptions), ("ms_registry", ms_registry)):
+        path = directory / f"{name}.csv"
+        path.write_bytes(("\n".join(lines) + "\n").encode(encoding))
+        paths[name] = str(path)
+    return paths
+
+
+def make_config(paths: dict, tmp_path: Path, **extract_options) -> dict:
+    inputs = {name: {"path": path, **extract_options.get(name, {})} for name, path in paths.items()}
+    return validate_config({"inputs": inputs, "resources": {"tmpdir": str(tmp_path / "tmp"), "memory_gb": 1}})
+
+
+def run(tmp_path: Path, **extracts) -> dict:
+    config_options = extracts.pop("options", {})
+    paths = write_extracts(tmp_path / "in", **extracts)
+    return validate_extracts(make_config(paths, tmp_path, **config_options), tmp_path / "validated", tmp_path / "validation")
+
+
+def test_clean_extracts_keep_every_row(tmp_path):
+    report = run(tmp_path)
+    for name, n in (("population", 4), ("prescriptions", 3), ("ms_registry", 1)):
+        entry = report["extracts"][name]
+        assert (entry["rows_read"], entry["rows_kept"], entry["rows_rejected"]) == (n, n, 0)
+    population = pl.read_parquet(tmp_path / "validated" / "population.parquet")
+    assert population["sex"].to_list() == ["F", "M", "F", "M"]  # 2 = female
+    assert population.schema["death_date"] == pl.Date
+    dispensings = pl.read_parquet(tmp_path / "validated" / "prescriptions", hive_partitioning=True)
+    assert sorted(dispensings["ddd"].to_list()) == [10.5, 30.0, 90.0]
+    assert sorted(dispensings["dispense_year"].unique().to_list()) == [2005, 2006, 2010]
+    saved = json.loads((tmp_path / "validation" / "report.json").read_text())
+    assert saved["extracts"]["population"]["rows_kept"] == 4
+    assert "| population | 4 | 4 | 0 |" in (tmp_path / "validation" / "report.md").read_text()
+
+
+# (extract, bad row appended to the valid extract, expected reason)
+BAD_ROWS = [
+    ("population", ",F,1980,1,,,1", "missing_person_id"),
+    ("population", "9,,1980,1,,,1", "missing_sex"),
+    ("population", "9,X,1980,1,,,1", "unparseable_sex"),
+    ("population", "9,F,,1,,,1", "missing_birth_year"),
+    ("population", "9,F,19x0,1,,,1", "unparseable_birth_year"),
+    ("population", "9,F,1800,1,,,1", "birth_year_out_of_range"),
+    ("population", "9,F,2030,1,,,1", "birth_year_after_study_end"),
+    ("population", "9,F,1980,13,,,1", "birth_month_out_of_range"),
+    ("population", "9,F,1980,may,,,1", "unparseable_birth_month"),
+    ("population", "9,F,1980,1,2010-02-30,,1", "unparseable_death_date"),
+    ("population", "9,F,1980,1,,someday,1", "unparseable_emigration_date"),
+    ("population", "9,F,1980,1,,,7", "education_out_of_range"),
+    ("population", "9,F,1980,1,,,-1", "negative_education"),
+    ("population", "9,F,1980,1,,,high", "unparseable_education"),
+    ("population", "9,F,1980,6,1979-01-01,,1", "death_before_birth"),
+    ("population", "9,F,1980,6,,1970-01-01,1", "emigration_before_birth"),
+    ("prescriptions", ",2005-01-01,N06AB06,30,", "missing_person_id"),
+    ("prescriptions", "abc,2005-01-01,N06AB06,30,", "unparseable_person_id"),
+    ("prescriptions", "99,2005-01-01,N06AB06,30,", "unknown_person"),
+    ("prescriptions", "1,,N06AB06,30,", "missing_dispense_date"),
+    ("prescriptions", "1,2005-13-01,N06AB06,30,", "unparseable_dispense_date"),
+    ("prescriptions", "1,2003-12-31,N06AB06,30,", "dispense_date_out_of_window"),
+    ("prescriptions", "1,2024-01-01,N06AB06,30,", "dispense_date_out_of_window"),
+    ("prescriptions", "4,2015-10-01,N06AB06,30,", "dispensed_before_birth"),
+    ("prescriptions", "2,2016-01-01,N06AB06,30,", "dispensed_after_death"),
+    ("prescriptions", "1,2005-01-01,,30,", "missing_atc_code"),
+    ("prescriptions", "1,2005-01-01,N06AB,30,", "malformed_atc_code"),
+    ("prescriptions", "1,2005-01-01,N06AB6X,30,", "malformed_atc_code"),
+    ("prescriptions", "1,2005-01-01,N06AB06,-2,", "negative_ddd"),
+    ("prescriptions", "1,2005-01-01,N06AB06,lots,", "unparseable_ddd"),
+    ("ms_registry", ",2010-01-01,2011-01-01,RR,2", "missing_person_id"),
+    ("ms_registry", "99,2010-01-01,2011-01-01,RR,2", "unknown_person"),
+    ("ms_registry", "2,2010-01-01,,RR,2", "missing_diagnosis_date"),
+    ("ms_registry", "2,2010-01-01,31/12/2011,RR,2", "unparseable_diagnosis_date"),
+    ("ms_registry", "2,early,2011-01-01,RR,2", "unparseable_onset_date"),
+    ("ms_registry", "2,2010-01-01,2011-01-01,XX,2", "invalid_ms_course"),
+    ("ms_registry", "2,2010-01-01,2011-01-01,RR,2.25", "edss_at_diagnosis_not_in_steps_of_0.5"),
+    ("ms_registry", "2,2010-01-01,2011-01-01,RR,11", "edss_at_diagnosis_out_of_range"),
+    ("ms_registry", "2,2010-01-01,2011-01-01,RR,-1", "negative_edss_at_diagnosis"),
+    ("ms_registry", "2,2010-01-01,2011-01-01,RR,bad", "unparseable_edss_at_diagnosis"),
+    ("ms_registry", "2,1960-01-01,1974-01-01,RR,2", "diagnosis_before_birth"),
+    ("ms_registry", "2,1970-01-01,2001-01-01,RR,2", "onset_before_birth"),
+    ("ms_registry", "2,2012-01-01,2011-01-01,RR,2", "onset_after_diagnosis"),
+]
+
+
+@pytest.mark.parametrize(("extract", "bad_row", "reason"), BAD_ROWS, ids=[f"{e}-{r}" for e, _, r in BAD_ROWS])
+def test_each_rejection_reason(tmp_path, extract, bad_row, reason):
+    base = {"population": POPULATION, "prescriptions": PRESCRIPTIONS, "ms_registry": MS_REGISTRY}[extract]
+    report = run(tmp_path, **{extract: [*base, bad_row]})
+    entry = report["extracts"][extract]
+    assert entry["rejected_by_reason"] == {reason: 1}
+    assert entry["rows_read"] == entry["rows_kept"] + 1 == len(base)
+    rejects = pl.read_parquet(tmp_path / "validation" / "rejects" / f"{extract}.parquet")
+    assert rejects["reject_reason"].to_list() == [reason]
+
+
+def test_duplicate_persons_are_rejected_with_every_copy(tmp_path):
+    report = run(tmp_path, population=[*POPULATION, "1,F,1980,5,,,3"], ms_registry=[*MS_REGISTRY, "1,2010-01-01,2011-02-03,RR,2.5", "2,2010-01-01,2011-02-03,RR,2.5"])
+    assert report["extracts"]["population"]["rejected_by_reason"] == {"duplicate_person_id": 2}
+    # Person 1 is no longer a valid person, so their dispensing and registry rows are unknown persons.
+    assert report["extracts"]["prescriptions"]["rejected_by_reason"] == {"unknown_person": 1}
+    assert report["extracts"]["ms_registry"]["rejected_by_reason"] == {"unknown_person": 2}
+    assert report["extracts"]["ms_registry"]["rows_kept"] == 1
+
+
+def test_native_semicolon_latin1_extract_with_column_map(tmp_path):
+    population = ["løpenr;kjønn;fødselsår;fødselsmåned;dødsdato;utvandringsdato;utdanning",
+                  "1;2;1980;5;;;3", "2;1;1975;;01.06.2015;;", "3;2;1990;12;;01.01.2020;1"]
+    prescriptions = ["løpenr;utleveringsdato;atckode;ddd;refusjonskode", "1;10.01.2005;n06ab06;30,5;F32", "2;01.03.2006;R03AC02;10;"]
+    ms_registry = ["løpenr;debutdato;diagnosedato;forløp;edss_ved_diagnose", "1;01.01.2010;03.02.2011;RR;2,5"]
+    options = {
+        "population": {"date_format": "%d.%m.%Y", "columns": {"person_id": "løpenr", "sex": "kjønn", "birth_year": "fødselsår",
+                       "birth_month": "fødselsmåned", "death_date": "dødsdato", "emigration_date": "utvandringsdato", "education": "utdanning"}},
+        "prescriptions": {"date_format": "%d.%m.%Y", "columns": {"person_id": "løpenr", "dispense_date": "utleveringsdato",
+                          "atc_code": "atckode", "reimbursement_code": "refusjonskode"}},
+        "ms_registry": {"date_format": "%d.%m.%Y", "columns": {"person_id": "løpenr", "onset_date": "debutdato",
+                        "diagnosis_date": "diagnosedato", "ms_course": "forløp", "edss_at_diagnosis": "edss_ved_diagnose"}},
+    }
+    paths = write_extracts(tmp_path / "in", population, prescriptions, ms_registry, encoding="latin-1")
+    report = validate_extracts(make_config(paths, tmp_path, **options), tmp_path / "validated", tmp_path / "validation")
+    assert all(entry["rows_rejected"] == 0 for entry in report["extracts"].values())
+    dispensings = pl.read_parquet(tmp_path / "validated" / "prescriptions", hive_partitioning=True).sort("person_id")
+    assert dispensings["atc_code"].to_list() == ["N06AB06", "R03AC02"]
+    assert dispensings["ddd"].to_list() == [30.5, 10.0]
+    ms = pl.read_parquet(tmp_path / "validated" / "ms_registry.parquet")
+    assert str(ms["diagnosis_date"][0]) == "2011-02-03" and ms["edss_at_diagnosis"][0] == 2.5
+
+
+def test_directory_of_yearly_parquet_parts(tmp_path):
+    paths = write_extracts(tmp_path / "in")
+    parts = tmp_path / "in" / "parts"
+    parts.mkdir()
+    frame = pl.read_csv(paths["prescriptions"], try_parse_dates=True)
+    for year, part in frame.group_by(pl.col("dispense_date").dt.year()):
+        part.write_parquet(parts / f"dispensings_{year[0]}.parquet")
+    paths["prescriptions"] = str(parts)
+    report = validate_extracts(make_config(paths, tmp_path), tmp_path / "validated", tmp_path / "validation")
+    assert report["extracts"]["prescriptions"]["rows_kept"] == 3
+    assert len(report["extracts"]["prescriptions"]["files"]) == 3
+
+
+# Extract-level problems stop the run with one message naming file, column and example values.
+def test_fatal_missing_file(tmp_path):
+    paths = write_extracts(tmp_path / "in")
+    paths["ms_registry"] = str(tmp_path / "nope.csv")
+    with pytest.raises(ExtractError, match=r"ms_registry: input .*nope.csv does not exist"):
+        validate_extracts(make_config(paths, tmp_path), tmp_path / "v", tmp_path / "r")
+
+
+def test_fatal_missing_required_column(tmp_path):
+    population = [line.replace("sex,", "gender,") for line in POPULATION]
+    with pytest.raises(ExtractError, match=r"population: required column `sex` .*missing from .*population.csv.*gender"):
+        run(tmp_path, population=population)
+
+
+def test_fatal_unknown_column_in_map(tmp_path):
+    with pytest.raises(ExtractError, match=r"column map names \['gender'\]"):
+        run(tmp_path, options={"population": {"columns": {"gender": "sex"}}})
+
+
+def test_fatal_wrong_encoding(tmp_path):
+    population = [POPULATION[0].replace("education", "utdanning_ø"), *POPULATION[1:]]
+    paths = write_extracts(tmp_path / "in", population=population, encoding="latin-1")
+    config = make_config(paths, tmp_path, population={"encoding": "utf-8", "columns": {"education": "utdanning_ø"}})
+    with pytest.raises(ExtractError, match=r"population: cannot read population.csv .*encoding utf-8.*latin-1"):
+        validate_extracts(config, tmp_path / "v", tmp_path / "r")
+
+
+def test_fatal_nothing_parses_with_date_format(tmp_path):
+    prescriptions = [PRESCRIPTIONS[0], "1,10.01.2005,N06AB06,30,", "2,01.03.2006,R03AC02,10,"]
+    with pytest.raises(ExtractError, match=r"prescriptions: no value of column `dispense_date`.*date_format '%Y-%m-%d'; examples: '10.01.2005'"):
+        run(tmp_path, prescriptions=prescriptions)
+
+
+def test_fatal_no_persons_in_common(tmp_path):
+    prescriptions = [PRESCRIPTIONS[0], "101,2005-01-10,N06AB06,30,", "102,2006-03-01,R03AC02,10,"]
+    with pytest.raises(ExtractError, match=r"prescriptions: no person in .*prescriptions.csv \(column `person_id`\) is in the population"):
+        run(tmp_path, prescriptions=prescriptions)
+
+
+def test_fatal_no_valid_population_row(tmp_path):
+    with pytest.raises(ExtractError, match="population: no valid row"):
+        run(tmp_path, population=[POPULATION[0], "1,F,2030,1,,,1"])
+
+
+def test_fatal_mixed_formats_in_directory(tmp_path):
+    paths = write_extracts(tmp_path / "in")
+    parts = tmp_path / "in" / "parts"
+    parts.mkdir()
+    (parts / "a.csv").write_text("\n".join(PRESCRIPTIONS))
+    pl.read_csv(paths["prescriptions"]).write_parquet(parts / "b.parquet")
+    paths["prescriptions"] = str(parts)
+    with pytest.raises(ExtractError, match="mixes Parquet and CSV"):
+        validate_extracts(make_config(paths, tmp_path), tmp_path / "v", tmp_path / "r")
+
+
+def test_person_identifiers_never_in_error_messages(tmp_path):
+    prescriptions = [PRESCRIPTIONS[0], "123456789,2005-01-10,N06AB06,30,"]
+    with pytest.raises(ExtractError) as error:
+        run(tmp_path, prescriptions=prescriptions)
+    assert "123456789" not in str(error.value)

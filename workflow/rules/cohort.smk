@@ -1,0 +1,19 @@
+# The study cohort: entry, exit and outcome on the age scale, with the flow of exclusions.
+rule cohort:
+    input:
+        population=rules.validate.output.population,
+        ms_registry=rules.validate.output.ms_registry,
+    output:
+        cohort=f"{RESULTS}/cohort/cohort.parquet",
+        flow=f"{RESULTS}/cohort/flow.json",
+    log:
+        f"{RESULTS}/logs/cohort.log",
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+        runtime=30,
+    run:
+        from repurpose.cohort import run_cohort
+
+        with log_to(log[0]):
+            run_cohort(config, input.population, input.ms_registry, output.cohort, output.flow)

@@ -1,0 +1,20 @@
+# Exposure starts per person and drug class, one table per ATC level.
+rule exposure:
+    input:
+        prescriptions=rules.validate.output.prescriptions,
+        cohort=rules.cohort.output.cohort,
+    output:
+        f"{RESULTS}/exposure/atc_level_{{level}}.parquet",
+    wildcard_constraints:
+        level="[1-5]",
+    log:
+        f"{RESULTS}/logs/exposure_atc_level_{{level}}.log",
+    threads: THREADS
+    resources:
+        mem_mb=MEM_MB,
+        runtime=60,
+    run:
+        from repurpose.exposure import build_exposures
+
+        with log_to(log[0]):
+            build_exposures(config, input.prescriptions, input.cohort, int(wildcards.level), output[0])
