@@ -92,3 +92,41 @@ def config_hash(config: dict[str, Any]) -> str:
     """A short SHA-256 of the canonical JSON form of the config, for provenance."""
     blob = json.dumps(config, sort_keys=True, default=str).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def schema_markdown() -> str:
+    """config/README.md: every config key with type, default and description, generated from the schema."""
+    schema = load_schema()
+    rows: list[str] = []
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        if "$ref" in node:
+            node = schema["definitions"][node["$ref"].split("/")[-1]]
+        for key, sub in node.get("properties", {}).items():
+            resolved = schema["definitions"][sub["$ref"].split("/")[-1]] if "$ref" in sub else sub
+            name = f"{prefix}{key}"
+            kind = resolved.get("type", "")
+            kind = "/".join(kind) if isinstance(kind, list) else kind
+            if resolved.get("properties"):
+                walk(resolved, f"{name}.")
+                continue
+            default = json.dumps(resolved["default"]) if "default" in resolved else "(required)"
+            description = " ".join(str(resolved.get("description", "")).split())
+            rows.append(f"| `{name}` | {kind} | `{default}` | {description} |")
+
+    walk(schema, "")
+    header = [
+        "# Configuration keys",
+        "",
+        "Generated from `workflow/schemas/config.schema.yaml` (`python -m repurpose.config > config/README.md`).",
+        "A study config overrides only the keys that differ from `config/config.yaml`; `inputs.<extract>` is the",
+        "same for `population`, `prescriptions` and `ms_registry`.",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+    return "\n".join(header + rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(schema_markdown(), end="")

@@ -186,16 +186,25 @@ def fit_sex_group(cohort: pl.DataFrame, exposures: pl.DataFrame, classes: list[s
         reason[to_fit] = [None if s == "ok" else f"fit status: {s}" for s in result.status]
 
     z = stats.norm.ppf(0.975)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # diverging fits carry their status
+        return _result_frame(classes, lag_years, sex_group, n_persons, n_cases, n_exposed, n_exposed_cases, py_exposed,
+                             coef, se, z, converged, n_iter, status, reason)
+
+
+def _result_frame(classes, lag_years, sex_group, n_persons, n_cases, n_exposed, n_exposed_cases, py_exposed,
+                  coef, se, z, converged, n_iter, status, reason) -> pl.DataFrame:
+    """One row per class of a (lag, sex group) batch."""
+    n_classes = len(classes)
     return pl.DataFrame(
         {
             "atc_code": classes,
             "lag_years": [float(lag_years)] * n_classes,
             "sex": [sex_group] * n_classes,
             "n_persons": [n_persons] * n_classes,
-            "n_exposed": n_exposed,
+            "n_exposed": n_exposed.astype(np.int64),
             "n_cases": [n_cases] * n_classes,
-            "n_exposed_cases": n_exposed_cases,
-            "person_years_exposed": np.round(py_exposed, 2),
+            "n_exposed_cases": n_exposed_cases.astype(np.int64),
+            "person_years_exposed": np.round(py_exposed.astype(np.float64), 2),
             "hr": np.exp(coef),
             "ci_lower": np.exp(coef - z * se),
             "ci_upper": np.exp(coef + z * se),
@@ -231,19 +240,23 @@ def build_risk_sets(layout: CellLayout, totals: RiskSetCounts, class_index: np.n
     queries = pairs.join(totals_frame, on="stratum")
     if n_covariates == 0:
         queries = queries.filter((pl.col("time") > pl.col("start")) & (pl.col("time") <= pl.col("exit")))
-    queries = queries.with_columns(fit=pl.Series(fit_of_class)[pl.col("class_index")]).sort(["fit", "stratum", "time", "cell"])
+    queries = queries.with_columns(fit=pl.lit(pl.Series(fit_of_class)).gather(pl.col("class_index"))).sort(
+        ["fit", "stratum", "time", "cell"]
+    )
     q_class, q_cell, q_time = (queries[c].to_numpy() for c in ("class_index", "cell", "time"))
     exposed_at_risk, exposed_events = exposed_counts(class_index, cell, start, exit_, event, q_class, q_cell, q_time, layout.n_cells, time_span)
-    if n_covariates == 0:
-        informative = exposed_at_risk > 0
-        queries = queries.filter(pl.Series(informative))
-        exposed_at_risk, exposed_events = exposed_at_risk[informative], exposed_events[informative]
-    fit = queries["fit"].to_numpy()
     risk_set = (queries["fit"].cast(pl.Int64) * (n_strata * time_span) + queries["stratum"] * time_span + queries["time"]).to_numpy()
     _, risk_set_index = np.unique(risk_set, return_inverse=True)
+    if n_covariates == 0:
+        exposed_in_risk_set = np.bincount(risk_set_index, weights=exposed_at_risk)
+        informative = exposed_in_risk_set[risk_set_index] > 0
+        queries = queries.filter(pl.Series(informative))
+        exposed_at_risk, exposed_events = exposed_at_risk[informative], exposed_events[informative]
+        _, risk_set_index = np.unique(risk_set_index[informative], return_inverse=True)
+    fit = queries["fit"].to_numpy()
     unexposed_at_risk = queries["n_at_risk"].to_numpy() - exposed_at_risk
     unexposed_events = queries["n_events"].to_numpy() - exposed_events
-    covariates = layout.covariate_design[q_cell]
+    covariates = layout.covariate_design[queries["cell"].to_numpy()]
     n = len(fit)
     # Interleave unexposed and exposed rows so rows stay sorted by (fit, risk set).
     design = np.zeros((2 * n, 1 + n_covariates))

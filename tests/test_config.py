@@ -1,0 +1,56 @@
+"""Config validation: defaults are filled, every mistake is named."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from repurpose.config import ConfigError, load_config, validate_config
+
+INPUTS = {n: {"path": f"{n}.csv"} for n in ("population", "prescriptions", "ms_registry")}
+
+
+def test_defaults_are_filled():
+    config = validate_config({"inputs": INPUTS})
+    assert config["screen"]["lags_years"] == [0, 2, 5, 10]
+    assert config["screen"]["adjust"]["strata"] == ["sex", "birth_cohort", "education"]
+    assert config["inputs"]["population"]["date_format"] == "%Y-%m-%d"
+    assert config["disclosure"]["min_cell"] == 5
+
+
+def test_study_config_overrides_only_what_differs(tmp_path):
+    study = tmp_path / "my_study.yaml"
+    study.write_text(yaml.safe_dump({"inputs": {"population": {"path": "/data/pop.csv", "sep": ";"}}, "screen": {"lags_years": [0, 5]}}))
+    config = load_config("config/config.yaml", study)
+    assert config["inputs"]["population"] == {"path": "/data/pop.csv", "sep": ";", "encoding": None,
+                                              "date_format": "%Y-%m-%d", "columns": {}}
+    assert config["inputs"]["ms_registry"]["path"] == "results/simulated/ms_registry.parquet"
+    assert config["screen"]["lags_years"] == [0, 5] and config["screen"]["atc_levels"] == [2, 3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"screen": {"atc_levels": [6]}}, r"`screen.atc_levels.0`: 6 is greater than the maximum of 5"),
+        ({"screen": {"lag_years": [0]}}, r"Additional properties are not allowed \('lag_years' was unexpected\)"),
+        ({"study": {"outcome": "relapse"}}, r"`study.outcome`: 'relapse' is not one of"),
+        ({"study": {"start": "2010-01-01", "end": "2005-01-01"}}, r"start 2010-01-01 must be before end"),
+        ({"study": {"end": "31.12.2023"}}, r"`study.end`: '31.12.2023' is not a 'date'"),
+        ({"screen": {"adjust": {"strata": ["sex"], "covariates": ["sex"]}}}, r"both strata and covariates"),
+        ({"inputs": {"population": {}}}, r"`inputs.population`: 'path' is a required property"),
+    ],
+)
+def test_mistakes_are_named(override, message):
+    config = {"inputs": dict(INPUTS)}
+    for key, value in override.items():
+        config[key] = {**config.get(key, {}), **value}
+    with pytest.raises(ConfigError, match=message):
+        validate_config(config)
+
+
+def test_config_readme_is_generated_from_schema():
+    from pathlib import Path
+
+    from repurpose.config import schema_markdown
+
+    assert Path("config/README.md").read_text() == schema_markdown(), "run: python -m repurpose.config > config/README.md"

@@ -1,0 +1,164 @@
+"""The screen equals lifelines CoxTimeVaryingFitter on the explicitly split data of each class (same model)."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import polars as pl
+import pytest
+from lifelines import CoxTimeVaryingFitter
+
+from repurpose.config import validate_config
+from repurpose.exposure import split_class_intervals
+from repurpose.screen import add_q_values, prepare_cohort, screen_exposures
+
+LOG_HR_TOLERANCE = 1e-6
+RELATIVE_SE_TOLERANCE = 1e-5
+TIES_GRID_DAYS = 60  # exits rounded to a 60-day grid: many tied event ages, and entries on event ages
+
+
+def synthetic_cohort(n: int, seed: int) -> pl.DataFrame:
+    """A cohort with heavy ties, delayed entry, some entries exactly at others' event ages."""
+    rng = np.random.default_rng(seed)
+    entry = rng.integers(18 * 365, 45 * 365, n)
+    on_grid = rng.random(n) < 0.3
+    entry = np.where(on_grid, (entry // TIES_GRID_DAYS) * TIES_GRID_DAYS, entry)
+    exit_ = entry + rng.integers(200, 12 * 365, n)
+    exit_ = np.maximum(entry + 1, (exit_ // TIES_GRID_DAYS) * TIES_GRID_DAYS)
+    education = rng.choice([0, 1, 2, 3, 4, -1], n)
+    return pl.DataFrame({
+        "person_id": np.arange(1, n + 1) * 7,
+        "sex": rng.choice(["F", "M"], n, p=[0.6, 0.4]),
+        "birth_year": rng.integers(1950, 1985, n).astype(np.int32),
+        "education": pl.Series(education, dtype=pl.Int32).replace(-1, None),
+        "entry_age_days": entry.astype(np.int32),
+        "exit_age_days": exit_.astype(np.int32),
+        "event": rng.random(n) < 0.2,
+    })
+
+
+def synthetic_exposures(cohort: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """Classes with different prevalence, effects, exposure before entry, and one used only by non-cases."""
+    rng = np.random.default_rng(seed + 1)
+    n = cohort.height
+    event = cohort["event"].to_numpy()
+    rows = []
+    for code, prevalence, case_boost in (("A01", 0.3, 1.0), ("B02", 0.15, 2.0), ("C03", 0.4, 0.5), ("D04", 0.08, 1.0)):
+        user = rng.random(n) < prevalence * np.where(event, case_boost, 1.0)
+        start = cohort["entry_age_days"].to_numpy() + rng.integers(-5 * 365, 12 * 365, n)
+        rows.append(pl.DataFrame({"person_id": cohort["person_id"].to_numpy()[user], "atc_code": code,
+                                  "exposure_start_age_days": start[user].astype(np.int32)}))
+    non_case = ~event & (rng.random(n) < 0.1)
+    rows.append(pl.DataFrame({"person_id": cohort["person_id"].to_numpy()[non_case], "atc_code": "E05",
+                              "exposure_start_age_days": cohort["entry_age_days"].to_numpy()[non_case]}))
+    return pl.concat(rows)
+
+
+def config_for(**screen):
+    base = {"inputs": {n: {"path": "x"} for n in ("population", "prescriptions", "ms_registry")}}
+    return validate_config({**base, "screen": {"lags_years": [0, 2], **screen}})
+
+
+def lifelines_fit(cohort: pl.DataFrame, exposures: pl.DataFrame, code: str, lag_years: float, sex: str,
+                  strata: list[str], covariates: list[str]) -> tuple[float, float]:
+    """Exposure log HR and SE from lifelines on the explicitly split data of one class."""
+    prepared = prepare_cohort(cohort, 10).drop("entry", "exit")
+    if sex != "all":
+        prepared = prepared.filter(pl.col("sex") == sex)
+        covariates = [c for c in covariates if c != "sex"]
+    split = split_class_intervals(prepared, exposures.filter(pl.col("atc_code") == code), round(lag_years * 365.25))
+    frame = split.select("start", "stop", "event", "exposed", *strata, *covariates).to_pandas()
+    frame["event"] = frame["event"].astype(int)
+    for variable in covariates:
+        levels = sorted(frame[variable].unique())
+        for level in levels[1:]:
+            frame[f"{variable}={level}"] = (frame[variable] == level).astype(float)
+        frame = frame.drop(columns=variable)
+    model = CoxTimeVaryingFitter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(frame, event_col="event", start_col="start", stop_col="stop", strata=strata or None,
+                  fit_options={"precision": 1e-12, "r_precision": 1e-14, "max_steps": 200})
+    return float(model.params_["exposed"]), float(model.standard_errors_["exposed"])
+
+
+@pytest.mark.parametrize(
+    ("seed", "strata", "covariates"),
+    [
+        (1, ["sex", "birth_cohort", "education"], []),
+        (2, ["sex"], ["birth_cohort", "education"]),
+        (3, [], ["sex", "education"]),
+        (4, ["birth_cohort"], []),
+    ],
+    ids=["all-strata", "strata+covariates", "covariates-only", "no-sex-adjustment"],
+)
+def test_screen_equals_lifelines_on_split_data(seed, strata, covariates):
+    cohort = synthetic_cohort(1200, seed)
+    exposures = synthetic_exposures(cohort, seed)
+    config = config_for(adjust={"strata": strata, "covariates": covariates})
+    results = screen_exposures(cohort, exposures, config, level=3)
+    fitted = results.filter(pl.col("status") == "ok")
+    assert fitted.height >= 12  # 4 classes x 2 lags x 3 sex groups, minus a few skipped
+    for row in fitted.iter_rows(named=True):
+        log_hr, se = lifelines_fit(cohort, exposures, row["atc_code"], row["lag_years"], row["sex"], strata, covariates)
+        assert abs(row["log_hr"] - log_hr) <= LOG_HR_TOLERANCE, row
+        assert abs(row["se"] - se) / se <= RELATIVE_SE_TOLERANCE, row
+
+
+def test_counts_per_fit_match_split_data():
+    cohort = synthetic_cohort(800, 5)
+    exposures = synthetic_exposures(cohort, 5)
+    results = screen_exposures(cohort, exposures, config_for(), level=3)
+    prepared = prepare_cohort(cohort, 10).drop("entry", "exit")
+    for row in results.filter(pl.col("sex") == "F").iter_rows(named=True):
+        subset = prepared.filter(pl.col("sex") == "F")
+        split = split_class_intervals(subset, exposures.filter(pl.col("atc_code") == row["atc_code"]),
+                                      round(row["lag_years"] * 365.25))
+        exposed = split.filter(pl.col("exposed") == 1)
+        assert row["n_persons"] == subset.height
+        assert row["n_cases"] == int(subset["event"].sum())
+        assert row["n_exposed"] == exposed.height
+        assert row["n_exposed_cases"] == int(exposed["event"].sum())
+        assert row["person_years_exposed"] == pytest.approx(float((exposed["stop"] - exposed["start"]).sum()) / 365.25, abs=0.01)
+
+
+def test_class_without_exposed_cases_is_skipped_with_reason():
+    cohort = synthetic_cohort(600, 6)
+    results = screen_exposures(cohort, synthetic_exposures(cohort, 6), config_for(), level=3)
+    skipped = results.filter(pl.col("atc_code") == "E05")
+    assert skipped.height == 6 and (skipped["status"] == "skipped").all()
+    assert skipped["reason"].unique().to_list() == ["fewer than 5 exposed cases"]
+    assert skipped["hr"].is_nan().all() and (skipped["n_exposed_cases"] == 0).all()
+
+
+def test_zero_exposed_cases_in_a_fitted_stratum_is_flagged_as_separation():
+    cohort = synthetic_cohort(600, 7)
+    exposures = synthetic_exposures(cohort, 7)
+    results = screen_exposures(cohort, exposures, config_for(min_exposed_cases=0, lags_years=[0]), level=3)
+    row = results.filter(pl.col("atc_code") == "E05", pl.col("sex") == "all").row(0, named=True)
+    assert row["status"] == "separation" and not row["converged"]
+
+
+def test_exposure_at_entry_and_lag_beyond_follow_up():
+    cohort = synthetic_cohort(400, 8)
+    exposures = cohort.select("person_id", atc_code=pl.lit("X01"), exposure_start_age_days=pl.col("entry_age_days") - 100)
+    results = screen_exposures(cohort, exposures, config_for(lags_years=[0, 50], sex_strata=["all"]), level=3)
+    at_entry = results.filter(pl.col("lag_years") == 0).row(0, named=True)
+    assert at_entry["n_exposed"] == cohort.height  # everybody exposed from entry
+    # No unexposed person is ever at risk: the exposure effect is not identifiable, and says so.
+    assert at_entry["status"] == "singular_information" and not at_entry["converged"]
+    assert results.filter(pl.col("lag_years") == 50).height == 0  # exposure never reached: no row
+
+
+def test_q_values_are_benjamini_hochberg_within_families():
+    frame = pl.DataFrame({
+        "atc_level": [2, 2, 2, 2, 3], "lag_years": [0.0] * 5, "sex": ["all"] * 5,
+        "p_value": [0.01, 0.04, 0.03, float("nan"), 0.01],
+    })
+    out = add_q_values(frame, 0.05)
+    # Family (2, 0, all) has 3 finite p-values: BH q = min over k>=i of p_(k) * m / k.
+    assert out["q_value"].to_list()[:3] == pytest.approx([0.03, 0.04, 0.04])
+    assert out["q_value"][3] is None or np.isnan(out["q_value"][3])
+    assert out["q_value"][4] == pytest.approx(0.01)
+    assert out["significant"].to_list() == [True, True, True, False, True]
