@@ -1,16 +1,20 @@
 # repurpose: drug-wide association study of multiple sclerosis on linked national registries.
 # Thin by design: config validation, rule includes and the final targets. All logic is in src/repurpose.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 
-from repurpose.config import validate_config
+# A study config given with --configfile replaces the file above in Snakemake; merging it over the demo
+# config here keeps "my_study.yaml overrides only what differs" true however the workflow is called.
+from repurpose.config import merge_over_defaults
 
-config.update(validate_config(config))
+config.update(merge_over_defaults(config, os.path.join(workflow.basedir, "config/config.yaml")))
 
 
 include: "workflow/rules/common.smk"

@@ -88,6 +88,13 @@ def load_config(*paths: str | Path) -> dict[str, Any]:
     return validate_config(merged)
 
 
+def merge_over_defaults(config: dict[str, Any], defaults_path: str | Path) -> dict[str, Any]:
+    """Validate `config` deep-merged over the defaults file (the demo config/config.yaml)."""
+    with open(defaults_path, encoding="utf-8") as handle:
+        defaults = yaml.safe_load(handle) or {}
+    return validate_config(deep_update(defaults, config))
+
+
 def config_hash(config: dict[str, Any]) -> str:
     """A short SHA-256 of the canonical JSON form of the config, for provenance."""
     blob = json.dumps(config, sort_keys=True, default=str).encode()

@@ -103,7 +103,10 @@ class RiskSetTable:
             raise RiskSetTableError(
                 f"design must be 2-D (rows, p) with p >= 1 and {n_rows} rows; got shape {design.shape}."
             )
-        n_fits = int(self.n_fits)
+        try:
+            n_fits = int(self.n_fits)
+        except (TypeError, ValueError) as exc:
+            raise RiskSetTableError(f"n_fits must be a non-negative integer; got {self.n_fits!r}.") from exc
         if n_fits < 0 or n_fits != self.n_fits:
             raise RiskSetTableError(f"n_fits must be a non-negative integer; got {self.n_fits!r}.")
         if n_rows:
@@ -854,6 +857,10 @@ def _result(beta: np.ndarray, information: np.ndarray, loglik: np.ndarray, logli
     variance[computable] = _inverse_information(information[computable])
     with np.errstate(invalid="ignore"):
         se = np.sqrt(np.diagonal(variance, axis1=1, axis2=2))
+    # Converged, but the information is not positive definite there: no usable variance.
+    not_definite = (status == "ok") & ~np.all(np.isfinite(se), axis=1)
+    status[not_definite] = "singular_information"
+    converged[not_definite] = False
     return CoxFitResult(
         coef=beta,
         se=se,

@@ -1,0 +1,85 @@
+"""End to end through Snakemake: the demo DAG, and the same registries as registry-native CSV extracts."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import yaml
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+N_PERSONS = 8000
+
+
+def run_snakemake(workdir: Path, *config_files: Path) -> None:
+    command = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", "--quiet", "progress"]
+    if config_files:
+        command += ["--configfile", *map(str, config_files)]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory) -> Path:
+    workdir = tmp_path_factory.mktemp("demo")
+    small = workdir / "small.yaml"
+    small.write_text(yaml.safe_dump({"simulate": {"n_persons": N_PERSONS}}))
+    run_snakemake(workdir, small)
+    return workdir / "results"
+
+
+def test_demo_dag_writes_every_output(demo_run):
+    report = json.loads((demo_run / "validation/report.json").read_text())
+    truth = json.loads((demo_run / "simulated/ground_truth.json").read_text())
+    assert report["extracts"]["population"]["rows_read"] == N_PERSONS
+    rejected = sum(entry["rows_rejected"] for entry in report["extracts"].values())
+    assert rejected == sum(truth["corrupt_rows"].values()) > 0  # every injected bad row, and nothing else
+    flow = json.loads((demo_run / "cohort/flow.json").read_text())
+    assert flow["check"] and flow["events"] > 50
+    dwas = pl.read_parquet(demo_run / "screen/dwas.parquet")
+    assert set(dwas["atc_level"].unique()) == {2, 3, 4, 5}
+    assert set(dwas["lag_years"].unique()) == {0.0, 2.0, 5.0, 10.0}
+    assert set(dwas["sex"].unique()) == {"all", "F", "M"}
+    fitted = dwas.filter(pl.col("status") == "ok")
+    assert fitted.height > 100 and fitted["q_value"].is_not_null().all()
+    assert (dwas.filter(pl.col("status") == "skipped")["reason"].is_not_null()).all()
+
+
+def test_exported_screen_has_no_small_counts_and_no_person_ids(demo_run):
+    csv = pl.read_csv(demo_run / "screen/dwas.csv", infer_schema=False)
+    assert "person_id" not in csv.columns
+    for column in ("n_persons", "n_exposed", "n_cases", "n_exposed_cases"):
+        values = csv[column].to_list()
+        assert "<5" in values or column in ("n_persons", "n_cases")
+        numeric = [int(v) for v in values if v != "<5"]
+        assert all(v == 0 or v >= 5 for v in numeric), column
+
+
+def test_native_latin1_semicolon_extracts_give_the_same_results(demo_run, tmp_path):
+    from repurpose.simulate import write_native_extracts
+
+    native = write_native_extracts(demo_run / "simulated", tmp_path / "native")
+    study = tmp_path / "my_study.yaml"
+    study.write_text(yaml.safe_dump({"inputs": native["inputs"]}, allow_unicode=True))
+    assert "løpenr" in (tmp_path / "native" / "population.csv").read_bytes().decode("latin-1")
+    run_snakemake(tmp_path, study)
+    results = tmp_path / "results"
+    assert not (results / "simulated").exists()  # real-extract runs never simulate
+    ours = json.loads((results / "validation/report.json").read_text())
+    theirs = json.loads((demo_run / "validation/report.json").read_text())
+    for name in ("population", "prescriptions", "ms_registry"):
+        assert ours["extracts"][name]["rejected_by_reason"] == theirs["extracts"][name]["rejected_by_reason"]
+        assert ours["extracts"][name]["rows_kept"] == theirs["extracts"][name]["rows_kept"]
+    assert json.loads((results / "cohort/flow.json").read_text()) == json.loads((demo_run / "cohort/flow.json").read_text())
+    key = ["atc_level", "lag_years", "sex", "atc_code"]
+    native_dwas = pl.read_parquet(results / "screen/dwas.parquet").sort(key)
+    demo_dwas = pl.read_parquet(demo_run / "screen/dwas.parquet").sort(key)
+    assert native_dwas.select(key).equals(demo_dwas.select(key))
+    assert native_dwas["log_hr"].fill_nan(0).to_list() == pytest.approx(demo_dwas["log_hr"].fill_nan(0).to_list(), abs=1e-12)
