@@ -86,7 +86,13 @@ def read_who_atc_index(path: str | Path) -> pl.DataFrame:
             f"expected the header {','.join(WHO_COLUMNS)},Comment but found {','.join(header)}"
         )
     raw = pl.read_csv(path, infer_schema=False, columns=list(WHO_COLUMNS)).rename(
-        {"ATC code": "atc_code", "ATC level name": "atc_name", "DDD": "ddd", "Unit": "ddd_unit", "Adm.R": "adm_route"}
+        {
+            "ATC code": "atc_code",
+            "ATC level name": "atc_name",
+            "DDD": "ddd",
+            "Unit": "ddd_unit",
+            "Adm.R": "adm_route",
+        }
     )
     raw = raw.with_columns(
         pl.col("atc_code").str.strip_chars().str.to_uppercase(),

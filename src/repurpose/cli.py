@@ -14,8 +14,12 @@ def _simulate(args: argparse.Namespace) -> int:
     from repurpose.simulate import simulate_registries, write_native_extracts
 
     summary = simulate_registries(
-        args.out, n_persons=args.n_persons, seed=args.seed, n_corrupt_rows=args.corrupt_rows,
-        study_start=args.study_start, study_end=args.study_end,
+        args.out,
+        n_persons=args.n_persons,
+        seed=args.seed,
+        n_corrupt_rows=args.corrupt_rows,
+        study_start=args.study_start,
+        study_end=args.study_end,
     )
     if args.native:
         summary["native"] = write_native_extracts(args.out, args.native)
@@ -27,8 +31,18 @@ def _validate(args: argparse.Namespace) -> int:
     from repurpose.config import load_config
     from repurpose.ingest import validate_extracts
 
-    report = validate_extracts(load_config(*args.config), f"{args.results}/validated", f"{args.results}/validation")
-    print(json.dumps({k: {"rows_read": v["rows_read"], "rows_rejected": v["rows_rejected"]} for k, v in report["extracts"].items()}, indent=2))
+    report = validate_extracts(
+        load_config(*args.config), f"{args.results}/validated", f"{args.results}/validation"
+    )
+    print(
+        json.dumps(
+            {
+                k: {"rows_read": v["rows_read"], "rows_rejected": v["rows_rejected"]}
+                for k, v in report["extracts"].items()
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -41,14 +55,20 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--out", required=True, help="output directory")
     sim.add_argument("--n-persons", type=int, default=50_000)
     sim.add_argument("--seed", type=int, default=2024)
-    sim.add_argument("--corrupt-rows", type=int, default=0, help="invalid rows to inject (exercises validation)")
+    sim.add_argument(
+        "--corrupt-rows", type=int, default=0, help="invalid rows to inject (exercises validation)"
+    )
     sim.add_argument("--study-start", default="2004-01-01")
     sim.add_argument("--study-end", default="2023-12-31")
-    sim.add_argument("--native", help="also write registry-native CSV extracts (Norwegian headers, ';', Latin-1) here")
+    sim.add_argument(
+        "--native", help="also write registry-native CSV extracts (Norwegian headers, ';', Latin-1) here"
+    )
     sim.set_defaults(handler=_simulate)
 
     val = commands.add_parser("validate", help="validate extracts outside Snakemake (same code as the rule)")
-    val.add_argument("--config", nargs="+", default=["config/config.yaml"], help="config files, later override earlier")
+    val.add_argument(
+        "--config", nargs="+", default=["config/config.yaml"], help="config files, later override earlier"
+    )
     val.add_argument("--results", default="results")
     val.set_defaults(handler=_validate)
     return parser

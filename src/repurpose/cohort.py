@@ -57,7 +57,9 @@ def outcome_dates(ms_registry: pl.LazyFrame, outcome: str) -> pl.LazyFrame:
     """Per MS patient: `outcome_date`, `outcome_source` and `first_ms_date` (earliest of onset/diagnosis)."""
     if outcome == "onset":
         outcome_date = pl.coalesce("onset_date", "diagnosis_date")
-        source = pl.when(pl.col("onset_date").is_not_null()).then(pl.lit("onset")).otherwise(pl.lit("diagnosis"))
+        source = (
+            pl.when(pl.col("onset_date").is_not_null()).then(pl.lit("onset")).otherwise(pl.lit("diagnosis"))
+        )
     else:
         outcome_date = pl.col("diagnosis_date")
         source = pl.lit("diagnosis")
@@ -69,7 +71,9 @@ def outcome_dates(ms_registry: pl.LazyFrame, outcome: str) -> pl.LazyFrame:
     )
 
 
-def build_cohort(population: pl.LazyFrame, ms_registry: pl.LazyFrame, study: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, Any]]:
+def build_cohort(
+    population: pl.LazyFrame, ms_registry: pl.LazyFrame, study: dict[str, Any]
+) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Return the cohort (COHORT_SCHEMA) and the flow: counts excluded at each step, events, person-years."""
     study_start = date.fromisoformat(study["start"])
     study_end = date.fromisoformat(study["end"])
@@ -78,9 +82,13 @@ def build_cohort(population: pl.LazyFrame, ms_registry: pl.LazyFrame, study: dic
         with_birth_date(population)
         .join(outcome_dates(ms_registry, study["outcome"]), on="person_id", how="left")
         .with_columns(
-            entry_date=pl.max_horizontal(earliest_entry, _offset_years(pl.col("birth_date"), study["min_age"])),
+            entry_date=pl.max_horizontal(
+                earliest_entry, _offset_years(pl.col("birth_date"), study["min_age"])
+            ),
             max_age_date=(
-                _offset_years(pl.col("birth_date"), study["max_age"]) if study.get("max_age") is not None else pl.lit(None, pl.Date)
+                _offset_years(pl.col("birth_date"), study["max_age"])
+                if study.get("max_age") is not None
+                else pl.lit(None, pl.Date)
             ),
         )
         .collect()
@@ -88,7 +96,10 @@ def build_cohort(population: pl.LazyFrame, ms_registry: pl.LazyFrame, study: dic
 
     # Exclusion steps in order; each person is counted at the first step that excludes them.
     steps = [
-        ("not_of_age_during_study", (pl.col("entry_date") > pl.lit(study_end)) | (pl.col("max_age_date") <= pl.col("entry_date"))),
+        (
+            "not_of_age_during_study",
+            (pl.col("entry_date") > pl.lit(study_end)) | (pl.col("max_age_date") <= pl.col("entry_date")),
+        ),
         ("died_before_entry", pl.col("death_date") <= pl.col("entry_date")),
         ("emigrated_before_entry", pl.col("emigration_date") <= pl.col("entry_date")),
         ("prevalent_ms_at_entry", pl.col("first_ms_date") <= pl.col("entry_date")),
@@ -100,21 +111,32 @@ def build_cohort(population: pl.LazyFrame, ms_registry: pl.LazyFrame, study: dic
         flow["excluded"][name] = int(excluded)
         remaining = remaining.filter(~condition.fill_null(False))
 
-    exit_date = pl.min_horizontal("outcome_date", "death_date", "emigration_date", "max_age_date", pl.lit(study_end))
+    exit_date = pl.min_horizontal(
+        "outcome_date", "death_date", "emigration_date", "max_age_date", pl.lit(study_end)
+    )
     cohort = (
         remaining.with_columns(exit_date=exit_date)
         .with_columns(event=(pl.col("outcome_date") == pl.col("exit_date")).fill_null(False))
         .with_columns(
-            exit_reason=pl.when("event").then(pl.lit("ms"))
-            .when(pl.col("death_date") == pl.col("exit_date")).then(pl.lit("death"))
-            .when(pl.col("emigration_date") == pl.col("exit_date")).then(pl.lit("emigration"))
-            .when(pl.col("max_age_date") == pl.col("exit_date")).then(pl.lit("max_age"))
+            exit_reason=pl.when("event")
+            .then(pl.lit("ms"))
+            .when(pl.col("death_date") == pl.col("exit_date"))
+            .then(pl.lit("death"))
+            .when(pl.col("emigration_date") == pl.col("exit_date"))
+            .then(pl.lit("emigration"))
+            .when(pl.col("max_age_date") == pl.col("exit_date"))
+            .then(pl.lit("max_age"))
             .otherwise(pl.lit("study_end")),
             outcome_source=pl.when("event").then("outcome_source"),
             entry_age_days=(pl.col("entry_date") - pl.col("birth_date")).dt.total_days(),
             exit_age_days=(pl.col("exit_date") - pl.col("birth_date")).dt.total_days(),
         )
-        .select([pl.col(name).cast(dtype) if name != "person_id" else pl.col(name) for name, dtype in COHORT_SCHEMA.items()])
+        .select(
+            [
+                pl.col(name).cast(dtype) if name != "person_id" else pl.col(name)
+                for name, dtype in COHORT_SCHEMA.items()
+            ]
+        )
         .sort("person_id")
     )
     followup_days = cohort["exit_age_days"] - cohort["entry_age_days"]
@@ -126,21 +148,40 @@ def build_cohort(population: pl.LazyFrame, ms_registry: pl.LazyFrame, study: dic
             "events_by_outcome_source": {
                 k: int(v) for k, v in cohort.filter("event").group_by("outcome_source").len().iter_rows()
             },
-            "events_by_sex": {k: int(v) for k, v in cohort.filter("event").group_by("sex").len().sort("sex").iter_rows()},
-            "exit_reasons": {k: int(v) for k, v in cohort.group_by("exit_reason").len().sort("exit_reason").iter_rows()},
+            "events_by_sex": {
+                k: int(v) for k, v in cohort.filter("event").group_by("sex").len().sort("sex").iter_rows()
+            },
+            "exit_reasons": {
+                k: int(v) for k, v in cohort.group_by("exit_reason").len().sort("exit_reason").iter_rows()
+            },
             "person_years": round(float(followup_days.sum()) / DAYS_PER_YEAR, 2),
             "median_followup_years": round(float(followup_days.median() or 0) / DAYS_PER_YEAR, 2),
             "entry_age_years_median": round(float(cohort["entry_age_days"].median() or 0) / DAYS_PER_YEAR, 2),
         }
     )
-    flow["check"] = flow["persons_in_population"] - sum(flow["excluded"].values()) == flow["persons_in_cohort"]
+    flow["check"] = (
+        flow["persons_in_population"] - sum(flow["excluded"].values()) == flow["persons_in_cohort"]
+    )
     return cohort, flow
 
 
-def run_cohort(config: dict[str, Any], population_path: str | Path, ms_registry_path: str | Path, cohort_path: str | Path, flow_path: str | Path) -> dict[str, Any]:
+def run_cohort(
+    config: dict[str, Any],
+    population_path: str | Path,
+    ms_registry_path: str | Path,
+    cohort_path: str | Path,
+    flow_path: str | Path,
+) -> dict[str, Any]:
     """Read validated extracts, build the cohort, write cohort Parquet and flow JSON; return the flow."""
-    cohort, flow = build_cohort(pl.scan_parquet(population_path), pl.scan_parquet(ms_registry_path), config["study"])
+    cohort, flow = build_cohort(
+        pl.scan_parquet(population_path), pl.scan_parquet(ms_registry_path), config["study"]
+    )
     cohort.write_parquet(cohort_path)
     Path(flow_path).write_text(json.dumps(flow, indent=2))
-    log.info("cohort: %d persons, %d events, %.0f person-years", flow["persons_in_cohort"], flow["events"], flow["person_years"])
+    log.info(
+        "cohort: %d persons, %d events, %.0f person-years",
+        flow["persons_in_cohort"],
+        flow["events"],
+        flow["person_years"],
+    )
     return flow

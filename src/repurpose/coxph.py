@@ -92,8 +92,12 @@ class RiskSetTable:
         if design.ndim == 1:
             design = design[:, None]
         n_rows = fit_index.shape[0]
-        for name, arr in (("fit_index", fit_index), ("risk_set_index", risk_set_index),
-                          ("n_at_risk", n_at_risk), ("n_events", n_events)):
+        for name, arr in (
+            ("fit_index", fit_index),
+            ("risk_set_index", risk_set_index),
+            ("n_at_risk", n_at_risk),
+            ("n_events", n_events),
+        ):
             if arr.ndim != 1 or arr.shape[0] != n_rows:
                 raise RiskSetTableError(
                     f"{name} must be 1-D with one entry per row ({n_rows} rows, as fit_index); "
@@ -126,8 +130,11 @@ class RiskSetTable:
                 raise RiskSetTableError(
                     "a risk_set_index is shared by two fits; give every (fit, stratum, event time) its own id."
                 )
-            if not (np.all(np.isfinite(n_at_risk)) and np.all(np.isfinite(n_events))
-                    and np.all(np.isfinite(design))):
+            if not (
+                np.all(np.isfinite(n_at_risk))
+                and np.all(np.isfinite(n_events))
+                and np.all(np.isfinite(design))
+            ):
                 raise RiskSetTableError("n_at_risk, n_events and design must be finite (no NaN or inf).")
             if np.any(n_events < 0) or np.any(n_events > n_at_risk):
                 raise RiskSetTableError(
@@ -201,7 +208,9 @@ def _factorize(values: np.ndarray) -> tuple[np.ndarray, int]:
     return codes, n_codes
 
 
-def _combine_codes(major: np.ndarray, n_major: int, minor: np.ndarray, n_minor: int) -> tuple[np.ndarray, int]:
+def _combine_codes(
+    major: np.ndarray, n_major: int, minor: np.ndarray, n_minor: int
+) -> tuple[np.ndarray, int]:
     """Codes of the pairs (major, minor), ordered by major then minor, renumbered densely."""
     if n_major * n_minor < 2**62:
         codes, present = _dense_codes(major * n_minor + minor, n_major * n_minor)
@@ -262,8 +271,12 @@ def aggregate_counting_process(
     if not np.all(np.isin(event_raw, (0, 1))):
         raise CountingProcessError("event must be 0/1 (or boolean); recode other event indicators first.")
     event_arr = event_raw.astype(bool)
-    if not (np.all(np.isfinite(start_arr)) and np.all(np.isfinite(stop_arr)) and np.all(np.isfinite(design_arr))):
-        raise CountingProcessError("start, stop and design must be finite (no NaN or inf); drop or impute first.")
+    if not (
+        np.all(np.isfinite(start_arr)) and np.all(np.isfinite(stop_arr)) and np.all(np.isfinite(design_arr))
+    ):
+        raise CountingProcessError(
+            "start, stop and design must be finite (no NaN or inf); drop or impute first."
+        )
     if np.any(start_arr > stop_arr):
         raise CountingProcessError("start must be <= stop on every row (intervals are (start, stop]).")
     if np.any(event_arr & (start_arr >= stop_arr)):
@@ -332,8 +345,12 @@ def aggregate_counting_process(
     start_keys = np.sort(cell * n_time_keys + start_rank)
     stop_keys = np.sort(cell * n_time_keys + stop_rank)
     event_keys = np.sort(cell[event_arr] * n_time_keys + stop_rank[event_arr])
-    at_risk = np.searchsorted(start_keys, query_key, side="left") - np.searchsorted(stop_keys, query_key, side="left")
-    events = np.searchsorted(event_keys, query_key, side="right") - np.searchsorted(event_keys, query_key, side="left")
+    at_risk = np.searchsorted(start_keys, query_key, side="left") - np.searchsorted(
+        stop_keys, query_key, side="left"
+    )
+    events = np.searchsorted(event_keys, query_key, side="right") - np.searchsorted(
+        event_keys, query_key, side="left"
+    )
 
     keep = at_risk > 0
     return RiskSetTable(
@@ -370,8 +387,9 @@ class _Workspace:
     Risk sets with D <= 1 (the common case) have the single term D log S0 and need no expansion.
     """
 
-    def __init__(self, table: RiskSetTable, row_pattern: np.ndarray, patterns: np.ndarray,
-                 fits: np.ndarray) -> None:
+    def __init__(
+        self, table: RiskSetTable, row_pattern: np.ndarray, patterns: np.ndarray, fits: np.ndarray
+    ) -> None:
         fits = np.asarray(fits, dtype=np.int64)
         first_row = np.searchsorted(table.fit_index, fits, side="left")
         rows_per_fit = np.searchsorted(table.fit_index, fits, side="right") - first_row
@@ -413,7 +431,9 @@ class _Workspace:
 
         # Fit-pattern cells: the linear predictor and the pattern-level sums live there.
         n_patterns = max(patterns.shape[0], 1)
-        self.fp_of_row, fp_keys = _dense_codes(fit_of_row * n_patterns + row_pattern[rows], n_fits * n_patterns)
+        self.fp_of_row, fp_keys = _dense_codes(
+            fit_of_row * n_patterns + row_pattern[rows], n_fits * n_patterns
+        )
         self.fp_fit = fp_keys // n_patterns
         self.fp_design = patterns[fp_keys % n_patterns]
         self.fp_starts = np.searchsorted(self.fp_fit, np.arange(n_fits))
@@ -449,8 +469,9 @@ def _group_sum(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarr
     """Sum of ``values`` (n,) or (n, p) per group id; bincount is much faster than reduceat on short groups."""
     if values.ndim == 1:
         return np.bincount(group, weights=values, minlength=n_groups)
-    return np.stack([np.bincount(group, weights=values[:, j], minlength=n_groups)
-                     for j in range(values.shape[1])], axis=1)
+    return np.stack(
+        [np.bincount(group, weights=values[:, j], minlength=n_groups) for j in range(values.shape[1])], axis=1
+    )
 
 
 def _evaluate(ws: _Workspace, beta: np.ndarray, *, fast_path: bool = True) -> EfronDerivatives:
@@ -494,8 +515,9 @@ def _evaluate(ws: _Workspace, beta: np.ndarray, *, fast_path: bool = True) -> Ef
             b0[ws.tie_sets] = np.bincount(ws.step_tie, weights=a_over_d2, minlength=n_ties)
             b1[ws.tie_sets] = np.bincount(ws.step_tie, weights=c_a_over_d2, minlength=n_ties)
             b2[ws.tie_sets] = np.bincount(ws.step_tie, weights=ws.step_frac * c_a_over_d2, minlength=n_ties)
-            log_terms[ws.tie_sets] = np.bincount(ws.step_tie, weights=ws.step_weight * np.log(denom),
-                                                 minlength=n_ties)
+            log_terms[ws.tie_sets] = np.bincount(
+                ws.step_tie, weights=ws.step_weight * np.log(denom), minlength=n_ties
+            )
 
         loglik = (
             np.bincount(ws.fp_fit, weights=ws.fp_events * eta_fp, minlength=ws.n_fits)
@@ -504,7 +526,8 @@ def _evaluate(ws: _Workspace, beta: np.ndarray, *, fast_path: bool = True) -> Ef
         )
         # Expected events per row, w_risk A0 - w_event A1, summed per fit-pattern cell.
         q_fp = np.bincount(ws.fp_of_row, weights=w_risk * a0[ws.rs_of_row], minlength=n_fp) - np.bincount(
-            ws.ev_fp, weights=w_event * a1[ws.ev_rs], minlength=n_fp)
+            ws.ev_fp, weights=w_event * a1[ws.ev_rs], minlength=n_fp
+        )
         residual_fp = ws.fp_events - q_fp
 
         if one_covariate:
@@ -525,7 +548,9 @@ def _evaluate(ws: _Workspace, beta: np.ndarray, *, fast_path: bool = True) -> Ef
             e1 = _group_sum(ws.ev_rs, w_event[:, None] * ws.ev_design, n_risk_sets)
             u = b0[:, None] * s1 - b1[:, None] * e1
             v = b2[:, None] * e1 - b1[:, None] * s1
-            info_neg = _segment_outer_sum(s1, u, ws.fit_rs_starts) + _segment_outer_sum(e1, v, ws.fit_rs_starts)
+            info_neg = _segment_outer_sum(s1, u, ws.fit_rs_starts) + _segment_outer_sum(
+                e1, v, ws.fit_rs_starts
+            )
             information = info_pos - info_neg
             information = 0.5 * (information + np.swapaxes(information, 1, 2))
             info_pos_diag = np.diagonal(info_pos, axis1=1, axis2=2).copy()
@@ -549,13 +574,17 @@ def _broadcast_beta(beta: np.ndarray | Sequence[float] | None, n_fits: int, p: i
     if arr.shape == (p,):
         arr = np.broadcast_to(arr, (n_fits, p))
     if arr.shape != (n_fits, p):
-        raise CoxEngineError(f"{name} must have shape (p,) = ({p},) or (n_fits, p) = ({n_fits}, {p}); got {arr.shape}.")
+        raise CoxEngineError(
+            f"{name} must have shape (p,) = ({p},) or (n_fits, p) = ({n_fits}, {p}); got {arr.shape}."
+        )
     if not np.all(np.isfinite(arr)):
         raise CoxEngineError(f"{name} must be finite.")
     return np.array(arr)
 
 
-def efron_log_likelihood(table: RiskSetTable, beta: np.ndarray | Sequence[float] | None = None) -> EfronDerivatives:
+def efron_log_likelihood(
+    table: RiskSetTable, beta: np.ndarray | Sequence[float] | None = None
+) -> EfronDerivatives:
     """Efron log partial likelihood, score and observed information of every fit at ``beta``.
 
     ``beta`` has shape (p,) (same for all fits) or (n_fits, p); default 0 (gives score tests).
@@ -649,7 +678,9 @@ def _newton_step(information: np.ndarray, score: np.ndarray) -> np.ndarray:
 def _is_singular(derivs: EfronDerivatives) -> np.ndarray:
     """Information singular whatever beta: a covariate never varies within a risk set, or collinearity."""
     diag = np.diagonal(derivs.information, axis1=1, axis2=2)
-    lost = ~(diag > _SINGULAR_RELATIVE_TOL * derivs.information_positive_diag) | ~(derivs.information_positive_diag > 0)
+    lost = ~(diag > _SINGULAR_RELATIVE_TOL * derivs.information_positive_diag) | ~(
+        derivs.information_positive_diag > 0
+    )
     singular = np.any(lost, axis=1)
     if derivs.information.shape[1] > 1:
         ok = ~singular
@@ -668,8 +699,12 @@ def _coordinate_separation(ws: _Workspace) -> np.ndarray:
     x = ws.design
     at_risk = ws.n_at_risk > 0
     all_at_risk = bool(np.all(at_risk))
-    x_max = np.maximum.reduceat(x if all_at_risk else np.where(at_risk[:, None], x, -np.inf), ws.rs_starts, axis=0)
-    x_min = np.minimum.reduceat(x if all_at_risk else np.where(at_risk[:, None], x, np.inf), ws.rs_starts, axis=0)
+    x_max = np.maximum.reduceat(
+        x if all_at_risk else np.where(at_risk[:, None], x, -np.inf), ws.rs_starts, axis=0
+    )
+    x_min = np.minimum.reduceat(
+        x if all_at_risk else np.where(at_risk[:, None], x, np.inf), ws.rs_starts, axis=0
+    )
     event_x_max = np.full_like(x_max, -np.inf)
     event_x_min = np.full_like(x_min, np.inf)
     if ws.ev_rs.size:
@@ -706,7 +741,9 @@ def fit_efron(
     coefficients) or ``not_converged``. ``initial`` has shape (p,) or (n_fits, p); default 0.
     """
     if not isinstance(table, RiskSetTable):
-        raise CoxEngineError(f"fit_efron needs a RiskSetTable (see aggregate_counting_process); got {type(table)}.")
+        raise CoxEngineError(
+            f"fit_efron needs a RiskSetTable (see aggregate_counting_process); got {type(table)}."
+        )
     if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 0:
         raise CoxEngineError(f"max_iter must be a non-negative integer; got {max_iter!r}.")
     if not (tol > 0):
@@ -724,9 +761,12 @@ def fit_efron(
         blocks.append(_fit_block(block, beta[first_fit:end_fit], int(max_iter), float(tol)))
     if not blocks:
         return _fit_block(table, beta, int(max_iter), float(tol))
-    return CoxFitResult(**{
-        name: np.concatenate([getattr(block, name) for block in blocks]) for name in CoxFitResult.__dataclass_fields__
-    })
+    return CoxFitResult(
+        **{
+            name: np.concatenate([getattr(block, name) for block in blocks])
+            for name in CoxFitResult.__dataclass_fields__
+        }
+    )
 
 
 def _unchecked_table(table: RiskSetTable, rows: slice, first_fit: int, n_fits: int) -> RiskSetTable:
@@ -760,8 +800,17 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
 
     fits = np.flatnonzero(n_events > 0)
     if fits.size == 0:
-        return _result(beta * np.nan, information, loglik, loglik_null, n_iter, converged, status, n_events,
-                       infinite_coef)
+        return _result(
+            beta * np.nan,
+            information,
+            loglik,
+            loglik_null,
+            n_iter,
+            converged,
+            status,
+            n_events,
+            infinite_coef,
+        )
     row_pattern, patterns = _prepare(table)
     ws = _Workspace(table, row_pattern, patterns, fits)
 
@@ -797,8 +846,11 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
         new_info = derivs.information[in_active]
         n_iter[idx] += 1
 
-        finite = np.isfinite(new_loglik) & np.all(np.isfinite(new_score), axis=1) & np.all(
-            np.isfinite(new_info), axis=(1, 2))
+        finite = (
+            np.isfinite(new_loglik)
+            & np.all(np.isfinite(new_score), axis=1)
+            & np.all(np.isfinite(new_info), axis=(1, 2))
+        )
         negligible = (halvings[idx] == 0) & (0.5 * decrement[idx] <= tol)
         accept = finite & ((new_loglik >= loglik[idx]) | negligible)
         done_now = accept & negligible
@@ -848,12 +900,22 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
     return _result(beta, information, loglik, loglik_null, n_iter, converged, status, n_events, infinite_coef)
 
 
-def _result(beta: np.ndarray, information: np.ndarray, loglik: np.ndarray, loglik_null: np.ndarray,
-            n_iter: np.ndarray, converged: np.ndarray, status: np.ndarray, n_events: np.ndarray,
-            infinite_coef: np.ndarray) -> CoxFitResult:
+def _result(
+    beta: np.ndarray,
+    information: np.ndarray,
+    loglik: np.ndarray,
+    loglik_null: np.ndarray,
+    n_iter: np.ndarray,
+    converged: np.ndarray,
+    status: np.ndarray,
+    n_events: np.ndarray,
+    infinite_coef: np.ndarray,
+) -> CoxFitResult:
     n_fits, p = beta.shape
     variance = np.full((n_fits, p, p), np.nan)
-    computable = np.all(np.isfinite(information), axis=(1, 2)) & np.isin(status, ("ok", "separation", "not_converged"))
+    computable = np.all(np.isfinite(information), axis=(1, 2)) & np.isin(
+        status, ("ok", "separation", "not_converged")
+    )
     variance[computable] = _inverse_information(information[computable])
     with np.errstate(invalid="ignore"):
         se = np.sqrt(np.diagonal(variance, axis1=1, axis2=2))
@@ -898,7 +960,11 @@ class AggregatedCoxPHFitter:
     def fit(self, table: RiskSetTable, covariate_names: Sequence[str] | None = None) -> AggregatedCoxPHFitter:
         """Fit all models of ``table``; ``covariate_names`` label the design columns."""
         p = table.n_covariates
-        names = [f"x{j}" for j in range(p)] if covariate_names is None else [str(name) for name in covariate_names]
+        names = (
+            [f"x{j}" for j in range(p)]
+            if covariate_names is None
+            else [str(name) for name in covariate_names]
+        )
         if len(names) != p:
             raise CoxEngineError(f"covariate_names has {len(names)} names but the design has {p} columns.")
         result = fit_efron(table, max_iter=self.max_iter, tol=self.tol)
@@ -970,18 +1036,20 @@ class AggregatedCoxPHFitter:
         se = result.se.reshape(-1)
         with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
             z = coef / se
-            frame = pd.DataFrame({
-                "fit": np.repeat(np.arange(n_fits), p),
-                "covariate": np.tile(np.asarray(self.covariate_names_, dtype=object), n_fits),
-                "coef": coef,
-                "exp(coef)": np.exp(coef),
-                "se(coef)": se,
-                "z": z,
-                "p": 2 * stats.norm.sf(np.abs(z)),
-                f"exp(coef) lower {level:g}%": np.exp(coef - z_crit * se),
-                f"exp(coef) upper {level:g}%": np.exp(coef + z_crit * se),
-                "converged": np.repeat(result.converged, p),
-                "n_iter": np.repeat(result.n_iter, p),
-                "status": np.repeat(result.status, p),
-            })
+            frame = pd.DataFrame(
+                {
+                    "fit": np.repeat(np.arange(n_fits), p),
+                    "covariate": np.tile(np.asarray(self.covariate_names_, dtype=object), n_fits),
+                    "coef": coef,
+                    "exp(coef)": np.exp(coef),
+                    "se(coef)": se,
+                    "z": z,
+                    "p": 2 * stats.norm.sf(np.abs(z)),
+                    f"exp(coef) lower {level:g}%": np.exp(coef - z_crit * se),
+                    f"exp(coef) upper {level:g}%": np.exp(coef + z_crit * se),
+                    "converged": np.repeat(result.converged, p),
+                    "n_iter": np.repeat(result.n_iter, p),
+                    "status": np.repeat(result.status, p),
+                }
+            )
         return frame

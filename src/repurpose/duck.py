@@ -13,7 +13,9 @@ def sql_literal(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def connect(resources: dict[str, Any] | None = None, *, default_tmpdir: str | Path = "results/tmp") -> duckdb.DuckDBPyConnection:
+def connect(
+    resources: dict[str, Any] | None = None, *, default_tmpdir: str | Path = "results/tmp"
+) -> duckdb.DuckDBPyConnection:
     """An in-memory DuckDB connection honouring `resources.memory_gb`, `resources.tmpdir` and `resources.threads`."""
     resources = resources or {}
     tmpdir = Path(resources.get("tmpdir") or default_tmpdir)

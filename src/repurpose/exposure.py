@@ -27,11 +27,14 @@ def dose_column(cut_ddd: float) -> str:
     return f"cumulative_ddd_{cut_ddd:g}_age_days".replace(".", "_")
 
 
-def exposure_sql(prescriptions_glob: str, cohort_path: str, level: int, min_dispensings: int, dose_cutpoints: list[float]) -> str:
+def exposure_sql(
+    prescriptions_glob: str, cohort_path: str, level: int, min_dispensings: int, dose_cutpoints: list[float]
+) -> str:
     """SQL producing the exposure table of one ATC level (see module docstring)."""
     code_length = ATC_LEVEL_CODE_LENGTH[level]
     dose_columns = ", ".join(
-        f"min(dispense_date) FILTER (WHERE cumulative_ddd >= {cut}) AS reached_{i}" for i, cut in enumerate(dose_cutpoints)
+        f"min(dispense_date) FILTER (WHERE cumulative_ddd >= {cut}) AS reached_{i}"
+        for i, cut in enumerate(dose_cutpoints)
     )
     dose_ages = ", ".join(
         f"CAST(date_diff('day', c.birth_date, e.reached_{i}) AS INTEGER) AS {dose_column(cut)}"
@@ -74,14 +77,27 @@ def exposure_sql(prescriptions_glob: str, cohort_path: str, level: int, min_disp
     """
 
 
-def build_exposures(config: dict[str, Any], prescriptions_dir: str | Path, cohort_path: str | Path, level: int, out_path: str | Path) -> int:
+def build_exposures(
+    config: dict[str, Any],
+    prescriptions_dir: str | Path,
+    cohort_path: str | Path,
+    level: int,
+    out_path: str | Path,
+) -> int:
     """Write the exposure table of one ATC level to `out_path`; return its number of rows."""
     screen = config["screen"]
     con = connect(config.get("resources"))
     glob = str(Path(prescriptions_dir) / "**" / "*.parquet")
     sql = exposure_sql(glob, str(cohort_path), level, screen["min_dispensings"], screen["dose_cutpoints_ddd"])
-    n_rows = con.execute(f"COPY ({sql}) TO {sql_literal(str(out_path))} (FORMAT parquet, COMPRESSION zstd)").fetchone()[0]
-    log.info("ATC level %d: %d person-class exposures (k = %d dispensings)", level, n_rows, screen["min_dispensings"])
+    n_rows = con.execute(
+        f"COPY ({sql}) TO {sql_literal(str(out_path))} (FORMAT parquet, COMPRESSION zstd)"
+    ).fetchone()[0]
+    log.info(
+        "ATC level %d: %d person-class exposures (k = %d dispensings)",
+        level,
+        n_rows,
+        screen["min_dispensings"],
+    )
     return int(n_rows)
 
 
@@ -93,12 +109,16 @@ def split_class_intervals(cohort: pl.DataFrame, class_exposures: pl.DataFrame, l
     scale in days; `event` sits on the row that ends at exit.
     """
     frame = (
-        cohort.join(class_exposures.select("person_id", "exposure_start_age_days"), on="person_id", how="left")
+        cohort.join(
+            class_exposures.select("person_id", "exposure_start_age_days"), on="person_id", how="left"
+        )
         .with_columns(
             # Never exposed (no exposure row) -> exposed_from = exit; max_horizontal alone would skip the null.
             exposed_from=pl.when(pl.col("exposure_start_age_days").is_null())
             .then(pl.col("exit_age_days"))
-            .otherwise(pl.max_horizontal(pl.col("entry_age_days"), pl.col("exposure_start_age_days") + lag_days))
+            .otherwise(
+                pl.max_horizontal(pl.col("entry_age_days"), pl.col("exposure_start_age_days") + lag_days)
+            )
         )
         .with_columns(exposed_from=pl.min_horizontal("exposed_from", "exit_age_days"))
     )
@@ -112,6 +132,6 @@ def split_class_intervals(cohort: pl.DataFrame, class_exposures: pl.DataFrame, l
         start=pl.col("exposed_from"), stop=pl.col("exit_age_days"), exposed=pl.lit(1, pl.Int8)
     )
     columns = [c for c in cohort.columns if c not in ("entry_age_days", "exit_age_days", "event")]
-    return pl.concat([part.select(*columns, "start", "stop", "event", "exposed") for part in (unexposed, exposed)]).sort(
-        "person_id", "start"
-    )
+    return pl.concat(
+        [part.select(*columns, "start", "stop", "event", "exposed") for part in (unexposed, exposed)]
+    ).sort("person_id", "start")

@@ -51,7 +51,9 @@ def list_source_files(extract: str, path: str | Path) -> list[Path]:
     """The data files of an extract: the file itself, or every data file below a directory."""
     path = Path(path)
     if not path.exists():
-        raise ExtractError(f"{extract}: input {path} does not exist (set inputs.{extract}.path in the config)")
+        raise ExtractError(
+            f"{extract}: input {path} does not exist (set inputs.{extract}.path in the config)"
+        )
     if path.is_file():
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in SOURCE_SUFFIXES)
@@ -203,7 +205,10 @@ def column_checks(column: ColumnSpec) -> list[Check]:
         checks.append(Check(f"invalid_{name}", f"{typed} IS NOT NULL AND {typed} NOT IN ({allowed})"))
     if column.type == "atc5":
         checks.append(
-            Check(f"malformed_{name}", f"{typed} IS NOT NULL AND NOT regexp_full_match({typed}, '{ATC_LEVEL5_REGEX}')")
+            Check(
+                f"malformed_{name}",
+                f"{typed} IS NOT NULL AND NOT regexp_full_match({typed}, '{ATC_LEVEL5_REGEX}')",
+            )
         )
     if column.min is not None and column.type in ("int", "float"):
         reason = f"negative_{name}" if column.min == 0 else f"{name}_out_of_range"
@@ -226,7 +231,9 @@ class ExtractReader:
         self.sources = describe_sources(extract, input_config)
         self.relation = _read_relation(con, self.sources)
         self.source_types = _source_columns(con, self.relation)
-        self.mapping = map_columns(self.spec, self.source_types, input_config.get("columns", {}), self.sources.files)
+        self.mapping = map_columns(
+            self.spec, self.source_types, input_config.get("columns", {}), self.sources.files
+        )
         self.view = f"raw_{extract}"
         con.execute(f"CREATE OR REPLACE TEMP VIEW {self.view} AS SELECT * FROM {self.relation}")
 
@@ -254,7 +261,9 @@ class ExtractReader:
                 f"SELECT count(*) FILTER (WHERE {text} IS NOT NULL), count({typed}) FROM {self.view}"
             ).fetchone()
             if n_present > 0 and n_parsed == 0:
-                examples = _examples(self.con, f"SELECT DISTINCT {text} FROM {self.view} WHERE {text} IS NOT NULL", column.type)
+                examples = _examples(
+                    self.con, f"SELECT DISTINCT {text} FROM {self.view} WHERE {text} IS NOT NULL", column.type
+                )
                 fmt = f" with date_format {self.date_format!r}" if column.type == "date" else ""
                 raise ExtractError(
                     f"{self.extract}: no value of column `{column.name}` (source `{self.mapping[column.name]}`) "
@@ -270,11 +279,15 @@ class ExtractReader:
     def labelled_sql(self, person_id_type: str, extra_checks: list[Check], joins: str = "") -> str:
         """SELECT of every row: typed canonical columns, trimmed raw text (`raw_*`) and `reject_reason`."""
         typed_cols = [f"TRY_CAST({_as_text(self.raw('person_id'))} AS {person_id_type}) AS person_id"]
-        typed_cols += [f"{self.typed(c.name)} AS {c.name}" for c in self.spec.columns if c.name != "person_id"]
+        typed_cols += [
+            f"{self.typed(c.name)} AS {c.name}" for c in self.spec.columns if c.name != "person_id"
+        ]
         raw_cols = [f"{_as_text(self.raw(c.name))} AS raw_{c.name}" for c in self.spec.columns]
         checks = [check for c in self.spec.columns if self.mapping[c.name] for check in column_checks(c)]
         checks += extra_checks
-        reason = "CASE " + " ".join(f"WHEN {c.condition} THEN {sql_literal(c.reason)}" for c in checks) + " END"
+        reason = (
+            "CASE " + " ".join(f"WHEN {c.condition} THEN {sql_literal(c.reason)}" for c in checks) + " END"
+        )
         inner = f"SELECT {', '.join(typed_cols + raw_cols)} FROM {self.view}"
         return f"SELECT t.*, {reason} AS reject_reason FROM ({inner}) t {joins}"
 
@@ -284,7 +297,9 @@ def _birth_floor(alias: str) -> str:
     return f"make_date({alias}.birth_year, coalesce({alias}.birth_month, 1), 1)"
 
 
-def extract_checks(extract: str, study: dict[str, Any], validation: dict[str, Any]) -> tuple[list[Check], str]:
+def extract_checks(
+    extract: str, study: dict[str, Any], validation: dict[str, Any]
+) -> tuple[list[Check], str]:
     """Cross-column and cross-extract rules of an extract, with the joins they need (to clean population `p`)."""
     end = sql_literal(study["end"])
     if extract == "population":
@@ -299,7 +314,10 @@ def extract_checks(extract: str, study: dict[str, Any], validation: dict[str, An
         start = sql_literal(validation["dispensings_from"])
         return [
             Check("unknown_person", "p.person_id IS NULL"),
-            Check("dispense_date_out_of_window", f"t.dispense_date < DATE {start} OR t.dispense_date > DATE {end}"),
+            Check(
+                "dispense_date_out_of_window",
+                f"t.dispense_date < DATE {start} OR t.dispense_date > DATE {end}",
+            ),
             Check("dispensed_before_birth", f"t.dispense_date < {_birth_floor('p')}"),
             Check("dispensed_after_death", "t.dispense_date > p.death_date"),
         ], join
@@ -365,7 +383,9 @@ def _check_overlap(con: duckdb.DuckDBPyConnection, reader: ExtractReader, popula
         f"LEFT JOIN clean_population p ON t.person_id = p.person_id"
     ).fetchone()
     if n_rows > 0 and n_matched == 0:
-        ours = _examples(con, f"SELECT raw_person_id FROM labelled_{reader.extract} WHERE raw_person_id IS NOT NULL", "id")
+        ours = _examples(
+            con, f"SELECT raw_person_id FROM labelled_{reader.extract} WHERE raw_person_id IS NOT NULL", "id"
+        )
         theirs = _examples(con, "SELECT person_id FROM clean_population", "id")
         raise ExtractError(
             f"{reader.extract}: no person in {reader.file_label} (column `{reader.mapping['person_id']}`) is in the "
@@ -374,7 +394,9 @@ def _check_overlap(con: duckdb.DuckDBPyConnection, reader: ExtractReader, popula
         )
 
 
-def validate_extracts(config: dict[str, Any], validated_dir: str | Path, validation_dir: str | Path) -> dict[str, Any]:
+def validate_extracts(
+    config: dict[str, Any], validated_dir: str | Path, validation_dir: str | Path
+) -> dict[str, Any]:
     """Validate the three extracts of `config['inputs']`; write clean Parquet, rejects and the report."""
     validated_dir, validation_dir = Path(validated_dir), Path(validation_dir)
     (validation_dir / "rejects").mkdir(parents=True, exist_ok=True)
@@ -382,7 +404,10 @@ def validate_extracts(config: dict[str, Any], validated_dir: str | Path, validat
     con = connect(config.get("resources"))
     inputs, study, validation = config["inputs"], config["study"], config["validation"]
 
-    readers = {name: ExtractReader(con, name, inputs[name]) for name in ("population", "ms_registry", "prescriptions")}
+    readers = {
+        name: ExtractReader(con, name, inputs[name])
+        for name in ("population", "ms_registry", "prescriptions")
+    }
     for reader in readers.values():
         reader.fail_if_nothing_parses()
     population = readers["population"]
@@ -390,19 +415,36 @@ def validate_extracts(config: dict[str, Any], validated_dir: str | Path, validat
     log.info("person_id is stored as %s", person_id_type)
 
     report: dict[str, Any] = {"person_id_type": person_id_type, "extracts": {}}
-    for name, filename in (("population", "population.parquet"), ("ms_registry", "ms_registry.parquet"), ("prescriptions", "prescriptions")):
+    for name, filename in (
+        ("population", "population.parquet"),
+        ("ms_registry", "ms_registry.parquet"),
+        ("prescriptions", "prescriptions"),
+    ):
         reader = readers[name]
         checks, joins = extract_checks(name, study, validation)
-        con.execute(f"CREATE OR REPLACE TEMP VIEW labelled_{name} AS {reader.labelled_sql(person_id_type, checks, joins)}")
+        con.execute(
+            f"CREATE OR REPLACE TEMP VIEW labelled_{name} AS {reader.labelled_sql(person_id_type, checks, joins)}"
+        )
         if name != "population":
             _check_overlap(con, reader, population)
         log.info("validating %s from %s", name, reader.file_label)
-        entry = _write_extract(con, reader, validated_dir / filename, validation_dir / "rejects" / f"{name}.parquet")
+        entry = _write_extract(
+            con, reader, validated_dir / filename, validation_dir / "rejects" / f"{name}.parquet"
+        )
         report["extracts"][name] = entry
-        log.info("%s: %d rows read, %d kept, %d rejected %s", name, entry["rows_read"], entry["rows_kept"], entry["rows_rejected"], entry["rejected_by_reason"])
+        log.info(
+            "%s: %d rows read, %d kept, %d rejected %s",
+            name,
+            entry["rows_read"],
+            entry["rows_kept"],
+            entry["rows_rejected"],
+            entry["rejected_by_reason"],
+        )
         if name == "population":
             if entry["rows_kept"] == 0:
-                raise ExtractError(f"population: no valid row in {reader.file_label}; see {validation_dir / 'rejects'}")
+                raise ExtractError(
+                    f"population: no valid row in {reader.file_label}; see {validation_dir / 'rejects'}"
+                )
             con.execute(
                 f"CREATE OR REPLACE TEMP TABLE clean_population AS SELECT * FROM read_parquet({sql_literal(str(validated_dir / filename))})"
             )
@@ -416,10 +458,17 @@ def render_report_markdown(report: dict[str, Any]) -> str:
     lines = ["# Validation report", "", f"person_id stored as {report['person_id_type']}.", ""]
     lines += ["| extract | rows read | kept | rejected |", "|---|---:|---:|---:|"]
     for name, entry in report["extracts"].items():
-        lines.append(f"| {name} | {entry['rows_read']:,} | {entry['rows_kept']:,} | {entry['rows_rejected']:,} |")
+        lines.append(
+            f"| {name} | {entry['rows_read']:,} | {entry['rows_kept']:,} | {entry['rows_rejected']:,} |"
+        )
     for name, entry in report["extracts"].items():
-        lines += ["", f"## {name}", "", f"Files: {', '.join(f['name'] for f in entry['files'][:5])}"
-                  + (" …" if len(entry["files"]) > 5 else "")]
+        lines += [
+            "",
+            f"## {name}",
+            "",
+            f"Files: {', '.join(f['name'] for f in entry['files'][:5])}"
+            + (" …" if len(entry["files"]) > 5 else ""),
+        ]
         if entry["ignored_source_columns"]:
             lines.append(f"Source columns not used: {', '.join(entry['ignored_source_columns'])}")
         if entry["missing_optional_columns"]:
@@ -428,5 +477,3 @@ def render_report_markdown(report: dict[str, Any]) -> str:
             lines += ["", "| reason | rows |", "|---|---:|"]
             lines += [f"| {reason} | {n:,} |" for reason, n in entry["rejected_by_reason"].items()]
     return "\n".join(lines) + "\n"
-
-

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -29,3 +30,10 @@ def log_to(path: str | Path | None, level: int = logging.INFO) -> Iterator[loggi
     finally:
         logger.removeHandler(handler)
         handler.close()
+
+
+def run_logged(path: str | Path, function: str, *args: object, **kwargs: object) -> object:
+    """Call `module:function(*args)` with its log records routed to `path`: the one line a Snakemake rule runs."""
+    module_name, _, name = function.partition(":")
+    with log_to(path):
+        return getattr(importlib.import_module(module_name), name)(*args, **kwargs)

@@ -34,9 +34,28 @@ log = logging.getLogger(__name__)
 ADJUSTMENT_VARIABLES = ("sex", "birth_cohort", "education")
 COUNT_COLUMNS = ("n_persons", "n_exposed", "n_cases", "n_exposed_cases")
 SCREEN_COLUMNS = [
-    "atc_code", "atc_name", "atc_level", "lag_years", "sex", "n_persons", "n_exposed", "n_cases",
-    "n_exposed_cases", "person_years_exposed", "hr", "ci_lower", "ci_upper", "log_hr", "se", "p_value",
-    "q_value", "significant", "converged", "n_iter", "status", "reason",
+    "atc_code",
+    "atc_name",
+    "atc_level",
+    "lag_years",
+    "sex",
+    "n_persons",
+    "n_exposed",
+    "n_cases",
+    "n_exposed_cases",
+    "person_years_exposed",
+    "hr",
+    "ci_lower",
+    "ci_upper",
+    "log_hr",
+    "se",
+    "p_value",
+    "q_value",
+    "significant",
+    "converged",
+    "n_iter",
+    "status",
+    "reason",
 ]
 
 
@@ -71,12 +90,17 @@ def cell_layout(cohort: pl.DataFrame, sex_group: str, strata: list[str], covaria
     frame = cohort.select(*keys, in_group=in_group)
     cells = frame.filter("in_group").select(keys).unique().sort(keys).with_row_index("cell")
     cell_of_person = (
-        frame.join(cells, on=keys, how="left", maintain_order="left")["cell"].fill_null(-1).cast(pl.Int64).to_numpy()
+        frame.join(cells, on=keys, how="left", maintain_order="left")["cell"]
+        .fill_null(-1)
+        .cast(pl.Int64)
+        .to_numpy()
     )
     cell_of_person = np.where(frame["in_group"].to_numpy(), cell_of_person, -1)
     if strata:
         strata_index = cells.select(strata).unique().sort(strata).with_row_index("stratum")
-        stratum_of_cell = cells.join(strata_index, on=strata, how="left", maintain_order="left")["stratum"].to_numpy()
+        stratum_of_cell = cells.join(strata_index, on=strata, how="left", maintain_order="left")[
+            "stratum"
+        ].to_numpy()
     else:
         stratum_of_cell = np.zeros(cells.height, dtype=np.int64)
     design_columns, names = [], []
@@ -108,26 +132,50 @@ def total_counts(cohort: pl.DataFrame, layout: CellLayout, time_span: int) -> Ri
     """At-risk and event totals per cell at each distinct event time of its stratum (delayed entry: entry < t <= exit)."""
     cell = layout.cell_of_person
     member = cell >= 0
-    entry, exit_, event = cohort["entry"].to_numpy()[member], cohort["exit"].to_numpy()[member], cohort["event"].to_numpy()[member]
+    entry, exit_, event = (
+        cohort["entry"].to_numpy()[member],
+        cohort["exit"].to_numpy()[member],
+        cohort["event"].to_numpy()[member],
+    )
     cell = cell[member]
     stratum = layout.stratum_of_cell[cell]
     event_keys = np.unique(stratum[event] * time_span + exit_[event])
     event_stratum, event_time = event_keys // time_span, event_keys % time_span
     # Every cell of the stratum is queried at every event time of that stratum.
     cells_by_stratum = pl.DataFrame({"stratum": layout.stratum_of_cell, "cell": np.arange(layout.n_cells)})
-    queries = pl.DataFrame({"stratum": event_stratum, "time": event_time}).join(cells_by_stratum, on="stratum")
+    queries = pl.DataFrame({"stratum": event_stratum, "time": event_time}).join(
+        cells_by_stratum, on="stratum"
+    )
     q_cell, q_time = queries["cell"].to_numpy(), queries["time"].to_numpy()
     q_key = q_cell * time_span + q_time
     entry_keys = np.sort(cell * time_span + entry)
     exit_keys = np.sort(cell * time_span + exit_)
     n_at_risk = _count_in_block(entry_keys, q_key) - _count_in_block(exit_keys, q_key)
     events_keys = np.sort(cell[event] * time_span + exit_[event])
-    n_events = np.searchsorted(events_keys, q_key, side="right") - np.searchsorted(events_keys, q_key, side="left")
-    return RiskSetCounts(q_cell, q_time, queries["stratum"].to_numpy(), n_at_risk.astype(np.float64), n_events.astype(np.float64))
+    n_events = np.searchsorted(events_keys, q_key, side="right") - np.searchsorted(
+        events_keys, q_key, side="left"
+    )
+    return RiskSetCounts(
+        q_cell,
+        q_time,
+        queries["stratum"].to_numpy(),
+        n_at_risk.astype(np.float64),
+        n_events.astype(np.float64),
+    )
 
 
-def exposed_counts(class_index: np.ndarray, cell: np.ndarray, start: np.ndarray, exit_: np.ndarray, event: np.ndarray,
-                   q_class: np.ndarray, q_cell: np.ndarray, q_time: np.ndarray, n_cells: int, time_span: int) -> tuple[np.ndarray, np.ndarray]:
+def exposed_counts(
+    class_index: np.ndarray,
+    cell: np.ndarray,
+    start: np.ndarray,
+    exit_: np.ndarray,
+    event: np.ndarray,
+    q_class: np.ndarray,
+    q_cell: np.ndarray,
+    q_time: np.ndarray,
+    n_cells: int,
+    time_span: int,
+) -> tuple[np.ndarray, np.ndarray]:
     """Exposed at risk (start < t <= exit) and exposed events (exit == t) per (class, cell, t) query."""
     block = class_index * n_cells + cell
     q_key = (q_class * n_cells + q_cell) * time_span + q_time
@@ -139,8 +187,15 @@ def exposed_counts(class_index: np.ndarray, cell: np.ndarray, start: np.ndarray,
     return n_at_risk.astype(np.float64), n_events.astype(np.float64)
 
 
-def fit_sex_group(cohort: pl.DataFrame, exposures: pl.DataFrame, classes: list[str], lag_years: float, sex_group: str,
-                  adjust: dict[str, list[str]], min_exposed_cases: int) -> pl.DataFrame:
+def fit_sex_group(
+    cohort: pl.DataFrame,
+    exposures: pl.DataFrame,
+    classes: list[str],
+    lag_years: float,
+    sex_group: str,
+    adjust: dict[str, list[str]],
+    min_exposed_cases: int,
+) -> pl.DataFrame:
     """Fit every class for one lag and sex group; one result row per class (fitted or skipped with a reason)."""
     layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
     time_span = int(cohort["exit"].max()) + 2
@@ -156,7 +211,13 @@ def fit_sex_group(cohort: pl.DataFrame, exposures: pl.DataFrame, classes: list[s
     event = cohort["event"].to_numpy()[person_row]
     start = np.maximum(entry, exposures["exposure_start_age_days"].to_numpy().astype(np.int64) + lag_days)
     keep = (cell >= 0) & (start < exit_)
-    class_index, cell, start, exit_, event = exposures["class_index"].to_numpy()[keep], cell[keep], start[keep], exit_[keep], event[keep]
+    class_index, cell, start, exit_, event = (
+        exposures["class_index"].to_numpy()[keep],
+        cell[keep],
+        start[keep],
+        exit_[keep],
+        event[keep],
+    )
     n_classes = len(classes)
     n_exposed = np.bincount(class_index, minlength=n_classes)
     n_exposed_cases = np.bincount(class_index[event], minlength=n_classes)
@@ -176,7 +237,9 @@ def fit_sex_group(cohort: pl.DataFrame, exposures: pl.DataFrame, classes: list[s
     reason = np.array([f"fewer than {min_exposed_cases} exposed cases"] * n_classes, dtype=object)
 
     if len(to_fit):
-        table = build_risk_sets(layout, totals, class_index, cell, start, exit_, event, fit_of_class, len(to_fit), time_span)
+        table = build_risk_sets(
+            layout, totals, class_index, cell, start, exit_, event, fit_of_class, len(to_fit), time_span
+        )
         result = fit_efron(table)
         coef[to_fit] = result.coef[:, 0]
         se[to_fit] = result.se[:, 0]
@@ -187,12 +250,42 @@ def fit_sex_group(cohort: pl.DataFrame, exposures: pl.DataFrame, classes: list[s
 
     z = stats.norm.ppf(0.975)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # diverging fits carry their status
-        return _result_frame(classes, lag_years, sex_group, n_persons, n_cases, n_exposed, n_exposed_cases, py_exposed,
-                             coef, se, z, converged, n_iter, status, reason)
+        return _result_frame(
+            classes,
+            lag_years,
+            sex_group,
+            n_persons,
+            n_cases,
+            n_exposed,
+            n_exposed_cases,
+            py_exposed,
+            coef,
+            se,
+            z,
+            converged,
+            n_iter,
+            status,
+            reason,
+        )
 
 
-def _result_frame(classes, lag_years, sex_group, n_persons, n_cases, n_exposed, n_exposed_cases, py_exposed,
-                  coef, se, z, converged, n_iter, status, reason) -> pl.DataFrame:
+def _result_frame(
+    classes,
+    lag_years,
+    sex_group,
+    n_persons,
+    n_cases,
+    n_exposed,
+    n_exposed_cases,
+    py_exposed,
+    coef,
+    se,
+    z,
+    converged,
+    n_iter,
+    status,
+    reason,
+) -> pl.DataFrame:
     """One row per class of a (lag, sex group) batch."""
     n_classes = len(classes)
     return pl.DataFrame(
@@ -220,11 +313,27 @@ def _result_frame(classes, lag_years, sex_group, n_persons, n_cases, n_exposed, 
     ).filter(pl.col("n_exposed") > 0)
 
 
-def build_risk_sets(layout: CellLayout, totals: RiskSetCounts, class_index: np.ndarray, cell: np.ndarray, start: np.ndarray,
-                    exit_: np.ndarray, event: np.ndarray, fit_of_class: np.ndarray, n_fits: int, time_span: int) -> RiskSetTable:
+def build_risk_sets(
+    layout: CellLayout,
+    totals: RiskSetCounts,
+    class_index: np.ndarray,
+    cell: np.ndarray,
+    start: np.ndarray,
+    exit_: np.ndarray,
+    event: np.ndarray,
+    fit_of_class: np.ndarray,
+    n_fits: int,
+    time_span: int,
+) -> RiskSetTable:
     """Aggregated risk sets of all fitted classes: per (class, stratum, event time) the rows (cell x exposure state)."""
     fitted = fit_of_class[class_index] >= 0
-    class_index, cell, start, exit_, event = class_index[fitted], cell[fitted], start[fitted], exit_[fitted], event[fitted]
+    class_index, cell, start, exit_, event = (
+        class_index[fitted],
+        cell[fitted],
+        start[fitted],
+        exit_[fitted],
+        event[fitted],
+    )
     n_covariates = layout.covariate_design.shape[1]
     # Queries: for each fitted class, every (cell, event time) of the strata where the class has exposed persons.
     # Without covariates a risk set with no exposed person carries no information on the exposure and is dropped.
@@ -232,11 +341,28 @@ def build_risk_sets(layout: CellLayout, totals: RiskSetCounts, class_index: np.n
     n_strata = layout.stratum_of_cell.max() + 1
     pairs = pl.DataFrame({"class_index": class_strata // n_strata, "stratum": class_strata % n_strata})
     if n_covariates == 0:
-        spans = pl.DataFrame({"class_index": class_index, "stratum": layout.stratum_of_cell[cell], "start": start, "exit": exit_}).group_by(
-            ["class_index", "stratum"]).agg(pl.col("start").min(), pl.col("exit").max())
+        spans = (
+            pl.DataFrame(
+                {
+                    "class_index": class_index,
+                    "stratum": layout.stratum_of_cell[cell],
+                    "start": start,
+                    "exit": exit_,
+                }
+            )
+            .group_by(["class_index", "stratum"])
+            .agg(pl.col("start").min(), pl.col("exit").max())
+        )
         pairs = pairs.join(spans, on=["class_index", "stratum"])
-    totals_frame = pl.DataFrame({"stratum": totals.stratum, "cell": totals.cell, "time": totals.time,
-                                 "n_at_risk": totals.n_at_risk, "n_events": totals.n_events})
+    totals_frame = pl.DataFrame(
+        {
+            "stratum": totals.stratum,
+            "cell": totals.cell,
+            "time": totals.time,
+            "n_at_risk": totals.n_at_risk,
+            "n_events": totals.n_events,
+        }
+    )
     queries = pairs.join(totals_frame, on="stratum")
     if n_covariates == 0:
         queries = queries.filter((pl.col("time") > pl.col("start")) & (pl.col("time") <= pl.col("exit")))
@@ -244,8 +370,14 @@ def build_risk_sets(layout: CellLayout, totals: RiskSetCounts, class_index: np.n
         ["fit", "stratum", "time", "cell"]
     )
     q_class, q_cell, q_time = (queries[c].to_numpy() for c in ("class_index", "cell", "time"))
-    exposed_at_risk, exposed_events = exposed_counts(class_index, cell, start, exit_, event, q_class, q_cell, q_time, layout.n_cells, time_span)
-    risk_set = (queries["fit"].cast(pl.Int64) * (n_strata * time_span) + queries["stratum"] * time_span + queries["time"]).to_numpy()
+    exposed_at_risk, exposed_events = exposed_counts(
+        class_index, cell, start, exit_, event, q_class, q_cell, q_time, layout.n_cells, time_span
+    )
+    risk_set = (
+        queries["fit"].cast(pl.Int64) * (n_strata * time_span)
+        + queries["stratum"] * time_span
+        + queries["time"]
+    ).to_numpy()
     _, risk_set_index = np.unique(risk_set, return_inverse=True)
     if n_covariates == 0:
         exposed_in_risk_set = np.bincount(risk_set_index, weights=exposed_at_risk)
@@ -278,7 +410,9 @@ def build_risk_sets(layout: CellLayout, totals: RiskSetCounts, class_index: np.n
     )
 
 
-def screen_exposures(cohort: pl.DataFrame, exposures: pl.DataFrame, config: dict[str, Any], level: int) -> pl.DataFrame:
+def screen_exposures(
+    cohort: pl.DataFrame, exposures: pl.DataFrame, config: dict[str, Any], level: int
+) -> pl.DataFrame:
     """Screen every class of one ATC level for every lag and sex group (raw counts; not for export)."""
     screen = config["screen"]
     cohort = prepare_cohort(cohort, screen["birth_cohort_band_years"]).with_row_index("cohort_row")
@@ -294,10 +428,19 @@ def screen_exposures(cohort: pl.DataFrame, exposures: pl.DataFrame, config: dict
     for lag in screen["lags_years"]:
         for sex_group in screen["sex_strata"]:
             started = time.perf_counter()
-            part = fit_sex_group(cohort, exposures, classes, lag, sex_group, screen["adjust"], screen["min_exposed_cases"])
+            part = fit_sex_group(
+                cohort, exposures, classes, lag, sex_group, screen["adjust"], screen["min_exposed_cases"]
+            )
             n_fitted = int((part["status"] != "skipped").sum())
-            log.info("level %d lag %g sex %s: %d classes, %d fitted in %.2f s", level, lag, sex_group, part.height, n_fitted,
-                     time.perf_counter() - started)
+            log.info(
+                "level %d lag %g sex %s: %d classes, %d fitted in %.2f s",
+                level,
+                lag,
+                sex_group,
+                part.height,
+                n_fitted,
+                time.perf_counter() - started,
+            )
             results.append(part)
     out = pl.concat(results).with_columns(atc_level=pl.lit(level, pl.Int8))
     return out
@@ -305,6 +448,7 @@ def screen_exposures(cohort: pl.DataFrame, exposures: pl.DataFrame, config: dict
 
 def add_q_values(results: pl.DataFrame, alpha: float) -> pl.DataFrame:
     """Benjamini-Hochberg q-values within each (atc_level, lag_years, sex) family of fitted rows."""
+
     def family_q(p: pl.Series) -> pl.Series:
         values = p.to_numpy()
         q = np.full(len(values), np.nan)
@@ -314,11 +458,20 @@ def add_q_values(results: pl.DataFrame, alpha: float) -> pl.DataFrame:
         return pl.Series(q)
 
     return results.with_columns(
-        q_value=pl.col("p_value").fill_nan(None).map_batches(family_q, return_dtype=pl.Float64).over(["atc_level", "lag_years", "sex"])
+        q_value=pl.col("p_value")
+        .fill_nan(None)
+        .map_batches(family_q, return_dtype=pl.Float64)
+        .over(["atc_level", "lag_years", "sex"])
     ).with_columns(significant=(pl.col("q_value") < alpha).fill_null(False))
 
 
-def screen_level(config: dict[str, Any], cohort_path: str | Path, exposure_path: str | Path, level: int, out_path: str | Path) -> pl.DataFrame:
+def screen_level(
+    config: dict[str, Any],
+    cohort_path: str | Path,
+    exposure_path: str | Path,
+    level: int,
+    out_path: str | Path,
+) -> pl.DataFrame:
     """Fit all classes of one ATC level and write the raw (internal) result part."""
     started = time.perf_counter()
     results = screen_exposures(pl.read_parquet(cohort_path), pl.read_parquet(exposure_path), config, level)
@@ -327,17 +480,26 @@ def screen_level(config: dict[str, Any], cohort_path: str | Path, exposure_path:
     return results
 
 
-def gather_screen(config: dict[str, Any], part_paths: list[str], parquet_path: str | Path, csv_path: str | Path) -> pl.DataFrame:
+def gather_screen(
+    config: dict[str, Any], part_paths: list[str], parquet_path: str | Path, csv_path: str | Path
+) -> pl.DataFrame:
     """Combine the level parts, add names and q-values, apply disclosure control and write dwas.parquet/.csv."""
     results = pl.concat([pl.read_parquet(p) for p in part_paths], how="vertical_relaxed")
     results = add_q_values(results, config["screen"]["fdr_alpha"])
     names = load_atc_names(config["inputs"].get("atc_index")).select("atc_code", "atc_name")
-    results = results.join(names, on="atc_code", how="left").select(SCREEN_COLUMNS).sort(
-        ["atc_level", "lag_years", "sex", "atc_code"]
+    results = (
+        results.join(names, on="atc_code", how="left")
+        .select(SCREEN_COLUMNS)
+        .sort(["atc_level", "lag_years", "sex", "atc_code"])
     )
     released = suppress_small_counts(results, COUNT_COLUMNS, config["disclosure"]["min_cell"])
     released.write_parquet(parquet_path)
     for_display(released, COUNT_COLUMNS, config["disclosure"]["min_cell"]).write_csv(csv_path)
-    log.info("screen: %d rows, %d fitted, %d significant at q < %g", results.height,
-             int((results["status"] != "skipped").sum()), int(results["significant"].sum()), config["screen"]["fdr_alpha"])
+    log.info(
+        "screen: %d rows, %d fitted, %d significant at q < %g",
+        results.height,
+        int((results["status"] != "skipped").sum()),
+        int(results["significant"].sum()),
+        config["screen"]["fdr_alpha"],
+    )
     return released

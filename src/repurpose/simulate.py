@@ -92,7 +92,9 @@ MECHANISM_HR = 0.65
 
 PLANTED: dict[str, PlantedSubstance] = {
     "R06AA04": PlantedSubstance(CAUSAL_PROTECTIVE, 0.55, 0.15, "antihistamine; remyelination candidate"),
-    "J01AA08": PlantedSubstance(CAUSAL_PROTECTIVE, 0.60, 0.08, "tetracycline; slowed conversion in a CIS trial"),
+    "J01AA08": PlantedSubstance(
+        CAUSAL_PROTECTIVE, 0.60, 0.08, "tetracycline; slowed conversion in a CIS trial"
+    ),
     "A11CC05": PlantedSubstance(CAUSAL_PROTECTIVE, 0.65, 0.15, "vitamin D"),
     "P01BA02": PlantedSubstance(CAUSAL_PROTECTIVE, 0.50, 0.08, "antimalarial immunomodulator"),
     "L04AB04": PlantedSubstance(CAUSAL_HARMFUL, 2.0, 0.07, "TNF inhibitors can trigger demyelination"),
@@ -102,7 +104,9 @@ PLANTED: dict[str, PlantedSubstance] = {
     "R03AC03": PlantedSubstance(MECHANISM, MECHANISM_HR, 0.08, "inhaled short-acting beta-2 agonist"),
     "R03AC12": PlantedSubstance(MECHANISM, MECHANISM_HR, 0.08, "inhaled long-acting beta-2 agonist"),
     "R03AC13": PlantedSubstance(MECHANISM, MECHANISM_HR, 0.10, "inhaled long-acting beta-2 agonist"),
-    "R03CC02": PlantedSubstance(MECHANISM, MECHANISM_HR, 0.07, "systemic beta-2 agonist (other level-3 class)"),
+    "R03CC02": PlantedSubstance(
+        MECHANISM, MECHANISM_HR, 0.07, "systemic beta-2 agonist (other level-3 class)"
+    ),
     "N06AB06": PlantedSubstance(PRODROMAL, 1.0, 0.06, "antidepressant: mood symptoms precede MS onset"),
     "G04BD07": PlantedSubstance(PRODROMAL, 1.0, 0.04, "urological: bladder symptoms precede MS onset"),
     "N07CA01": PlantedSubstance(PRODROMAL, 1.0, 0.05, "antivertigo: dizziness precedes MS onset"),
@@ -128,9 +132,11 @@ NOT_SIMULATED: tuple[str, ...] = (
 # --------------------------------------------------------------------------------------------------
 
 AGE_BAND_LOWER_YEARS: tuple[float, ...] = (0, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60, 65, 70)
+# fmt: off
 AGE_BAND_RELATIVE_HAZARD: tuple[float, ...] = (
     0.01, 0.08, 0.35, 0.75, 1.0, 1.0, 0.85, 0.65, 0.45, 0.30, 0.18, 0.10, 0.05, 0.02,
 )
+# fmt: on
 """MS onset hazard by age band relative to the peak (25-34 years)."""
 
 FEMALE_TO_MALE_HAZARD_RATIO = 2.5
@@ -185,6 +191,7 @@ EDUCATION_MISSING_SHARE = 0.05
 # --------------------------------------------------------------------------------------------------
 
 MAX_AGE = 110
+# fmt: off
 AGE_PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     # name: (anchor ages, relative use at those ages); interpolated linearly, peak scaled to 1
     "general": ((0, 2, 6, 15, 30, 50, 70, 90, 110), (0.7, 0.8, 0.5, 0.45, 0.5, 0.6, 0.8, 0.9, 0.9)),
@@ -200,6 +207,7 @@ AGE_PROFILES: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "young_adult": ((0, 12, 18, 25, 40, 55, 70, 110), (0.0, 0.1, 0.7, 1.0, 1.0, 0.6, 0.4, 0.3)),
     "youth": ((0, 5, 8, 12, 18, 30, 45, 110), (0.0, 0.0, 0.6, 1.0, 0.8, 0.4, 0.1, 0.02)),
 }
+# fmt: on
 
 
 @dataclass(frozen=True)
@@ -215,13 +223,16 @@ class UseProfile:
     reimbursement_codes: tuple[str, ...] = ()  # ICD-10 / ICPC-2 codes drawn for reimbursed episodes
 
 
+# fmt: off
 def _use(
     age: str, female: float, refills: float, interval: float, ddd: float, reimbursed: float = 0.0,
     codes: tuple[str, ...] = (),
 ) -> UseProfile:
     return UseProfile(age, female, refills, interval, ddd, reimbursed, codes)
+# fmt: on
 
 
+# fmt: off
 USE_PROFILES: dict[str, UseProfile] = {
     # keyed by ATC prefix; the longest matching prefix wins (a level-5 code overrides its groups)
     "A01": _use("general", 0.55, 0.3, 60, 20),
@@ -335,7 +346,9 @@ USE_PROFILES: dict[str, UseProfile] = {
     "V04": _use("chronic", 0.45, 8, 90, 100, 0.9, ("E11", "T90")),
     "V08": _use("elderly", 0.5, 0.0, 30, 1),
 }
+# fmt: on
 
+# fmt: off
 EVER_USE_PERCENT_BY_ATC2: dict[str, float] = {
     # Share (%) of persons with >= 1 dispensing in the group over the window; rounded from published
     # Norwegian prescription-register use counts (adults, 2004-2019), not exact.
@@ -355,7 +368,9 @@ EVER_USE_PERCENT_BY_ATC2: dict[str, float] = {
     "S01": 35, "S02": 1.2, "S03": 5,
     "V01": 0.5, "V03": 0.5, "V04": 0.5, "V08": 0.1,
 }
+# fmt: on
 
+# fmt: off
 POPULARITY: dict[str, float] = {
     # relative weight of a substance within its ATC level-2 group (default 1)
     "A02BC05": 3, "A02BC02": 2, "A02BC01": 2, "A10BA02": 5, "A12AA04": 3, "B01AC06": 6, "B01AA03": 2,
@@ -368,6 +383,7 @@ POPULARITY: dict[str, float] = {
     "N06AB10": 3, "N06AB04": 2, "N06AX11": 2, "R01AD09": 3, "R01AA07": 2, "R03BA02": 3,
     "R05DA04": 3, "R05CB01": 2, "R06AX27": 4, "R06AE07": 4, "R06AX13": 2, "S01AA01": 6,
 }
+# fmt: on
 
 REPEAT_EPISODES_MEAN = 1.2
 """Mean number of later episodes (Geometric) following a person's first episode of a substance."""
@@ -397,6 +413,7 @@ MALFORMED_ATC_CODES: tuple[str, ...] = ("N06AB6", "R03AC0X", "J01CA", "1234567",
 # Registry-native layout
 # --------------------------------------------------------------------------------------------------
 
+# fmt: off
 NATIVE_COLUMNS: dict[str, dict[str, str]] = {
     "population": {
         "person_id": "løpenr", "sex": "kjønn", "birth_year": "fødselsår", "birth_month": "fødselsmåned",
@@ -411,6 +428,7 @@ NATIVE_COLUMNS: dict[str, dict[str, str]] = {
         "ms_course": "forløp", "edss_at_diagnosis": "edss_ved_diagnose",
     },
 }
+# fmt: on
 NATIVE_DATE_FORMAT = "%d.%m.%Y"
 NATIVE_SEPARATOR = ";"
 NATIVE_ENCODING = "latin-1"
@@ -441,14 +459,20 @@ def _day_number(iso: str | date) -> int:
 
 def _year_start_day(years: np.ndarray) -> np.ndarray:
     """Day number of 1 January of each year."""
-    return (np.asarray(years, dtype=np.int64) - 1970).astype("datetime64[Y]").astype("datetime64[D]").astype(
-        np.int64
+    return (
+        (np.asarray(years, dtype=np.int64) - 1970)
+        .astype("datetime64[Y]")
+        .astype("datetime64[D]")
+        .astype(np.int64)
     )
 
 
 def _year_of_day(days: np.ndarray) -> np.ndarray:
     """Calendar year of each day number."""
-    return np.asarray(days, dtype=np.int64).astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64) + 1970
+    return (
+        np.asarray(days, dtype=np.int64).astype("datetime64[D]").astype("datetime64[Y]").astype(np.int64)
+        + 1970
+    )
 
 
 def _date_array(days: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
@@ -511,7 +535,9 @@ class Population:
 NEVER = np.iinfo(np.int64).max // 4
 
 
-def _unique_random_ids(rng: np.random.Generator, n: int, low: int = 10_000_000, high: int = 9_999_999_999) -> np.ndarray:
+def _unique_random_ids(
+    rng: np.random.Generator, n: int, low: int = 10_000_000, high: int = 9_999_999_999
+) -> np.ndarray:
     """`n` sorted unique random int64 ids in [low, high)."""
     ids = np.unique(rng.integers(low, high, size=n + n // 10 + 100, dtype=np.int64))
     while len(ids) < n:  # practically never: collisions are rare in a 10-billion range
@@ -530,8 +556,12 @@ def simulate_population(n_persons: int, rng: np.random.Generator, study: StudyWi
     year_start = _year_start_day(birth_year)
     year_length = _year_start_day(birth_year + 1) - year_start
     birth_day = year_start + np.floor(rng.random(n_persons) * year_length).astype(np.int64)
-    birth_month = (birth_day.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64) % 12 + 1).astype(np.int8)
-    birth_month_recorded = np.where(rng.random(n_persons) < BIRTH_MONTH_MISSING_SHARE, 0, birth_month).astype(np.int8)
+    birth_month = (
+        birth_day.astype("datetime64[D]").astype("datetime64[M]").astype(np.int64) % 12 + 1
+    ).astype(np.int8)
+    birth_month_recorded = np.where(rng.random(n_persons) < BIRTH_MONTH_MISSING_SHARE, 0, birth_month).astype(
+        np.int8
+    )
     latent_factor = rng.standard_normal(n_persons)
     entry_day = np.maximum(birth_day, study.start_day)
 
@@ -540,12 +570,16 @@ def simulate_population(n_persons: int, rng: np.random.Generator, study: StudyWi
     unit_exponential = rng.exponential(size=n_persons)
     a, b = GOMPERTZ_MORTALITY_AT_AGE_0, GOMPERTZ_MORTALITY_SLOPE
     death_age = np.log(np.exp(b * entry_age) + b * unit_exponential / a) / b
-    true_death_day = np.maximum(birth_day + np.floor(death_age * DAYS_PER_YEAR).astype(np.int64), entry_day + 1)
+    true_death_day = np.maximum(
+        birth_day + np.floor(death_age * DAYS_PER_YEAR).astype(np.int64), entry_day + 1
+    )
 
     emigrates = rng.random(n_persons) < EMIGRATION_SHARE
-    emigration_candidate = entry_day + 1 + np.floor(
-        rng.random(n_persons) * np.maximum(study.end_day - entry_day, 1)
-    ).astype(np.int64)
+    emigration_candidate = (
+        entry_day
+        + 1
+        + np.floor(rng.random(n_persons) * np.maximum(study.end_day - entry_day, 1)).astype(np.int64)
+    )
     emigrates &= (emigration_candidate <= study.end_day) & (emigration_candidate < true_death_day)
     emigration_day = np.where(emigrates, emigration_candidate, NEVER)
 
@@ -726,14 +760,16 @@ def build_substance_table(catalog: pl.DataFrame, study: StudyWindow) -> Substanc
 
 
 def _calibrate_episode_rates(table: SubstanceTable, study: StudyWindow) -> np.ndarray:
-    """Solve, per substance, mean_i(1 - exp(-rate * exposure_i)) = target ever-use on a reference population."""
+    """Per substance, solve mean_i(1 - exp(-rate * exposure_i)) = target ever-use on reference persons."""
     reference = simulate_population(CALIBRATION_PERSONS, np.random.default_rng(CALIBRATION_SEED), study)
     person, _, days, age = _person_years(reference, study)
     profiles = _age_profile_matrix()
     # profile-weighted person-years per reference person and profile: (P, persons)
     weighted_years = np.zeros((len(profiles), len(reference)))
     for k in range(len(profiles)):
-        weighted_years[k] = np.bincount(person, weights=profiles[k, age] * days / DAYS_PER_YEAR, minlength=len(reference))
+        weighted_years[k] = np.bincount(
+            person, weights=profiles[k, age] * days / DAYS_PER_YEAR, minlength=len(reference)
+        )
     sex_column = reference.is_male.astype(np.int64)
     confounded = np.array([role == CONFOUNDED for role in table.roles])
     latent_multiplier = np.exp(
@@ -786,13 +822,20 @@ class Dispensings:
 
 
 def _draw_ddd(rng: np.random.Generator, substances: SubstanceTable, substance: np.ndarray) -> np.ndarray:
-    multiplier = rng.choice(np.array(DDD_PACK_MULTIPLIERS), size=len(substance), p=DDD_PACK_MULTIPLIER_SHARES)
+    pack = np.searchsorted(
+        np.cumsum(DDD_PACK_MULTIPLIER_SHARES)[:-1], rng.random(len(substance)), side="right"
+    )
+    multiplier = np.array(DDD_PACK_MULTIPLIERS)[pack]
     return substances.ddd_per_dispensing[substance] * multiplier
 
 
-def _draw_reimbursement(rng: np.random.Generator, substances: SubstanceTable, substance: np.ndarray) -> np.ndarray:
+def _draw_reimbursement(
+    rng: np.random.Generator, substances: SubstanceTable, substance: np.ndarray
+) -> np.ndarray:
     reimbursed = rng.random(len(substance)) < substances.reimbursed_share[substance]
-    pick = np.floor(rng.random(len(substance)) * np.maximum(substances.code_count[substance], 1)).astype(np.int64)
+    pick = np.floor(rng.random(len(substance)) * np.maximum(substances.code_count[substance], 1)).astype(
+        np.int64
+    )
     return np.where(reimbursed, substances.code_start[substance] + pick, -1)
 
 
@@ -834,12 +877,16 @@ def simulate_dispensings(
         substance_parts.append(np.full(int(n_conf.sum()), j, dtype=np.int64))
     episode_py = np.concatenate(py_parts)
     episode_substance = np.concatenate(substance_parts)
-    episode_start = start[episode_py] + np.floor(rng.random(len(episode_py)) * days[episode_py]).astype(np.int64)
+    episode_start = start[episode_py] + np.floor(rng.random(len(episode_py)) * days[episode_py]).astype(
+        np.int64
+    )
     episode_person = person[episode_py]
     episode_person, episode_start, episode_substance = _add_repeat_episodes(
         population, rng, study, episode_person, episode_start, episode_substance
     )
-    return _expand_episodes(population, substances, rng, study, episode_person, episode_start, episode_substance)
+    return _expand_episodes(
+        population, substances, rng, study, episode_person, episode_start, episode_substance
+    )
 
 
 def _add_repeat_episodes(
@@ -956,9 +1003,19 @@ def simulate_onset_days(
     band = np.concatenate([band_index, np.full(len(exposure_person), -1)])
     delta_log_hr = np.concatenate([np.zeros(len(band_person)), exposure_log_hr])
     inside = event_time < hazard_end_day[person]
-    person, event_time, band, delta_log_hr = person[inside], event_time[inside], band[inside], delta_log_hr[inside]
+    person, event_time, band, delta_log_hr = (
+        person[inside],
+        event_time[inside],
+        band[inside],
+        delta_log_hr[inside],
+    )
     order = np.lexsort((band < 0, event_time, person))
-    person, event_time, band, delta_log_hr = person[order], event_time[order], band[order], delta_log_hr[order]
+    person, event_time, band, delta_log_hr = (
+        person[order],
+        event_time[order],
+        band[order],
+        delta_log_hr[order],
+    )
 
     first_event = np.searchsorted(person, np.arange(n))  # each person's birth (band 0) event
     last_band_row = np.maximum.accumulate(np.where(band >= 0, np.arange(len(band)), 0))
@@ -1022,14 +1079,21 @@ def _ms_registry_rows(
     """Registry rows of persons diagnosed alive and resident on or before study end."""
     has_onset = np.flatnonzero(np.isfinite(onset_day))
     delay_days = np.exp(
-        np.log(DIAGNOSIS_DELAY_MEDIAN_YEARS * DAYS_PER_YEAR) + DIAGNOSIS_DELAY_LOG_SD * rng.standard_normal(len(has_onset))
+        np.log(DIAGNOSIS_DELAY_MEDIAN_YEARS * DAYS_PER_YEAR)
+        + DIAGNOSIS_DELAY_LOG_SD * rng.standard_normal(len(has_onset))
     )
     onset = np.floor(onset_day[has_onset]).astype(np.int64)
     diagnosis = np.floor(onset_day[has_onset] + delay_days).astype(np.int64)
     alive_resident = diagnosis < np.minimum(population.true_death_day, population.emigration_day)[has_onset]
     course = rng.choice(len(MS_COURSE_SHARES), size=len(has_onset), p=list(MS_COURSE_SHARES.values()))
-    edss = np.choose(course, [rng.gamma(2.0, 1.0, len(has_onset)), 4.0 + rng.gamma(2.0, 0.75, len(has_onset)),
-                              3.0 + rng.gamma(2.0, 0.75, len(has_onset))])
+    edss = np.choose(
+        course,
+        [
+            rng.gamma(2.0, 1.0, len(has_onset)),
+            4.0 + rng.gamma(2.0, 0.75, len(has_onset)),
+            3.0 + rng.gamma(2.0, 0.75, len(has_onset)),
+        ],
+    )
     edss = np.clip(np.round(edss * 2) / 2, 0.0, 10.0)
     onset_known = rng.random(len(has_onset)) >= ONSET_MISSING_SHARE
     edss_known = rng.random(len(has_onset)) >= EDSS_MISSING_SHARE
@@ -1099,7 +1163,11 @@ def _plan_corrupt_dispensings(
         n = counts[kind]
         if n == 0:
             continue
-        pool = whole_window if kind == "dispense_date_outside_window" and len(whole_window) else np.arange(len(population))
+        pool = (
+            whole_window
+            if kind == "dispense_date_outside_window" and len(whole_window)
+            else np.arange(len(population))
+        )
         host = np.sort(rng.choice(pool, size=n, replace=len(pool) < n))
         span = exit_day[host] - population.entry_day[host]
         day = population.entry_day[host] + np.floor(rng.random(n) * span).astype(np.int64)
@@ -1144,15 +1212,36 @@ def _write_dispensings(
     writers: dict[int, pq.ParquetWriter],
     study: StudyWindow,
     dispensings: Dispensings,
+    person_rank: np.ndarray,
     atc_dictionary: pa.Array,
     reimbursement_dictionary: pa.Array,
 ) -> None:
-    """Sort a chunk's rows by person_id, date and append them as one row group per yearly file."""
+    """Sort a chunk's rows by person_id, date and append them as one row group per yearly file.
+
+    `person_rank` orders the rows' person ids (cheaper to sort than the ids); rows are sorted on one
+    packed int64 key (year file, person, day, substance), ties keep their generation order.
+    """
     assert dispensings.person_id is not None
-    order = np.lexsort((dispensings.ddd, dispensings.substance, dispensings.day, dispensings.person_id))
-    years = np.clip(_year_of_day(dispensings.day[order]), study.first_year, study.last_year)
-    for year, writer in writers.items():
-        rows = order[years == year]
+    year_index = np.clip(_year_of_day(dispensings.day), study.first_year, study.last_year) - study.first_year
+    day_offset = dispensings.day - dispensings.day.min() if len(dispensings) else dispensings.day
+    fields = [
+        (year_index, len(study.years)),
+        (person_rank, int(person_rank.max(initial=0)) + 1),
+        (day_offset, int(day_offset.max(initial=0)) + 1),
+        (dispensings.substance, len(atc_dictionary)),
+    ]
+    widths = [max(int(size - 1).bit_length(), 1) for _, size in fields]
+    if sum(widths) <= 62:
+        key = np.zeros(len(dispensings), dtype=np.int64)
+        for (values, _), width in zip(fields, widths, strict=True):
+            key = (key << width) | values.astype(np.int64)
+        order = np.argsort(key, kind="stable")
+    else:  # unusually long windows or huge chunks: sort on the separate keys
+        order = np.lexsort((dispensings.substance, dispensings.day, person_rank, year_index))
+    rows_per_year = np.bincount(year_index, minlength=len(study.years))
+    row_start = np.cumsum(rows_per_year) - rows_per_year
+    for offset, (year, writer) in enumerate(writers.items()):
+        rows = order[row_start[offset] : row_start[offset] + rows_per_year[offset]]
         reimbursement = dispensings.reimbursement[rows]
         table = pa.table(
             {
@@ -1166,6 +1255,7 @@ def _write_dispensings(
             },
             schema=PRESCRIPTIONS_SCHEMA,
         )
+        assert year == study.first_year + offset
         writer.write_table(table)
 
 
@@ -1239,8 +1329,12 @@ def simulate_registries(
             dispensings = simulate_dispensings(chunk, substances, rate_table, chunk_rng, study)
 
             exposure_person, exposure_substance, exposure_day = second_dispensing_days(dispensings, causal)
-            log_person_factor = log_sex_factor[chunk.is_male.astype(np.int64)] + LATENT_LOG_HR_PER_SD * chunk.latent_factor
-            hazard_end_day = np.minimum(np.minimum(chunk.true_death_day, chunk.emigration_day), hazard_horizon_day)
+            log_person_factor = (
+                log_sex_factor[chunk.is_male.astype(np.int64)] + LATENT_LOG_HR_PER_SD * chunk.latent_factor
+            )
+            hazard_end_day = np.minimum(
+                np.minimum(chunk.true_death_day, chunk.emigration_day), hazard_horizon_day
+            )
             onset_day = simulate_onset_days(
                 birth_day=chunk.birth_day.astype(np.float64),
                 log_person_factor=log_person_factor,
@@ -1261,7 +1355,9 @@ def simulate_registries(
 
             dispensings = Dispensings.concat([dispensings, prodromal])
             n_dispensings_valid += len(dispensings)
-            pair_key = np.unique(dispensings.person * len(substances) + dispensings.substance, return_counts=True)
+            pair_key = np.unique(
+                dispensings.person * len(substances) + dispensings.substance, return_counts=True
+            )
             pair_counts.append((pair_key[0] % len(substances), pair_key[1]))
             dispensings.person_id = chunk.person_id[dispensings.person]
             in_chunk = (corrupt_plan.host >= chunk_start) & (corrupt_plan.host < chunk_stop)
@@ -1277,7 +1373,13 @@ def simulate_registries(
                 ids = dispensings.person_id
                 dispensings = Dispensings.concat([dispensings, corrupt])
                 dispensings.person_id = np.concatenate([ids, corrupt_plan.person_id[in_chunk]])
-            _write_dispensings(writers, study, dispensings, atc_dictionary, reimbursement_dictionary)
+            # unknown-person rows carry an id just above their host's, so they sort right after the host
+            person_rank = 2 * dispensings.person + (
+                dispensings.person_id != chunk.person_id[dispensings.person]
+            )
+            _write_dispensings(
+                writers, study, dispensings, person_rank, atc_dictionary, reimbursement_dictionary
+            )
     finally:
         for writer in writers.values():
             writer.close()
@@ -1318,15 +1420,27 @@ def simulate_registries(
         "corrupt_rows": int(n_corrupt_total),
     }
     truth = _ground_truth(
-        substances, n_users, n_exposed, counts, corrupt_counts, corrupt_plan, corrupt_ms_ids,
+        substances,
+        n_users,
+        n_exposed,
+        counts,
+        corrupt_counts,
+        corrupt_plan,
+        corrupt_ms_ids,
         parameters={
-            "n_persons": n_persons, "seed": seed, "study_start": study_start, "study_end": study_end,
-            "baseline_incidence_per_100k": baseline_incidence_per_100k, "n_corrupt_rows": n_corrupt_rows,
+            "n_persons": n_persons,
+            "seed": seed,
+            "study_start": study_start,
+            "study_end": study_end,
+            "baseline_incidence_per_100k": baseline_incidence_per_100k,
+            "n_corrupt_rows": n_corrupt_rows,
             "chunk_size": chunk_size,
         },
         baseline_incidence_per_100k=baseline_incidence_per_100k,
     )
-    (out / "ground_truth.json").write_text(json.dumps(truth, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (out / "ground_truth.json").write_text(
+        json.dumps(truth, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
+    )
     summary = {
         **counts,
         "corrupt_rows_by_kind": corrupt_counts,
@@ -1347,17 +1461,26 @@ def _registry_table(
     person_id = population.person_id[registry["person"]]
     onset_day, onset_known = registry["onset_day"], registry["onset_known"]
     diagnosis_day, course, edss, edss_known = (
-        registry["diagnosis_day"], registry["course"], registry["edss"], registry["edss_known"],
+        registry["diagnosis_day"],
+        registry["course"],
+        registry["edss"],
+        registry["edss_known"],
     )
     corrupt_ids: dict[str, list[int]] = {}
     n_unknown = corrupt_counts["ms_registry_unknown_person"]
     n_before_birth = corrupt_counts["diagnosis_before_birth"]
     if n_unknown or n_before_birth:
-        unknown_ids = _unknown_person_ids(rng, population.person_id, rng.choice(len(population), size=n_unknown))
+        unknown_ids = _unknown_person_ids(
+            rng, population.person_id, rng.choice(len(population), size=n_unknown)
+        )
         unknown_diagnosis = study.start_day + rng.integers(0, study.end_day - study.start_day, size=n_unknown)
         non_cases = np.setdiff1d(np.arange(len(population)), registry["person"])
         hosts = rng.choice(non_cases, size=n_before_birth, replace=False)
-        before_birth = population.birth_day[hosts] - 1 - rng.integers(0, 3 * 365, size=n_before_birth)
+        # a day in a calendar year before the birth year, so even birth year alone reveals the error
+        years_before = 1 + rng.integers(0, 3, size=n_before_birth)
+        before_birth = _year_start_day(population.birth_year[hosts] - years_before) + rng.integers(
+            0, 365, size=n_before_birth
+        )
         extra_ids = np.concatenate([unknown_ids, population.person_id[hosts]])
         extra_diagnosis = np.concatenate([unknown_diagnosis, before_birth])
         n_extra = n_unknown + n_before_birth
@@ -1394,8 +1517,12 @@ def _truth_persons_table(population: Population, onset_day: np.ndarray) -> pa.Ta
             "person_id": pa.array(population.person_id, type=pa.int64()),
             "true_birth_date": _date_array(population.birth_day),
             "latent_factor": pa.array(population.latent_factor, type=pa.float64()),
-            "true_onset_day": pa.array(np.where(has_onset, onset_day, 0.0), type=pa.float64(), mask=~has_onset),
-            "true_onset_date": _date_array(np.where(has_onset, np.floor(np.nan_to_num(onset_day)), 0), has_onset),
+            "true_onset_day": pa.array(
+                np.where(has_onset, onset_day, 0.0), type=pa.float64(), mask=~has_onset
+            ),
+            "true_onset_date": _date_array(
+                np.where(has_onset, np.floor(np.nan_to_num(onset_day)), 0), has_onset
+            ),
         }
     )
 
@@ -1432,7 +1559,9 @@ def _ground_truth(
         "description": "Planted truth of the simulated registries (repurpose.simulate).",
         "parameters": parameters,
         "substances": substance_truth,
-        "roles": {role: [c for c in substances.codes if substance_truth[c]["role"] == role] for role in ROLES},
+        "roles": {
+            role: [c for c in substances.codes if substance_truth[c]["role"] == role] for role in ROLES
+        },
         "mechanism": {
             "gene": MECHANISM_GENE,
             "action_type": MECHANISM_ACTION_TYPE,
@@ -1453,9 +1582,13 @@ def _ground_truth(
             "baseline_incidence_per_100k_at_peak": baseline_incidence_per_100k,
             "sex_factor": SEX_HAZARD_FACTOR,
             "latent_factor_log_hr_per_sd": LATENT_LOG_HR_PER_SD,
-            "exposure_definition": "exposed from the day of the person's second dispensing of the substance, for ever after",
+            "exposure_definition": (
+                "exposed from the day of the person's second dispensing of the substance, for ever after"
+            ),
             "onset_simulated_from": "birth (no drug data and so no drug effects before study start)",
-            "onset_simulated_until": f"death, emigration or study end + {ONSET_HORIZON_AFTER_STUDY_END_YEARS} years",
+            "onset_simulated_until": (
+                f"death, emigration or study end + {ONSET_HORIZON_AFTER_STUDY_END_YEARS} years"
+            ),
             "confounded_use_log_rate_per_sd": CONFOUNDED_USE_LOG_RATE_PER_SD,
             "prodromal": {
                 "window_years": PRODROMAL_WINDOW_YEARS,
@@ -1463,7 +1596,10 @@ def _ground_truth(
                 "extra_dispensings": f"2 + Poisson({PRODROMAL_EXTRA_DISPENSINGS_MEAN})",
                 "timing": "density rising linearly from 0 at window start to its peak at onset",
             },
-            "diagnosis_delay": {"median_years": DIAGNOSIS_DELAY_MEDIAN_YEARS, "log_sd": DIAGNOSIS_DELAY_LOG_SD},
+            "diagnosis_delay": {
+                "median_years": DIAGNOSIS_DELAY_MEDIAN_YEARS,
+                "log_sd": DIAGNOSIS_DELAY_LOG_SD,
+            },
         },
         "counts": counts,
         "corrupt_rows": corrupt_counts,
@@ -1513,13 +1649,21 @@ def write_native_extracts(canonical_dir: str | Path, out_dir: str | Path) -> dic
     for stale in (out / "prescriptions").glob("resepter_*.csv"):
         stale.unlink()
 
-    _write_native_csv([_to_native(pl.read_parquet(source / "population.parquet"), "population")], out / "population.csv")
-    _write_native_csv([_to_native(pl.read_parquet(source / "ms_registry.parquet"), "ms_registry")], out / "ms_registry.csv")
+    _write_native_csv(
+        [_to_native(pl.read_parquet(source / "population.parquet"), "population")], out / "population.csv"
+    )
+    _write_native_csv(
+        [_to_native(pl.read_parquet(source / "ms_registry.parquet"), "ms_registry")], out / "ms_registry.csv"
+    )
     for part in sorted((source / "prescriptions").glob("dispensings_*.parquet")):
         year = part.stem.removeprefix("dispensings_")
         batches = pq.ParquetFile(part).iter_batches(batch_size=1_000_000)
-        frames = (_to_native(pl.from_arrow(pa.Table.from_batches([batch])), "prescriptions") for batch in batches)
-        _write_native_csv(_with_header_if_empty(frames, "prescriptions"), out / "prescriptions" / f"resepter_{year}.csv")
+        frames = (
+            _to_native(pl.from_arrow(pa.Table.from_batches([batch])), "prescriptions") for batch in batches
+        )
+        _write_native_csv(
+            _with_header_if_empty(frames, "prescriptions"), out / "prescriptions" / f"resepter_{year}.csv"
+        )
 
     paths = {
         "population": str(out / "population.csv"),
@@ -1553,4 +1697,3 @@ def _with_header_if_empty(frames: Any, extract: str) -> list[pl.DataFrame] | Any
         yield frame
     if not produced:
         yield pl.DataFrame({name: [] for name in NATIVE_COLUMNS[extract].values()})
-

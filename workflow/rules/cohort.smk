@@ -13,7 +13,4 @@ rule cohort:
         mem_mb=MEM_MB,
         runtime=30,
     run:
-        from repurpose.cohort import run_cohort
-
-        with log_to(log[0]):
-            run_cohort(config, input.population, input.ms_registry, output.cohort, output.flow)
+        run_logged(log[0], "repurpose.cohort:run_cohort", config, input.population, input.ms_registry, output.cohort, output.flow)

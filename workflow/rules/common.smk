@@ -1,5 +1,5 @@
 # Shared helpers of the rules: paths and resources derived from the validated config.
-from repurpose.logs import log_to
+from repurpose.logs import run_logged
 
 RESULTS = "results"
 ATC_LEVELS = [int(level) for level in config["screen"]["atc_levels"]]

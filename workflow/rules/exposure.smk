@@ -14,7 +14,4 @@ rule exposure:
         mem_mb=MEM_MB,
         runtime=60,
     run:
-        from repurpose.exposure import build_exposures
-
-        with log_to(log[0]):
-            build_exposures(config, input.prescriptions, input.cohort, int(wildcards.level), output[0])
+        run_logged(log[0], "repurpose.exposure:build_exposures", config, input.prescriptions, input.cohort, int(wildcards.level), output[0])

@@ -18,7 +18,4 @@ rule validate:
         mem_mb=MEM_MB,
         runtime=120,
     run:
-        from repurpose.ingest import validate_extracts
-
-        with log_to(log[0]):
-            validate_extracts(config, f"{RESULTS}/validated", f"{RESULTS}/validation")
+        run_logged(log[0], "repurpose.ingest:validate_extracts", config, f"{RESULTS}/validated", f"{RESULTS}/validation")

@@ -14,10 +14,7 @@ rule screen_level:
         mem_mb=MEM_MB,
         runtime=60,
     run:
-        from repurpose.screen import screen_level
-
-        with log_to(log[0]):
-            screen_level(config, input.cohort, input.exposure, int(wildcards.level), output[0])
+        run_logged(log[0], "repurpose.screen:screen_level", config, input.cohort, input.exposure, int(wildcards.level), output[0])
 
 
 rule screen_gather:
@@ -33,7 +30,4 @@ rule screen_gather:
         mem_mb=2048,
         runtime=10,
     run:
-        from repurpose.screen import gather_screen
-
-        with log_to(log[0]):
-            gather_screen(config, input, output.parquet, output.csv)
+        run_logged(log[0], "repurpose.screen:gather_screen", config, list(input), output.parquet, output.csv)

@@ -7,7 +7,7 @@ rule simulate:
         truth=f"{RESULTS}/simulated/ground_truth.json",
     params:
         settings=config["simulate"],
-        study=config["study"],
+        window={"study_start": config["study"]["start"], "study_end": config["study"]["end"]},
     log:
         f"{RESULTS}/logs/simulate.log",
     threads: THREADS
@@ -15,14 +15,4 @@ rule simulate:
         mem_mb=MEM_MB,
         runtime=60,
     run:
-        from repurpose.simulate import simulate_registries
-
-        with log_to(log[0]):
-            simulate_registries(
-                f"{RESULTS}/simulated",
-                n_persons=params.settings["n_persons"],
-                seed=params.settings["seed"],
-                n_corrupt_rows=params.settings["n_corrupt_rows"],
-                study_start=params.study["start"],
-                study_end=params.study["end"],
-            )
+        run_logged(log[0], "repurpose.simulate:simulate_registries", f"{RESULTS}/simulated", **params.settings, **params.window)

@@ -1,0 +1,91 @@
+"""The screen recovers the simulator's planted truth and rejects what is not there.
+
+One simulated population of 200,000 persons (about 2,600 incident MS cases) goes through
+validate -> cohort -> exposure -> screen; the roles of substances are read from ground_truth.json,
+so nothing here depends on which substances the simulator happened to plant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from scipy import stats
+
+from repurpose.cohort import run_cohort
+from repurpose.config import load_config
+from repurpose.exposure import build_exposures
+from repurpose.ingest import validate_extracts
+from repurpose.screen import gather_screen, screen_level
+from repurpose.simulate import simulate_registries
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+CAUSAL = ("causal_protective", "causal_harmful", "mechanism")
+
+
+@pytest.fixture(scope="module")
+def screened(tmp_path_factory) -> tuple[pl.DataFrame, dict]:
+    work = tmp_path_factory.mktemp("recovery")
+    simulate_registries(work / "simulated", n_persons=200_000, seed=7)
+    config = load_config(REPO / "config/config.yaml")
+    config["screen"]["atc_levels"] = [5]
+    config["inputs"]["population"]["path"] = str(work / "simulated/population.parquet")
+    config["inputs"]["ms_registry"]["path"] = str(work / "simulated/ms_registry.parquet")
+    config["inputs"]["prescriptions"]["path"] = str(work / "simulated/prescriptions")
+    config["resources"]["tmpdir"] = str(work / "tmp")
+    validate_extracts(config, work / "validated", work / "validation")
+    run_cohort(config, work / "validated/population.parquet", work / "validated/ms_registry.parquet", work / "cohort.parquet", work / "flow.json")
+    build_exposures(config, work / "validated/prescriptions", work / "cohort.parquet", 5, work / "exposure_5.parquet")
+    screen_level(config, work / "cohort.parquet", work / "exposure_5.parquet", 5, work / "part_5.parquet")
+    dwas = gather_screen(config, [str(work / "part_5.parquet")], work / "dwas.parquet", work / "dwas.csv")
+    truth = json.loads((work / "simulated/ground_truth.json").read_text())
+    roles = pl.DataFrame([{"atc_code": code, "role": s["role"], "planted_hr": s["planted_hr"]} for code, s in truth["substances"].items()])
+    return dwas.filter(pl.col("sex") == "all").join(roles, on="atc_code"), truth
+
+
+def lag(results: pl.DataFrame, years: float) -> pl.DataFrame:
+    return results.filter(pl.col("lag_years") == years)
+
+
+def test_planted_causal_substances_are_significant_in_the_planted_direction(screened):
+    results, _ = screened
+    causal = lag(results, 0).filter(pl.col("role").is_in(["causal_protective", "causal_harmful"]))
+    assert causal.height >= 4
+    for row in causal.iter_rows(named=True):
+        assert row["q_value"] < 0.05, row
+        assert (row["hr"] < 1) == (row["planted_hr"] < 1), row
+
+
+def test_confidence_intervals_cover_the_planted_hazard_ratios(screened):
+    # 95% intervals: with ~12 planted substances about one miss is expected; more than 20% would be bias.
+    results, _ = screened
+    planted = lag(results, 0).filter(pl.col("role").is_in(CAUSAL), pl.col("status") == "ok")
+    covered = planted.filter((pl.col("ci_lower") <= pl.col("planted_hr")) & (pl.col("planted_hr") <= pl.col("ci_upper")))
+    assert covered.height >= 0.8 * planted.height, planted.select("atc_code", "planted_hr", "hr", "ci_lower", "ci_upper")
+
+
+def test_mechanism_substances_are_all_protective(screened):
+    results, truth = screened
+    mechanism = lag(results, 0).filter(pl.col("atc_code").is_in(truth["mechanism"]["substances"]), pl.col("status") == "ok")
+    assert mechanism.height >= 3
+    assert (mechanism["hr"] < 1).all(), mechanism.select("atc_code", "hr", "ci_lower", "ci_upper")
+
+
+def test_prodromal_substances_fade_with_lag(screened):
+    results, _ = screened
+    prodromal = results.filter(pl.col("role") == "prodromal")
+    assert prodromal["atc_code"].n_unique() >= 2
+    assert (lag(prodromal, 0)["q_value"] < 0.05).all()
+    late = prodromal.filter(pl.col("lag_years") >= 5)
+    assert not (late["q_value"].fill_null(1.0).fill_nan(1.0) < 0.05).any(), late
+
+
+def test_null_substances_have_uniform_p_values(screened):
+    results, _ = screened
+    nulls = lag(results, 0).filter(pl.col("role") == "null", pl.col("status") == "ok")
+    assert nulls.height >= 100
+    assert stats.kstest(nulls["p_value"].to_numpy(), "uniform").pvalue > 0.01
