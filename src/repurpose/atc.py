@@ -78,14 +78,20 @@ def read_who_atc_index(path: str | Path) -> pl.DataFrame:
     the DDD, the oral route when the code has one (the route most dispensings are), else its first DDD.
     """
     path = Path(path)
-    header = pl.read_csv(path, n_rows=0, infer_schema=False).columns
+    raw_bytes = path.read_bytes()
+    try:  # the WHO download is UTF-8; a copy re-saved by a spreadsheet may be Latin-1
+        text = raw_bytes.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw_bytes.decode("latin-1")
+    content = text.encode("utf-8")
+    header = pl.read_csv(content, n_rows=0, infer_schema=False).columns
     missing = [column for column in WHO_COLUMNS if column not in header]
     if missing:
         raise ValueError(
             f"{path} is not a WHO ATC/DDD index: missing column(s) {missing}; "
             f"expected the header {','.join(WHO_COLUMNS)},Comment but found {','.join(header)}"
         )
-    raw = pl.read_csv(path, infer_schema=False, columns=list(WHO_COLUMNS)).rename(
+    raw = pl.read_csv(content, infer_schema=False, columns=list(WHO_COLUMNS)).rename(
         {
             "ATC code": "atc_code",
             "ATC level name": "atc_name",

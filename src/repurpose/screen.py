@@ -113,8 +113,23 @@ def cell_layout(cohort: pl.DataFrame, sex_group: str, strata: list[str], covaria
     return CellLayout(cell_of_person, stratum_of_cell.astype(np.int64), design, names, cells.height)
 
 
-def _count_in_block(sorted_keys: np.ndarray, queries: np.ndarray) -> np.ndarray:
-    return np.searchsorted(sorted_keys, queries, side="left")
+def counts_at_event_times(
+    block: np.ndarray, start: np.ndarray, exit_: np.ndarray, event: np.ndarray,
+    query_block: np.ndarray, query_time: np.ndarray, time_span: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per query (block, t): persons of the block at risk (start < t <= exit) and with their event at t.
+
+    Binary search over keys `block * time_span + age`: within a block, #(start < t) - #(exit < t) is the
+    number at risk, since everyone who exited before t also started before t. Persons of earlier blocks
+    are counted in both terms and cancel.
+    """
+    query = query_block * time_span + query_time
+    start_keys = np.sort(block * time_span + start)
+    exit_keys = np.sort(block * time_span + exit_)
+    n_at_risk = np.searchsorted(start_keys, query, "left") - np.searchsorted(exit_keys, query, "left")
+    event_keys = np.sort(block[event] * time_span + exit_[event])
+    n_events = np.searchsorted(event_keys, query, "right") - np.searchsorted(event_keys, query, "left")
+    return n_at_risk.astype(np.float64), n_events.astype(np.float64)
 
 
 @dataclass
@@ -147,44 +162,14 @@ def total_counts(cohort: pl.DataFrame, layout: CellLayout, time_span: int) -> Ri
         cells_by_stratum, on="stratum"
     )
     q_cell, q_time = queries["cell"].to_numpy(), queries["time"].to_numpy()
-    q_key = q_cell * time_span + q_time
-    entry_keys = np.sort(cell * time_span + entry)
-    exit_keys = np.sort(cell * time_span + exit_)
-    n_at_risk = _count_in_block(entry_keys, q_key) - _count_in_block(exit_keys, q_key)
-    events_keys = np.sort(cell[event] * time_span + exit_[event])
-    n_events = np.searchsorted(events_keys, q_key, side="right") - np.searchsorted(
-        events_keys, q_key, side="left"
-    )
+    n_at_risk, n_events = counts_at_event_times(cell, entry, exit_, event, q_cell, q_time, time_span)
     return RiskSetCounts(
         q_cell,
         q_time,
         queries["stratum"].to_numpy(),
-        n_at_risk.astype(np.float64),
-        n_events.astype(np.float64),
+        n_at_risk,
+        n_events,
     )
-
-
-def exposed_counts(
-    class_index: np.ndarray,
-    cell: np.ndarray,
-    start: np.ndarray,
-    exit_: np.ndarray,
-    event: np.ndarray,
-    q_class: np.ndarray,
-    q_cell: np.ndarray,
-    q_time: np.ndarray,
-    n_cells: int,
-    time_span: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exposed at risk (start < t <= exit) and exposed events (exit == t) per (class, cell, t) query."""
-    block = class_index * n_cells + cell
-    q_key = (q_class * n_cells + q_cell) * time_span + q_time
-    start_keys = np.sort(block * time_span + start)
-    exit_keys = np.sort(block * time_span + exit_)
-    n_at_risk = np.searchsorted(start_keys, q_key, "left") - np.searchsorted(exit_keys, q_key, "left")
-    event_keys = np.sort(block[event] * time_span + exit_[event])
-    n_events = np.searchsorted(event_keys, q_key, "right") - np.searchsorted(event_keys, q_key, "left")
-    return n_at_risk.astype(np.float64), n_events.astype(np.float64)
 
 
 def fit_sex_group(
@@ -370,8 +355,8 @@ def build_risk_sets(
         ["fit", "stratum", "time", "cell"]
     )
     q_class, q_cell, q_time = (queries[c].to_numpy() for c in ("class_index", "cell", "time"))
-    exposed_at_risk, exposed_events = exposed_counts(
-        class_index, cell, start, exit_, event, q_class, q_cell, q_time, layout.n_cells, time_span
+    exposed_at_risk, exposed_events = counts_at_event_times(
+        class_index * layout.n_cells + cell, start, exit_, event, q_class * layout.n_cells + q_cell, q_time, time_span
     )
     risk_set = (
         queries["fit"].cast(pl.Int64) * (n_strata * time_span)

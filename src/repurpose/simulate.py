@@ -42,15 +42,19 @@ The model the data follow exactly:
 * Diagnosis = onset + lognormal delay (median 1.5 years); the registry lists patients diagnosed alive and
   resident on or before study end; onset is missing for ~10%.
 
-Results depend on `seed` and `chunk_size` only (same values -> identical data). The latent factor, the
-exact birth dates and all true onsets (including undiagnosed ones) are written to
-`ground_truth_persons.parquet` so the truth can be checked.
+With the default settings this gives ~5 dispensings per person-year and ~1.6% of persons with onset in a
+20-year window. The same arguments always give identical data (persons are simulated in chunks of
+`chunk_size`, each with its own random stream, so changing `chunk_size` changes the draws). Optional
+invalid rows (`n_corrupt_rows`) use null-role substances or persons outside the MS registry, so they never
+change the planted truth. The hidden per-person truth (exact birth date, latent factor U, true onset
+including undiagnosed ones) is written to `ground_truth_persons.parquet` so the truth can be checked.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -1145,6 +1149,9 @@ class CorruptPlan:
     ddd: np.ndarray
     person_id: np.ndarray  # id written in the row (unknown ids for unknown-person rows)
 
+    def take(self, rows: np.ndarray) -> CorruptPlan:
+        return CorruptPlan(**{name: value[rows] for name, value in self.__dict__.items()})
+
 
 def _plan_corrupt_dispensings(
     rng: np.random.Generator,
@@ -1259,6 +1266,117 @@ def _write_dispensings(
         writer.write_table(table)
 
 
+@dataclass
+class _SimulationModel:
+    """Everything fixed across chunks: substances, rate tables, hazard constants, output dictionaries."""
+
+    study: StudyWindow
+    substances: SubstanceTable
+    rate_table: np.ndarray
+    causal_substances: np.ndarray
+    log_hr: np.ndarray
+    baseline_per_day: np.ndarray
+    log_sex_factor: np.ndarray  # [female, male]
+    hazard_horizon_day: int
+    atc_dictionary: pa.Array
+    reimbursement_dictionary: pa.Array
+
+    @staticmethod
+    def build(study: StudyWindow, baseline_incidence_per_100k: float) -> _SimulationModel:
+        substances = build_substance_table(load_builtin_catalog(), study)
+        horizon_days = int(round(ONSET_HORIZON_AFTER_STUDY_END_YEARS * DAYS_PER_YEAR))
+        return _SimulationModel(
+            study=study,
+            substances=substances,
+            rate_table=substances.rate_table(),
+            causal_substances=np.flatnonzero(substances.planted_hr != 1.0),
+            log_hr=np.log(substances.planted_hr),
+            baseline_per_day=baseline_hazard_per_day(baseline_incidence_per_100k),
+            log_sex_factor=np.log(np.array([SEX_HAZARD_FACTOR["F"], SEX_HAZARD_FACTOR["M"]])),
+            hazard_horizon_day=study.end_day + 1 + horizon_days,
+            atc_dictionary=pa.array(substances.codes + list(MALFORMED_ATC_CODES), type=pa.string()),
+            reimbursement_dictionary=pa.array(substances.reimbursement_codes or [""], type=pa.string()),
+        )
+
+
+@dataclass
+class _ChunkResult:
+    """What the final summary needs from one chunk (its dispensings are already written)."""
+
+    onset_day: np.ndarray
+    registry: dict[str, np.ndarray]  # registry rows, `person` as global population index
+    n_users: np.ndarray  # persons with >= 1 dispensing, per substance
+    n_exposed: np.ndarray  # persons with >= 2 dispensings, per substance
+    n_dispensings_valid: int
+    n_prodromal_extra: int
+
+
+def _simulate_chunk(
+    model: _SimulationModel,
+    chunk: Population,
+    chunk_start: int,
+    rng: np.random.Generator,
+    corrupt: CorruptPlan,
+    writers: dict[int, pq.ParquetWriter],
+) -> _ChunkResult:
+    """Prescriptions, then MS onset from the exposure history, then prodromal extras; write the rows."""
+    study, substances = model.study, model.substances
+    dispensings = simulate_dispensings(chunk, substances, model.rate_table, rng, study)
+
+    exposure_person, exposure_substance, exposure_day = second_dispensing_days(
+        dispensings, model.causal_substances
+    )
+    onset_day = simulate_onset_days(
+        birth_day=chunk.birth_day.astype(np.float64),
+        log_person_factor=model.log_sex_factor[chunk.is_male.astype(np.int64)]
+        + LATENT_LOG_HR_PER_SD * chunk.latent_factor,
+        hazard_end_day=np.minimum(
+            np.minimum(chunk.true_death_day, chunk.emigration_day), model.hazard_horizon_day
+        ).astype(np.float64),
+        unit_exponential=rng.exponential(size=len(chunk)),
+        exposure_person=exposure_person,
+        exposure_day=exposure_day,
+        exposure_log_hr=model.log_hr[exposure_substance],
+        baseline_per_day=model.baseline_per_day,
+    )
+    prodromal = _prodromal_dispensings(chunk, substances, rng, study, onset_day)
+    registry = _ms_registry_rows(chunk, rng, study, onset_day)
+    registry["person"] = registry["person"] + chunk_start
+
+    dispensings = Dispensings.concat([dispensings, prodromal])
+    pairs, per_pair = np.unique(
+        dispensings.person * len(substances) + dispensings.substance, return_counts=True
+    )
+    pair_substance = pairs % len(substances)
+    result = _ChunkResult(
+        onset_day=onset_day,
+        registry=registry,
+        n_users=np.bincount(pair_substance, minlength=len(substances)),
+        n_exposed=np.bincount(pair_substance[per_pair >= 2], minlength=len(substances)),
+        n_dispensings_valid=len(dispensings),
+        n_prodromal_extra=len(prodromal),
+    )
+
+    person_id = chunk.person_id[dispensings.person]
+    if len(corrupt.host):
+        bad_rows = Dispensings(
+            person=corrupt.host - chunk_start,
+            day=corrupt.day,
+            substance=corrupt.substance,
+            ddd=corrupt.ddd,
+            reimbursement=np.full(len(corrupt.host), -1, dtype=np.int64),
+        )
+        dispensings = Dispensings.concat([dispensings, bad_rows])
+        person_id = np.concatenate([person_id, corrupt.person_id])
+    dispensings.person_id = person_id
+    # unknown-person rows carry an id just above their host's, so they sort right after the host
+    person_rank = 2 * dispensings.person + (person_id != chunk.person_id[dispensings.person])
+    _write_dispensings(
+        writers, study, dispensings, person_rank, model.atc_dictionary, model.reimbursement_dictionary
+    )
+    return result
+
+
 # --------------------------------------------------------------------------------------------------
 # Public entry point
 # --------------------------------------------------------------------------------------------------
@@ -1295,15 +1413,8 @@ def simulate_registries(
     for stale in prescriptions_dir.glob("dispensings_*.parquet"):
         stale.unlink()
 
-    substances = build_substance_table(load_builtin_catalog(), study)
-    rate_table = substances.rate_table()
-    atc_dictionary = pa.array(substances.codes + list(MALFORMED_ATC_CODES), type=pa.string())
-    reimbursement_dictionary = pa.array(substances.reimbursement_codes or [""], type=pa.string())
-    causal = np.flatnonzero(substances.planted_hr != 1.0)
-    causal_log_hr = np.log(substances.planted_hr)
-    baseline_per_day = baseline_hazard_per_day(baseline_incidence_per_100k)
-    log_sex_factor = np.log(np.array([SEX_HAZARD_FACTOR["F"], SEX_HAZARD_FACTOR["M"]]))
-    hazard_horizon_day = study.end_day + 1 + int(round(ONSET_HORIZON_AFTER_STUDY_END_YEARS * DAYS_PER_YEAR))
+    model = _SimulationModel.build(study, baseline_incidence_per_100k)
+    substances = model.substances
 
     population = simulate_population(n_persons, np.random.default_rng([seed, 0]), study)
     pq.write_table(_population_table(population, study), out / "population.parquet")
@@ -1316,85 +1427,36 @@ def simulate_registries(
         year: pq.ParquetWriter(prescriptions_dir / f"dispensings_{year}.parquet", PRESCRIPTIONS_SCHEMA)
         for year in study.years
     }
-    onset_parts: list[np.ndarray] = []
-    registry_parts: list[dict[str, np.ndarray]] = []
-    pair_counts: list[tuple[np.ndarray, np.ndarray]] = []
-    n_dispensings_valid = 0
-    n_prodromal_extra = 0
+    results: list[_ChunkResult] = []
     try:
         for chunk_index, chunk_start in enumerate(range(0, n_persons, chunk_size)):
-            chunk_rng = np.random.default_rng([seed, 2, chunk_index])
             chunk_stop = min(chunk_start + chunk_size, n_persons)
-            chunk = population.take(slice(chunk_start, chunk_stop))
-            dispensings = simulate_dispensings(chunk, substances, rate_table, chunk_rng, study)
-
-            exposure_person, exposure_substance, exposure_day = second_dispensing_days(dispensings, causal)
-            log_person_factor = (
-                log_sex_factor[chunk.is_male.astype(np.int64)] + LATENT_LOG_HR_PER_SD * chunk.latent_factor
-            )
-            hazard_end_day = np.minimum(
-                np.minimum(chunk.true_death_day, chunk.emigration_day), hazard_horizon_day
-            )
-            onset_day = simulate_onset_days(
-                birth_day=chunk.birth_day.astype(np.float64),
-                log_person_factor=log_person_factor,
-                hazard_end_day=hazard_end_day.astype(np.float64),
-                unit_exponential=chunk_rng.exponential(size=len(chunk)),
-                exposure_person=exposure_person,
-                exposure_day=exposure_day,
-                exposure_log_hr=causal_log_hr[exposure_substance],
-                baseline_per_day=baseline_per_day,
-            )
-            onset_parts.append(onset_day)
-
-            prodromal = _prodromal_dispensings(chunk, substances, chunk_rng, study, onset_day)
-            n_prodromal_extra += len(prodromal)
-            registry = _ms_registry_rows(chunk, chunk_rng, study, onset_day)
-            registry["person"] = registry["person"] + chunk_start
-            registry_parts.append(registry)
-
-            dispensings = Dispensings.concat([dispensings, prodromal])
-            n_dispensings_valid += len(dispensings)
-            pair_key = np.unique(
-                dispensings.person * len(substances) + dispensings.substance, return_counts=True
-            )
-            pair_counts.append((pair_key[0] % len(substances), pair_key[1]))
-            dispensings.person_id = chunk.person_id[dispensings.person]
             in_chunk = (corrupt_plan.host >= chunk_start) & (corrupt_plan.host < chunk_stop)
-            if in_chunk.any():
-                n_bad = int(in_chunk.sum())
-                corrupt = Dispensings(
-                    person=corrupt_plan.host[in_chunk] - chunk_start,
-                    day=corrupt_plan.day[in_chunk],
-                    substance=corrupt_plan.substance[in_chunk],
-                    ddd=corrupt_plan.ddd[in_chunk],
-                    reimbursement=np.full(n_bad, -1, dtype=np.int64),
+            results.append(
+                _simulate_chunk(
+                    model,
+                    population.take(slice(chunk_start, chunk_stop)),
+                    chunk_start,
+                    np.random.default_rng([seed, 2, chunk_index]),
+                    corrupt_plan.take(in_chunk),
+                    writers,
                 )
-                ids = dispensings.person_id
-                dispensings = Dispensings.concat([dispensings, corrupt])
-                dispensings.person_id = np.concatenate([ids, corrupt_plan.person_id[in_chunk]])
-            # unknown-person rows carry an id just above their host's, so they sort right after the host
-            person_rank = 2 * dispensings.person + (
-                dispensings.person_id != chunk.person_id[dispensings.person]
-            )
-            _write_dispensings(
-                writers, study, dispensings, person_rank, atc_dictionary, reimbursement_dictionary
             )
     finally:
         for writer in writers.values():
             writer.close()
 
+    onset_parts = [result.onset_day for result in results]
+    registry_parts = [result.registry for result in results]
+    n_users = np.sum([result.n_users for result in results], axis=0)
+    n_exposed = np.sum([result.n_exposed for result in results], axis=0)
+    n_dispensings_valid = sum(result.n_dispensings_valid for result in results)
+    n_prodromal_extra = sum(result.n_prodromal_extra for result in results)
     onset_day = np.concatenate(onset_parts)
     registry = {key: np.concatenate([part[key] for part in registry_parts]) for key in registry_parts[0]}
     registry_table, corrupt_ms_ids = _registry_table(population, registry, corrupt_rng, study, corrupt_counts)
     pq.write_table(registry_table, out / "ms_registry.parquet")
     pq.write_table(_truth_persons_table(population, onset_day), out / "ground_truth_persons.parquet")
-
-    n_users = np.zeros(len(substances), dtype=np.int64)
-    n_exposed = np.zeros(len(substances), dtype=np.int64)
-    for substance, count in pair_counts:
-        n_users += np.bincount(substance, minlength=len(substances))
-        n_exposed += np.bincount(substance[count >= 2], minlength=len(substances))
 
     incident = np.isfinite(onset_day) & (onset_day >= study.start_day) & (onset_day < study.end_day + 1)
     prevalent = np.isfinite(onset_day) & (onset_day < study.start_day)
@@ -1618,7 +1680,7 @@ def _ground_truth(
 # --------------------------------------------------------------------------------------------------
 
 
-def _write_native_csv(frames: list[pl.DataFrame] | Any, path: Path) -> None:
+def _write_native_csv(frames: Iterable[pl.DataFrame], path: Path) -> None:
     """Write polars frames as one semicolon-separated Latin-1 CSV with dd.mm.yyyy dates."""
     with path.open("wb") as handle:
         for index, frame in enumerate(frames):
@@ -1689,7 +1751,7 @@ def write_native_extracts(canonical_dir: str | Path, out_dir: str | Path) -> dic
     }
 
 
-def _with_header_if_empty(frames: Any, extract: str) -> list[pl.DataFrame] | Any:
+def _with_header_if_empty(frames: Iterable[pl.DataFrame], extract: str) -> Iterator[pl.DataFrame]:
     """Yield the frames, or one empty frame with the native header when there are none."""
     produced = False
     for frame in frames:
