@@ -1446,14 +1446,14 @@ def simulate_registries(
         for writer in writers.values():
             writer.close()
 
-    onset_parts = [result.onset_day for result in results]
-    registry_parts = [result.registry for result in results]
+    onset_day = np.concatenate([result.onset_day for result in results])
+    registry = {
+        key: np.concatenate([result.registry[key] for result in results]) for key in results[0].registry
+    }
     n_users = np.sum([result.n_users for result in results], axis=0)
     n_exposed = np.sum([result.n_exposed for result in results], axis=0)
     n_dispensings_valid = sum(result.n_dispensings_valid for result in results)
     n_prodromal_extra = sum(result.n_prodromal_extra for result in results)
-    onset_day = np.concatenate(onset_parts)
-    registry = {key: np.concatenate([part[key] for part in registry_parts]) for key in registry_parts[0]}
     registry_table, corrupt_ms_ids = _registry_table(population, registry, corrupt_rng, study, corrupt_counts)
     pq.write_table(registry_table, out / "ms_registry.parquet")
     pq.write_table(_truth_persons_table(population, onset_day), out / "ground_truth_persons.parquet")
