@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -11,7 +12,7 @@ from lifelines import CoxTimeVaryingFitter
 
 from repurpose.config import validate_config
 from repurpose.exposure import split_class_intervals
-from repurpose.screen import add_q_values, prepare_cohort, screen_exposures
+from repurpose.screen import add_q_values, gather_screen, prepare_cohort, screen_exposures
 
 LOG_HR_TOLERANCE = 1e-6
 RELATIVE_SE_TOLERANCE = 1e-5
@@ -162,3 +163,27 @@ def test_q_values_are_benjamini_hochberg_within_families():
     assert out["q_value"][3] is None or np.isnan(out["q_value"][3])
     assert out["q_value"][4] == pytest.approx(0.01)
     assert out["significant"].to_list() == [True, True, True, False, True]
+
+
+REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
+
+
+@pytest.mark.parametrize("atc_index", ["builtin", "who"])
+def test_gathered_screen_has_names_q_values_and_suppressed_counts(tmp_path, atc_index):
+    if atc_index == "who" and not (REFERENCE / "who_atc_ddd_index_2020.csv").exists():
+        pytest.skip(f"WHO ATC/DDD index not available at {REFERENCE} (reference data lives outside the repo)")
+    cohort = synthetic_cohort(800, 9)
+    exposures = synthetic_exposures(cohort, 9).with_columns(
+        atc_code=pl.col("atc_code").replace({"A01": "N06AB06", "B02": "R03AC02", "C03": "C10AA01", "D04": "A02BC01", "E05": "J01CA04"}))
+    config = config_for()
+    config["inputs"]["atc_index"] = str(REFERENCE / "who_atc_ddd_index_2020.csv") if atc_index == "who" else None
+    screen_exposures(cohort, exposures, config, level=5).write_parquet(tmp_path / "part.parquet")
+    released = gather_screen(config, [str(tmp_path / "part.parquet")], tmp_path / "dwas.parquet", tmp_path / "dwas.csv")
+    names = dict(released.select("atc_code", "atc_name").unique().iter_rows())
+    assert names["N06AB06"].lower() == "sertraline" and names["R03AC02"].lower() == "salbutamol"
+    assert released["q_value"].is_not_null().any()
+    for column in ("n_exposed", "n_exposed_cases"):
+        values = released[column].drop_nulls()
+        assert ((values == 0) | (values >= 5)).all()
+    csv = pl.read_csv(tmp_path / "dwas.csv", infer_schema=False)
+    assert csv.columns == released.columns
