@@ -234,45 +234,16 @@ def fit_sex_group(
         reason[to_fit] = [None if s == "ok" else f"fit status: {s}" for s in result.status]
 
     z = stats.norm.ppf(0.975)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # diverging fits carry their status
-        return _result_frame(
-            classes,
-            lag_years,
-            sex_group,
-            n_persons,
-            n_cases,
-            n_exposed,
-            n_exposed_cases,
-            py_exposed,
-            coef,
-            se,
-            z,
-            converged,
-            n_iter,
-            status,
-            reason,
-        )
-
-
-def _result_frame(
-    classes,
-    lag_years,
-    sex_group,
-    n_persons,
-    n_cases,
-    n_exposed,
-    n_exposed_cases,
-    py_exposed,
-    coef,
-    se,
-    z,
-    converged,
-    n_iter,
-    status,
-    reason,
-) -> pl.DataFrame:
-    """One row per class of a (lag, sex group) batch."""
     n_classes = len(classes)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # diverging fits carry their status
+        estimates = {
+            "hr": np.exp(coef),
+            "ci_lower": np.exp(coef - z * se),
+            "ci_upper": np.exp(coef + z * se),
+            "log_hr": coef,
+            "se": se,
+            "p_value": 2 * stats.norm.sf(np.abs(coef / se)),
+        }
     return pl.DataFrame(
         {
             "atc_code": classes,
@@ -283,12 +254,7 @@ def _result_frame(
             "n_cases": [n_cases] * n_classes,
             "n_exposed_cases": n_exposed_cases.astype(np.int64),
             "person_years_exposed": np.round(py_exposed.astype(np.float64), 2),
-            "hr": np.exp(coef),
-            "ci_lower": np.exp(coef - z * se),
-            "ci_upper": np.exp(coef + z * se),
-            "log_hr": coef,
-            "se": se,
-            "p_value": 2 * stats.norm.sf(np.abs(coef / se)),
+            **estimates,
             "converged": converged,
             "n_iter": n_iter,
             "status": status.astype(str),
