@@ -178,13 +178,16 @@ def fit_sex_group(
     classes: list[str],
     lag_years: float,
     sex_group: str,
-    adjust: dict[str, list[str]],
+    layout: CellLayout,
+    totals: RiskSetCounts,
     min_exposed_cases: int,
 ) -> pl.DataFrame:
-    """Fit every class for one lag and sex group; one result row per class (fitted or skipped with a reason)."""
-    layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
+    """Fit every class for one lag and sex group; one result row per class (fitted or skipped with a reason).
+
+    `layout` and `totals` (from `cell_layout` and `total_counts`) depend only on the sex group and the
+    adjustment, so they are computed once and shared by all lags.
+    """
     time_span = int(cohort["exit"].max()) + 2
-    totals = total_counts(cohort, layout, time_span)
     cell_of_person = layout.cell_of_person
     lag_days = round(lag_years * DAYS_PER_YEAR)
 
@@ -375,12 +378,16 @@ def screen_exposures(
         .join(class_lookup, on="atc_code")
         .with_columns(pl.col("cohort_row").cast(pl.Int64))
     )
+    adjust = screen["adjust"]
+    time_span = int(cohort["exit"].max()) + 2
     results = []
-    for lag in screen["lags_years"]:
-        for sex_group in screen["sex_strata"]:
+    for sex_group in screen["sex_strata"]:
+        layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
+        totals = total_counts(cohort, layout, time_span)
+        for lag in screen["lags_years"]:
             started = time.perf_counter()
             part = fit_sex_group(
-                cohort, exposures, classes, lag, sex_group, screen["adjust"], screen["min_exposed_cases"]
+                cohort, exposures, classes, lag, sex_group, layout, totals, screen["min_exposed_cases"]
             )
             n_fitted = int((part["status"] != "skipped").sum())
             log.info(
