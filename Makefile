@@ -22,6 +22,9 @@ run: $(STAMP)
 	@echo "  results/validation/report.md   validation summary (rows kept / rejected per reason)"
 	@echo "  results/cohort/flow.json       cohort flow"
 	@echo "  results/screen/dwas.csv        drug-wide screen: one row per class x lag x sex"
+	@echo "  results/candidates/            ranked drug and mechanism candidates (+ README.md on the columns)"
+	@echo "  results/report/index.html      the reviewer report (self-contained; opens offline)"
+	@echo "  results/export/                what may leave the server: aggregates after disclosure control, manifest.csv"
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

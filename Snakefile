@@ -23,6 +23,8 @@ include: "workflow/rules/ingest.smk"
 include: "workflow/rules/cohort.smk"
 include: "workflow/rules/exposure.smk"
 include: "workflow/rules/screen.smk"
+include: "workflow/rules/candidates.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
@@ -31,4 +33,9 @@ rule all:
         "results/cohort/flow.json",
         "results/screen/dwas.parquet",
         "results/screen/dwas.csv",
+        "results/candidates/drug_ranking.csv",
+        "results/candidates/mechanism_ranking.csv",
+        "results/candidates/README.md",
+        "results/report/index.html",
+        "results/export/manifest.csv",
     default_target: True

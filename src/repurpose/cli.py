@@ -46,6 +46,16 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from repurpose.config import load_config
+    from repurpose.export import collect_sources, export_results
+
+    sources = collect_sources(args.results) + list(args.include) if args.include else None
+    entries = export_results(load_config(*args.config), args.results, args.out, sources=sources)
+    print(json.dumps({"exported": len(entries), "manifest": f"{args.out}/manifest.csv"}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repurpose", description=__doc__)
     parser.add_argument("--version", action="version", version=f"repurpose {__version__}")
@@ -71,6 +81,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     val.add_argument("--results", default="results")
     val.set_defaults(handler=_validate)
+
+    exp = commands.add_parser(
+        "export", help="copy aggregate outputs (disclosure-controlled) to an export folder with a manifest"
+    )
+    exp.add_argument(
+        "--config", nargs="+", default=["config/config.yaml"], help="config files, later override earlier"
+    )
+    exp.add_argument("--results", default="results")
+    exp.add_argument("--out", default="results/export")
+    exp.add_argument("--include", nargs="*", default=[], help="extra files to export (person-level ones are refused)")
+    exp.set_defaults(handler=_export)
     return parser
 
 

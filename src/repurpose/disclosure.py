@@ -1,14 +1,44 @@
 """Disclosure control applied at every export boundary: small counts never leave the secure server.
 
-A count from 1 to `min_cell - 1` is suppressed (null in Parquet, shown as `<min_cell` in CSV and the
-report). Zero is not disclosive and is kept.
+One function, `suppress_small_counts`, is applied to every table that is shown or exported (the screen
+CSV/Parquet, the candidate rankings, the report and the export folder):
+
+1. primary suppression: a count from 1 to `min_cell - 1` is nulled. Zero is not disclosive and is kept;
+2. complements within a row (`complements=[(total, part)]`): when `total - part` is disclosive, `part`
+   is nulled, so that e.g. n_cases - n_exposed_cases cannot reveal a small count of unexposed cases;
+3. complements across rows (`partitions=[Partition(by, part_column, total_value)]`): within each group
+   the row whose `part_column` equals `total_value` is the sum of the other rows (sex strata F + M = all;
+   cohort-flow steps; rejects per reason). When exactly one part is hidden and the total is shown, the
+   smallest other non-zero part is hidden too (the total when no such part exists);
+4. derived columns (`derived={column: [counts]}`): a percentage, person-years or any value computed
+   from a count is nulled wherever one of its counts is suppressed.
+Steps 2-3 repeat until nothing changes. Suppressed cells are null in Parquet and shown as `<min_cell`
+in CSV and HTML (`for_display`) whether hidden for being small or for revealing a small cell: one
+marker, so that the marker itself tells nothing.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import polars as pl
+
+# Columns named n_* that count drug classes or iterations, not persons or events.
+NON_PERSON_COUNTS = frozenset({"n_iter", "n_substances", "n_atc3_classes", "n_classes", "n_targets"})
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Rows of one group (same values of `by`) where the `total_value` row is the sum of the others."""
+
+    by: tuple[str, ...]
+    part_column: str
+    total_value: str
+
+
+# The screen's sex strata: F + M = all within each class x level x lag.
+SEX_STRATA = Partition(by=("atc_code", "atc_level", "lag_years"), part_column="sex", total_value="all")
 
 
 def is_small(column: str, min_cell: int) -> pl.Expr:
@@ -16,15 +46,119 @@ def is_small(column: str, min_cell: int) -> pl.Expr:
     return (pl.col(column) >= 1) & (pl.col(column) < min_cell)
 
 
-def suppress_small_counts(frame: pl.DataFrame, count_columns: Iterable[str], min_cell: int) -> pl.DataFrame:
-    """Null every disclosive count in `count_columns`."""
-    return frame.with_columns(
+def person_count_columns(columns: Iterable[str]) -> list[str]:
+    """The columns that count persons or events by naming convention (n_*), for files of unknown layout."""
+    return [c for c in columns if c.startswith("n_") and c not in NON_PERSON_COUNTS]
+
+
+def _small(value: object, min_cell: int) -> bool:
+    return value is not None and 1 <= value < min_cell  # type: ignore[operator]
+
+
+def _suppress_within_rows(
+    frame: pl.DataFrame, complements: Sequence[tuple[str, str]], min_cell: int
+) -> pl.DataFrame:
+    """Null `part` where total - part is disclosive (both shown would reveal it)."""
+    for total, part in complements:
+        difference = pl.col(total) - pl.col(part)
+        revealing = (difference >= 1) & (difference < min_cell)
+        frame = frame.with_columns(
+            pl.when(revealing.fill_null(False)).then(None).otherwise(pl.col(part)).alias(part)
+        )
+    return frame
+
+
+def _suppress_across_rows(frame: pl.DataFrame, partition: Partition, count_columns: Sequence[str]) -> pl.DataFrame:
+    """Hide a second cell in every group where exactly one part is hidden and the total is shown."""
+    if partition.part_column not in frame.columns or not all(c in frame.columns for c in partition.by):
+        return frame
+    keys = list(partition.by)
+    columns = {c: frame[c].to_list() for c in count_columns}
+    roles = frame[partition.part_column].cast(pl.String).to_list()
+    groups = frame.select(keys).with_row_index("_row").group_by(keys, maintain_order=True).agg("_row")
+    for rows in groups["_row"].to_list():
+        totals = [i for i in rows if roles[i] == partition.total_value]
+        parts = [i for i in rows if roles[i] != partition.total_value]
+        if len(totals) != 1 or not parts:
+            continue
+        total = totals[0]
+        for c in count_columns:
+            shown = columns[c]
+            hidden = [i for i in parts if shown[i] is None]  # suppressed here or upstream (or missing: safe side)
+            if shown[total] is None or len(hidden) != 1:
+                continue
+            others = [i for i in parts if shown[i] is not None and shown[i] > 0]
+            victim = min(others, key=lambda i: shown[i]) if others else total
+            shown[victim] = None
+    return frame.with_columns([pl.Series(c, v, dtype=frame.schema[c]) for c, v in columns.items()])
+
+
+def suppress_small_counts(
+    frame: pl.DataFrame,
+    count_columns: Iterable[str],
+    min_cell: int,
+    *,
+    complements: Sequence[tuple[str, str]] = (),
+    partitions: Sequence[Partition] = (),
+    derived: Mapping[str, Sequence[str]] | None = None,
+) -> pl.DataFrame:
+    """Null every disclosive count in `count_columns` and every cell that would reveal one (module doc)."""
+    count_columns = [c for c in count_columns if c in frame.columns]
+    out = frame.with_columns(
         [pl.when(is_small(c, min_cell)).then(None).otherwise(pl.col(c)).alias(c) for c in count_columns]
     )
+    complements = [(t, p) for t, p in complements if t in out.columns and p in out.columns]
+    for _ in range(20):  # each pass hides at least one more cell or stops; few passes in practice
+        before = out.select(pl.col(count_columns).null_count()).row(0) if count_columns else ()
+        out = _suppress_within_rows(out, complements, min_cell)
+        for partition in partitions:
+            out = _suppress_across_rows(out, partition, count_columns)
+        after = out.select(pl.col(count_columns).null_count()).row(0) if count_columns else ()
+        if after == before:
+            break
+    for column, sources in (derived or {}).items():
+        sources = [s for s in sources if s in out.columns]
+        if column not in out.columns or not sources:
+            continue
+        hidden = pl.any_horizontal([pl.col(s).is_null() for s in sources])
+        out = out.with_columns(pl.when(hidden).then(None).otherwise(pl.col(column)).alias(column))
+    return out
+
+
+def parse_display(frame: pl.DataFrame, count_columns: Iterable[str]) -> pl.DataFrame:
+    """Inverse of `for_display`: count columns read from CSV as text (`<5`) back to integers with nulls."""
+    return frame.with_columns(
+        [pl.col(c).cast(pl.String).str.strip_chars().cast(pl.Int64, strict=False).alias(c)
+         for c in count_columns if c in frame.columns and frame[c].dtype == pl.String]
+    )  # fmt: skip
 
 
 def for_display(frame: pl.DataFrame, count_columns: Iterable[str], min_cell: int) -> pl.DataFrame:
     """Counts as text with suppressed cells (null) shown as `<min_cell`, for CSV and HTML."""
     return frame.with_columns(
-        [pl.col(c).cast(pl.String).fill_null(f"<{min_cell}").alias(c) for c in count_columns]
+        [pl.col(c).cast(pl.String).fill_null(f"<{min_cell}").alias(c) for c in count_columns if c in frame.columns]
     )
+
+
+def small_counts_left(frame: pl.DataFrame, count_columns: Iterable[str], min_cell: int) -> dict[str, int]:
+    """Number of disclosive values per column (an export gate: must be empty)."""
+    found: dict[str, int] = {}
+    for c in count_columns:
+        if c not in frame.columns:
+            continue
+        values = frame[c]
+        if values.dtype == pl.String:
+            values = values.str.strip_chars().cast(pl.Float64, strict=False)
+        n = int(((values >= 1) & (values < min_cell)).sum() or 0)
+        if n:
+            found[c] = n
+    return found
+
+
+# The rules for any table with the screen's columns (dwas, the candidate rankings' per-stratum rows):
+# unexposed cases and unexposed persons are complements, F + M = all, and person-years reveal n_exposed.
+SCREEN_RULES: dict = {
+    "complements": [("n_cases", "n_exposed_cases"), ("n_persons", "n_exposed")],
+    "partitions": [SEX_STRATA],
+    "derived": {"person_years_exposed": ["n_exposed"]},
+}

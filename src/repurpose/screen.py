@@ -27,7 +27,7 @@ from scipy import stats
 from repurpose.atc import load_atc_names
 from repurpose.cohort import DAYS_PER_YEAR
 from repurpose.coxph import RiskSetTable, fit_efron
-from repurpose.disclosure import for_display, suppress_small_counts
+from repurpose.disclosure import SCREEN_RULES, for_display, suppress_small_counts
 
 log = logging.getLogger(__name__)
 
@@ -450,7 +450,7 @@ def gather_screen(
         .select(SCREEN_COLUMNS)
         .sort(["atc_level", "lag_years", "sex", "atc_code"])
     )
-    released = suppress_small_counts(results, COUNT_COLUMNS, config["disclosure"]["min_cell"])
+    released = suppress_small_counts(results, COUNT_COLUMNS, config["disclosure"]["min_cell"], **SCREEN_RULES)
     released.write_parquet(parquet_path)
     for_display(released, COUNT_COLUMNS, config["disclosure"]["min_cell"]).write_csv(csv_path)
     log.info(

@@ -1,0 +1,177 @@
+"""Unit tests of the candidate ranking: reverse-causation rule, ATC relations, score, and the person-level
+models (confirmation, dose-response) against the screen where they must agree with it."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+
+from repurpose.candidates import (
+    _model_cohort,
+    _segments,
+    comparator_classes,
+    confirmation_fit,
+    dose_response,
+    lag_fade,
+    reverse_causation_suspected,
+    score_row,
+    select_signals,
+    separated_lag_estimates,
+    siblings_of,
+)
+from repurpose.config import validate_config
+from repurpose.exposure import dose_column
+from repurpose.screen import screen_exposures
+
+RULE = {"reverse_causation": {"max_retained_fraction": 0.5, "alpha": 0.05}}
+
+
+def config_for(**candidates):
+    base = {"inputs": {n: {"path": "x"} for n in ("population", "prescriptions", "ms_registry")}}
+    return validate_config({**base, "screen": {"lags_years": [0, 2], "sex_strata": ["all"]}, "candidates": candidates})
+
+
+def test_prodromal_pattern_is_flagged():
+    # Strong at lag 0, gone by lag 5 (sertraline-like): flagged.
+    estimates = {0.0: (1.3, 0.06), 2.0: (0.75, 0.09), 5.0: (-0.05, 0.16), 10.0: (-0.3, 0.3)}
+    flagged, retained, fade_p = reverse_causation_suspected(estimates, RULE)
+    assert flagged and fade_p < 1e-6
+
+
+def test_persistent_effect_is_not_flagged_even_when_noisy_at_long_lags():
+    estimates = {0.0: (-0.6, 0.1), 2.0: (-0.6, 0.11), 5.0: (-0.63, 0.14), 10.0: (-0.2, 0.4)}
+    flagged, retained, _ = reverse_causation_suspected(estimates, RULE)
+    assert not flagged  # lag 10 keeps a third, but is far too noisy to differ from lag 0
+    assert retained == pytest.approx(-0.2 / -0.6)
+
+
+def test_sign_flip_counts_as_fading_and_no_lags_means_untested():
+    assert reverse_causation_suspected({0.0: (0.5, 0.05), 5.0: (-0.2, 0.1)}, RULE)[0]
+    assert reverse_causation_suspected({0.0: (0.5, 0.05)}, RULE) == (False, pytest.approx(np.nan, nan_ok=True), pytest.approx(np.nan, nan_ok=True))
+
+
+def test_lag_fade_by_hand():
+    retained, p = lag_fade(1.0, 0.06, 0.0, 0.1)
+    assert retained == 0.0
+    assert p == pytest.approx(2 * (1 - __import__("scipy").stats.norm.cdf(1.0 / 0.08)))
+
+
+def test_atc_relations():
+    codes = ["R03AC02", "R03AC03", "R03AK06", "R03BA01", "R06AA04", "R03AC", "R03AK", "R03BA", "R03A", "R03B", "R06A"]
+    assert siblings_of("R03AC02", codes) == ["R03AC03"]
+    assert siblings_of("R03AC", codes) == ["R03AK"]
+    assert siblings_of("R03A", codes) == ["R03B"]
+    assert comparator_classes("R03AC02", codes) == ["R03AK06"]  # same level 3 (R03A), other level 4
+    assert comparator_classes("R03AC", codes) == ["R03AK"]
+    assert comparator_classes("R03A", codes) == ["R03B"]
+
+
+def test_select_signals_uses_lag_zero_or_main_lag_both_sexes_only():
+    dwas = pl.DataFrame({
+        "atc_code": ["A", "B", "C", "D"], "atc_level": [5, 5, 5, 5], "lag_years": [0.0, 2.0, 5.0, 0.0],
+        "sex": ["all", "all", "all", "F"], "q_value": [0.01, 0.01, 0.01, 0.01], "status": ["ok"] * 4,
+        "se": [0.1] * 4,
+    })
+    assert select_signals(dwas, 0.05, 2.0)["atc_code"].to_list() == ["A", "B"]
+
+
+def test_score_counts_supporting_lines_and_flags_the_rest():
+    settings = config_for()["candidates"]
+    row = {
+        "direction": "protective", "calibrated_q": 0.001, "reverse_causation_suspected": False, "lags_tested": 3,
+        "lag_retained_fraction": 0.9, "dose_trend_p": 0.01, "dose_trend_hr": 0.8, "hr_F": 0.6, "hr_M": 0.7,
+        "sex_heterogeneity_p": 0.5, "sibling_pooled_p": 0.5, "sibling_pooled_log_hr": 0.1,
+        "hr_confirmation": 0.7, "ci_lower_confirmation": 0.5, "ci_upper_confirmation": 0.95,
+        "hr_active_comparator": 1.2, "ci_lower_active_comparator": 0.8, "ci_upper_active_comparator": 1.6,
+        "e_value_ci": 1.3, "mechanism_support": True,
+    }
+    score, points, flags = score_row(row, settings)
+    assert points == ["calibrated", "lag_robust", "dose_response", "sex_consistent", "confirmed", "mechanism"]
+    assert score == 6
+    assert flags == ["active_comparator_disagrees"]
+    flagged = score_row({**row, "reverse_causation_suspected": True}, settings)
+    assert "lag_robust" not in flagged[1] and "reverse_causation_suspected" in flagged[2]
+
+
+def test_segments_split_at_increasing_boundaries():
+    entry, exit_ = np.array([0, 0, 10]), np.array([100, 100, 50])
+    person, start, stop, category = _segments(entry, exit_, [np.array([20, 200, 0]), np.array([60, 300, 5])])
+    pieces = sorted(zip(person.tolist(), start.tolist(), stop.tolist(), category.tolist(), strict=True))
+    assert pieces == [(0, 0, 20, 0), (0, 20, 60, 1), (0, 60, 100, 2), (1, 0, 100, 0), (2, 10, 50, 2)]
+
+
+# --- person-level models agree with the screen where nothing is added -------------------------------
+
+
+def synthetic(n: int = 3000, seed: int = 3) -> tuple[pl.DataFrame, pl.DataFrame]:
+    rng = np.random.default_rng(seed)
+    entry = rng.integers(18 * 365, 40 * 365, n)
+    exit_ = entry + rng.integers(300, 15 * 365, n)
+    exit_ = np.maximum(entry + 1, (exit_ // 30) * 30)  # ties
+    cohort = pl.DataFrame({
+        "person_id": np.arange(n) + 1,
+        "sex": rng.choice(["F", "M"], n),
+        "birth_year": rng.integers(1950, 1990, n).astype(np.int32),
+        "education": pl.Series(rng.choice([1, 2, 3], n), dtype=pl.Int32),
+        "entry_age_days": entry.astype(np.int32),
+        "exit_age_days": exit_.astype(np.int32),
+        "event": rng.random(n) < 0.25,
+    })
+    rows = []
+    for code, share in (("A01", 0.3), ("B02", 0.2), ("C03", 0.25)):
+        user = rng.random(n) < share
+        start = entry + rng.integers(-3 * 365, 10 * 365, n)
+        rows.append(pl.DataFrame({
+            "person_id": cohort["person_id"].to_numpy()[user], "atc_code": code,
+            "exposure_start_age_days": start[user].astype(np.int32),
+            "first_dispense_age_days": (start[user] - 30).astype(np.int32),
+            dose_column(100): pl.Series([None] * int(user.sum()), dtype=pl.Int32),
+            dose_column(365): pl.Series([None] * int(user.sum()), dtype=pl.Int32),
+        }))
+    return cohort, pl.concat(rows)
+
+
+@pytest.fixture(scope="module")
+def models():
+    cohort, exposures = synthetic()
+    config = config_for()
+    screen = screen_exposures(cohort, exposures, config, 2).filter(pl.col("sex") == "all")
+    prepared, stratum, covariates = _model_cohort(cohort, config)
+    return cohort, exposures, config, screen, prepared, stratum, covariates
+
+
+@pytest.mark.parametrize("engine", ["lifelines", "aggregated"])
+def test_confirmation_with_nothing_added_equals_the_screen(models, engine):
+    _, exposures, config, screen, prepared, _, _ = models
+    for lag in (0.0, 2.0):
+        result = confirmation_fit(prepared, exposures, "B02", [], None, config, round(lag * 365.25), engine)
+        expected = screen.filter((pl.col("atc_code") == "B02") & (pl.col("lag_years") == lag)).row(0, named=True)
+        assert result["log_hr_confirmation"] == pytest.approx(expected["log_hr"], abs=1e-6)
+        assert result["se_confirmation"] == pytest.approx(expected["se"], rel=1e-5)
+
+
+def test_confirmation_engines_agree_with_added_covariates(models):
+    _, exposures, config, _, prepared, _, _ = models
+    hcu = prepared.select("person_id", n_classes_year_before_entry=pl.col("person_id") % 9)
+    fits = [confirmation_fit(prepared, exposures, "B02", ["A01", "C03"], hcu, config, 730, e) for e in ("lifelines", "aggregated")]
+    assert fits[0]["log_hr_confirmation"] == pytest.approx(fits[1]["log_hr_confirmation"], abs=1e-6)
+    assert fits[0]["confirmation_adjusted_for"] == "A01, C03, health-care use"
+
+
+def test_dose_model_without_dose_data_reproduces_the_screen(models):
+    _, exposures, _, screen, prepared, stratum, covariates = models
+    result = dose_response(prepared, stratum, covariates, exposures, "A01", [100.0, 365.0], 730)
+    expected = screen.filter((pl.col("atc_code") == "A01") & (pl.col("lag_years") == 2.0))["hr"][0]
+    assert result["hr_dose_1"] == pytest.approx(expected, rel=1e-6)
+    assert np.isnan(result["hr_dose_2"]) and np.isnan(result["dose_trend_p"])
+
+
+def test_separated_lag_equals_the_screen_when_nobody_starts_during_follow_up(models):
+    cohort, exposures, config, _, prepared, stratum, covariates = models
+    early = exposures.join(cohort.select("person_id", "entry_age_days"), on="person_id").with_columns(
+        exposure_start_age_days=pl.col("entry_age_days") - 3 * 366
+    )
+    result = separated_lag_estimates(prepared, stratum, covariates, early, "C03", [2.0])
+    screen = screen_exposures(cohort, early, config, 2).filter((pl.col("sex") == "all") & (pl.col("atc_code") == "C03"))
+    assert result["log_hr_separated_lag2"] == pytest.approx(screen.filter(pl.col("lag_years") == 2.0)["log_hr"][0], abs=1e-6)

@@ -1,0 +1,130 @@
+"""The candidate rankings recover the simulator's planted truth (read from ground_truth.json, so nothing
+here depends on which substances or target the simulator plants).
+
+One simulated population of 100,000 persons (seed 11) goes through validate -> cohort -> exposure ->
+screen at ATC levels 4 and 5, then mechanisms and candidates (two lifelines confirmation models).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+from repurpose.candidates import _model_cohort, confirmation_fit, run_candidates
+from repurpose.cohort import run_cohort
+from repurpose.config import load_config
+from repurpose.exposure import build_exposures
+from repurpose.ingest import validate_extracts
+from repurpose.mechanisms import run_mechanisms
+from repurpose.screen import gather_screen, screen_level
+from repurpose.simulate import simulate_registries
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+PROTECTIVE_ROLES = ("causal_protective", "mechanism")
+LEVELS = (4, 5)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    work = tmp_path_factory.mktemp("candidates")
+    simulate_registries(work / "simulated", n_persons=100_000, seed=11)
+    config = load_config(REPO / "config/config.yaml")
+    config["screen"]["atc_levels"] = list(LEVELS)
+    config["candidates"]["confirmation"]["max_classes"] = 2
+    for name in ("population", "ms_registry"):
+        config["inputs"][name]["path"] = str(work / f"simulated/{name}.parquet")
+    config["inputs"]["prescriptions"]["path"] = str(work / "simulated/prescriptions")
+    config["resources"]["tmpdir"] = str(work / "tmp")
+    validate_extracts(config, work / "validated", work / "validation")
+    run_cohort(config, work / "validated/population.parquet", work / "validated/ms_registry.parquet", work / "cohort.parquet", work / "flow.json")
+    parts = []
+    for level in LEVELS:
+        build_exposures(config, work / "validated/prescriptions", work / "cohort.parquet", level, work / f"exposure_{level}.parquet")
+        screen_level(config, work / "cohort.parquet", work / f"exposure_{level}.parquet", level, work / f"part_{level}.parquet")
+        parts.append(str(work / f"part_{level}.parquet"))
+    gather_screen(config, parts, work / "dwas.parquet", work / "dwas.csv")
+    run_mechanisms(config, work / "dwas.parquet", work / "mechanisms.csv", work / "targets.csv")
+    run_candidates(
+        config, work / "dwas.parquet", work / "cohort.parquet", [str(work / f"exposure_{level}.parquet") for level in LEVELS],
+        work / "validated/prescriptions", work / "targets.csv", work / "mechanisms.csv", work / "drugs.csv", work / "README.md",
+    )
+    truth = json.loads((work / "simulated/ground_truth.json").read_text())
+    roles = pl.DataFrame([{"atc_code": code, "role": s["role"]} for code, s in truth["substances"].items()])
+    drugs = pl.read_csv(work / "drugs.csv", infer_schema_length=None)
+    return work, config, truth, drugs.join(roles, on="atc_code", how="left"), pl.read_csv(work / "mechanisms.csv")
+
+
+def average_precision(is_positive: list[bool]) -> float:
+    hits, precisions = 0, []
+    for k, positive in enumerate(is_positive, start=1):
+        if positive:
+            hits += 1
+            precisions.append(hits / k)
+    return float(np.mean(precisions)) if precisions else 0.0
+
+
+def test_planted_mechanism_ranks_first_among_protective_mechanisms(run):
+    _, _, truth, _, mechanisms = run
+    protective = mechanisms.filter(pl.col("direction") == "protective").sort("rank")
+    top = protective.row(0, named=True)
+    print(f"\nplanted mechanism: {truth['mechanism']['gene']} {truth['mechanism']['action_type']}; top: {top['target']} {top['action_type']} (score {top['evidence_score']}, pooled HR {top['pooled_hr']:.2f})")
+    assert (top["target"], top["action_type"]) == (truth["mechanism"]["gene"], truth["mechanism"]["action_type"])
+
+
+def test_planted_protective_substances_lead_the_drug_ranking(run):
+    _, _, truth, drugs, _ = run
+    substances = drugs.filter(pl.col("atc_level") == 5).sort("rank")
+    positives = [role in PROTECTIVE_ROLES for role in substances["role"].fill_null("null")]
+    ap = average_precision(positives)
+    chance = sum(positives) / len(positives)
+    print(f"\naverage precision of planted protective substances among {len(positives)} ranked level-5 substances: {ap:.3f} (chance {chance:.3f})")
+    assert sum(positives) >= 4
+    assert ap >= 0.8 and ap >= 2 * chance
+
+
+def test_prodromal_substances_are_flagged_and_never_protective_candidates(run):
+    _, _, truth, drugs, _ = run
+    prodromal = [code for code, s in truth["substances"].items() if s["role"] == "prodromal"]
+    rows = drugs.filter(pl.col("atc_code").is_in(prodromal))
+    assert rows.height == len(prodromal), "every prodromal substance is a lag-0 signal"
+    for row in rows.iter_rows(named=True):
+        assert "reverse_causation_suspected" in (row["flags"] or ""), row
+        assert row["direction"] != "protective"
+    unflagged_protective = drugs.filter((pl.col("direction") == "protective") & ~pl.col("flags").fill_null("").str.contains("reverse_causation"))
+    if unflagged_protective.height:
+        assert rows["rank"].min() > unflagged_protective["rank"].max()
+
+
+def test_confirmation_with_nothing_added_agrees_with_the_screen(run):
+    work, config, _, drugs, _ = run
+    dwas = pl.read_parquet(work / "dwas.parquet")
+    code = drugs.filter(pl.col("atc_level") == 5).sort("rank")["atc_code"][0]
+    main_lag = float(config["candidates"]["main_lag_years"])
+    prepared, _, _ = _model_cohort(pl.read_parquet(work / "cohort.parquet"), config)
+    exposures = pl.read_parquet(work / "exposure_5.parquet")
+    fit = confirmation_fit(prepared, exposures, code, [], None, config, round(main_lag * 365.25), "aggregated")
+    expected = dwas.filter((pl.col("atc_code") == code) & (pl.col("lag_years") == main_lag) & (pl.col("sex") == "all"))
+    assert fit["log_hr_confirmation"] == pytest.approx(expected["log_hr"][0], abs=1e-6)
+    # The shipped ranking's lifelines confirmation (with additions) exists for the top classes.
+    assert drugs.filter(pl.col("hr_confirmation").is_not_null()).height == 2
+
+
+def test_outputs_are_aggregate_and_documented(run):
+    work, config, _, _, mechanisms = run
+    min_cell = config["disclosure"]["min_cell"]
+    drugs = pl.read_csv(work / "drugs.csv", infer_schema=False)
+    for column in ("n_exposed", "n_exposed_cases", "n_active_comparator", "n_active_comparator_cases"):
+        values = drugs[column].drop_nulls()
+        numeric = values.filter(values != f"<{min_cell}").cast(pl.Int64)
+        assert not ((numeric >= 1) & (numeric < min_cell)).any(), column
+    assert "person_id" not in drugs.columns
+    readme = (work / "README.md").read_text()
+    for column in ("evidence_score", "reverse_causation_suspected", "calibrated_p", "dose_trend_p", "pooled_hr", "i2"):
+        assert column in readme
+    assert {"rank", "target", "action_type", "n_substances", "n_atc3_classes", "pooled_hr", "i2", "evidence_score"} <= set(mechanisms.columns)
