@@ -304,42 +304,35 @@ def _cases_with_history(out: Path) -> pl.DataFrame:
     )
 
 
+def _dispensings_before_onset(out: Path, codes: list[str], cases: pl.DataFrame) -> dict[str, int]:
+    """Dispensings of `codes` to cases 0-2 years (`recent`) and 5-10 years (`early`) before true onset."""
+    return (
+        read_prescriptions(out)
+        .filter(pl.col("atc_code").is_in(codes))
+        .join(cases, on="person_id")
+        .with_columns(
+            years_before=(pl.col("true_onset_date") - pl.col("dispense_date")).dt.total_days() / 365.25
+        )
+        .select(
+            recent=pl.col("years_before").is_between(0, 2, closed="right").sum(),
+            early=pl.col("years_before").is_between(5, 10, closed="right").sum(),
+        )
+        .row(0, named=True)
+    )
+
+
 def test_prodromal_dispensing_rate_rises_before_onset(simulated: tuple[Path, dict[str, Any]]) -> None:
     out, _ = simulated
     truth = truth_of(out)
     cases = _cases_with_history(out)
     assert cases.height > 50
-    counts = (
-        read_prescriptions(out)
-        .filter(pl.col("atc_code").is_in(truth["roles"]["prodromal"]))
-        .join(cases, on="person_id")
-        .with_columns(
-            years_before=(pl.col("true_onset_date") - pl.col("dispense_date")).dt.total_days() / 365.25
-        )
-        .select(
-            recent=pl.col("years_before").is_between(0, 2, closed="right").sum(),
-            early=pl.col("years_before").is_between(5, 10, closed="right").sum(),
-        )
-        .row(0, named=True)
-    )
+    counts = _dispensings_before_onset(out, truth["roles"]["prodromal"], cases)
     recent_rate = counts["recent"] / (2 * cases.height)
     early_rate = counts["early"] / (5 * cases.height)
     assert recent_rate > 2 * early_rate, counts
     # a null comparison: common null substances show no such rise
     null_codes = [c for c, s in truth["substances"].items() if s["role"] == "null" and s["n_users"] > 2_000]
-    null_counts = (
-        read_prescriptions(out)
-        .filter(pl.col("atc_code").is_in(null_codes))
-        .join(cases, on="person_id")
-        .with_columns(
-            years_before=(pl.col("true_onset_date") - pl.col("dispense_date")).dt.total_days() / 365.25
-        )
-        .select(
-            recent=pl.col("years_before").is_between(0, 2, closed="right").sum(),
-            early=pl.col("years_before").is_between(5, 10, closed="right").sum(),
-        )
-        .row(0, named=True)
-    )
+    null_counts = _dispensings_before_onset(out, null_codes, cases)
     assert null_counts["recent"] / 2 < 1.5 * null_counts["early"] / 5, null_counts
 
 

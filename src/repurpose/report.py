@@ -181,13 +181,18 @@ def _place_labels(ax: plt.Axes, points: list[tuple[float, float, str]]) -> list[
     return placed
 
 
+def _empty_figure(fig: plt.Figure, ax: plt.Axes) -> str:
+    """A figure that says there is nothing to plot (no fitted class at this level and lag)."""
+    ax.text(0.5, 0.5, "no fitted class", ha="center", transform=ax.transAxes)
+    ax.set_axis_off()
+    return figure_png(fig)
+
+
 def manhattan_figure(rows: pl.DataFrame, alpha: float, n_labels: int, title: str) -> str:
     """-log10 p of every fitted class, ordered and coloured by ATC anatomical group; FDR line; direction."""
     fig, ax = plt.subplots(figsize=(11, 4.2))
     if rows.height == 0:
-        ax.text(0.5, 0.5, "no fitted class", ha="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return figure_png(fig)
+        return _empty_figure(fig, ax)
     groups = rows["atc_code"].str.slice(0, 1).to_list()
     y = -np.log10(np.clip(rows["p_value"].to_numpy(), 1e-300, 1))
     x = np.arange(rows.height)
@@ -223,9 +228,7 @@ def volcano_figure(rows: pl.DataFrame, alpha: float, n_labels: int, title: str) 
     """log HR against -log10 p; discoveries (q < alpha) in colour."""
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
     if rows.height == 0:
-        ax.text(0.5, 0.5, "no fitted class", ha="center", transform=ax.transAxes)
-        ax.set_axis_off()
-        return figure_png(fig)
+        return _empty_figure(fig, ax)
     x = rows["log_hr"].to_numpy()
     y = -np.log10(np.clip(rows["p_value"].to_numpy(), 1e-300, 1))
     hit = (rows["q_value"] < alpha).fill_null(False).to_numpy()

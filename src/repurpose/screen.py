@@ -180,14 +180,14 @@ def fit_sex_group(
     sex_group: str,
     layout: CellLayout,
     totals: RiskSetCounts,
+    time_span: int,
     min_exposed_cases: int,
 ) -> pl.DataFrame:
     """Fit every class for one lag and sex group; one result row per class (fitted or skipped with a reason).
 
     `layout` and `totals` (from `cell_layout` and `total_counts`) depend only on the sex group and the
-    adjustment, so they are computed once and shared by all lags.
+    adjustment, so they are computed once and shared by all lags; `time_span` exceeds every age in days.
     """
-    time_span = int(cohort["exit"].max()) + 2
     cell_of_person = layout.cell_of_person
     lag_days = round(lag_years * DAYS_PER_YEAR)
 
@@ -387,7 +387,7 @@ def screen_exposures(
         for lag in screen["lags_years"]:
             started = time.perf_counter()
             part = fit_sex_group(
-                cohort, exposures, classes, lag, sex_group, layout, totals, screen["min_exposed_cases"]
+                cohort, exposures, classes, lag, sex_group, layout, totals, time_span, screen["min_exposed_cases"]
             )
             n_fitted = int((part["status"] != "skipped").sum())
             log.info(
