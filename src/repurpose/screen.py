@@ -172,6 +172,25 @@ def total_counts(cohort: pl.DataFrame, layout: CellLayout, time_span: int) -> Ri
     )
 
 
+def exposed_rows(
+    cohort: pl.DataFrame, exposures: pl.DataFrame, layout: CellLayout, lag_years: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Exposed person-class rows of a sex group at a lag: (class_index, cell, start, exit, event).
+
+    Exposure counts from max(entry, exposure start + lag) to exit; rows outside the sex group or whose
+    lagged start is not before exit are dropped. `exposures` carries `cohort_row` and `class_index`.
+    """
+    lag_days = round(lag_years * DAYS_PER_YEAR)
+    person_row = exposures["cohort_row"].to_numpy()
+    cell = layout.cell_of_person[person_row]
+    entry = cohort["entry"].to_numpy()[person_row]
+    exit_ = cohort["exit"].to_numpy()[person_row]
+    event = cohort["event"].to_numpy()[person_row]
+    start = np.maximum(entry, exposures["exposure_start_age_days"].to_numpy().astype(np.int64) + lag_days)
+    keep = (cell >= 0) & (start < exit_)
+    return exposures["class_index"].to_numpy()[keep], cell[keep], start[keep], exit_[keep], event[keep]
+
+
 def fit_sex_group(
     cohort: pl.DataFrame,
     exposures: pl.DataFrame,
@@ -189,23 +208,7 @@ def fit_sex_group(
     adjustment, so they are computed once and shared by all lags; `time_span` exceeds every age in days.
     """
     cell_of_person = layout.cell_of_person
-    lag_days = round(lag_years * DAYS_PER_YEAR)
-
-    # Exposed person-class rows within the sex group: exposure counts from max(entry, start + lag) to exit.
-    person_row = exposures["cohort_row"].to_numpy()
-    cell = cell_of_person[person_row]
-    entry = cohort["entry"].to_numpy()[person_row]
-    exit_ = cohort["exit"].to_numpy()[person_row]
-    event = cohort["event"].to_numpy()[person_row]
-    start = np.maximum(entry, exposures["exposure_start_age_days"].to_numpy().astype(np.int64) + lag_days)
-    keep = (cell >= 0) & (start < exit_)
-    class_index, cell, start, exit_, event = (
-        exposures["class_index"].to_numpy()[keep],
-        cell[keep],
-        start[keep],
-        exit_[keep],
-        event[keep],
-    )
+    class_index, cell, start, exit_, event = exposed_rows(cohort, exposures, layout, lag_years)
     n_classes = len(classes)
     n_exposed = np.bincount(class_index, minlength=n_classes)
     n_exposed_cases = np.bincount(class_index[event], minlength=n_classes)
@@ -364,11 +367,11 @@ def build_risk_sets(
     )
 
 
-def screen_exposures(
-    cohort: pl.DataFrame, exposures: pl.DataFrame, config: dict[str, Any], level: int
-) -> pl.DataFrame:
-    """Screen every class of one ATC level for every lag and sex group (raw counts; not for export)."""
-    screen = config["screen"]
+def index_screen_inputs(
+    cohort: pl.DataFrame, exposures: pl.DataFrame, screen: dict[str, Any]
+) -> tuple[pl.DataFrame, pl.DataFrame, list[str], int]:
+    """Cohort with adjustment labels and row numbers, exposures keyed by (cohort_row, class_index), the
+    sorted class codes, and a time span exceeding every age in days (for the search keys)."""
     cohort = prepare_cohort(cohort, screen["birth_cohort_band_years"]).with_row_index("cohort_row")
     classes = sorted(exposures["atc_code"].unique().to_list())
     class_lookup = pl.DataFrame({"atc_code": classes, "class_index": np.arange(len(classes))})
@@ -378,8 +381,16 @@ def screen_exposures(
         .join(class_lookup, on="atc_code")
         .with_columns(pl.col("cohort_row").cast(pl.Int64))
     )
+    return cohort, exposures, classes, int(cohort["exit"].max()) + 2
+
+
+def screen_exposures(
+    cohort: pl.DataFrame, exposures: pl.DataFrame, config: dict[str, Any], level: int
+) -> pl.DataFrame:
+    """Screen every class of one ATC level for every lag and sex group (raw counts; not for export)."""
+    screen = config["screen"]
+    cohort, exposures, classes, time_span = index_screen_inputs(cohort, exposures, screen)
     adjust = screen["adjust"]
-    time_span = int(cohort["exit"].max()) + 2
     results = []
     for sex_group in screen["sex_strata"]:
         layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
