@@ -52,6 +52,12 @@ def run(tmp_path: Path, **extracts) -> dict:
     return validate_extracts(make_config(paths, tmp_path, **config_options), tmp_path / "validated", tmp_path / "validation")
 
 
+def read_rejects(validation_dir: Path, extract: str) -> pl.DataFrame:
+    """Rejected rows of an extract: one file for the registers, one per part for prescriptions."""
+    single = validation_dir / "rejects" / f"{extract}.parquet"
+    return pl.read_parquet(single if single.exists() else validation_dir / "rejects" / extract / "*.parquet")
+
+
 def test_clean_extracts_keep_every_row(tmp_path):
     report = run(tmp_path)
     for name, n in (("population", 4), ("prescriptions", 3), ("ms_registry", 1)):
@@ -123,8 +129,7 @@ def test_each_rejection_reason(tmp_path, extract, bad_row, reason):
     entry = report["extracts"][extract]
     assert entry["rejected_by_reason"] == {reason: 1}
     assert entry["rows_read"] == entry["rows_kept"] + 1 == len(base)
-    rejects = pl.read_parquet(tmp_path / "validation" / "rejects" / f"{extract}.parquet")
-    assert rejects["reject_reason"].to_list() == [reason]
+    assert read_rejects(tmp_path / "validation", extract)["reject_reason"].to_list() == [reason]
 
 
 def test_duplicate_persons_are_rejected_with_every_copy(tmp_path):

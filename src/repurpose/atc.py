@@ -18,6 +18,22 @@ import polars as pl
 ATC_LEVEL_CODE_LENGTH: dict[int, int] = {1: 1, 2: 3, 3: 4, 4: 5, 5: 7}
 """Length of an ATC code at each level (level -> number of characters)."""
 
+ANATOMICAL_GROUPS: list[str] = ["A", "B", "C", "D", "G", "H", "J", "L", "M", "N", "P", "R", "S", "V", "other"]
+"""The 14 anatomical main groups of the WHO ATC (first letter of a code), plus `other` for any other letter."""
+
+
+def anatomical_group_filter(group: str) -> pl.Expr:
+    """Polars filter on `atc_code` selecting one anatomical main group (`all` selects every code)."""
+    first_letter = pl.col("atc_code").str.slice(0, 1)
+    if group == "all":
+        return pl.lit(True)
+    if group == "other":
+        return ~first_letter.is_in(ANATOMICAL_GROUPS[:-1])
+    if group not in ANATOMICAL_GROUPS:
+        raise ValueError(f"unknown anatomical group {group!r}; expected one of {ANATOMICAL_GROUPS} or 'all'")
+    return first_letter == group
+
+
 CODE_LENGTH_ATC_LEVEL: dict[int, int] = {length: level for level, length in ATC_LEVEL_CODE_LENGTH.items()}
 
 LEVEL5_PATTERN = re.compile(r"^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$")

@@ -11,13 +11,14 @@ class first reaches each cut point, the number of dispensings and the total DDD 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from repurpose.atc import ATC_LEVEL_CODE_LENGTH
-from repurpose.duck import connect, sql_literal
+from repurpose.duck import connect, execute_with_progress, sql_literal
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +29,10 @@ def dose_column(cut_ddd: float) -> str:
 
 
 def exposure_sql(
-    prescriptions_glob: str, cohort_path: str, level: int, min_dispensings: int, dose_cutpoints: list[float]
+    prescriptions_source: str, cohort_path: str, level: int, min_dispensings: int, dose_cutpoints: list[float]
 ) -> str:
-    """SQL producing the exposure table of one ATC level (see module docstring)."""
+    """SQL producing the exposure table of one ATC level (see module docstring); `prescriptions_source` is
+    the SQL file argument of `read_parquet` (a quoted glob or a list, see `prescription_source`)."""
     code_length = ATC_LEVEL_CODE_LENGTH[level]
     dose_columns = ", ".join(
         f"min(dispense_date) FILTER (WHERE cumulative_ddd >= {cut}) AS reached_{i}"
@@ -47,7 +49,7 @@ def exposure_sql(
     dispensings AS (
         SELECT r.person_id, substr(r.atc_code, 1, {code_length}) AS atc_code, r.dispense_date,
                coalesce(r.ddd, 0) AS ddd
-        FROM read_parquet({sql_literal(prescriptions_glob)}, hive_partitioning = true) r
+        FROM read_parquet({prescriptions_source}, hive_partitioning = true) r
         JOIN cohort c ON r.person_id = c.person_id
         WHERE r.dispense_date <= c.exit_date
     ),
@@ -77,26 +79,46 @@ def exposure_sql(
     """
 
 
+def prescription_source(prescriptions: str | Path | list[str] | list[Path]) -> str:
+    """SQL file argument of the validated dispensings: a directory (all Parquet below it) or a list of part files.
+
+    The DAG passes the explicit part files, so a part left over from an earlier delivery is never read.
+    """
+    if isinstance(prescriptions, (str, Path)):
+        return sql_literal(str(Path(prescriptions) / "**" / "*.parquet"))
+    return "[" + ", ".join(sql_literal(str(p)) for p in prescriptions) + "]"
+
+
 def build_exposures(
     config: dict[str, Any],
-    prescriptions_dir: str | Path,
+    prescriptions: str | Path | list[str] | list[Path],
     cohort_path: str | Path,
     level: int,
     out_path: str | Path,
 ) -> int:
-    """Write the exposure table of one ATC level to `out_path`; return its number of rows."""
+    """Write the exposure table of one ATC level to `out_path`; return its number of rows.
+
+    `prescriptions` is the validated prescriptions directory or the list of its part files.
+    """
     screen = config["screen"]
-    con = connect(config.get("resources"))
-    glob = str(Path(prescriptions_dir) / "**" / "*.parquet")
-    sql = exposure_sql(glob, str(cohort_path), level, screen["min_dispensings"], screen["dose_cutpoints_ddd"])
-    n_rows = con.execute(
-        f"COPY ({sql}) TO {sql_literal(str(out_path))} (FORMAT parquet, COMPRESSION zstd)"
-    ).fetchone()[0]
+    resources = config.get("resources") or {}
+    con = connect(resources)
+    sql = exposure_sql(
+        prescription_source(prescriptions), str(cohort_path), level, screen["min_dispensings"], screen["dose_cutpoints_ddd"]
+    )
+    started = time.perf_counter()
+    n_rows = execute_with_progress(
+        con,
+        f"COPY ({sql}) TO {sql_literal(str(out_path))} (FORMAT parquet, COMPRESSION zstd)",
+        f"exposure ATC level {level}",
+        interval_seconds=resources.get("progress_seconds", 30),
+    )[0][0]
     log.info(
-        "ATC level %d: %d person-class exposures (k = %d dispensings)",
+        "ATC level %d: %d person-class exposures (k = %d dispensings) in %.1f s",
         level,
         n_rows,
         screen["min_dispensings"],
+        time.perf_counter() - started,
     )
     return int(n_rows)
 

@@ -8,8 +8,9 @@ population) stop the run with one message naming the file, the column and exampl
 
 Outputs (see `docs/schemas.md`):
   validated/population.parquet, validated/ms_registry.parquet,
-  validated/prescriptions/dispense_year=YYYY/*.parquet (hive-partitioned by year),
-  validation/rejects/<extract>.parquet, validation/report.json, validation/report.md.
+  validated/prescriptions/<part>.parquet (one per source file, e.g. per delivery year; with dispense_year),
+  validation/rejects/<extract>.parquet and rejects/prescriptions/<part>.parquet,
+  validation/parts/*.json (per-job entries), validation/report.json, validation/report.md.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 import duckdb
 
 from repurpose.dictionary import ColumnSpec, ExtractSpec, load_extract_spec
-from repurpose.duck import connect, sql_literal
+from repurpose.duck import connect, execute_with_progress, sql_literal
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +71,41 @@ def _sniff_separator(first_line: bytes) -> str:
     return max(counts, key=lambda sep: counts[sep])
 
 
-def describe_sources(extract: str, input_config: dict[str, Any]) -> SourceFiles:
-    """Find the files of an extract and decide the CSV separator; raise ExtractError if mixed or unreadable."""
-    files = list_source_files(extract, input_config["path"])
+def _file_kind(extract: str, path: str | Path, files: list[Path]) -> str:
+    """"parquet" or "csv"; raise ExtractError when an extract mixes both."""
     kinds = {"parquet" if f.suffix.lower() == ".parquet" else "csv" for f in files}
     if len(kinds) > 1:
         raise ExtractError(
-            f"{extract}: {input_config['path']} mixes Parquet and CSV files "
+            f"{extract}: {path} mixes Parquet and CSV files "
             f"(e.g. {files[0].name}, {files[-1].name}); deliver one format per extract"
         )
-    kind = kinds.pop()
+    return kinds.pop()
+
+
+def prescription_parts(input_config: dict[str, Any]) -> dict[str, Path]:
+    """Part name -> file of the prescription extract. Each part (typically one yearly file) is validated
+    by its own job, so a new yearly delivery is validated alone; names are the file names without suffix."""
+    files = list_source_files("prescriptions", input_config["path"])
+    _file_kind("prescriptions", input_config["path"], files)
+    parts: dict[str, Path] = {}
+    for file in files:
+        name = file.name[: -len(file.suffix)] if file.suffix else file.name
+        if name in parts:
+            raise ExtractError(
+                f"prescriptions: {parts[name]} and {file} have the same part name {name!r}; "
+                "give the files of the extract distinct names"
+            )
+        parts[name] = file
+    return parts
+
+
+def describe_sources(
+    extract: str, input_config: dict[str, Any], files: list[Path] | None = None
+) -> SourceFiles:
+    """Find the files of an extract (or take `files`) and decide the CSV separator; raise ExtractError if mixed."""
+    if files is None:
+        files = list_source_files(extract, input_config["path"])
+    kind = _file_kind(extract, input_config["path"], files)
     sep = input_config.get("sep")
     if kind == "csv" and sep is None:
         with open(files[0], "rb") as handle:
@@ -223,12 +250,18 @@ def column_checks(column: ColumnSpec) -> list[Check]:
 class ExtractReader:
     """Reads one extract through the data dictionary: source files, column map and typed columns."""
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, extract: str, input_config: dict[str, Any]):
+    def __init__(
+        self,
+        con: duckdb.DuckDBPyConnection,
+        extract: str,
+        input_config: dict[str, Any],
+        files: list[Path] | None = None,
+    ):
         self.con = con
         self.extract = extract
         self.spec = load_extract_spec(extract)
         self.date_format = input_config.get("date_format", "%Y-%m-%d")
-        self.sources = describe_sources(extract, input_config)
+        self.sources = describe_sources(extract, input_config, files)
         self.relation = _read_relation(con, self.sources)
         self.source_types = _source_columns(con, self.relation)
         self.mapping = map_columns(
@@ -341,17 +374,19 @@ def _write_extract(
     reader: ExtractReader,
     clean_path: Path,
     rejects_path: Path,
+    progress_seconds: float = 30.0,
 ) -> dict[str, Any]:
     """Write the clean and rejected rows of the labelled view of one extract; return its report entry."""
     canonical = ", ".join(c.name for c in reader.spec.columns)
     labelled = f"labelled_{reader.extract}"
     if reader.extract == "prescriptions":
-        if clean_path.exists():
-            shutil.rmtree(clean_path)
-        n_kept = con.execute(
+        n_kept = execute_with_progress(
+            con,
             f"COPY (SELECT {canonical}, year(dispense_date) AS dispense_year FROM {labelled} WHERE reject_reason IS NULL) "
-            f"TO {sql_literal(str(clean_path))} (FORMAT parquet, PARTITION_BY (dispense_year), COMPRESSION zstd)"
-        ).fetchone()[0]
+            f"TO {sql_literal(str(clean_path))} (FORMAT parquet, COMPRESSION zstd)",
+            f"validating prescriptions {reader.file_label}",
+            interval_seconds=progress_seconds,
+        )[0][0]
     else:
         n_kept = con.execute(
             f"COPY (SELECT {canonical} FROM {labelled} WHERE reject_reason IS NULL ORDER BY person_id) "
@@ -382,10 +417,13 @@ def _write_extract(
     }
 
 
-def _check_overlap(con: duckdb.DuckDBPyConnection, reader: ExtractReader, population: ExtractReader) -> None:
-    """Stop when no row of an extract matches a person of the population: a wrong id column or extract."""
+def _check_overlap(
+    con: duckdb.DuckDBPyConnection, reader: ExtractReader, population_label: str, sample_rows: int = 100_000
+) -> None:
+    """Stop when no row of an extract's leading sample matches a person of the population: a wrong id
+    column or extract (a sample, so a national yearly file is not read once more just for this check)."""
     n_rows, n_matched = con.execute(
-        f"SELECT count(*), count(p.person_id) FROM labelled_{reader.extract} t "
+        f"SELECT count(*), count(p.person_id) FROM (SELECT person_id FROM labelled_{reader.extract} LIMIT {sample_rows}) t "
         f"LEFT JOIN clean_population p ON t.person_id = p.person_id"
     ).fetchone()
     if n_rows > 0 and n_matched == 0:
@@ -395,68 +433,184 @@ def _check_overlap(con: duckdb.DuckDBPyConnection, reader: ExtractReader, popula
         theirs = _examples(con, "SELECT person_id FROM clean_population", "id")
         raise ExtractError(
             f"{reader.extract}: no person in {reader.file_label} (column `{reader.mapping['person_id']}`) is in the "
-            f"population extract {population.file_label}; check inputs.{reader.extract}.columns.person_id and that "
+            f"population extract {population_label}; check inputs.{reader.extract}.columns.person_id and that "
             f"both extracts come from the same linkage. Examples (masked): {ours} vs population {theirs}"
         )
+
+
+def _person_id_type(population: ExtractReader) -> str:
+    return "BIGINT" if population.person_id_is_integer() else "VARCHAR"
+
+
+def _load_clean_population(con: duckdb.DuckDBPyConnection, population_path: str | Path) -> None:
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE clean_population AS SELECT * FROM read_parquet({sql_literal(str(population_path))})"
+    )
+
+
+def _validate_one(
+    con: duckdb.DuckDBPyConnection,
+    reader: ExtractReader,
+    config: dict[str, Any],
+    person_id_type: str,
+    clean_path: Path,
+    rejects_path: Path,
+    population_label: str = "",
+) -> dict[str, Any]:
+    """Label every row of one extract (or part) with its reject reason and write clean rows and rejects."""
+    name = reader.extract
+    checks, joins = extract_checks(name, config["study"], config["validation"])
+    con.execute(f"CREATE OR REPLACE TEMP VIEW labelled_{name} AS {reader.labelled_sql(person_id_type, checks, joins)}")
+    if name != "population":
+        _check_overlap(con, reader, population_label)
+    log.info("validating %s from %s", name, reader.file_label)
+    started = time.perf_counter()
+    clean_path.parent.mkdir(parents=True, exist_ok=True)
+    rejects_path.parent.mkdir(parents=True, exist_ok=True)
+    entry = _write_extract(con, reader, clean_path, rejects_path, config.get("resources", {}).get("progress_seconds", 30))
+    seconds = time.perf_counter() - started
+    log.info(
+        "%s %s: %d rows read, %d kept, %d rejected in %.1f s (%.0f rows/s) %s",
+        name,
+        reader.file_label,
+        entry["rows_read"],
+        entry["rows_kept"],
+        entry["rows_rejected"],
+        seconds,
+        entry["rows_read"] / max(seconds, 1e-9),
+        entry["rejected_by_reason"],
+    )
+    return entry
+
+
+def validate_registers(
+    config: dict[str, Any], validated_dir: str | Path, validation_dir: str | Path
+) -> dict[str, Any]:
+    """Validate the population and MS registry extracts; write them, their rejects and `parts/registers.json`.
+
+    The registers come first: every prescription part is checked against the clean population and uses
+    the person_id type decided here.
+    """
+    validated_dir, validation_dir = Path(validated_dir), Path(validation_dir)
+    con = connect(config.get("resources"))
+    inputs = config["inputs"]
+    population = ExtractReader(con, "population", inputs["population"])
+    ms_registry = ExtractReader(con, "ms_registry", inputs["ms_registry"])
+    for reader in (population, ms_registry):
+        reader.fail_if_nothing_parses()
+    person_id_type = _person_id_type(population)
+    log.info("person_id is stored as %s", person_id_type)
+    report: dict[str, Any] = {"person_id_type": person_id_type, "extracts": {}}
+    population_path = validated_dir / "population.parquet"
+    entry = _validate_one(
+        con, population, config, person_id_type, population_path, validation_dir / "rejects" / "population.parquet"
+    )
+    if entry["rows_kept"] == 0:
+        raise ExtractError(f"population: no valid row in {population.file_label}; see {validation_dir / 'rejects'}")
+    report["extracts"]["population"] = entry
+    _load_clean_population(con, population_path)
+    report["extracts"]["ms_registry"] = _validate_one(
+        con,
+        ms_registry,
+        config,
+        person_id_type,
+        validated_dir / "ms_registry.parquet",
+        validation_dir / "rejects" / "ms_registry.parquet",
+        population.file_label,
+    )
+    registers_path = validation_dir / "parts" / "registers.json"
+    registers_path.parent.mkdir(parents=True, exist_ok=True)
+    registers_path.write_text(json.dumps(report, indent=2))
+    return report
+
+
+def validate_prescription_part(
+    config: dict[str, Any],
+    part_path: str | Path,
+    population_path: str | Path,
+    registers_report_path: str | Path,
+    clean_path: str | Path,
+    rejects_path: str | Path,
+    part_report_path: str | Path,
+) -> dict[str, Any]:
+    """Validate one file of the prescription extract against the clean population; write its report entry."""
+    registers = json.loads(Path(registers_report_path).read_text())
+    con = connect(config.get("resources"))
+    _load_clean_population(con, population_path)
+    reader = ExtractReader(con, "prescriptions", config["inputs"]["prescriptions"], [Path(part_path)])
+    reader.fail_if_nothing_parses()
+    population_label = f"{config['inputs']['population']['path']} (validated: {population_path})"
+    entry = _validate_one(
+        con, reader, config, registers["person_id_type"], Path(clean_path), Path(rejects_path), population_label
+    )
+    Path(part_report_path).parent.mkdir(parents=True, exist_ok=True)
+    Path(part_report_path).write_text(json.dumps(entry, indent=2))
+    return entry
+
+
+def merge_validation_reports(
+    registers_report_path: str | Path,
+    part_report_paths: list[str] | list[Path],
+    report_path: str | Path,
+    summary_path: str | Path,
+) -> dict[str, Any]:
+    """One validation report: the registers' entries and the prescription parts summed (with a per-part list)."""
+    report = json.loads(Path(registers_report_path).read_text())
+    parts = [json.loads(Path(p).read_text()) for p in part_report_paths]
+    by_reason: dict[str, int] = {}
+    for part in parts:
+        for reason, n in part["rejected_by_reason"].items():
+            by_reason[reason] = by_reason.get(reason, 0) + n
+    first = parts[0] if parts else {"format": None, "column_map": {}, "missing_optional_columns": [], "ignored_source_columns": []}
+    report["extracts"]["prescriptions"] = {
+        "files": [f for part in parts for f in part["files"]],
+        "format": first["format"],
+        "column_map": first["column_map"],
+        "missing_optional_columns": first["missing_optional_columns"],
+        "ignored_source_columns": sorted({c for part in parts for c in part["ignored_source_columns"]}),
+        "rows_read": sum(part["rows_read"] for part in parts),
+        "rows_kept": sum(part["rows_kept"] for part in parts),
+        "rows_rejected": sum(part["rows_rejected"] for part in parts),
+        "rejected_by_reason": dict(sorted(by_reason.items(), key=lambda item: -item[1])),
+        "parts": [
+            {
+                "files": [f["name"] for f in part["files"]],
+                **{k: part[k] for k in ("rows_read", "rows_kept", "rows_rejected")},
+            }
+            for part in parts
+        ],
+    }
+    Path(report_path).write_text(json.dumps(report, indent=2))
+    Path(summary_path).write_text(render_report_markdown(report))
+    return report
 
 
 def validate_extracts(
     config: dict[str, Any], validated_dir: str | Path, validation_dir: str | Path
 ) -> dict[str, Any]:
-    """Validate the three extracts of `config['inputs']`; write clean Parquet, rejects and the report."""
+    """Validate the three extracts of `config['inputs']` in one call (the DAG runs the same steps as jobs):
+    registers, then each prescription part, then the merged report."""
     validated_dir, validation_dir = Path(validated_dir), Path(validation_dir)
-    (validation_dir / "rejects").mkdir(parents=True, exist_ok=True)
-    validated_dir.mkdir(parents=True, exist_ok=True)
-    con = connect(config.get("resources"))
-    inputs, study, validation = config["inputs"], config["study"], config["validation"]
-
-    readers = {
-        name: ExtractReader(con, name, inputs[name])
-        for name in ("population", "ms_registry", "prescriptions")
-    }
-    for reader in readers.values():
-        reader.fail_if_nothing_parses()
-    population = readers["population"]
-    person_id_type = "BIGINT" if population.person_id_is_integer() else "VARCHAR"
-    log.info("person_id is stored as %s", person_id_type)
-
-    report: dict[str, Any] = {"person_id_type": person_id_type, "extracts": {}}
-    for name, filename in (
-        ("population", "population.parquet"),
-        ("ms_registry", "ms_registry.parquet"),
-        ("prescriptions", "prescriptions"),
-    ):
-        reader = readers[name]
-        checks, joins = extract_checks(name, study, validation)
-        con.execute(
-            f"CREATE OR REPLACE TEMP VIEW labelled_{name} AS {reader.labelled_sql(person_id_type, checks, joins)}"
+    for stale in (validated_dir / "prescriptions", validation_dir / "rejects" / "prescriptions"):
+        if stale.exists():
+            shutil.rmtree(stale)
+    validate_registers(config, validated_dir, validation_dir)
+    part_reports = []
+    for name, file in prescription_parts(config["inputs"]["prescriptions"]).items():
+        part_report = validation_dir / "parts" / f"prescriptions_{name}.json"
+        validate_prescription_part(
+            config,
+            file,
+            validated_dir / "population.parquet",
+            validation_dir / "parts" / "registers.json",
+            validated_dir / "prescriptions" / f"{name}.parquet",
+            validation_dir / "rejects" / "prescriptions" / f"{name}.parquet",
+            part_report,
         )
-        if name != "population":
-            _check_overlap(con, reader, population)
-        log.info("validating %s from %s", name, reader.file_label)
-        entry = _write_extract(
-            con, reader, validated_dir / filename, validation_dir / "rejects" / f"{name}.parquet"
-        )
-        report["extracts"][name] = entry
-        log.info(
-            "%s: %d rows read, %d kept, %d rejected %s",
-            name,
-            entry["rows_read"],
-            entry["rows_kept"],
-            entry["rows_rejected"],
-            entry["rejected_by_reason"],
-        )
-        if name == "population":
-            if entry["rows_kept"] == 0:
-                raise ExtractError(
-                    f"population: no valid row in {reader.file_label}; see {validation_dir / 'rejects'}"
-                )
-            con.execute(
-                f"CREATE OR REPLACE TEMP TABLE clean_population AS SELECT * FROM read_parquet({sql_literal(str(validated_dir / filename))})"
-            )
-    (validation_dir / "report.json").write_text(json.dumps(report, indent=2))
-    (validation_dir / "report.md").write_text(render_report_markdown(report))
-    return report
+        part_reports.append(part_report)
+    return merge_validation_reports(
+        validation_dir / "parts" / "registers.json", part_reports, validation_dir / "report.json", validation_dir / "report.md"
+    )
 
 
 def render_report_markdown(report: dict[str, Any]) -> str:

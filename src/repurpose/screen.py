@@ -24,7 +24,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from repurpose.atc import load_atc_names
+from repurpose.atc import anatomical_group_filter, load_atc_names
 from repurpose.cohort import DAYS_PER_YEAR
 from repurpose.coxph import RiskSetTable, fit_efron
 from repurpose.disclosure import SCREEN_RULES, for_display, suppress_small_counts
@@ -57,6 +57,30 @@ SCREEN_COLUMNS = [
     "status",
     "reason",
 ]
+
+
+SCREEN_PART_SCHEMA = {
+    "atc_code": pl.String,
+    "lag_years": pl.Float64,
+    "sex": pl.String,
+    "n_persons": pl.Int64,
+    "n_exposed": pl.Int64,
+    "n_cases": pl.Int64,
+    "n_exposed_cases": pl.Int64,
+    "person_years_exposed": pl.Float64,
+    "hr": pl.Float64,
+    "ci_lower": pl.Float64,
+    "ci_upper": pl.Float64,
+    "log_hr": pl.Float64,
+    "se": pl.Float64,
+    "p_value": pl.Float64,
+    "converged": pl.Boolean,
+    "n_iter": pl.Int64,
+    "status": pl.String,
+    "reason": pl.String,
+    "atc_level": pl.Int8,
+}
+"""Columns of a raw screen part (one row per class x lag x sex group; counts not yet disclosure-controlled)."""
 
 
 def prepare_cohort(cohort: pl.DataFrame, band_years: int) -> pl.DataFrame:
@@ -385,13 +409,16 @@ def index_screen_inputs(
 
 
 def screen_exposures(
-    cohort: pl.DataFrame, exposures: pl.DataFrame, config: dict[str, Any], level: int
+    cohort: pl.DataFrame, exposures: pl.DataFrame, config: dict[str, Any], level: int, label: str | None = None
 ) -> pl.DataFrame:
     """Screen every class of one ATC level for every lag and sex group (raw counts; not for export)."""
+    label = label or f"level {level}"
     screen = config["screen"]
     cohort, exposures, classes, time_span = index_screen_inputs(cohort, exposures, screen)
     adjust = screen["adjust"]
     results = []
+    n_batches = len(screen["sex_strata"]) * len(screen["lags_years"])
+    started_all = time.perf_counter()
     for sex_group in screen["sex_strata"]:
         layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
         totals = total_counts(cohort, layout, time_span)
@@ -400,17 +427,20 @@ def screen_exposures(
             part = fit_sex_group(
                 cohort, exposures, classes, lag, sex_group, layout, totals, time_span, screen["min_exposed_cases"]
             )
-            n_fitted = int((part["status"] != "skipped").sum())
+            results.append(part)
+            elapsed = time.perf_counter() - started_all
             log.info(
-                "level %d lag %g sex %s: %d classes, %d fitted in %.2f s",
-                level,
+                "%s lag %g sex %s: %d classes, %d fitted in %.2f s; batch %d of %d, about %.0f s left",
+                label,
                 lag,
                 sex_group,
                 part.height,
-                n_fitted,
+                int((part["status"] != "skipped").sum()),
                 time.perf_counter() - started,
+                len(results),
+                n_batches,
+                elapsed / len(results) * (n_batches - len(results)),
             )
-            results.append(part)
     out = pl.concat(results).with_columns(atc_level=pl.lit(level, pl.Int8))
     return out
 
@@ -440,12 +470,21 @@ def screen_level(
     exposure_path: str | Path,
     level: int,
     out_path: str | Path,
+    group: str = "all",
 ) -> pl.DataFrame:
-    """Fit all classes of one ATC level and write the raw (internal) result part."""
+    """Fit all classes of one ATC level (or of one anatomical main group of it) and write the raw result part.
+
+    Only the group's exposure rows are read, so a job per level x group holds a fraction of the level.
+    """
     started = time.perf_counter()
-    results = screen_exposures(pl.read_parquet(cohort_path), pl.read_parquet(exposure_path), config, level)
+    label = f"level {level}" + ("" if group == "all" else f" group {group}")
+    exposures = pl.scan_parquet(exposure_path).filter(anatomical_group_filter(group)).collect()
+    if exposures.height == 0:
+        results = pl.DataFrame(schema=SCREEN_PART_SCHEMA)
+    else:
+        results = screen_exposures(pl.read_parquet(cohort_path), exposures, config, level, label)
     results.write_parquet(out_path)
-    log.info("level %d: %d rows in %.1f s", level, results.height, time.perf_counter() - started)
+    log.info("%s: %d rows in %.1f s", label, results.height, time.perf_counter() - started)
     return results
 
 

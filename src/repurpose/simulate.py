@@ -175,6 +175,17 @@ PRODROMAL_USER_PROBABILITY = 0.08
 PRODROMAL_EXTRA_DISPENSINGS_MEAN = 1.5
 """Prodromal users get 2 + Poisson(this) extra dispensings, density rising linearly towards onset."""
 
+def prescription_file_name(year: int) -> str:
+    """File name of the simulated prescription extract of one dispensing year (one file per year, as delivered)."""
+    return f"dispensings_{year}.parquet"
+
+
+def simulated_prescription_files(study_start: str, study_end: str) -> list[str]:
+    """The yearly prescription files the simulator writes for a study window (known before it runs)."""
+    study = StudyWindow(_day_number(study_start), _day_number(study_end))
+    return [prescription_file_name(year) for year in study.years]
+
+
 # --------------------------------------------------------------------------------------------------
 # Population model
 # --------------------------------------------------------------------------------------------------
@@ -1424,7 +1435,7 @@ def simulate_registries(
     corrupt_plan = _plan_corrupt_dispensings(corrupt_rng, population, substances, study, corrupt_counts)
 
     writers = {
-        year: pq.ParquetWriter(prescriptions_dir / f"dispensings_{year}.parquet", PRESCRIPTIONS_SCHEMA)
+        year: pq.ParquetWriter(prescriptions_dir / prescription_file_name(year), PRESCRIPTIONS_SCHEMA)
         for year in study.years
     }
     results: list[_ChunkResult] = []

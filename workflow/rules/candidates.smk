@@ -5,6 +5,8 @@ rule mechanisms:
     output:
         ranking=f"{RESULTS}/candidates/mechanism_ranking.csv",
         matches=f"{RESULTS}/candidates/substance_targets.csv",
+    params:
+        settings=settings("candidates", "inputs.atc_index", "inputs.drug_targets"),
     log:
         f"{RESULTS}/logs/mechanisms.log",
     threads: 1
@@ -20,12 +22,14 @@ rule candidates:
         dwas=rules.screen_gather.output.parquet,
         cohort=rules.cohort.output.cohort,
         exposures=expand(f"{RESULTS}/exposure/atc_level_{{level}}.parquet", level=ATC_LEVELS),
-        prescriptions=rules.validate.output.prescriptions,
+        prescriptions=VALIDATED_PRESCRIPTIONS,
         matches=rules.mechanisms.output.matches,
         mechanisms=rules.mechanisms.output.ranking,
     output:
         ranking=f"{RESULTS}/candidates/drug_ranking.csv",
         readme=f"{RESULTS}/candidates/README.md",
+    params:
+        settings=settings("candidates", "screen", "disclosure", drop=("atc_levels", "split_by")),
     log:
         f"{RESULTS}/logs/candidates.log",
     threads: THREADS
@@ -33,4 +37,4 @@ rule candidates:
         mem_mb=MEM_MB,
         runtime=120,
     run:
-        run_logged(log[0], "repurpose.candidates:run_candidates", config, input.dwas, input.cohort, list(input.exposures), input.prescriptions, input.matches, input.mechanisms, output.ranking, output.readme)
+        run_logged(log[0], "repurpose.candidates:run_candidates", config, input.dwas, input.cohort, list(input.exposures), f"{RESULTS}/validated/prescriptions", input.matches, input.mechanisms, output.ranking, output.readme)

@@ -1,11 +1,13 @@
 # The study cohort: entry, exit and outcome on the age scale, with the flow of exclusions.
 rule cohort:
     input:
-        population=rules.validate.output.population,
-        ms_registry=rules.validate.output.ms_registry,
+        population=rules.validate_registers.output.population,
+        ms_registry=rules.validate_registers.output.ms_registry,
     output:
         cohort=f"{RESULTS}/cohort/cohort.parquet",
         flow=f"{RESULTS}/cohort/flow.json",
+    params:
+        settings=settings("study"),
     log:
         f"{RESULTS}/logs/cohort.log",
     threads: THREADS

@@ -1,17 +1,19 @@
 # Exposure starts per person and drug class, one table per ATC level.
 rule exposure:
     input:
-        prescriptions=rules.validate.output.prescriptions,
+        prescriptions=VALIDATED_PRESCRIPTIONS,
         cohort=rules.cohort.output.cohort,
     output:
         f"{RESULTS}/exposure/atc_level_{{level}}.parquet",
     wildcard_constraints:
         level="[1-5]",
+    params:
+        settings=settings("screen.min_dispensings", "screen.dose_cutpoints_ddd"),
     log:
         f"{RESULTS}/logs/exposure_atc_level_{{level}}.log",
     threads: THREADS
     resources:
         mem_mb=MEM_MB,
-        runtime=60,
+        runtime=120,
     run:
-        run_logged(log[0], "repurpose.exposure:build_exposures", config, input.prescriptions, input.cohort, int(wildcards.level), output[0])
+        run_logged(log[0], "repurpose.exposure:build_exposures", config, list(input.prescriptions), input.cohort, int(wildcards.level), output[0])

@@ -12,6 +12,8 @@ rule report:
     output:
         html=f"{RESULTS}/report/index.html",
         tables=expand(f"{RESULTS}/report/tables/{{name}}.csv", name=["cohort_flow", "validation", "exposure_prevalence"]),
+    params:
+        settings=settings("report", "disclosure", "candidates"),
     log:
         f"{RESULTS}/logs/report.log",
     threads: 1
@@ -33,6 +35,8 @@ rule export:
         rules.mechanisms.output.ranking,
     output:
         manifest=f"{RESULTS}/export/manifest.csv",
+    params:
+        settings=settings("disclosure"),
     log:
         f"{RESULTS}/logs/export.log",
     threads: 1

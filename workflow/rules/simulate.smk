@@ -2,7 +2,10 @@
 rule simulate:
     output:
         population=f"{RESULTS}/simulated/population.parquet",
-        prescriptions=directory(f"{RESULTS}/simulated/prescriptions"),
+        prescriptions=[
+            f"{SIMULATED_PRESCRIPTIONS}/{name}"
+            for name in simulated_prescription_files(config["study"]["start"], config["study"]["end"])
+        ],
         ms_registry=f"{RESULTS}/simulated/ms_registry.parquet",
         truth=f"{RESULTS}/simulated/ground_truth.json",
     params:

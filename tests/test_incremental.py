@@ -1,0 +1,120 @@
+"""Incremental runs: a new yearly prescription file or a new ATC level reruns only what depends on it.
+
+Checked the way a user would: complete a small run, change one thing, and read Snakemake's dry-run plan.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from repurpose.atc import ANATOMICAL_GROUPS
+from repurpose.simulate import simulate_registries
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+TARGET = "results/screen/dwas.parquet"
+
+
+def snakemake(workdir: Path, config: Path, *extra: str) -> str:
+    command = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2"]
+    command += ["--configfile", str(config), *extra, TARGET]
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed.stdout + completed.stderr
+
+
+def planned_jobs(workdir: Path, config: Path) -> dict[str, int]:
+    """Rule -> number of jobs Snakemake would run now (its dry-run job table; empty when up to date)."""
+    output = snakemake(workdir, config, "-n")
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:", 1)[1]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", table, re.M))
+    jobs.pop("total", None)
+    return {rule: int(n) for rule, n in jobs.items()}
+
+
+def write_config(path: Path, delivery: Path, levels: list[int]) -> Path:
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "inputs": {
+                    "population": {"path": str(delivery / "population.parquet")},
+                    "prescriptions": {"path": str(delivery / "prescriptions")},
+                    "ms_registry": {"path": str(delivery / "ms_registry.parquet")},
+                },
+                "screen": {"atc_levels": levels, "lags_years": [0, 2], "sex_strata": ["all"], "split_by": "anatomical_group"},
+            }
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def completed_run(tmp_path_factory) -> tuple[Path, Path, Path]:
+    """A finished run on 2004-2022 deliveries; the 2023 file is held back."""
+    root = tmp_path_factory.mktemp("incremental")
+    simulated = root / "simulated"
+    simulate_registries(simulated, n_persons=3000, seed=7, n_corrupt_rows=0)
+    delivery = root / "delivery"
+    (delivery / "prescriptions").mkdir(parents=True)
+    for name in ("population.parquet", "ms_registry.parquet"):
+        shutil.copy(simulated / name, delivery / name)
+    for year in range(2004, 2023):
+        shutil.copy(simulated / f"prescriptions/dispensings_{year}.parquet", delivery / "prescriptions")
+    workdir = root / "work"
+    workdir.mkdir()
+    config = write_config(root / "study.yaml", delivery, [2, 3])
+    snakemake(workdir, config)
+    return workdir, config, simulated
+
+
+def test_finished_run_is_up_to_date(completed_run):
+    workdir, config, _ = completed_run
+    assert planned_jobs(workdir, config) == {}
+
+
+def test_new_yearly_file_validates_only_that_file(completed_run):
+    workdir, config, simulated = completed_run
+    delivery = Path(yaml.safe_load(config.read_text())["inputs"]["prescriptions"]["path"])
+    new_file = delivery / "dispensings_2023.parquet"
+    shutil.copy(simulated / "prescriptions/dispensings_2023.parquet", new_file)
+    try:
+        jobs = planned_jobs(workdir, config)
+    finally:
+        new_file.unlink()
+    assert jobs["validate_prescriptions"] == 1  # the new year only, not the 19 validated ones
+    assert "validate_registers" not in jobs and "cohort" not in jobs
+    assert jobs["exposure"] == 2  # exposures depend on every year's dispensings
+    assert jobs["screen_gather"] == 1
+
+
+def test_new_atc_level_runs_only_that_level(completed_run, tmp_path):
+    workdir, config, _ = completed_run
+    settings = yaml.safe_load(config.read_text())
+    delivery = Path(settings["inputs"]["population"]["path"]).parent
+    wider = write_config(tmp_path / "wider.yaml", delivery, [2, 3, 4])
+    jobs = planned_jobs(workdir, wider)
+    assert jobs["exposure"] == 1
+    assert jobs["screen_part"] == len(ANATOMICAL_GROUPS)  # level 4's groups; none for levels 2 and 3
+    assert not {"validate_prescriptions", "validate_registers", "validate", "cohort"} & set(jobs)
+
+
+def test_changed_screen_setting_reruns_the_screen_not_the_exposures(completed_run, tmp_path):
+    workdir, config, _ = completed_run
+    settings = yaml.safe_load(config.read_text())
+    settings["screen"]["lags_years"] = [0, 5]
+    changed = tmp_path / "lags.yaml"
+    changed.write_text(yaml.safe_dump(settings))
+    jobs = planned_jobs(workdir, changed)
+    assert jobs["screen_part"] == 2 * len(ANATOMICAL_GROUPS)
+    assert "exposure" not in jobs and "validate_prescriptions" not in jobs
