@@ -107,6 +107,27 @@ def test_screen_equals_lifelines_on_split_data(seed, strata, covariates):
         assert abs(row["se"] - se) / se <= RELATIVE_SE_TOLERANCE, row
 
 
+def test_strata_without_exposed_persons_still_inform_the_covariates():
+    """With covariates, a stratum where nobody uses the class keeps its risk sets (full-cohort Cox model)."""
+    cohort = synthetic_cohort(1200, 5)
+    women = cohort.filter(pl.col("sex") == "F")
+    rng = np.random.default_rng(5)
+    user = rng.random(women.height) < 0.3
+    exposures = pl.DataFrame({
+        "person_id": women["person_id"].to_numpy()[user],
+        "atc_code": "F06",
+        "exposure_start_age_days": women["entry_age_days"].to_numpy()[user] + 365,
+    })
+    strata, covariates = ["sex"], ["education"]
+    config = config_for(adjust={"strata": strata, "covariates": covariates}, sex_strata=["all"])
+    results = screen_exposures(cohort, exposures, config, level=3).filter(pl.col("status") == "ok")
+    assert results.height == 2  # both lags
+    for row in results.iter_rows(named=True):
+        log_hr, se = lifelines_fit(cohort, exposures, "F06", row["lag_years"], "all", strata, covariates)
+        assert abs(row["log_hr"] - log_hr) <= LOG_HR_TOLERANCE, row
+        assert abs(row["se"] - se) / se <= RELATIVE_SE_TOLERANCE, row
+
+
 def test_counts_per_fit_match_split_data():
     cohort = synthetic_cohort(800, 5)
     exposures = synthetic_exposures(cohort, 5)

@@ -316,11 +316,17 @@ def build_risk_sets(
         event[fitted],
     )
     n_covariates = layout.covariate_design.shape[1]
-    # Queries: for each fitted class, every (cell, event time) of the strata where the class has exposed persons.
-    # Without covariates a risk set with no exposed person carries no information on the exposure and is dropped.
-    class_strata = np.unique(class_index * (layout.stratum_of_cell.max() + 1) + layout.stratum_of_cell[cell])
+    # Queries: for each fitted class, every (cell, event time) of its strata. Without covariates a risk set
+    # with no exposed person carries no information and is dropped (so are strata without exposed persons);
+    # with covariates every stratum stays, since it informs the covariate coefficients of the full model.
     n_strata = layout.stratum_of_cell.max() + 1
-    pairs = pl.DataFrame({"class_index": class_strata // n_strata, "stratum": class_strata % n_strata})
+    if n_covariates == 0:
+        class_strata = np.unique(class_index * n_strata + layout.stratum_of_cell[cell])
+        pairs = pl.DataFrame({"class_index": class_strata // n_strata, "stratum": class_strata % n_strata})
+    else:
+        pairs = pl.DataFrame({"class_index": np.unique(class_index)}).join(
+            pl.DataFrame({"stratum": np.arange(n_strata)}), how="cross"
+        )
     if n_covariates == 0:
         spans = (
             pl.DataFrame(
