@@ -12,8 +12,9 @@ configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 # A study config given with --configfile replaces the file above in Snakemake; merging it over the demo
 # config here keeps "my_study.yaml overrides only what differs" true however the workflow is called.
-from repurpose.config import merge_over_defaults
+from repurpose.config import apply_protocol_or_fail, merge_over_defaults
 
+config.update(apply_protocol_or_fail(config, getattr(getattr(workflow, "config_settings", None), "overwrite_config", None)))
 config.update(merge_over_defaults(config, os.path.join(workflow.basedir, "config/config.yaml")))
 
 
@@ -25,6 +26,7 @@ include: "workflow/rules/exposure.smk"
 include: "workflow/rules/screen.smk"
 include: "workflow/rules/candidates.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/federation.smk"
 
 
 rule all:

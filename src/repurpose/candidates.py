@@ -876,7 +876,7 @@ def attach_targets(evidence: pl.DataFrame, matches: pl.DataFrame | None, mechani
 def run_candidates(
     config: dict[str, Any],
     dwas_path: str | Path,
-    cohort_path: str | Path,
+    cohort_path: str | Path | None,
     exposure_paths: list[str],
     prescriptions_dir: str | Path | None,
     matches_path: str | Path | None,
@@ -884,7 +884,11 @@ def run_candidates(
     ranking_path: str | Path,
     readme_path: str | Path | None = None,
 ) -> pl.DataFrame:
-    """Build the drug ranking (and the results README) from the screen, exposures and mechanism outputs."""
+    """Build the drug ranking (and the results README) from the screen, exposures and mechanism outputs.
+
+    `cohort_path=None` (a pooled federated run, no person-level data): the ranking uses the screen table
+    alone and the person-level evidence columns (dose-response, confirmation, active comparator) stay empty.
+    """
     settings = config["candidates"]
     started = time.perf_counter()
     dwas = pl.read_parquet(dwas_path)
@@ -897,7 +901,7 @@ def run_candidates(
     signals = select_signals(dwas, settings["fdr_alpha"], settings["main_lag_years"])
     log.info("%d signal classes at q < %g (lag 0 or %g)", signals.height, settings["fdr_alpha"], settings["main_lag_years"])
     evidence = screen_evidence(dwas, signals, settings) if signals.height else pl.DataFrame({"atc_code": []}, schema={"atc_code": pl.String})
-    if signals.height:
+    if signals.height and cohort_path is not None:
         cohort = pl.read_parquet(cohort_path)
         prepared, stratum, covariates = _model_cohort(cohort, config)
         hcu = None

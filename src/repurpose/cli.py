@@ -56,6 +56,62 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _site_package(args: argparse.Namespace) -> int:
+    from repurpose.config import load_config
+    from repurpose.federation import write_site_package
+
+    results = args.results
+    manifest = write_site_package(
+        load_config(*args.config), f"{results}/screen/dwas.parquet", f"{results}/cohort/flow.json",
+        f"{results}/validation/report.json", args.out or f"{results}/site_package",
+    )  # fmt: skip
+    print(json.dumps({"manifest": str(manifest)}, indent=2))
+    return 0
+
+
+def _pool(args: argparse.Namespace) -> int:
+    from repurpose.federation import pool_packages
+
+    summary = pool_packages(
+        args.packages, args.out, allow_version_mismatch=args.allow_version_mismatch, start_distributed=not args.no_rounds
+    )
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _pool_rank(args: argparse.Namespace) -> int:
+    import yaml
+
+    from repurpose.federation import rank_pooled
+
+    overrides: dict = {}
+    for path in args.config:
+        with open(path, encoding="utf-8") as handle:
+            overrides.update(yaml.safe_load(handle) or {})
+    print(json.dumps(rank_pooled(args.pooled, cox_path=args.cox, overrides=overrides), indent=2))
+    return 0
+
+
+def _site_round(args: argparse.Namespace) -> int:
+    from repurpose.config import load_config
+    from repurpose.distributed import site_round
+
+    response = site_round(load_config(*args.config), args.results, args.round_file, args.out, args.site_label)
+    print(json.dumps({"response": str(response)}, indent=2))
+    return 0
+
+
+def _pool_round(args: argparse.Namespace) -> int:
+    from repurpose.distributed import coordinator_round, result_path_for
+
+    next_round = coordinator_round(args.rounds_dir, args.responses, result_path=args.result)
+    done = next_round is None
+    result = args.result or str(result_path_for(args.rounds_dir))
+    print(json.dumps({"another_round": not done, "next_round": None if done else str(next_round),
+                      "result": result if done else None}, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repurpose", description=__doc__)
     parser.add_argument("--version", action="version", version=f"repurpose {__version__}")
@@ -92,6 +148,52 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out", default="results/export")
     exp.add_argument("--include", nargs="*", default=[], help="extra files to export (person-level ones are refused)")
     exp.set_defaults(handler=_export)
+
+    site = commands.add_parser(
+        "site-package", help="federation, site: write results/site_package/ (aggregates + manifest) after the run"
+    )
+    site.add_argument("--config", nargs="+", required=True, help="the site's config files (naming the shared protocol)")
+    site.add_argument("--results", default="results", help="results directory of the site's finished run")
+    site.add_argument("--out", default=None, help="package directory (default <results>/site_package)")
+    site.set_defaults(handler=_site_package)
+
+    pooler = commands.add_parser(
+        "pool", help="federation, coordinating centre: check and meta-analyse site packages, start the Cox rounds"
+    )
+    pooler.add_argument("packages", nargs="+", help="site package directories")
+    pooler.add_argument("--out", required=True, help="pooled results directory")
+    pooler.add_argument(
+        "--allow-version-mismatch", action="store_true", help="warn (not refuse) when ATC index or pipeline versions differ"
+    )
+    pooler.add_argument("--no-rounds", action="store_true", help="meta-analysis only; do not start the exact pooled Cox rounds")
+    pooler.set_defaults(handler=_pool)
+
+    ranker = commands.add_parser(
+        "pool-rank", help="federation, coordinating centre: screen table, rankings and report from the pooled results"
+    )
+    ranker.add_argument("pooled", help="pooled results directory written by `repurpose pool`")
+    ranker.add_argument("--cox", default=None, help="exact pooled Cox result table (default: <pooled>/cox.parquet when the rounds have finished)")
+    ranker.add_argument(
+        "--config", nargs="*", default=[], help="the centre's non-design settings (inputs.atc_index, inputs.drug_targets, report.*)"
+    )
+    ranker.set_defaults(handler=_pool_rank)
+    rounder = commands.add_parser(
+        "site-round", help="federation, site: evaluate a round file of the exact pooled Cox (score, information)"
+    )
+    rounder.add_argument("round_file", help="round_NNN.parquet received from the coordinating centre")
+    rounder.add_argument("--config", nargs="+", required=True, help="the site's config files (naming the shared protocol)")
+    rounder.add_argument("--results", default="results", help="results directory with cohort/ and exposure/")
+    rounder.add_argument("--out", default="results/site_rounds", help="where response_NNN_<site>.parquet is written")
+    rounder.add_argument("--site-label", required=True, help="the site's name in the federation")
+    rounder.set_defaults(handler=_site_round)
+
+    updater = commands.add_parser(
+        "pool-round", help="federation, coordinating centre: sum the site responses, write the next round or the result"
+    )
+    updater.add_argument("rounds_dir", help="directory of the round files (e.g. pooled/rounds)")
+    updater.add_argument("responses", nargs="+", help="the sites' response_NNN_<site>.parquet files of the latest round")
+    updater.add_argument("--result", default=None, help="pooled Cox result file (default <rounds_dir>/../cox.parquet)")
+    updater.set_defaults(handler=_pool_round)
     return parser
 
 

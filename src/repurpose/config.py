@@ -7,6 +7,7 @@ config keys, defaults and their meaning are written down; this module only appli
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 from importlib import resources
@@ -22,8 +23,14 @@ class ConfigError(ValueError):
 
 
 def load_schema() -> dict[str, Any]:
-    """Return the configuration JSON schema."""
+    """Return the configuration JSON schema (a fresh copy; the file is parsed once per schema text)."""
     text = resources.files("repurpose").joinpath("data/config.schema.yaml").read_text(encoding="utf-8")
+    return copy.deepcopy(_parse_schema(text))
+
+
+@functools.lru_cache(maxsize=4)
+def _parse_schema(text: str) -> dict[str, Any]:
+    """Parsing the schema YAML costs ~0.2 s; protocol checks validate several configs per run."""
     return yaml.safe_load(text)
 
 
@@ -85,14 +92,27 @@ def load_config(*paths: str | Path) -> dict[str, Any]:
     for path in paths:
         with open(path, encoding="utf-8") as handle:
             merged = deep_update(merged, yaml.safe_load(handle) or {})
-    return validate_config(merged)
+    return validate_config(apply_protocol_or_fail(merged))
 
 
 def merge_over_defaults(config: dict[str, Any], defaults_path: str | Path) -> dict[str, Any]:
     """Validate `config` deep-merged over the defaults file (the demo config/config.yaml)."""
     with open(defaults_path, encoding="utf-8") as handle:
         defaults = yaml.safe_load(handle) or {}
-    return validate_config(deep_update(defaults, config))
+    return validate_config(deep_update(defaults, apply_protocol_or_fail(config)))
+
+
+def apply_protocol_or_fail(config: dict[str, Any], site_config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config with the design of its shared `protocol` file (if any) injected; a conflict with a key
+    the site set itself (in `site_config`, default `config` as written, before defaults) is a ConfigError.
+    The Snakefile passes the command-line config (--configfile) as `site_config`, because Snakemake has
+    already merged it over config/config.yaml."""
+    from repurpose.protocol import ProtocolError, apply_protocol
+
+    try:
+        return apply_protocol(config, site_config)
+    except ProtocolError as error:
+        raise ConfigError(f"The configuration is invalid:\n  - config key `protocol`: {error}") from error
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -15,7 +15,9 @@ import io
 import json
 import logging
 import math
+import re
 import time
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,18 @@ DRUG_COLUMNS = ["rank", "atc_code", "atc_name", "atc_level", "direction", "hr", 
 DRUG_TABLE = [*DRUG_COLUMNS[:8], "p_value", *DRUG_COLUMNS[8:], "n_exposed", "n_exposed_cases"]
 MECHANISM_COLUMNS = ["rank", "target", "target_name", "action_type", "n_substances", "n_atc3_classes", "substances",
                      "pooled_hr", "ci_lower", "ci_upper", "p_value", "q_value", "i2", "evidence_score"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class SiteEvidence:
+    """Aggregates of a federated (pooled) run, used in place of the person-level inputs of a single site:
+    per-site fits (site_fits.parquet), the meta-analyses (meta.parquet), per-site flow and validation
+    counts (site_summaries.csv: site, summary, table, item, n) and the sites' manifest fields (sites.csv)."""
+
+    site_fits: pl.DataFrame
+    meta: pl.DataFrame
+    summaries: pl.DataFrame | None = None
+    sites: pl.DataFrame | None = None
 
 
 def template_dir() -> Path:
@@ -283,6 +297,71 @@ def forest_rows(
     return rows
 
 
+def site_forest_rows(
+    sites: SiteEvidence, dwas: pl.DataFrame, candidate: dict[str, Any], main_lag: float, lags: list[float]
+) -> list[tuple[str, float | None, float | None, float | None]]:
+    """Per-site forest plot of one class in a pooled run: each site's HR at the main lag (both sexes),
+    the fixed-effect and REML random-effects meta-analyses, the ranking estimate (exact pooled Cox or
+    fixed effect), then the pooled estimate at each lag and by sex."""
+    code, level = candidate["atc_code"], int(candidate["atc_level"])
+
+    def at_main(frame: pl.DataFrame) -> pl.DataFrame:
+        return frame.filter((pl.col("atc_code") == code) & (pl.col("atc_level") == level)
+                            & (pl.col("lag_years") == main_lag) & (pl.col("sex") == "all"))  # fmt: skip
+
+    mine = at_main(sites.site_fits)
+    labels = sorted(sites.site_fits["site"].unique().to_list())
+    rows: list[tuple[str, float | None, float | None, float | None]] = []
+    for site in labels:
+        hit = mine.filter((pl.col("site") == site) & (pl.col("status") == "ok"))
+        r = hit.row(0, named=True) if hit.height else {}
+        rows.append((f"{site}, lag {main_lag:g} y", _num(r.get("hr")), _num(r.get("ci_lower")), _num(r.get("ci_upper"))))
+    pooled = at_main(sites.meta)
+    if pooled.height:
+        m = pooled.row(0, named=True)
+        rows.append((f"fixed effect ({m['k_sites']} sites)", _num(m.get("fe_hr")), _num(m.get("fe_ci_lower")), _num(m.get("fe_ci_upper"))))
+        i2 = _num(m.get("i2"))
+        rows.append(("random effects REML" + (f" (I2 {100 * i2:.0f}%)" if i2 is not None else ""),
+                     _num(m.get("reml_hr")), _num(m.get("reml_ci_lower")), _num(m.get("reml_ci_upper"))))  # fmt: skip
+    source_names = {"pooled_cox": "exact pooled Cox", "fixed_effect_meta": "pooled fixed effect"}
+    sources = {}
+    if "estimate_source" in dwas.columns:
+        mine_all = dwas.filter((pl.col("atc_code") == code) & (pl.col("atc_level") == level))
+        sources = {(float(r["lag_years"]), r["sex"]): r["estimate_source"] for r in mine_all.iter_rows(named=True)}
+    for label, hr, lo, hi in forest_rows(dwas, candidate, lags):
+        match = re.match(r"screen, lag ([0-9.]+) y(?:, (F|M))?$", label)
+        if match:
+            source = sources.get((float(match.group(1)), match.group(2) or "all"))
+            label = label.replace("screen", source_names.get(source, "pooled"))
+        rows.append((label, hr, lo, hi))
+    return rows
+
+
+def site_summary_tables(summaries: pl.DataFrame | None, min_cell: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """Cohort flow and validation of a pooled run as (table, item, n): the sum over sites (unknown when a
+    site suppressed the count), then each site's own rows under `<site>: <table>`."""
+    empty = _long([])
+    if summaries is None or not summaries.height:
+        return empty, empty
+    out = []
+    for name in ("cohort_flow", "validation"):
+        part = summaries.filter(pl.col("summary") == name)
+        if not part.height:
+            out.append(empty)
+            continue
+        n_sites = part["site"].n_unique()
+        order = part.select("table", "item").unique(maintain_order=True).with_row_index("order")
+        total = (
+            part.group_by("table", "item")
+            .agg(pl.when((pl.col("n").null_count() == 0) & (pl.len() == n_sites)).then(pl.col("n").sum()).alias("n"))
+            .join(order, on=["table", "item"]).sort("order").select("table", "item", pl.col("n").cast(pl.Int64))
+        )
+        per_site = part.select((pl.col("site") + ": " + pl.col("table")).alias("table"), "item", pl.col("n").cast(pl.Int64))
+        table = pl.concat([total, per_site])
+        out.append(suppress_small_counts(table, ["n"], min_cell, partitions=[SUMMARY_PARTITION]))
+    return out[0], out[1]
+
+
 def dose_labels(cutpoints: list[float]) -> list[str]:
     """Cumulative-DDD categories as the candidate ranking defines them (hr_dose_1 = below the first cut)."""
     cuts = sorted(float(c) for c in cutpoints)
@@ -395,28 +474,41 @@ def drug_anchor(row: dict[str, Any]) -> str:
 
 def build_report(
     config: dict[str, Any],
-    validation_json: str | Path,
-    flow_json: str | Path,
+    validation_json: str | Path | None,
+    flow_json: str | Path | None,
     dwas_parquet: str | Path,
-    exposure_parquet: str | Path,
+    exposure_parquet: str | Path | None,
     html_path: str | Path,
     tables_dir: str | Path,
     drug_ranking_csv: str | Path | None = None,
     mechanism_ranking_csv: str | Path | None = None,
+    *,
+    sites: SiteEvidence | None = None,
 ) -> Path:
-    """Write the report page and its disclosure-controlled summary tables (CSV) under `tables_dir`."""
+    """Write the report page and its disclosure-controlled summary tables (CSV) under `tables_dir`.
+
+    With `sites` (a pooled, federated run) there are no person-level inputs: the validation, flow and
+    exposure arguments are None, the summary shows the sites' flow and validation counts (summed and per
+    site), exposure prevalence is not available, and each top candidate gets a per-site forest plot.
+    """
     started = time.time()
     settings = config.get("report", {})
     min_cell = int(config["disclosure"]["min_cell"])
     alpha = float(config["screen"]["fdr_alpha"])
     n_top, n_labels = int(settings.get("top_candidates", 10)), int(settings.get("plot_labels", 12))
-    validation = json.loads(Path(validation_json).read_text())
-    flow_raw = json.loads(Path(flow_json).read_text())
     names = load_atc_names(config["inputs"].get("atc_index"))
 
-    flow = flow_table(flow_raw, min_cell)
-    checks = validation_table(validation, min_cell)
-    prevalence = prevalence_table(exposure_parquet, flow_raw["persons_in_cohort"], names, min_cell)
+    if sites is None:
+        validation = json.loads(Path(validation_json).read_text())
+        flow_raw = json.loads(Path(flow_json).read_text())
+        flow = flow_table(flow_raw, min_cell)
+        checks = validation_table(validation, min_cell)
+        prevalence = prevalence_table(exposure_parquet, flow_raw["persons_in_cohort"], names, min_cell)
+    else:
+        flow, checks = site_summary_tables(sites.summaries, min_cell)
+        prevalence = pl.DataFrame(schema={"atc_group": pl.String, "atc_name": pl.String, "n_exposed": pl.Int64,
+                                          "n_persons": pl.Int64, "percent_exposed": pl.Float64})  # fmt: skip
+        flow_raw = _pooled_flow_facts(flow)
     dwas = suppress_small_counts(pl.read_parquet(dwas_parquet), SCREEN_COUNTS, min_cell, **SCREEN_RULES)
     tables_dir = Path(tables_dir)
     tables_dir.mkdir(parents=True, exist_ok=True)
@@ -428,6 +520,8 @@ def build_report(
                for k in ("persons_in_cohort", "events")}  # fmt: skip
     events_suppressed = summary["events"].startswith("<")
     summary["person_years"] = "suppressed" if events_suppressed else f"{flow_raw['person_years']:,.0f}"
+    if sites is not None:
+        summary["person_years"] = "not pooled"
     summary["median_followup_years"] = flow_raw.get("median_followup_years")
 
     levels = sorted(int(v) for v in dwas["atc_level"].unique())
@@ -454,8 +548,12 @@ def build_report(
         main = dwas.filter((pl.col("sex") == "all") & (pl.col("lag_years") == lags[0]) & pl.col("p_value").is_not_null())
         top = main.sort("p_value").head(n_top).to_dicts()
     evidence = []
+    main_lag = float(config.get("candidates", {}).get("main_lag_years", lags[0]))
     for candidate in top:
-        rows = forest_rows(dwas, candidate, lags)
+        if sites is None:
+            rows = forest_rows(dwas, candidate, lags)
+        else:
+            rows = site_forest_rows(sites, dwas, candidate, main_lag if main_lag in lags else lags[0], lags)
         if rows:
             title = f"{candidate['atc_code']} {candidate.get('atc_name') or ''} (level {candidate['atc_level']})"
             evidence.append({"anchor": drug_anchor(candidate), "title": title, "figure": forest_figure(rows, title),
@@ -484,7 +582,7 @@ def build_report(
                                        "substances": row.get("substances") or "", "drugs": linked,
                                        "pooled": f"{_cell(row.get('pooled_hr'))} ({_cell(row.get('ci_lower'))}-{_cell(row.get('ci_upper'))})"})  # fmt: skip
 
-    inputs = [validation_json, flow_json, dwas_parquet, exposure_parquet] + [
+    inputs = [p for p in (validation_json, flow_json, dwas_parquet, exposure_parquet) if p is not None] + [
         p for p in (drug_ranking_csv, mechanism_ranking_csv) if p is not None and Path(p).is_file()
     ]
     prov = provenance(config, inputs)
@@ -496,7 +594,7 @@ def build_report(
     captions = yaml.safe_load((template_dir() / "captions.yaml").read_text(encoding="utf-8"))
     text = page.get_template("report.html.j2").render(
         config=config, run_label=config.get("run_label"), min_cell=min_cell, alpha=alpha,
-        summary=summary, flow_figure=flow_figure(flow, min_cell),
+        summary=summary, flow_figure=flow_figure(flow, min_cell) if (flow["table"] == "flow").any() else "",
         flow=for_display(flow, ["n"], min_cell).to_dicts(),
         validation=for_display(checks, ["n"], min_cell).to_dicts(),
         prevalence=for_display(prevalence, ["n_exposed", "n_persons"], min_cell).to_dicts(),
@@ -510,9 +608,37 @@ def build_report(
         provenance=prov, row_counts=row_counts, config_yaml=yaml.safe_dump(config, sort_keys=False),
         captions=captions, run_seconds=f"{time.time() - started:.1f}",
     )  # fmt: skip
+    if sites is not None:
+        text = text.replace('<h2 id="summary">Study summary</h2>', '<h2 id="summary">Study summary</h2>\n' + _federation_notice(sites), 1)
     html_path = Path(html_path)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(text, encoding="utf-8")
     log.info("report: %s (%d kB), %d screen plots, %d candidates with evidence",
              html_path, len(text) // 1024, len(screen_plots), len(evidence))  # fmt: skip
     return html_path
+
+
+def _pooled_flow_facts(flow: pl.DataFrame) -> dict[str, Any]:
+    """The summary cards of a pooled run from the summed site flows (None where a site suppressed a count)."""
+
+    def total(table: str, item: str) -> int | None:
+        hit = flow.filter((pl.col("table") == table) & (pl.col("item") == item))
+        return hit["n"][0] if hit.height else None
+
+    return {"persons_in_cohort": total("flow", "in cohort"), "events": total("events by sex", "total"),
+            "person_years": float("nan"), "median_followup_years": "not pooled"}  # fmt: skip
+
+
+def _federation_notice(sites: SiteEvidence) -> str:
+    """An HTML paragraph naming the pooled sites and saying what a pooled report does not contain."""
+    from html import escape
+
+    listed = ", ".join(escape(str(s)) for s in sorted(sites.site_fits["site"].unique().to_list()))
+    return (
+        f'<p class="notice" id="federation">Pooled analysis of the site packages of {listed}: no person-level data '
+        "were used. Counts are sums over the sites (unknown where a site suppressed one), each site\'s own flow and "
+        "validation rows follow the totals; exposure prevalence and person-years are not pooled. Screen estimates are "
+        "the exact pooled Cox model stratified by site where it converged, else the fixed-effect meta-analysis; each "
+        "top candidate has a per-site forest plot. Person-level evidence (dose-response, confirmation, active "
+        "comparator) is not available in a pooled run.</p>"
+    )

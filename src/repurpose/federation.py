@@ -1,0 +1,503 @@
+"""Federated analysis: site packages of aggregates, and their pooling at a coordinating centre.
+
+Several registries run one analysis without person-level data crossing a border (docs/federation.md):
+
+1. every site runs the pipeline on its own extracts with its own config naming the shared protocol
+   (`repurpose.protocol`) and writes a *site package* (`write_site_package`, rule `site_package`):
+   per fit (ATC class x level x lag x sex stratum) the estimate, SE and disclosure-controlled counts,
+   the cohort flow and validation counts (disclosure-controlled), a copy of the protocol and a manifest
+   (pipeline version, protocol hash, ATC index version, site label, SHA-256 of every file);
+2. the coordinating centre pools the packages (`pool_packages`, `repurpose pool`): it refuses packages
+   whose protocols differ (naming the settings), meta-analyses every fit (fixed effect, DerSimonian-Laird,
+   REML and Paule-Mandel random effects) and starts the distributed rounds of the exact pooled Cox model
+   (`repurpose.distributed`, when installed);
+3. `rank_pooled` (`repurpose pool-rank`) builds a screen table from the pooled estimates (exact pooled
+   Cox where it converged, else the fixed-effect meta-analysis) and runs the mechanism and candidate
+   rankings and the report on it, with a per-site forest plot for each top candidate.
+
+Nothing person-level is read at the coordinating centre: only the packages.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import yaml
+from scipy import stats
+
+from repurpose import __version__
+from repurpose.disclosure import (
+    SCREEN_RULES,
+    for_display,
+    parse_display,
+    small_counts_left,
+    suppress_small_counts,
+)
+from repurpose.export import IDENTIFIER_COLUMNS
+from repurpose.meta import pool
+from repurpose.protocol import (
+    design_differences,
+    design_of_config,
+    normalise_design,
+    protocol_hash,
+    protocol_yaml,
+    read_protocol,
+)
+from repurpose.provenance import sha256_file
+
+log = logging.getLogger(__name__)
+
+PACKAGE_FORMAT = "repurpose-site-package/1"
+FIT_KEYS = ["atc_code", "atc_level", "lag_years", "sex"]
+COUNT_COLUMNS = ["n_persons", "n_exposed", "n_cases", "n_exposed_cases"]
+FIT_COLUMNS = [
+    *FIT_KEYS, "atc_name", *COUNT_COLUMNS, "person_years_exposed",
+    "log_hr", "se", "hr", "ci_lower", "ci_upper", "p_value", "converged", "n_iter", "status", "reason",
+]  # fmt: skip
+SUMMARY_COLUMNS = ["table", "item", "n"]  # cohort_flow.csv and validation.csv of a package
+META_METHODS = ("FE", "DL", "REML", "PM")
+Z95 = float(stats.norm.ppf(0.975))
+
+
+class PackageError(ValueError):
+    """A site package is incomplete, altered after writing, person-level, or cannot be pooled with the others."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Site side: the package
+# --------------------------------------------------------------------------------------------------
+
+
+def atc_index_version(atc_index: str | Path | None) -> str:
+    """The ATC catalogue the classes were named and levelled with: SHA-256 of the WHO index file, or of the
+    package's builtin catalogue (prefixed `builtin:`)."""
+    if atc_index is None:
+        builtin = Path(str(resources.files("repurpose").joinpath("data/atc_catalog.csv")))
+        return f"builtin:{sha256_file(builtin)}"
+    return f"who-index:{sha256_file(atc_index)}"
+
+
+def site_design(config: dict[str, Any]) -> dict[str, Any]:
+    """The design a site ran: its protocol's (checked against the config) or, without protocol, the config's."""
+    ran = design_of_config(config)
+    if not config.get("protocol"):
+        log.warning("no shared protocol named (config key `protocol`): the package records this config's design")
+        return ran
+    design = read_protocol(config["protocol"])
+    differing = [d for d in design_differences(design, ran) if d[0] != "disclosure.min_cell"]
+    if differing:
+        raise PackageError(f"the config's design differs from its protocol {config['protocol']}: {differing}")
+    return design
+
+
+def check_aggregate(frame: pl.DataFrame, name: str, count_columns: list[str], min_cell: int) -> None:
+    """Refuse a table with a person-identifier column, a date column or a count from 1 to min_cell - 1."""
+    identifiers = [c for c in frame.columns if c.lower() in IDENTIFIER_COLUMNS]
+    dates = [c for c, dtype in frame.schema.items() if dtype.is_temporal()]
+    left = small_counts_left(frame, count_columns, min_cell)
+    if identifiers or dates or left:
+        raise PackageError(
+            f"{name} is not releasable: identifier columns {identifiers}, date columns {dates}, "
+            f"small counts {left} (min_cell {min_cell})"
+        )
+
+
+def summary_tables(flow_json: str | Path | None, validation_json: str | Path | None, min_cell: int) -> dict[str, pl.DataFrame]:
+    """The disclosure-controlled cohort flow and validation counts of a site, as (table, item, n)."""
+    from repurpose.report import flow_table, validation_table
+
+    tables = {}
+    if flow_json is not None and Path(flow_json).is_file():
+        tables["cohort_flow"] = flow_table(json.loads(Path(flow_json).read_text()), min_cell)
+    if validation_json is not None and Path(validation_json).is_file():
+        tables["validation"] = validation_table(json.loads(Path(validation_json).read_text()), min_cell)
+    return tables
+
+
+def _file_entry(path: Path, rows: int | None) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size, "rows": rows}
+
+
+def write_site_package(
+    config: dict[str, Any],
+    dwas_path: str | Path,
+    flow_json: str | Path | None,
+    validation_json: str | Path | None,
+    out_dir: str | Path,
+) -> Path:
+    """Write `out_dir` (results/site_package/): fits, summaries, protocol copy and manifest; return the manifest.
+
+    Every count passes `suppress_small_counts` with the screen's rules (complements within rows and
+    F + M = all across rows) and the written tables are checked again before the manifest is written.
+    """
+    out_dir = Path(out_dir)
+    min_cell = int(config["disclosure"]["min_cell"])
+    design = site_design(config)
+    label = config.get("site_label") or config.get("run_label") or "site"
+    fits = pl.read_parquet(dwas_path)
+    fits = suppress_small_counts(fits, COUNT_COLUMNS, min_cell, **SCREEN_RULES)
+    fits = fits.select([c for c in FIT_COLUMNS if c in fits.columns]).sort(FIT_KEYS)
+    check_aggregate(fits, "fits", COUNT_COLUMNS, min_cell)
+    tables = summary_tables(flow_json, validation_json, min_cell)
+    for name, table in tables.items():
+        check_aggregate(table, name, ["n"], min_cell)
+
+    if out_dir.exists():
+        shutil.rmtree(out_dir)  # rebuilt whole: nothing stale rides along
+    out_dir.mkdir(parents=True)
+    files: dict[str, dict[str, Any]] = {}
+    fits.write_parquet(out_dir / "fits.parquet")
+    files["fits.parquet"] = _file_entry(out_dir / "fits.parquet", fits.height)
+    for_display(fits, COUNT_COLUMNS, min_cell).write_csv(out_dir / "fits.csv")
+    files["fits.csv"] = _file_entry(out_dir / "fits.csv", fits.height)
+    for name, table in tables.items():
+        for_display(table, ["n"], min_cell).write_csv(out_dir / f"{name}.csv")
+        files[f"{name}.csv"] = _file_entry(out_dir / f"{name}.csv", table.height)
+    (out_dir / "protocol.yaml").write_text(protocol_yaml(design), encoding="utf-8")
+    files["protocol.yaml"] = _file_entry(out_dir / "protocol.yaml", None)
+    manifest = {
+        "format": PACKAGE_FORMAT,
+        "site_label": label,
+        "pipeline_version": __version__,
+        "protocol_hash": protocol_hash(design),
+        "protocol_source": str(config.get("protocol") or "(site config; no shared protocol named)"),
+        "atc_index_version": atc_index_version(config["inputs"].get("atc_index")),
+        "min_cell": min_cell,
+        "files": files,
+    }
+    manifest_path = out_dir / "manifest.json"
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    log.info("site package %s: %d fits, protocol %s, in %s", label, fits.height, manifest["protocol_hash"][:12], out_dir)
+    return manifest_path
+
+
+# --------------------------------------------------------------------------------------------------
+# Coordinating centre: reading and checking packages
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SitePackage:
+    """One site's package as read and verified by the coordinating centre."""
+
+    path: Path
+    label: str
+    manifest: dict[str, Any]
+    design: dict[str, Any]
+    fits: pl.DataFrame
+    summaries: dict[str, pl.DataFrame]
+
+
+def read_site_package(path: str | Path) -> SitePackage:
+    """Read a package, verifying the checksums of its manifest and that it holds aggregates only."""
+    path = Path(path)
+    manifest_path = path / "manifest.json"
+    if not manifest_path.is_file():
+        raise PackageError(f"{path} is not a site package (no manifest.json)")
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if manifest.get("format") != PACKAGE_FORMAT:
+        raise PackageError(f"{path}: unknown package format {manifest.get('format')!r} (expected {PACKAGE_FORMAT})")
+    for name, entry in manifest["files"].items():
+        file = path / name
+        if not file.is_file() or sha256_file(file) != entry["sha256"]:
+            raise PackageError(f"{path}: {name} is missing or differs from its manifest checksum")
+    design = normalise_design(yaml.safe_load((path / "protocol.yaml").read_text(encoding="utf-8")) or {})
+    if protocol_hash(design) != manifest["protocol_hash"]:
+        raise PackageError(f"{path}: protocol.yaml does not match the protocol hash of the manifest")
+    min_cell = int(manifest["min_cell"])
+    fits = pl.read_parquet(path / "fits.parquet")
+    check_aggregate(fits, f"{path}/fits.parquet", COUNT_COLUMNS, min_cell)
+    summaries = {}
+    for name in ("cohort_flow", "validation"):
+        if f"{name}.csv" in manifest["files"]:
+            table = parse_display(pl.read_csv(path / f"{name}.csv", infer_schema=False), ["n"])
+            check_aggregate(table, f"{path}/{name}.csv", ["n"], min_cell)
+            summaries[name] = table
+    return SitePackage(path, str(manifest["site_label"]), manifest, design, fits, summaries)
+
+
+def check_compatible(packages: list[SitePackage], *, allow_version_mismatch: bool = False) -> list[str]:
+    """Refuse packages that cannot be pooled; return warnings for tolerated differences.
+
+    Refused: duplicate site labels; differing protocols (every differing setting is named, for each
+    site against the first); differing ATC index or pipeline versions, unless `allow_version_mismatch`
+    (then a warning), because a different catalogue or engine can define or estimate classes differently.
+    Differing min_cell is allowed (a site may suppress more).
+    """
+    if not packages:
+        raise PackageError("no site packages given")
+    labels = [p.label for p in packages]
+    duplicates = sorted({x for x in labels if labels.count(x) > 1})
+    if duplicates:
+        raise PackageError(f"site labels must be unique; repeated: {duplicates} (config key `site_label`)")
+    first = packages[0]
+    problems = []
+    for other in packages[1:]:
+        for key, a, b in design_differences(first.design, other.design):
+            problems.append(f"  - `{key}`: {first.label} {a!r}, {other.label} {b!r}")
+    if problems:
+        raise PackageError("the site packages were made with different protocols; they cannot be pooled:\n" + "\n".join(problems))
+    warnings = []
+    for field in ("atc_index_version", "pipeline_version"):
+        values = {p.label: p.manifest.get(field) for p in packages}
+        if len(set(values.values())) > 1:
+            message = f"{field} differs between sites: {values}"
+            if not allow_version_mismatch:
+                raise PackageError(message + " (pass --allow-version-mismatch to pool anyway)")
+            warnings.append(message)
+            log.warning(message)
+    return warnings
+
+
+# --------------------------------------------------------------------------------------------------
+# Coordinating centre: meta-analysis of every fit
+# --------------------------------------------------------------------------------------------------
+
+
+def stack_site_fits(packages: list[SitePackage]) -> pl.DataFrame:
+    """The fits of every site in one table with a `site` column (aggregates only)."""
+    return pl.concat(
+        [p.fits.with_columns(site=pl.lit(p.label)) for p in packages], how="diagonal_relaxed"
+    ).select("site", *[c for c in FIT_COLUMNS if c in packages[0].fits.columns])
+
+
+def _poolable() -> pl.Expr:
+    return (pl.col("status") == "ok") & pl.col("log_hr").is_finite() & pl.col("se").is_finite() & (pl.col("se") > 0)
+
+
+def _sum_if_all_shown(column: str) -> pl.Expr:
+    """The pooled count: the sum over the sites holding the row, unknown when one of them suppressed it."""
+    return pl.when(pl.col(column).null_count() == 0).then(pl.col(column).sum()).otherwise(None).alias(column)
+
+
+def meta_row(log_hr: np.ndarray, se: np.ndarray) -> dict[str, float | int]:
+    """Every meta-analysis of one fit: per method estimate, SE, HR, 95% CI, p (and tau^2), plus Q, its p, I^2
+    and the REML estimate with the Hartung-Knapp CI and p."""
+    row: dict[str, float | int] = {"k_sites": int(log_hr.size)}
+    for method in META_METHODS:
+        result = pool(log_hr, se, method=method)
+        prefix = method.lower()
+        row.update({
+            f"{prefix}_log_hr": result.estimate, f"{prefix}_se": result.se, f"{prefix}_hr": math.exp(result.estimate),
+            f"{prefix}_ci_lower": math.exp(result.ci_lower), f"{prefix}_ci_upper": math.exp(result.ci_upper),
+            f"{prefix}_p_value": result.p_value,
+        })  # fmt: skip
+        if method != "FE":
+            row[f"{prefix}_tau2"] = result.tau2
+        row.update(q=result.q, q_p_value=result.q_p_value, i2=result.i2)
+    hk = pool(log_hr, se, method="REML", knapp_hartung=True)
+    row.update(reml_hk_ci_lower=math.exp(hk.ci_lower), reml_hk_ci_upper=math.exp(hk.ci_upper), reml_hk_p_value=hk.p_value)
+    return row
+
+
+def meta_analyse(site_fits: pl.DataFrame, min_cell: int) -> pl.DataFrame:
+    """One row per fit present at >= 1 site: pooled counts (disclosure-controlled) and every meta-analysis
+    over the sites where it was fitted (k_sites; 0 leaves the estimates empty)."""
+    counts = site_fits.group_by(FIT_KEYS).agg(
+        pl.col("atc_name").drop_nulls().first(),
+        pl.len().alias("n_sites_with_row"),
+        *[_sum_if_all_shown(c) for c in COUNT_COLUMNS],
+        pl.col("site").filter(_poolable()).sort().str.join(", ").alias("sites"),
+    )
+    counts = suppress_small_counts(counts, COUNT_COLUMNS, min_cell, **SCREEN_RULES)
+    poolable = site_fits.filter(_poolable()).sort("site")
+    rows = []
+    for key, group in poolable.group_by(FIT_KEYS, maintain_order=True):
+        rows.append(dict(zip(FIT_KEYS, key, strict=True)) | meta_row(group["log_hr"].to_numpy(), group["se"].to_numpy()))
+    empty = {**{k: counts.schema[k] for k in FIT_KEYS}, "k_sites": pl.Int64}
+    estimates = pl.DataFrame(rows, infer_schema_length=None) if rows else pl.DataFrame(schema=empty)
+    estimates = estimates.with_columns([pl.col(k).cast(counts.schema[k]) for k in FIT_KEYS])
+    meta = counts.join(estimates, on=FIT_KEYS, how="left").with_columns(pl.col("k_sites").fill_null(0))
+    return meta.sort(FIT_KEYS)
+
+
+def pool_packages(
+    package_dirs: list[str | Path],
+    out_dir: str | Path,
+    *,
+    allow_version_mismatch: bool = False,
+    start_distributed: bool = True,
+) -> dict[str, Any]:
+    """Check and meta-analyse site packages into `out_dir`; start the distributed Cox rounds if available.
+
+    Writes meta.parquet / meta.csv (every fit), site_fits.parquet (the sites' rows, for forest plots),
+    sites.csv (one row per site with its manifest fields), site_summaries.csv (per-site flow and
+    validation counts), protocol.yaml (the common design) and, with `repurpose.distributed`,
+    rounds/round_001.parquet.
+    """
+    packages = [read_site_package(p) for p in package_dirs]
+    warnings = check_compatible(packages, allow_version_mismatch=allow_version_mismatch)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    design = packages[0].design
+    min_cell = max(int(p.manifest["min_cell"]) for p in packages)
+    site_fits = stack_site_fits(packages)
+    meta = meta_analyse(site_fits, min_cell)
+    meta.write_parquet(out_dir / "meta.parquet")
+    for_display(meta, COUNT_COLUMNS, min_cell).write_csv(out_dir / "meta.csv")
+    site_fits.write_parquet(out_dir / "site_fits.parquet")
+    (out_dir / "protocol.yaml").write_text(protocol_yaml(design), encoding="utf-8")
+    sites = pl.DataFrame([
+        {"site": p.label, "path": str(p.path.resolve()), "pipeline_version": p.manifest["pipeline_version"],
+         "protocol_hash": p.manifest["protocol_hash"], "atc_index_version": p.manifest["atc_index_version"],
+         "min_cell": int(p.manifest["min_cell"]),
+         "fits_sha256": p.manifest["files"]["fits.parquet"]["sha256"], "n_fits": p.fits.height,
+         "n_fitted": int((p.fits["status"] == "ok").sum())}
+        for p in packages
+    ])  # fmt: skip
+    sites.write_csv(out_dir / "sites.csv")
+    summaries = [
+        table.with_columns(site=pl.lit(p.label), summary=pl.lit(name)).select("site", "summary", *SUMMARY_COLUMNS)
+        for p in packages
+        for name, table in p.summaries.items()
+    ]
+    if summaries:
+        for_display(pl.concat(summaries), ["n"], min_cell).write_csv(out_dir / "site_summaries.csv")
+    result: dict[str, Any] = {
+        "sites": [p.label for p in packages], "fits": meta.height, "pooled_fits": int((meta["k_sites"] > 0).sum()),
+        "protocol_hash": protocol_hash(design), "warnings": warnings, "meta": str(out_dir / "meta.parquet"),
+        "rounds": None,
+    }  # fmt: skip
+    if start_distributed:
+        result["rounds"] = start_distributed_rounds(meta, out_dir / "rounds", protocol_hash(design))
+    log.info("pooled %d sites: %d fits, %d with an estimate", len(packages), result["fits"], result["pooled_fits"])
+    return result
+
+
+def start_distributed_rounds(meta: pl.DataFrame, rounds_dir: Path, design_hash: str) -> str | None:
+    """Write the first round of the exact pooled Cox model (`repurpose.distributed`), if that module exists."""
+    try:
+        from repurpose.distributed import start_rounds
+    except ImportError:
+        log.warning("repurpose.distributed is not available: no exact pooled Cox rounds started (meta-analysis only)")
+        return None
+    fits = meta.filter(pl.col("k_sites") > 0).select(FIT_KEYS)
+    return str(start_rounds(fits, rounds_dir, protocol_hash=design_hash))
+
+
+# --------------------------------------------------------------------------------------------------
+# Coordinating centre: ranking and report on the pooled results
+# --------------------------------------------------------------------------------------------------
+
+
+def coordinator_config(pooled_dir: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A validated config for the pooled ranking: the packages' protocol plus the centre's own non-design
+    keys (inputs.atc_index, inputs.drug_targets, report.*, run_label); design keys may not differ."""
+    from repurpose.config import ConfigError, validate_config
+    from repurpose.protocol import ProtocolError, apply_protocol
+
+    raw: dict[str, Any] = {"run_label": "pooled", **(overrides or {})}
+    raw["protocol"] = str(Path(pooled_dir) / "protocol.yaml")
+    inputs = raw.setdefault("inputs", {})
+    for name in ("population", "prescriptions", "ms_registry"):
+        inputs.setdefault(name, {"path": "(person-level inputs stay at the sites)"})
+    try:
+        return validate_config(apply_protocol(raw))
+    except (ProtocolError, ConfigError) as error:
+        raise PackageError(f"coordinating-centre config: {error}") from error
+
+
+def pooled_screen_table(meta: pl.DataFrame, cox: pl.DataFrame | None, fdr_alpha: float, min_cell: int) -> pl.DataFrame:
+    """A table with the screen's columns (dwas.parquet layout) from the pooled results.
+
+    Estimate per fit: the exact pooled Cox model (stratified by site) where it converged, else the
+    fixed-effect meta-analysis (`estimate_source` says which); Wald CI and p; BH q-values within each
+    level x lag x sex family, as in a single-site screen.
+    """
+    from repurpose.screen import SCREEN_COLUMNS, add_q_values
+
+    for column in ("fe_log_hr", "fe_se"):  # absent when no fit converged at any site
+        if column not in meta.columns:
+            meta = meta.with_columns(pl.lit(None, pl.Float64).alias(column))
+    table = meta.select(
+        *FIT_KEYS, "atc_name", *COUNT_COLUMNS, "k_sites",
+        pl.col("fe_log_hr").alias("log_hr"), pl.col("fe_se").alias("se"),
+        pl.when(pl.col("k_sites") > 0).then(pl.lit("fixed_effect_meta")).otherwise(None).alias("estimate_source"),
+    )  # fmt: skip
+    if cox is not None and cox.height:
+        converged = pl.col("converged").fill_null(False) if "converged" in cox.columns else pl.lit(True)
+        usable = cox.filter(
+            pl.col("log_hr").is_finite() & pl.col("se").is_finite() & (pl.col("se") > 0)
+            & (pl.col("status") == "ok") & converged
+        ).select(*FIT_KEYS, pl.col("log_hr").alias("cox_log_hr"), pl.col("se").alias("cox_se"))  # fmt: skip
+        usable = usable.with_columns([pl.col(k).cast(table.schema[k]) for k in FIT_KEYS])
+        table = table.join(usable, on=FIT_KEYS, how="left").with_columns(
+            log_hr=pl.coalesce("cox_log_hr", "log_hr"),
+            se=pl.when(pl.col("cox_log_hr").is_not_null()).then(pl.col("cox_se")).otherwise(pl.col("se")),
+            estimate_source=pl.when(pl.col("cox_log_hr").is_not_null()).then(pl.lit("pooled_cox")).otherwise(pl.col("estimate_source")),
+        ).drop("cox_log_hr", "cox_se")  # fmt: skip
+    fitted = pl.col("log_hr").is_not_null()
+    table = table.with_columns(
+        hr=pl.col("log_hr").exp(),
+        ci_lower=(pl.col("log_hr") - Z95 * pl.col("se")).exp(),
+        ci_upper=(pl.col("log_hr") + Z95 * pl.col("se")).exp(),
+        person_years_exposed=pl.lit(None, pl.Float64),
+        converged=fitted,
+        n_iter=pl.lit(None, pl.Int64),
+        status=pl.when(fitted).then(pl.lit("ok")).otherwise(pl.lit("skipped")),
+        reason=pl.when(fitted).then(None).otherwise(pl.lit("not fitted at any site")),
+    )
+    z = (table["log_hr"] / table["se"]).to_numpy()
+    table = table.with_columns(p_value=pl.Series(2 * stats.norm.sf(np.abs(z))).fill_nan(None))
+    table = add_q_values(table, fdr_alpha)
+    table = table.select(*SCREEN_COLUMNS, "estimate_source", "k_sites").sort(["atc_level", "lag_years", "sex", "atc_code"])
+    return suppress_small_counts(table, COUNT_COLUMNS, min_cell, **SCREEN_RULES)
+
+
+def rank_pooled(
+    pooled_dir: str | Path,
+    *,
+    cox_path: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, str]:
+    """Screen table, mechanism and drug rankings and the report from pooled results (no person-level input).
+
+    Writes under `pooled_dir`: screen/dwas.parquet + .csv, candidates/{drug_ranking, mechanism_ranking,
+    substance_targets}.csv + README.md, report/index.html + report/tables/*.csv (the same files as a
+    single-site run; the person-level evidence columns of the drug ranking stay empty).
+    """
+    from repurpose.candidates import run_candidates
+    from repurpose.mechanisms import run_mechanisms
+    from repurpose.report import SiteEvidence, build_report
+
+    pooled_dir = Path(pooled_dir)
+    config = coordinator_config(pooled_dir, overrides)
+    min_cell = int(config["disclosure"]["min_cell"])
+    meta = pl.read_parquet(pooled_dir / "meta.parquet")
+    if cox_path is None and (pooled_dir / "cox.parquet").is_file():
+        cox_path = pooled_dir / "cox.parquet"  # written by repurpose.distributed when the rounds finished
+    cox = pl.read_parquet(cox_path) if cox_path is not None else None
+    log.info("pooled ranking from %s (exact pooled Cox: %s)", pooled_dir, cox_path or "not available, fixed-effect meta")
+    screen = pooled_screen_table(meta, cox, float(config["screen"]["fdr_alpha"]), min_cell)
+    (pooled_dir / "screen").mkdir(parents=True, exist_ok=True)
+    (pooled_dir / "candidates").mkdir(parents=True, exist_ok=True)
+    outputs = {
+        "dwas": pooled_dir / "screen/dwas.parquet", "dwas_csv": pooled_dir / "screen/dwas.csv",
+        "mechanisms": pooled_dir / "candidates/mechanism_ranking.csv", "matches": pooled_dir / "candidates/substance_targets.csv",
+        "drugs": pooled_dir / "candidates/drug_ranking.csv", "readme": pooled_dir / "candidates/README.md",
+        "report": pooled_dir / "report/index.html",
+    }  # fmt: skip
+    screen.write_parquet(outputs["dwas"])
+    for_display(screen, COUNT_COLUMNS, min_cell).write_csv(outputs["dwas_csv"])
+    run_mechanisms(config, outputs["dwas"], outputs["mechanisms"], outputs["matches"])
+    run_candidates(config, outputs["dwas"], None, [], None, outputs["matches"], outputs["mechanisms"], outputs["drugs"], outputs["readme"])
+    summaries_path = pooled_dir / "site_summaries.csv"
+    summaries = parse_display(pl.read_csv(summaries_path, infer_schema=False), ["n"]) if summaries_path.is_file() else None
+    sites = SiteEvidence(
+        site_fits=pl.read_parquet(pooled_dir / "site_fits.parquet"), meta=meta, summaries=summaries,
+        sites=pl.read_csv(pooled_dir / "sites.csv") if (pooled_dir / "sites.csv").is_file() else None,
+    )  # fmt: skip
+    build_report(
+        config, None, None, outputs["dwas"], None, outputs["report"], pooled_dir / "report/tables",
+        outputs["drugs"], outputs["mechanisms"], sites=sites,
+    )  # fmt: skip
+    return {k: str(v) for k, v in outputs.items()}
