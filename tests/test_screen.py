@@ -12,7 +12,7 @@ from lifelines import CoxTimeVaryingFitter
 
 from repurpose.config import validate_config
 from repurpose.exposure import split_class_intervals
-from repurpose.screen import add_q_values, gather_screen, prepare_cohort, screen_exposures
+from repurpose.screen import SCREEN_PART_SCHEMA, add_q_values, gather_screen, prepare_cohort, screen_exposures
 
 LOG_HR_TOLERANCE = 1e-6
 RELATIVE_SE_TOLERANCE = 1e-5
@@ -208,3 +208,13 @@ def test_gathered_screen_has_names_q_values_and_suppressed_counts(tmp_path, atc_
         assert ((values == 0) | (values >= 5)).all()
     csv = pl.read_csv(tmp_path / "dwas.csv", infer_schema=False)
     assert csv.columns == released.columns
+
+
+def test_a_batch_where_every_class_is_fitted_keeps_the_part_schema():
+    """No skipped class means no reason at all: the part still has its documented column types."""
+    cohort = synthetic_cohort(1200, 6)
+    exposures = synthetic_exposures(cohort, 6).filter(pl.col("atc_code").is_in(["A01", "C03"]))
+    config = config_for(adjust={"strata": ["sex"], "covariates": []}, min_exposed_cases=1)
+    results = screen_exposures(cohort, exposures, config, level=3)
+    assert results["reason"].null_count() == results.height
+    assert results.schema == pl.Schema(SCREEN_PART_SCHEMA)

@@ -36,13 +36,13 @@ FIT_STATUSES = ("ok", "no_events", "separation", "singular_information", "not_co
 
 # A coefficient is reported as diverging (monotone likelihood) when, at the point where the
 # log-likelihood stopped improving, its Newton step is still at least this large ...
-_SEPARATION_MIN_STEP = 0.1
+SEPARATION_MIN_STEP = 0.1
 # ... in the direction of an already large coefficient (|coef| >= this; exp(8) ~ 3000).
-_SEPARATION_MIN_ABS_COEF = 8.0
+SEPARATION_MIN_ABS_COEF = 8.0
 # Information is singular when a diagonal entry is lost to cancellation at this relative level,
 # or when the correlation-scaled information has an eigenvalue below it.
-_SINGULAR_RELATIVE_TOL = 1e-10
-_MAX_STEP_HALVINGS = 30
+SINGULAR_RELATIVE_TOL = 1e-10
+MAX_STEP_HALVINGS = 30
 # fit_efron works on blocks of fits of about this many rows: small enough to stay in cache.
 _BLOCK_ROWS = 1 << 17
 
@@ -631,7 +631,7 @@ class CoxFitResult:
         return int(self.coef.shape[0])
 
 
-def _scaled_eigh(information: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scaled_eigh(information: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Eigen-decomposition of the correlation-scaled information: returns (scale, eigenvalues, eigenvectors)."""
     diag = np.diagonal(information, axis1=1, axis2=2)
     scale = np.zeros_like(diag)
@@ -642,7 +642,7 @@ def _scaled_eigh(information: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.nd
     return scale, eigenvalues, eigenvectors
 
 
-def _inverse_information(information: np.ndarray) -> np.ndarray:
+def inverse_information(information: np.ndarray) -> np.ndarray:
     """Inverse of each information matrix; NaN where it is not positive definite."""
     if information.shape[0] == 0:
         return information.copy()
@@ -651,7 +651,7 @@ def _inverse_information(information: np.ndarray) -> np.ndarray:
             inv = 1.0 / information
         inv[~(information > 0)] = np.nan
         return inv
-    scale, eigenvalues, eigenvectors = _scaled_eigh(information)
+    scale, eigenvalues, eigenvectors = scaled_eigh(information)
     positive = np.all(eigenvalues > 0, axis=1) & np.all(scale > 0, axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):
         inv_scaled = np.einsum("fij,fj,fkj->fik", eigenvectors, 1.0 / eigenvalues, eigenvectors)
@@ -660,14 +660,14 @@ def _inverse_information(information: np.ndarray) -> np.ndarray:
     return inv
 
 
-def _newton_step(information: np.ndarray, score: np.ndarray) -> np.ndarray:
+def newton_step(information: np.ndarray, score: np.ndarray) -> np.ndarray:
     """Newton step information^{-1} score per fit; near-null directions are damped instead of exploding."""
     if information.shape[1] == 1:
         info = information[:, 0, 0]
         step = np.zeros_like(score)
         np.divide(score[:, 0], info, out=step[:, 0], where=info > 0)
         return step
-    scale, eigenvalues, eigenvectors = _scaled_eigh(information)
+    scale, eigenvalues, eigenvectors = scaled_eigh(information)
     floor = 1e-13 * np.maximum(eigenvalues[:, -1:], 1.0)
     eigenvalues = np.maximum(eigenvalues, floor)
     scaled_score = np.nan_to_num(score * scale, nan=0.0, posinf=0.0, neginf=0.0)
@@ -678,15 +678,15 @@ def _newton_step(information: np.ndarray, score: np.ndarray) -> np.ndarray:
 def _is_singular(derivs: EfronDerivatives) -> np.ndarray:
     """Information singular whatever beta: a covariate never varies within a risk set, or collinearity."""
     diag = np.diagonal(derivs.information, axis1=1, axis2=2)
-    lost = ~(diag > _SINGULAR_RELATIVE_TOL * derivs.information_positive_diag) | ~(
+    lost = ~(diag > SINGULAR_RELATIVE_TOL * derivs.information_positive_diag) | ~(
         derivs.information_positive_diag > 0
     )
     singular = np.any(lost, axis=1)
     if derivs.information.shape[1] > 1:
         ok = ~singular
         if np.any(ok):
-            _, eigenvalues, _ = _scaled_eigh(derivs.information[ok])
-            singular[ok] = eigenvalues[:, 0] <= _SINGULAR_RELATIVE_TOL
+            _, eigenvalues, _ = scaled_eigh(derivs.information[ok])
+            singular[ok] = eigenvalues[:, 0] <= SINGULAR_RELATIVE_TOL
     return singular
 
 
@@ -829,7 +829,7 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
     decrement = np.zeros(n_fits)
     halvings = np.zeros(n_fits, dtype=np.int64)
     if active.size:
-        step[active] = _newton_step(information[active], score[active])
+        step[active] = newton_step(information[active], score[active])
         decrement[active] = np.einsum("fp,fp->f", score[active], step[active])
     trial = beta + step
     if max_iter == 0:
@@ -865,7 +865,7 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
 
         moving = idx[accept & ~done_now]
         if moving.size:
-            step[moving] = _newton_step(information[moving], score[moving])
+            step[moving] = newton_step(information[moving], score[moving])
             decrement[moving] = np.einsum("fp,fp->f", score[moving], step[moving])
             halvings[moving] = 0
             trial[moving] = beta[moving] + step[moving]
@@ -874,7 +874,7 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
         halvings[rejected] += 1
         trial[rejected] = beta[rejected] + step[rejected] * 0.5 ** halvings[rejected, None]
 
-        finished = done_now | (n_iter[idx] >= max_iter) | (halvings[idx] > _MAX_STEP_HALVINGS)
+        finished = done_now | (n_iter[idx] >= max_iter) | (halvings[idx] > MAX_STEP_HALVINGS)
         active = idx[~finished]
 
     stopped = np.setdiff1d(fits, singular)
@@ -884,8 +884,8 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
     # while the likelihood no longer changes (converged), or still heading outwards (not converged).
     moving_step = np.where(converged[:, None], last_step, step)
     numeric_separation = (
-        (np.abs(moving_step) >= _SEPARATION_MIN_STEP)
-        & (np.abs(beta) >= _SEPARATION_MIN_ABS_COEF)
+        (np.abs(moving_step) >= SEPARATION_MIN_STEP)
+        & (np.abs(beta) >= SEPARATION_MIN_ABS_COEF)
         & (moving_step * beta > 0)
     )
     infinite_coef[stopped] = exact_separation[stopped] | numeric_separation[stopped]
@@ -916,7 +916,7 @@ def _result(
     computable = np.all(np.isfinite(information), axis=(1, 2)) & np.isin(
         status, ("ok", "separation", "not_converged")
     )
-    variance[computable] = _inverse_information(information[computable])
+    variance[computable] = inverse_information(information[computable])
     with np.errstate(invalid="ignore"):
         se = np.sqrt(np.diagonal(variance, axis1=1, axis2=2))
     # Converged, but the information is not positive definite there: no usable variance.

@@ -31,15 +31,15 @@ import polars as pl
 from scipy import stats
 
 from repurpose.coxph import (
-    _MAX_STEP_HALVINGS,
-    _SEPARATION_MIN_ABS_COEF,
-    _SEPARATION_MIN_STEP,
-    _SINGULAR_RELATIVE_TOL,
+    MAX_STEP_HALVINGS,
+    SEPARATION_MIN_ABS_COEF,
+    SEPARATION_MIN_STEP,
+    SINGULAR_RELATIVE_TOL,
     RiskSetTable,
-    _inverse_information,
-    _newton_step,
-    _scaled_eigh,
     efron_log_likelihood,
+    inverse_information,
+    newton_step,
+    scaled_eigh,
 )
 from repurpose.screen import build_risk_sets, cell_layout, exposed_rows, index_screen_inputs, total_counts
 
@@ -520,8 +520,8 @@ def _singular(information: np.ndarray) -> np.ndarray:
     singular = np.any(~(diag > 0), axis=1)
     if information.shape[1] > 1 and np.any(~singular):
         ok = ~singular
-        _, eigenvalues, _ = _scaled_eigh(information[ok])
-        singular[ok] = eigenvalues[:, 0] <= _SINGULAR_RELATIVE_TOL
+        _, eigenvalues, _ = scaled_eigh(information[ok])
+        singular[ok] = eigenvalues[:, 0] <= SINGULAR_RELATIVE_TOL
     return singular
 
 
@@ -580,7 +580,7 @@ def coordinator_round(
         status[singular] = "singular_information"
         phase[np.union1d(no_events, singular)] = "done"
         moving = np.setdiff1d(with_events, singular)
-        step[moving] = _newton_step(information[moving], score[moving])
+        step[moving] = newton_step(information[moving], score[moving])
         decrement[moving] = np.einsum("fp,fp->f", score[moving], step[moving])
         trial[moving] = beta[moving] + step[moving]
         phase[moving] = "iterate"
@@ -606,18 +606,18 @@ def coordinator_round(
         converged[idx[done_now]] = True
         moving = idx[accept & ~done_now]
         if moving.size:
-            step[moving] = _newton_step(information[moving], score[moving])
+            step[moving] = newton_step(information[moving], score[moving])
             decrement[moving] = np.einsum("fp,fp->f", score[moving], step[moving])
             halvings[moving] = 0
             trial[moving] = beta[moving] + step[moving]
         rejected = idx[~accept]
         halvings[rejected] += 1
         trial[rejected] = beta[rejected] + step[rejected] * 0.5 ** halvings[rejected, None]
-        finished = idx[done_now | (n_iter[idx] >= max_iter) | (halvings[idx] > _MAX_STEP_HALVINGS)]
+        finished = idx[done_now | (n_iter[idx] >= max_iter) | (halvings[idx] > MAX_STEP_HALVINGS)]
         if early_separation and moving.size:
             outwards = np.any(
-                (np.abs(step[moving]) >= _SEPARATION_MIN_STEP)
-                & (np.abs(beta[moving]) >= _SEPARATION_MIN_ABS_COEF)
+                (np.abs(step[moving]) >= SEPARATION_MIN_STEP)
+                & (np.abs(beta[moving]) >= SEPARATION_MIN_ABS_COEF)
                 & (step[moving] * beta[moving] > 0),
                 axis=1,
             )
@@ -626,8 +626,8 @@ def coordinator_round(
         for i in finished:  # fit_efron's final status: not converged, or separation seen numerically
             status[i] = "ok" if converged[i] else "not_converged"
             moving_step = last_step[i] if converged[i] else step[i]
-            large = np.abs(beta[i]) >= _SEPARATION_MIN_ABS_COEF
-            still_moving = (np.abs(moving_step) >= _SEPARATION_MIN_STEP) & (moving_step * beta[i] > 0)
+            large = np.abs(beta[i]) >= SEPARATION_MIN_ABS_COEF
+            still_moving = (np.abs(moving_step) >= SEPARATION_MIN_STEP) & (moving_step * beta[i] > 0)
             # A large coefficient where the information has vanished (exp underflow): the likelihood has
             # flattened out towards its supremum at infinity. fit_efron catches these with its exact
             # data-based check, which needs the risk sets; the coordinator only sees the information.
@@ -681,7 +681,7 @@ def pooled_estimates(state: pl.DataFrame) -> pl.DataFrame:
     converged = state["converged"].to_numpy().copy()
     variance = np.full_like(information, np.nan)
     computable = np.isin(status, ("ok", "separation", "not_converged")) & np.all(np.isfinite(information), axis=(1, 2))
-    variance[computable] = _inverse_information(information[computable])
+    variance[computable] = inverse_information(information[computable])
     with np.errstate(invalid="ignore"):
         se = np.sqrt(np.diagonal(variance, axis1=1, axis2=2))
     se = np.where(np.arange(width)[None, :] < sizes[:, None], se, np.nan)

@@ -288,7 +288,7 @@ def fit_sex_group(
             "converged": converged,
             "n_iter": n_iter,
             "status": status.astype(str),
-            "reason": list(reason),
+            "reason": pl.Series(list(reason), dtype=pl.String),  # all-null when every class was fitted
         },
         strict=False,
     ).filter(pl.col("n_exposed") > 0)
@@ -447,8 +447,9 @@ def screen_exposures(
                 n_batches,
                 elapsed / len(results) * (n_batches - len(results)),
             )
-    out = pl.concat(results).with_columns(atc_level=pl.lit(level, pl.Int8))
-    return out
+    return pl.concat(results).with_columns(atc_level=pl.lit(level, pl.Int8)).select(
+        [pl.col(name).cast(dtype) for name, dtype in SCREEN_PART_SCHEMA.items()]
+    )
 
 
 def add_q_values(results: pl.DataFrame, alpha: float) -> pl.DataFrame:
