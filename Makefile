@@ -35,6 +35,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_screen.py
+	$(BIN)/python benchmarks/bench_scale.py --sizes 100000 300000 1000000 3000000 --workdir /tmp/repurpose-bench --out docs/benchmarks.md
 
 clean:
 	rm -rf results .snakemake
