@@ -19,6 +19,8 @@ from scipy import stats
 
 __all__ = [
     "FIT_STATUSES",
+    "NewtonArrays",
+    "accept_or_halve",
     "AggregatedCoxPHFitter",
     "CountingProcessError",
     "CoxEngineError",
@@ -781,6 +783,72 @@ def _unchecked_table(table: RiskSetTable, rows: slice, first_fit: int, n_fits: i
     return block
 
 
+@dataclass
+class NewtonArrays:
+    """Per-fit Newton-Raphson state (rows = fits), updated in place by :func:`accept_or_halve`.
+
+    Shared by :func:`fit_efron` and the coordinator of the distributed fit (`repurpose.distributed`), so
+    both follow exactly the same rules.
+    """
+
+    beta: np.ndarray  # (n_fits, p) last accepted point
+    trial: np.ndarray  # (n_fits, p) point being evaluated
+    step: np.ndarray  # (n_fits, p) full Newton step from beta
+    last_step: np.ndarray  # (n_fits, p) step that led to beta
+    loglik: np.ndarray  # (n_fits,) at beta
+    score: np.ndarray  # (n_fits, p) at beta
+    information: np.ndarray  # (n_fits, p, p) at beta
+    decrement: np.ndarray  # (n_fits,) score' step: twice the predicted gain of the full step
+    halvings: np.ndarray  # (n_fits,) step halvings since the last accepted point
+    converged: np.ndarray  # (n_fits,) bool
+    n_iter: np.ndarray  # (n_fits,) evaluations of trial points
+
+
+def accept_or_halve(
+    state: NewtonArrays,
+    idx: np.ndarray,
+    new_loglik: np.ndarray,
+    new_score: np.ndarray,
+    new_info: np.ndarray,
+    tol: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Take the evaluated trial points of fits `idx`: accept (and take the next Newton step) or halve the step.
+
+    A trial point is accepted when finite and the log-likelihood did not decrease, or when the step's
+    predicted gain was already negligible (then the fit has converged at the new point). Returns the
+    masks over `idx` of fits converged now, and the indices of fits that took a new full step.
+    """
+    state.n_iter[idx] += 1
+    finite = (
+        np.isfinite(new_loglik)
+        & np.all(np.isfinite(new_score), axis=1)
+        & np.all(np.isfinite(new_info), axis=(1, 2))
+    )
+    negligible = (state.halvings[idx] == 0) & (0.5 * state.decrement[idx] <= tol)
+    accept = finite & ((new_loglik >= state.loglik[idx]) | negligible)
+    done_now = accept & negligible
+
+    acc = idx[accept]
+    state.last_step[acc] = state.trial[acc] - state.beta[acc]
+    state.beta[acc] = state.trial[acc]
+    state.loglik[acc] = new_loglik[accept]
+    state.score[acc] = new_score[accept]
+    state.information[acc] = new_info[accept]
+    state.converged[idx[done_now]] = True
+
+    moving = idx[accept & ~done_now]
+    if moving.size:
+        state.step[moving] = newton_step(state.information[moving], state.score[moving])
+        state.decrement[moving] = np.einsum("fp,fp->f", state.score[moving], state.step[moving])
+        state.halvings[moving] = 0
+        state.trial[moving] = state.beta[moving] + state.step[moving]
+
+    rejected = idx[~accept]
+    state.halvings[rejected] += 1
+    state.trial[rejected] = state.beta[rejected] + state.step[rejected] * 0.5 ** state.halvings[rejected, None]
+    return done_now, moving
+
+
 def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float) -> CoxFitResult:
     """:func:`fit_efron` on one block of fits, all vectorised together."""
     n_fits, p = table.n_fits, table.n_covariates
@@ -844,35 +912,8 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
         new_loglik = derivs.loglik[in_active]
         new_score = derivs.score[in_active]
         new_info = derivs.information[in_active]
-        n_iter[idx] += 1
-
-        finite = (
-            np.isfinite(new_loglik)
-            & np.all(np.isfinite(new_score), axis=1)
-            & np.all(np.isfinite(new_info), axis=(1, 2))
-        )
-        negligible = (halvings[idx] == 0) & (0.5 * decrement[idx] <= tol)
-        accept = finite & ((new_loglik >= loglik[idx]) | negligible)
-        done_now = accept & negligible
-
-        acc = idx[accept]
-        last_step[acc] = trial[acc] - beta[acc]
-        beta[acc] = trial[acc]
-        loglik[acc] = new_loglik[accept]
-        score[acc] = new_score[accept]
-        information[acc] = new_info[accept]
-        converged[idx[done_now]] = True
-
-        moving = idx[accept & ~done_now]
-        if moving.size:
-            step[moving] = newton_step(information[moving], score[moving])
-            decrement[moving] = np.einsum("fp,fp->f", score[moving], step[moving])
-            halvings[moving] = 0
-            trial[moving] = beta[moving] + step[moving]
-
-        rejected = idx[~accept]
-        halvings[rejected] += 1
-        trial[rejected] = beta[rejected] + step[rejected] * 0.5 ** halvings[rejected, None]
+        newton = NewtonArrays(beta, trial, step, last_step, loglik, score, information, decrement, halvings, converged, n_iter)
+        done_now, _ = accept_or_halve(newton, idx, new_loglik, new_score, new_info, tol)
 
         finished = done_now | (n_iter[idx] >= max_iter) | (halvings[idx] > MAX_STEP_HALVINGS)
         active = idx[~finished]

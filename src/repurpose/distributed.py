@@ -35,7 +35,9 @@ from repurpose.coxph import (
     SEPARATION_MIN_ABS_COEF,
     SEPARATION_MIN_STEP,
     SINGULAR_RELATIVE_TOL,
+    NewtonArrays,
     RiskSetTable,
+    accept_or_halve,
     efron_log_likelihood,
     inverse_information,
     newton_step,
@@ -589,30 +591,8 @@ def coordinator_round(
     idx = np.flatnonzero(state["evaluate"].to_numpy() & (state["phase"].to_numpy() == "iterate"))
     if idx.size:
         new_loglik, new_score, new_info = (pooled[k][idx] for k in ("loglik", "score", "information"))
-        n_iter[idx] += 1
-        finite = (
-            np.isfinite(new_loglik) & np.all(np.isfinite(new_score), axis=1)
-            & np.all(np.isfinite(new_info), axis=(1, 2))
-        )
-        negligible = (halvings[idx] == 0) & (0.5 * decrement[idx] <= tol)
-        accept = finite & ((new_loglik >= loglik[idx]) | negligible)
-        done_now = accept & negligible
-        acc = idx[accept]
-        last_step[acc] = trial[acc] - beta[acc]
-        beta[acc] = trial[acc]
-        loglik[acc] = new_loglik[accept]
-        score[acc] = new_score[accept]
-        information[acc] = new_info[accept]
-        converged[idx[done_now]] = True
-        moving = idx[accept & ~done_now]
-        if moving.size:
-            step[moving] = newton_step(information[moving], score[moving])
-            decrement[moving] = np.einsum("fp,fp->f", score[moving], step[moving])
-            halvings[moving] = 0
-            trial[moving] = beta[moving] + step[moving]
-        rejected = idx[~accept]
-        halvings[rejected] += 1
-        trial[rejected] = beta[rejected] + step[rejected] * 0.5 ** halvings[rejected, None]
+        newton = NewtonArrays(beta, trial, step, last_step, loglik, score, information, decrement, halvings, converged, n_iter)
+        done_now, moving = accept_or_halve(newton, idx, new_loglik, new_score, new_info, tol)
         finished = idx[done_now | (n_iter[idx] >= max_iter) | (halvings[idx] > MAX_STEP_HALVINGS)]
         if early_separation and moving.size:
             outwards = np.any(
