@@ -143,7 +143,7 @@ class RiskSetTable:
                     "counts must satisfy 0 <= n_events <= n_at_risk on every row: persons with an event "
                     "at t are at risk just before t; check the at-risk convention start < t <= stop."
                 )
-            starts = _run_starts(risk_set_index)
+            starts = run_starts(risk_set_index)
             if np.any(np.add.reduceat(n_at_risk, starts) <= 0):
                 raise RiskSetTableError(
                     "every risk set needs a positive total n_at_risk; drop empty risk sets."
@@ -179,7 +179,7 @@ def _as_array(values: Any, dtype: type, name: str) -> np.ndarray:
         raise RiskSetTableError(f"{name} could not be converted to {np.dtype(dtype).name}: {exc}") from exc
 
 
-def _run_starts(sorted_ids: np.ndarray) -> np.ndarray:
+def run_starts(sorted_ids: np.ndarray) -> np.ndarray:
     """Start positions of runs of equal values in a 1-D array (first element always starts a run)."""
     if sorted_ids.shape[0] == 0:
         return np.zeros(0, dtype=np.int64)
@@ -189,7 +189,7 @@ def _run_starts(sorted_ids: np.ndarray) -> np.ndarray:
     return np.flatnonzero(change)
 
 
-def _concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     """``np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths)])`` without a loop."""
     lengths = np.asarray(lengths, dtype=np.int64)
     total = int(lengths.sum())
@@ -340,7 +340,7 @@ def aggregate_counting_process(
     # Every risk set is paired with every cell (pattern) of its group.
     rows_per_risk_set = cells_per_group[risk_group]
     query_risk_set = np.repeat(np.arange(risk_keys.shape[0], dtype=np.int64), rows_per_risk_set)
-    query_cell = _concatenated_ranges(first_cell_of_group[risk_group], rows_per_risk_set)
+    query_cell = concatenated_ranges(first_cell_of_group[risk_group], rows_per_risk_set)
     query_key = query_cell * n_time_keys + risk_time[query_risk_set]
 
     # Rows with start < t minus rows with stop < t (the latter are a subset) = rows at risk at t.
@@ -402,7 +402,7 @@ class _Workspace:
         if int(rows_per_fit.sum()) == table.n_rows:
             rows = slice(None)  # all rows: use the table's arrays without copying
         else:
-            rows = _concatenated_ranges(first_row, rows_per_fit)
+            rows = concatenated_ranges(first_row, rows_per_fit)
         self.fits = fits
         self.n_fits = n_fits
         self.p = table.n_covariates
@@ -412,7 +412,7 @@ class _Workspace:
         n_events = table.n_events[rows]
         n_rows = self.n_at_risk.shape[0]
 
-        rs_starts = _run_starts(table.risk_set_index[rows])
+        rs_starts = run_starts(table.risk_set_index[rows])
         self.rs_starts = rs_starts
         self.n_risk_sets = rs_starts.shape[0]
         is_new_set = np.zeros(n_rows, dtype=np.int64)
@@ -427,7 +427,7 @@ class _Workspace:
         tie_events = self.rs_events[self.tie_sets]
         n_steps = np.ceil(tie_events).astype(np.int64)
         self.step_tie = np.repeat(np.arange(self.tie_sets.shape[0], dtype=np.int64), n_steps)
-        step_l = _concatenated_ranges(np.zeros_like(n_steps), n_steps).astype(np.float64)
+        step_l = concatenated_ranges(np.zeros_like(n_steps), n_steps).astype(np.float64)
         self.step_weight = np.minimum(tie_events[self.step_tie] - step_l, 1.0)
         self.step_frac = step_l / tie_events[self.step_tie]
 
@@ -710,7 +710,7 @@ def _coordinate_separation(ws: _Workspace) -> np.ndarray:
     event_x_max = np.full_like(x_max, -np.inf)
     event_x_min = np.full_like(x_min, np.inf)
     if ws.ev_rs.size:
-        event_starts = _run_starts(ws.ev_rs)
+        event_starts = run_starts(ws.ev_rs)
         sets_with_events = ws.ev_rs[event_starts]
         event_x_max[sets_with_events] = np.maximum.reduceat(ws.ev_design, event_starts, axis=0)
         event_x_min[sets_with_events] = np.minimum.reduceat(ws.ev_design, event_starts, axis=0)
@@ -755,7 +755,7 @@ def fit_efron(
     rows_per_fit = np.bincount(table.fit_index, minlength=n_fits)
     last_row_of_fit = np.cumsum(rows_per_fit)
     block_of_fit = np.maximum(last_row_of_fit - 1, 0) // _BLOCK_ROWS
-    block_starts = np.append(_run_starts(block_of_fit), n_fits)
+    block_starts = np.append(run_starts(block_of_fit), n_fits)
     blocks = []
     for first_fit, end_fit in zip(block_starts[:-1], block_starts[1:], strict=True):
         lo, hi = last_row_of_fit[first_fit] - rows_per_fit[first_fit], last_row_of_fit[end_fit - 1]
@@ -868,7 +868,7 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
 
     fits = np.flatnonzero(n_events > 0)
     if fits.size == 0:
-        return _result(
+        return cox_fit_result(
             beta * np.nan,
             information,
             loglik,
@@ -938,10 +938,10 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
     loglik[singular] = loglik_null[singular]
     information[singular] = np.nan
     beta[status == "no_events"] = np.nan
-    return _result(beta, information, loglik, loglik_null, n_iter, converged, status, n_events, infinite_coef)
+    return cox_fit_result(beta, information, loglik, loglik_null, n_iter, converged, status, n_events, infinite_coef)
 
 
-def _result(
+def cox_fit_result(
     beta: np.ndarray,
     information: np.ndarray,
     loglik: np.ndarray,

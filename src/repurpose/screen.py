@@ -25,8 +25,9 @@ import polars as pl
 from scipy import stats
 
 from repurpose.atc import anatomical_group_filter, load_atc_names
+from repurpose.binary_cox import BinaryRiskSets, fit_binary_efron
 from repurpose.cohort import DAYS_PER_YEAR
-from repurpose.coxph import RiskSetTable, fit_efron
+from repurpose.coxph import CoxFitResult, RiskSetTable, concatenated_ranges, fit_efron, run_starts
 from repurpose.disclosure import SCREEN_RULES, for_display, suppress_small_counts
 
 log = logging.getLogger(__name__)
@@ -202,17 +203,21 @@ def exposed_rows(
     """Exposed person-class rows of a sex group at a lag: (class_index, cell, start, exit, event).
 
     Exposure counts from max(entry, exposure start + lag) to exit; rows outside the sex group or whose
-    lagged start is not before exit are dropped. `exposures` carries `cohort_row` and `class_index`.
+    lagged start is not before exit are dropped. `exposures` comes from `index_screen_inputs` (it carries
+    each row's cohort row, class index, entry, exit and event).
     """
     lag_days = round(lag_years * DAYS_PER_YEAR)
-    person_row = exposures["cohort_row"].to_numpy()
-    cell = layout.cell_of_person[person_row]
-    entry = cohort["entry"].to_numpy()[person_row]
-    exit_ = cohort["exit"].to_numpy()[person_row]
-    event = cohort["event"].to_numpy()[person_row]
-    start = np.maximum(entry, exposures["exposure_start_age_days"].to_numpy().astype(np.int64) + lag_days)
-    keep = (cell >= 0) & (start < exit_)
-    return exposures["class_index"].to_numpy()[keep], cell[keep], start[keep], exit_[keep], event[keep]
+    cell = layout.cell_of_person[exposures["cohort_row"].to_numpy()]
+    exit_ = exposures["exit"].to_numpy()
+    start = np.maximum(exposures["entry"].to_numpy(), exposures["exposure_start_age_days"].to_numpy() + lag_days)
+    keep = np.flatnonzero((cell >= 0) & (start < exit_))
+    return (
+        exposures["class_index"].to_numpy()[keep],
+        cell[keep],
+        start[keep],
+        exit_[keep],
+        exposures["event"].to_numpy()[keep],
+    )
 
 
 def fit_sex_group(
@@ -241,7 +246,7 @@ def fit_sex_group(
     n_persons = int(members.sum())
     n_cases = int(cohort["event"].to_numpy()[members].sum())
 
-    to_fit = np.flatnonzero(n_exposed_cases >= min_exposed_cases)
+    to_fit = np.flatnonzero((n_exposed_cases >= min_exposed_cases) & (n_exposed > 0))
     fit_of_class = np.full(n_classes, -1)
     fit_of_class[to_fit] = np.arange(len(to_fit))
     coef = np.full(n_classes, np.nan)
@@ -252,10 +257,23 @@ def fit_sex_group(
     reason = np.array([f"fewer than {min_exposed_cases} exposed cases"] * n_classes, dtype=object)
 
     if len(to_fit):
-        table = build_risk_sets(
-            layout, totals, class_index, cell, start, exit_, event, fit_of_class, len(to_fit), time_span
-        )
-        result = fit_efron(table)
+        if layout.covariate_design.shape[1] == 0:
+            result = fit_binary_in_chunks(
+                totals,
+                class_index,
+                layout.stratum_of_cell[cell],
+                start,
+                exit_,
+                event,
+                fit_of_class,
+                int(layout.stratum_of_cell.max()) + 1,
+                time_span,
+            )
+        else:
+            table = build_risk_sets(
+                layout, totals, class_index, cell, start, exit_, event, fit_of_class, len(to_fit), time_span
+            )
+            result = fit_efron(table)
         coef[to_fit] = result.coef[:, 0]
         se[to_fit] = result.se[:, 0]
         converged[to_fit] = result.converged
@@ -292,6 +310,128 @@ def fit_sex_group(
         },
         strict=False,
     ).filter(pl.col("n_exposed") > 0)
+
+
+MAX_QUERIES_PER_CHUNK = 1 << 22
+"""Risk sets built and fitted at once by the binary path (bounds its memory: ~10 arrays of this length)."""
+
+
+def stratum_totals(totals: RiskSetCounts, time_span: int) -> RiskSetCounts:
+    """`totals` summed over the cells of each stratum, sorted by (stratum, time): the binary path's risk sets."""
+    key = totals.stratum * time_span + totals.time
+    unique_key, index = np.unique(key, return_inverse=True)
+    stratum = unique_key // time_span
+    return RiskSetCounts(
+        cell=stratum,
+        time=unique_key % time_span,
+        stratum=stratum,
+        n_at_risk=np.bincount(index, weights=totals.n_at_risk, minlength=unique_key.shape[0]),
+        n_events=np.bincount(index, weights=totals.n_events, minlength=unique_key.shape[0]),
+    )
+
+
+def binary_risk_sets(
+    totals: RiskSetCounts,
+    pair_key: np.ndarray,
+    pair_first_start: np.ndarray,
+    pair_last_exit: np.ndarray,
+    start_keys: np.ndarray,
+    exit_keys: np.ndarray,
+    event_keys: np.ndarray,
+    n_strata: int,
+    time_span: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Exposed and unexposed counts at the event times of (class, stratum) pairs; returns, per risk set
+    with someone exposed at risk: (pair, n1, n0, d1, d0).
+
+    `totals` (from `stratum_totals`) is sorted by (stratum, time). A pair (key class * n_strata + stratum,
+    sorted) has as risk sets its stratum's event times in (first exposed start, last exposed exit]; outside
+    that span nobody exposed is at risk. The query keys pair * time_span + time therefore come out sorted,
+    and each exposed row (sorted keys pair * time_span + start / exit) is at risk at the contiguous run of
+    queries with start < time <= exit: found by binary search, summed by a running total.
+    """
+    pair_stratum = pair_key % n_strata
+    total_key = totals.stratum * time_span + totals.time
+    first = np.searchsorted(total_key, pair_stratum * time_span + pair_first_start, "right")
+    lengths = np.searchsorted(total_key, pair_stratum * time_span + pair_last_exit, "right") - first
+    query_total = concatenated_ranges(first, lengths)
+    query_pair = np.repeat(np.arange(pair_key.shape[0], dtype=np.int64), lengths)
+    query_key = pair_key[query_pair] * time_span + totals.time[query_total]
+    n_queries = query_key.shape[0]
+    change = np.bincount(np.searchsorted(query_key, start_keys, "right"), minlength=n_queries + 1) - np.bincount(
+        np.searchsorted(query_key, exit_keys, "right"), minlength=n_queries + 1
+    )
+    n_exposed = np.cumsum(change[:-1]).astype(np.float64)
+    exposed_events = np.bincount(np.searchsorted(query_key, event_keys, "left"), minlength=n_queries).astype(
+        np.float64
+    )
+    informative = n_exposed > 0
+    query_total = query_total[informative]
+    n_exposed, exposed_events = n_exposed[informative], exposed_events[informative]
+    return (
+        query_pair[informative],
+        n_exposed,
+        totals.n_at_risk[query_total] - n_exposed,
+        exposed_events,
+        totals.n_events[query_total] - exposed_events,
+    )
+
+
+def fit_binary_in_chunks(
+    totals: RiskSetCounts,
+    class_index: np.ndarray,
+    stratum: np.ndarray,
+    start: np.ndarray,
+    exit_: np.ndarray,
+    event: np.ndarray,
+    fit_of_class: np.ndarray,
+    n_strata: int,
+    time_span: int,
+) -> CoxFitResult:
+    """Fit every class with `fit_of_class >= 0` (exposure its only covariate) in chunks of whole classes.
+
+    The exposed rows become sorted keys pair * time_span + age (pair = class * n_strata + stratum), so a
+    pair's rows, first start and last exit, and a chunk's rows, are contiguous runs. Each chunk holds about
+    `MAX_QUERIES_PER_CHUNK` risk sets, so memory does not grow with the number of classes; results come
+    back in fit order.
+    """
+    fitted = fit_of_class[class_index] >= 0
+    base = (class_index[fitted] * n_strata + stratum[fitted]) * time_span
+    start_keys = np.sort(base + start[fitted])
+    exit_keys = np.sort(base + exit_[fitted])
+    event_keys = np.sort((base + exit_[fitted])[event[fitted]])
+    # Both key arrays hold the same rows per pair, so the pairs' runs start at the same positions.
+    row_bounds = np.r_[run_starts(start_keys // time_span), start_keys.shape[0]]
+    pair_key = start_keys[row_bounds[:-1]] // time_span
+    pair_first_start = start_keys[row_bounds[:-1]] % time_span
+    pair_last_exit = exit_keys[row_bounds[1:] - 1] % time_span
+    pair_class, pair_stratum = pair_key // n_strata, pair_key % n_strata
+    total_key = totals.stratum * time_span + totals.time
+    pair_queries = np.searchsorted(total_key, pair_stratum * time_span + pair_last_exit, "right") - np.searchsorted(
+        total_key, pair_stratum * time_span + pair_first_start, "right"
+    )
+    # Chunks end at class boundaries once their queries reach the cap.
+    class_starts = run_starts(pair_class)
+    class_queries = np.add.reduceat(pair_queries, class_starts) if pair_key.size else np.zeros(0, np.int64)
+    chunk_of_pair = np.repeat(
+        np.cumsum(class_queries) // MAX_QUERIES_PER_CHUNK, np.diff(np.r_[class_starts, pair_key.shape[0]])
+    )
+    chunk_bounds = np.r_[run_starts(chunk_of_pair), pair_key.shape[0]]
+    results = []
+    for lo, hi in zip(chunk_bounds[:-1], chunk_bounds[1:], strict=True):
+        rows = slice(row_bounds[lo], row_bounds[hi])
+        events = slice(*np.searchsorted(event_keys, [pair_key[lo] * time_span, (pair_key[hi - 1] + 1) * time_span]))
+        pair, n1, n0, d1, d0 = binary_risk_sets(
+            totals, pair_key[lo:hi], pair_first_start[lo:hi], pair_last_exit[lo:hi],
+            start_keys[rows], exit_keys[rows], event_keys[events], n_strata, time_span,
+        )
+        first_fit = fit_of_class[pair_class[lo]]
+        fit = fit_of_class[pair_class[lo:hi][pair]] - first_fit
+        n_fits = fit_of_class[pair_class[hi - 1]] - first_fit + 1
+        results.append(fit_binary_efron(BinaryRiskSets(fit, n1, n0, d1, d0, n_fits)))
+    return CoxFitResult(
+        **{name: np.concatenate([getattr(r, name) for r in results]) for name in CoxFitResult.__dataclass_fields__}
+    )
 
 
 def build_risk_sets(
@@ -400,16 +540,18 @@ def build_risk_sets(
 def index_screen_inputs(
     cohort: pl.DataFrame, exposures: pl.DataFrame, screen: dict[str, Any]
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[str], int]:
-    """Cohort with adjustment labels and row numbers, exposures keyed by (cohort_row, class_index), the
-    sorted class codes, and a time span exceeding every age in days (for the search keys)."""
+    """Cohort with adjustment labels and row numbers, exposures keyed by (cohort_row, class_index) and
+    carrying the person's entry, exit and event (sorted by class), the sorted class codes, and a time span
+    exceeding every age in days (for the search keys)."""
     cohort = prepare_cohort(cohort, screen["birth_cohort_band_years"]).with_row_index("cohort_row")
     classes = sorted(exposures["atc_code"].unique().to_list())
     class_lookup = pl.DataFrame({"atc_code": classes, "class_index": np.arange(len(classes))})
     exposures = (
-        exposures.select("person_id", "atc_code", "exposure_start_age_days")
-        .join(cohort.select("person_id", "cohort_row"), on="person_id")
+        exposures.select("person_id", "atc_code", pl.col("exposure_start_age_days").cast(pl.Int64))
+        .join(cohort.select("person_id", "cohort_row", "entry", "exit", "event"), on="person_id")
         .join(class_lookup, on="atc_code")
         .with_columns(pl.col("cohort_row").cast(pl.Int64))
+        .sort("class_index", "cohort_row")
     )
     return cohort, exposures, classes, int(cohort["exit"].max()) + 2
 
@@ -428,6 +570,8 @@ def screen_exposures(
     for sex_group in screen["sex_strata"]:
         layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
         totals = total_counts(cohort, layout, time_span)
+        if layout.covariate_design.shape[1] == 0:
+            totals = stratum_totals(totals, time_span)
         for lag in screen["lags_years"]:
             started = time.perf_counter()
             part = fit_sex_group(

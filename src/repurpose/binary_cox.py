@@ -1,0 +1,265 @@
+"""Efron Cox fits of one binary exposure and nothing else, many fits at once: the screen's fast path.
+
+With a single 0/1 covariate and no other, a risk set is fully described by four counts: exposed and
+unexposed at risk (n1, n0) and exposed and unexposed events (d1, d0). Efron's tie correction splits a
+risk set with D = d1 + d0 > 1 events into D steps l = 0..D-1 whose at-risk counts are reduced by the
+fraction l/D of the events: n1 - (l/D) d1 exposed and n0 - (l/D) d0 unexposed. Each step is then a
+two-group comparison with exposed share p = a e^b / (u + a e^b) (a, u: the step's exposed and unexposed
+counts), so per fit
+
+    log L(b) = b sum(d1) - sum_steps log(u + a e^b),   score = sum(d1) - sum_steps p,
+    information = sum_steps p (1 - p).
+
+That is a handful of array passes per Newton iteration instead of the general engine's pattern sums,
+with the same model, the same Newton-Raphson rule (`coxph.accept_or_halve`) and the same status rules
+as `coxph.fit_efron`, which the tests check it against (to rounding) on the equivalent `RiskSetTable`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from repurpose.coxph import (
+    MAX_STEP_HALVINGS,
+    SEPARATION_MIN_ABS_COEF,
+    SEPARATION_MIN_STEP,
+    SINGULAR_RELATIVE_TOL,
+    CoxEngineError,
+    CoxFitResult,
+    NewtonArrays,
+    RiskSetTable,
+    RiskSetTableError,
+    accept_or_halve,
+    concatenated_ranges,
+    cox_fit_result,
+    newton_step,
+)
+
+__all__ = ["BinaryRiskSets", "fit_binary_efron"]
+
+
+@dataclass(frozen=True)
+class BinaryRiskSets:
+    """Risk sets of many Cox fits of one binary exposure: one row per (fit, stratum, event time).
+
+    Rows are sorted by `fit_index`; counts are whole numbers of persons (Efron steps need integer ties).
+    """
+
+    fit_index: np.ndarray  # int64, non-decreasing
+    n_exposed_at_risk: np.ndarray
+    n_unexposed_at_risk: np.ndarray
+    n_exposed_events: np.ndarray
+    n_unexposed_events: np.ndarray
+    n_fits: int
+
+    def __post_init__(self) -> None:
+        fit_index = np.asarray(self.fit_index, dtype=np.int64)
+        counts = {
+            name: np.asarray(getattr(self, name), dtype=np.float64)
+            for name in ("n_exposed_at_risk", "n_unexposed_at_risk", "n_exposed_events", "n_unexposed_events")
+        }
+        n_rows = fit_index.shape[0]
+        for name, values in counts.items():
+            if values.shape != (n_rows,):
+                raise RiskSetTableError(f"{name} must have one entry per row ({n_rows}); got shape {values.shape}.")
+            if n_rows and (np.any(values < 0) or np.any(values != np.round(values))):
+                raise RiskSetTableError(f"{name} must hold non-negative whole numbers (persons).")
+        if n_rows:
+            if fit_index.min() < 0 or fit_index.max() >= self.n_fits:
+                raise RiskSetTableError(f"fit_index must lie in [0, n_fits={self.n_fits}).")
+            if np.any(np.diff(fit_index) < 0):
+                raise RiskSetTableError("rows must be sorted by fit_index.")
+            if np.any(counts["n_exposed_events"] > counts["n_exposed_at_risk"]) or np.any(
+                counts["n_unexposed_events"] > counts["n_unexposed_at_risk"]
+            ):
+                raise RiskSetTableError("events exceed the number at risk in some row (at risk is start < t <= stop).")
+        object.__setattr__(self, "fit_index", fit_index)
+        for name, values in counts.items():
+            object.__setattr__(self, name, values)
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.fit_index.shape[0])
+
+    def to_risk_set_table(self) -> RiskSetTable:
+        """The same risk sets as a general `RiskSetTable` (an unexposed and an exposed row per risk set)."""
+        n = self.n_rows
+        n_at_risk = np.empty(2 * n)
+        n_at_risk[0::2], n_at_risk[1::2] = self.n_unexposed_at_risk, self.n_exposed_at_risk
+        n_events = np.empty(2 * n)
+        n_events[0::2], n_events[1::2] = self.n_unexposed_events, self.n_exposed_events
+        design = np.tile([0.0, 1.0], n)[:, None]
+        keep = n_at_risk > 0
+        return RiskSetTable(
+            fit_index=np.repeat(self.fit_index, 2)[keep],
+            risk_set_index=np.repeat(np.arange(n, dtype=np.int64), 2)[keep],
+            n_at_risk=n_at_risk[keep],
+            n_events=n_events[keep],
+            design=design[keep],
+            n_fits=self.n_fits,
+        )
+
+
+@dataclass
+class _Steps:
+    """Efron steps of the risk sets with events of a subset of fits (`fits`), indexed 0..len(fits)-1."""
+
+    fits: np.ndarray
+    step_fit: np.ndarray  # local fit index per step (sorted)
+    exposed: np.ndarray  # a: exposed at risk in the step
+    unexposed: np.ndarray  # u: unexposed at risk in the step
+    exposed_events: np.ndarray  # per local fit: sum d1
+
+    def subset(self, keep_local: np.ndarray) -> _Steps:
+        """Steps of the local fits `keep_local` (sorted), renumbered."""
+        starts = np.searchsorted(self.step_fit, keep_local, "left")
+        lengths = np.searchsorted(self.step_fit, keep_local, "right") - starts
+        rows = concatenated_ranges(starts, lengths)
+        return _Steps(
+            self.fits[keep_local],
+            np.repeat(np.arange(keep_local.shape[0], dtype=np.int64), lengths),
+            self.exposed[rows],
+            self.unexposed[rows],
+            self.exposed_events[keep_local],
+        )
+
+
+def _efron_steps(table: BinaryRiskSets) -> _Steps:
+    """Expand tied risk sets into Efron steps; risk sets without events carry nothing and are dropped."""
+    events = table.n_exposed_events + table.n_unexposed_events
+    with_events = events > 0
+    n_steps = np.where(with_events, events, 0).astype(np.int64)
+    row = np.repeat(np.arange(table.n_rows, dtype=np.int64), n_steps)
+    first_step = np.cumsum(n_steps) - n_steps
+    fraction = (np.arange(row.shape[0], dtype=np.int64) - first_step[row]) / events[row]
+    exposed = table.n_exposed_at_risk[row] - fraction * table.n_exposed_events[row]
+    unexposed = table.n_unexposed_at_risk[row] - fraction * table.n_unexposed_events[row]
+    return _Steps(
+        np.arange(table.n_fits, dtype=np.int64),
+        table.fit_index[row],
+        exposed,
+        unexposed,
+        np.bincount(table.fit_index, weights=table.n_exposed_events, minlength=table.n_fits),
+    )
+
+
+def _derivatives(steps: _Steps, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Log-likelihood, score, information and expected exposed events of every local fit at `beta`."""
+    n_fits = steps.fits.shape[0]
+    steps_per_fit = np.bincount(steps.step_fit, minlength=n_fits)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
+        # Divide through by e^max(b, 0) so that no exp() overflows; the weights are per fit.
+        shift = np.maximum(beta, 0.0)
+        exposed_weight = steps.exposed * np.repeat(np.exp(beta - shift), steps_per_fit)
+        total = steps.unexposed * np.repeat(np.exp(-shift), steps_per_fit) + exposed_weight
+        share = exposed_weight / total
+        log_total = np.log(total)
+    sum_log_total = np.bincount(steps.step_fit, weights=log_total, minlength=n_fits) + steps_per_fit * shift
+    expected = np.bincount(steps.step_fit, weights=share, minlength=n_fits)
+    share *= 1.0 - share
+    information = np.bincount(steps.step_fit, weights=share, minlength=n_fits)
+    return beta * steps.exposed_events - sum_log_total, steps.exposed_events - expected, information, expected
+
+
+def _separation(table: BinaryRiskSets) -> np.ndarray:
+    """Per fit: the likelihood increases without bound as the coefficient goes to +inf or -inf (data only).
+
+    As in `coxph`: exposure varies in a risk set with events, and either every such event is exposed
+    wherever someone exposed is at risk, or every one is unexposed wherever someone unexposed is.
+    """
+    n1, n0 = table.n_exposed_at_risk, table.n_unexposed_at_risk
+    d1, d0 = table.n_exposed_events, table.n_unexposed_events
+    has_events = (d1 + d0) > 0
+
+    def any_per_fit(flags: np.ndarray) -> np.ndarray:
+        return np.bincount(table.fit_index, weights=flags, minlength=table.n_fits) > 0
+
+    varies = any_per_fit(has_events & (n1 > 0) & (n0 > 0))
+    not_top = any_per_fit((d0 > 0) & (n1 > 0))
+    not_bottom = any_per_fit((d1 > 0) & (n0 > 0))
+    return varies & (~not_top | ~not_bottom)
+
+
+def fit_binary_efron(table: BinaryRiskSets, *, max_iter: int = 50, tol: float = 1e-9) -> CoxFitResult:
+    """Fit every model of `table` (one binary covariate) by Newton-Raphson with step halving, Efron ties.
+
+    Same rules, statuses and result layout as `coxph.fit_efron` on `table.to_risk_set_table()`.
+    """
+    if not isinstance(table, BinaryRiskSets):
+        raise CoxEngineError(f"fit_binary_efron needs a BinaryRiskSets; got {type(table)}.")
+    if isinstance(max_iter, bool) or int(max_iter) != max_iter or max_iter < 0:
+        raise CoxEngineError(f"max_iter must be a non-negative integer; got {max_iter!r}.")
+    if not (tol > 0):
+        raise CoxEngineError(f"tol must be positive; got {tol!r}.")
+    n_fits = table.n_fits
+    n_events = np.bincount(
+        table.fit_index, weights=table.n_exposed_events + table.n_unexposed_events, minlength=n_fits
+    )
+    beta = np.zeros((n_fits, 1))
+    status = np.full(n_fits, "ok", dtype="<U20")
+    status[~(n_events > 0)] = "no_events"
+    converged = np.zeros(n_fits, dtype=bool)
+    n_iter = np.zeros(n_fits, dtype=np.int64)
+    loglik = np.zeros(n_fits)
+    loglik_null = np.zeros(n_fits)
+    score = np.zeros((n_fits, 1))
+    information = np.zeros((n_fits, 1, 1))
+    step = np.zeros((n_fits, 1))
+    last_step = np.zeros((n_fits, 1))
+    decrement = np.zeros(n_fits)
+    halvings = np.zeros(n_fits, dtype=np.int64)
+
+    fits = np.flatnonzero(n_events > 0)
+    steps = _efron_steps(table).subset(fits)
+    null_loglik, null_score, null_info, null_expected = _derivatives(steps, np.zeros(fits.shape[0]))
+    loglik_null[fits] = loglik[fits] = null_loglik
+    score[fits, 0], information[fits, 0, 0] = null_score, null_info
+    singular_local = ~(null_info > SINGULAR_RELATIVE_TOL * null_expected) | ~(null_expected > 0)
+    singular = fits[singular_local]
+    status[singular] = "singular_information"
+    exact_separation = _separation(table)
+
+    active_local = np.flatnonzero(~singular_local)
+    active = fits[active_local]
+    steps = steps.subset(active_local)
+    if active.size:
+        step[active] = newton_step(information[active], score[active])
+        decrement[active] = np.einsum("fp,fp->f", score[active], step[active])
+    trial = beta + step
+    if max_iter == 0:
+        active = active[:0]
+
+    newton = NewtonArrays(beta, trial, step, last_step, loglik, score, information, decrement, halvings, converged, n_iter)
+    while active.size:
+        if active.size < 0.5 * steps.fits.shape[0]:
+            steps = steps.subset(np.flatnonzero(np.isin(steps.fits, active, assume_unique=True)))
+        new_loglik, new_score, new_info, _ = _derivatives(steps, trial[steps.fits, 0])
+        in_active = np.isin(steps.fits, active, assume_unique=True)
+        idx = steps.fits[in_active]
+        done_now, _ = accept_or_halve(
+            newton, idx, new_loglik[in_active], new_score[in_active, None], new_info[in_active, None, None], tol
+        )
+        finished = done_now | (n_iter[idx] >= max_iter) | (halvings[idx] > MAX_STEP_HALVINGS)
+        active = idx[~finished]
+
+    stopped = np.setdiff1d(fits, singular)
+    status[stopped[~converged[stopped]]] = "not_converged"
+    moving_step = np.where(converged[:, None], last_step, step)
+    numeric_separation = (
+        (np.abs(moving_step) >= SEPARATION_MIN_STEP)
+        & (np.abs(beta) >= SEPARATION_MIN_ABS_COEF)
+        & (moving_step * beta > 0)
+    )
+    infinite_coef = np.zeros((n_fits, 1), dtype=bool)
+    infinite_coef[stopped] = exact_separation[stopped, None] | numeric_separation[stopped]
+    separated = stopped[infinite_coef[stopped, 0]]
+    status[separated] = "separation"
+    converged[separated] = False
+
+    beta[singular] = np.nan
+    loglik[singular] = loglik_null[singular]
+    information[singular] = np.nan
+    beta[status == "no_events"] = np.nan
+    return cox_fit_result(beta, information, loglik, loglik_null, n_iter, converged, status, n_events, infinite_coef)
