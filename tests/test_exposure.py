@@ -91,3 +91,79 @@ def test_split_intervals_put_the_event_on_the_last_row():
     lagged = split_class_intervals(cohort, class_exposures, lag_days=10_000).filter(pl.col("person_id") == 2)
     assert lagged.select("start", "stop", "event", "exposed").rows() == [(entry, exit_, True, 0)]
     assert split.filter(pl.col("person_id") == 3)["exposed"].to_list() == [0]
+
+
+def reference_exposures(cohort: pl.DataFrame, dispensings: pl.DataFrame, level: int, k: int, cuts: list[float]) -> pl.DataFrame:
+    """The exposure table by definition, in Polars: every (person, class) dispensing history in date order."""
+    length = {1: 1, 2: 3, 3: 4, 4: 5, 5: 7}[level]
+    rows = (
+        dispensings.join(cohort.select("person_id", "birth_date", "exit_date"), on="person_id")
+        .filter(pl.col("dispense_date") <= pl.col("exit_date"))
+        .with_columns(atc_code=pl.col("atc_code").str.slice(0, length), ddd=pl.col("ddd").fill_null(0.0))
+        .sort("person_id", "atc_code", "dispense_date")
+        .with_columns(
+            number=pl.int_range(1, pl.len() + 1).over("person_id", "atc_code"),
+            cumulative=pl.col("ddd").cum_sum().over("person_id", "atc_code"),
+        )
+    )
+    days = lambda column: (column - pl.col("birth_date")).dt.total_days().cast(pl.Int32)  # noqa: E731
+    return (
+        rows.group_by("person_id", "atc_code")
+        .agg(
+            pl.col("birth_date").first(),
+            exposure_start_date=pl.col("dispense_date").filter(pl.col("number") == k).first(),
+            first_dispense_date=pl.col("dispense_date").min(),
+            n_dispensings=pl.len().cast(pl.Int32),
+            total_ddd=pl.col("ddd").sum(),
+            **{f"reached_{i}": pl.col("dispense_date").filter(pl.col("cumulative") >= cut).min() for i, cut in enumerate(cuts)},
+        )
+        .filter(pl.col("exposure_start_date").is_not_null())
+        .select(
+            "person_id", "atc_code", "exposure_start_date",
+            exposure_start_age_days=days(pl.col("exposure_start_date")),
+            first_dispense_age_days=days(pl.col("first_dispense_date")),
+            n_dispensings="n_dispensings", total_ddd="total_ddd",
+            **{dose_column(cut): days(pl.col(f"reached_{i}")) for i, cut in enumerate(cuts)},
+        )
+        .sort("atc_code", "person_id")
+    )
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_all_levels_equal_the_definition_on_random_histories(tmp_path, k):
+    """Classes built from per-substance summaries (and the mixed-substance dose windows) equal the
+    definition: the k-th dispensing and the cumulative DDD of the class's own dispensing history."""
+    import numpy as np
+
+    rng = np.random.default_rng(k)
+    n_persons = 400
+    birth = [D("1950-01-01") + (D("1990-01-01") - D("1950-01-01")) * float(u) for u in rng.random(n_persons)]
+    exit_dates = [D("2008-01-01") + (D("2023-12-31") - D("2008-01-01")) * float(u) for u in rng.random(n_persons)]
+    cohort = pl.DataFrame({"person_id": np.arange(1, n_persons + 1) * 3, "birth_date": birth, "exit_date": exit_dates,
+                           "entry_date": [D("2005-01-01")] * n_persons, "entry_age_days": 0, "exit_age_days": 1,
+                           "event": False})
+    substances = ["N06AB06", "N06AB10", "N06AX11", "N05BA01", "R03AC02", "R03AC03", "R03BA02", "C10AA01"]
+    n_rows = 12_000
+    days = rng.integers(0, 20 * 365, n_rows)
+    dispensings = pl.DataFrame({
+        "person_id": rng.integers(1, n_persons + 1, n_rows) * 3,
+        "dispense_date": [D("2004-01-01") + (D("2005-01-01") - D("2004-01-01")) * (int(d) / 365) for d in days],
+        "atc_code": rng.choice(substances, n_rows),
+        "ddd": np.where(rng.random(n_rows) < 0.05, np.nan, rng.choice([7.5, 10.0, 28.0, 30.0, 90.0], n_rows)),
+    }).with_columns(pl.col("ddd").fill_nan(None), reimbursement_code=pl.lit(None, pl.String),
+                    dispense_year=pl.col("dispense_date").dt.year())
+    dispensings.write_parquet(tmp_path / "rx", partition_by="dispense_year")
+    cohort_path = tmp_path / "cohort.parquet"
+    cohort.write_parquet(cohort_path)
+    cuts = [40.0, 100.5, 365.0]
+    for level in (1, 2, 3, 4, 5):
+        ours = exposures(tmp_path, cohort_path, level, min_dispensings=k, dose_cutpoints_ddd=cuts).drop("atc_level")
+        expected = reference_exposures(cohort, dispensings, level, k, cuts)
+        assert ours.height == expected.height > 0, level
+        mixed = ours.join(expected, on=["person_id", "atc_code"], suffix="_ref")
+        assert mixed.height == ours.height
+        for column in expected.columns[2:]:
+            if column == "total_ddd":
+                np.testing.assert_allclose(mixed[column].to_numpy(), mixed[f"{column}_ref"].to_numpy(), rtol=1e-12)
+            else:
+                assert mixed[column].to_list() == mixed[f"{column}_ref"].to_list(), (level, column)

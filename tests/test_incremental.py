@@ -94,7 +94,7 @@ def test_new_yearly_file_validates_only_that_file(completed_run):
         new_file.unlink()
     assert jobs["validate_prescriptions"] == 1  # the new year only, not the 19 validated ones
     assert "validate_registers" not in jobs and "cohort" not in jobs
-    assert jobs["exposure"] == 1  # exposures depend on every year's dispensings
+    assert jobs["exposure_substances"] == 1 and jobs["exposure"] == 1  # exposures depend on every year's dispensings
     assert jobs["screen_gather"] == 1
 
 
@@ -106,7 +106,7 @@ def test_new_atc_level_runs_only_that_level(completed_run, tmp_path):
     jobs = planned_jobs(workdir, wider)
     assert jobs["exposure"] == 1
     assert jobs["screen_part"] == len(ANATOMICAL_GROUPS)  # level 3's groups; none for level 2
-    assert not {"validate_prescriptions", "validate_registers", "validate", "cohort"} & set(jobs)
+    assert not {"validate_prescriptions", "validate_registers", "validate", "cohort", "exposure_substances"} & set(jobs)
 
 
 def test_changed_screen_setting_reruns_the_screen_not_the_exposures(completed_run, tmp_path):
@@ -117,4 +117,4 @@ def test_changed_screen_setting_reruns_the_screen_not_the_exposures(completed_ru
     changed.write_text(yaml.safe_dump(settings))
     jobs = planned_jobs(workdir, changed)
     assert jobs["screen_part"] == len(ANATOMICAL_GROUPS)
-    assert "exposure" not in jobs and "validate_prescriptions" not in jobs
+    assert not {"exposure", "exposure_substances", "validate_prescriptions"} & set(jobs)
