@@ -98,6 +98,8 @@ def test_bad_input_is_refused() -> None:
     with pytest.raises(RiskSetTableError, match="exceed"):
         BinaryRiskSets([0], [1], [1], [2], [0], 1)
     with pytest.raises(RiskSetTableError, match="whole numbers"):
-        BinaryRiskSets([0], [1.5], [1], [0], [1], 1)
+        BinaryRiskSets([0], [2], [1], [0.5], [1], 1)
+    with pytest.raises(RiskSetTableError, match="non-negative"):
+        BinaryRiskSets([0], [-1], [1], [0], [1], 1)
     with pytest.raises(CoxEngineError, match="BinaryRiskSets"):
         fit_binary_efron("not a table")  # type: ignore[arg-type]

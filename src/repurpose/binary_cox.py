@@ -64,8 +64,10 @@ class BinaryRiskSets:
         for name, values in counts.items():
             if values.shape != (n_rows,):
                 raise RiskSetTableError(f"{name} must have one entry per row ({n_rows}); got shape {values.shape}.")
-            if n_rows and (np.any(values < 0) or np.any(values != np.round(values))):
-                raise RiskSetTableError(f"{name} must hold non-negative whole numbers (persons).")
+            if n_rows and np.any(values < 0):
+                raise RiskSetTableError(f"{name} must hold non-negative numbers of persons.")
+            if n_rows and name.endswith("_events") and np.any(values != np.round(values)):
+                raise RiskSetTableError(f"{name} must hold whole numbers (Efron steps split tied events).")
         if n_rows:
             if fit_index.min() < 0 or fit_index.max() >= self.n_fits:
                 raise RiskSetTableError(f"fit_index must lie in [0, n_fits={self.n_fits}).")
@@ -129,16 +131,23 @@ class _Steps:
 def _efron_steps(table: BinaryRiskSets) -> _Steps:
     """Expand tied risk sets into Efron steps; risk sets without events carry nothing and are dropped."""
     events = table.n_exposed_events + table.n_unexposed_events
-    with_events = events > 0
-    n_steps = np.where(with_events, events, 0).astype(np.int64)
-    row = np.repeat(np.arange(table.n_rows, dtype=np.int64), n_steps)
-    first_step = np.cumsum(n_steps) - n_steps
-    fraction = (np.arange(row.shape[0], dtype=np.int64) - first_step[row]) / events[row]
-    exposed = table.n_exposed_at_risk[row] - fraction * table.n_exposed_events[row]
-    unexposed = table.n_unexposed_at_risk[row] - fraction * table.n_unexposed_events[row]
+    n_steps = events.astype(np.int64)
+    step_fit = np.repeat(table.fit_index, n_steps)
+    exposed = np.repeat(table.n_exposed_at_risk, n_steps)
+    unexposed = np.repeat(table.n_unexposed_at_risk, n_steps)
+    tied = np.flatnonzero(n_steps > 1)
+    if tied.size:  # step l of a set with D tied events removes the fraction l / D of them from the risk set
+        first_step = np.cumsum(n_steps) - n_steps
+        tie_of_step = np.repeat(np.arange(tied.shape[0]), n_steps[tied])
+        step_number = np.arange(tie_of_step.shape[0]) - (np.cumsum(n_steps[tied]) - n_steps[tied])[tie_of_step]
+        rows = tied[tie_of_step]
+        steps = first_step[rows] + step_number
+        fraction = step_number / events[rows]
+        exposed[steps] -= fraction * table.n_exposed_events[rows]
+        unexposed[steps] -= fraction * table.n_unexposed_events[rows]
     return _Steps(
         np.arange(table.n_fits, dtype=np.int64),
-        table.fit_index[row],
+        step_fit,
         exposed,
         unexposed,
         np.bincount(table.fit_index, weights=table.n_exposed_events, minlength=table.n_fits),
