@@ -126,8 +126,12 @@ def _read_relation(con: duckdb.DuckDBPyConnection, sources: SourceFiles) -> str:
             f"encoding={sql_literal(encoding)}, union_by_name=true)"
         )
         try:
-            # A full scan surfaces encoding errors anywhere in the files, not only in the sniffed sample.
-            con.execute(f"SELECT count(*) FROM {relation}").fetchone()
+            if sources.encoding:
+                # A declared encoding is trusted: the single labelling scan reports a file it cannot decode.
+                con.execute(f"SELECT * FROM {relation} LIMIT 1").fetchall()
+            else:
+                # Guessing needs a full scan: encoding errors can sit anywhere, not only in the sniffed sample.
+                con.execute(f"SELECT count(*) FROM {relation}").fetchone()
             return relation
         except duckdb.Error as error:
             last_error = error
@@ -460,7 +464,18 @@ def _validate_one(
     """Label every row of one extract (or part) with its reject reason and write clean rows and rejects."""
     name = reader.extract
     checks, joins = extract_checks(name, config["study"], config["validation"])
-    con.execute(f"CREATE OR REPLACE TEMP VIEW labelled_{name} AS {reader.labelled_sql(person_id_type, checks, joins)}")
+    # The rows are read and labelled once into a temporary table (spilled to resources.tmpdir beyond
+    # resources.memory_gb); the clean and the rejected rows are then written from it.
+    try:
+        con.execute(
+            f"CREATE OR REPLACE TEMP TABLE labelled_{name} AS {reader.labelled_sql(person_id_type, checks, joins)}"
+        )
+    except duckdb.Error as error:
+        raise ExtractError(
+            f"{name}: cannot read {reader.file_label}"
+            f"{f' with encoding {reader.sources.encoding}' if reader.sources.encoding else ''}: "
+            f"{str(error).splitlines()[0]}"
+        ) from error
     if name != "population":
         _check_overlap(con, reader, population_label)
     log.info("validating %s from %s", name, reader.file_label)
