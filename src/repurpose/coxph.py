@@ -45,6 +45,9 @@ SEPARATION_MIN_ABS_COEF = 8.0
 # or when the correlation-scaled information has an eigenvalue below it.
 SINGULAR_RELATIVE_TOL = 1e-10
 MAX_STEP_HALVINGS = 30
+# A trial point whose log-likelihood is lower by at most this fraction of |log L| is not a decrease
+# (rounding of sums over tens of thousands of risk sets; without it Newton stalls at national scale).
+LOGLIK_ROUNDING_SLACK = 1e-12
 # fit_efron works on blocks of fits of about this many rows: small enough to stay in cache.
 _BLOCK_ROWS = 1 << 17
 
@@ -825,7 +828,10 @@ def accept_or_halve(
         & np.all(np.isfinite(new_info), axis=(1, 2))
     )
     negligible = (state.halvings[idx] == 0) & (0.5 * state.decrement[idx] <= tol)
-    accept = finite & ((new_loglik >= state.loglik[idx]) | negligible)
+    # A log-likelihood summed over many risk sets carries rounding error of about 1e-16 x its terms: a
+    # step that changes it by less than that is not a decrease, or Newton would stall near the maximum.
+    slack = LOGLIK_ROUNDING_SLACK * np.maximum(np.abs(state.loglik[idx]), 1.0)
+    accept = finite & ((new_loglik >= state.loglik[idx] - slack) | negligible)
     done_now = accept & negligible
 
     acc = idx[accept]
