@@ -22,19 +22,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from repurpose.coxph import (
-    MAX_STEP_HALVINGS,
-    SEPARATION_MIN_ABS_COEF,
-    SEPARATION_MIN_STEP,
     SINGULAR_RELATIVE_TOL,
     CoxEngineError,
     CoxFitResult,
-    NewtonArrays,
     RiskSetTable,
     RiskSetTableError,
-    accept_or_halve,
     concatenated_ranges,
-    cox_fit_result,
-    newton_step,
+    finish_fits,
+    newton_raphson,
+    start_newton,
 )
 
 __all__ = ["BinaryRiskSets", "fit_binary_efron"]
@@ -206,19 +202,12 @@ def fit_binary_efron(table: BinaryRiskSets, *, max_iter: int = 50, tol: float = 
     n_events = np.bincount(
         table.fit_index, weights=table.n_exposed_events + table.n_unexposed_events, minlength=n_fits
     )
-    beta = np.zeros((n_fits, 1))
     status = np.full(n_fits, "ok", dtype="<U20")
     status[~(n_events > 0)] = "no_events"
-    converged = np.zeros(n_fits, dtype=bool)
-    n_iter = np.zeros(n_fits, dtype=np.int64)
     loglik = np.zeros(n_fits)
     loglik_null = np.zeros(n_fits)
     score = np.zeros((n_fits, 1))
     information = np.zeros((n_fits, 1, 1))
-    step = np.zeros((n_fits, 1))
-    last_step = np.zeros((n_fits, 1))
-    decrement = np.zeros(n_fits)
-    halvings = np.zeros(n_fits, dtype=np.int64)
 
     fits = np.flatnonzero(n_events > 0)
     steps = _efron_steps(table).subset(fits)
@@ -230,45 +219,18 @@ def fit_binary_efron(table: BinaryRiskSets, *, max_iter: int = 50, tol: float = 
     status[singular] = "singular_information"
     exact_separation = _separation(table)
 
-    active_local = np.flatnonzero(~singular_local)
-    active = fits[active_local]
-    steps = steps.subset(active_local)
-    if active.size:
-        step[active] = newton_step(information[active], score[active])
-        decrement[active] = np.einsum("fp,fp->f", score[active], step[active])
-    trial = beta + step
-    if max_iter == 0:
-        active = active[:0]
+    steps = steps.subset(np.flatnonzero(~singular_local))
+    active = steps.fits
+    newton = start_newton(np.zeros((n_fits, 1)), loglik, score, information, active)
 
-    newton = NewtonArrays(beta, trial, step, last_step, loglik, score, information, decrement, halvings, converged, n_iter)
-    while active.size:
+    def evaluate(active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        nonlocal steps
         if active.size < 0.5 * steps.fits.shape[0]:
             steps = steps.subset(np.flatnonzero(np.isin(steps.fits, active, assume_unique=True)))
-        new_loglik, new_score, new_info, _ = _derivatives(steps, trial[steps.fits, 0])
+        new_loglik, new_score, new_info, _ = _derivatives(steps, newton.trial[steps.fits, 0])
         in_active = np.isin(steps.fits, active, assume_unique=True)
-        idx = steps.fits[in_active]
-        done_now, _ = accept_or_halve(
-            newton, idx, new_loglik[in_active], new_score[in_active, None], new_info[in_active, None, None], tol
-        )
-        finished = done_now | (n_iter[idx] >= max_iter) | (halvings[idx] > MAX_STEP_HALVINGS)
-        active = idx[~finished]
+        evaluated = steps.fits[in_active]
+        return evaluated, new_loglik[in_active], new_score[in_active, None], new_info[in_active, None, None]
 
-    stopped = np.setdiff1d(fits, singular)
-    status[stopped[~converged[stopped]]] = "not_converged"
-    moving_step = np.where(converged[:, None], last_step, step)
-    numeric_separation = (
-        (np.abs(moving_step) >= SEPARATION_MIN_STEP)
-        & (np.abs(beta) >= SEPARATION_MIN_ABS_COEF)
-        & (moving_step * beta > 0)
-    )
-    infinite_coef = np.zeros((n_fits, 1), dtype=bool)
-    infinite_coef[stopped] = exact_separation[stopped, None] | numeric_separation[stopped]
-    separated = stopped[infinite_coef[stopped, 0]]
-    status[separated] = "separation"
-    converged[separated] = False
-
-    beta[singular] = np.nan
-    loglik[singular] = loglik_null[singular]
-    information[singular] = np.nan
-    beta[status == "no_events"] = np.nan
-    return cox_fit_result(beta, information, loglik, loglik_null, n_iter, converged, status, n_events, infinite_coef)
+    newton_raphson(newton, active, evaluate, max_iter, tol)
+    return finish_fits(newton, status, fits, singular, exact_separation[:, None], loglik_null, n_events)

@@ -9,7 +9,7 @@ fits simultaneously with vectorised Newton-Raphson. See ``docs/cox_engine.md`` f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -31,7 +31,10 @@ __all__ = [
     "RiskSetTableError",
     "aggregate_counting_process",
     "efron_log_likelihood",
+    "finish_fits",
     "fit_efron",
+    "newton_raphson",
+    "start_newton",
 ]
 
 FIT_STATUSES = ("ok", "no_events", "separation", "singular_information", "not_converged")
@@ -855,6 +858,51 @@ def accept_or_halve(
     return done_now, moving
 
 
+def start_newton(
+    beta: np.ndarray, loglik: np.ndarray, score: np.ndarray, information: np.ndarray, active: np.ndarray
+) -> NewtonArrays:
+    """Newton-Raphson state at the starting point `beta` (its log-likelihood, score and information
+    given): the full Newton step of each `active` fit is its first trial point; other fits stay put."""
+    n_fits, p = beta.shape
+    step = np.zeros((n_fits, p))
+    decrement = np.zeros(n_fits)
+    if active.size:
+        step[active] = newton_step(information[active], score[active])
+        decrement[active] = np.einsum("fp,fp->f", score[active], step[active])
+    return NewtonArrays(
+        beta=beta,
+        trial=beta + step,
+        step=step,
+        last_step=np.zeros((n_fits, p)),
+        loglik=loglik,
+        score=score,
+        information=information,
+        decrement=decrement,
+        halvings=np.zeros(n_fits, dtype=np.int64),
+        converged=np.zeros(n_fits, dtype=bool),
+        n_iter=np.zeros(n_fits, dtype=np.int64),
+    )
+
+
+def newton_raphson(
+    newton: NewtonArrays,
+    active: np.ndarray,
+    evaluate: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+    max_iter: int,
+    tol: float,
+) -> None:
+    """Accept-or-halve iterations until every active fit has converged or used `max_iter` evaluations or
+    `MAX_STEP_HALVINGS` halvings. `evaluate(active)` returns (fits, log L, score, information) at the
+    trial points of the active fits (in any order); `newton` is updated in place."""
+    if max_iter == 0:
+        return
+    while active.size:
+        fits, new_loglik, new_score, new_info = evaluate(active)
+        done_now, _ = accept_or_halve(newton, fits, new_loglik, new_score, new_info, tol)
+        finished = done_now | (newton.n_iter[fits] >= max_iter) | (newton.halvings[fits] > MAX_STEP_HALVINGS)
+        active = fits[~finished]
+
+
 def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float) -> CoxFitResult:
     """:func:`fit_efron` on one block of fits, all vectorised together."""
     n_fits, p = table.n_fits, table.n_covariates
@@ -863,14 +911,10 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
 
     status = np.full(n_fits, "ok", dtype="<U20")
     status[~(n_events > 0)] = "no_events"
-    converged = np.zeros(n_fits, dtype=bool)
-    n_iter = np.zeros(n_fits, dtype=np.int64)
     loglik = np.zeros(n_fits)
     loglik_null = np.zeros(n_fits)
     score = np.zeros((n_fits, p))
     information = np.zeros((n_fits, p, p))
-    infinite_coef = np.zeros((n_fits, p), dtype=bool)
-    last_step = np.zeros((n_fits, p))
 
     fits = np.flatnonzero(n_events > 0)
     if fits.size == 0:
@@ -879,11 +923,11 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
             information,
             loglik,
             loglik_null,
-            n_iter,
-            converged,
+            np.zeros(n_fits, dtype=np.int64),
+            np.zeros(n_fits, dtype=bool),
             status,
             n_events,
-            infinite_coef,
+            np.zeros((n_fits, p), dtype=bool),
         )
     row_pattern, patterns = _prepare(table)
     ws = _Workspace(table, row_pattern, patterns, fits)
@@ -897,44 +941,48 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
 
     start = at_zero if not np.any(beta[fits]) else _evaluate(ws, beta[fits])
     loglik[fits], score[fits], information[fits] = start.loglik, start.score, start.information
-
     active = np.setdiff1d(fits, singular)
-    step = np.zeros((n_fits, p))
-    decrement = np.zeros(n_fits)
-    halvings = np.zeros(n_fits, dtype=np.int64)
-    if active.size:
-        step[active] = newton_step(information[active], score[active])
-        decrement[active] = np.einsum("fp,fp->f", score[active], step[active])
-    trial = beta + step
-    if max_iter == 0:
-        active = active[:0]
+    newton = start_newton(beta, loglik, score, information, active)
 
-    while active.size:
+    def evaluate(active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        nonlocal ws
         if active.size < 0.5 * ws.n_fits:
             ws = _Workspace(table, row_pattern, patterns, active)
-        derivs = _evaluate(ws, trial[ws.fits])
+        derivs = _evaluate(ws, newton.trial[ws.fits])
         in_active = np.isin(ws.fits, active, assume_unique=True)
-        idx = ws.fits[in_active]
-        new_loglik = derivs.loglik[in_active]
-        new_score = derivs.score[in_active]
-        new_info = derivs.information[in_active]
-        newton = NewtonArrays(beta, trial, step, last_step, loglik, score, information, decrement, halvings, converged, n_iter)
-        done_now, _ = accept_or_halve(newton, idx, new_loglik, new_score, new_info, tol)
+        return ws.fits[in_active], derivs.loglik[in_active], derivs.score[in_active], derivs.information[in_active]
 
-        finished = done_now | (n_iter[idx] >= max_iter) | (halvings[idx] > MAX_STEP_HALVINGS)
-        active = idx[~finished]
+    newton_raphson(newton, active, evaluate, max_iter, tol)
+    return finish_fits(newton, status, fits, singular, exact_separation, loglik_null, n_events)
 
+
+def finish_fits(
+    newton: NewtonArrays,
+    status: np.ndarray,
+    fits: np.ndarray,
+    singular: np.ndarray,
+    exact_separation: np.ndarray,
+    loglik_null: np.ndarray,
+    n_events: np.ndarray,
+) -> CoxFitResult:
+    """After Newton-Raphson stopped: mark fits not converged or separated, blank unidentifiable ones, and
+    build the result (shared by `fit_efron` and `binary_cox.fit_binary_efron`).
+
+    `fits` are the fits with events, `singular` those with singular information at 0, `exact_separation`
+    (n_fits, p) the directions of monotone likelihood found from the data.
+    """
+    beta, converged, information, loglik = newton.beta, newton.converged, newton.information, newton.loglik
     stopped = np.setdiff1d(fits, singular)
-    not_done = stopped[~converged[stopped]]
-    status[not_done] = "not_converged"
+    status[stopped[~converged[stopped]]] = "not_converged"
     # Monotone likelihood seen numerically: a large coefficient still moving by a sizeable step
     # while the likelihood no longer changes (converged), or still heading outwards (not converged).
-    moving_step = np.where(converged[:, None], last_step, step)
+    moving_step = np.where(converged[:, None], newton.last_step, newton.step)
     numeric_separation = (
         (np.abs(moving_step) >= SEPARATION_MIN_STEP)
         & (np.abs(beta) >= SEPARATION_MIN_ABS_COEF)
         & (moving_step * beta > 0)
     )
+    infinite_coef = np.zeros(beta.shape, dtype=bool)
     infinite_coef[stopped] = exact_separation[stopped] | numeric_separation[stopped]
     separated = stopped[np.any(infinite_coef[stopped], axis=1)]
     status[separated] = "separation"
@@ -944,7 +992,9 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
     loglik[singular] = loglik_null[singular]
     information[singular] = np.nan
     beta[status == "no_events"] = np.nan
-    return cox_fit_result(beta, information, loglik, loglik_null, n_iter, converged, status, n_events, infinite_coef)
+    return cox_fit_result(
+        beta, information, loglik, loglik_null, newton.n_iter, converged, status, n_events, infinite_coef
+    )
 
 
 def cox_fit_result(
