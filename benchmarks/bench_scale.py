@@ -446,6 +446,7 @@ def render(data: dict[str, Any]) -> str:
     sizes = sorted(data["sizes"], key=lambda r: r["n_persons"])
     a = analyse(sizes)
     m = data["machine"]
+    loads = [load for record in sizes for load in _load_range(record)] or [m["load_average"][0]]
     out = [SECTION, ""]
     out.append(
         f"Produced by `make bench` (`benchmarks/bench_scale.py`; raw figures in `{data.get('json', 'scale.json')}`), "
@@ -475,8 +476,13 @@ def render(data: dict[str, Any]) -> str:
             "- The FLOOR is one DuckDB pass `COPY (SELECT person_id, atc_code, count(*), min(dispense_date) "
             "FROM read_parquet('<validated prescriptions>/**/*.parquet') GROUP BY ALL) TO ...` in a fresh "
             "process under the pipeline's DuckDB memory limit and threads.",
-            f"- Load average (1 min) when the run started: {m['load_average'][0]:.1f} on {m['logical_cpus']} CPUs. "
-            "The machine is shared with other test runs, so timings are noisy; per-stage load averages are in the JSON.",
+            f"- Load average (1 min) when the run started: {m['load_average'][0]:.1f} on {m['logical_cpus']} CPUs; "
+            f"at the stages' starts {min(loads):.1f}-{max(loads):.1f}. "
+            + ("Above the CPU count the machine was shared with other work and timings are inflated; "
+               if max(loads) > m["logical_cpus"] + 0.5 else
+               "Nothing else ran beside the benchmark (its own jobs make the load); timings still vary by about 10% "
+               "between runs; ")
+            + "per-stage load averages are in the JSON.",
             ""]
 
     out += ["### Per size and stage", "",

@@ -41,10 +41,12 @@ def _run_stage(name: str, config: dict[str, Any], work: Path, queue: mp.Queue) -
         run_cohort(config, work / "validated/population.parquet", work / "validated/ms_registry.parquet",
                    work / "cohort.parquet", work / "flow.json")
     elif name == "exposure":
-        from repurpose.exposure import build_exposures
+        from repurpose.exposure import build_exposures, build_substance_exposures
 
+        prescriptions, cohort = work / "validated/prescriptions", work / "cohort.parquet"
+        build_substance_exposures(config, prescriptions, cohort, work / "substances.parquet")
         for level in config["screen"]["atc_levels"]:
-            build_exposures(config, work / "validated/prescriptions", work / "cohort.parquet", level, work / f"exposure_{level}.parquet")
+            build_exposures(config, prescriptions, cohort, level, work / f"exposure_{level}.parquet", work / "substances.parquet")
     elif name == "screen":
         from repurpose.screen import gather_screen, screen_level
 

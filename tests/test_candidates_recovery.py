@@ -17,7 +17,7 @@ import pytest
 from repurpose.candidates import _model_cohort, confirmation_fit, run_candidates
 from repurpose.cohort import run_cohort
 from repurpose.config import load_config
-from repurpose.exposure import build_exposures
+from repurpose.exposure import build_exposures, build_substance_exposures
 from repurpose.ingest import validate_extracts
 from repurpose.mechanisms import run_mechanisms
 from repurpose.screen import gather_screen, screen_level
@@ -44,8 +44,10 @@ def run(tmp_path_factory):
     validate_extracts(config, work / "validated", work / "validation")
     run_cohort(config, work / "validated/population.parquet", work / "validated/ms_registry.parquet", work / "cohort.parquet", work / "flow.json")
     parts = []
+    build_substance_exposures(config, work / "validated/prescriptions", work / "cohort.parquet", work / "substances.parquet")
     for level in LEVELS:
-        build_exposures(config, work / "validated/prescriptions", work / "cohort.parquet", level, work / f"exposure_{level}.parquet")
+        build_exposures(config, work / "validated/prescriptions", work / "cohort.parquet", level, work / f"exposure_{level}.parquet",
+                        work / "substances.parquet")
         screen_level(config, work / "cohort.parquet", work / f"exposure_{level}.parquet", level, work / f"part_{level}.parquet")
         parts.append(str(work / f"part_{level}.parquet"))
     gather_screen(config, parts, work / "dwas.parquet", work / "dwas.csv")
