@@ -109,6 +109,7 @@ class _Steps:
     exposed: np.ndarray  # a: exposed at risk in the step
     unexposed: np.ndarray  # u: unexposed at risk in the step
     exposed_events: np.ndarray  # per local fit: sum d1
+    steps_per_fit: np.ndarray  # per local fit
 
     def subset(self, keep_local: np.ndarray) -> _Steps:
         """Steps of the local fits `keep_local` (sorted), renumbered."""
@@ -121,6 +122,7 @@ class _Steps:
             self.exposed[rows],
             self.unexposed[rows],
             self.exposed_events[keep_local],
+            lengths,
         )
 
 
@@ -147,13 +149,13 @@ def _efron_steps(table: BinaryRiskSets) -> _Steps:
         exposed,
         unexposed,
         np.bincount(table.fit_index, weights=table.n_exposed_events, minlength=table.n_fits),
+        np.bincount(step_fit, minlength=table.n_fits),
     )
 
 
 def _derivatives(steps: _Steps, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Log-likelihood, score, information and expected exposed events of every local fit at `beta`."""
-    n_fits = steps.fits.shape[0]
-    steps_per_fit = np.bincount(steps.step_fit, minlength=n_fits)
+    n_fits, steps_per_fit = steps.fits.shape[0], steps.steps_per_fit
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         # Divide through by e^max(b, 0) so that no exp() overflows; the weights are per fit.
         shift = np.maximum(beta, 0.0)

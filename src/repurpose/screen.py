@@ -333,27 +333,23 @@ def stratum_totals(totals: RiskSetCounts, time_span: int) -> RiskSetCounts:
 def binary_risk_sets(
     totals: RiskSetCounts,
     pair_key: np.ndarray,
-    pair_first_start: np.ndarray,
-    pair_last_exit: np.ndarray,
+    first: np.ndarray,
+    lengths: np.ndarray,
     start_keys: np.ndarray,
     exit_keys: np.ndarray,
     event_keys: np.ndarray,
-    n_strata: int,
     time_span: int,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Exposed and unexposed counts at the event times of (class, stratum) pairs; returns, per risk set
     with someone exposed at risk: (pair, n1, n0, d1, d0).
 
-    `totals` (from `stratum_totals`) is sorted by (stratum, time). A pair (key class * n_strata + stratum,
-    sorted) has as risk sets its stratum's event times in (first exposed start, last exposed exit]; outside
-    that span nobody exposed is at risk. The query keys pair * time_span + time therefore come out sorted,
-    and each exposed row (sorted keys pair * time_span + start / exit) is at risk at the contiguous run of
-    queries with start < time <= exit: found by binary search, summed by a running total.
+    `totals` (from `stratum_totals`) is sorted by (stratum, time); pair i (key class * n_strata + stratum,
+    sorted) has as risk sets the `lengths[i]` totals rows from `first[i]`: its stratum's event times in
+    (first exposed start, last exposed exit], since outside that span nobody exposed is at risk. The query
+    keys pair * time_span + time therefore come out sorted, and each exposed row (sorted keys
+    pair * time_span + start / exit) is at risk at the contiguous run of queries with start < time <= exit:
+    found by binary search, summed by a running total.
     """
-    pair_stratum = pair_key % n_strata
-    total_key = totals.stratum * time_span + totals.time
-    first = np.searchsorted(total_key, pair_stratum * time_span + pair_first_start, "right")
-    lengths = np.searchsorted(total_key, pair_stratum * time_span + pair_last_exit, "right") - first
     query_total = concatenated_ranges(first, lengths)
     query_pair = np.repeat(np.arange(pair_key.shape[0], dtype=np.int64), lengths)
     query_key = pair_key[query_pair] * time_span + totals.time[query_total]
@@ -406,10 +402,10 @@ def fit_binary_in_chunks(
     pair_first_start = start_keys[row_bounds[:-1]] % time_span
     pair_last_exit = exit_keys[row_bounds[1:] - 1] % time_span
     pair_class, pair_stratum = pair_key // n_strata, pair_key % n_strata
+    # Each pair's risk sets: the totals rows of its stratum in (first exposed start, last exposed exit].
     total_key = totals.stratum * time_span + totals.time
-    pair_queries = np.searchsorted(total_key, pair_stratum * time_span + pair_last_exit, "right") - np.searchsorted(
-        total_key, pair_stratum * time_span + pair_first_start, "right"
-    )
+    pair_first_query = np.searchsorted(total_key, pair_stratum * time_span + pair_first_start, "right")
+    pair_queries = np.searchsorted(total_key, pair_stratum * time_span + pair_last_exit, "right") - pair_first_query
     # Chunks end at class boundaries once their queries reach the cap.
     class_starts = run_starts(pair_class)
     class_queries = np.add.reduceat(pair_queries, class_starts) if pair_key.size else np.zeros(0, np.int64)
@@ -422,8 +418,8 @@ def fit_binary_in_chunks(
         rows = slice(row_bounds[lo], row_bounds[hi])
         events = slice(*np.searchsorted(event_keys, [pair_key[lo] * time_span, (pair_key[hi - 1] + 1) * time_span]))
         pair, n1, n0, d1, d0 = binary_risk_sets(
-            totals, pair_key[lo:hi], pair_first_start[lo:hi], pair_last_exit[lo:hi],
-            start_keys[rows], exit_keys[rows], event_keys[events], n_strata, time_span,
+            totals, pair_key[lo:hi], pair_first_query[lo:hi], pair_queries[lo:hi],
+            start_keys[rows], exit_keys[rows], event_keys[events], time_span,
         )
         first_fit = fit_of_class[pair_class[lo]]
         fit = fit_of_class[pair_class[lo:hi][pair]] - first_fit
