@@ -222,7 +222,7 @@ def test_a_batch_where_every_class_is_fitted_keeps_the_part_schema():
 
 def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypatch):
     """Without covariates the screen fits the exposure-only model on 4 counts per risk set
-    (`fit_binary_in_chunks`); the general cell-and-pattern engine gives the same estimates, and splitting
+    (`fit_binary_lag`); the general cell-and-pattern engine gives the same estimates, and splitting
     the classes into chunks of a few risk sets gives identical results."""
     from repurpose import screen as screen_module
 
@@ -231,17 +231,7 @@ def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypa
     config = config_for(adjust={"strata": ["sex", "birth_cohort"], "covariates": []})
     whole = screen_exposures(cohort, exposures, config, level=3)
 
-    def general_engine(totals, class_index, stratum, start, exit_, event, fit_of_class, n_strata, time_span):
-        layout = screen_module.CellLayout(
-            np.zeros(0, np.int64), np.arange(n_strata), np.zeros((n_strata, 0)), [], n_strata
-        )
-        table = screen_module.build_risk_sets(
-            layout, totals, class_index, stratum, start, exit_, event, fit_of_class,
-            int(fit_of_class.max()) + 1, time_span,
-        )
-        return screen_module.fit_efron(table)
-
-    monkeypatch.setattr(screen_module, "fit_binary_in_chunks", general_engine)
+    monkeypatch.setattr(screen_module, "fits_exposure_only", lambda layout: False)
     general = screen_exposures(cohort, exposures, config, level=3)
     monkeypatch.undo()
     monkeypatch.setattr(screen_module, "MAX_QUERIES_PER_CHUNK", 40)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -220,32 +221,31 @@ def exposed_rows(
     )
 
 
-def fit_sex_group(
-    cohort: pl.DataFrame,
-    exposures: pl.DataFrame,
+@dataclass(frozen=True)
+class ClassCounts:
+    """Per class, at one lag and in one sex group: exposed persons, exposed cases, exposed person-years."""
+
+    n_exposed: np.ndarray
+    n_exposed_cases: np.ndarray
+    person_years_exposed: np.ndarray
+
+
+def fit_classes(
     classes: list[str],
+    counts: ClassCounts,
+    fit: Callable[[np.ndarray], CoxFitResult],
     lag_years: float,
     sex_group: str,
-    layout: CellLayout,
-    totals: RiskSetCounts,
-    time_span: int,
+    group_size: tuple[int, int],
     min_exposed_cases: int,
 ) -> pl.DataFrame:
-    """Fit every class for one lag and sex group; one result row per class (fitted or skipped with a reason).
+    """Fit every class with enough exposed cases; one result row per class (fitted or skipped with a reason).
 
-    `layout` and `totals` (from `cell_layout` and `total_counts`) depend only on the sex group and the
-    adjustment, so they are computed once and shared by all lags; `time_span` exceeds every age in days.
+    `fit(fit_of_class)` fits the classes with `fit_of_class >= 0` (numbered in class order) and returns
+    their results in that order; `group_size` is the sex group's (persons, cases).
     """
-    cell_of_person = layout.cell_of_person
-    class_index, cell, start, exit_, event = exposed_rows(cohort, exposures, layout, lag_years)
     n_classes = len(classes)
-    n_exposed = np.bincount(class_index, minlength=n_classes)
-    n_exposed_cases = np.bincount(class_index[event], minlength=n_classes)
-    py_exposed = np.bincount(class_index, weights=(exit_ - start) / DAYS_PER_YEAR, minlength=n_classes)
-    members = cell_of_person >= 0
-    n_persons = int(members.sum())
-    n_cases = int(cohort["event"].to_numpy()[members].sum())
-
+    n_exposed, n_exposed_cases = counts.n_exposed, counts.n_exposed_cases
     to_fit = np.flatnonzero((n_exposed_cases >= min_exposed_cases) & (n_exposed > 0))
     fit_of_class = np.full(n_classes, -1)
     fit_of_class[to_fit] = np.arange(len(to_fit))
@@ -257,23 +257,7 @@ def fit_sex_group(
     reason = np.array([f"fewer than {min_exposed_cases} exposed cases"] * n_classes, dtype=object)
 
     if len(to_fit):
-        if layout.covariate_design.shape[1] == 0:
-            result = fit_binary_in_chunks(
-                totals,
-                class_index,
-                layout.stratum_of_cell[cell],
-                start,
-                exit_,
-                event,
-                fit_of_class,
-                int(layout.stratum_of_cell.max()) + 1,
-                time_span,
-            )
-        else:
-            table = build_risk_sets(
-                layout, totals, class_index, cell, start, exit_, event, fit_of_class, len(to_fit), time_span
-            )
-            result = fit_efron(table)
+        result = fit(fit_of_class)
         coef[to_fit] = result.coef[:, 0]
         se[to_fit] = result.se[:, 0]
         converged[to_fit] = result.converged
@@ -282,7 +266,6 @@ def fit_sex_group(
         reason[to_fit] = [None if s == "ok" else f"fit status: {s}" for s in result.status]
 
     z = stats.norm.ppf(0.975)
-    n_classes = len(classes)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # diverging fits carry their status
         estimates = {
             "hr": np.exp(coef),
@@ -297,11 +280,11 @@ def fit_sex_group(
             "atc_code": classes,
             "lag_years": [float(lag_years)] * n_classes,
             "sex": [sex_group] * n_classes,
-            "n_persons": [n_persons] * n_classes,
+            "n_persons": [group_size[0]] * n_classes,
             "n_exposed": n_exposed.astype(np.int64),
-            "n_cases": [n_cases] * n_classes,
+            "n_cases": [group_size[1]] * n_classes,
             "n_exposed_cases": n_exposed_cases.astype(np.int64),
-            "person_years_exposed": np.round(py_exposed.astype(np.float64), 2),
+            "person_years_exposed": np.round(counts.person_years_exposed.astype(np.float64), 2),
             **estimates,
             "converged": converged,
             "n_iter": n_iter,
@@ -312,119 +295,199 @@ def fit_sex_group(
     ).filter(pl.col("n_exposed") > 0)
 
 
+def general_batch(
+    cohort: pl.DataFrame,
+    exposures: pl.DataFrame,
+    layout: CellLayout,
+    totals: RiskSetCounts,
+    n_classes: int,
+    lag_years: float,
+    time_span: int,
+) -> tuple[ClassCounts, Callable[[np.ndarray], CoxFitResult]]:
+    """Counts and fitter of one lag with the general engine (covariates beside the exposure)."""
+    class_index, cell, start, exit_, event = exposed_rows(cohort, exposures, layout, lag_years)
+    counts = ClassCounts(
+        np.bincount(class_index, minlength=n_classes),
+        np.bincount(class_index[event], minlength=n_classes),
+        np.bincount(class_index, weights=(exit_ - start) / DAYS_PER_YEAR, minlength=n_classes),
+    )
+
+    def fit(fit_of_class: np.ndarray) -> CoxFitResult:
+        n_fits = int(fit_of_class.max()) + 1
+        return fit_efron(
+            build_risk_sets(layout, totals, class_index, cell, start, exit_, event, fit_of_class, n_fits, time_span)
+        )
+
+    return counts, fit
+
+
+def binary_batch(
+    rows: ExposedRows, grid: StratumGrid, lag_years: float
+) -> tuple[ClassCounts, Callable[[np.ndarray], CoxFitResult]]:
+    """Counts and fitter of one lag with the binary engine (exposure the only covariate).
+
+    Exposure counts from max(entry, exposure start + lag) to exit; a row whose lagged start is not before
+    its exit is kept with its start set to its exit, so it is at risk nowhere and counted nowhere.
+    """
+    lag_days = round(lag_years * DAYS_PER_YEAR)
+    start = np.minimum(np.maximum(rows.entry, rows.exposure_start + lag_days), rows.exit)
+    exposed = start < rows.exit
+    counts = ClassCounts(
+        segment_sums(exposed, rows.class_bounds),
+        segment_sums(exposed & rows.event, rows.class_bounds),
+        segment_sums((rows.exit - start) / DAYS_PER_YEAR, rows.class_bounds),
+    )
+    return counts, lambda fit_of_class: fit_binary_lag(rows, grid, start, exposed, fit_of_class)
+
+
+def segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Sums of `values[bounds[i]:bounds[i + 1]]` (empty segments sum to 0)."""
+    return np.diff(np.r_[0, np.cumsum(values)][bounds])
+
+
 MAX_QUERIES_PER_CHUNK = 1 << 22
 """Risk sets built and fitted at once by the binary path (bounds its memory: ~10 arrays of this length)."""
 
 
-def stratum_totals(totals: RiskSetCounts, time_span: int) -> RiskSetCounts:
-    """`totals` summed over the cells of each stratum, sorted by (stratum, time): the binary path's risk sets."""
+@dataclass(frozen=True)
+class StratumGrid:
+    """The risk sets of one sex group before exposure is known: each stratum's distinct event times,
+    sorted by (stratum, time), with the numbers at risk and the events there.
+
+    `first` holds each stratum's first row (and the end), and `events_up_to[stratum * time_span + age]` is
+    the row of the stratum's first event time after `age`: an (n_strata x time_span) int32 lookup, so a
+    row's place among the risk sets is one gather instead of a binary search (~146 KB per stratum).
+    """
+
+    time: np.ndarray
+    n_at_risk: np.ndarray
+    n_events: np.ndarray
+    first: np.ndarray
+    events_up_to: np.ndarray
+
+    @property
+    def n_strata(self) -> int:
+        return int(self.first.shape[0] - 1)
+
+
+def stratum_grid(totals: RiskSetCounts, n_strata: int, time_span: int) -> StratumGrid:
+    """`totals` (per cell) summed over the cells of each stratum: the risk sets of the exposure-only model."""
     key = totals.stratum * time_span + totals.time
     unique_key, index = np.unique(key, return_inverse=True)
     stratum = unique_key // time_span
-    return RiskSetCounts(
-        cell=stratum,
+    events_up_to = np.searchsorted(unique_key, np.arange(n_strata * time_span), "right").astype(np.int32)
+    return StratumGrid(
         time=unique_key % time_span,
-        stratum=stratum,
         n_at_risk=np.bincount(index, weights=totals.n_at_risk, minlength=unique_key.shape[0]),
         n_events=np.bincount(index, weights=totals.n_events, minlength=unique_key.shape[0]),
+        first=np.searchsorted(stratum, np.arange(n_strata + 1), "left"),
+        events_up_to=events_up_to,
     )
 
 
-def binary_risk_sets(
-    totals: RiskSetCounts,
-    pair_key: np.ndarray,
-    first: np.ndarray,
-    lengths: np.ndarray,
-    start_keys: np.ndarray,
-    exit_keys: np.ndarray,
-    event_keys: np.ndarray,
-    time_span: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Exposed and unexposed counts at the event times of (class, stratum) pairs; returns, per risk set
-    with someone exposed at risk: (pair, n1, n0, d1, d0).
+@dataclass(frozen=True)
+class ExposedRows:
+    """The person-class rows of one sex group, laid out for counting exposed persons in every risk set.
 
-    `totals` (from `stratum_totals`) is sorted by (stratum, time); pair i (key class * n_strata + stratum,
-    sorted) has as risk sets the `lengths[i]` totals rows from `first[i]`: its stratum's event times in
-    (first exposed start, last exposed exit], since outside that span nobody exposed is at risk. The query
-    keys pair * time_span + time therefore come out sorted, and each exposed row (sorted keys
-    pair * time_span + start / exit) is at risk at the contiguous run of queries with start < time <= exit:
-    found by binary search, summed by a running total.
+    Rows are sorted by class (`class_bounds[c]:class_bounds[c + 1]` are class c's). A class's queries are
+    the risk sets of each stratum where it has rows, in (stratum, time) order: `class_queries` bounds them,
+    and `pair_stratum` / `pair_queries` list its (class, stratum) pairs in the same order. A row's query
+    for age a is `query_base + grid.events_up_to[age_key_base + a]`; `exit_query` is that of its exit.
+    Everything here is independent of the lag, so it is computed once per sex group.
     """
-    query_total = concatenated_ranges(first, lengths)
-    query_pair = np.repeat(np.arange(pair_key.shape[0], dtype=np.int64), lengths)
-    query_key = pair_key[query_pair] * time_span + totals.time[query_total]
-    n_queries = query_key.shape[0]
-    change = np.bincount(np.searchsorted(query_key, start_keys, "right"), minlength=n_queries + 1) - np.bincount(
-        np.searchsorted(query_key, exit_keys, "right"), minlength=n_queries + 1
+
+    class_bounds: np.ndarray
+    exposure_start: np.ndarray
+    entry: np.ndarray
+    exit: np.ndarray
+    event: np.ndarray
+    age_key_base: np.ndarray
+    query_base: np.ndarray
+    exit_query: np.ndarray
+    class_queries: np.ndarray
+    pair_class: np.ndarray
+    pair_stratum: np.ndarray
+    pair_queries: np.ndarray
+
+
+def exposed_rows_by_class(
+    exposures: pl.DataFrame, layout: CellLayout, grid: StratumGrid, n_classes: int, time_span: int
+) -> ExposedRows:
+    """Lay out the exposure rows of a sex group for `fit_binary_lag` (`exposures` from `index_screen_inputs`)."""
+    cell = layout.cell_of_person[exposures["cohort_row"].to_numpy()]
+    member = cell >= 0
+    class_index = exposures["class_index"].to_numpy()[member]
+    stratum = layout.stratum_of_cell[cell[member]]
+    pair = class_index * grid.n_strata + stratum
+    stratum_queries = np.diff(grid.first)
+    pair_queries = np.where(
+        np.bincount(pair, minlength=n_classes * grid.n_strata) > 0, np.tile(stratum_queries, n_classes), 0
     )
-    n_exposed = np.cumsum(change[:-1]).astype(np.float64)
-    exposed_events = np.bincount(np.searchsorted(query_key, event_keys, "left"), minlength=n_queries).astype(
-        np.float64
-    )
-    informative = n_exposed > 0
-    query_total = query_total[informative]
-    n_exposed, exposed_events = n_exposed[informative], exposed_events[informative]
-    return (
-        query_pair[informative],
-        n_exposed,
-        totals.n_at_risk[query_total] - n_exposed,
-        exposed_events,
-        totals.n_events[query_total] - exposed_events,
+    pair_first_query = np.cumsum(pair_queries) - pair_queries
+    query_base = pair_first_query[pair] - grid.first[stratum]
+    age_key_base = stratum * time_span
+    exit_ = exposures["exit"].to_numpy()[member]
+    present = np.flatnonzero(pair_queries)
+    return ExposedRows(
+        class_bounds=np.searchsorted(class_index, np.arange(n_classes + 1), "left"),
+        exposure_start=exposures["exposure_start_age_days"].to_numpy()[member],
+        entry=exposures["entry"].to_numpy()[member],
+        exit=exit_,
+        event=exposures["event"].to_numpy()[member],
+        age_key_base=age_key_base,
+        query_base=query_base,
+        exit_query=query_base + grid.events_up_to[age_key_base + exit_],
+        class_queries=np.r_[0, np.cumsum(pair_queries.reshape(n_classes, grid.n_strata).sum(axis=1))],
+        pair_class=present // grid.n_strata,
+        pair_stratum=present % grid.n_strata,
+        pair_queries=pair_queries[present],
     )
 
 
-def fit_binary_in_chunks(
-    totals: RiskSetCounts,
-    class_index: np.ndarray,
-    stratum: np.ndarray,
-    start: np.ndarray,
-    exit_: np.ndarray,
-    event: np.ndarray,
-    fit_of_class: np.ndarray,
-    n_strata: int,
-    time_span: int,
+def fit_binary_lag(
+    rows: ExposedRows, grid: StratumGrid, start: np.ndarray, exposed: np.ndarray, fit_of_class: np.ndarray
 ) -> CoxFitResult:
-    """Fit every class with `fit_of_class >= 0` (exposure its only covariate) in chunks of whole classes.
+    """Fit every class with `fit_of_class >= 0` on its risk sets at one lag (lagged `start` per row).
 
-    The exposed rows become sorted keys pair * time_span + age (pair = class * n_strata + stratum), so a
-    pair's rows, first start and last exit, and a chunk's rows, are contiguous runs. Each chunk holds about
-    `MAX_QUERIES_PER_CHUNK` risk sets, so memory does not grow with the number of classes; results come
-    back in fit order.
+    Per chunk of classes (about `MAX_QUERIES_PER_CHUNK` risk sets, so memory does not grow with the
+    number of classes), each row adds one at its start's query and removes one at its exit's query; a
+    running sum gives the exposed at risk (start < time <= exit) and the exposed events sit at the exit's
+    query. Risk sets with nobody exposed at risk carry no information and are dropped. Results come back in
+    fit order.
     """
-    fitted = fit_of_class[class_index] >= 0
-    base = (class_index[fitted] * n_strata + stratum[fitted]) * time_span
-    start_keys = np.sort(base + start[fitted])
-    exit_keys = np.sort(base + exit_[fitted])
-    event_keys = np.sort((base + exit_[fitted])[event[fitted]])
-    # Both key arrays hold the same rows per pair, so the pairs' runs start at the same positions.
-    row_bounds = np.r_[run_starts(start_keys // time_span), start_keys.shape[0]]
-    pair_key = start_keys[row_bounds[:-1]] // time_span
-    pair_first_start = start_keys[row_bounds[:-1]] % time_span
-    pair_last_exit = exit_keys[row_bounds[1:] - 1] % time_span
-    pair_class, pair_stratum = pair_key // n_strata, pair_key % n_strata
-    # Each pair's risk sets: the totals rows of its stratum in (first exposed start, last exposed exit].
-    total_key = totals.stratum * time_span + totals.time
-    pair_first_query = np.searchsorted(total_key, pair_stratum * time_span + pair_first_start, "right")
-    pair_queries = np.searchsorted(total_key, pair_stratum * time_span + pair_last_exit, "right") - pair_first_query
-    # Chunks end at class boundaries once their queries reach the cap.
-    class_starts = run_starts(pair_class)
-    class_queries = np.add.reduceat(pair_queries, class_starts) if pair_key.size else np.zeros(0, np.int64)
-    chunk_of_pair = np.repeat(
-        np.cumsum(class_queries) // MAX_QUERIES_PER_CHUNK, np.diff(np.r_[class_starts, pair_key.shape[0]])
-    )
-    chunk_bounds = np.r_[run_starts(chunk_of_pair), pair_key.shape[0]]
+    n_classes = fit_of_class.shape[0]
+    chunk_of_class = rows.class_queries[1:] // MAX_QUERIES_PER_CHUNK
+    chunk_bounds = np.r_[run_starts(chunk_of_class), n_classes]
     results = []
-    for lo, hi in zip(chunk_bounds[:-1], chunk_bounds[1:], strict=True):
-        rows = slice(row_bounds[lo], row_bounds[hi])
-        events = slice(*np.searchsorted(event_keys, [pair_key[lo] * time_span, (pair_key[hi - 1] + 1) * time_span]))
-        pair, n1, n0, d1, d0 = binary_risk_sets(
-            totals, pair_key[lo:hi], pair_first_query[lo:hi], pair_queries[lo:hi],
-            start_keys[rows], exit_keys[rows], event_keys[events], time_span,
+    for first_class, end_class in zip(chunk_bounds[:-1], chunk_bounds[1:], strict=True):
+        chunk_fits = fit_of_class[first_class:end_class]
+        if not np.any(chunk_fits >= 0):
+            continue
+        r = slice(rows.class_bounds[first_class], rows.class_bounds[end_class])
+        first_query = rows.class_queries[first_class]
+        n_queries = int(rows.class_queries[end_class] - first_query)
+        start_query = rows.query_base[r] + grid.events_up_to[rows.age_key_base[r] + start[r]] - first_query
+        exit_query = rows.exit_query[r] - first_query
+        n_exposed = np.cumsum(
+            np.bincount(start_query, minlength=n_queries + 1)[:n_queries]
+            - np.bincount(exit_query, minlength=n_queries + 1)[:n_queries]
         )
-        first_fit = fit_of_class[pair_class[lo]]
-        fit = fit_of_class[pair_class[lo:hi][pair]] - first_fit
-        n_fits = fit_of_class[pair_class[hi - 1]] - first_fit + 1
-        results.append(fit_binary_efron(BinaryRiskSets(fit, n1, n0, d1, d0, n_fits)))
+        exposed_events = np.bincount(exit_query[rows.event[r] & exposed[r]] - 1, minlength=n_queries)
+        pairs = slice(*np.searchsorted(rows.pair_class, [first_class, end_class]))
+        grid_row = concatenated_ranges(grid.first[rows.pair_stratum[pairs]], rows.pair_queries[pairs])
+        first_fit = chunk_fits[chunk_fits >= 0][0]
+        fit = np.repeat(fit_of_class[rows.pair_class[pairs]], rows.pair_queries[pairs]) - first_fit
+        informative = (n_exposed > 0) & (fit >= 0)
+        grid_row, n_exposed, exposed_events = grid_row[informative], n_exposed[informative], exposed_events[informative]
+        table = BinaryRiskSets(
+            fit[informative],
+            n_exposed,
+            grid.n_at_risk[grid_row] - n_exposed,
+            exposed_events,
+            grid.n_events[grid_row] - exposed_events,
+            int(chunk_fits.max()) - first_fit + 1,
+        )
+        results.append(fit_binary_efron(table))
     return CoxFitResult(
         **{name: np.concatenate([getattr(r, name) for r in results]) for name in CoxFitResult.__dataclass_fields__}
     )
@@ -538,18 +601,29 @@ def index_screen_inputs(
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[str], int]:
     """Cohort with adjustment labels and row numbers, exposures keyed by (cohort_row, class_index) and
     carrying the person's entry, exit and event (sorted by class), the sorted class codes, and a time span
-    exceeding every age in days (for the search keys)."""
+    exceeding every age in days (for the search keys).
+
+    Exposure tables come sorted by class (docs/schemas.md), so that order is kept rather than re-sorted.
+    """
     cohort = prepare_cohort(cohort, screen["birth_cohort_band_years"]).with_row_index("cohort_row")
     classes = sorted(exposures["atc_code"].unique().to_list())
-    class_lookup = pl.DataFrame({"atc_code": classes, "class_index": np.arange(len(classes))})
-    exposures = (
-        exposures.select("person_id", "atc_code", pl.col("exposure_start_age_days").cast(pl.Int64))
-        .join(cohort.select("person_id", "cohort_row", "entry", "exit", "event"), on="person_id")
-        .join(class_lookup, on="atc_code")
-        .with_columns(pl.col("cohort_row").cast(pl.Int64))
-        .sort("class_index", "cohort_row")
+    exposures = exposures.select(
+        "person_id",
+        pl.col("exposure_start_age_days").cast(pl.Int64),
+        class_index=pl.col("atc_code").cast(pl.Enum(classes)).to_physical().cast(pl.Int64),
+    ).join(
+        cohort.select("person_id", pl.col("cohort_row").cast(pl.Int64), "entry", "exit", "event"),
+        on="person_id",
+        maintain_order="left",
     )
+    if not exposures["class_index"].is_sorted():
+        exposures = exposures.sort("class_index", maintain_order=True)
     return cohort, exposures, classes, int(cohort["exit"].max()) + 2
+
+
+def fits_exposure_only(layout: CellLayout) -> bool:
+    """Whether the model has the exposure as its only covariate (adjustment by strata alone): the binary engine."""
+    return layout.covariate_design.shape[1] == 0
 
 
 def screen_exposures(
@@ -566,13 +640,18 @@ def screen_exposures(
     for sex_group in screen["sex_strata"]:
         layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
         totals = total_counts(cohort, layout, time_span)
-        if layout.covariate_design.shape[1] == 0:
-            totals = stratum_totals(totals, time_span)
+        members = layout.cell_of_person >= 0
+        group_size = (int(members.sum()), int(cohort["event"].to_numpy()[members].sum()))
+        if fits_exposure_only(layout):
+            grid = stratum_grid(totals, int(layout.stratum_of_cell.max()) + 1, time_span)
+            rows = exposed_rows_by_class(exposures, layout, grid, len(classes), time_span)
         for lag in screen["lags_years"]:
             started = time.perf_counter()
-            part = fit_sex_group(
-                cohort, exposures, classes, lag, sex_group, layout, totals, time_span, screen["min_exposed_cases"]
-            )
+            if fits_exposure_only(layout):
+                counts, fit = binary_batch(rows, grid, lag)
+            else:
+                counts, fit = general_batch(cohort, exposures, layout, totals, len(classes), lag, time_span)
+            part = fit_classes(classes, counts, fit, lag, sex_group, group_size, screen["min_exposed_cases"])
             results.append(part)
             elapsed = time.perf_counter() - started_all
             log.info(
