@@ -30,6 +30,7 @@ from repurpose.coxph import (
     concatenated_ranges,
     finish_fits,
     newton_raphson,
+    segment_sums,
     start_newton,
 )
 
@@ -81,6 +82,10 @@ class BinaryRiskSets:
     def n_rows(self) -> int:
         return int(self.fit_index.shape[0])
 
+    def fit_bounds(self) -> np.ndarray:
+        """Row bounds of the fits: fit f has rows fit_bounds()[f]:fit_bounds()[f + 1]."""
+        return np.searchsorted(self.fit_index, np.arange(self.n_fits + 1), "left")
+
     def to_risk_set_table(self) -> RiskSetTable:
         """The same risk sets as a general `RiskSetTable` (an unexposed and an exposed row per risk set)."""
         n = self.n_rows
@@ -102,35 +107,44 @@ class BinaryRiskSets:
 
 @dataclass
 class _Steps:
-    """Efron steps of the risk sets with events of a subset of fits (`fits`), indexed 0..len(fits)-1."""
+    """Efron steps of the risk sets with events of a subset of fits (`fits`), indexed 0..len(fits)-1.
+
+    Each local fit has at least one step, and its steps are the contiguous run of `steps_per_fit` from
+    `first_step`, so per-fit sums are `np.add.reduceat` passes (several times faster than `bincount`).
+    """
 
     fits: np.ndarray
-    step_fit: np.ndarray  # local fit index per step (sorted)
+    first_step: np.ndarray
+    steps_per_fit: np.ndarray
     exposed: np.ndarray  # a: exposed at risk in the step
     unexposed: np.ndarray  # u: unexposed at risk in the step
     exposed_events: np.ndarray  # per local fit: sum d1
-    steps_per_fit: np.ndarray  # per local fit
 
     def subset(self, keep_local: np.ndarray) -> _Steps:
         """Steps of the local fits `keep_local` (sorted), renumbered."""
-        starts = np.searchsorted(self.step_fit, keep_local, "left")
-        lengths = np.searchsorted(self.step_fit, keep_local, "right") - starts
-        rows = concatenated_ranges(starts, lengths)
+        if keep_local.shape[0] == self.fits.shape[0]:
+            return self
+        lengths = self.steps_per_fit[keep_local]
+        rows = concatenated_ranges(self.first_step[keep_local], lengths)
         return _Steps(
             self.fits[keep_local],
-            np.repeat(np.arange(keep_local.shape[0], dtype=np.int64), lengths),
+            np.cumsum(lengths) - lengths,
+            lengths,
             self.exposed[rows],
             self.unexposed[rows],
             self.exposed_events[keep_local],
-            lengths,
         )
 
+    def sums(self, values: np.ndarray) -> np.ndarray:
+        """Per local fit, the sum of a per-step array."""
+        return np.add.reduceat(values, self.first_step) if self.fits.shape[0] else np.zeros(0)
 
-def _efron_steps(table: BinaryRiskSets) -> _Steps:
-    """Expand tied risk sets into Efron steps; risk sets without events carry nothing and are dropped."""
+
+def _efron_steps(table: BinaryRiskSets, fits: np.ndarray) -> _Steps:
+    """Expand the tied risk sets of `fits` (fits with events) into Efron steps; risk sets without events
+    carry nothing and are dropped."""
     events = table.n_exposed_events + table.n_unexposed_events
     n_steps = events.astype(np.int64)
-    step_fit = np.repeat(table.fit_index, n_steps)
     exposed = np.repeat(table.n_exposed_at_risk, n_steps)
     unexposed = np.repeat(table.n_unexposed_at_risk, n_steps)
     tied = np.flatnonzero(n_steps > 1)
@@ -143,30 +157,39 @@ def _efron_steps(table: BinaryRiskSets) -> _Steps:
         fraction = step_number / events[rows]
         exposed[steps] -= fraction * table.n_exposed_events[rows]
         unexposed[steps] -= fraction * table.n_unexposed_events[rows]
+    row_bounds = table.fit_bounds()
+    steps_per_fit = segment_sums(n_steps, row_bounds)[fits]
     return _Steps(
-        np.arange(table.n_fits, dtype=np.int64),
-        step_fit,
+        fits,
+        np.cumsum(steps_per_fit) - steps_per_fit,
+        steps_per_fit,
         exposed,
         unexposed,
-        np.bincount(table.fit_index, weights=table.n_exposed_events, minlength=table.n_fits),
-        np.bincount(step_fit, minlength=table.n_fits),
+        segment_sums(table.n_exposed_events, row_bounds)[fits],
     )
 
 
 def _derivatives(steps: _Steps, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Log-likelihood, score, information and expected exposed events of every local fit at `beta`."""
-    n_fits, steps_per_fit = steps.fits.shape[0], steps.steps_per_fit
+    """Log-likelihood, score, information and expected exposed events of every local fit at `beta`.
+
+    Works in place on two step-length arrays: at national scale a fit has ~40,000 steps.
+    """
+    steps_per_fit = steps.steps_per_fit
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         # Divide through by e^max(b, 0) so that no exp() overflows; the weights are per fit.
         shift = np.maximum(beta, 0.0)
-        exposed_weight = steps.exposed * np.repeat(np.exp(beta - shift), steps_per_fit)
-        total = steps.unexposed * np.repeat(np.exp(-shift), steps_per_fit) + exposed_weight
-        share = exposed_weight / total
-        log_total = np.log(total)
-    sum_log_total = np.bincount(steps.step_fit, weights=log_total, minlength=n_fits) + steps_per_fit * shift
-    expected = np.bincount(steps.step_fit, weights=share, minlength=n_fits)
-    share *= 1.0 - share
-    information = np.bincount(steps.step_fit, weights=share, minlength=n_fits)
+        share = np.repeat(np.exp(beta - shift), steps_per_fit)
+        share *= steps.exposed
+        total = np.repeat(np.exp(-shift), steps_per_fit)
+        total *= steps.unexposed
+        total += share
+        share /= total
+        np.log(total, out=total)
+    sum_log_total = steps.sums(total) + steps_per_fit * shift
+    expected = steps.sums(share)
+    np.subtract(1.0, share, out=total)
+    total *= share
+    information = steps.sums(total)
     return beta * steps.exposed_events - sum_log_total, steps.exposed_events - expected, information, expected
 
 
@@ -179,9 +202,10 @@ def _separation(table: BinaryRiskSets) -> np.ndarray:
     n1, n0 = table.n_exposed_at_risk, table.n_unexposed_at_risk
     d1, d0 = table.n_exposed_events, table.n_unexposed_events
     has_events = (d1 + d0) > 0
+    row_bounds = table.fit_bounds()
 
     def any_per_fit(flags: np.ndarray) -> np.ndarray:
-        return np.bincount(table.fit_index, weights=flags, minlength=table.n_fits) > 0
+        return segment_sums(flags, row_bounds) > 0
 
     varies = any_per_fit(has_events & (n1 > 0) & (n0 > 0))
     not_top = any_per_fit((d0 > 0) & (n1 > 0))
@@ -201,9 +225,7 @@ def fit_binary_efron(table: BinaryRiskSets, *, max_iter: int = 50, tol: float = 
     if not (tol > 0):
         raise CoxEngineError(f"tol must be positive; got {tol!r}.")
     n_fits = table.n_fits
-    n_events = np.bincount(
-        table.fit_index, weights=table.n_exposed_events + table.n_unexposed_events, minlength=n_fits
-    )
+    n_events = segment_sums(table.n_exposed_events + table.n_unexposed_events, table.fit_bounds())
     status = np.full(n_fits, "ok", dtype="<U20")
     status[~(n_events > 0)] = "no_events"
     loglik = np.zeros(n_fits)
@@ -212,7 +234,7 @@ def fit_binary_efron(table: BinaryRiskSets, *, max_iter: int = 50, tol: float = 
     information = np.zeros((n_fits, 1, 1))
 
     fits = np.flatnonzero(n_events > 0)
-    steps = _efron_steps(table).subset(fits)
+    steps = _efron_steps(table, fits)
     null_loglik, null_score, null_info, null_expected = _derivatives(steps, np.zeros(fits.shape[0]))
     loglik_null[fits] = loglik[fits] = null_loglik
     score[fits, 0], information[fits, 0, 0] = null_score, null_info

@@ -203,6 +203,21 @@ def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + np.repeat(np.asarray(starts, dtype=np.int64) - offsets, lengths)
 
 
+def segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+    """Sums of `values[bounds[i]:bounds[i + 1]]` for consecutive segments (empty ones sum to 0).
+
+    One `np.add.reduceat` pass: several times faster than `np.bincount` with weights, and it adds each
+    segment in order, so float sums are as exact as a plain sum. Integers and booleans sum as int64.
+    """
+    dtype = np.float64 if values.dtype.kind == "f" else np.int64
+    lengths = np.diff(bounds)
+    sums = np.zeros(lengths.shape[0], dtype=dtype)
+    nonempty = lengths > 0
+    if nonempty.any():
+        sums[nonempty] = np.add.reduceat(values[: bounds[-1]], bounds[:-1][nonempty], dtype=dtype)
+    return sums
+
+
 def _factorize(values: np.ndarray) -> tuple[np.ndarray, int]:
     """Integer codes 0..k-1 (in sorted order of the values) for a 1-D or 2-D (rows) array; hash-based."""
     if values.ndim == 1:

@@ -28,7 +28,14 @@ from scipy import stats
 from repurpose.atc import anatomical_group_filter, load_atc_names
 from repurpose.binary_cox import BinaryRiskSets, fit_binary_efron
 from repurpose.cohort import DAYS_PER_YEAR
-from repurpose.coxph import CoxFitResult, RiskSetTable, concatenated_ranges, fit_efron, run_starts
+from repurpose.coxph import (
+    CoxFitResult,
+    RiskSetTable,
+    concatenated_ranges,
+    fit_efron,
+    run_starts,
+    segment_sums,
+)
 from repurpose.disclosure import SCREEN_RULES, for_display, suppress_small_counts
 
 log = logging.getLogger(__name__)
@@ -338,11 +345,6 @@ def binary_batch(
         segment_sums((rows.exit - start) / DAYS_PER_YEAR, rows.class_bounds),
     )
     return counts, lambda fit_of_class: fit_binary_lag(rows, grid, start, exposed, fit_of_class)
-
-
-def segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """Sums of `values[bounds[i]:bounds[i + 1]]` (empty segments sum to 0)."""
-    return np.diff(np.r_[0, np.cumsum(values)][bounds])
 
 
 MAX_QUERIES_PER_CHUNK = 1 << 22
