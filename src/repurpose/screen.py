@@ -211,20 +211,23 @@ def exposed_rows(
     """Exposed person-class rows of a sex group at a lag: (class_index, cell, start, exit, event).
 
     Exposure counts from max(entry, exposure start + lag) to exit; rows outside the sex group or whose
-    lagged start is not before exit are dropped. `exposures` comes from `index_screen_inputs` (it carries
-    each row's cohort row, class index, entry, exit and event).
+    lagged start is not before exit are dropped. `cohort` and `exposures` come from `index_screen_inputs`
+    (each exposure row carries its cohort row and class index).
     """
     lag_days = round(lag_years * DAYS_PER_YEAR)
-    cell = layout.cell_of_person[exposures["cohort_row"].to_numpy()]
-    exit_ = exposures["exit"].to_numpy()
-    start = np.maximum(exposures["entry"].to_numpy(), exposures["exposure_start_age_days"].to_numpy() + lag_days)
+    cohort_row = exposures["cohort_row"].to_numpy()
+    cell = layout.cell_of_person[cohort_row]
+    exit_ = cohort["exit"].to_numpy()[cohort_row]
+    start = np.maximum(
+        cohort["entry"].to_numpy()[cohort_row], exposures["exposure_start_age_days"].to_numpy() + lag_days
+    )
     keep = np.flatnonzero((cell >= 0) & (start < exit_))
     return (
         exposures["class_index"].to_numpy()[keep],
         cell[keep],
         start[keep],
         exit_[keep],
-        exposures["event"].to_numpy()[keep],
+        cohort["event"].to_numpy()[cohort_row[keep]],
     )
 
 
@@ -337,14 +340,17 @@ def binary_batch(
     its exit is kept with its start set to its exit, so it is at risk nowhere and counted nowhere.
     """
     lag_days = round(lag_years * DAYS_PER_YEAR)
-    start = np.minimum(np.maximum(rows.entry, rows.exposure_start + lag_days), rows.exit)
+    start = rows.exposure_start + np.int32(lag_days)
+    np.maximum(start, rows.entry, out=start)
+    np.minimum(start, rows.exit, out=start)
     exposed = start < rows.exit
+    event_exposed = exposed[rows.event_rows]
     counts = ClassCounts(
         segment_sums(exposed, rows.class_bounds),
-        segment_sums(exposed & rows.event, rows.class_bounds),
-        segment_sums((rows.exit - start) / DAYS_PER_YEAR, rows.class_bounds),
+        np.diff(np.searchsorted(rows.event_rows[event_exposed], rows.class_bounds)),
+        segment_sums(rows.exit - start, rows.class_bounds) / DAYS_PER_YEAR,
     )
-    return counts, lambda fit_of_class: fit_binary_lag(rows, grid, start, exposed, fit_of_class)
+    return counts, lambda fit_of_class: fit_binary_lag(rows, grid, start, event_exposed, fit_of_class)
 
 
 MAX_QUERIES_PER_CHUNK = 1 << 22
@@ -392,95 +398,134 @@ class ExposedRows:
     """The person-class rows of one sex group, laid out for counting exposed persons in every risk set.
 
     Rows are sorted by class (`class_bounds[c]:class_bounds[c + 1]` are class c's). A class's queries are
-    the risk sets of each stratum where it has rows, in (stratum, time) order: `class_queries` bounds them,
-    and `pair_stratum` / `pair_queries` list its (class, stratum) pairs in the same order. A row's query
-    for age a is `query_base + grid.events_up_to[age_key_base + a]`; `exit_query` is that of its exit.
-    Everything here is independent of the lag, so it is computed once per sex group.
+    the risk sets of each stratum where it has rows, in (stratum, time) order, bounded by `class_queries`;
+    per query, `query_grid_row` and `query_class` name its risk set and class. A row's query for age a is
+    `query_base + grid.events_up_to[age_key_base + a]`. Classes are fitted in chunks (`chunk_bounds`,
+    class numbers) of about `MAX_QUERIES_PER_CHUNK` queries, and `exits_at` counts per query the chunk's
+    rows whose exit's query it is; `event_exit_query` is that query for the rows with an event
+    (`event_rows`). All of this is independent of
+    the lag, so it is computed once per sex group; ages and keys are int32 to halve the memory traffic.
     """
 
     class_bounds: np.ndarray
     exposure_start: np.ndarray
     entry: np.ndarray
     exit: np.ndarray
-    event: np.ndarray
+    event_rows: np.ndarray
+    event_exit_query: np.ndarray
     age_key_base: np.ndarray
     query_base: np.ndarray
-    exit_query: np.ndarray
     class_queries: np.ndarray
-    pair_class: np.ndarray
-    pair_stratum: np.ndarray
-    pair_queries: np.ndarray
+    query_grid_row: np.ndarray
+    query_class: np.ndarray
+    chunk_bounds: np.ndarray
+    exits_at: np.ndarray
 
 
 def exposed_rows_by_class(
-    exposures: pl.DataFrame, layout: CellLayout, grid: StratumGrid, n_classes: int, time_span: int
+    cohort: pl.DataFrame,
+    exposures: pl.DataFrame,
+    layout: CellLayout,
+    grid: StratumGrid,
+    n_classes: int,
+    time_span: int,
 ) -> ExposedRows:
-    """Lay out the exposure rows of a sex group for `fit_binary_lag` (`exposures` from `index_screen_inputs`)."""
-    cell = layout.cell_of_person[exposures["cohort_row"].to_numpy()]
+    """Lay out the exposure rows of a sex group for `fit_binary_lag` (`cohort` and `exposures` from
+    `index_screen_inputs`)."""
+    cohort_row = exposures["cohort_row"].to_numpy()
+    cell = layout.cell_of_person.astype(np.int32)[cohort_row]
     member = cell >= 0
-    class_index = exposures["class_index"].to_numpy()[member]
-    stratum = layout.stratum_of_cell[cell[member]]
+    everyone = bool(member.all())
+    if not everyone:
+        cohort_row, cell = cohort_row[member], cell[member]
+
+    def of_members(column: str, dtype: type = np.int32) -> np.ndarray:
+        values = exposures[column].to_numpy()
+        return (values if everyone else values[member]).astype(dtype, copy=False)
+
+    def of_persons(column: str, dtype: type = np.int32) -> np.ndarray:
+        return cohort[column].to_numpy().astype(dtype)[cohort_row]
+
+    stratum = layout.stratum_of_cell.astype(np.int32)[cell]
+    del cell
+    class_index = of_members("class_index", np.int64)
     pair = class_index * grid.n_strata + stratum
-    stratum_queries = np.diff(grid.first)
     pair_queries = np.where(
-        np.bincount(pair, minlength=n_classes * grid.n_strata) > 0, np.tile(stratum_queries, n_classes), 0
+        np.bincount(pair, minlength=n_classes * grid.n_strata) > 0, np.tile(np.diff(grid.first), n_classes), 0
     )
     pair_first_query = np.cumsum(pair_queries) - pair_queries
-    query_base = pair_first_query[pair] - grid.first[stratum]
-    age_key_base = stratum * time_span
-    exit_ = exposures["exit"].to_numpy()[member]
+    query_base = pair_first_query[pair]
+    del pair
+    query_base -= grid.first[stratum]
+    age_key_base = stratum * np.int32(time_span)
+    del stratum
+    exit_ = of_persons("exit")
+    exit_query = query_base + grid.events_up_to[age_key_base + exit_]
+    class_bounds = np.searchsorted(class_index, np.arange(n_classes + 1), "left")
+    class_queries = np.r_[0, np.cumsum(pair_queries.reshape(n_classes, grid.n_strata).sum(axis=1))]
     present = np.flatnonzero(pair_queries)
+    chunk_bounds = np.r_[run_starts(class_queries[1:] // MAX_QUERIES_PER_CHUNK), n_classes]
+    exits_at = np.zeros(int(class_queries[-1]), dtype=np.int32)
+    for first_class, end_class in zip(chunk_bounds[:-1], chunk_bounds[1:], strict=True):
+        first_query, end_query = class_queries[first_class], class_queries[end_class]
+        chunk_exits = exit_query[class_bounds[first_class] : class_bounds[end_class]] - first_query
+        exits_at[first_query:end_query] = np.bincount(chunk_exits, minlength=end_query - first_query + 1)[:-1]
+    event_rows = np.flatnonzero(of_persons("event", bool))
+    pair_queries = pair_queries[present].astype(np.int32)
     return ExposedRows(
-        class_bounds=np.searchsorted(class_index, np.arange(n_classes + 1), "left"),
-        exposure_start=exposures["exposure_start_age_days"].to_numpy()[member],
-        entry=exposures["entry"].to_numpy()[member],
+        class_bounds=class_bounds,
+        exposure_start=of_members("exposure_start_age_days"),
+        entry=of_persons("entry"),
         exit=exit_,
-        event=exposures["event"].to_numpy()[member],
+        event_rows=event_rows,
+        event_exit_query=exit_query[event_rows],
         age_key_base=age_key_base,
         query_base=query_base,
-        exit_query=query_base + grid.events_up_to[age_key_base + exit_],
-        class_queries=np.r_[0, np.cumsum(pair_queries.reshape(n_classes, grid.n_strata).sum(axis=1))],
-        pair_class=present // grid.n_strata,
-        pair_stratum=present % grid.n_strata,
-        pair_queries=pair_queries[present],
+        class_queries=class_queries,
+        query_grid_row=concatenated_ranges(grid.first[present % grid.n_strata], pair_queries, np.int32),
+        query_class=np.repeat((present // grid.n_strata).astype(np.int32), pair_queries),
+        chunk_bounds=chunk_bounds,
+        exits_at=exits_at,
     )
 
 
 def fit_binary_lag(
-    rows: ExposedRows, grid: StratumGrid, start: np.ndarray, exposed: np.ndarray, fit_of_class: np.ndarray
+    rows: ExposedRows,
+    grid: StratumGrid,
+    start: np.ndarray,
+    event_exposed: np.ndarray,
+    fit_of_class: np.ndarray,
 ) -> CoxFitResult:
-    """Fit every class with `fit_of_class >= 0` on its risk sets at one lag (lagged `start` per row).
+    """Fit every class with `fit_of_class >= 0` on its risk sets at one lag (lagged `start` per row;
+    `event_exposed` tells which of `rows.event_rows` are exposed at their event).
 
-    Per chunk of classes (about `MAX_QUERIES_PER_CHUNK` risk sets, so memory does not grow with the
-    number of classes), each row adds one at its start's query and removes one at its exit's query; a
-    running sum gives the exposed at risk (start < time <= exit) and the exposed events sit at the exit's
-    query. Risk sets with nobody exposed at risk carry no information and are dropped. Results come back in
-    fit order.
+    Per chunk of classes (so memory does not grow with the number of classes), each row adds one at its
+    start's query and removes one at its exit's query; a running sum gives the exposed at risk
+    (start < time <= exit), and the exposed events sit at the exit's query. Risk sets with nobody exposed
+    at risk carry no information and are dropped. Results come back in fit order.
     """
-    n_classes = fit_of_class.shape[0]
-    chunk_of_class = rows.class_queries[1:] // MAX_QUERIES_PER_CHUNK
-    chunk_bounds = np.r_[run_starts(chunk_of_class), n_classes]
     results = []
-    for first_class, end_class in zip(chunk_bounds[:-1], chunk_bounds[1:], strict=True):
+    for first_class, end_class in zip(rows.chunk_bounds[:-1], rows.chunk_bounds[1:], strict=True):
         chunk_fits = fit_of_class[first_class:end_class]
         if not np.any(chunk_fits >= 0):
             continue
-        r = slice(rows.class_bounds[first_class], rows.class_bounds[end_class])
-        first_query = rows.class_queries[first_class]
-        n_queries = int(rows.class_queries[end_class] - first_query)
-        start_query = rows.query_base[r] + grid.events_up_to[rows.age_key_base[r] + start[r]] - first_query
-        exit_query = rows.exit_query[r] - first_query
-        n_exposed = np.cumsum(
-            np.bincount(start_query, minlength=n_queries + 1)[:n_queries]
-            - np.bincount(exit_query, minlength=n_queries + 1)[:n_queries]
-        )
-        exposed_events = np.bincount(exit_query[rows.event[r] & exposed[r]] - 1, minlength=n_queries)
-        pairs = slice(*np.searchsorted(rows.pair_class, [first_class, end_class]))
-        grid_row = concatenated_ranges(grid.first[rows.pair_stratum[pairs]], rows.pair_queries[pairs])
+        first_row, end_row = rows.class_bounds[first_class], rows.class_bounds[end_class]
+        first_query, end_query = rows.class_queries[first_class], rows.class_queries[end_class]
+        n_queries = int(end_query - first_query)
+        position = grid.events_up_to[rows.age_key_base[first_row:end_row] + start[first_row:end_row]]
+        position = position + rows.query_base[first_row:end_row]
+        position -= first_query
+        n_exposed = np.bincount(position, minlength=n_queries + 1)[:-1]
+        n_exposed -= rows.exits_at[first_query:end_query]
+        np.cumsum(n_exposed, out=n_exposed)
+        events = slice(*np.searchsorted(rows.event_rows, [first_row, end_row]))
+        event_query = rows.event_exit_query[events][event_exposed[events]] - first_query - 1
+        exposed_events = np.bincount(event_query, minlength=n_queries)
         first_fit = chunk_fits[chunk_fits >= 0][0]
-        fit = np.repeat(fit_of_class[rows.pair_class[pairs]], rows.pair_queries[pairs]) - first_fit
-        informative = (n_exposed > 0) & (fit >= 0)
-        grid_row, n_exposed, exposed_events = grid_row[informative], n_exposed[informative], exposed_events[informative]
+        fit = fit_of_class[rows.query_class[first_query:end_query]] - first_fit
+        informative = np.flatnonzero((n_exposed > 0) & (fit >= 0))
+        grid_row = rows.query_grid_row[first_query + informative]
+        n_exposed, exposed_events = n_exposed[informative], exposed_events[informative]
         table = BinaryRiskSets(
             fit[informative],
             n_exposed,
@@ -598,26 +643,32 @@ def build_risk_sets(
     )
 
 
+SCREEN_EXPOSURE_COLUMNS = ["person_id", "atc_code", "exposure_start_age_days"]
+"""The columns of an exposure table the screen reads."""
+
+
 def index_screen_inputs(
     cohort: pl.DataFrame, exposures: pl.DataFrame, screen: dict[str, Any]
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[str], int]:
-    """Cohort with adjustment labels and row numbers, exposures keyed by (cohort_row, class_index) and
-    carrying the person's entry, exit and event (sorted by class), the sorted class codes, and a time span
-    exceeding every age in days (for the search keys).
+    """Cohort with adjustment labels and row numbers, exposures keyed by (cohort_row, class_index) (sorted by
+    class), the sorted class codes, and a time span exceeding every age in days (for the search keys).
 
     Exposure tables come sorted by class (docs/schemas.md), so that order is kept rather than re-sorted.
     """
     cohort = prepare_cohort(cohort, screen["birth_cohort_band_years"]).with_row_index("cohort_row")
     classes = sorted(exposures["atc_code"].unique().to_list())
-    exposures = exposures.select(
-        "person_id",
-        pl.col("exposure_start_age_days").cast(pl.Int64),
-        class_index=pl.col("atc_code").cast(pl.Enum(classes)).to_physical().cast(pl.Int64),
-    ).join(
-        cohort.select("person_id", pl.col("cohort_row").cast(pl.Int64), "entry", "exit", "event"),
-        on="person_id",
-        maintain_order="left",
+    # A left join keeping the left order is the cheapest join that keeps the class order; persons outside
+    # the cohort are then dropped.
+    exposures = (
+        exposures.select(
+            "person_id",
+            pl.col("exposure_start_age_days").cast(pl.Int64),
+            class_index=pl.col("atc_code").cast(pl.Enum(classes)).to_physical().cast(pl.Int64),
+        )
+        .join(cohort.select("person_id", "cohort_row"), on="person_id", how="left", maintain_order="left")
+        .filter(pl.col("cohort_row").is_not_null())
     )
+    exposures = exposures.with_columns(pl.col("cohort_row").cast(pl.Int64))
     if not exposures["class_index"].is_sorted():
         exposures = exposures.sort("class_index", maintain_order=True)
     return cohort, exposures, classes, int(cohort["exit"].max()) + 2
@@ -646,7 +697,7 @@ def screen_exposures(
         group_size = (int(members.sum()), int(cohort["event"].to_numpy()[members].sum()))
         if fits_exposure_only(layout):
             grid = stratum_grid(totals, int(layout.stratum_of_cell.max()) + 1, time_span)
-            rows = exposed_rows_by_class(exposures, layout, grid, len(classes), time_span)
+            rows = exposed_rows_by_class(cohort, exposures, layout, grid, len(classes), time_span)
         for lag in screen["lags_years"]:
             started = time.perf_counter()
             if fits_exposure_only(layout):
@@ -706,7 +757,12 @@ def screen_level(
     """
     started = time.perf_counter()
     label = f"level {level}" + ("" if group == "all" else f" group {group}")
-    exposures = pl.scan_parquet(exposure_path).filter(anatomical_group_filter(group)).collect()
+    exposures = (
+        pl.scan_parquet(exposure_path)
+        .select(SCREEN_EXPOSURE_COLUMNS)
+        .filter(anatomical_group_filter(group))
+        .collect()
+    )
     if exposures.height == 0:
         results = pl.DataFrame(schema=SCREEN_PART_SCHEMA)
     else:
