@@ -222,7 +222,7 @@ def test_a_batch_where_every_class_is_fitted_keeps_the_part_schema():
 
 def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypatch):
     """Without covariates the screen fits the exposure-only model on 4 counts per risk set
-    (`fit_binary_lag`); the general cell-and-pattern engine gives the same estimates, and splitting
+    (`screen_binary`); the general cell-and-pattern engine gives the same estimates, and splitting
     the classes into chunks of a few risk sets gives identical results."""
     from repurpose import screen as screen_module
 
@@ -231,7 +231,7 @@ def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypa
     config = config_for(adjust={"strata": ["sex", "birth_cohort"], "covariates": []})
     whole = screen_exposures(cohort, exposures, config, level=3)
 
-    monkeypatch.setattr(screen_module, "fits_exposure_only", lambda layout: False)
+    monkeypatch.setattr(screen_module, "screen_binary", screen_module.screen_general)
     general = screen_exposures(cohort, exposures, config, level=3)
     monkeypatch.undo()
     monkeypatch.setattr(screen_module, "MAX_QUERIES_PER_CHUNK", 40)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -240,25 +240,29 @@ class ClassCounts:
     person_years_exposed: np.ndarray
 
 
-def fit_classes(
+def classes_to_fit(counts: ClassCounts, min_exposed_cases: int) -> np.ndarray:
+    """Fit number per class (in class order) of the classes with enough exposed cases; -1 for the others."""
+    to_fit = np.flatnonzero((counts.n_exposed_cases >= min_exposed_cases) & (counts.n_exposed > 0))
+    fit_of_class = np.full(counts.n_exposed.shape[0], -1)
+    fit_of_class[to_fit] = np.arange(len(to_fit))
+    return fit_of_class
+
+
+def class_results(
     classes: list[str],
     counts: ClassCounts,
-    fit: Callable[[np.ndarray], CoxFitResult],
+    fit_of_class: np.ndarray,
+    result: CoxFitResult | None,
     lag_years: float,
     sex_group: str,
     group_size: tuple[int, int],
     min_exposed_cases: int,
 ) -> pl.DataFrame:
-    """Fit every class with enough exposed cases; one result row per class (fitted or skipped with a reason).
-
-    `fit(fit_of_class)` fits the classes with `fit_of_class >= 0` (numbered in class order) and returns
-    their results in that order; `group_size` is the sex group's (persons, cases).
-    """
+    """One result row per class with exposed persons: fitted (`result`, in fit order) or skipped with a
+    reason; `group_size` is the sex group's (persons, cases)."""
     n_classes = len(classes)
     n_exposed, n_exposed_cases = counts.n_exposed, counts.n_exposed_cases
-    to_fit = np.flatnonzero((n_exposed_cases >= min_exposed_cases) & (n_exposed > 0))
-    fit_of_class = np.full(n_classes, -1)
-    fit_of_class[to_fit] = np.arange(len(to_fit))
+    to_fit = np.flatnonzero(fit_of_class >= 0)
     coef = np.full(n_classes, np.nan)
     se = np.full(n_classes, np.nan)
     converged = np.zeros(n_classes, dtype=bool)
@@ -266,8 +270,7 @@ def fit_classes(
     status = np.array(["skipped"] * n_classes, dtype=object)
     reason = np.array([f"fewer than {min_exposed_cases} exposed cases"] * n_classes, dtype=object)
 
-    if len(to_fit):
-        result = fit(fit_of_class)
+    if result is not None:
         coef[to_fit] = result.coef[:, 0]
         se[to_fit] = result.se[:, 0]
         converged[to_fit] = result.converged
@@ -305,52 +308,129 @@ def fit_classes(
     ).filter(pl.col("n_exposed") > 0)
 
 
-def general_batch(
-    cohort: pl.DataFrame,
-    exposures: pl.DataFrame,
-    layout: CellLayout,
-    totals: RiskSetCounts,
-    n_classes: int,
-    lag_years: float,
-    time_span: int,
-) -> tuple[ClassCounts, Callable[[np.ndarray], CoxFitResult]]:
-    """Counts and fitter of one lag with the general engine (covariates beside the exposure)."""
-    class_index, cell, start, exit_, event = exposed_rows(cohort, exposures, layout, lag_years)
-    counts = ClassCounts(
-        np.bincount(class_index, minlength=n_classes),
-        np.bincount(class_index[event], minlength=n_classes),
-        np.bincount(class_index, weights=(exit_ - start) / DAYS_PER_YEAR, minlength=n_classes),
-    )
+def screen_general(
+    cohort: pl.DataFrame, exposures: pl.DataFrame, classes: list[str], screen: dict[str, Any], time_span: int
+) -> Iterator[list[pl.DataFrame]]:
+    """The screen with the general engine (covariates beside the exposure): per sex group and lag, a part."""
+    adjust, min_cases = screen["adjust"], screen["min_exposed_cases"]
+    for sex_group in screen["sex_strata"]:
+        layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
+        totals = total_counts(cohort, layout, time_span)
+        members = layout.cell_of_person >= 0
+        group_size = (int(members.sum()), int(cohort["event"].to_numpy()[members].sum()))
+        for lag in screen["lags_years"]:
+            class_index, cell, start, exit_, event = exposed_rows(cohort, exposures, layout, lag)
+            counts = ClassCounts(
+                np.bincount(class_index, minlength=len(classes)),
+                np.bincount(class_index[event], minlength=len(classes)),
+                np.bincount(class_index, weights=(exit_ - start) / DAYS_PER_YEAR, minlength=len(classes)),
+            )
+            fit_of_class = classes_to_fit(counts, min_cases)
+            n_fits = int(fit_of_class.max()) + 1
+            result = None
+            if n_fits:
+                table = build_risk_sets(
+                    layout, totals, class_index, cell, start, exit_, event, fit_of_class, n_fits, time_span
+                )
+                result = fit_efron(table)
+            yield [class_results(classes, counts, fit_of_class, result, lag, sex_group, group_size, min_cases)]
 
-    def fit(fit_of_class: np.ndarray) -> CoxFitResult:
-        n_fits = int(fit_of_class.max()) + 1
-        return fit_efron(
-            build_risk_sets(layout, totals, class_index, cell, start, exit_, event, fit_of_class, n_fits, time_span)
+
+@dataclass(frozen=True)
+class SexGroup:
+    """A sex group fitted on a shared layout: its rows (`row_member`, None = all) and risk sets
+    (`grid_member` per grid row, None = all), and its (persons, cases)."""
+
+    name: str
+    row_member: np.ndarray | None
+    grid_member: np.ndarray | None
+    size: tuple[int, int]
+
+
+def sex_groups_of(
+    cohort: pl.DataFrame, layout: CellLayout, grid: StratumGrid, rows: ExposedRows, names: list[str]
+) -> list[SexGroup]:
+    """The sex groups `names` on `layout`: the group of sex g is its persons' rows and strata, which
+    with sex a stratum variable are exactly the strata of g (each stratum holds one sex)."""
+    sex = cohort["sex"].to_numpy()
+    member = layout.cell_of_person >= 0
+    event = cohort["event"].to_numpy()
+    groups = []
+    for name in names:
+        if name == "all":
+            groups.append(SexGroup(name, None, None, (int(member.sum()), int(event[member].sum()))))
+            continue
+        of_sex = member & (sex == name)
+        stratum_has_sex = np.zeros(grid.n_strata, dtype=bool)
+        stratum_has_sex[layout.stratum_of_cell[layout.cell_of_person[of_sex]]] = True
+        groups.append(
+            SexGroup(
+                name,
+                of_sex[rows.person_row],
+                stratum_has_sex[np.repeat(np.arange(grid.n_strata), np.diff(grid.first))],
+                (int(of_sex.sum()), int(event[of_sex].sum())),
+            )
         )
+    return groups
 
-    return counts, fit
 
+def screen_binary(
+    cohort: pl.DataFrame, exposures: pl.DataFrame, classes: list[str], screen: dict[str, Any], time_span: int
+) -> Iterator[list[pl.DataFrame]]:
+    """The screen with the binary engine (exposure the only covariate): per lag, a part per sex group.
 
-def binary_batch(
-    rows: ExposedRows, grid: StratumGrid, lag_years: float
-) -> tuple[ClassCounts, Callable[[np.ndarray], CoxFitResult]]:
-    """Counts and fitter of one lag with the binary engine (exposure the only covariate).
-
-    Exposure counts from max(entry, exposure start + lag) to exit; a row whose lagged start is not before
-    its exit is kept with its start set to its exit, so it is at risk nowhere and counted nowhere.
+    With sex among the strata, the model of each sex is the both-sexes model restricted to that sex's
+    strata: the same risk sets. So the rows and risk sets are laid out once and counted once per lag, and
+    each sex group fits its share; otherwise each sex group gets its own layout.
     """
-    lag_days = round(lag_years * DAYS_PER_YEAR)
-    start = rows.exposure_start + np.int32(lag_days)
-    np.maximum(start, rows.entry, out=start)
-    np.minimum(start, rows.exit, out=start)
-    exposed = start < rows.exit
-    event_exposed = exposed[rows.event_rows]
-    counts = ClassCounts(
+    strata, min_cases = screen["adjust"]["strata"], screen["min_exposed_cases"]
+    if "sex" in strata:
+        plan = [("all", screen["sex_strata"])]
+    else:
+        plan = [(name, [name]) for name in screen["sex_strata"]]
+    for layout_group, names in plan:
+        layout = cell_layout(cohort, layout_group, strata, [])
+        totals = total_counts(cohort, layout, time_span)
+        grid = stratum_grid(totals, int(layout.stratum_of_cell.max()) + 1, time_span)
+        rows = exposed_rows_by_class(cohort, exposures, layout, grid, len(classes), time_span)
+        groups = sex_groups_of(cohort, layout, grid, rows, names)
+        for lag in screen["lags_years"]:
+            # Exposure counts from max(entry, exposure start + lag) to exit; a row whose lagged start is
+            # not before its exit gets its exit as start, so it is at risk nowhere and counted nowhere.
+            start = rows.exposure_start + np.int32(round(lag * DAYS_PER_YEAR))
+            np.maximum(start, rows.entry, out=start)
+            np.minimum(start, rows.exit, out=start)
+            exposed = start < rows.exit
+            event_exposed = exposed[rows.event_rows]
+            counts, fits = [], []
+            for group in groups:
+                counts.append(class_counts(rows, start, exposed, event_exposed, group.row_member))
+                fits.append(classes_to_fit(counts[-1], min_cases))
+            results = fit_binary_lag(rows, grid, start, event_exposed, fits, [g.grid_member for g in groups])
+            yield [
+                class_results(classes, c, f, r, lag, g.name, g.size, min_cases)
+                for g, c, f, r in zip(groups, counts, fits, results, strict=True)
+            ]
+
+
+def class_counts(
+    rows: ExposedRows,
+    start: np.ndarray,
+    exposed: np.ndarray,
+    event_exposed: np.ndarray,
+    row_member: np.ndarray | None,
+) -> ClassCounts:
+    """Per class: exposed persons, exposed cases and exposed person-years of the member rows at a lag."""
+    duration = rows.exit - start
+    if row_member is not None:
+        exposed = exposed & row_member
+        event_exposed = event_exposed & row_member[rows.event_rows]
+        duration[~row_member] = 0
+    return ClassCounts(
         segment_sums(exposed, rows.class_bounds),
         np.diff(np.searchsorted(rows.event_rows[event_exposed], rows.class_bounds)),
-        segment_sums(rows.exit - start, rows.class_bounds) / DAYS_PER_YEAR,
+        segment_sums(duration, rows.class_bounds) / DAYS_PER_YEAR,
     )
-    return counts, lambda fit_of_class: fit_binary_lag(rows, grid, start, event_exposed, fit_of_class)
 
 
 MAX_QUERIES_PER_CHUNK = 1 << 22
@@ -408,6 +488,7 @@ class ExposedRows:
     """
 
     class_bounds: np.ndarray
+    person_row: np.ndarray
     exposure_start: np.ndarray
     entry: np.ndarray
     exit: np.ndarray
@@ -474,6 +555,7 @@ def exposed_rows_by_class(
     pair_queries = pair_queries[present].astype(np.int32)
     return ExposedRows(
         class_bounds=class_bounds,
+        person_row=cohort_row.astype(np.int32),
         exposure_start=of_members("exposure_start_age_days"),
         entry=of_persons("entry"),
         exit=exit_,
@@ -494,20 +576,23 @@ def fit_binary_lag(
     grid: StratumGrid,
     start: np.ndarray,
     event_exposed: np.ndarray,
-    fit_of_class: np.ndarray,
-) -> CoxFitResult:
-    """Fit every class with `fit_of_class >= 0` on its risk sets at one lag (lagged `start` per row;
-    `event_exposed` tells which of `rows.event_rows` are exposed at their event).
+    fits: list[np.ndarray],
+    grid_members: list[np.ndarray | None],
+) -> list[CoxFitResult | None]:
+    """Fit, for each group, the classes with `fit_of_class >= 0` on the group's risk sets at one lag
+    (lagged `start` per row; `event_exposed` tells which of `rows.event_rows` are exposed at their event;
+    `grid_members` restricts a group to some strata). Returns per group its results in fit order (None
+    when it fits nothing).
 
     Per chunk of classes (so memory does not grow with the number of classes), each row adds one at its
     start's query and removes one at its exit's query; a running sum gives the exposed at risk
     (start < time <= exit), and the exposed events sit at the exit's query. Risk sets with nobody exposed
-    at risk carry no information and are dropped. Results come back in fit order.
+    at risk carry no information and are dropped.
     """
-    results = []
+    results: list[list[CoxFitResult]] = [[] for _ in fits]
     for first_class, end_class in zip(rows.chunk_bounds[:-1], rows.chunk_bounds[1:], strict=True):
-        chunk_fits = fit_of_class[first_class:end_class]
-        if not np.any(chunk_fits >= 0):
+        chunk_fits = [fit_of_class[first_class:end_class] for fit_of_class in fits]
+        if not any(np.any(f >= 0) for f in chunk_fits):
             continue
         first_row, end_row = rows.class_bounds[first_class], rows.class_bounds[end_class]
         first_query, end_query = rows.class_queries[first_class], rows.class_queries[end_class]
@@ -521,23 +606,35 @@ def fit_binary_lag(
         events = slice(*np.searchsorted(rows.event_rows, [first_row, end_row]))
         event_query = rows.event_exit_query[events][event_exposed[events]] - first_query - 1
         exposed_events = np.bincount(event_query, minlength=n_queries)
-        first_fit = chunk_fits[chunk_fits >= 0][0]
-        fit = fit_of_class[rows.query_class[first_query:end_query]] - first_fit
-        informative = np.flatnonzero((n_exposed > 0) & (fit >= 0))
-        grid_row = rows.query_grid_row[first_query + informative]
-        n_exposed, exposed_events = n_exposed[informative], exposed_events[informative]
-        table = BinaryRiskSets(
-            fit[informative],
-            n_exposed,
-            grid.n_at_risk[grid_row] - n_exposed,
-            exposed_events,
-            grid.n_events[grid_row] - exposed_events,
-            int(chunk_fits.max()) - first_fit + 1,
-        )
-        results.append(fit_binary_efron(table))
-    return CoxFitResult(
-        **{name: np.concatenate([getattr(r, name) for r in results]) for name in CoxFitResult.__dataclass_fields__}
-    )
+        query_class = rows.query_class[first_query:end_query]
+        query_grid_row = rows.query_grid_row[first_query:end_query]
+        at_risk = n_exposed > 0
+        for group, (fit_of_class, grid_member) in enumerate(zip(fits, grid_members, strict=True)):
+            fitted = chunk_fits[group][chunk_fits[group] >= 0]
+            if fitted.size == 0:
+                continue
+            fit = fit_of_class[query_class] - fitted[0]
+            informative = at_risk & (fit >= 0)
+            if grid_member is not None:
+                informative &= grid_member[query_grid_row]
+            informative = np.flatnonzero(informative)
+            grid_row = query_grid_row[informative]
+            exposed_at_risk, exposed_event = n_exposed[informative], exposed_events[informative]
+            table = BinaryRiskSets(
+                fit[informative],
+                exposed_at_risk,
+                grid.n_at_risk[grid_row] - exposed_at_risk,
+                exposed_event,
+                grid.n_events[grid_row] - exposed_event,
+                int(fitted[-1]) - int(fitted[0]) + 1,
+            )
+            results[group].append(fit_binary_efron(table))
+    return [
+        CoxFitResult(**{name: np.concatenate([getattr(r, name) for r in parts]) for name in CoxFitResult.__dataclass_fields__})
+        if parts
+        else None
+        for parts in results
+    ]
 
 
 def build_risk_sets(
@@ -674,11 +771,6 @@ def index_screen_inputs(
     return cohort, exposures, classes, int(cohort["exit"].max()) + 2
 
 
-def fits_exposure_only(layout: CellLayout) -> bool:
-    """Whether the model has the exposure as its only covariate (adjustment by strata alone): the binary engine."""
-    return layout.covariate_design.shape[1] == 0
-
-
 def screen_exposures(
     cohort: pl.DataFrame, exposures: pl.DataFrame, config: dict[str, Any], level: int, label: str | None = None
 ) -> pl.DataFrame:
@@ -686,39 +778,31 @@ def screen_exposures(
     label = label or f"level {level}"
     screen = config["screen"]
     cohort, exposures, classes, time_span = index_screen_inputs(cohort, exposures, screen)
-    adjust = screen["adjust"]
-    results = []
+    exposure_only = not screen["adjust"]["covariates"]
+    batches = (screen_binary if exposure_only else screen_general)(cohort, exposures, classes, screen, time_span)
+    results: list[pl.DataFrame] = []
     n_batches = len(screen["sex_strata"]) * len(screen["lags_years"])
-    started_all = time.perf_counter()
-    for sex_group in screen["sex_strata"]:
-        layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
-        totals = total_counts(cohort, layout, time_span)
-        members = layout.cell_of_person >= 0
-        group_size = (int(members.sum()), int(cohort["event"].to_numpy()[members].sum()))
-        if fits_exposure_only(layout):
-            grid = stratum_grid(totals, int(layout.stratum_of_cell.max()) + 1, time_span)
-            rows = exposed_rows_by_class(cohort, exposures, layout, grid, len(classes), time_span)
-        for lag in screen["lags_years"]:
-            started = time.perf_counter()
-            if fits_exposure_only(layout):
-                counts, fit = binary_batch(rows, grid, lag)
-            else:
-                counts, fit = general_batch(cohort, exposures, layout, totals, len(classes), lag, time_span)
-            part = fit_classes(classes, counts, fit, lag, sex_group, group_size, screen["min_exposed_cases"])
+    started = started_all = time.perf_counter()
+    for parts in batches:
+        seconds = (time.perf_counter() - started) / len(parts)
+        for part in parts:
             results.append(part)
             elapsed = time.perf_counter() - started_all
             log.info(
                 "%s lag %g sex %s: %d classes, %d fitted in %.2f s; batch %d of %d, about %.0f s left",
                 label,
-                lag,
-                sex_group,
+                part["lag_years"][0] if part.height else float("nan"),
+                part["sex"][0] if part.height else "-",
                 part.height,
                 int((part["status"] != "skipped").sum()),
-                time.perf_counter() - started,
+                seconds,
                 len(results),
                 n_batches,
                 elapsed / len(results) * (n_batches - len(results)),
             )
+        started = time.perf_counter()
+    sex_order = {name: i for i, name in enumerate(screen["sex_strata"])}
+    results.sort(key=lambda part: sex_order[part["sex"][0]] if part.height else -1)  # stable: lags stay in order
     return pl.concat(results).with_columns(atc_level=pl.lit(level, pl.Int8)).select(
         [pl.col(name).cast(dtype) for name, dtype in SCREEN_PART_SCHEMA.items()]
     )
