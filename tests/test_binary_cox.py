@@ -10,14 +10,15 @@ from repurpose.coxph import CoxEngineError, RiskSetTableError, fit_efron
 
 
 def random_risk_sets(seed: int, n_fits: int = 40, log_hr: float = 0.4) -> BinaryRiskSets:
-    """Fits with 5-60 risk sets each; ties (up to 4 events), rare and common exposure, planted log HRs."""
+    """Fits with 5-60 risk sets each; ties (up to 4 events), risk sets without events, rare and common
+    exposure, planted log HRs."""
     rng = np.random.default_rng(seed)
     rows = []
     for fit in range(n_fits):
         n_sets = int(rng.integers(5, 60))
         exposed = rng.integers(0, rng.choice([3, 30, 300]), size=n_sets)
         unexposed = rng.integers(1, 2_000, size=n_sets)
-        events = rng.choice([1, 1, 1, 2, 3, 4], size=n_sets)
+        events = rng.choice([0, 1, 1, 1, 2, 3, 4], size=n_sets)
         events = np.minimum(events, exposed + unexposed)
         share = exposed * np.exp(log_hr * (fit % 5 - 2)) / (unexposed + exposed * np.exp(log_hr * (fit % 5 - 2)))
         exposed_events = np.minimum(rng.binomial(events, share), exposed)
@@ -45,7 +46,8 @@ def assert_same_as_general(table: BinaryRiskSets) -> None:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_matches_general_engine_with_ties(seed: int) -> None:
     table = random_risk_sets(seed)
-    assert (table.n_exposed_events + table.n_unexposed_events > 1).any()  # Efron ties are exercised
+    events = table.n_exposed_events + table.n_unexposed_events
+    assert (events > 1).any() and (events == 0).any()  # Efron ties and event-free risk sets are exercised
     assert_same_as_general(table)
     statuses = fit_binary_efron(table).status
     assert (statuses == "ok").sum() >= 15 and (statuses == "separation").any()
@@ -95,6 +97,8 @@ def test_efron_ties_by_hand() -> None:
 def test_bad_input_is_refused() -> None:
     with pytest.raises(RiskSetTableError, match="sorted"):
         BinaryRiskSets([1, 0], [1, 1], [1, 1], [0, 0], [1, 1], 2)
+    with pytest.raises(RiskSetTableError, match="lie in"):
+        BinaryRiskSets([0, 2], [1, 1], [1, 1], [0, 0], [1, 1], 2)
     with pytest.raises(RiskSetTableError, match="exceed"):
         BinaryRiskSets([0], [1], [1], [2], [0], 1)
     with pytest.raises(RiskSetTableError, match="whole numbers"):

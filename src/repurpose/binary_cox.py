@@ -53,23 +53,22 @@ class BinaryRiskSets:
 
     def __post_init__(self) -> None:
         fit_index = np.asarray(self.fit_index, dtype=np.int64)
-        counts = {
-            name: np.asarray(getattr(self, name), dtype=np.float64)
-            for name in ("n_exposed_at_risk", "n_unexposed_at_risk", "n_exposed_events", "n_unexposed_events")
-        }
         n_rows = fit_index.shape[0]
-        for name, values in counts.items():
+        counts = {}
+        for name in ("n_exposed_at_risk", "n_unexposed_at_risk", "n_exposed_events", "n_unexposed_events"):
+            values = np.asarray(getattr(self, name))
+            if values.dtype.kind not in "iuf":  # whole-number arrays stay as they are (no copy)
+                values = values.astype(np.float64)
             if values.shape != (n_rows,):
                 raise RiskSetTableError(f"{name} must have one entry per row ({n_rows}); got shape {values.shape}.")
-            if n_rows and np.any(values < 0):
+            if n_rows and values.min() < 0:
                 raise RiskSetTableError(f"{name} must hold non-negative numbers of persons.")
-            if n_rows and name.endswith("_events") and np.any(values != np.round(values)):
+            if n_rows and name.endswith("_events") and values.dtype.kind == "f" and np.any(values != np.round(values)):
                 raise RiskSetTableError(f"{name} must hold whole numbers (Efron steps split tied events).")
+            counts[name] = values
         if n_rows:
-            if fit_index.min() < 0 or fit_index.max() >= self.n_fits:
-                raise RiskSetTableError(f"fit_index must lie in [0, n_fits={self.n_fits}).")
-            if np.any(np.diff(fit_index) < 0):
-                raise RiskSetTableError("rows must be sorted by fit_index.")
+            if fit_index[0] < 0 or fit_index[-1] >= self.n_fits or not (fit_index[1:] >= fit_index[:-1]).all():
+                raise RiskSetTableError(f"fit_index must be sorted and lie in [0, n_fits={self.n_fits}).")
             if np.any(counts["n_exposed_events"] > counts["n_exposed_at_risk"]) or np.any(
                 counts["n_unexposed_events"] > counts["n_unexposed_at_risk"]
             ):
@@ -109,8 +108,10 @@ class BinaryRiskSets:
 class _Steps:
     """Efron steps of the risk sets with events of a subset of fits (`fits`), indexed 0..len(fits)-1.
 
-    Each local fit has at least one step, and its steps are the contiguous run of `steps_per_fit` from
-    `first_step`, so per-fit sums are `np.add.reduceat` passes (several times faster than `bincount`).
+    Every such risk set has a first step (l = 0) with its full counts: those are the risk sets themselves
+    (`exposed`, `unexposed`; each local fit's contiguous run of `steps_per_fit` from `first_step`, summed
+    per fit by `np.add.reduceat`, several times faster than `bincount`), so without filtering they are
+    views of the table. The further steps l = 1..D-1 of tied risk sets are kept apart (`tie_*`, few).
     """
 
     fits: np.ndarray
@@ -118,6 +119,9 @@ class _Steps:
     steps_per_fit: np.ndarray
     exposed: np.ndarray  # a: exposed at risk in the step
     unexposed: np.ndarray  # u: unexposed at risk in the step
+    tie_fit: np.ndarray  # local fit of each further step of a tied risk set
+    tie_exposed: np.ndarray
+    tie_unexposed: np.ndarray
     exposed_events: np.ndarray  # per local fit: sum d1
 
     def subset(self, keep_local: np.ndarray) -> _Steps:
@@ -126,71 +130,102 @@ class _Steps:
             return self
         lengths = self.steps_per_fit[keep_local]
         rows = concatenated_ranges(self.first_step[keep_local], lengths)
+        new_local = np.full(self.fits.shape[0], -1)
+        new_local[keep_local] = np.arange(keep_local.shape[0])
+        tie_fit = new_local[self.tie_fit]
+        ties = tie_fit >= 0
         return _Steps(
             self.fits[keep_local],
             np.cumsum(lengths) - lengths,
             lengths,
             self.exposed[rows],
             self.unexposed[rows],
+            tie_fit[ties],
+            self.tie_exposed[ties],
+            self.tie_unexposed[ties],
             self.exposed_events[keep_local],
         )
 
-    def sums(self, values: np.ndarray) -> np.ndarray:
-        """Per local fit, the sum of a per-step array."""
-        return np.add.reduceat(values, self.first_step) if self.fits.shape[0] else np.zeros(0)
+    def per_fit(self, values: np.ndarray, tie_values: np.ndarray) -> np.ndarray:
+        """Per local fit, the sum of a per-step quantity (first steps, then further tie steps)."""
+        n_fits = self.fits.shape[0]
+        sums = np.add.reduceat(values, self.first_step) if n_fits else np.zeros(0)
+        if tie_values.shape[0]:
+            sums += np.bincount(self.tie_fit, weights=tie_values, minlength=n_fits)
+        return sums
 
 
 def _efron_steps(table: BinaryRiskSets, fits: np.ndarray) -> _Steps:
-    """Expand the tied risk sets of `fits` (fits with events) into Efron steps; risk sets without events
-    carry nothing and are dropped."""
-    events = table.n_exposed_events + table.n_unexposed_events
-    n_steps = events.astype(np.int64)
-    exposed = np.repeat(table.n_exposed_at_risk, n_steps)
-    unexposed = np.repeat(table.n_unexposed_at_risk, n_steps)
-    tied = np.flatnonzero(n_steps > 1)
-    if tied.size:  # step l of a set with D tied events removes the fraction l / D of them from the risk set
-        first_step = np.cumsum(n_steps) - n_steps
-        tie_of_step = np.repeat(np.arange(tied.shape[0]), n_steps[tied])
-        step_number = np.arange(tie_of_step.shape[0]) - (np.cumsum(n_steps[tied]) - n_steps[tied])[tie_of_step]
-        rows = tied[tie_of_step]
-        steps = first_step[rows] + step_number
-        fraction = step_number / events[rows]
-        exposed[steps] -= fraction * table.n_exposed_events[rows]
-        unexposed[steps] -= fraction * table.n_unexposed_events[rows]
+    """The Efron steps of `fits` (the fits with events); risk sets without events carry nothing."""
+    exposed, unexposed = table.n_exposed_at_risk, table.n_unexposed_at_risk
+    exposed_events, fit_index = table.n_exposed_events, table.fit_index
+    events = exposed_events + table.n_unexposed_events
     row_bounds = table.fit_bounds()
-    steps_per_fit = segment_sums(n_steps, row_bounds)[fits]
+    if np.any(events == 0):  # only risk sets with events are steps
+        with_events = events > 0
+        row_bounds = np.searchsorted(np.flatnonzero(with_events), row_bounds)
+        exposed, unexposed, exposed_events, fit_index, events = (
+            values[with_events] for values in (exposed, unexposed, exposed_events, fit_index, events)
+        )
+    local_of_fit = np.full(table.n_fits, -1)
+    local_of_fit[fits] = np.arange(fits.shape[0])
+    tied = np.flatnonzero(events > 1)
+    further = (events[tied] - 1).astype(np.int64)  # step l of a set with D tied events removes l / D of them
+    tie_of_step = np.repeat(np.arange(tied.shape[0]), further)
+    rows = tied[tie_of_step]
+    fraction = (np.arange(tie_of_step.shape[0]) - (np.cumsum(further) - further)[tie_of_step] + 1) / events[rows]
     return _Steps(
         fits,
-        np.cumsum(steps_per_fit) - steps_per_fit,
-        steps_per_fit,
+        row_bounds[fits],
+        np.diff(row_bounds)[fits],
         exposed,
         unexposed,
-        segment_sums(table.n_exposed_events, row_bounds)[fits],
+        local_of_fit[fit_index[rows]],
+        exposed[rows] - fraction * exposed_events[rows],
+        unexposed[rows] - fraction * (events[rows] - exposed_events[rows]),
+        segment_sums(table.n_exposed_events, table.fit_bounds())[fits],
     )
 
 
 def _derivatives(steps: _Steps, beta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Log-likelihood, score, information and expected exposed events of every local fit at `beta`.
-
-    Works in place on two step-length arrays: at national scale a fit has ~40,000 steps.
-    """
-    steps_per_fit = steps.steps_per_fit
+    """Log-likelihood, score, information and expected exposed events of every local fit at `beta`."""
+    n_local = steps.fits.shape[0]
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         # Divide through by e^max(b, 0) so that no exp() overflows; the weights are per fit.
         shift = np.maximum(beta, 0.0)
-        share = np.repeat(np.exp(beta - shift), steps_per_fit)
-        share *= steps.exposed
-        total = np.repeat(np.exp(-shift), steps_per_fit)
-        total *= steps.unexposed
-        total += share
-        share /= total
-        np.log(total, out=total)
-    sum_log_total = steps.sums(total) + steps_per_fit * shift
-    expected = steps.sums(share)
-    np.subtract(1.0, share, out=total)
-    total *= share
-    information = steps.sums(total)
-    return beta * steps.exposed_events - sum_log_total, steps.exposed_events - expected, information, expected
+        exposed_weight, unexposed_weight = np.exp(beta - shift), np.exp(-shift)
+        first = _step_terms(steps.exposed, steps.unexposed, exposed_weight, unexposed_weight, steps.steps_per_fit)
+        ties = _step_terms(
+            steps.tie_exposed, steps.tie_unexposed, exposed_weight[steps.tie_fit], unexposed_weight[steps.tie_fit]
+        )
+    log_total, share, information = (steps.per_fit(f, t) for f, t in zip(first, ties, strict=True))
+    n_steps = steps.steps_per_fit + np.bincount(steps.tie_fit, minlength=n_local)
+    log_total += n_steps * shift
+    return beta * steps.exposed_events - log_total, steps.exposed_events - share, information, share
+
+
+def _step_terms(
+    exposed: np.ndarray,
+    unexposed: np.ndarray,
+    exposed_weight: np.ndarray,
+    unexposed_weight: np.ndarray,
+    steps_per_fit: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per step: log(u w0 + a w1), the exposed share p = a w1 / (u w0 + a w1) and p (1 - p), with the
+    weights given per fit (`steps_per_fit` steps each, contiguous) or per step."""
+    if steps_per_fit is not None:
+        exposed_weight = np.repeat(exposed_weight, steps_per_fit)
+        unexposed_weight = np.repeat(unexposed_weight, steps_per_fit)
+    share = exposed_weight
+    share *= exposed
+    total = unexposed_weight
+    total *= unexposed
+    total += share
+    share /= total
+    np.log(total, out=total)
+    variance = 1.0 - share
+    variance *= share
+    return total, share, variance
 
 
 def _separation(table: BinaryRiskSets) -> np.ndarray:
@@ -225,7 +260,7 @@ def fit_binary_efron(table: BinaryRiskSets, *, max_iter: int = 50, tol: float = 
     if not (tol > 0):
         raise CoxEngineError(f"tol must be positive; got {tol!r}.")
     n_fits = table.n_fits
-    n_events = segment_sums(table.n_exposed_events + table.n_unexposed_events, table.fit_bounds())
+    n_events = segment_sums(table.n_exposed_events + table.n_unexposed_events, table.fit_bounds()).astype(np.float64)
     status = np.full(n_fits, "ok", dtype="<U20")
     status[~(n_events > 0)] = "no_events"
     loglik = np.zeros(n_fits)

@@ -467,7 +467,7 @@ def stratum_grid(totals: RiskSetCounts, n_strata: int, time_span: int) -> Stratu
     return StratumGrid(
         time=unique_key % time_span,
         n_at_risk=np.bincount(index, weights=totals.n_at_risk, minlength=unique_key.shape[0]),
-        n_events=np.bincount(index, weights=totals.n_events, minlength=unique_key.shape[0]),
+        n_events=np.bincount(index, weights=totals.n_events, minlength=unique_key.shape[0]).astype(np.int64),
         first=np.searchsorted(stratum, np.arange(n_strata + 1), "left"),
         events_up_to=events_up_to,
     )
