@@ -219,11 +219,11 @@ def exposed_rows(
     cell = layout.cell_of_person[cohort_row]
     exit_ = cohort["exit"].to_numpy()[cohort_row]
     start = np.maximum(
-        cohort["entry"].to_numpy()[cohort_row], exposures["exposure_start_age_days"].to_numpy() + lag_days
+        cohort["entry"].to_numpy()[cohort_row], exposures["exposure_start_age_days"].to_numpy().astype(np.int64) + lag_days
     )
     keep = np.flatnonzero((cell >= 0) & (start < exit_))
     return (
-        exposures["class_index"].to_numpy()[keep],
+        exposures["class_index"].to_numpy()[keep].astype(np.int64),
         cell[keep],
         start[keep],
         exit_[keep],
@@ -555,7 +555,7 @@ def exposed_rows_by_class(
     pair_queries = pair_queries[present].astype(np.int32)
     return ExposedRows(
         class_bounds=class_bounds,
-        person_row=cohort_row.astype(np.int32),
+        person_row=cohort_row.astype(np.int32, copy=False),
         exposure_start=of_members("exposure_start_age_days"),
         entry=of_persons("entry"),
         exit=exit_,
@@ -747,25 +747,29 @@ SCREEN_EXPOSURE_COLUMNS = ["person_id", "atc_code", "exposure_start_age_days"]
 def index_screen_inputs(
     cohort: pl.DataFrame, exposures: pl.DataFrame, screen: dict[str, Any]
 ) -> tuple[pl.DataFrame, pl.DataFrame, list[str], int]:
-    """Cohort with adjustment labels and row numbers, exposures keyed by (cohort_row, class_index) (sorted by
-    class), the sorted class codes, and a time span exceeding every age in days (for the search keys).
+    """Cohort with adjustment labels and row numbers, exposures as (class_index, exposure_start_age_days,
+    cohort_row) sorted by class (int32), the sorted class codes, and a time span exceeding every age in days.
 
     Exposure tables come sorted by class (docs/schemas.md), so that order is kept rather than re-sorted.
     """
     cohort = prepare_cohort(cohort, screen["birth_cohort_band_years"]).with_row_index("cohort_row")
     classes = sorted(exposures["atc_code"].unique().to_list())
     # A left join keeping the left order is the cheapest join that keeps the class order; persons outside
-    # the cohort are then dropped.
+    # the cohort are then dropped. Narrow integers halve the memory of the tens of millions of rows.
     exposures = (
         exposures.select(
             "person_id",
-            pl.col("exposure_start_age_days").cast(pl.Int64),
-            class_index=pl.col("atc_code").cast(pl.Enum(classes)).to_physical().cast(pl.Int64),
+            "exposure_start_age_days",
+            class_index=pl.col("atc_code").cast(pl.Enum(classes)).to_physical().cast(pl.Int32),
         )
         .join(cohort.select("person_id", "cohort_row"), on="person_id", how="left", maintain_order="left")
         .filter(pl.col("cohort_row").is_not_null())
+        .select(
+            "class_index",
+            pl.col("exposure_start_age_days").cast(pl.Int32),
+            pl.col("cohort_row").cast(pl.Int32),
+        )
     )
-    exposures = exposures.with_columns(pl.col("cohort_row").cast(pl.Int64))
     if not exposures["class_index"].is_sorted():
         exposures = exposures.sort("class_index", maintain_order=True)
     return cohort, exposures, classes, int(cohort["exit"].max()) + 2
@@ -776,6 +780,8 @@ def screen_exposures(
 ) -> pl.DataFrame:
     """Screen every class of one ATC level for every lag and sex group (raw counts; not for export)."""
     label = label or f"level {level}"
+    if exposures.height == 0:
+        return pl.DataFrame(schema=SCREEN_PART_SCHEMA)
     screen = config["screen"]
     cohort, exposures, classes, time_span = index_screen_inputs(cohort, exposures, screen)
     exposure_only = not screen["adjust"]["covariates"]
@@ -841,16 +847,9 @@ def screen_level(
     """
     started = time.perf_counter()
     label = f"level {level}" + ("" if group == "all" else f" group {group}")
-    exposures = (
-        pl.scan_parquet(exposure_path)
-        .select(SCREEN_EXPOSURE_COLUMNS)
-        .filter(anatomical_group_filter(group))
-        .collect()
-    )
-    if exposures.height == 0:
-        results = pl.DataFrame(schema=SCREEN_PART_SCHEMA)
-    else:
-        results = screen_exposures(pl.read_parquet(cohort_path), exposures, config, level, label)
+    exposures = pl.scan_parquet(exposure_path).select(SCREEN_EXPOSURE_COLUMNS).filter(anatomical_group_filter(group))
+    # Passed straight on, so that the raw rows are freed once indexed.
+    results = screen_exposures(pl.read_parquet(cohort_path), exposures.collect(), config, level, label)
     results.write_parquet(out_path)
     log.info("%s: %d rows in %.1f s", label, results.height, time.perf_counter() - started)
     return results
