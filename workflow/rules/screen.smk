@@ -13,6 +13,8 @@ rule screen_part:
     log:
         f"{RESULTS}/logs/screen_atc_level_{{level}}_{{group}}.log",
     threads: 1
+    # Finer levels have more classes and take longest: started first, the coarser ones fill the cores after.
+    priority: lambda wildcards: int(wildcards.level)
     resources:
         mem_mb=MEM_MB,
         runtime=60,
