@@ -339,11 +339,11 @@ def screen_general(
 @dataclass(frozen=True)
 class SexGroup:
     """A sex group fitted on a shared layout: its rows (`row_member`, None = all) and risk sets
-    (`grid_member` per grid row, None = all), and its (persons, cases)."""
+    (`query_member` per query of the rows' layout, None = all), and its (persons, cases)."""
 
     name: str
     row_member: np.ndarray | None
-    grid_member: np.ndarray | None
+    query_member: np.ndarray | None
     size: tuple[int, int]
 
 
@@ -367,7 +367,7 @@ def sex_groups_of(
             SexGroup(
                 name,
                 of_sex[rows.person_row],
-                stratum_has_sex[np.repeat(np.arange(grid.n_strata), np.diff(grid.first))],
+                stratum_has_sex[np.repeat(np.arange(grid.n_strata), np.diff(grid.first))][rows.query_grid_row],
                 (int(of_sex.sum()), int(event[of_sex].sum())),
             )
         )
@@ -406,7 +406,7 @@ def screen_binary(
             for group in groups:
                 counts.append(class_counts(rows, start, exposed, event_exposed, group.row_member))
                 fits.append(classes_to_fit(counts[-1], min_cases))
-            results = fit_binary_lag(rows, grid, start, event_exposed, fits, [g.grid_member for g in groups])
+            results = fit_binary_lag(rows, grid, start, event_exposed, fits, [g.query_member for g in groups])
             yield [
                 class_results(classes, c, f, r, lag, g.name, g.size, min_cases)
                 for g, c, f, r in zip(groups, counts, fits, results, strict=True)
@@ -577,11 +577,11 @@ def fit_binary_lag(
     start: np.ndarray,
     event_exposed: np.ndarray,
     fits: list[np.ndarray],
-    grid_members: list[np.ndarray | None],
+    query_members: list[np.ndarray | None],
 ) -> list[CoxFitResult | None]:
     """Fit, for each group, the classes with `fit_of_class >= 0` on the group's risk sets at one lag
     (lagged `start` per row; `event_exposed` tells which of `rows.event_rows` are exposed at their event;
-    `grid_members` restricts a group to some strata). Returns per group its results in fit order (None
+    `query_members` restricts a group to some risk sets). Returns per group its results in fit order (None
     when it fits nothing).
 
     Per chunk of classes (so memory does not grow with the number of classes), each row adds one at its
@@ -606,22 +606,22 @@ def fit_binary_lag(
         events = slice(*np.searchsorted(rows.event_rows, [first_row, end_row]))
         event_query = rows.event_exit_query[events][event_exposed[events]] - first_query - 1
         exposed_events = np.bincount(event_query, minlength=n_queries)
-        query_class = rows.query_class[first_query:end_query]
         query_grid_row = rows.query_grid_row[first_query:end_query]
+        class_query_bounds = rows.class_queries[first_class : end_class + 1] - first_query
         at_risk = n_exposed > 0
-        for group, (fit_of_class, grid_member) in enumerate(zip(fits, grid_members, strict=True)):
-            fitted = chunk_fits[group][chunk_fits[group] >= 0]
+        for group, (fit_of_class, query_member) in enumerate(zip(chunk_fits, query_members, strict=True)):
+            fitted = fit_of_class[fit_of_class >= 0]
             if fitted.size == 0:
                 continue
-            fit = fit_of_class[query_class] - fitted[0]
-            informative = at_risk & (fit >= 0)
-            if grid_member is not None:
-                informative &= grid_member[query_grid_row]
+            informative = at_risk & np.repeat(fit_of_class >= 0, np.diff(class_query_bounds))
+            if query_member is not None:
+                informative &= query_member[first_query:end_query]
+            per_class = segment_sums(informative, class_query_bounds)
             informative = np.flatnonzero(informative)
             grid_row = query_grid_row[informative]
             exposed_at_risk, exposed_event = n_exposed[informative], exposed_events[informative]
             table = BinaryRiskSets(
-                fit[informative],
+                np.repeat(fit_of_class - fitted[0], per_class),
                 exposed_at_risk,
                 grid.n_at_risk[grid_row] - exposed_at_risk,
                 exposed_event,
