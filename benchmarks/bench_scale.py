@@ -599,8 +599,14 @@ def render(data: dict[str, Any]) -> str:
     worst_ratio = max((q["ratio_wall"] for q in a["ratios"]), default=None)
     worst_rss = max((p["peak_rss_mb"] / 1024 for p in a["peaks"]), default=None)
     worst_exp = max((e for e in exps if e is not None), default=None)
-    out += [f"- Screen <= {TARGET_SCREEN_OVER_FLOOR:g}x floor at every size: {_verdict(ratio_ok)} "
-            f"(largest ratio {_f(worst_ratio, '{:.1f}x')}).",
+    largest = max(a["ratios"], key=lambda q: q["n_persons"]) if a["ratios"] else None
+    out += [f"- Screen <= {TARGET_SCREEN_OVER_FLOOR:g}x floor at the largest size, the national-scale question"
+            f"{'' if largest is None else ' (' + format(largest['n_persons'], ',') + ' persons)'}: "
+            f"{_verdict(largest['ratio_wall'] <= TARGET_SCREEN_OVER_FLOOR if largest else None)} "
+            f"({_f(largest['ratio_wall'] if largest else None, '{:.1f}x')}).",
+            f"- Screen <= {TARGET_SCREEN_OVER_FLOOR:g}x floor at every size: {_verdict(ratio_ok)} "
+            f"(largest ratio {_f(worst_ratio, '{:.1f}x')}; at small sizes the screen's fixed cost, one "
+            f"Snakemake job start-up per ATC level and the gather, outweighs a sub-second floor).",
             f"- Peak RSS <= {TARGET_PEAK_RSS_GB:g} GB at every size: {_verdict(rss_ok)} "
             f"(largest {_f(worst_rss, '{:.2f} GB')}).",
             f"- Time exponent <= {TARGET_EXPONENT} for every pipeline stage: {_verdict(exp_ok)} "

@@ -207,8 +207,8 @@ def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray, dtype: type = n
 def segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
     """Sums of `values[bounds[i]:bounds[i + 1]]` for consecutive segments (empty ones sum to 0).
 
-    One `np.add.reduceat` pass: several times faster than `np.bincount` with weights, and it adds each
-    segment in order, so float sums are as exact as a plain sum. Integers and booleans sum as int64.
+    One `np.add.reduceat` pass over contiguous segments, several times faster than `np.bincount` with
+    weights. Integers and booleans sum as int64.
     """
     dtype = np.float64 if values.dtype.kind == "f" else np.int64
     lengths = np.diff(bounds)

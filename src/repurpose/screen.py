@@ -7,9 +7,10 @@ dispensing, adjusted by stratification and/or categorical covariates (`screen.ad
 Why it is fast and still exact: persons are grouped into *cells* (one combination of the adjustment
 variables and sex). At an event time t in stratum s, the Efron partial likelihood only needs, per cell
 and exposure state, the number at risk and the number of events at t. For a class, the exposed counts
-come from its sparse exposure table by binary search over sorted (class, cell, age) keys; unexposed
-counts are the cell totals minus the exposed ones. No person-interval table is built. See
-docs/methods.md and docs/cox_engine.md.
+come from its sparse exposure table (with covariates, by binary search over sorted (class, cell, age)
+keys; with exposure the only covariate, the default, by a running sum over each stratum's event ages,
+`screen_binary`); unexposed counts are the cell totals minus the exposed ones. No person-interval table
+is built. See docs/methods.md and docs/cox_engine.md.
 """
 
 from __future__ import annotations
@@ -310,8 +311,9 @@ def class_results(
 
 def screen_general(
     cohort: pl.DataFrame, exposures: pl.DataFrame, classes: list[str], screen: dict[str, Any], time_span: int
-) -> Iterator[list[pl.DataFrame]]:
-    """The screen with the general engine (covariates beside the exposure): per sex group and lag, a part."""
+) -> Iterator[list[tuple[str, float, pl.DataFrame]]]:
+    """The screen with the general engine (covariates beside the exposure): per sex group and lag, a
+    (sex group, lag, part)."""
     adjust, min_cases = screen["adjust"], screen["min_exposed_cases"]
     for sex_group in screen["sex_strata"]:
         layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
@@ -333,7 +335,7 @@ def screen_general(
                     layout, totals, class_index, cell, start, exit_, event, fit_of_class, n_fits, time_span
                 )
                 result = fit_efron(table)
-            yield [class_results(classes, counts, fit_of_class, result, lag, sex_group, group_size, min_cases)]
+            yield [(sex_group, lag, class_results(classes, counts, fit_of_class, result, lag, sex_group, group_size, min_cases))]
 
 
 @dataclass(frozen=True)
@@ -376,8 +378,9 @@ def sex_groups_of(
 
 def screen_binary(
     cohort: pl.DataFrame, exposures: pl.DataFrame, classes: list[str], screen: dict[str, Any], time_span: int
-) -> Iterator[list[pl.DataFrame]]:
-    """The screen with the binary engine (exposure the only covariate): per lag, a part per sex group.
+) -> Iterator[list[tuple[str, float, pl.DataFrame]]]:
+    """The screen with the binary engine (exposure the only covariate): per lag, a (sex group, lag, part)
+    per sex group.
 
     With sex among the strata, the model of each sex is the both-sexes model restricted to that sex's
     strata: the same risk sets. So the rows and risk sets are laid out once and counted once per lag, and
@@ -408,7 +411,7 @@ def screen_binary(
                 fits.append(classes_to_fit(counts[-1], min_cases))
             results = fit_binary_lag(rows, grid, start, event_exposed, fits, [g.query_member for g in groups])
             yield [
-                class_results(classes, c, f, r, lag, g.name, g.size, min_cases)
+                (g.name, lag, class_results(classes, c, f, r, lag, g.name, g.size, min_cases))
                 for g, c, f, r in zip(groups, counts, fits, results, strict=True)
             ]
 
@@ -463,7 +466,11 @@ def stratum_grid(totals: RiskSetCounts, n_strata: int, time_span: int) -> Stratu
     key = totals.stratum * time_span + totals.time
     unique_key, index = np.unique(key, return_inverse=True)
     stratum = unique_key // time_span
-    events_up_to = np.searchsorted(unique_key, np.arange(n_strata * time_span), "right").astype(np.int32)
+    # Number of event keys <= each (stratum, age) key: a cumulative count, far cheaper than a binary search
+    # per key of the (n_strata x time_span) table.
+    events_up_to = np.zeros(n_strata * time_span, dtype=np.int32)
+    events_up_to[unique_key] = 1
+    np.cumsum(events_up_to, out=events_up_to)
     return StratumGrid(
         time=unique_key % time_span,
         n_at_risk=np.bincount(index, weights=totals.n_at_risk, minlength=unique_key.shape[0]),
@@ -475,16 +482,17 @@ def stratum_grid(totals: RiskSetCounts, n_strata: int, time_span: int) -> Stratu
 
 @dataclass(frozen=True)
 class ExposedRows:
-    """The person-class rows of one sex group, laid out for counting exposed persons in every risk set.
+    """The person-class rows of one layout (shared by the sex groups fitted on it), laid out for counting
+    exposed persons in every risk set.
 
-    Rows are sorted by class (`class_bounds[c]:class_bounds[c + 1]` are class c's). A class's queries are
-    the risk sets of each stratum where it has rows, in (stratum, time) order, bounded by `class_queries`;
-    per query, `query_grid_row` and `query_class` name its risk set and class. A row's query for age a is
-    `query_base + grid.events_up_to[age_key_base + a]`. Classes are fitted in chunks (`chunk_bounds`,
-    class numbers) of about `MAX_QUERIES_PER_CHUNK` queries, and `exits_at` counts per query the chunk's
-    rows whose exit's query it is; `event_exit_query` is that query for the rows with an event
-    (`event_rows`). All of this is independent of
-    the lag, so it is computed once per sex group; ages and keys are int32 to halve the memory traffic.
+    Rows are sorted by class (`class_bounds[c]:class_bounds[c + 1]` are class c's; `person_row` is each
+    row's cohort row). A class's queries are the risk sets of each stratum where it has rows, in (stratum,
+    time) order, bounded by `class_queries`; `query_grid_row` names each query's risk set. A row's query
+    for age a is `query_base + grid.events_up_to[age_key_base + a]`. Classes are fitted in chunks
+    (`chunk_bounds`, class numbers) of about `MAX_QUERIES_PER_CHUNK` queries, and `exits_at` counts per
+    query the chunk's rows whose exit's query it is; `event_exit_query` is that query for the rows with an
+    event (`event_rows`). All of this is independent of the lag, so it is computed once per layout; ages
+    and keys are int32 to halve the memory traffic.
     """
 
     class_bounds: np.ndarray
@@ -498,7 +506,6 @@ class ExposedRows:
     query_base: np.ndarray
     class_queries: np.ndarray
     query_grid_row: np.ndarray
-    query_class: np.ndarray
     chunk_bounds: np.ndarray
     exits_at: np.ndarray
 
@@ -511,7 +518,7 @@ def exposed_rows_by_class(
     n_classes: int,
     time_span: int,
 ) -> ExposedRows:
-    """Lay out the exposure rows of a sex group for `fit_binary_lag` (`cohort` and `exposures` from
+    """Lay out the exposure rows of a layout's members for `fit_binary_lag` (`cohort` and `exposures` from
     `index_screen_inputs`)."""
     cohort_row = exposures["cohort_row"].to_numpy()
     cell = layout.cell_of_person.astype(np.int32)[cohort_row]
@@ -565,7 +572,6 @@ def exposed_rows_by_class(
         query_base=query_base,
         class_queries=class_queries,
         query_grid_row=concatenated_ranges(grid.first[present % grid.n_strata], pair_queries, np.int32),
-        query_class=np.repeat((present // grid.n_strata).astype(np.int32), pair_queries),
         chunk_bounds=chunk_bounds,
         exits_at=exits_at,
     )
@@ -786,30 +792,28 @@ def screen_exposures(
     cohort, exposures, classes, time_span = index_screen_inputs(cohort, exposures, screen)
     exposure_only = not screen["adjust"]["covariates"]
     batches = (screen_binary if exposure_only else screen_general)(cohort, exposures, classes, screen, time_span)
-    results: list[pl.DataFrame] = []
+    results: dict[tuple[str, float], pl.DataFrame] = {}
     n_batches = len(screen["sex_strata"]) * len(screen["lags_years"])
     started = started_all = time.perf_counter()
     for parts in batches:
         seconds = (time.perf_counter() - started) / len(parts)
-        for part in parts:
-            results.append(part)
-            elapsed = time.perf_counter() - started_all
+        for sex_group, lag, part in parts:
+            results[sex_group, lag] = part
             log.info(
                 "%s lag %g sex %s: %d classes, %d fitted in %.2f s; batch %d of %d, about %.0f s left",
                 label,
-                part["lag_years"][0] if part.height else float("nan"),
-                part["sex"][0] if part.height else "-",
+                lag,
+                sex_group,
                 part.height,
                 int((part["status"] != "skipped").sum()),
                 seconds,
                 len(results),
                 n_batches,
-                elapsed / len(results) * (n_batches - len(results)),
+                (time.perf_counter() - started_all) / len(results) * (n_batches - len(results)),
             )
         started = time.perf_counter()
-    sex_order = {name: i for i, name in enumerate(screen["sex_strata"])}
-    results.sort(key=lambda part: sex_order[part["sex"][0]] if part.height else -1)  # stable: lags stay in order
-    return pl.concat(results).with_columns(atc_level=pl.lit(level, pl.Int8)).select(
+    parts_in_order = [results[sex_group, lag] for sex_group in screen["sex_strata"] for lag in screen["lags_years"]]
+    return pl.concat(parts_in_order).with_columns(atc_level=pl.lit(level, pl.Int8)).select(
         [pl.col(name).cast(dtype) for name, dtype in SCREEN_PART_SCHEMA.items()]
     )
 
