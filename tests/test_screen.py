@@ -223,7 +223,7 @@ def test_a_batch_where_every_class_is_fitted_keeps_the_part_schema():
 def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypatch):
     """Without covariates the screen fits the exposure-only model on 4 counts per risk set
     (`screen_binary`); the general cell-and-pattern engine gives the same estimates, and splitting
-    the classes into chunks of a few risk sets gives identical results."""
+    the classes into chunks of a few risk sets or a few rows gives identical results."""
     from repurpose import screen as screen_module
 
     cohort = synthetic_cohort(1500, 8)
@@ -235,11 +235,15 @@ def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypa
     general = screen_exposures(cohort, exposures, config, level=3)
     monkeypatch.undo()
     monkeypatch.setattr(screen_module, "MAX_QUERIES_PER_CHUNK", 40)
-    chunked = screen_exposures(cohort, exposures, config, level=3)
+    chunked_by_risk_sets = screen_exposures(cohort, exposures, config, level=3)
+    monkeypatch.undo()
+    monkeypatch.setattr(screen_module, "MAX_ROWS_PER_CHUNK", 30)
+    chunked_by_rows = screen_exposures(cohort, exposures, config, level=3)
 
     fitted = whole["status"] == "ok"
     assert fitted.sum() >= 20
     assert whole["status"].to_list() == general["status"].to_list()
     np.testing.assert_allclose(whole["log_hr"].to_numpy()[fitted], general["log_hr"].to_numpy()[fitted], atol=1e-9)
     np.testing.assert_allclose(whole["se"].to_numpy()[fitted], general["se"].to_numpy()[fitted], rtol=1e-9)
-    assert chunked.equals(whole)
+    assert chunked_by_risk_sets.equals(whole)
+    assert chunked_by_rows.equals(whole)

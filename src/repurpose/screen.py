@@ -384,7 +384,8 @@ def screen_binary(
 
     With sex among the strata, the model of each sex is the both-sexes model restricted to that sex's
     strata: the same risk sets. So the rows and risk sets are laid out once and counted once per lag, and
-    each sex group fits its share; otherwise each sex group gets its own layout.
+    each sex group fits its share; otherwise each sex group gets its own layout. Each lag is done chunk
+    by chunk of classes, so no array spans all rows or all risk sets of a lag.
     """
     strata, min_cases = screen["adjust"]["strata"], screen["min_exposed_cases"]
     if "sex" in strata:
@@ -398,46 +399,64 @@ def screen_binary(
         rows = exposed_rows_by_class(cohort, exposures, layout, grid, len(classes), time_span)
         groups = sex_groups_of(cohort, layout, grid, rows, names)
         for lag in screen["lags_years"]:
-            # Exposure counts from max(entry, exposure start + lag) to exit; a row whose lagged start is
-            # not before its exit gets its exit as start, so it is at risk nowhere and counted nowhere.
-            start = rows.exposure_start + np.int32(round(lag * DAYS_PER_YEAR))
-            np.maximum(start, rows.entry, out=start)
-            np.minimum(start, rows.exit, out=start)
-            exposed = start < rows.exit
-            event_exposed = exposed[rows.event_rows]
-            counts, fits = [], []
-            for group in groups:
-                counts.append(class_counts(rows, start, exposed, event_exposed, group.row_member))
-                fits.append(classes_to_fit(counts[-1], min_cases))
-            results = fit_binary_lag(rows, grid, start, event_exposed, fits, [g.query_member for g in groups])
-            yield [
-                (g.name, lag, class_results(classes, c, f, r, lag, g.name, g.size, min_cases))
-                for g, c, f, r in zip(groups, counts, fits, results, strict=True)
+            lag_days = round(lag * DAYS_PER_YEAR)
+            chunks = [
+                fit_binary_chunk(rows, grid, first_class, end_class, lag_days, groups, min_cases)
+                for first_class, end_class in zip(rows.chunk_bounds[:-1], rows.chunk_bounds[1:], strict=True)
             ]
+            parts = []
+            for i, group in enumerate(groups):
+                counts, fit_of_class, result = combine_chunks([chunk[i] for chunk in chunks])
+                part = class_results(classes, counts, fit_of_class, result, lag, group.name, group.size, min_cases)
+                parts.append((group.name, lag, part))
+            yield parts
+
+
+def combine_chunks(
+    chunks: list[tuple[ClassCounts, np.ndarray, CoxFitResult | None]],
+) -> tuple[ClassCounts, np.ndarray, CoxFitResult | None]:
+    """Counts, fit numbers and fit results of consecutive chunks of classes as one (fits renumbered)."""
+    counts = ClassCounts(
+        *(np.concatenate([getattr(c, name) for c, _, _ in chunks]) for name in ClassCounts.__dataclass_fields__)
+    )
+    fit_numbers, fitted_before = [], 0
+    for _, fit_of_class, _ in chunks:
+        fit_numbers.append(np.where(fit_of_class >= 0, fit_of_class + fitted_before, -1))
+        fitted_before += int((fit_of_class >= 0).sum())
+    results = [r for _, _, r in chunks if r is not None]
+    if not results:
+        return counts, np.concatenate(fit_numbers), None
+    fields = CoxFitResult.__dataclass_fields__
+    return counts, np.concatenate(fit_numbers), CoxFitResult(
+        **{name: np.concatenate([getattr(r, name) for r in results]) for name in fields}
+    )
 
 
 def class_counts(
-    rows: ExposedRows,
-    start: np.ndarray,
+    class_bounds: np.ndarray,
     exposed: np.ndarray,
+    duration: np.ndarray,
+    event_rows: np.ndarray,
     event_exposed: np.ndarray,
     row_member: np.ndarray | None,
 ) -> ClassCounts:
-    """Per class: exposed persons, exposed cases and exposed person-years of the member rows at a lag."""
-    duration = rows.exit - start
+    """Per class (rows `class_bounds[c]:class_bounds[c + 1]`): exposed persons, exposed cases and exposed
+    person-years of the member rows, from each row's exposure and exposed days and the rows with an event."""
     if row_member is not None:
         exposed = exposed & row_member
-        event_exposed = event_exposed & row_member[rows.event_rows]
-        duration[~row_member] = 0
+        event_exposed = event_exposed & row_member[event_rows]
+        duration = duration * row_member
     return ClassCounts(
-        segment_sums(exposed, rows.class_bounds),
-        np.diff(np.searchsorted(rows.event_rows[event_exposed], rows.class_bounds)),
-        segment_sums(duration, rows.class_bounds) / DAYS_PER_YEAR,
+        segment_sums(exposed, class_bounds),
+        np.diff(np.searchsorted(event_rows[event_exposed], class_bounds)),
+        segment_sums(duration, class_bounds) / DAYS_PER_YEAR,
     )
 
 
 MAX_QUERIES_PER_CHUNK = 1 << 22
 """Risk sets built and fitted at once by the binary path (bounds its memory: ~10 arrays of this length)."""
+MAX_ROWS_PER_CHUNK = 1 << 22
+"""Exposure rows handled at once by the binary path (a chunk ends at the class that crosses either bound)."""
 
 
 @dataclass(frozen=True)
@@ -489,7 +508,8 @@ class ExposedRows:
     row's cohort row). A class's queries are the risk sets of each stratum where it has rows, in (stratum,
     time) order, bounded by `class_queries`; `query_grid_row` names each query's risk set. A row's query
     for age a is `query_base + grid.events_up_to[age_key_base + a]`. Classes are fitted in chunks
-    (`chunk_bounds`, class numbers) of about `MAX_QUERIES_PER_CHUNK` queries, and `exits_at` counts per
+    (`chunk_bounds`, class numbers) of about `MAX_QUERIES_PER_CHUNK` queries or `MAX_ROWS_PER_CHUNK`
+    rows, and `exits_at` counts per
     query the chunk's rows whose exit's query it is; `event_exit_query` is that query for the rows with an
     event (`event_rows`). All of this is independent of the lag, so it is computed once per layout; ages
     and keys are int32 to halve the memory traffic.
@@ -518,7 +538,7 @@ def exposed_rows_by_class(
     n_classes: int,
     time_span: int,
 ) -> ExposedRows:
-    """Lay out the exposure rows of a layout's members for `fit_binary_lag` (`cohort` and `exposures` from
+    """Lay out the exposure rows of a layout's members for `fit_binary_chunk` (`cohort` and `exposures` from
     `index_screen_inputs`)."""
     cohort_row = exposures["cohort_row"].to_numpy()
     cell = layout.cell_of_person.astype(np.int32)[cohort_row]
@@ -552,7 +572,8 @@ def exposed_rows_by_class(
     class_bounds = np.searchsorted(class_index, np.arange(n_classes + 1), "left")
     class_queries = np.r_[0, np.cumsum(pair_queries.reshape(n_classes, grid.n_strata).sum(axis=1))]
     present = np.flatnonzero(pair_queries)
-    chunk_bounds = np.r_[run_starts(class_queries[1:] // MAX_QUERIES_PER_CHUNK), n_classes]
+    chunk_of_class = np.maximum(class_queries[1:] // MAX_QUERIES_PER_CHUNK, class_bounds[1:] // MAX_ROWS_PER_CHUNK)
+    chunk_bounds = np.r_[run_starts(chunk_of_class), n_classes]
     exits_at = np.zeros(int(class_queries[-1]), dtype=np.int32)
     for first_class, end_class in zip(chunk_bounds[:-1], chunk_bounds[1:], strict=True):
         first_query, end_query = class_queries[first_class], class_queries[end_class]
@@ -577,70 +598,77 @@ def exposed_rows_by_class(
     )
 
 
-def fit_binary_lag(
+def fit_binary_chunk(
     rows: ExposedRows,
     grid: StratumGrid,
-    start: np.ndarray,
-    event_exposed: np.ndarray,
-    fits: list[np.ndarray],
-    query_members: list[np.ndarray | None],
-) -> list[CoxFitResult | None]:
-    """Fit, for each group, the classes with `fit_of_class >= 0` on the group's risk sets at one lag
-    (lagged `start` per row; `event_exposed` tells which of `rows.event_rows` are exposed at their event;
-    `query_members` restricts a group to some risk sets). Returns per group its results in fit order (None
-    when it fits nothing).
+    first_class: int,
+    end_class: int,
+    lag_days: int,
+    groups: list[SexGroup],
+    min_exposed_cases: int,
+) -> list[tuple[ClassCounts, np.ndarray, CoxFitResult | None]]:
+    """The classes `first_class:end_class` at one lag: per sex group, their counts, fit numbers (from 0 in
+    the chunk; -1 when skipped) and fit results (None when nothing is fitted).
 
-    Per chunk of classes (so memory does not grow with the number of classes), each row adds one at its
+    Exposure counts from max(entry, exposure start + lag) to exit; a row whose lagged start is not before
+    its exit gets its exit as start, so it is at risk nowhere and counted nowhere. Each row adds one at its
     start's query and removes one at its exit's query; a running sum gives the exposed at risk
     (start < time <= exit), and the exposed events sit at the exit's query. Risk sets with nobody exposed
     at risk carry no information and are dropped.
     """
-    results: list[list[CoxFitResult]] = [[] for _ in fits]
-    for first_class, end_class in zip(rows.chunk_bounds[:-1], rows.chunk_bounds[1:], strict=True):
-        chunk_fits = [fit_of_class[first_class:end_class] for fit_of_class in fits]
-        if not any(np.any(f >= 0) for f in chunk_fits):
+    first_row, end_row = rows.class_bounds[first_class], rows.class_bounds[end_class]
+    chunk_rows = slice(first_row, end_row)
+    class_bounds = rows.class_bounds[first_class : end_class + 1] - first_row
+    exit_ = rows.exit[chunk_rows]
+    start = rows.exposure_start[chunk_rows] + np.int32(lag_days)
+    np.maximum(start, rows.entry[chunk_rows], out=start)
+    np.minimum(start, exit_, out=start)
+    exposed = start < exit_
+    events = slice(*np.searchsorted(rows.event_rows, [first_row, end_row]))
+    event_rows = rows.event_rows[events] - first_row
+    event_exposed = exposed[event_rows]
+    duration = exit_ - start
+    counts = [class_counts(class_bounds, exposed, duration, event_rows, event_exposed,
+                           None if g.row_member is None else g.row_member[chunk_rows]) for g in groups]
+    fits = [classes_to_fit(c, min_exposed_cases) for c in counts]
+    if not any(np.any(f >= 0) for f in fits):
+        return [(c, f, None) for c, f in zip(counts, fits, strict=True)]
+
+    first_query, end_query = rows.class_queries[first_class], rows.class_queries[end_class]
+    n_queries = int(end_query - first_query)
+    position = grid.events_up_to[rows.age_key_base[chunk_rows] + start]
+    position = position + rows.query_base[chunk_rows]
+    position -= first_query
+    n_exposed = np.bincount(position, minlength=n_queries + 1)[:-1]
+    n_exposed -= rows.exits_at[first_query:end_query]
+    np.cumsum(n_exposed, out=n_exposed)
+    event_query = rows.event_exit_query[events][event_exposed] - first_query - 1
+    exposed_events = np.bincount(event_query, minlength=n_queries)
+    query_grid_row = rows.query_grid_row[first_query:end_query]
+    class_query_bounds = rows.class_queries[first_class : end_class + 1] - first_query
+    at_risk = n_exposed > 0
+    results: list[CoxFitResult | None] = []
+    for group, fit_of_class in zip(groups, fits, strict=True):
+        if not np.any(fit_of_class >= 0):
+            results.append(None)
             continue
-        first_row, end_row = rows.class_bounds[first_class], rows.class_bounds[end_class]
-        first_query, end_query = rows.class_queries[first_class], rows.class_queries[end_class]
-        n_queries = int(end_query - first_query)
-        position = grid.events_up_to[rows.age_key_base[first_row:end_row] + start[first_row:end_row]]
-        position = position + rows.query_base[first_row:end_row]
-        position -= first_query
-        n_exposed = np.bincount(position, minlength=n_queries + 1)[:-1]
-        n_exposed -= rows.exits_at[first_query:end_query]
-        np.cumsum(n_exposed, out=n_exposed)
-        events = slice(*np.searchsorted(rows.event_rows, [first_row, end_row]))
-        event_query = rows.event_exit_query[events][event_exposed[events]] - first_query - 1
-        exposed_events = np.bincount(event_query, minlength=n_queries)
-        query_grid_row = rows.query_grid_row[first_query:end_query]
-        class_query_bounds = rows.class_queries[first_class : end_class + 1] - first_query
-        at_risk = n_exposed > 0
-        for group, (fit_of_class, query_member) in enumerate(zip(chunk_fits, query_members, strict=True)):
-            fitted = fit_of_class[fit_of_class >= 0]
-            if fitted.size == 0:
-                continue
-            informative = at_risk & np.repeat(fit_of_class >= 0, np.diff(class_query_bounds))
-            if query_member is not None:
-                informative &= query_member[first_query:end_query]
-            per_class = segment_sums(informative, class_query_bounds)
-            informative = np.flatnonzero(informative)
-            grid_row = query_grid_row[informative]
-            exposed_at_risk, exposed_event = n_exposed[informative], exposed_events[informative]
-            table = BinaryRiskSets(
-                np.repeat(fit_of_class - fitted[0], per_class),
-                exposed_at_risk,
-                grid.n_at_risk[grid_row] - exposed_at_risk,
-                exposed_event,
-                grid.n_events[grid_row] - exposed_event,
-                int(fitted[-1]) - int(fitted[0]) + 1,
-            )
-            results[group].append(fit_binary_efron(table))
-    return [
-        CoxFitResult(**{name: np.concatenate([getattr(r, name) for r in parts]) for name in CoxFitResult.__dataclass_fields__})
-        if parts
-        else None
-        for parts in results
-    ]
+        informative = at_risk & np.repeat(fit_of_class >= 0, np.diff(class_query_bounds))
+        if group.query_member is not None:
+            informative &= group.query_member[first_query:end_query]
+        per_class = segment_sums(informative, class_query_bounds)
+        informative = np.flatnonzero(informative)
+        grid_row = query_grid_row[informative]
+        exposed_at_risk, exposed_event = n_exposed[informative], exposed_events[informative]
+        table = BinaryRiskSets(
+            np.repeat(fit_of_class, per_class),
+            exposed_at_risk,
+            grid.n_at_risk[grid_row] - exposed_at_risk,
+            exposed_event,
+            grid.n_events[grid_row] - exposed_event,
+            int(fit_of_class.max()) + 1,
+        )
+        results.append(fit_binary_efron(table))
+    return list(zip(counts, fits, results, strict=True))
 
 
 def build_risk_sets(
