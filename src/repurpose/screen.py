@@ -461,8 +461,8 @@ MAX_ROWS_PER_CHUNK = 1 << 22
 
 @dataclass(frozen=True)
 class StratumGrid:
-    """The risk sets of one sex group before exposure is known: each stratum's distinct event times,
-    sorted by (stratum, time), with the numbers at risk and the events there.
+    """The risk sets of one layout before exposure is known: each stratum's distinct event times, sorted
+    by (stratum, time), with the numbers at risk and the events there.
 
     `first` holds each stratum's first row (and the end), and `events_up_to[stratum * time_span + age]` is
     the row of the stratum's first event time after `age`: an (n_strata x time_span) int32 lookup, so a
