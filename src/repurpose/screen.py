@@ -350,16 +350,22 @@ class SexGroup:
 
 
 def sex_groups_of(
-    cohort: pl.DataFrame, layout: CellLayout, grid: StratumGrid, rows: ExposedRows, names: list[str]
+    cohort: pl.DataFrame,
+    layout: CellLayout,
+    layout_group: str,
+    grid: StratumGrid,
+    rows: ExposedRows,
+    names: list[str],
 ) -> list[SexGroup]:
-    """The sex groups `names` on `layout`: the group of sex g is its persons' rows and strata, which
-    with sex a stratum variable are exactly the strata of g (each stratum holds one sex)."""
+    """The sex groups `names` on `layout` (made for `layout_group`): the group of sex g is its persons'
+    rows and strata, which with sex a stratum variable are exactly the strata of g (each stratum holds
+    one sex). The layout's own group is all of it."""
     sex = cohort["sex"].to_numpy()
     member = layout.cell_of_person >= 0
     event = cohort["event"].to_numpy()
     groups = []
     for name in names:
-        if name == "all":
+        if name == layout_group:
             groups.append(SexGroup(name, None, None, (int(member.sum()), int(event[member].sum()))))
             continue
         of_sex = member & (sex == name)
@@ -397,7 +403,7 @@ def screen_binary(
         totals = total_counts(cohort, layout, time_span)
         grid = stratum_grid(totals, int(layout.stratum_of_cell.max()) + 1, time_span)
         rows = exposed_rows_by_class(cohort, exposures, layout, grid, len(classes), time_span)
-        groups = sex_groups_of(cohort, layout, grid, rows, names)
+        groups = sex_groups_of(cohort, layout, layout_group, grid, rows, names)
         for lag in screen["lags_years"]:
             lag_days = round(lag * DAYS_PER_YEAR)
             chunks = [
@@ -462,14 +468,13 @@ MAX_ROWS_PER_CHUNK = 1 << 22
 @dataclass(frozen=True)
 class StratumGrid:
     """The risk sets of one layout before exposure is known: each stratum's distinct event times, sorted
-    by (stratum, time), with the numbers at risk and the events there.
+    by (stratum, time), with the numbers at risk and the events there (one row per event time).
 
     `first` holds each stratum's first row (and the end), and `events_up_to[stratum * time_span + age]` is
     the row of the stratum's first event time after `age`: an (n_strata x time_span) int32 lookup, so a
     row's place among the risk sets is one gather instead of a binary search (~146 KB per stratum).
     """
 
-    time: np.ndarray
     n_at_risk: np.ndarray
     n_events: np.ndarray
     first: np.ndarray
@@ -491,7 +496,6 @@ def stratum_grid(totals: RiskSetCounts, n_strata: int, time_span: int) -> Stratu
     events_up_to[unique_key] = 1
     np.cumsum(events_up_to, out=events_up_to)
     return StratumGrid(
-        time=unique_key % time_span,
         n_at_risk=np.bincount(index, weights=totals.n_at_risk, minlength=unique_key.shape[0]),
         n_events=np.bincount(index, weights=totals.n_events, minlength=unique_key.shape[0]).astype(np.int64),
         first=np.searchsorted(stratum, np.arange(n_strata + 1), "left"),
