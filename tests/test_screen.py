@@ -243,6 +243,9 @@ def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypa
     fitted = whole["status"] == "ok"
     assert fitted.sum() >= 20
     assert whole["status"].to_list() == general["status"].to_list()
+    for column in ("n_persons", "n_exposed", "n_cases", "n_exposed_cases"):  # counts per sex group, both ways
+        assert whole[column].to_list() == general[column].to_list(), column
+    np.testing.assert_allclose(whole["person_years_exposed"], general["person_years_exposed"], atol=0.011)
     np.testing.assert_allclose(whole["log_hr"].to_numpy()[fitted], general["log_hr"].to_numpy()[fitted], atol=1e-9)
     np.testing.assert_allclose(whole["se"].to_numpy()[fitted], general["se"].to_numpy()[fitted], rtol=1e-9)
     assert chunked_by_risk_sets.equals(whole)
