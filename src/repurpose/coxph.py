@@ -654,6 +654,11 @@ class CoxFitResult:
     def n_fits(self) -> int:
         return int(self.coef.shape[0])
 
+    @classmethod
+    def concatenate(cls, parts: Sequence[CoxFitResult]) -> CoxFitResult:
+        """The results of consecutive groups of fits as one result, in order."""
+        return cls(**{name: np.concatenate([getattr(part, name) for part in parts]) for name in cls.__dataclass_fields__})
+
 
 def scaled_eigh(information: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Eigen-decomposition of the correlation-scaled information: returns (scale, eigenvalues, eigenvectors)."""
@@ -785,12 +790,7 @@ def fit_efron(
         blocks.append(_fit_block(block, beta[first_fit:end_fit], int(max_iter), float(tol)))
     if not blocks:
         return _fit_block(table, beta, int(max_iter), float(tol))
-    return CoxFitResult(
-        **{
-            name: np.concatenate([getattr(block, name) for block in blocks])
-            for name in CoxFitResult.__dataclass_fields__
-        }
-    )
+    return CoxFitResult.concatenate(blocks)
 
 
 def _unchecked_table(table: RiskSetTable, rows: slice, first_fit: int, n_fits: int) -> RiskSetTable:

@@ -430,12 +430,7 @@ def combine_chunks(
         fit_numbers.append(np.where(fit_of_class >= 0, fit_of_class + fitted_before, -1))
         fitted_before += int((fit_of_class >= 0).sum())
     results = [r for _, _, r in chunks if r is not None]
-    if not results:
-        return counts, np.concatenate(fit_numbers), None
-    fields = CoxFitResult.__dataclass_fields__
-    return counts, np.concatenate(fit_numbers), CoxFitResult(
-        **{name: np.concatenate([getattr(r, name) for r in results]) for name in fields}
-    )
+    return counts, np.concatenate(fit_numbers), CoxFitResult.concatenate(results) if results else None
 
 
 def class_counts(
