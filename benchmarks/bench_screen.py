@@ -28,27 +28,27 @@ from repurpose.config import load_config
 def _run_stage(name: str, config: dict[str, Any], work: Path, queue: mp.Queue) -> None:
     started = time.perf_counter()
     if name == "simulate":
-        from repurpose.simulate import simulate_registries
+        from repurpose.simulate.registries import simulate_registries
 
         simulate_registries(work / "simulated", n_persons=config["simulate"]["n_persons"], seed=config["simulate"]["seed"])
     elif name == "validate":
-        from repurpose.ingest import validate_extracts
+        from repurpose.registry.ingest import validate_extracts
 
         validate_extracts(config, work / "validated", work / "validation")
     elif name == "cohort":
-        from repurpose.cohort import run_cohort
+        from repurpose.registry.cohort import run_cohort
 
         run_cohort(config, work / "validated/population.parquet", work / "validated/ms_registry.parquet",
                    work / "cohort.parquet", work / "flow.json")
     elif name == "exposure":
-        from repurpose.exposure import build_exposures, build_substance_exposures
+        from repurpose.dwas.exposure import build_exposures, build_substance_exposures
 
         prescriptions, cohort = work / "validated/prescriptions", work / "cohort.parquet"
         build_substance_exposures(config, prescriptions, cohort, work / "substances.parquet")
         for level in config["screen"]["atc_levels"]:
             build_exposures(config, prescriptions, cohort, level, work / f"exposure_{level}.parquet", work / "substances.parquet")
     elif name == "screen":
-        from repurpose.screen import gather_screen, screen_level
+        from repurpose.dwas.screen import gather_screen, screen_level
 
         parts = []
         for level in config["screen"]["atc_levels"]:
@@ -74,8 +74,8 @@ def lifelines_seconds_per_class(config: dict[str, Any], work: Path, level: int, 
     """Seconds per fit of lifelines CTV on split data vs ours for the same classes (lag 0, both sexes)."""
     from lifelines import CoxTimeVaryingFitter
 
-    from repurpose.exposure import split_class_intervals
-    from repurpose.screen import prepare_cohort, screen_exposures
+    from repurpose.dwas.exposure import split_class_intervals
+    from repurpose.dwas.screen import prepare_cohort, screen_exposures
 
     cohort = pl.read_parquet(work / "cohort.parquet")
     exposures = pl.read_parquet(work / f"exposure_{level}.parquet")

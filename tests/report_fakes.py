@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from repurpose.report import DRUG_COLUMNS, MECHANISM_COLUMNS, SCREEN_COUNTS
+from repurpose.release.report import DRUG_COLUMNS, MECHANISM_COLUMNS, SCREEN_COUNTS
 
 
 def write_fake_candidates(dwas_parquet: str | Path, out_dir: str | Path, n: int = 15) -> tuple[Path, Path]:
@@ -97,14 +97,14 @@ def fake_dwas(rng: np.random.Generator, n_level5: int = 1000, lags: tuple[float,
                         "reason": None if fitted else "fewer than 5 exposed cases",
                     })  # fmt: skip
     frame = pl.DataFrame(rows)
-    from repurpose.screen import add_q_values
+    from repurpose.dwas.screen import add_q_values
 
     return add_q_values(frame, 0.05)
 
 
 def write_fake_results(results: str | Path, seed: int = 7, with_candidates: bool = True) -> dict[str, Path]:
     """A results/ tree as the pipeline writes it: validation, flow, screen (released), person-level files."""
-    from repurpose.disclosure import SCREEN_RULES, for_display, suppress_small_counts
+    from repurpose.release.disclosure import SCREEN_RULES, for_display, suppress_small_counts
 
     results = Path(results)
     rng = np.random.default_rng(seed)

@@ -1,12 +1,12 @@
-"""The binary-exposure Efron engine (repurpose.binary_cox) against the general engine and hand calculations."""
+"""The binary-exposure Efron engine (repurpose.cox.binary) against the general engine and hand calculations."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from repurpose.binary_cox import BinaryRiskSets, fit_binary_efron
-from repurpose.coxph import CoxEngineError, RiskSetTableError, fit_efron
+from repurpose.cox.binary import BinaryRiskSets, fit_binary_efron
+from repurpose.cox.engine import CoxEngineError, RiskSetTableError, fit_efron
 
 
 def random_risk_sets(seed: int, n_fits: int = 40, log_hr: float = 0.4) -> BinaryRiskSets:

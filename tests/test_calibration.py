@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from repurpose.calibration import (
+from repurpose.dwas.calibration import (
     CalibrationError,
     EmpiricalNull,
     calibrated_ci,

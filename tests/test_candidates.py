@@ -7,7 +7,8 @@ import numpy as np
 import polars as pl
 import pytest
 
-from repurpose.candidates import (
+from repurpose.config import validate_config
+from repurpose.dwas.candidates import (
     _model_cohort,
     _segments,
     comparator_classes,
@@ -20,9 +21,8 @@ from repurpose.candidates import (
     separated_lag_estimates,
     siblings_of,
 )
-from repurpose.config import validate_config
-from repurpose.exposure import dose_column
-from repurpose.screen import screen_exposures
+from repurpose.dwas.exposure import dose_column
+from repurpose.dwas.screen import screen_exposures
 
 RULE = {"reverse_causation": {"max_retained_fraction": 0.5, "alpha": 0.05}}
 

@@ -14,14 +14,14 @@ import numpy as np
 import polars as pl
 import pytest
 
-from repurpose.candidates import _model_cohort, confirmation_fit, run_candidates
-from repurpose.cohort import run_cohort
 from repurpose.config import load_config
-from repurpose.exposure import build_exposures, build_substance_exposures
-from repurpose.ingest import validate_extracts
-from repurpose.mechanisms import run_mechanisms
-from repurpose.screen import gather_screen, screen_level
-from repurpose.simulate import simulate_registries
+from repurpose.dwas.candidates import _model_cohort, confirmation_fit, run_candidates
+from repurpose.dwas.exposure import build_exposures, build_substance_exposures
+from repurpose.dwas.mechanisms import run_mechanisms
+from repurpose.dwas.screen import gather_screen, screen_level
+from repurpose.registry.cohort import run_cohort
+from repurpose.registry.ingest import validate_extracts
+from repurpose.simulate.registries import simulate_registries
 
 pytestmark = pytest.mark.slow
 

@@ -7,8 +7,8 @@ from datetime import date
 import polars as pl
 import pytest
 
-from repurpose.cohort import build_cohort
 from repurpose.config import validate_config
+from repurpose.registry.cohort import build_cohort
 
 D = date.fromisoformat
 # person_id, sex, birth_year, birth_month, death_date, emigration_date, onset_date, diagnosis_date; comment = expected fate

@@ -1,4 +1,4 @@
-"""Exactness tests of the aggregated-risk-set Efron Cox engine (repurpose.coxph).
+"""Exactness tests of the aggregated-risk-set Efron Cox engine (repurpose.cox.engine).
 
 References: lifelines CoxTimeVaryingFitter (Efron ties, at risk on start < t <= stop) fitted on the
 explicitly split long-format rows, R survival::coxph (stored outputs in tests/data and live when R
@@ -20,8 +20,8 @@ import pytest
 from lifelines import CoxTimeVaryingFitter
 from scipy import optimize
 
-from repurpose import coxph
-from repurpose.coxph import (
+from repurpose.cox import engine as coxph
+from repurpose.cox.engine import (
     AggregatedCoxPHFitter,
     CountingProcessError,
     CoxEngineError,

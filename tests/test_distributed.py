@@ -12,8 +12,10 @@ import pytest
 from lifelines import CoxTimeVaryingFitter
 from test_screen import config_for, synthetic_cohort, synthetic_exposures
 
-from repurpose.coxph import aggregate_counting_process, fit_efron
-from repurpose.distributed import (
+from repurpose.cox.engine import aggregate_counting_process, fit_efron
+from repurpose.dwas.exposure import split_class_intervals
+from repurpose.dwas.screen import prepare_cohort
+from repurpose.federation.distributed import (
     FORBIDDEN_COLUMNS,
     RESPONSE_COLUMNS,
     ProtocolMismatchError,
@@ -24,8 +26,6 @@ from repurpose.distributed import (
     site_runner,
     start_rounds,
 )
-from repurpose.exposure import split_class_intervals
-from repurpose.screen import prepare_cohort
 
 LEVEL = 3
 LAGS = [0.0, 2.0]

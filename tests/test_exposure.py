@@ -8,7 +8,7 @@ import polars as pl
 import pytest
 
 from repurpose.config import validate_config
-from repurpose.exposure import build_exposures, dose_column, split_class_intervals
+from repurpose.dwas.exposure import build_exposures, dose_column, split_class_intervals
 
 D = date.fromisoformat
 BIRTH = {1: D("1980-01-15"), 2: D("1970-07-01"), 3: D("1990-03-15")}

@@ -19,8 +19,8 @@ import yaml
 from scipy import stats
 
 from repurpose.config import ConfigError, load_config
-from repurpose.disclosure import small_counts_left
-from repurpose.federation import (
+from repurpose.dwas.screen import SCREEN_COLUMNS
+from repurpose.federation.package import (
     COUNT_COLUMNS,
     PackageError,
     pool_packages,
@@ -30,7 +30,7 @@ from repurpose.federation import (
     write_site_package,
 )
 from repurpose.protocol import ProtocolError, design_of_config, protocol_hash, read_protocol
-from repurpose.screen import SCREEN_COLUMNS
+from repurpose.release.disclosure import small_counts_left
 
 INPUTS = {n: {"path": f"{n}.csv"} for n in ("population", "prescriptions", "ms_registry")}
 PROTOCOL = {"screen": {"atc_levels": [5], "lags_years": [0, 2], "sex_strata": ["all", "F", "M"]},
@@ -305,7 +305,7 @@ def test_pool_command_writes_the_meta_analysis_and_starts_the_cox_rounds(tmp_pat
     assert summary["sites"] == ["a", "b"] and summary["pooled_fits"] == 4
     for name in ("meta.parquet", "meta.csv", "sites.csv", "site_fits.parquet", "site_summaries.csv", "protocol.yaml"):
         assert (tmp_path / "pooled" / name).is_file(), name
-    if summary["rounds"] is not None:  # repurpose.distributed installed: the first round names every pooled fit
+    if summary["rounds"] is not None:  # repurpose.federation.distributed installed: the first round names every pooled fit
         first = pl.read_parquet(summary["rounds"])
         assert first.select("atc_code", "lag_years").unique().height == 4
         assert first["protocol_hash"][0] == summary["protocol_hash"]

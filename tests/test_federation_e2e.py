@@ -4,7 +4,7 @@ The population is simulated once and its persons split 50/30/20 into three "regi
 native layouts (Norwegian-header Latin-1 CSV, Parquet with other column names, comma CSV with yet other
 names), each with its own config (column maps) naming one shared protocol. Each site runs the Snakemake
 DAG to its site package; the coordinating centre pools them, drives the exact pooled Cox rounds through
-files (when `repurpose.distributed` is installed) and ranks the pooled results. Checked: the issue's
+files (when `repurpose.federation.distributed` is installed) and ranks the pooled results. Checked: the issue's
 done-when list (exactness vs the single-dataset Cox stratified by site, refusal of a mismatched protocol,
 nothing person-level and no small count in packages and round files).
 """
@@ -24,9 +24,9 @@ import pytest
 import yaml
 
 from repurpose.config import load_config
-from repurpose.disclosure import small_counts_left
-from repurpose.export import IDENTIFIER_COLUMNS
-from repurpose.federation import COUNT_COLUMNS, FIT_KEYS, PackageError, pool_packages, rank_pooled
+from repurpose.federation.package import COUNT_COLUMNS, FIT_KEYS, PackageError, pool_packages, rank_pooled
+from repurpose.release.disclosure import small_counts_left
+from repurpose.release.export import IDENTIFIER_COLUMNS
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +116,7 @@ def renamed_inputs(canonical: Path, out: Path, names: dict[str, dict[str, str]],
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory) -> dict:
     """Three sites run to their packages, then pooled (and the Cox rounds driven, when available)."""
-    from repurpose.simulate import simulate_registries, write_native_extracts
+    from repurpose.simulate.registries import simulate_registries, write_native_extracts
 
     root = tmp_path_factory.mktemp("federation")
     simulate_registries(root / "simulated", n_persons=N_PERSONS, seed=7)
@@ -148,9 +148,9 @@ def federation(tmp_path_factory) -> dict:
 
 def drive_rounds(site_dirs: dict[str, Path], pooled: Path, summary: dict) -> Path | None:
     """Exchange round files between the coordinator and the sites until the pooled Cox model converges."""
-    if importlib.util.find_spec("repurpose.distributed") is None or summary["rounds"] is None:
+    if importlib.util.find_spec("repurpose.federation.distributed") is None or summary["rounds"] is None:
         return None
-    from repurpose.distributed import coordinator_round, site_round
+    from repurpose.federation.distributed import coordinator_round, site_round
 
     rounds_dir = pooled / "rounds"
     round_path = Path(summary["rounds"])
@@ -226,7 +226,7 @@ def test_a_package_made_under_another_protocol_is_refused(federation, tmp_path):
     config["screen"]["lags_years"] = [0.0, 5.0]
     config["protocol"] = None
     config["site_label"] = "rogue"
-    from repurpose.federation import write_site_package
+    from repurpose.federation.package import write_site_package
 
     results = federation["sites"]["denmark"] / "results"
     write_site_package(config, results / "screen/dwas.parquet", results / "cohort/flow.json",
@@ -252,8 +252,8 @@ def test_pooled_ranking_and_report_are_written(federation):
 
 def test_distributed_pooled_cox_equals_the_single_dataset_cox_stratified_by_site(federation):
     if federation["cox"] is None:
-        pytest.skip("repurpose.distributed is not available (or wrote no pooled Cox table)")
-    from repurpose.screen import screen_exposures
+        pytest.skip("repurpose.federation.distributed is not available (or wrote no pooled Cox table)")
+    from repurpose.dwas.screen import screen_exposures
 
     cohorts, exposures = [], {3: [], 5: []}
     for site, workdir in federation["sites"].items():
@@ -280,7 +280,7 @@ def test_distributed_pooled_cox_equals_the_single_dataset_cox_stratified_by_site
 
 def test_round_and_response_files_hold_nothing_person_level_and_no_count(federation):
     if federation["cox"] is None:
-        pytest.skip("repurpose.distributed is not available")
+        pytest.skip("repurpose.federation.distributed is not available")
     files = sorted((federation["pooled"] / "rounds").glob("*.parquet"))
     files += [p for w in federation["sites"].values() for p in sorted((w / "outbox").glob("*.parquet"))]
     assert len(files) > 3

@@ -9,7 +9,7 @@ import polars as pl
 import pytest
 
 from repurpose.config import validate_config
-from repurpose.ingest import ExtractError, validate_extracts
+from repurpose.registry.ingest import ExtractError, validate_extracts
 
 POPULATION = [
     "person_id,sex,birth_year,birth_month,death_date,emigration_date,education",

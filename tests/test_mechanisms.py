@@ -7,7 +7,7 @@ import polars as pl
 import pytest
 
 from repurpose.config import validate_config
-from repurpose.mechanisms import map_substances, rank_mechanisms, read_drug_targets
+from repurpose.dwas.mechanisms import map_substances, rank_mechanisms, read_drug_targets
 
 
 def settings():

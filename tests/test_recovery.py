@@ -14,12 +14,12 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from repurpose.cohort import run_cohort
 from repurpose.config import load_config
-from repurpose.exposure import build_exposures
-from repurpose.ingest import validate_extracts
-from repurpose.screen import gather_screen, screen_level
-from repurpose.simulate import simulate_registries
+from repurpose.dwas.exposure import build_exposures
+from repurpose.dwas.screen import gather_screen, screen_level
+from repurpose.registry.cohort import run_cohort
+from repurpose.registry.ingest import validate_extracts
+from repurpose.simulate.registries import simulate_registries
 
 pytestmark = pytest.mark.slow
 

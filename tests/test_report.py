@@ -14,7 +14,7 @@ from report_fakes import PERSON_ID_BASE, fake_dwas, write_fake_results
 
 from repurpose.cli import main as cli_main
 from repurpose.config import load_config
-from repurpose.disclosure import (
+from repurpose.release.disclosure import (
     SCREEN_RULES,
     Partition,
     for_display,
@@ -22,9 +22,9 @@ from repurpose.disclosure import (
     small_counts_left,
     suppress_small_counts,
 )
-from repurpose.export import ExportRefused, export_results
-from repurpose.provenance import file_record, git_commit, package_versions, provenance, sha256_file
-from repurpose.report import build_report, flow_table, prevalence_table, validation_table
+from repurpose.release.export import ExportRefused, export_results
+from repurpose.release.provenance import file_record, git_commit, package_versions, provenance, sha256_file
+from repurpose.release.report import build_report, flow_table, prevalence_table, validation_table
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = ("n_persons", "n_exposed", "n_cases", "n_exposed_cases")
@@ -151,7 +151,7 @@ def test_summary_tables_suppress_small_counts_and_their_complements(built):
 def test_drug_wide_plot_labels_do_not_overlap_with_1000_classes():
     import matplotlib.pyplot as plt
 
-    from repurpose.report import _place_labels
+    from repurpose.release.report import _place_labels
 
     fig, ax = plt.subplots(figsize=(11, 4.2))
     x = np.arange(1000)

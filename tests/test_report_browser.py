@@ -18,7 +18,7 @@ from headless import Browser, find_chromium
 from report_fakes import write_fake_results
 
 from repurpose.config import load_config
-from repurpose.report import build_report
+from repurpose.release.report import build_report
 
 pytestmark = pytest.mark.slow
 

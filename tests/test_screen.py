@@ -11,8 +11,14 @@ import pytest
 from lifelines import CoxTimeVaryingFitter
 
 from repurpose.config import validate_config
-from repurpose.exposure import split_class_intervals
-from repurpose.screen import SCREEN_PART_SCHEMA, add_q_values, gather_screen, prepare_cohort, screen_exposures
+from repurpose.dwas.exposure import split_class_intervals
+from repurpose.dwas.screen import (
+    SCREEN_PART_SCHEMA,
+    add_q_values,
+    gather_screen,
+    prepare_cohort,
+    screen_exposures,
+)
 
 LOG_HR_TOLERANCE = 1e-6
 RELATIVE_SE_TOLERANCE = 1e-5
@@ -224,7 +230,7 @@ def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypa
     """Without covariates the screen fits the exposure-only model on 4 counts per risk set
     (`screen_binary`); the general cell-and-pattern engine gives the same estimates, and splitting
     the classes into chunks of a few risk sets or a few rows gives identical results."""
-    from repurpose import screen as screen_module
+    from repurpose.dwas import screen as screen_module
 
     cohort = synthetic_cohort(1500, 8)
     exposures = synthetic_exposures(cohort, 8)

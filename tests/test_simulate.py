@@ -14,7 +14,7 @@ import pytest
 from scipy import stats
 
 from repurpose.atc import LEVEL5_PATTERN, load_builtin_catalog
-from repurpose.simulate import (
+from repurpose.simulate.registries import (
     CORRUPT_KINDS,
     NATIVE_COLUMNS,
     NATIVE_DATE_FORMAT,
@@ -271,7 +271,7 @@ def test_demo_drug_targets_cover_the_planted_substances() -> None:
     catalog = load_builtin_catalog().filter(pl.col("atc_level") == 5)
     names = dict(zip(catalog["atc_code"], catalog["atc_name"], strict=True))
     assert set(targets["DRUG_NAME"]) <= set(names.values())
-    from repurpose.simulate import PLANTED
+    from repurpose.simulate.registries import PLANTED
 
     assert {names[code] for code in PLANTED} <= set(targets["DRUG_NAME"])
     agonists = targets.filter(

@@ -11,7 +11,7 @@ from repurpose import __version__
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from repurpose.simulate import simulate_registries, write_native_extracts
+    from repurpose.simulate.registries import simulate_registries, write_native_extracts
 
     summary = simulate_registries(
         args.out,
@@ -29,7 +29,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from repurpose.config import load_config
-    from repurpose.ingest import validate_extracts
+    from repurpose.registry.ingest import validate_extracts
 
     report = validate_extracts(
         load_config(*args.config), f"{args.results}/validated", f"{args.results}/validation"
@@ -48,7 +48,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from repurpose.config import load_config
-    from repurpose.export import collect_sources, export_results
+    from repurpose.release.export import collect_sources, export_results
 
     sources = collect_sources(args.results) + list(args.include) if args.include else None
     entries = export_results(load_config(*args.config), args.results, args.out, sources=sources)
@@ -58,7 +58,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _site_package(args: argparse.Namespace) -> int:
     from repurpose.config import load_config
-    from repurpose.federation import write_site_package
+    from repurpose.federation.package import write_site_package
 
     results = args.results
     manifest = write_site_package(
@@ -70,7 +70,7 @@ def _site_package(args: argparse.Namespace) -> int:
 
 
 def _pool(args: argparse.Namespace) -> int:
-    from repurpose.federation import pool_packages
+    from repurpose.federation.package import pool_packages
 
     summary = pool_packages(
         args.packages, args.out, allow_version_mismatch=args.allow_version_mismatch, start_distributed=not args.no_rounds
@@ -82,7 +82,7 @@ def _pool(args: argparse.Namespace) -> int:
 def _pool_rank(args: argparse.Namespace) -> int:
     import yaml
 
-    from repurpose.federation import rank_pooled
+    from repurpose.federation.package import rank_pooled
 
     overrides: dict = {}
     for path in args.config:
@@ -94,7 +94,7 @@ def _pool_rank(args: argparse.Namespace) -> int:
 
 def _site_round(args: argparse.Namespace) -> int:
     from repurpose.config import load_config
-    from repurpose.distributed import site_round
+    from repurpose.federation.distributed import site_round
 
     response = site_round(load_config(*args.config), args.results, args.round_file, args.out, args.site_label)
     print(json.dumps({"response": str(response)}, indent=2))
@@ -102,7 +102,7 @@ def _site_round(args: argparse.Namespace) -> int:
 
 
 def _pool_round(args: argparse.Namespace) -> int:
-    from repurpose.distributed import coordinator_round, result_path_for
+    from repurpose.federation.distributed import coordinator_round, result_path_for
 
     next_round = coordinator_round(args.rounds_dir, args.responses, result_path=args.result)
     done = next_round is None

@@ -14,7 +14,7 @@ rule mechanisms:
         mem_mb=2048,
         runtime=10,
     run:
-        run_logged(log[0], "repurpose.mechanisms:run_mechanisms", config, input.dwas, output.ranking, output.matches)
+        run_logged(log[0], "repurpose.dwas.mechanisms:run_mechanisms", config, input.dwas, output.ranking, output.matches)
 
 
 rule candidates:
@@ -37,4 +37,4 @@ rule candidates:
         mem_mb=MEM_MB,
         runtime=120,
     run:
-        run_logged(log[0], "repurpose.candidates:run_candidates", config, input.dwas, input.cohort, list(input.exposures), f"{RESULTS}/validated/prescriptions", input.matches, input.mechanisms, output.ranking, output.readme)
+        run_logged(log[0], "repurpose.dwas.candidates:run_candidates", config, input.dwas, input.cohort, list(input.exposures), f"{RESULTS}/validated/prescriptions", input.matches, input.mechanisms, output.ranking, output.readme)

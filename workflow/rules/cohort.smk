@@ -15,4 +15,4 @@ rule cohort:
         mem_mb=MEM_MB,
         runtime=30,
     run:
-        run_logged(log[0], "repurpose.cohort:run_cohort", config, input.population, input.ms_registry, output.cohort, output.flow)
+        run_logged(log[0], "repurpose.registry.cohort:run_cohort", config, input.population, input.ms_registry, output.cohort, output.flow)

@@ -2,9 +2,9 @@
 import os
 
 from repurpose.atc import ANATOMICAL_GROUPS
-from repurpose.ingest import prescription_parts
+from repurpose.registry.ingest import prescription_parts
 from repurpose.logs import run_logged
-from repurpose.simulate import simulated_prescription_files
+from repurpose.simulate.registries import simulated_prescription_files
 
 RESULTS = "results"
 ATC_LEVELS = [int(level) for level in config["screen"]["atc_levels"]]

@@ -15,7 +15,7 @@ rule exposure_substances:
         mem_mb=MEM_MB,
         runtime=120,
     run:
-        run_logged(log[0], "repurpose.exposure:build_substance_exposures", config, list(input.prescriptions), input.cohort, output[0])
+        run_logged(log[0], "repurpose.dwas.exposure:build_substance_exposures", config, list(input.prescriptions), input.cohort, output[0])
 
 
 rule exposure:
@@ -36,4 +36,4 @@ rule exposure:
         mem_mb=MEM_MB,
         runtime=120,
     run:
-        run_logged(log[0], "repurpose.exposure:build_exposures", config, list(input.prescriptions), input.cohort, int(wildcards.level), output[0], input.substances)
+        run_logged(log[0], "repurpose.dwas.exposure:build_exposures", config, list(input.prescriptions), input.cohort, int(wildcards.level), output[0], input.substances)

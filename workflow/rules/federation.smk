@@ -16,4 +16,4 @@ rule site_package:
         mem_mb=2048,
         runtime=10,
     run:
-        run_logged(log[0], "repurpose.federation:write_site_package", config, input.dwas, input.flow, input.validation, f"{RESULTS}/site_package")
+        run_logged(log[0], "repurpose.federation.package:write_site_package", config, input.dwas, input.flow, input.validation, f"{RESULTS}/site_package")

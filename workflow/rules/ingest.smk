@@ -19,7 +19,7 @@ rule validate_registers:
         mem_mb=MEM_MB,
         runtime=60,
     run:
-        run_logged(log[0], "repurpose.ingest:validate_registers", config, f"{RESULTS}/validated", f"{RESULTS}/validation")
+        run_logged(log[0], "repurpose.registry.ingest:validate_registers", config, f"{RESULTS}/validated", f"{RESULTS}/validation")
 
 
 rule validate_prescriptions:
@@ -40,7 +40,7 @@ rule validate_prescriptions:
         mem_mb=MEM_MB,
         runtime=60,
     run:
-        run_logged(log[0], "repurpose.ingest:validate_prescription_part", config, input.part, input.population, input.registers, output.clean, output.rejects, output.report)
+        run_logged(log[0], "repurpose.registry.ingest:validate_prescription_part", config, input.part, input.population, input.registers, output.clean, output.rejects, output.report)
 
 
 rule validate:
@@ -57,4 +57,4 @@ rule validate:
         mem_mb=1024,
         runtime=5,
     run:
-        run_logged(log[0], "repurpose.ingest:merge_validation_reports", input.registers, list(input.parts), output.report, output.summary)
+        run_logged(log[0], "repurpose.registry.ingest:merge_validation_reports", input.registers, list(input.parts), output.report, output.summary)

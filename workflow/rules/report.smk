@@ -21,7 +21,7 @@ rule report:
         mem_mb=2048,
         runtime=20,
     run:
-        run_logged(log[0], "repurpose.report:build_report", config, input.validation, input.flow, input.dwas, input.exposure, output.html, f"{RESULTS}/report/tables", input.drugs, input.mechanisms)
+        run_logged(log[0], "repurpose.release.report:build_report", config, input.validation, input.flow, input.dwas, input.exposure, output.html, f"{RESULTS}/report/tables", input.drugs, input.mechanisms)
 
 
 rule export:
@@ -44,4 +44,4 @@ rule export:
         mem_mb=1024,
         runtime=10,
     run:
-        run_logged(log[0], "repurpose.export:export_results", config, RESULTS, f"{RESULTS}/export", output.manifest)
+        run_logged(log[0], "repurpose.release.export:export_results", config, RESULTS, f"{RESULTS}/export", output.manifest)

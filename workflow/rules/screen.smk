@@ -19,7 +19,7 @@ rule screen_part:
         mem_mb=MEM_MB,
         runtime=60,
     run:
-        run_logged(log[0], "repurpose.screen:screen_level", config, input.cohort, input.exposure, int(wildcards.level), output[0], wildcards.group)
+        run_logged(log[0], "repurpose.dwas.screen:screen_level", config, input.cohort, input.exposure, int(wildcards.level), output[0], wildcards.group)
 
 
 rule screen_gather:
@@ -37,4 +37,4 @@ rule screen_gather:
         mem_mb=2048,
         runtime=10,
     run:
-        run_logged(log[0], "repurpose.screen:gather_screen", config, list(input), output.parquet, output.csv)
+        run_logged(log[0], "repurpose.dwas.screen:gather_screen", config, list(input), output.parquet, output.csv)

@@ -27,9 +27,8 @@ import polars as pl
 from scipy import stats
 
 from repurpose.atc import anatomical_group_filter, load_atc_names
-from repurpose.binary_cox import BinaryRiskSets, fit_binary_efron
-from repurpose.cohort import DAYS_PER_YEAR
-from repurpose.coxph import (
+from repurpose.cox.binary import BinaryRiskSets, fit_binary_efron
+from repurpose.cox.engine import (
     CoxFitResult,
     RiskSetTable,
     concatenated_ranges,
@@ -37,7 +36,8 @@ from repurpose.coxph import (
     run_starts,
     segment_sums,
 )
-from repurpose.disclosure import SCREEN_RULES, for_display, suppress_small_counts
+from repurpose.registry.cohort import DAYS_PER_YEAR
+from repurpose.release.disclosure import SCREEN_RULES, for_display, suppress_small_counts
 
 log = logging.getLogger(__name__)
 

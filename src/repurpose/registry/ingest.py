@@ -25,8 +25,8 @@ from typing import Any
 
 import duckdb
 
-from repurpose.dictionary import ColumnSpec, ExtractSpec, load_extract_spec
 from repurpose.duck import connect, execute_with_progress, sql_literal
+from repurpose.registry.dictionary import ColumnSpec, ExtractSpec, load_extract_spec
 
 log = logging.getLogger(__name__)
 

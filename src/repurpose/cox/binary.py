@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from repurpose.coxph import (
+from repurpose.cox.engine import (
     SINGULAR_RELATIVE_TOL,
     CoxEngineError,
     CoxFitResult,

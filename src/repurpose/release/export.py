@@ -2,7 +2,7 @@
 
 `export_results` copies aggregate outputs (the screen, the candidate rankings, the report and its
 summary tables) from `results/` to `results/export/`, passing every table once more through
-`repurpose.disclosure.suppress_small_counts` and then checking that no disclosive count is left. It
+`repurpose.release.disclosure.suppress_small_counts` and then checking that no disclosive count is left. It
 refuses, with an error naming the file, anything person-level: the files the pipeline knows to be
 person-level (validated extracts, rejects, cohort, exposure, raw screen parts, simulated registries)
 and any table with a person-identifier column. `manifest.csv` lists file, SHA-256, bytes and rows.
@@ -19,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from repurpose.disclosure import (
+from repurpose.release.disclosure import (
     SCREEN_RULES,
     for_display,
     parse_display,
@@ -27,7 +27,7 @@ from repurpose.disclosure import (
     small_counts_left,
     suppress_small_counts,
 )
-from repurpose.provenance import sha256_file
+from repurpose.release.provenance import sha256_file
 
 log = logging.getLogger(__name__)
 

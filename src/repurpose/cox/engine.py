@@ -809,7 +809,7 @@ def _unchecked_table(table: RiskSetTable, rows: slice, first_fit: int, n_fits: i
 class NewtonArrays:
     """Per-fit Newton-Raphson state (rows = fits), updated in place by :func:`accept_or_halve`.
 
-    Shared by :func:`fit_efron` and the coordinator of the distributed fit (`repurpose.distributed`), so
+    Shared by :func:`fit_efron` and the coordinator of the distributed fit (`repurpose.federation.distributed`), so
     both follow exactly the same rules.
     """
 

@@ -10,7 +10,7 @@ Several registries run one analysis without person-level data crossing a border 
 2. the coordinating centre pools the packages (`pool_packages`, `repurpose pool`): it refuses packages
    whose protocols differ (naming the settings), meta-analyses every fit (fixed effect, DerSimonian-Laird,
    REML and Paule-Mandel random effects) and starts the distributed rounds of the exact pooled Cox model
-   (`repurpose.distributed`, when installed);
+   (`repurpose.federation.distributed`, when installed);
 3. `rank_pooled` (`repurpose pool-rank`) builds a screen table from the pooled estimates (exact pooled
    Cox where it converged, else the fixed-effect meta-analysis) and runs the mechanism and candidate
    rankings and the report on it, with a per-site forest plot for each top candidate.
@@ -35,14 +35,6 @@ import yaml
 from scipy import stats
 
 from repurpose import __version__
-from repurpose.disclosure import (
-    SCREEN_RULES,
-    for_display,
-    parse_display,
-    small_counts_left,
-    suppress_small_counts,
-)
-from repurpose.export import IDENTIFIER_COLUMNS
 from repurpose.meta import pool
 from repurpose.protocol import (
     design_differences,
@@ -52,7 +44,15 @@ from repurpose.protocol import (
     protocol_yaml,
     read_protocol,
 )
-from repurpose.provenance import sha256_file
+from repurpose.release.disclosure import (
+    SCREEN_RULES,
+    for_display,
+    parse_display,
+    small_counts_left,
+    suppress_small_counts,
+)
+from repurpose.release.export import IDENTIFIER_COLUMNS
+from repurpose.release.provenance import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def check_aggregate(frame: pl.DataFrame, name: str, count_columns: list[str], mi
 
 def summary_tables(flow_json: str | Path | None, validation_json: str | Path | None, min_cell: int) -> dict[str, pl.DataFrame]:
     """The disclosure-controlled cohort flow and validation counts of a site, as (table, item, n)."""
-    from repurpose.report import flow_table, validation_table
+    from repurpose.release.report import flow_table, validation_table
 
     tables = {}
     if flow_json is not None and Path(flow_json).is_file():
@@ -331,7 +331,7 @@ def pool_packages(
 
     Writes meta.parquet / meta.csv (every fit), site_fits.parquet (the sites' rows, for forest plots),
     sites.csv (one row per site with its manifest fields), site_summaries.csv (per-site flow and
-    validation counts), protocol.yaml (the common design) and, with `repurpose.distributed`,
+    validation counts), protocol.yaml (the common design) and, with `repurpose.federation.distributed`,
     rounds/round_001.parquet.
     """
     packages = [read_site_package(p) for p in package_dirs]
@@ -374,11 +374,11 @@ def pool_packages(
 
 
 def start_distributed_rounds(meta: pl.DataFrame, rounds_dir: Path, design_hash: str) -> str | None:
-    """Write the first round of the exact pooled Cox model (`repurpose.distributed`), if that module exists."""
+    """Write the first round of the exact pooled Cox model (`repurpose.federation.distributed`), if that module exists."""
     try:
-        from repurpose.distributed import start_rounds
+        from repurpose.federation.distributed import start_rounds
     except ImportError:
-        log.warning("repurpose.distributed is not available: no exact pooled Cox rounds started (meta-analysis only)")
+        log.warning("repurpose.federation.distributed is not available: no exact pooled Cox rounds started (meta-analysis only)")
         return None
     fits = meta.filter(pl.col("k_sites") > 0).select(FIT_KEYS)
     return str(start_rounds(fits, rounds_dir, protocol_hash=design_hash))
@@ -413,7 +413,7 @@ def pooled_screen_table(meta: pl.DataFrame, cox: pl.DataFrame | None, fdr_alpha:
     fixed-effect meta-analysis (`estimate_source` says which); Wald CI and p; BH q-values within each
     level x lag x sex family, as in a single-site screen.
     """
-    from repurpose.screen import SCREEN_COLUMNS, add_q_values
+    from repurpose.dwas.screen import SCREEN_COLUMNS, add_q_values
 
     for column in ("fe_log_hr", "fe_se"):  # absent when no fit converged at any site
         if column not in meta.columns:
@@ -465,16 +465,16 @@ def rank_pooled(
     substance_targets}.csv + README.md, report/index.html + report/tables/*.csv (the same files as a
     single-site run; the person-level evidence columns of the drug ranking stay empty).
     """
-    from repurpose.candidates import run_candidates
-    from repurpose.mechanisms import run_mechanisms
-    from repurpose.report import SiteEvidence, build_report
+    from repurpose.dwas.candidates import run_candidates
+    from repurpose.dwas.mechanisms import run_mechanisms
+    from repurpose.release.report import SiteEvidence, build_report
 
     pooled_dir = Path(pooled_dir)
     config = coordinator_config(pooled_dir, overrides)
     min_cell = int(config["disclosure"]["min_cell"])
     meta = pl.read_parquet(pooled_dir / "meta.parquet")
     if cox_path is None and (pooled_dir / "cox.parquet").is_file():
-        cox_path = pooled_dir / "cox.parquet"  # written by repurpose.distributed when the rounds finished
+        cox_path = pooled_dir / "cox.parquet"  # written by repurpose.federation.distributed when the rounds finished
     cox = pl.read_parquet(cox_path) if cox_path is not None else None
     log.info("pooled ranking from %s (exact pooled Cox: %s)", pooled_dir, cox_path or "not available, fixed-effect meta")
     screen = pooled_screen_table(meta, cox, float(config["screen"]["fdr_alpha"]), min_cell)

@@ -9,7 +9,7 @@ ones. So the coordinating centre can run Newton-Raphson on the sums without seei
 2. Each site runs `site_round` on the round file and returns, per fit, its log-likelihood, score vector
    and information matrix at that point (sums over its persons and event times; no counts).
 3. `coordinator_round` sums the responses, does one Newton-Raphson update with step halving per fit
-   (the same rules as `repurpose.coxph.fit_efron`), and writes the next round file, or, when every fit
+   (the same rules as `repurpose.cox.engine.fit_efron`), and writes the next round file, or, when every fit
    is done, the pooled estimates (`cox.parquet` next to the rounds directory).
 
 All fits travel in one file per round; fits already done are carried along but not re-evaluated.
@@ -30,7 +30,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from repurpose.coxph import (
+from repurpose.cox.engine import (
     MAX_STEP_HALVINGS,
     SEPARATION_MIN_ABS_COEF,
     SEPARATION_MIN_STEP,
@@ -43,7 +43,13 @@ from repurpose.coxph import (
     newton_step,
     scaled_eigh,
 )
-from repurpose.screen import build_risk_sets, cell_layout, exposed_rows, index_screen_inputs, total_counts
+from repurpose.dwas.screen import (
+    build_risk_sets,
+    cell_layout,
+    exposed_rows,
+    index_screen_inputs,
+    total_counts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +213,7 @@ def site_protocol_hash(config: dict[str, Any]) -> str | None:
     without, the hash of the config's own design.
     """
     try:
-        from repurpose.federation import site_design
+        from repurpose.federation.package import site_design
         from repurpose.protocol import protocol_hash
     except ImportError:  # the federation modules are optional: the check is then skipped
         return None

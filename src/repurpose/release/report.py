@@ -3,7 +3,7 @@
 It shows the study summary (cohort flow, validation, exposure prevalence), the drug-wide screen
 (Manhattan-style and volcano plots per ATC level and lag), the evidence for the top candidates (forest
 plots across lags, sex strata and models), the drug and mechanism rankings as sortable, filterable
-tables, and methods and provenance. Every count passes `repurpose.disclosure.suppress_small_counts`
+tables, and methods and provenance. Every count passes `repurpose.release.disclosure.suppress_small_counts`
 before it is drawn or written; person-level inputs (the exposure table) are only ever aggregated.
 The candidate files are optional: when absent, the report says so and shows the top screen hits.
 """
@@ -33,7 +33,7 @@ import yaml  # noqa: E402
 from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
 
 from repurpose.atc import load_atc_names  # noqa: E402
-from repurpose.disclosure import (  # noqa: E402
+from repurpose.release.disclosure import (  # noqa: E402
     SCREEN_RULES,
     Partition,
     for_display,
@@ -41,7 +41,7 @@ from repurpose.disclosure import (  # noqa: E402
     person_count_columns,
     suppress_small_counts,
 )
-from repurpose.provenance import provenance  # noqa: E402
+from repurpose.release.provenance import provenance  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -1629,7 +1629,7 @@ def _ground_truth(
         corrupt_person_ids[CORRUPT_KINDS[kind_index]].append(int(person_id))
     corrupt_person_ids.update(corrupt_ms_ids)
     return {
-        "description": "Planted truth of the simulated registries (repurpose.simulate).",
+        "description": "Planted truth of the simulated registries (repurpose.simulate.registries).",
         "parameters": parameters,
         "substances": substance_truth,
         "roles": {
