@@ -3,36 +3,14 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import polars as pl
 import pytest
 import yaml
+from conftest import DEMO_PERSONS as N_PERSONS
+from conftest import run_snakemake
 
 pytestmark = pytest.mark.slow
-
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-N_PERSONS = 8000
-
-
-def run_snakemake(workdir: Path, *config_files: Path) -> None:
-    command = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", "--quiet", "progress"]
-    if config_files:
-        command += ["--configfile", *map(str, config_files)]
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("demo")
-    small = workdir / "small.yaml"
-    small.write_text(yaml.safe_dump({"simulate": {"n_persons": N_PERSONS}}))
-    run_snakemake(workdir, small)
-    return workdir / "results"
 
 
 def test_demo_dag_writes_every_output(demo_run):

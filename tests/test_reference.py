@@ -1,0 +1,38 @@
+"""The restructured code gives the results of the code before it: the demo screen and rankings against a stored
+reference (tests/data/reference_demo_8000/README.md says how it was produced)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+pytestmark = pytest.mark.slow
+
+REFERENCE = Path(__file__).parent / "data" / "reference_demo_8000"
+KEY = ["atc_level", "lag_years", "sex", "atc_code"]
+
+
+def test_screen_equals_the_reference_to_1e_12_in_log_hr(demo_run):
+    ours = pl.read_parquet(demo_run / "screen/dwas.parquet").sort(KEY)
+    reference = pl.read_parquet(REFERENCE / "dwas.parquet").sort(KEY)
+    assert ours.select(KEY).equals(reference.select(KEY))
+    assert ours["status"].to_list() == reference["status"].to_list()
+    for column in ("log_hr", "se"):
+        a, b = ours[column].to_numpy().astype(float), reference[column].to_numpy().astype(float)
+        assert np.array_equal(np.isnan(a), np.isnan(b)), column
+        finite = ~np.isnan(a)
+        assert np.max(np.abs(a[finite] - b[finite]), initial=0.0) <= 1e-12, column
+    counts = [c for c in reference.columns if c.startswith("n_")]
+    assert ours.select(counts).equals(reference.select(counts))
+
+
+@pytest.mark.parametrize("name", ["drug_ranking.csv", "mechanism_ranking.csv", "substance_targets.csv"])
+def test_rankings_equal_the_reference(demo_run, name):
+    ours = pl.read_csv(demo_run / "candidates" / name, infer_schema=False)
+    reference = pl.read_csv(REFERENCE / name, infer_schema=False)
+    assert ours.columns == reference.columns
+    assert ours.height == reference.height > 0
+    assert ours.equals(reference)
