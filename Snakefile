@@ -12,32 +12,34 @@ configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 # A study config given with --configfile replaces the file above in Snakemake; merging it over the demo
 # config here keeps "my_study.yaml overrides only what differs" true however the workflow is called.
-from repurpose.config import apply_protocol_or_fail, merge_over_defaults
+from repurpose.study_config import apply_protocol_or_fail, merge_over_defaults
 
 config.update(apply_protocol_or_fail(config, getattr(getattr(workflow, "config_settings", None), "overwrite_config", None)))
 config.update(merge_over_defaults(config, os.path.join(workflow.basedir, "config/config.yaml")))
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/simulate.smk"
-include: "workflow/rules/ingest.smk"
-include: "workflow/rules/cohort.smk"
-include: "workflow/rules/exposure.smk"
-include: "workflow/rules/screen.smk"
+
+
+if POOLED:
+
+    include: "workflow/rules/pooled.smk"
+
+else:
+
+    include: "workflow/rules/simulate.smk"
+    include: "workflow/rules/ingest.smk"
+    include: "workflow/rules/cohort.smk"
+    include: "workflow/rules/exposure.smk"
+    include: "workflow/rules/screen.smk"
+    include: "workflow/rules/federation.smk"
+
+
 include: "workflow/rules/candidates.smk"
 include: "workflow/rules/report.smk"
-include: "workflow/rules/federation.smk"
 
 
 rule all:
     input:
-        "results/validation/report.json",
-        "results/cohort/flow.json",
-        "results/screen/dwas.parquet",
-        "results/screen/dwas.csv",
-        "results/candidates/drug_ranking.csv",
-        "results/candidates/mechanism_ranking.csv",
-        "results/candidates/README.md",
-        "results/report/index.html",
-        "results/export/manifest.csv",
+        FINAL_TARGETS,
     default_target: True

@@ -22,7 +22,7 @@ from typing import Any
 
 import polars as pl
 
-from repurpose.config import load_config
+from repurpose.study_config import load_config
 
 
 def _run_stage(name: str, config: dict[str, Any], work: Path, queue: mp.Queue) -> None:
@@ -34,28 +34,30 @@ def _run_stage(name: str, config: dict[str, Any], work: Path, queue: mp.Queue) -
     elif name == "validate":
         from repurpose.registry.ingest import validate_extracts
 
-        validate_extracts(config, work / "validated", work / "validation")
+        validate_extracts(config, results_dir=work)
     elif name == "cohort":
         from repurpose.registry.cohort import run_cohort
 
-        run_cohort(config, work / "validated/population.parquet", work / "validated/ms_registry.parquet",
-                   work / "cohort.parquet", work / "flow.json")
+        run_cohort(config, population=work / "validated/population.parquet", ms_registry=work / "validated/ms_registry.parquet",
+                   cohort=work / "cohort.parquet", flow=work / "flow.json")
     elif name == "exposure":
         from repurpose.dwas.exposure import build_exposures, build_substance_exposures
 
-        prescriptions, cohort = work / "validated/prescriptions", work / "cohort.parquet"
-        build_substance_exposures(config, prescriptions, cohort, work / "substances.parquet")
+        prescriptions = sorted(str(p) for p in (work / "validated/prescriptions").glob("*.parquet"))
+        cohort = work / "cohort.parquet"
+        build_substance_exposures(config, prescriptions=prescriptions, cohort=cohort, substances=work / "substances.parquet")
         for level in config["screen"]["atc_levels"]:
-            build_exposures(config, prescriptions, cohort, level, work / f"exposure_{level}.parquet", work / "substances.parquet")
+            build_exposures(config, prescriptions=prescriptions, cohort=cohort, level=level,
+                            exposure=work / f"exposure_{level}.parquet", substances=work / "substances.parquet")
     elif name == "screen":
         from repurpose.dwas.screen import gather_screen, screen_level
 
         parts = []
         for level in config["screen"]["atc_levels"]:
             part = work / f"screen_{level}.parquet"
-            screen_level(config, work / "cohort.parquet", work / f"exposure_{level}.parquet", level, part)
+            screen_level(config, cohort=work / "cohort.parquet", exposure=work / f"exposure_{level}.parquet", level=level, part=part)
             parts.append(str(part))
-        gather_screen(config, parts, work / "dwas.parquet", work / "dwas.csv")
+        gather_screen(config, parts=parts, dwas=work / "dwas.parquet", dwas_csv=work / "dwas.csv")
     queue.put((time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 

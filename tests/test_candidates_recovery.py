@@ -14,7 +14,6 @@ import numpy as np
 import polars as pl
 import pytest
 
-from repurpose.config import load_config
 from repurpose.dwas.candidates import _model_cohort, confirmation_fit, run_candidates
 from repurpose.dwas.exposure import build_exposures, build_substance_exposures
 from repurpose.dwas.mechanisms import run_mechanisms
@@ -22,6 +21,7 @@ from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.registry.cohort import run_cohort
 from repurpose.registry.ingest import validate_extracts
 from repurpose.simulate.registries import simulate_registries
+from repurpose.study_config import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -41,20 +41,25 @@ def run(tmp_path_factory):
         config["inputs"][name]["path"] = str(work / f"simulated/{name}.parquet")
     config["inputs"]["prescriptions"]["path"] = str(work / "simulated/prescriptions")
     config["resources"]["tmpdir"] = str(work / "tmp")
-    validate_extracts(config, work / "validated", work / "validation")
-    run_cohort(config, work / "validated/population.parquet", work / "validated/ms_registry.parquet", work / "cohort.parquet", work / "flow.json")
+    validate_extracts(config, results_dir=work)
+    run_cohort(config, population=work / "validated/population.parquet", ms_registry=work / "validated/ms_registry.parquet",
+               cohort=work / "cohort.parquet", flow=work / "flow.json")
+    prescriptions = sorted(str(p) for p in (work / "validated/prescriptions").glob("*.parquet"))
+    cohort = work / "cohort.parquet"
     parts = []
-    build_substance_exposures(config, work / "validated/prescriptions", work / "cohort.parquet", work / "substances.parquet")
+    build_substance_exposures(config, prescriptions=prescriptions, cohort=cohort, substances=work / "substances.parquet")
     for level in LEVELS:
-        build_exposures(config, work / "validated/prescriptions", work / "cohort.parquet", level, work / f"exposure_{level}.parquet",
-                        work / "substances.parquet")
-        screen_level(config, work / "cohort.parquet", work / f"exposure_{level}.parquet", level, work / f"part_{level}.parquet")
+        build_exposures(config, prescriptions=prescriptions, cohort=cohort, level=level,
+                        exposure=work / f"exposure_{level}.parquet", substances=work / "substances.parquet")
+        screen_level(config, cohort=cohort, exposure=work / f"exposure_{level}.parquet", level=level,
+                     part=work / f"part_{level}.parquet")
         parts.append(str(work / f"part_{level}.parquet"))
-    gather_screen(config, parts, work / "dwas.parquet", work / "dwas.csv")
-    run_mechanisms(config, work / "dwas.parquet", work / "mechanisms.csv", work / "targets.csv")
+    gather_screen(config, parts=parts, dwas=work / "dwas.parquet", dwas_csv=work / "dwas.csv")
+    run_mechanisms(config, dwas=work / "dwas.parquet", ranking=work / "mechanisms.csv", matches=work / "targets.csv")
     run_candidates(
-        config, work / "dwas.parquet", work / "cohort.parquet", [str(work / f"exposure_{level}.parquet") for level in LEVELS],
-        work / "validated/prescriptions", work / "targets.csv", work / "mechanisms.csv", work / "drugs.csv", work / "README.md",
+        config, dwas=work / "dwas.parquet", cohort=cohort, exposures=[str(work / f"exposure_{level}.parquet") for level in LEVELS],
+        prescriptions=prescriptions, matches=work / "targets.csv", mechanisms=work / "mechanisms.csv",
+        ranking=work / "drugs.csv", readme=work / "README.md",
     )
     truth = json.loads((work / "simulated/ground_truth.json").read_text())
     roles = pl.DataFrame([{"atc_code": code, "role": s["role"]} for code, s in truth["substances"].items()])

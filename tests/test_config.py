@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from repurpose.config import ConfigError, load_config, validate_config
+from repurpose.config import ConfigError, validate_config
+from repurpose.study_config import load_config
 
 INPUTS = {n: {"path": f"{n}.csv"} for n in ("population", "prescriptions", "ms_registry")}
 

@@ -295,7 +295,7 @@ def test_categorical_covariates_are_aligned_by_name_across_sites(tmp_path):
 
 def test_site_checks_the_round_against_its_own_protocol_file(pooled_run, tmp_path):
     protocol = pytest.importorskip("repurpose.protocol")
-    from repurpose.config import load_config
+    from repurpose.study_config import load_config
 
     protocol_file = tmp_path / "protocol.yaml"
     protocol_file.write_text(protocol.protocol_yaml(protocol.design_of_config(pooled_run["config"])))

@@ -46,7 +46,7 @@ def exposures(tmp_path, cohort_path, level, **screen):
     config = validate_config({"inputs": {n: {"path": "x"} for n in ("population", "prescriptions", "ms_registry")},
                               "screen": screen, "resources": {"tmpdir": str(tmp_path / "tmp")}})
     out = tmp_path / f"exposure_{level}.parquet"
-    build_exposures(config, tmp_path / "rx", cohort_path, level, out)
+    build_exposures(config, prescriptions=tmp_path / "rx", cohort=cohort_path, level=level, exposure=out)
     return pl.read_parquet(out).sort("atc_code", "person_id")
 
 

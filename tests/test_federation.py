@@ -18,7 +18,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from repurpose.config import ConfigError, load_config
+from repurpose.config import ConfigError
 from repurpose.dwas.screen import SCREEN_COLUMNS
 from repurpose.federation.package import (
     COUNT_COLUMNS,
@@ -31,6 +31,7 @@ from repurpose.federation.package import (
 )
 from repurpose.protocol import ProtocolError, design_of_config, protocol_hash, read_protocol
 from repurpose.release.disclosure import small_counts_left
+from repurpose.study_config import load_config
 
 INPUTS = {n: {"path": f"{n}.csv"} for n in ("population", "prescriptions", "ms_registry")}
 PROTOCOL = {"screen": {"atc_levels": [5], "lags_years": [0, 2], "sex_strata": ["all", "F", "M"]},
@@ -91,7 +92,7 @@ def make_package(tmp_path, protocol_file, label: str, estimates: dict[str, tuple
             "events_by_sex": {"F": 35, "M": 15}, "exit_reasons": {"end": 900, "death": 50, "event": 50}}  # fmt: skip
     flow_path = tmp_path / f"{label}_flow.json"
     flow_path.write_text(json.dumps(flow))
-    write_site_package(config, dwas, flow_path, None, tmp_path / label)
+    write_site_package(config, dwas=dwas, flow=flow_path, validation=None, package=tmp_path / label)
     return tmp_path / label
 
 
@@ -162,7 +163,7 @@ def test_site_package_holds_aggregates_only_with_a_checked_manifest(tmp_path, pr
         {"atc_code": "A10BA02", "lag": 2, "n_exposed_cases": 2},  # skipped
     ]
     fake_dwas(rows).write_parquet(tmp_path / "dwas.parquet")
-    manifest_path = write_site_package(config, tmp_path / "dwas.parquet", None, None, tmp_path / "pkg")
+    manifest_path = write_site_package(config, dwas=tmp_path / "dwas.parquet", flow=None, validation=None, package=tmp_path / "pkg")
     manifest = json.loads(manifest_path.read_text())
     assert manifest["site_label"] == "north" and manifest["protocol_hash"] == protocol_hash(read_protocol(protocol_file))
     assert manifest["atc_index_version"].startswith("builtin:") and manifest["pipeline_version"]
@@ -290,7 +291,7 @@ def test_pooled_ranking_and_report_run_without_person_level_inputs(tmp_path, pro
     assert "N02BE01" in drugs["atc_code"].to_list() and drugs["hr_confirmation"].is_null().all()
     html = open(outputs["report"], encoding="utf-8").read()
     assert 'id="federation"' in html and 'class="forest"' in html
-    flow = pl.read_csv(tmp_path / "pooled/report/tables/cohort_flow.csv", infer_schema=False)
+    flow = pl.read_csv(tmp_path / "pooled/results/report/tables/cohort_flow.csv", infer_schema=False)
     assert "a: flow" in flow["table"].to_list()
     assert flow.filter((pl.col("table") == "flow") & (pl.col("item") == "in cohort"))["n"][0] == "3000"
 

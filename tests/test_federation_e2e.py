@@ -23,10 +23,10 @@ import polars as pl
 import pytest
 import yaml
 
-from repurpose.config import load_config
 from repurpose.federation.package import COUNT_COLUMNS, FIT_KEYS, PackageError, pool_packages, rank_pooled
 from repurpose.release.disclosure import small_counts_left
 from repurpose.release.export import IDENTIFIER_COLUMNS
+from repurpose.study_config import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -229,8 +229,8 @@ def test_a_package_made_under_another_protocol_is_refused(federation, tmp_path):
     from repurpose.federation.package import write_site_package
 
     results = federation["sites"]["denmark"] / "results"
-    write_site_package(config, results / "screen/dwas.parquet", results / "cohort/flow.json",
-                       results / "validation/report.json", rogue / "site_package")  # fmt: skip
+    write_site_package(config, dwas=results / "screen/dwas.parquet", flow=results / "cohort/flow.json",
+                       validation=results / "validation/report.json", package=rogue / "site_package")  # fmt: skip
     with pytest.raises(PackageError, match=r"screen\.lags_years.*norway \[0\.0, 2\.0\].*rogue \[0\.0, 5\.0\]"):
         pool_packages([federation["sites"]["norway"] / "results/site_package", rogue / "site_package"], tmp_path / "p")
 

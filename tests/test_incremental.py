@@ -118,3 +118,13 @@ def test_changed_screen_setting_reruns_the_screen_not_the_exposures(completed_ru
     jobs = planned_jobs(workdir, changed)
     assert jobs["screen_part"] == len(ANATOMICAL_GROUPS)
     assert not {"exposure", "exposure_substances", "validate_prescriptions"} & set(jobs)
+
+
+def test_changed_fdr_alpha_reruns_only_the_stages_that_read_it(completed_run, tmp_path):
+    workdir, config, _ = completed_run
+    settings = yaml.safe_load(config.read_text())
+    settings["screen"]["fdr_alpha"] = 0.01
+    changed = tmp_path / "alpha.yaml"
+    changed.write_text(yaml.safe_dump(settings))
+    # The screen parts declare (in @stage) that they do not read fdr_alpha; the gathered table does.
+    assert planned_jobs(workdir, changed) == {"screen_gather": 1}

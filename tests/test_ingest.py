@@ -49,7 +49,7 @@ def make_config(paths: dict, tmp_path: Path, **extract_options) -> dict:
 def run(tmp_path: Path, **extracts) -> dict:
     config_options = extracts.pop("options", {})
     paths = write_extracts(tmp_path / "in", **extracts)
-    return validate_extracts(make_config(paths, tmp_path, **config_options), tmp_path / "validated", tmp_path / "validation")
+    return validate_extracts(make_config(paths, tmp_path, **config_options), results_dir=tmp_path)
 
 
 def read_rejects(validation_dir: Path, extract: str) -> pl.DataFrame:
@@ -155,7 +155,7 @@ def test_native_semicolon_latin1_extract_with_column_map(tmp_path):
                         "diagnosis_date": "diagnosedato", "ms_course": "forløp", "edss_at_diagnosis": "edss_ved_diagnose"}},
     }
     paths = write_extracts(tmp_path / "in", population, prescriptions, ms_registry, encoding="latin-1")
-    report = validate_extracts(make_config(paths, tmp_path, **options), tmp_path / "validated", tmp_path / "validation")
+    report = validate_extracts(make_config(paths, tmp_path, **options), results_dir=tmp_path)
     assert all(entry["rows_rejected"] == 0 for entry in report["extracts"].values())
     dispensings = pl.read_parquet(tmp_path / "validated" / "prescriptions", hive_partitioning=True).sort("person_id")
     assert dispensings["atc_code"].to_list() == ["N06AB06", "R03AC02"]
@@ -172,7 +172,7 @@ def test_directory_of_yearly_parquet_parts(tmp_path):
     for year, part in frame.group_by(pl.col("dispense_date").dt.year()):
         part.write_parquet(parts / f"dispensings_{year[0]}.parquet")
     paths["prescriptions"] = str(parts)
-    report = validate_extracts(make_config(paths, tmp_path), tmp_path / "validated", tmp_path / "validation")
+    report = validate_extracts(make_config(paths, tmp_path), results_dir=tmp_path)
     assert report["extracts"]["prescriptions"]["rows_kept"] == 3
     assert len(report["extracts"]["prescriptions"]["files"]) == 3
 
@@ -182,7 +182,7 @@ def test_fatal_missing_file(tmp_path):
     paths = write_extracts(tmp_path / "in")
     paths["ms_registry"] = str(tmp_path / "nope.csv")
     with pytest.raises(ExtractError, match=r"ms_registry: input .*nope.csv does not exist"):
-        validate_extracts(make_config(paths, tmp_path), tmp_path / "v", tmp_path / "r")
+        validate_extracts(make_config(paths, tmp_path), results_dir=tmp_path)
 
 
 def test_fatal_missing_required_column(tmp_path):
@@ -201,7 +201,7 @@ def test_fatal_wrong_encoding(tmp_path):
     paths = write_extracts(tmp_path / "in", population=population, encoding="latin-1")
     config = make_config(paths, tmp_path, population={"encoding": "utf-8", "columns": {"education": "utdanning_ø"}})
     with pytest.raises(ExtractError, match=r"population: cannot read population.csv .*encoding utf-8.*latin-1"):
-        validate_extracts(config, tmp_path / "v", tmp_path / "r")
+        validate_extracts(config, results_dir=tmp_path)
 
 
 def test_fatal_nothing_parses_with_date_format(tmp_path):
@@ -229,7 +229,7 @@ def test_fatal_mixed_formats_in_directory(tmp_path):
     pl.read_csv(paths["prescriptions"]).write_parquet(parts / "b.parquet")
     paths["prescriptions"] = str(parts)
     with pytest.raises(ExtractError, match="mixes Parquet and CSV"):
-        validate_extracts(make_config(paths, tmp_path), tmp_path / "v", tmp_path / "r")
+        validate_extracts(make_config(paths, tmp_path), results_dir=tmp_path)
 
 
 def test_person_identifiers_never_in_error_messages(tmp_path):

@@ -61,3 +61,24 @@ def test_native_latin1_semicolon_extracts_give_the_same_results(demo_run, tmp_pa
     demo_dwas = pl.read_parquet(demo_run / "screen/dwas.parquet").sort(key)
     assert native_dwas.select(key).equals(demo_dwas.select(key))
     assert native_dwas["log_hr"].fill_nan(0).to_list() == pytest.approx(demo_dwas["log_hr"].fill_nan(0).to_list(), abs=1e-12)
+
+
+def test_a_study_with_other_lags_runs_end_to_end(demo_run, tmp_path):
+    """Lags [0, 1, 3] (not the demo's): every stage takes its lags from the config, none from a fixed list."""
+    simulated = demo_run / "simulated"
+    study = tmp_path / "lags.yaml"
+    study.write_text(yaml.safe_dump({
+        "inputs": {"population": {"path": str(simulated / "population.parquet")},
+                   "prescriptions": {"path": str(simulated / "prescriptions")},
+                   "ms_registry": {"path": str(simulated / "ms_registry.parquet")}},
+        "screen": {"lags_years": [0, 1, 3], "atc_levels": [3, 5], "sex_strata": ["all"]},
+        "candidates": {"main_lag_years": 1},
+    }))  # fmt: skip
+    run_snakemake(tmp_path, study)
+    results = tmp_path / "results"
+    dwas = pl.read_parquet(results / "screen/dwas.parquet")
+    assert set(dwas["lag_years"].unique()) == {0.0, 1.0, 3.0}
+    drugs = pl.read_csv(results / "candidates/drug_ranking.csv", infer_schema=False)
+    assert {"hr_lag0", "hr_lag1", "hr_lag3"} <= set(drugs.columns)
+    assert not {"hr_lag2", "hr_lag5", "hr_lag10"} & set(drugs.columns)
+    assert (results / "report/index.html").is_file() and (results / "export/manifest.csv").is_file()

@@ -14,12 +14,12 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from repurpose.config import load_config
 from repurpose.dwas.exposure import build_exposures
 from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.registry.cohort import run_cohort
 from repurpose.registry.ingest import validate_extracts
 from repurpose.simulate.registries import simulate_registries
+from repurpose.study_config import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -37,11 +37,13 @@ def screened(tmp_path_factory) -> tuple[pl.DataFrame, dict]:
     config["inputs"]["ms_registry"]["path"] = str(work / "simulated/ms_registry.parquet")
     config["inputs"]["prescriptions"]["path"] = str(work / "simulated/prescriptions")
     config["resources"]["tmpdir"] = str(work / "tmp")
-    validate_extracts(config, work / "validated", work / "validation")
-    run_cohort(config, work / "validated/population.parquet", work / "validated/ms_registry.parquet", work / "cohort.parquet", work / "flow.json")
-    build_exposures(config, work / "validated/prescriptions", work / "cohort.parquet", 5, work / "exposure_5.parquet")
-    screen_level(config, work / "cohort.parquet", work / "exposure_5.parquet", 5, work / "part_5.parquet")
-    dwas = gather_screen(config, [str(work / "part_5.parquet")], work / "dwas.parquet", work / "dwas.csv")
+    validate_extracts(config, results_dir=work)
+    run_cohort(config, population=work / "validated/population.parquet", ms_registry=work / "validated/ms_registry.parquet",
+               cohort=work / "cohort.parquet", flow=work / "flow.json")
+    prescriptions = sorted(str(p) for p in (work / "validated/prescriptions").glob("*.parquet"))
+    build_exposures(config, prescriptions=prescriptions, cohort=work / "cohort.parquet", level=5, exposure=work / "exposure_5.parquet")
+    screen_level(config, cohort=work / "cohort.parquet", exposure=work / "exposure_5.parquet", level=5, part=work / "part_5.parquet")
+    dwas = gather_screen(config, parts=[str(work / "part_5.parquet")], dwas=work / "dwas.parquet", dwas_csv=work / "dwas.csv")
     truth = json.loads((work / "simulated/ground_truth.json").read_text())
     roles = pl.DataFrame([{"atc_code": code, "role": s["role"], "planted_hr": s["planted_hr"]} for code, s in truth["substances"].items()])
     return dwas.filter(pl.col("sex") == "all").join(roles, on="atc_code"), truth

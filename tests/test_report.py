@@ -13,7 +13,7 @@ import pytest
 from report_fakes import PERSON_ID_BASE, fake_dwas, write_fake_results
 
 from repurpose.cli import main as cli_main
-from repurpose.config import load_config
+from repurpose.layout import REPORT_TABLES
 from repurpose.release.disclosure import (
     SCREEN_RULES,
     Partition,
@@ -25,6 +25,7 @@ from repurpose.release.disclosure import (
 from repurpose.release.export import ExportRefused, export_results
 from repurpose.release.provenance import file_record, git_commit, package_versions, provenance, sha256_file
 from repurpose.release.report import build_report, flow_table, prevalence_table, validation_table
+from repurpose.study_config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 COUNTS = ("n_persons", "n_exposed", "n_cases", "n_exposed_cases")
@@ -42,8 +43,9 @@ def built(tmp_path_factory, config) -> dict[str, Path]:
     results = tmp_path_factory.mktemp("results")
     paths = write_fake_results(results)
     paths["html"] = build_report(
-        config, paths["validation"], paths["flow"], paths["dwas"], paths["exposure"],
-        results / "report/index.html", results / "report/tables", paths["drugs"], paths["mechanisms"],
+        config, validation=paths["validation"], flow=paths["flow"], dwas=paths["dwas"], exposure=paths["exposure"],
+        drugs=paths["drugs"], mechanisms=paths["mechanisms"], html=results / "report/index.html",
+        tables={name: results / f"report/tables/{name}.csv" for name in REPORT_TABLES},
     )  # fmt: skip
     paths["results"] = results
     return paths
@@ -193,9 +195,10 @@ def test_report_shows_no_small_count_and_no_person_id(built):
 
 def test_report_without_candidate_files_says_so(tmp_path, config):
     paths = write_fake_results(tmp_path, with_candidates=False)
-    html = build_report(config, paths["validation"], paths["flow"], paths["dwas"], paths["exposure"],
-                        tmp_path / "report/index.html", tmp_path / "report/tables",
-                        tmp_path / "candidates/drug_ranking.csv", None)  # fmt: skip
+    html = build_report(config, validation=paths["validation"], flow=paths["flow"], dwas=paths["dwas"],
+                        exposure=paths["exposure"], drugs=tmp_path / "candidates/drug_ranking.csv", mechanisms=None,
+                        html=tmp_path / "report/index.html",
+                        tables={name: tmp_path / f"report/tables/{name}.csv" for name in REPORT_TABLES})  # fmt: skip
     text = html.read_text()
     assert 'id="no-candidates"' in text and "was not available in this run" in text
     assert 'class="forest"' in text  # top screen hits instead
@@ -222,7 +225,7 @@ def test_provenance_has_checksums_versions_and_config_hash(tmp_path, config):
 
 def test_export_copies_aggregates_with_a_manifest(built, config):
     out = built["results"] / "export"
-    entries = export_results(config, built["results"], out)
+    entries = export_results(config, results_dir=built["results"], export_dir=out)
     files = {e["file"] for e in entries}
     assert {"screen/dwas.csv", "screen/dwas.parquet", "report/index.html", "candidates/drug_ranking.csv",
             "report/tables/cohort_flow.csv"} <= files  # fmt: skip
@@ -249,12 +252,12 @@ def test_export_copies_aggregates_with_a_manifest(built, config):
 
 def test_export_refuses_person_level_files(built, config, tmp_path):
     with pytest.raises(ExportRefused, match="person-level"):
-        export_results(config, built["results"], tmp_path / "e1", sources=[built["exposure"]])
+        export_results(config, results_dir=built["results"], export_dir=tmp_path / "e1", sources=[built["exposure"]])
     sneaky = built["results"] / "candidates/extra.csv"  # an aggregate-looking name with a person column
     pl.DataFrame({"person_id": [PERSON_ID_BASE], "n_exposed": [10]}).write_csv(sneaky)
     try:
         with pytest.raises(ExportRefused, match="person-identifier"):
-            export_results(config, built["results"], tmp_path / "e2")
+            export_results(config, results_dir=built["results"], export_dir=tmp_path / "e2")
     finally:
         sneaky.unlink()
 
@@ -263,7 +266,7 @@ def test_export_resuppresses_a_table_written_without_disclosure_control(built, c
     raw = tmp_path / "raw.csv"
     pl.DataFrame({"atc_code": ["A", "A", "A"], "atc_level": [2] * 3, "lag_years": [0.0] * 3, "sex": ["all", "F", "M"],
                   "n_exposed": [30, 2, 28], "n_substances": [3, 1, 2]}).write_csv(raw)  # fmt: skip
-    export_results(config, tmp_path, tmp_path / "export", sources=[raw])
+    export_results(config, results_dir=tmp_path, export_dir=tmp_path / "export", sources=[raw])
     out = pl.read_csv(tmp_path / "export/raw.csv", infer_schema=False)
     assert out["n_exposed"].to_list() == ["30", "<5", "<5"]  # the small one and its complement
     assert out["n_substances"].to_list() == ["3", "1", "2"]  # counts of substances are not person counts

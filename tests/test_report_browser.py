@@ -17,8 +17,9 @@ import pytest
 from headless import Browser, find_chromium
 from report_fakes import write_fake_results
 
-from repurpose.config import load_config
+from repurpose.layout import REPORT_TABLES
 from repurpose.release.report import build_report
+from repurpose.study_config import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -52,8 +53,9 @@ def report(tmp_path_factory) -> Path:
     paths = write_fake_results(results)
     config = load_config(REPO / "config/config.yaml")
     return build_report(
-        config, paths["validation"], paths["flow"], paths["dwas"], paths["exposure"],
-        results / "report/index.html", results / "report/tables", paths["drugs"], paths["mechanisms"],
+        config, validation=paths["validation"], flow=paths["flow"], dwas=paths["dwas"], exposure=paths["exposure"],
+        drugs=paths["drugs"], mechanisms=paths["mechanisms"], html=results / "report/index.html",
+        tables={name: results / f"report/tables/{name}.csv" for name in REPORT_TABLES},
     )  # fmt: skip
 
 

@@ -7,12 +7,19 @@ import json
 import logging
 import sys
 
+import yaml
+
 from repurpose import __version__
+from repurpose.federation.distributed import coordinator_round, result_path_for, site_round
+from repurpose.federation.package import pool_packages, rank_pooled, write_site_package
+from repurpose.layout import results_layout
+from repurpose.registry.ingest import validate_extracts
+from repurpose.release.export import collect_sources, export_results
+from repurpose.simulate.registries import simulate_registries, write_native_extracts
+from repurpose.study_config import load_config
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from repurpose.simulate.registries import simulate_registries, write_native_extracts
-
     summary = simulate_registries(
         args.out,
         n_persons=args.n_persons,
@@ -28,12 +35,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from repurpose.config import load_config
-    from repurpose.registry.ingest import validate_extracts
-
-    report = validate_extracts(
-        load_config(*args.config), f"{args.results}/validated", f"{args.results}/validation"
-    )
+    report = validate_extracts(load_config(*args.config), results_dir=args.results)
     print(
         json.dumps(
             {
@@ -47,31 +49,23 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from repurpose.config import load_config
-    from repurpose.release.export import collect_sources, export_results
-
     sources = collect_sources(args.results) + list(args.include) if args.include else None
-    entries = export_results(load_config(*args.config), args.results, args.out, sources=sources)
+    entries = export_results(load_config(*args.config), results_dir=args.results, export_dir=args.out, sources=sources)
     print(json.dumps({"exported": len(entries), "manifest": f"{args.out}/manifest.csv"}, indent=2))
     return 0
 
 
 def _site_package(args: argparse.Namespace) -> int:
-    from repurpose.config import load_config
-    from repurpose.federation.package import write_site_package
-
-    results = args.results
+    paths = results_layout(args.results)
     manifest = write_site_package(
-        load_config(*args.config), f"{results}/screen/dwas.parquet", f"{results}/cohort/flow.json",
-        f"{results}/validation/report.json", args.out or f"{results}/site_package",
-    )  # fmt: skip
+        load_config(*args.config), dwas=paths.dwas(), flow=paths.cohort_flow(), validation=paths.validation_report(),
+        package=args.out or paths.site_package_dir(),
+    )
     print(json.dumps({"manifest": str(manifest)}, indent=2))
     return 0
 
 
 def _pool(args: argparse.Namespace) -> int:
-    from repurpose.federation.package import pool_packages
-
     summary = pool_packages(
         args.packages, args.out, allow_version_mismatch=args.allow_version_mismatch, start_distributed=not args.no_rounds
     )
@@ -80,9 +74,6 @@ def _pool(args: argparse.Namespace) -> int:
 
 
 def _pool_rank(args: argparse.Namespace) -> int:
-    import yaml
-
-    from repurpose.federation.package import rank_pooled
 
     overrides: dict = {}
     for path in args.config:
@@ -93,17 +84,12 @@ def _pool_rank(args: argparse.Namespace) -> int:
 
 
 def _site_round(args: argparse.Namespace) -> int:
-    from repurpose.config import load_config
-    from repurpose.federation.distributed import site_round
-
     response = site_round(load_config(*args.config), args.results, args.round_file, args.out, args.site_label)
     print(json.dumps({"response": str(response)}, indent=2))
     return 0
 
 
 def _pool_round(args: argparse.Namespace) -> int:
-    from repurpose.federation.distributed import coordinator_round, result_path_for
-
     next_round = coordinator_round(args.rounds_dir, args.responses, result_path=args.result)
     done = next_round is None
     result = args.result or str(result_path_for(args.rounds_dir))

@@ -11,7 +11,6 @@ import functools
 import hashlib
 import json
 from importlib import resources
-from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -84,35 +83,6 @@ def deep_update(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any
         else:
             merged[key] = copy.deepcopy(value)
     return merged
-
-
-def load_config(*paths: str | Path) -> dict[str, Any]:
-    """Read one or more YAML config files (later ones override earlier ones) and validate the result."""
-    merged: dict[str, Any] = {}
-    for path in paths:
-        with open(path, encoding="utf-8") as handle:
-            merged = deep_update(merged, yaml.safe_load(handle) or {})
-    return validate_config(apply_protocol_or_fail(merged))
-
-
-def merge_over_defaults(config: dict[str, Any], defaults_path: str | Path) -> dict[str, Any]:
-    """Validate `config` deep-merged over the defaults file (the demo config/config.yaml)."""
-    with open(defaults_path, encoding="utf-8") as handle:
-        defaults = yaml.safe_load(handle) or {}
-    return validate_config(deep_update(defaults, apply_protocol_or_fail(config)))
-
-
-def apply_protocol_or_fail(config: dict[str, Any], site_config: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The config with the design of its shared `protocol` file (if any) injected; a conflict with a key
-    the site set itself (in `site_config`, default `config` as written, before defaults) is a ConfigError.
-    The Snakefile passes the command-line config (--configfile) as `site_config`, because Snakemake has
-    already merged it over config/config.yaml."""
-    from repurpose.protocol import ProtocolError, apply_protocol
-
-    try:
-        return apply_protocol(config, site_config)
-    except ProtocolError as error:
-        raise ConfigError(f"The configuration is invalid:\n  - config key `protocol`: {error}") from error
 
 
 def config_hash(config: dict[str, Any]) -> str:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TypeVar
 
+T = TypeVar("T")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -32,8 +33,7 @@ def log_to(path: str | Path | None, level: int = logging.INFO) -> Iterator[loggi
         handler.close()
 
 
-def run_logged(path: str | Path, function: str, *args: object, **kwargs: object) -> object:
-    """Call `module:function(*args)` with its log records routed to `path`: the one line a Snakemake rule runs."""
-    module_name, _, name = function.partition(":")
+def run_logged(path: str | Path, function: Callable[..., T], *args: object, **kwargs: object) -> T:
+    """Call `function(*args, **kwargs)` with its log records routed to `path`: the one line a Snakemake rule runs."""
     with log_to(path):
-        return getattr(importlib.import_module(module_name), name)(*args, **kwargs)
+        return function(*args, **kwargs)

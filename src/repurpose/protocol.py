@@ -25,6 +25,8 @@ from typing import Any
 
 import yaml
 
+from repurpose.config import ConfigError, deep_update, validate_config
+
 # Design keys: these blocks whole (keys added to them later are design keys by default, the safe side),
 # except the keys that only decide how the work is split, plus disclosure.min_cell. Everything else in a
 # config is a site matter (paths, column maps, resources, report layout) and may differ between sites.
@@ -84,8 +86,6 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 def normalise_design(protocol: dict[str, Any]) -> dict[str, Any]:
     """The full design of a protocol: its keys over the schema defaults, validated, in canonical form."""
-    from repurpose.config import ConfigError, validate_config
-
     unknown = sorted(set(flatten(protocol)) - set(flatten(extract_design(protocol))))
     if unknown:
         raise ProtocolError(
@@ -144,8 +144,6 @@ def apply_protocol(raw_config: dict[str, Any], site_config: dict[str, Any] | Non
             f"the site config contradicts the shared protocol {path} (remove these keys from the site "
             "config; the protocol decides them):\n" + "\n".join(conflicts)
         )
-    from repurpose.config import deep_update
-
     merged = deep_update(raw_config, _as_config_values(design))
     site_min_cell = (own.get("disclosure") or {}).get("min_cell")
     if site_min_cell is not None:

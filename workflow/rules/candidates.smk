@@ -1,40 +1,40 @@
 # From screen hits to ranked candidates: mechanisms (targets pooled across substances), then drug classes.
 rule mechanisms:
     input:
-        dwas=rules.screen_gather.output.parquet,
+        dwas=PATHS.dwas(),
     output:
-        ranking=f"{RESULTS}/candidates/mechanism_ranking.csv",
-        matches=f"{RESULTS}/candidates/substance_targets.csv",
+        ranking=PATHS.mechanism_ranking(),
+        matches=PATHS.substance_targets(),
     params:
-        settings=settings("candidates", "inputs.atc_index", "inputs.drug_targets"),
+        settings=rerun_settings(run_mechanisms, config),
     log:
-        f"{RESULTS}/logs/mechanisms.log",
+        PATHS.log("mechanisms"),
     threads: 1
     resources:
         mem_mb=2048,
         runtime=10,
     run:
-        run_logged(log[0], "repurpose.dwas.mechanisms:run_mechanisms", config, input.dwas, output.ranking, output.matches)
+        run_logged(log[0], run_mechanisms, config, **input, **output)
 
 
 rule candidates:
     input:
-        dwas=rules.screen_gather.output.parquet,
-        cohort=rules.cohort.output.cohort,
-        exposures=expand(f"{RESULTS}/exposure/atc_level_{{level}}.parquet", level=ATC_LEVELS),
-        prescriptions=VALIDATED_PRESCRIPTIONS,
+        dwas=PATHS.dwas(),
+        cohort=person_level(PATHS.cohort()),
+        exposures=person_level([PATHS.exposure(level) for level in ATC_LEVELS]),
+        prescriptions=person_level(VALIDATED_PRESCRIPTIONS),
         matches=rules.mechanisms.output.matches,
         mechanisms=rules.mechanisms.output.ranking,
     output:
-        ranking=f"{RESULTS}/candidates/drug_ranking.csv",
-        readme=f"{RESULTS}/candidates/README.md",
+        ranking=PATHS.drug_ranking(),
+        readme=PATHS.candidates_readme(),
     params:
-        settings=settings("candidates", "screen", "disclosure", drop=("atc_levels", "split_by")),
+        settings=rerun_settings(run_candidates, config),
     log:
-        f"{RESULTS}/logs/candidates.log",
+        PATHS.log("candidates"),
     threads: THREADS
     resources:
         mem_mb=MEM_MB,
         runtime=120,
     run:
-        run_logged(log[0], "repurpose.dwas.candidates:run_candidates", config, input.dwas, input.cohort, list(input.exposures), f"{RESULTS}/validated/prescriptions", input.matches, input.mechanisms, output.ranking, output.readme)
+        run_logged(log[0], run_candidates, config, **stage_inputs(input, ["exposures", "prescriptions"]), **output)

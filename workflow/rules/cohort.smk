@@ -4,15 +4,15 @@ rule cohort:
         population=rules.validate_registers.output.population,
         ms_registry=rules.validate_registers.output.ms_registry,
     output:
-        cohort=f"{RESULTS}/cohort/cohort.parquet",
-        flow=f"{RESULTS}/cohort/flow.json",
+        cohort=PATHS.cohort(),
+        flow=PATHS.cohort_flow(),
     params:
-        settings=settings("study"),
+        settings=rerun_settings(run_cohort, config),
     log:
-        f"{RESULTS}/logs/cohort.log",
+        PATHS.log("cohort"),
     threads: THREADS
     resources:
         mem_mb=MEM_MB,
         runtime=30,
     run:
-        run_logged(log[0], "repurpose.registry.cohort:run_cohort", config, input.population, input.ms_registry, output.cohort, output.flow)
+        run_logged(log[0], run_cohort, config, **input, **output)

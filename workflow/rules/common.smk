@@ -1,16 +1,35 @@
-# Shared helpers of the rules: paths, parts and resources derived from the validated config.
+# Shared helpers of the rules: the results layout, the stage functions the rules call, parts and resources
+# derived from the validated config. Every path comes from repurpose.layout; every rule's rerun params come
+# from its stage function's @stage declaration (repurpose.stages).
 import os
 
 from repurpose.atc import ANATOMICAL_GROUPS
-from repurpose.registry.ingest import prescription_parts
+from repurpose.dwas.candidates import run_candidates
+from repurpose.dwas.exposure import build_exposures, build_substance_exposures
+from repurpose.dwas.mechanisms import run_mechanisms
+from repurpose.dwas.screen import gather_screen, screen_level
+from repurpose.federation.package import pooled_screen, write_site_package
+from repurpose.layout import REGISTER_EXTRACTS, REPORT_TABLES, results_layout
 from repurpose.logs import run_logged
-from repurpose.simulate.registries import simulated_prescription_files
+from repurpose.registry.cohort import run_cohort
+from repurpose.registry.ingest import (
+    merge_validation_reports,
+    prescription_parts,
+    validate_prescription_part,
+    validate_registers,
+)
+from repurpose.release.export import export_results
+from repurpose.release.report import build_report
+from repurpose.simulate.registries import simulate_registries, simulated_prescription_files
+from repurpose.stages import rerun_settings
 
-RESULTS = "results"
+PATHS = results_layout()
+RESULTS = PATHS.root
+# A pooled (federated) run ranks the coordinating centre's pooled estimates: no person-level stage runs.
+POOLED = config.get("pooled")
 ATC_LEVELS = [int(level) for level in config["screen"]["atc_levels"]]
 THREADS = int(config["resources"]["threads"])
 MEM_MB = int(config["resources"]["memory_gb"] * 1024)
-SIMULATED_PRESCRIPTIONS = f"{RESULTS}/simulated/prescriptions"
 # One screen job per ATC level x anatomical main group (A, B, C, ...), or one per level.
 SCREEN_GROUPS = ANATOMICAL_GROUPS if config["screen"]["split_by"] == "anatomical_group" else ["all"]
 
@@ -26,24 +45,46 @@ def _prescription_part_files():
     The simulator's yearly files are known from the study window before it runs; a registry delivery
     is listed from its directory, so adding a yearly file adds one validation job.
     """
+    if POOLED:
+        return {}
     path = extract_path("prescriptions")
-    if os.path.normpath(path) == os.path.normpath(SIMULATED_PRESCRIPTIONS):
+    if os.path.normpath(path) == os.path.normpath(PATHS.simulated_prescriptions_dir()):
         names = simulated_prescription_files(config["study"]["start"], config["study"]["end"])
-        return {name.removesuffix(".parquet"): f"{SIMULATED_PRESCRIPTIONS}/{name}" for name in names}
+        return {name.removesuffix(".parquet"): f"{PATHS.simulated_prescriptions_dir()}/{name}" for name in names}
     return {name: str(file) for name, file in prescription_parts(config["inputs"]["prescriptions"]).items()}
 
 
 PRESCRIPTION_PARTS = _prescription_part_files()
-VALIDATED_PRESCRIPTIONS = [f"{RESULTS}/validated/prescriptions/{part}.parquet" for part in PRESCRIPTION_PARTS]
+VALIDATED_PRESCRIPTIONS = [PATHS.validated_prescriptions(part) for part in PRESCRIPTION_PARTS]
 
 
-def settings(*keys, drop=()):
-    """The config sections a rule's result depends on (dotted keys), as its `params`: Snakemake reruns a job
-    whose params changed, and only those jobs (adding an ATC level reruns no other level: `drop`)."""
-    chosen = {}
-    for key in keys:
-        value = config
-        for part in key.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-        chosen[key] = {k: v for k, v in value.items() if k not in drop} if isinstance(value, dict) else value
-    return chosen
+def person_level(path):
+    """A person-level input, given in every run but a pooled one (where the stage function gets None)."""
+    return [] if POOLED else path
+
+
+def pooled_file(name):
+    """A file of the coordinating centre's pooled directory (a pooled run only; absent files are left out)."""
+    path = os.path.join(POOLED["dir"], name) if POOLED else ""
+    return [path] if POOLED and os.path.isfile(path) else []
+
+
+def optional(files):
+    """The one path of an optional named input, or None when it is absent (an empty list in Snakemake)."""
+    return files if isinstance(files, str) else (files[0] if len(files) else None)
+
+
+def stage_inputs(named, lists=()):
+    """A rule's named inputs as a stage function's keyword arguments: the `lists` as lists, others one path or None."""
+    return {name: list(files) if name in lists else optional(files) for name, files in named.items()}
+
+
+FINAL_TARGETS = [
+    PATHS.dwas(),
+    PATHS.dwas_csv(),
+    PATHS.drug_ranking(),
+    PATHS.mechanism_ranking(),
+    PATHS.candidates_readme(),
+    PATHS.report_html(),
+    PATHS.export_manifest(),
+] + ([] if POOLED else [PATHS.validation_report(), PATHS.cohort_flow()])

@@ -5,35 +5,35 @@ rule exposure_substances:
         prescriptions=VALIDATED_PRESCRIPTIONS,
         cohort=rules.cohort.output.cohort,
     output:
-        f"{RESULTS}/exposure/substances.parquet",
+        substances=PATHS.substance_exposures(),
     params:
-        settings=settings("screen.min_dispensings", "screen.dose_cutpoints_ddd"),
+        settings=rerun_settings(build_substance_exposures, config),
     log:
-        f"{RESULTS}/logs/exposure_substances.log",
+        PATHS.log("exposure_substances"),
     threads: THREADS
     resources:
         mem_mb=MEM_MB,
         runtime=120,
     run:
-        run_logged(log[0], "repurpose.dwas.exposure:build_substance_exposures", config, list(input.prescriptions), input.cohort, output[0])
+        run_logged(log[0], build_substance_exposures, config, **stage_inputs(input, ["prescriptions"]), **output)
 
 
 rule exposure:
     input:
         prescriptions=VALIDATED_PRESCRIPTIONS,
         cohort=rules.cohort.output.cohort,
-        substances=rules.exposure_substances.output[0],
+        substances=rules.exposure_substances.output.substances,
     output:
-        f"{RESULTS}/exposure/atc_level_{{level}}.parquet",
+        exposure=PATHS.exposure(),
     wildcard_constraints:
         level="[1-5]",
     params:
-        settings=settings("screen.min_dispensings", "screen.dose_cutpoints_ddd"),
+        settings=rerun_settings(build_exposures, config),
     log:
-        f"{RESULTS}/logs/exposure_atc_level_{{level}}.log",
+        PATHS.log("exposure_atc_level_{level}"),
     threads: THREADS
     resources:
         mem_mb=MEM_MB,
         runtime=120,
     run:
-        run_logged(log[0], "repurpose.dwas.exposure:build_exposures", config, list(input.prescriptions), input.cohort, int(wildcards.level), output[0], input.substances)
+        run_logged(log[0], build_exposures, config, **stage_inputs(input, ["prescriptions"]), level=int(wildcards.level), **output)

@@ -1,19 +1,19 @@
 # Federated analysis, site side: the site package (aggregates only) that travels to the coordinating centre.
 rule site_package:
     input:
-        dwas=rules.screen_gather.output.parquet,
+        dwas=rules.screen_gather.output.dwas,
         flow=rules.cohort.output.flow,
         validation=rules.validate.output.report,
     output:
-        manifest=f"{RESULTS}/site_package/manifest.json",
-        fits=f"{RESULTS}/site_package/fits.parquet",
+        manifest=PATHS.site_package_manifest(),
+        fits=PATHS.site_package_fits(),
     params:
-        settings=settings("protocol", "site_label", "run_label", "disclosure", "inputs.atc_index"),
+        settings=rerun_settings(write_site_package, config),
     log:
-        f"{RESULTS}/logs/site_package.log",
+        PATHS.log("site_package"),
     threads: 1
     resources:
         mem_mb=2048,
         runtime=10,
     run:
-        run_logged(log[0], "repurpose.federation.package:write_site_package", config, input.dwas, input.flow, input.validation, f"{RESULTS}/site_package")
+        run_logged(log[0], write_site_package, config, **input, package=PATHS.site_package_dir())

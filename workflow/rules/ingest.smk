@@ -5,21 +5,21 @@ rule validate_registers:
         population=extract_path("population"),
         ms_registry=extract_path("ms_registry"),
     output:
-        population=f"{RESULTS}/validated/population.parquet",
-        ms_registry=f"{RESULTS}/validated/ms_registry.parquet",
-        population_rejects=f"{RESULTS}/validation/rejects/population.parquet",
-        ms_registry_rejects=f"{RESULTS}/validation/rejects/ms_registry.parquet",
-        report=f"{RESULTS}/validation/parts/registers.json",
+        population=PATHS.validated("population"),
+        ms_registry=PATHS.validated("ms_registry"),
+        population_rejects=PATHS.rejects("population"),
+        ms_registry_rejects=PATHS.rejects("ms_registry"),
+        report=PATHS.registers_report(),
     params:
-        settings=settings("inputs.population", "inputs.ms_registry", "study", "validation"),
+        settings=rerun_settings(validate_registers, config),
     log:
-        f"{RESULTS}/logs/validate_registers.log",
+        PATHS.log("validate_registers"),
     threads: THREADS
     resources:
         mem_mb=MEM_MB,
         runtime=60,
     run:
-        run_logged(log[0], "repurpose.registry.ingest:validate_registers", config, f"{RESULTS}/validated", f"{RESULTS}/validation")
+        run_logged(log[0], validate_registers, config, **output)
 
 
 rule validate_prescriptions:
@@ -28,33 +28,33 @@ rule validate_prescriptions:
         population=rules.validate_registers.output.population,
         registers=rules.validate_registers.output.report,
     output:
-        clean=f"{RESULTS}/validated/prescriptions/{{part}}.parquet",
-        rejects=f"{RESULTS}/validation/rejects/prescriptions/{{part}}.parquet",
-        report=f"{RESULTS}/validation/parts/prescriptions_{{part}}.json",
+        clean=PATHS.validated_prescriptions(),
+        rejects=PATHS.prescription_rejects(),
+        report=PATHS.prescriptions_report(),
     params:
-        settings=settings("inputs.prescriptions", "study", "validation", drop=("path",)),
+        settings=rerun_settings(validate_prescription_part, config),
     log:
-        f"{RESULTS}/logs/validate_prescriptions_{{part}}.log",
+        PATHS.log("validate_prescriptions_{part}"),
     threads: THREADS
     resources:
         mem_mb=MEM_MB,
         runtime=60,
     run:
-        run_logged(log[0], "repurpose.registry.ingest:validate_prescription_part", config, input.part, input.population, input.registers, output.clean, output.rejects, output.report)
+        run_logged(log[0], validate_prescription_part, config, **input, **output)
 
 
 rule validate:
     input:
         registers=rules.validate_registers.output.report,
-        parts=expand(f"{RESULTS}/validation/parts/prescriptions_{{part}}.json", part=PRESCRIPTION_PARTS),
+        parts=expand(PATHS.prescriptions_report(), part=PRESCRIPTION_PARTS),
     output:
-        report=f"{RESULTS}/validation/report.json",
-        summary=f"{RESULTS}/validation/report.md",
+        report=PATHS.validation_report(),
+        summary=PATHS.validation_summary(),
     log:
-        f"{RESULTS}/logs/validate.log",
+        PATHS.log("validate"),
     threads: 1
     resources:
         mem_mb=1024,
         runtime=5,
     run:
-        run_logged(log[0], "repurpose.registry.ingest:merge_validation_reports", input.registers, list(input.parts), output.report, output.summary)
+        run_logged(log[0], merge_validation_reports, config, **stage_inputs(input, ["parts"]), **output)

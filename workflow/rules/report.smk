@@ -1,47 +1,51 @@
 # The reviewer's report and the export folder (the only files meant to leave the secure server).
-
-
 rule report:
     input:
-        validation=rules.validate.output.report,
-        flow=rules.cohort.output.flow,
-        dwas=rules.screen_gather.output.parquet,
-        exposure=f"{RESULTS}/exposure/atc_level_{min(ATC_LEVELS)}.parquet",
-        drugs=rules.candidates.output.ranking,
-        mechanisms=rules.mechanisms.output.ranking,
+        validation=person_level(PATHS.validation_report()),
+        flow=person_level(PATHS.cohort_flow()),
+        exposure=person_level(PATHS.exposure(min(ATC_LEVELS))),
+        dwas=PATHS.dwas(),
+        drugs=PATHS.drug_ranking(),
+        mechanisms=PATHS.mechanism_ranking(),
+        site_fits=pooled_file("site_fits.parquet"),
+        meta=pooled_file("meta.parquet"),
+        site_summaries=pooled_file("site_summaries.csv"),
+        sites_table=pooled_file("sites.csv"),
     output:
-        html=f"{RESULTS}/report/index.html",
-        tables=expand(f"{RESULTS}/report/tables/{{name}}.csv", name=["cohort_flow", "validation", "exposure_prevalence"]),
+        html=PATHS.report_html(),
+        tables=[PATHS.report_table(name) for name in REPORT_TABLES],
     params:
-        settings=settings("report", "disclosure", "candidates"),
+        settings=rerun_settings(build_report, config),
     log:
-        f"{RESULTS}/logs/report.log",
+        PATHS.log("report"),
     threads: 1
     resources:
         mem_mb=2048,
         runtime=20,
     run:
-        run_logged(log[0], "repurpose.release.report:build_report", config, input.validation, input.flow, input.dwas, input.exposure, output.html, f"{RESULTS}/report/tables", input.drugs, input.mechanisms)
+        run_logged(log[0], build_report, config, **stage_inputs(input), html=output.html, tables=dict(zip(REPORT_TABLES, output.tables)))
 
 
 rule export:
     input:
-        rules.report.output.html,
-        rules.report.output.tables,
-        rules.screen_gather.output.parquet,
-        rules.screen_gather.output.csv,
-        rules.candidates.output.ranking,
-        rules.candidates.output.readme,
-        rules.mechanisms.output.ranking,
+        sources=[
+            PATHS.report_html(),
+            *[PATHS.report_table(name) for name in REPORT_TABLES],
+            PATHS.dwas(),
+            PATHS.dwas_csv(),
+            PATHS.drug_ranking(),
+            PATHS.candidates_readme(),
+            PATHS.mechanism_ranking(),
+        ],
     output:
-        manifest=f"{RESULTS}/export/manifest.csv",
+        manifest=PATHS.export_manifest(),
     params:
-        settings=settings("disclosure"),
+        settings=rerun_settings(export_results, config),
     log:
-        f"{RESULTS}/logs/export.log",
+        PATHS.log("export"),
     threads: 1
     resources:
         mem_mb=1024,
         runtime=10,
     run:
-        run_logged(log[0], "repurpose.release.export:export_results", config, RESULTS, f"{RESULTS}/export", output.manifest)
+        run_logged(log[0], export_results, config, results_dir=RESULTS, export_dir=PATHS.export_dir(), **stage_inputs(input, ["sources"]), **output)

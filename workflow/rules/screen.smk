@@ -2,16 +2,16 @@
 rule screen_part:
     input:
         cohort=rules.cohort.output.cohort,
-        exposure=f"{RESULTS}/exposure/atc_level_{{level}}.parquet",
+        exposure=PATHS.exposure(),
     output:
-        f"{RESULTS}/screen/parts/atc_level_{{level}}/{{group}}.parquet",
+        part=PATHS.screen_part(),
     wildcard_constraints:
         level="[1-5]",
         group="[A-Za-z]+",
     params:
-        settings=settings("screen", drop=("atc_levels", "split_by", "fdr_alpha")),
+        settings=rerun_settings(screen_level, config),
     log:
-        f"{RESULTS}/logs/screen_atc_level_{{level}}_{{group}}.log",
+        PATHS.log("screen_atc_level_{level}_{group}"),
     threads: 1
     # Finer levels have more classes and take longest: started first, the coarser ones fill the cores after.
     priority: lambda wildcards: int(wildcards.level)
@@ -19,22 +19,22 @@ rule screen_part:
         mem_mb=MEM_MB,
         runtime=60,
     run:
-        run_logged(log[0], "repurpose.dwas.screen:screen_level", config, input.cohort, input.exposure, int(wildcards.level), output[0], wildcards.group)
+        run_logged(log[0], screen_level, config, **input, **output, level=int(wildcards.level), group=wildcards.group)
 
 
 rule screen_gather:
     input:
-        expand(f"{RESULTS}/screen/parts/atc_level_{{level}}/{{group}}.parquet", level=ATC_LEVELS, group=SCREEN_GROUPS),
+        parts=expand(PATHS.screen_part(), level=ATC_LEVELS, group=SCREEN_GROUPS),
     output:
-        parquet=f"{RESULTS}/screen/dwas.parquet",
-        csv=f"{RESULTS}/screen/dwas.csv",
+        dwas=PATHS.dwas(),
+        dwas_csv=PATHS.dwas_csv(),
     params:
-        settings=settings("screen.fdr_alpha", "disclosure", "inputs.atc_index"),
+        settings=rerun_settings(gather_screen, config),
     log:
-        f"{RESULTS}/logs/screen_gather.log",
+        PATHS.log("screen_gather"),
     threads: 1
     resources:
         mem_mb=2048,
         runtime=10,
     run:
-        run_logged(log[0], "repurpose.dwas.screen:gather_screen", config, list(input), output.parquet, output.csv)
+        run_logged(log[0], gather_screen, config, **stage_inputs(input, ["parts"]), **output)

@@ -22,7 +22,9 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
+from repurpose import __version__
 from repurpose.atc import atc_parent
+from repurpose.config import config_hash
 from repurpose.cox.engine import aggregate_counting_process, fit_efron
 from repurpose.duck import connect, sql_literal
 from repurpose.dwas.calibration import (
@@ -34,11 +36,12 @@ from repurpose.dwas.calibration import (
     e_value_ci,
     fit_empirical_null,
 )
-from repurpose.dwas.exposure import dose_column
+from repurpose.dwas.exposure import dose_column, prescription_source
 from repurpose.dwas.screen import cell_layout, prepare_cohort
 from repurpose.meta import pool
 from repurpose.registry.cohort import DAYS_PER_YEAR
 from repurpose.release.disclosure import for_display, suppress_small_counts
+from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
 
@@ -535,14 +538,14 @@ def active_comparator(
     return result
 
 
-def healthcare_use(config: dict[str, Any], prescriptions_dir: str | Path, cohort_path: str | Path) -> pl.DataFrame:
-    """Per person the number of distinct ATC level-4 classes dispensed in the 365 days before entry (DuckDB)."""
+def healthcare_use(config: dict[str, Any], prescriptions: list[str], cohort_path: str | Path) -> pl.DataFrame:
+    """Per person the number of distinct ATC level-4 classes dispensed in the 365 days before entry (DuckDB),
+    from exactly the given validated prescription parts."""
     con = connect(config.get("resources"))
-    glob = str(Path(prescriptions_dir) / "**" / "*.parquet")
     sql = f"""
     WITH cohort AS (SELECT person_id, entry_date FROM read_parquet({sql_literal(str(cohort_path))}))
     SELECT c.person_id, count(DISTINCT substr(r.atc_code, 1, 5)) AS n_classes_year_before_entry
-    FROM cohort c LEFT JOIN read_parquet({sql_literal(glob)}, hive_partitioning = true) r
+    FROM cohort c LEFT JOIN read_parquet({prescription_source(list(prescriptions))}) r
       ON r.person_id = c.person_id AND r.dispense_date <= c.entry_date
          AND r.dispense_date > c.entry_date - INTERVAL 365 DAY
     GROUP BY c.person_id
@@ -873,22 +876,27 @@ def attach_targets(evidence: pl.DataFrame, matches: pl.DataFrame | None, mechani
     )
 
 
+@stage(reads=("candidates", "screen", "disclosure", "run_label"), drop=("screen.atc_levels", "screen.split_by"))
 def run_candidates(
     config: dict[str, Any],
-    dwas_path: str | Path,
-    cohort_path: str | Path | None,
-    exposure_paths: list[str],
-    prescriptions_dir: str | Path | None,
-    matches_path: str | Path | None,
-    mechanisms_path: str | Path | None,
-    ranking_path: str | Path,
-    readme_path: str | Path | None = None,
+    *,
+    dwas: str | Path,
+    cohort: str | Path | None,
+    exposures: list[str],
+    prescriptions: list[str] | None,
+    matches: str | Path | None,
+    mechanisms: str | Path | None,
+    ranking: str | Path,
+    readme: str | Path | None = None,
 ) -> pl.DataFrame:
     """Build the drug ranking (and the results README) from the screen, exposures and mechanism outputs.
 
-    `cohort_path=None` (a pooled federated run, no person-level data): the ranking uses the screen table
+    `cohort=None` (a pooled federated run, no person-level data): the ranking uses the screen table
     alone and the person-level evidence columns (dose-response, confirmation, active comparator) stay empty.
+    `prescriptions` are the validated prescription part files (for health-care use), None to leave it out.
     """
+    dwas_path, cohort_path, exposure_paths, matches_path, mechanisms_path = dwas, cohort, exposures, matches, mechanisms
+    ranking_path, readme_path = ranking, readme
     settings = config["candidates"]
     started = time.perf_counter()
     dwas = pl.read_parquet(dwas_path)
@@ -905,8 +913,8 @@ def run_candidates(
         cohort = pl.read_parquet(cohort_path)
         prepared, stratum, covariates = _model_cohort(cohort, config)
         hcu = None
-        if settings["confirmation"]["healthcare_use"] and prescriptions_dir is not None:
-            hcu = healthcare_use(config, prescriptions_dir, cohort_path)
+        if settings["confirmation"]["healthcare_use"] and prescriptions:
+            hcu = healthcare_use(config, prescriptions, cohort_path)
         # Confirmation models are costly: fit them for the first classes of a provisional ranking.
         provisional = rank_drugs(_ensure_columns(flag_reverse_causation(evidence, settings, lags), RANKING_INPUTS), settings)
         confirm_set = set(provisional["atc_code"].to_list()[: settings["confirmation"]["max_classes"]])
@@ -957,9 +965,6 @@ def candidates_readme(config: dict[str, Any]) -> str:
     s = config["candidates"]
     cuts = [float(c) for c in config["screen"]["dose_cutpoints_ddd"]]
     dose_labels = [f"<{cuts[0]:g} DDD"] + [f"{a:g}-{b:g} DDD" for a, b in zip(cuts[:-1], cuts[1:], strict=True)] + [f">={cuts[-1]:g} DDD"]
-    from repurpose import __version__
-    from repurpose.config import config_hash
-
     return CANDIDATES_README.format(
         run_label=config.get("run_label", ""),
         config_hash=config_hash(config),
@@ -982,7 +987,7 @@ def candidates_readme(config: dict[str, Any]) -> str:
 
 CANDIDATES_README = """# Candidate rankings
 
-Run `{run_label}`, config hash `{config_hash}`, repurpose {version}.
+Run `{run_label}`, hash of the settings this ranking read `{config_hash}`, repurpose {version}.
 
 Generated by `repurpose.dwas.candidates` and `repurpose.dwas.mechanisms` from `results/screen/dwas.parquet`,
 the exposure tables and the cohort. Aggregates only: counts from 1 to {min_cell} - 1 are shown as `<{min_cell}`.

@@ -29,6 +29,7 @@ import polars as pl
 
 from repurpose.atc import ATC_LEVEL_CODE_LENGTH
 from repurpose.duck import connect, execute_with_progress, sql_literal
+from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
 
@@ -162,16 +163,19 @@ def prescription_source(prescriptions: str | Path | list[str] | list[Path]) -> s
     return "[" + ", ".join(sql_literal(str(p)) for p in prescriptions) + "]"
 
 
+@stage(reads=("screen.min_dispensings", "screen.dose_cutpoints_ddd"))
 def build_substance_exposures(
     config: dict[str, Any],
+    *,
     prescriptions: str | Path | list[str] | list[Path],
-    cohort_path: str | Path,
-    out_path: str | Path,
+    cohort: str | Path,
+    substances: str | Path,
 ) -> int:
     """Write the substance table (one row per person and full ATC code; step 1 of the module docstring)."""
     screen = config["screen"]
     resources = config.get("resources") or {}
     con = connect(resources)
+    cohort_path, out_path = cohort, substances
     sql = substance_exposures_sql(
         prescription_source(prescriptions), str(cohort_path), screen["min_dispensings"], screen["dose_cutpoints_ddd"]
     )
@@ -186,13 +190,15 @@ def build_substance_exposures(
     return int(n_rows)
 
 
+@stage(reads=("screen.min_dispensings", "screen.dose_cutpoints_ddd"))
 def build_exposures(
     config: dict[str, Any],
+    *,
     prescriptions: str | Path | list[str] | list[Path],
-    cohort_path: str | Path,
+    cohort: str | Path,
     level: int,
-    out_path: str | Path,
-    substances_path: str | Path | None = None,
+    exposure: str | Path,
+    substances: str | Path | None = None,
 ) -> int:
     """Write the exposure table of one ATC level to `out_path`; return its number of rows.
 
@@ -201,11 +207,15 @@ def build_exposures(
     """
     screen = config["screen"]
     resources = config.get("resources") or {}
+    cohort_path, out_path, substances_path = cohort, exposure, substances
     if substances_path is None:
         with tempfile.TemporaryDirectory(dir=Path(out_path).parent, prefix=".substances-") as scratch:
-            substances = Path(scratch) / "substances.parquet"
-            build_substance_exposures(config, prescriptions, cohort_path, substances)
-            return build_exposures(config, prescriptions, cohort_path, level, out_path, substances)
+            scratch_substances = Path(scratch) / "substances.parquet"
+            build_substance_exposures(config, prescriptions=prescriptions, cohort=cohort, substances=scratch_substances)
+            return build_exposures(
+                config, prescriptions=prescriptions, cohort=cohort, level=level, exposure=exposure,
+                substances=scratch_substances,
+            )  # fmt: skip
     con = connect(resources)
     sql = exposure_sql(
         str(substances_path),

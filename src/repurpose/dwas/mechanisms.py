@@ -21,6 +21,7 @@ from scipy import stats
 
 from repurpose.atc import atc_parent, load_atc_names
 from repurpose.meta import pool
+from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
 
@@ -191,12 +192,14 @@ def main_lag_level5(dwas: pl.DataFrame, main_lag: float) -> pl.DataFrame:
     )
 
 
+@stage(reads=("candidates", "inputs.atc_index", "inputs.drug_targets"))
 def run_mechanisms(
-    config: dict[str, Any], dwas_path: str | Path, ranking_path: str | Path, matches_path: str | Path
+    config: dict[str, Any], *, dwas: str | Path, ranking: str | Path, matches: str | Path
 ) -> pl.DataFrame:
     """Write the mechanism ranking and the substance-to-target match table (with the match rate in the log)."""
     settings = config["candidates"]
-    dwas = pl.read_parquet(dwas_path)
+    ranking_path, matches_path = ranking, matches
+    dwas = pl.read_parquet(dwas)
     substances = dwas.filter(pl.col("atc_level") == 5).select("atc_code", "atc_name").unique()
     names = load_atc_names(config["inputs"].get("atc_index")).select("atc_code", pl.col("atc_name").alias("catalog_name"))
     substances = (

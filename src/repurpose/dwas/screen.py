@@ -38,6 +38,7 @@ from repurpose.cox.engine import (
 )
 from repurpose.registry.cohort import DAYS_PER_YEAR
 from repurpose.release.disclosure import SCREEN_RULES, for_display, suppress_small_counts
+from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
 
@@ -864,12 +865,14 @@ def add_q_values(results: pl.DataFrame, alpha: float) -> pl.DataFrame:
     ).with_columns(significant=(pl.col("q_value") < alpha).fill_null(False))
 
 
+@stage(reads=("screen",), drop=("screen.atc_levels", "screen.split_by", "screen.fdr_alpha"))
 def screen_level(
     config: dict[str, Any],
-    cohort_path: str | Path,
-    exposure_path: str | Path,
+    *,
+    cohort: str | Path,
+    exposure: str | Path,
     level: int,
-    out_path: str | Path,
+    part: str | Path,
     group: str = "all",
 ) -> pl.DataFrame:
     """Fit all classes of one ATC level (or of one anatomical main group of it) and write the raw result part.
@@ -878,19 +881,21 @@ def screen_level(
     """
     started = time.perf_counter()
     label = f"level {level}" + ("" if group == "all" else f" group {group}")
-    exposures = pl.scan_parquet(exposure_path).select(SCREEN_EXPOSURE_COLUMNS).filter(anatomical_group_filter(group))
+    exposures = pl.scan_parquet(exposure).select(SCREEN_EXPOSURE_COLUMNS).filter(anatomical_group_filter(group))
     # Passed straight on, so that the raw rows are freed once indexed.
-    results = screen_exposures(pl.read_parquet(cohort_path), exposures.collect(), config, level, label)
-    results.write_parquet(out_path)
+    results = screen_exposures(pl.read_parquet(cohort), exposures.collect(), config, level, label)
+    results.write_parquet(part)
     log.info("%s: %d rows in %.1f s", label, results.height, time.perf_counter() - started)
     return results
 
 
+@stage(reads=("screen.fdr_alpha", "disclosure", "inputs.atc_index"))
 def gather_screen(
-    config: dict[str, Any], part_paths: list[str], parquet_path: str | Path, csv_path: str | Path
+    config: dict[str, Any], *, parts: list[str], dwas: str | Path, dwas_csv: str | Path
 ) -> pl.DataFrame:
     """Combine the level parts, add names and q-values, apply disclosure control and write dwas.parquet/.csv."""
-    results = pl.concat([pl.read_parquet(p) for p in part_paths], how="vertical_relaxed")
+    parquet_path, csv_path = dwas, dwas_csv
+    results = pl.concat([pl.read_parquet(p) for p in parts], how="vertical_relaxed")
     results = add_q_values(results, config["screen"]["fdr_alpha"])
     names = load_atc_names(config["inputs"].get("atc_index")).select("atc_code", "atc_name")
     results = (

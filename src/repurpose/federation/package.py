@@ -24,6 +24,8 @@ import json
 import logging
 import math
 import shutil
+import subprocess
+import sys
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -35,8 +37,14 @@ import yaml
 from scipy import stats
 
 from repurpose import __version__
+from repurpose.config import ConfigError, validate_config
+from repurpose.layout import DEFAULT_ROOT, WORKFLOW_SNAKEFILE, results_layout
 from repurpose.meta import pool
 from repurpose.protocol import (
+    DESIGN_BLOCKS,
+    NOT_DESIGN_KEYS,
+    ProtocolError,
+    apply_protocol,
     design_differences,
     design_of_config,
     normalise_design,
@@ -53,6 +61,7 @@ from repurpose.release.disclosure import (
 )
 from repurpose.release.export import IDENTIFIER_COLUMNS
 from repurpose.release.provenance import sha256_file
+from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
 
@@ -127,19 +136,24 @@ def _file_entry(path: Path, rows: int | None) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size, "rows": rows}
 
 
+@stage(
+    reads=("protocol", "site_label", "run_label", "disclosure", "inputs.atc_index", *DESIGN_BLOCKS),
+    drop=tuple(NOT_DESIGN_KEYS),
+)
 def write_site_package(
     config: dict[str, Any],
-    dwas_path: str | Path,
-    flow_json: str | Path | None,
-    validation_json: str | Path | None,
-    out_dir: str | Path,
+    *,
+    dwas: str | Path,
+    flow: str | Path | None,
+    validation: str | Path | None,
+    package: str | Path,
 ) -> Path:
     """Write `out_dir` (results/site_package/): fits, summaries, protocol copy and manifest; return the manifest.
 
     Every count passes `suppress_small_counts` with the screen's rules (complements within rows and
     F + M = all across rows) and the written tables are checked again before the manifest is written.
     """
-    out_dir = Path(out_dir)
+    dwas_path, flow_json, validation_json, out_dir = dwas, flow, validation, Path(package)
     min_cell = int(config["disclosure"]["min_cell"])
     design = site_design(config)
     label = config.get("site_label") or config.get("run_label") or "site"
@@ -389,17 +403,9 @@ def start_distributed_rounds(meta: pl.DataFrame, rounds_dir: Path, design_hash: 
 # --------------------------------------------------------------------------------------------------
 
 
-def coordinator_config(pooled_dir: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A validated config for the pooled ranking: the packages' protocol plus the centre's own non-design
-    keys (inputs.atc_index, inputs.drug_targets, report.*, run_label); design keys may not differ."""
-    from repurpose.config import ConfigError, validate_config
-    from repurpose.protocol import ProtocolError, apply_protocol
-
-    raw: dict[str, Any] = {"run_label": "pooled", **(overrides or {})}
-    raw["protocol"] = str(Path(pooled_dir) / "protocol.yaml")
-    inputs = raw.setdefault("inputs", {})
-    for name in ("population", "prescriptions", "ms_registry"):
-        inputs.setdefault(name, {"path": "(person-level inputs stay at the sites)"})
+def coordinator_config(raw: dict[str, Any]) -> dict[str, Any]:
+    """The validated config of the pooled ranking (`raw` names the packages' protocol); design keys may not
+    differ from the protocol's. Raises PackageError naming them."""
     try:
         return validate_config(apply_protocol(raw))
     except (ProtocolError, ConfigError) as error:
@@ -453,51 +459,67 @@ def pooled_screen_table(meta: pl.DataFrame, cox: pl.DataFrame | None, fdr_alpha:
     return suppress_small_counts(table, COUNT_COLUMNS, min_cell, **SCREEN_RULES)
 
 
+@stage(reads=("screen.fdr_alpha", "disclosure"))
+def pooled_screen(
+    config: dict[str, Any], *, meta: str | Path, cox: str | Path | None, dwas: str | Path, dwas_csv: str | Path
+) -> pl.DataFrame:
+    """The pooled run's screen table (dwas.parquet and its display CSV) from the pooled meta-analysis and, where
+    the distributed rounds finished, the exact pooled Cox estimates (`cox`)."""
+    min_cell = int(config["disclosure"]["min_cell"])
+    cox_table = pl.read_parquet(cox) if cox is not None else None
+    log.info("pooled screen from %s (exact pooled Cox: %s)", meta, cox or "not available, fixed-effect meta")
+    screen = pooled_screen_table(pl.read_parquet(meta), cox_table, float(config["screen"]["fdr_alpha"]), min_cell)
+    Path(dwas).parent.mkdir(parents=True, exist_ok=True)
+    screen.write_parquet(dwas)
+    for_display(screen, COUNT_COLUMNS, min_cell).write_csv(dwas_csv)
+    return screen
+
+
+def pooled_run_config(pooled_dir: str | Path, *, cox_path: str | Path | None = None,
+                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The config of the pooled ranking run: the packages' protocol, the pooled directory, and the centre's own
+    non-design keys (`overrides`: inputs.atc_index, inputs.drug_targets, report.*, run_label)."""
+    pooled_dir = Path(pooled_dir).resolve()
+    raw: dict[str, Any] = {"run_label": "pooled", **(overrides or {})}
+    raw["protocol"] = str(pooled_dir / "protocol.yaml")
+    raw["pooled"] = {"dir": str(pooled_dir), "cox": str(Path(cox_path).resolve()) if cox_path else None}
+    inputs = raw.setdefault("inputs", {})
+    for name in ("population", "prescriptions", "ms_registry"):
+        inputs.setdefault(name, {"path": "(person-level inputs stay at the sites)"})
+    coordinator_config(raw)  # refuse a contradicting config before Snakemake starts
+    return raw
+
+
 def rank_pooled(
     pooled_dir: str | Path,
     *,
     cox_path: str | Path | None = None,
     overrides: dict[str, Any] | None = None,
+    cores: int = 1,
 ) -> dict[str, str]:
-    """Screen table, mechanism and drug rankings and the report from pooled results (no person-level input).
+    """Screen table, mechanism and drug rankings, report and export of the pooled results, through the
+    workflow's own rules (Snakemake in `pooled_dir`, config `pooled`: no person-level input is read).
 
-    Writes under `pooled_dir`: screen/dwas.parquet + .csv, candidates/{drug_ranking, mechanism_ranking,
-    substance_targets}.csv + README.md, report/index.html + report/tables/*.csv (the same files as a
-    single-site run; the person-level evidence columns of the drug ranking stay empty).
+    Writes under `pooled_dir/results/` the files of a single-site run (the person-level evidence columns of
+    the drug ranking stay empty); returns their paths.
     """
-    from repurpose.dwas.candidates import run_candidates
-    from repurpose.dwas.mechanisms import run_mechanisms
-    from repurpose.release.report import SiteEvidence, build_report
-
-    pooled_dir = Path(pooled_dir)
-    config = coordinator_config(pooled_dir, overrides)
-    min_cell = int(config["disclosure"]["min_cell"])
-    meta = pl.read_parquet(pooled_dir / "meta.parquet")
-    if cox_path is None and (pooled_dir / "cox.parquet").is_file():
-        cox_path = pooled_dir / "cox.parquet"  # written by repurpose.federation.distributed when the rounds finished
-    cox = pl.read_parquet(cox_path) if cox_path is not None else None
-    log.info("pooled ranking from %s (exact pooled Cox: %s)", pooled_dir, cox_path or "not available, fixed-effect meta")
-    screen = pooled_screen_table(meta, cox, float(config["screen"]["fdr_alpha"]), min_cell)
-    (pooled_dir / "screen").mkdir(parents=True, exist_ok=True)
-    (pooled_dir / "candidates").mkdir(parents=True, exist_ok=True)
+    pooled_dir = Path(pooled_dir).resolve()
+    config_path = pooled_dir / "pooled_config.yaml"
+    config_path.write_text(
+        yaml.safe_dump(pooled_run_config(pooled_dir, cox_path=cox_path, overrides=overrides), sort_keys=False),
+        encoding="utf-8",
+    )
+    command = [sys.executable, "-m", "snakemake", "-s", str(WORKFLOW_SNAKEFILE), "-d", str(pooled_dir),
+               "--configfile", str(config_path), "--cores", str(cores), "--quiet", "progress"]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, check=False)
+    if completed.returncode != 0:
+        raise PackageError(f"the pooled ranking run failed (logs in {pooled_dir / 'results/logs'}):\n"
+                           + (completed.stderr or completed.stdout)[-3000:])  # fmt: skip
+    paths = results_layout(pooled_dir / DEFAULT_ROOT)
     outputs = {
-        "dwas": pooled_dir / "screen/dwas.parquet", "dwas_csv": pooled_dir / "screen/dwas.csv",
-        "mechanisms": pooled_dir / "candidates/mechanism_ranking.csv", "matches": pooled_dir / "candidates/substance_targets.csv",
-        "drugs": pooled_dir / "candidates/drug_ranking.csv", "readme": pooled_dir / "candidates/README.md",
-        "report": pooled_dir / "report/index.html",
+        "dwas": paths.dwas(), "dwas_csv": paths.dwas_csv(), "mechanisms": paths.mechanism_ranking(),
+        "matches": paths.substance_targets(), "drugs": paths.drug_ranking(), "readme": paths.candidates_readme(),
+        "report": paths.report_html(), "export": paths.export_manifest(),
     }  # fmt: skip
-    screen.write_parquet(outputs["dwas"])
-    for_display(screen, COUNT_COLUMNS, min_cell).write_csv(outputs["dwas_csv"])
-    run_mechanisms(config, outputs["dwas"], outputs["mechanisms"], outputs["matches"])
-    run_candidates(config, outputs["dwas"], None, [], None, outputs["matches"], outputs["mechanisms"], outputs["drugs"], outputs["readme"])
-    summaries_path = pooled_dir / "site_summaries.csv"
-    summaries = parse_display(pl.read_csv(summaries_path, infer_schema=False), ["n"]) if summaries_path.is_file() else None
-    sites = SiteEvidence(
-        site_fits=pl.read_parquet(pooled_dir / "site_fits.parquet"), meta=meta, summaries=summaries,
-        sites=pl.read_csv(pooled_dir / "sites.csv") if (pooled_dir / "sites.csv").is_file() else None,
-    )  # fmt: skip
-    build_report(
-        config, None, None, outputs["dwas"], None, outputs["report"], pooled_dir / "report/tables",
-        outputs["drugs"], outputs["mechanisms"], sites=sites,
-    )  # fmt: skip
-    return {k: str(v) for k, v in outputs.items()}
+    log.info("pooled ranking in %s", paths.root)
+    return outputs

@@ -19,6 +19,8 @@ from typing import Any
 
 import polars as pl
 
+from repurpose.stages import stage
+
 log = logging.getLogger(__name__)
 
 DAYS_PER_YEAR = 365.25
@@ -165,17 +167,18 @@ def build_cohort(
     return cohort, flow
 
 
+@stage(reads=("study",))
 def run_cohort(
     config: dict[str, Any],
-    population_path: str | Path,
-    ms_registry_path: str | Path,
-    cohort_path: str | Path,
-    flow_path: str | Path,
+    *,
+    population: str | Path,
+    ms_registry: str | Path,
+    cohort: str | Path,
+    flow: str | Path,
 ) -> dict[str, Any]:
     """Read validated extracts, build the cohort, write cohort Parquet and flow JSON; return the flow."""
-    cohort, flow = build_cohort(
-        pl.scan_parquet(population_path), pl.scan_parquet(ms_registry_path), config["study"]
-    )
+    cohort_path, flow_path = cohort, flow
+    cohort, flow = build_cohort(pl.scan_parquet(population), pl.scan_parquet(ms_registry), config["study"])
     cohort.write_parquet(cohort_path)
     Path(flow_path).write_text(json.dumps(flow, indent=2))
     log.info(

@@ -26,7 +26,9 @@ from typing import Any
 import duckdb
 
 from repurpose.duck import connect, execute_with_progress, sql_literal
+from repurpose.layout import results_layout
 from repurpose.registry.dictionary import ColumnSpec, ExtractSpec, load_extract_spec
+from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
 
@@ -498,80 +500,83 @@ def _validate_one(
     return entry
 
 
+@stage(reads=("inputs.population", "inputs.ms_registry", "study", "validation"))
 def validate_registers(
-    config: dict[str, Any], validated_dir: str | Path, validation_dir: str | Path
+    config: dict[str, Any],
+    *,
+    population: str | Path,
+    ms_registry: str | Path,
+    population_rejects: str | Path,
+    ms_registry_rejects: str | Path,
+    report: str | Path,
 ) -> dict[str, Any]:
     """Validate the population and MS registry extracts; write them, their rejects and `parts/registers.json`.
 
     The registers come first: every prescription part is checked against the clean population and uses
     the person_id type decided here.
     """
-    validated_dir, validation_dir = Path(validated_dir), Path(validation_dir)
+    population_path, registers_path = Path(population), Path(report)
     con = connect(config.get("resources"))
     inputs = config["inputs"]
-    population = ExtractReader(con, "population", inputs["population"])
-    ms_registry = ExtractReader(con, "ms_registry", inputs["ms_registry"])
-    for reader in (population, ms_registry):
+    population_reader = ExtractReader(con, "population", inputs["population"])
+    registry_reader = ExtractReader(con, "ms_registry", inputs["ms_registry"])
+    for reader in (population_reader, registry_reader):
         reader.fail_if_nothing_parses()
-    person_id_type = _person_id_type(population)
+    person_id_type = _person_id_type(population_reader)
     log.info("person_id is stored as %s", person_id_type)
-    report: dict[str, Any] = {"person_id_type": person_id_type, "extracts": {}}
-    population_path = validated_dir / "population.parquet"
-    entry = _validate_one(
-        con, population, config, person_id_type, population_path, validation_dir / "rejects" / "population.parquet"
-    )
+    result: dict[str, Any] = {"person_id_type": person_id_type, "extracts": {}}
+    entry = _validate_one(con, population_reader, config, person_id_type, population_path, Path(population_rejects))
     if entry["rows_kept"] == 0:
-        raise ExtractError(f"population: no valid row in {population.file_label}; see {validation_dir / 'rejects'}")
-    report["extracts"]["population"] = entry
+        raise ExtractError(f"population: no valid row in {population_reader.file_label}; see {population_rejects}")
+    result["extracts"]["population"] = entry
     _load_clean_population(con, population_path)
-    report["extracts"]["ms_registry"] = _validate_one(
-        con,
-        ms_registry,
-        config,
-        person_id_type,
-        validated_dir / "ms_registry.parquet",
-        validation_dir / "rejects" / "ms_registry.parquet",
-        population.file_label,
+    result["extracts"]["ms_registry"] = _validate_one(
+        con, registry_reader, config, person_id_type, Path(ms_registry), Path(ms_registry_rejects),
+        population_reader.file_label,
     )
-    registers_path = validation_dir / "parts" / "registers.json"
     registers_path.parent.mkdir(parents=True, exist_ok=True)
-    registers_path.write_text(json.dumps(report, indent=2))
-    return report
+    registers_path.write_text(json.dumps(result, indent=2))
+    return result
 
 
+@stage(reads=("inputs.prescriptions", "study", "validation"), drop=("inputs.prescriptions.path",))
 def validate_prescription_part(
     config: dict[str, Any],
-    part_path: str | Path,
-    population_path: str | Path,
-    registers_report_path: str | Path,
-    clean_path: str | Path,
-    rejects_path: str | Path,
-    part_report_path: str | Path,
+    *,
+    part: str | Path,
+    population: str | Path,
+    registers: str | Path,
+    clean: str | Path,
+    rejects: str | Path,
+    report: str | Path,
 ) -> dict[str, Any]:
     """Validate one file of the prescription extract against the clean population; write its report entry."""
-    registers = json.loads(Path(registers_report_path).read_text())
+    person_id_type = json.loads(Path(registers).read_text())["person_id_type"]
     con = connect(config.get("resources"))
-    _load_clean_population(con, population_path)
-    reader = ExtractReader(con, "prescriptions", config["inputs"]["prescriptions"], [Path(part_path)])
+    _load_clean_population(con, population)
+    prescriptions = {**config["inputs"]["prescriptions"], "path": str(part)}
+    reader = ExtractReader(con, "prescriptions", prescriptions, [Path(part)])
     reader.fail_if_nothing_parses()
-    population_label = f"{config['inputs']['population']['path']} (validated: {population_path})"
-    entry = _validate_one(
-        con, reader, config, registers["person_id_type"], Path(clean_path), Path(rejects_path), population_label
-    )
-    Path(part_report_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(part_report_path).write_text(json.dumps(entry, indent=2))
+    population_label = f"the validated population ({population})"
+    entry = _validate_one(con, reader, config, person_id_type, Path(clean), Path(rejects), population_label)
+    Path(report).parent.mkdir(parents=True, exist_ok=True)
+    Path(report).write_text(json.dumps(entry, indent=2))
     return entry
 
 
+@stage(reads=())
 def merge_validation_reports(
-    registers_report_path: str | Path,
-    part_report_paths: list[str] | list[Path],
-    report_path: str | Path,
-    summary_path: str | Path,
+    config: dict[str, Any],
+    *,
+    registers: str | Path,
+    parts: list[str] | list[Path],
+    report: str | Path,
+    summary: str | Path,
 ) -> dict[str, Any]:
     """One validation report: the registers' entries and the prescription parts summed (with a per-part list)."""
-    report = json.loads(Path(registers_report_path).read_text())
-    parts = [json.loads(Path(p).read_text()) for p in part_report_paths]
+    report_path, summary_path = report, summary
+    report = json.loads(Path(registers).read_text())
+    parts = [json.loads(Path(p).read_text()) for p in parts]
     by_reason: dict[str, int] = {}
     for part in parts:
         for reason, n in part["rejected_by_reason"].items():
@@ -600,31 +605,39 @@ def merge_validation_reports(
     return report
 
 
-def validate_extracts(
-    config: dict[str, Any], validated_dir: str | Path, validation_dir: str | Path
-) -> dict[str, Any]:
-    """Validate the three extracts of `config['inputs']` in one call (the DAG runs the same steps as jobs):
-    registers, then each prescription part, then the merged report."""
-    validated_dir, validation_dir = Path(validated_dir), Path(validation_dir)
-    for stale in (validated_dir / "prescriptions", validation_dir / "rejects" / "prescriptions"):
+def validate_extracts(config: dict[str, Any], *, results_dir: str | Path) -> dict[str, Any]:
+    """Validate the extracts of `config['inputs']` in one call, into `results_dir` laid out as the DAG's
+    (the DAG runs the same steps as jobs): registers, then each prescription part, then the merged report."""
+    paths = results_layout(results_dir)
+    for stale in (Path(paths.validated_prescriptions("x")).parent, Path(paths.prescription_rejects("x")).parent):
         if stale.exists():
             shutil.rmtree(stale)
-    validate_registers(config, validated_dir, validation_dir)
+    validate_registers(
+        config,
+        population=paths.validated("population"),
+        ms_registry=paths.validated("ms_registry"),
+        population_rejects=paths.rejects("population"),
+        ms_registry_rejects=paths.rejects("ms_registry"),
+        report=paths.registers_report(),
+    )
     part_reports = []
     for name, file in prescription_parts(config["inputs"]["prescriptions"]).items():
-        part_report = validation_dir / "parts" / f"prescriptions_{name}.json"
         validate_prescription_part(
             config,
-            file,
-            validated_dir / "population.parquet",
-            validation_dir / "parts" / "registers.json",
-            validated_dir / "prescriptions" / f"{name}.parquet",
-            validation_dir / "rejects" / "prescriptions" / f"{name}.parquet",
-            part_report,
+            part=file,
+            population=paths.validated("population"),
+            registers=paths.registers_report(),
+            clean=paths.validated_prescriptions(name),
+            rejects=paths.prescription_rejects(name),
+            report=paths.prescriptions_report(name),
         )
-        part_reports.append(part_report)
+        part_reports.append(paths.prescriptions_report(name))
     return merge_validation_reports(
-        validation_dir / "parts" / "registers.json", part_reports, validation_dir / "report.json", validation_dir / "report.md"
+        config,
+        registers=paths.registers_report(),
+        parts=part_reports,
+        report=paths.validation_report(),
+        summary=paths.validation_summary(),
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import polars as pl
 
+from repurpose.layout import AGGREGATE_OUTPUTS, PERSON_LEVEL
 from repurpose.release.disclosure import (
     SCREEN_RULES,
     for_display,
@@ -28,23 +29,10 @@ from repurpose.release.disclosure import (
     suppress_small_counts,
 )
 from repurpose.release.provenance import sha256_file
+from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
 
-# Aggregate outputs, relative to the results directory (globs); only these are exported by default.
-AGGREGATE_OUTPUTS = (
-    "screen/dwas.csv",
-    "screen/dwas.parquet",
-    "candidates/*.csv",
-    "candidates/README.md",
-    "report/index.html",
-    "report/tables/*.csv",
-)
-# Person-level (or unsuppressed) files: never exported, whatever is asked.
-PERSON_LEVEL = (
-    "validated/*", "validation/rejects/*", "cohort/cohort.parquet", "exposure/*", "screen/parts/*",
-    "simulated/*", "tmp/*", "logs/*", "*/ground_truth_persons.parquet",
-)  # fmt: skip
 # Column names that identify persons (canonical and the data dictionary's aliases).
 IDENTIFIER_COLUMNS = frozenset({"person_id", "lopenr", "løpenr", "pid", "personid", "fnr", "fodselsnummer"})
 
@@ -103,16 +91,20 @@ def collect_sources(results_dir: str | Path, patterns: tuple[str, ...] = AGGREGA
     return sorted({p for pattern in patterns for p in results_dir.glob(pattern) if p.is_file()})
 
 
+@stage(reads=("disclosure",))
 def export_results(
     config: dict[str, Any],
+    *,
     results_dir: str | Path,
-    out_dir: str | Path,
-    manifest_path: str | Path | None = None,
+    export_dir: str | Path,
+    manifest: str | Path | None = None,
     sources: list[str | Path] | None = None,
 ) -> list[dict[str, Any]]:
-    """Copy `sources` (default: every existing aggregate output) into `out_dir` and write the manifest."""
-    results_dir, out_dir = Path(results_dir), Path(out_dir)
-    manifest_path = Path(manifest_path or out_dir / "manifest.csv")
+    """Copy `sources` (the DAG passes exactly its declared aggregate outputs; default: every existing
+    aggregate output under `results_dir`) into `export_dir`, mirroring the results layout, and write the
+    manifest (default `export_dir/manifest.csv`)."""
+    results_dir, out_dir = Path(results_dir), Path(export_dir)
+    manifest_path = Path(manifest or out_dir / "manifest.csv")
     min_cell = int(config["disclosure"]["min_cell"])
     paths = [Path(p) for p in sources] if sources is not None else collect_sources(results_dir)
     refused = [str(p) for p in paths if is_person_level(relative_name(p, results_dir))]

@@ -17,6 +17,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -33,6 +34,7 @@ import yaml  # noqa: E402
 from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
 
 from repurpose.atc import load_atc_names  # noqa: E402
+from repurpose.layout import REPORT_TABLES  # noqa: E402
 from repurpose.release.disclosure import (  # noqa: E402
     SCREEN_RULES,
     Partition,
@@ -42,6 +44,7 @@ from repurpose.release.disclosure import (  # noqa: E402
     suppress_small_counts,
 )
 from repurpose.release.provenance import provenance  # noqa: E402
+from repurpose.stages import ALL_DESIGN, stage  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +70,19 @@ class SiteEvidence:
     meta: pl.DataFrame
     summaries: pl.DataFrame | None = None
     sites: pl.DataFrame | None = None
+
+
+def read_site_evidence(
+    site_fits: str | Path, meta: str | Path, summaries: str | Path | None, sites: str | Path | None
+) -> SiteEvidence:
+    """The pooled run's aggregates from their files (the summaries and the sites table are optional)."""
+    return SiteEvidence(
+        site_fits=pl.read_parquet(site_fits),
+        meta=pl.read_parquet(meta),
+        summaries=parse_display(pl.read_csv(summaries, infer_schema=False), ["n"])
+        if summaries is not None and Path(summaries).is_file() else None,
+        sites=pl.read_csv(sites) if sites is not None and Path(sites).is_file() else None,
+    )  # fmt: skip
 
 
 def template_dir() -> Path:
@@ -472,25 +488,34 @@ def drug_anchor(row: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- the page
 
 
+@stage(reads=(ALL_DESIGN,))
 def build_report(
     config: dict[str, Any],
-    validation_json: str | Path | None,
-    flow_json: str | Path | None,
-    dwas_parquet: str | Path,
-    exposure_parquet: str | Path | None,
-    html_path: str | Path,
-    tables_dir: str | Path,
-    drug_ranking_csv: str | Path | None = None,
-    mechanism_ranking_csv: str | Path | None = None,
     *,
-    sites: SiteEvidence | None = None,
+    validation: str | Path | None,
+    flow: str | Path | None,
+    dwas: str | Path,
+    exposure: str | Path | None,
+    drugs: str | Path | None,
+    mechanisms: str | Path | None,
+    html: str | Path,
+    tables: Mapping[str, str | Path],
+    site_fits: str | Path | None = None,
+    meta: str | Path | None = None,
+    site_summaries: str | Path | None = None,
+    sites_table: str | Path | None = None,
 ) -> Path:
-    """Write the report page and its disclosure-controlled summary tables (CSV) under `tables_dir`.
+    """Write the report page and its disclosure-controlled summary tables (CSV: `tables`, name -> path,
+    for REPORT_TABLES). The report echoes the whole config, so it declares that it reads all of it.
 
-    With `sites` (a pooled, federated run) there are no person-level inputs: the validation, flow and
-    exposure arguments are None, the summary shows the sites' flow and validation counts (summed and per
-    site), exposure prevalence is not available, and each top candidate gets a per-site forest plot.
+    With `site_fits` and `meta` (a pooled, federated run) there are no person-level inputs: `validation`,
+    `flow` and `exposure` are None, the summary shows the sites' flow and validation counts (summed and
+    per site; `site_summaries`, `sites_table`), exposure prevalence is not available, and each top candidate
+    gets a per-site forest plot.
     """
+    validation_json, flow_json, dwas_parquet, exposure_parquet = validation, flow, dwas, exposure
+    drug_ranking_csv, mechanism_ranking_csv, html_path = drugs, mechanisms, html
+    sites = read_site_evidence(site_fits, meta, site_summaries, sites_table) if site_fits is not None else None
     started = time.time()
     settings = config.get("report", {})
     min_cell = int(config["disclosure"]["min_cell"])
@@ -510,11 +535,12 @@ def build_report(
                                           "n_persons": pl.Int64, "percent_exposed": pl.Float64})  # fmt: skip
         flow_raw = _pooled_flow_facts(flow)
     dwas = suppress_small_counts(pl.read_parquet(dwas_parquet), SCREEN_COUNTS, min_cell, **SCREEN_RULES)
-    tables_dir = Path(tables_dir)
-    tables_dir.mkdir(parents=True, exist_ok=True)
+    if set(tables) != set(REPORT_TABLES):
+        raise ValueError(f"build_report writes the tables {REPORT_TABLES}; got paths for {sorted(tables)}")
     for name, frame, counts in (("cohort_flow", flow, ["n"]), ("validation", checks, ["n"]),
                                 ("exposure_prevalence", prevalence, ["n_exposed", "n_persons"])):  # fmt: skip
-        for_display(frame, counts, min_cell).write_csv(tables_dir / f"{name}.csv")
+        Path(tables[name]).parent.mkdir(parents=True, exist_ok=True)
+        for_display(frame, counts, min_cell).write_csv(tables[name])
 
     summary = {k: for_display(_long([("s", "total", flow_raw[k])]), ["n"], min_cell)["n"][0]
                for k in ("persons_in_cohort", "events")}  # fmt: skip
