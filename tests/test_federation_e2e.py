@@ -24,9 +24,11 @@ import pytest
 import yaml
 
 from repurpose.config import load_config
-from repurpose.federation.package import COUNT_COLUMNS, FIT_KEYS, PackageError, pool_packages, rank_pooled
+from repurpose.federation.package import PackageError, pool_packages, rank_pooled
 from repurpose.release.disclosure import small_counts_left
 from repurpose.release.export import IDENTIFIER_COLUMNS
+from repurpose.schemas import FIT_KEYS
+from repurpose.schemas import SCREEN_COUNT_COLUMNS as COUNT_COLUMNS
 
 pytestmark = pytest.mark.slow
 

@@ -32,18 +32,14 @@ from typing import Any
 import numpy as np
 import polars as pl
 import yaml
-from scipy import stats
 
 from repurpose import __version__
+from repurpose.cox.result import wald
+from repurpose.dwas.screen import add_q_values
+from repurpose.federation.design import site_design
+from repurpose.federation.distributed import start_rounds
 from repurpose.meta import pool
-from repurpose.protocol import (
-    design_differences,
-    design_of_config,
-    normalise_design,
-    protocol_hash,
-    protocol_yaml,
-    read_protocol,
-)
+from repurpose.protocol import design_differences, normalise_design, protocol_hash, protocol_yaml
 from repurpose.release.disclosure import (
     SCREEN_RULES,
     for_display,
@@ -53,19 +49,18 @@ from repurpose.release.disclosure import (
 )
 from repurpose.release.export import IDENTIFIER_COLUMNS
 from repurpose.release.provenance import sha256_file
+from repurpose.schemas import FIT_KEYS, SCREEN_COLUMNS, SCREEN_COUNT_COLUMNS
 
 log = logging.getLogger(__name__)
 
 PACKAGE_FORMAT = "repurpose-site-package/1"
-FIT_KEYS = ["atc_code", "atc_level", "lag_years", "sex"]
-COUNT_COLUMNS = ["n_persons", "n_exposed", "n_cases", "n_exposed_cases"]
+COUNT_COLUMNS = SCREEN_COUNT_COLUMNS
 FIT_COLUMNS = [
     *FIT_KEYS, "atc_name", *COUNT_COLUMNS, "person_years_exposed",
     "log_hr", "se", "hr", "ci_lower", "ci_upper", "p_value", "converged", "n_iter", "status", "reason",
 ]  # fmt: skip
 SUMMARY_COLUMNS = ["table", "item", "n"]  # cohort_flow.csv and validation.csv of a package
 META_METHODS = ("FE", "DL", "REML", "PM")
-Z95 = float(stats.norm.ppf(0.975))
 
 
 class PackageError(ValueError):
@@ -84,19 +79,6 @@ def atc_index_version(atc_index: str | Path | None) -> str:
         builtin = Path(str(resources.files("repurpose").joinpath("data/atc_catalog.csv")))
         return f"builtin:{sha256_file(builtin)}"
     return f"who-index:{sha256_file(atc_index)}"
-
-
-def site_design(config: dict[str, Any]) -> dict[str, Any]:
-    """The design a site ran: its protocol's (checked against the config) or, without protocol, the config's."""
-    ran = design_of_config(config)
-    if not config.get("protocol"):
-        log.warning("no shared protocol named (config key `protocol`): the package records this config's design")
-        return ran
-    design = read_protocol(config["protocol"])
-    differing = [d for d in design_differences(design, ran) if d[0] != "disclosure.min_cell"]
-    if differing:
-        raise PackageError(f"the config's design differs from its protocol {config['protocol']}: {differing}")
-    return design
 
 
 def check_aggregate(frame: pl.DataFrame, name: str, count_columns: list[str], min_cell: int) -> None:
@@ -374,12 +356,7 @@ def pool_packages(
 
 
 def start_distributed_rounds(meta: pl.DataFrame, rounds_dir: Path, design_hash: str) -> str | None:
-    """Write the first round of the exact pooled Cox model (`repurpose.federation.distributed`), if that module exists."""
-    try:
-        from repurpose.federation.distributed import start_rounds
-    except ImportError:
-        log.warning("repurpose.federation.distributed is not available: no exact pooled Cox rounds started (meta-analysis only)")
-        return None
+    """Write the first round of the exact pooled Cox model (`repurpose.federation.distributed`)."""
     fits = meta.filter(pl.col("k_sites") > 0).select(FIT_KEYS)
     return str(start_rounds(fits, rounds_dir, protocol_hash=design_hash))
 
@@ -413,8 +390,6 @@ def pooled_screen_table(meta: pl.DataFrame, cox: pl.DataFrame | None, fdr_alpha:
     fixed-effect meta-analysis (`estimate_source` says which); Wald CI and p; BH q-values within each
     level x lag x sex family, as in a single-site screen.
     """
-    from repurpose.dwas.screen import SCREEN_COLUMNS, add_q_values
-
     for column in ("fe_log_hr", "fe_se"):  # absent when no fit converged at any site
         if column not in meta.columns:
             meta = meta.with_columns(pl.lit(None, pl.Float64).alias(column))
@@ -436,18 +411,19 @@ def pooled_screen_table(meta: pl.DataFrame, cox: pl.DataFrame | None, fdr_alpha:
             estimate_source=pl.when(pl.col("cox_log_hr").is_not_null()).then(pl.lit("pooled_cox")).otherwise(pl.col("estimate_source")),
         ).drop("cox_log_hr", "cox_se")  # fmt: skip
     fitted = pl.col("log_hr").is_not_null()
+    estimate = wald(table["log_hr"].to_numpy(), table["se"].to_numpy())  # nulls become NaN: put them back
+    has_hr, has_ci = pl.col("log_hr").is_not_null(), pl.col("log_hr").is_not_null() & pl.col("se").is_not_null()
     table = table.with_columns(
-        hr=pl.col("log_hr").exp(),
-        ci_lower=(pl.col("log_hr") - Z95 * pl.col("se")).exp(),
-        ci_upper=(pl.col("log_hr") + Z95 * pl.col("se")).exp(),
+        hr=pl.when(has_hr).then(pl.lit(pl.Series(estimate.hr))),
+        ci_lower=pl.when(has_ci).then(pl.lit(pl.Series(estimate.ci_lower))),
+        ci_upper=pl.when(has_ci).then(pl.lit(pl.Series(estimate.ci_upper))),
+        p_value=pl.Series(estimate.p_value).fill_nan(None),
         person_years_exposed=pl.lit(None, pl.Float64),
         converged=fitted,
         n_iter=pl.lit(None, pl.Int64),
         status=pl.when(fitted).then(pl.lit("ok")).otherwise(pl.lit("skipped")),
         reason=pl.when(fitted).then(None).otherwise(pl.lit("not fitted at any site")),
     )
-    z = (table["log_hr"] / table["se"]).to_numpy()
-    table = table.with_columns(p_value=pl.Series(2 * stats.norm.sf(np.abs(z))).fill_nan(None))
     table = add_q_values(table, fdr_alpha)
     table = table.select(*SCREEN_COLUMNS, "estimate_source", "k_sites").sort(["atc_level", "lag_years", "sex", "atc_code"])
     return suppress_small_counts(table, COUNT_COLUMNS, min_cell, **SCREEN_RULES)
