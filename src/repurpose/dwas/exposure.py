@@ -3,8 +3,8 @@
 Representation (documented in docs/schemas.md): one row per (person, class) for persons of the
 cohort who reach `screen.min_dispensings` dispensings of any substance of the class before their
 exit, holding the age (days) of the k-th dispensing. Ever-use is a step function of age that switches
-on at that age (plus the lag, applied by the screen), so this sparse table is all the screen needs:
-no person-by-class-by-interval table is ever built. Dose: the ages at which cumulative DDD in the
+on at that age (plus the lag: the exposure window of `repurpose.dwas.window`, applied by the screen), so
+this sparse table is all the screen needs: no person-by-class-by-interval table is ever built. Dose: the ages at which cumulative DDD in the
 class first reaches each cut point, the number of dispensings and the total DDD up to exit.
 
 Two steps, so that the dispensings are sorted once rather than once per ATC level:

@@ -10,7 +10,7 @@ Several registries run one analysis without person-level data crossing a border 
 2. the coordinating centre pools the packages (`pool_packages`, `repurpose pool`): it refuses packages
    whose protocols differ (naming the settings), meta-analyses every fit (fixed effect, DerSimonian-Laird,
    REML and Paule-Mandel random effects) and starts the distributed rounds of the exact pooled Cox model
-   (`repurpose.federation.distributed`, when installed);
+   (`repurpose.federation.distributed`);
 3. `rank_pooled` (`repurpose pool-rank`) builds a screen table from the pooled estimates (exact pooled
    Cox where it converged, else the fixed-effect meta-analysis) and runs the mechanism and candidate
    rankings and the report on it, with a per-site forest plot for each top candidate.
