@@ -12,7 +12,8 @@ risk and the number of events at t. For a class, the exposed counts come from it
 exposure the only covariate, the default, by a running sum over each stratum's event ages,
 `screen_binary`); unexposed counts are the cell totals minus the exposed ones. No person-interval table
 is built. Owns the screen's fitting, its result rows and q-values, and the stage functions `screen_level`
-and `gather_screen`. See docs/methods.md and docs/cox_engine.md.
+and `gather_screen`. May import `repurpose.cox`, `repurpose.dwas.risk_sets` and `.window`, `repurpose.schemas`,
+`repurpose.release.disclosure` and `repurpose.atc`. See docs/methods.md and docs/cox_engine.md.
 """
 
 from __future__ import annotations

@@ -13,7 +13,9 @@ ones. So the coordinating centre can run Newton-Raphson on the sums without seei
    is done, the pooled estimates (`cox.parquet` next to the rounds directory).
 
 All fits travel in one file per round; fits already done are carried along but not re-evaluated.
-See docs/federation_newton.md.
+See docs/federation_newton.md. Owns the round and response files and both sides of a round; may import
+`repurpose.cox`, `repurpose.dwas.risk_sets` (the screen's own risk sets), `repurpose.federation.design`,
+`repurpose.protocol` and `repurpose.schemas` (never `repurpose.federation.package`, which imports it).
 """
 
 from __future__ import annotations
