@@ -15,6 +15,7 @@ import json
 import multiprocessing as mp
 import platform
 import resource
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -23,6 +24,8 @@ from typing import Any
 import polars as pl
 
 from repurpose.study_config import load_config
+
+TESTS = Path(__file__).resolve().parents[1] / "tests"
 
 
 def _run_stage(name: str, config: dict[str, Any], work: Path, queue: mp.Queue) -> None:
@@ -76,8 +79,11 @@ def lifelines_seconds_per_class(config: dict[str, Any], work: Path, level: int, 
     """Seconds per fit of lifelines CTV on split data vs ours for the same classes (lag 0, both sexes)."""
     from lifelines import CoxTimeVaryingFitter
 
-    from repurpose.dwas.exposure import split_class_intervals
-    from repurpose.dwas.screen import prepare_cohort, screen_exposures
+    sys.path.insert(0, str(TESTS))  # the explicit split rows are test-only code (tests/split_intervals.py)
+    from split_intervals import split_class_intervals
+
+    from repurpose.dwas.risk_sets import prepare_cohort
+    from repurpose.dwas.screen import screen_exposures
 
     cohort = pl.read_parquet(work / "cohort.parquet")
     exposures = pl.read_parquet(work / f"exposure_{level}.parquet")

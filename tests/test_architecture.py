@@ -1,6 +1,7 @@
-"""The package's structure as the stage contract promises it (docs/architecture.md): no import circle between
-our modules, no module over 800 lines, no import hidden in a function or behind `except ImportError`, rules
-that call imported stage functions, and every stage function declaring the config it reads."""
+"""The package's structure as the stage contract promises it (docs/architecture.md): no import of our own
+modules hidden in a function or behind `except ImportError`, rules that call imported stage functions and
+spell no results path, and every stage function seeing only the config it declares. (No import circle and
+no module over 800 lines: tests/test_rules.py.)"""
 
 from __future__ import annotations
 
@@ -16,56 +17,6 @@ from repurpose.study_config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "src" / "repurpose"
-MAX_MODULE_LINES = 800
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def package_imports() -> dict[str, set[str]]:
-    """Module -> the package modules it imports at module level (from the source text)."""
-    modules = {module_name(p): p for p in PACKAGE.rglob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for name, path in modules.items():
-        targets = set()
-        for node in ast.parse(path.read_text(encoding="utf-8")).body:
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("repurpose"):
-                for alias in node.names:
-                    candidate = f"{node.module}.{alias.name}"
-                    targets.add(candidate if candidate in modules else node.module)
-            elif isinstance(node, ast.Import):
-                targets |= {a.name for a in node.names if a.name.startswith("repurpose")}
-        graph[name] = {t for t in targets if t in modules and t != name}
-    return graph
-
-
-def test_no_import_circle_between_package_modules():
-    graph = package_imports()
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        stack.append(node)
-        for target in sorted(graph[node]):
-            if state.get(target) == 1:
-                cycle = stack[stack.index(target):] + [target]
-                pytest.fail("import circle: " + " -> ".join(cycle))
-            if target not in state:
-                visit(target)
-        stack.pop()
-        state[node] = 2
-
-    for node in sorted(graph):
-        if node not in state:
-            visit(node)
-
-
-def test_no_module_over_800_lines():
-    long = {str(p.relative_to(REPO)): n for p in PACKAGE.rglob("*.py") if (n := len(p.read_text().splitlines())) > MAX_MODULE_LINES}
-    assert not long, f"modules over {MAX_MODULE_LINES} lines: {long}"
 
 
 def test_no_hidden_imports_of_our_own_modules():

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from repurpose.cox.binary import BinaryRiskSets, fit_binary_efron
-from repurpose.cox.engine import CoxEngineError, RiskSetTableError, fit_efron
+from repurpose.cox.engine import fit_efron
+from repurpose.cox.risk_set_table import CoxEngineError, RiskSetTableError
 
 
 def random_risk_sets(seed: int, n_fits: int = 40, log_hr: float = 0.4) -> BinaryRiskSets:

@@ -9,20 +9,22 @@ import pytest
 
 from repurpose.config import validate_config
 from repurpose.dwas.candidates import (
-    _model_cohort,
-    _segments,
-    comparator_classes,
-    confirmation_fit,
-    dose_response,
     lag_fade,
     reverse_causation_suspected,
     score_row,
     select_signals,
-    separated_lag_estimates,
     siblings_of,
 )
-from repurpose.dwas.exposure import dose_column
+from repurpose.dwas.person_models import (
+    comparator_classes,
+    confirmation_fit,
+    dose_response,
+    model_cohort,
+    segments,
+    separated_lag_estimates,
+)
 from repurpose.dwas.screen import screen_exposures
+from repurpose.schemas import dose_column
 
 RULE = {"reverse_causation": {"max_retained_fraction": 0.5, "alpha": 0.05}}
 
@@ -96,7 +98,7 @@ def test_score_counts_supporting_lines_and_flags_the_rest():
 
 def test_segments_split_at_increasing_boundaries():
     entry, exit_ = np.array([0, 0, 10]), np.array([100, 100, 50])
-    person, start, stop, category = _segments(entry, exit_, [np.array([20, 200, 0]), np.array([60, 300, 5])])
+    person, start, stop, category = segments(entry, exit_, [np.array([20, 200, 0]), np.array([60, 300, 5])])
     pieces = sorted(zip(person.tolist(), start.tolist(), stop.tolist(), category.tolist(), strict=True))
     assert pieces == [(0, 0, 20, 0), (0, 20, 60, 1), (0, 60, 100, 2), (1, 0, 100, 0), (2, 10, 50, 2)]
 
@@ -137,7 +139,7 @@ def models():
     cohort, exposures = synthetic()
     config = config_for()
     screen = screen_exposures(cohort, exposures, config, 2).filter(pl.col("sex") == "all")
-    prepared, stratum, covariates = _model_cohort(cohort, config)
+    prepared, stratum, covariates = model_cohort(cohort, config)
     return cohort, exposures, config, screen, prepared, stratum, covariates
 
 

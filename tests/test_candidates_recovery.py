@@ -14,9 +14,10 @@ import numpy as np
 import polars as pl
 import pytest
 
-from repurpose.dwas.candidates import _model_cohort, confirmation_fit, run_candidates
+from repurpose.dwas.candidates import run_candidates
 from repurpose.dwas.exposure import build_exposures, build_substance_exposures
 from repurpose.dwas.mechanisms import run_mechanisms
+from repurpose.dwas.person_models import confirmation_fit, model_cohort
 from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.registry.cohort import run_cohort
 from repurpose.registry.ingest import validate_extracts
@@ -113,7 +114,7 @@ def test_confirmation_with_nothing_added_agrees_with_the_screen(run):
     dwas = pl.read_parquet(work / "dwas.parquet")
     code = drugs.filter(pl.col("atc_level") == 5).sort("rank")["atc_code"][0]
     main_lag = float(config["candidates"]["main_lag_years"])
-    prepared, _, _ = _model_cohort(pl.read_parquet(work / "cohort.parquet"), config)
+    prepared, _, _ = model_cohort(pl.read_parquet(work / "cohort.parquet"), config)
     exposures = pl.read_parquet(work / "exposure_5.parquet")
     fit = confirmation_fit(prepared, exposures, code, [], None, config, round(main_lag * 365.25), "aggregated")
     expected = dwas.filter((pl.col("atc_code") == code) & (pl.col("lag_years") == main_lag) & (pl.col("sex") == "all"))

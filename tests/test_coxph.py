@@ -17,20 +17,19 @@ import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
+from aggregated_fitter import AggregatedCoxPHFitter, NotFittedError
 from lifelines import CoxTimeVaryingFitter
 from scipy import optimize
 
 from repurpose.cox import engine as coxph
-from repurpose.cox.engine import (
-    AggregatedCoxPHFitter,
+from repurpose.cox.engine import efron_log_likelihood, fit_efron
+from repurpose.cox.result import CoxFitResult
+from repurpose.cox.risk_set_table import (
     CountingProcessError,
     CoxEngineError,
-    NotFittedError,
     RiskSetTable,
     RiskSetTableError,
     aggregate_counting_process,
-    efron_log_likelihood,
-    fit_efron,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -125,7 +124,7 @@ def lifelines_fit(
     return fitter
 
 
-def engine_fit(rows: pd.DataFrame, covariates: list[str], strata: str | None = None) -> coxph.CoxFitResult:
+def engine_fit(rows: pd.DataFrame, covariates: list[str], strata: str | None = None) -> CoxFitResult:
     table = aggregate_counting_process(
         rows["start"].to_numpy(), rows["stop"].to_numpy(), rows["event"].to_numpy(),
         rows[covariates].to_numpy(), strata=None if strata is None else rows[strata].to_numpy(),
@@ -133,7 +132,7 @@ def engine_fit(rows: pd.DataFrame, covariates: list[str], strata: str | None = N
     return fit_efron(table)
 
 
-def deviations(result: coxph.CoxFitResult, reference: CoxTimeVaryingFitter, fit: int = 0) -> dict[str, float]:
+def deviations(result: CoxFitResult, reference: CoxTimeVaryingFitter, fit: int = 0) -> dict[str, float]:
     se = result.se[fit]
     return {
         "coef_abs": float(np.max(np.abs(result.coef[fit] - reference.params_.to_numpy()))),

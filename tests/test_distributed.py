@@ -9,21 +9,22 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from distributed_driver import run_rounds, site_runner
 from lifelines import CoxTimeVaryingFitter
+from split_intervals import split_class_intervals
 from test_screen import config_for, synthetic_cohort, synthetic_exposures
 
-from repurpose.cox.engine import aggregate_counting_process, fit_efron
-from repurpose.dwas.exposure import split_class_intervals
-from repurpose.dwas.screen import prepare_cohort
+from repurpose.cox.engine import fit_efron
+from repurpose.cox.risk_set_table import aggregate_counting_process
+from repurpose.dwas.risk_sets import prepare_cohort
+from repurpose.dwas.window import lag_days
 from repurpose.federation.distributed import (
     FORBIDDEN_COLUMNS,
     RESPONSE_COLUMNS,
     ProtocolMismatchError,
     coordinator_round,
     latest_round,
-    run_rounds,
     site_round,
-    site_runner,
     start_rounds,
 )
 
@@ -82,7 +83,7 @@ def split_rows(cohort: pl.DataFrame, exposures: pl.DataFrame, code: str, lag: fl
     prepared = prepare_cohort(cohort, 10).drop("entry", "exit")
     if sex != "all":
         prepared = prepared.filter(pl.col("sex") == sex)
-    return split_class_intervals(prepared, exposures.filter(pl.col("atc_code") == code), round(lag * 365.25))
+    return split_class_intervals(prepared, exposures.filter(pl.col("atc_code") == code), lag_days(lag))
 
 
 def pooled_reference(cohort: pl.DataFrame, exposures: pl.DataFrame, fits: pl.DataFrame) -> pl.DataFrame:

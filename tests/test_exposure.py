@@ -6,9 +6,11 @@ from datetime import date
 
 import polars as pl
 import pytest
+from split_intervals import split_class_intervals
 
 from repurpose.config import validate_config
-from repurpose.dwas.exposure import build_exposures, dose_column, split_class_intervals
+from repurpose.dwas.exposure import build_exposures
+from repurpose.schemas import dose_column
 
 D = date.fromisoformat
 BIRTH = {1: D("1980-01-15"), 2: D("1970-07-01"), 3: D("1990-03-15")}

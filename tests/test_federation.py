@@ -19,7 +19,6 @@ import yaml
 from scipy import stats
 
 from repurpose.config import ConfigError
-from repurpose.dwas.screen import SCREEN_COLUMNS
 from repurpose.federation.package import (
     COUNT_COLUMNS,
     PackageError,
@@ -31,6 +30,7 @@ from repurpose.federation.package import (
 )
 from repurpose.protocol import ProtocolError, design_of_config, protocol_hash, read_protocol
 from repurpose.release.disclosure import small_counts_left
+from repurpose.schemas import SCREEN_COLUMNS
 from repurpose.study_config import load_config
 
 INPUTS = {n: {"path": f"{n}.csv"} for n in ("population", "prescriptions", "ms_registry")}

@@ -23,9 +23,11 @@ import polars as pl
 import pytest
 import yaml
 
-from repurpose.federation.package import COUNT_COLUMNS, FIT_KEYS, PackageError, pool_packages, rank_pooled
+from repurpose.federation.package import PackageError, pool_packages, rank_pooled
 from repurpose.release.disclosure import small_counts_left
 from repurpose.release.export import IDENTIFIER_COLUMNS
+from repurpose.schemas import FIT_KEYS
+from repurpose.schemas import SCREEN_COUNT_COLUMNS as COUNT_COLUMNS
 from repurpose.study_config import load_config
 
 pytestmark = pytest.mark.slow

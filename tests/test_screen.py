@@ -9,16 +9,13 @@ import numpy as np
 import polars as pl
 import pytest
 from lifelines import CoxTimeVaryingFitter
+from split_intervals import split_class_intervals
 
 from repurpose.config import validate_config
-from repurpose.dwas.exposure import split_class_intervals
-from repurpose.dwas.screen import (
-    SCREEN_PART_SCHEMA,
-    add_q_values,
-    gather_screen,
-    prepare_cohort,
-    screen_exposures,
-)
+from repurpose.dwas.risk_sets import prepare_cohort
+from repurpose.dwas.screen import add_q_values, gather_screen, screen_exposures
+from repurpose.dwas.window import lag_days
+from repurpose.schemas import SCREEN_PART_SCHEMA
 
 LOG_HR_TOLERANCE = 1e-6
 RELATIVE_SE_TOLERANCE = 1e-5
@@ -74,7 +71,7 @@ def lifelines_fit(cohort: pl.DataFrame, exposures: pl.DataFrame, code: str, lag_
     if sex != "all":
         prepared = prepared.filter(pl.col("sex") == sex)
         covariates = [c for c in covariates if c != "sex"]
-    split = split_class_intervals(prepared, exposures.filter(pl.col("atc_code") == code), round(lag_years * 365.25))
+    split = split_class_intervals(prepared, exposures.filter(pl.col("atc_code") == code), lag_days(lag_years))
     frame = split.select("start", "stop", "event", "exposed", *strata, *covariates).to_pandas()
     frame["event"] = frame["event"].astype(int)
     for variable in covariates:
@@ -142,7 +139,7 @@ def test_counts_per_fit_match_split_data():
     for row in results.filter(pl.col("sex") == "F").iter_rows(named=True):
         subset = prepared.filter(pl.col("sex") == "F")
         split = split_class_intervals(subset, exposures.filter(pl.col("atc_code") == row["atc_code"]),
-                                      round(row["lag_years"] * 365.25))
+                                      lag_days(row["lag_years"]))
         exposed = split.filter(pl.col("exposed") == 1)
         assert row["n_persons"] == subset.height
         assert row["n_cases"] == int(subset["event"].sum())

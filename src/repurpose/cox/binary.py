@@ -21,17 +21,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from repurpose.cox.engine import (
-    SINGULAR_RELATIVE_TOL,
+from repurpose.cox.engine import SINGULAR_RELATIVE_TOL, finish_fits, newton_raphson, start_newton
+from repurpose.cox.result import CoxFitResult
+from repurpose.cox.risk_set_table import (
     CoxEngineError,
-    CoxFitResult,
     RiskSetTable,
     RiskSetTableError,
     concatenated_ranges,
-    finish_fits,
-    newton_raphson,
     segment_sums,
-    start_newton,
 )
 
 __all__ = ["BinaryRiskSets", "fit_binary_efron"]

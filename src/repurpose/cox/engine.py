@@ -1,43 +1,32 @@
 """Exact Cox proportional-hazards fits (Efron ties) on aggregated risk sets, many fits at once.
 
-With categorical covariates only, the Efron partial likelihood depends on the data only through,
-for each (fit, stratum, event time), the number at risk and the number of events per covariate
-pattern. :func:`aggregate_counting_process` builds that table from counting-process rows
-``(start, stop]`` and :func:`fit_efron` maximises the partial likelihood of thousands of independent
-fits simultaneously with vectorised Newton-Raphson. See ``docs/cox_engine.md`` for the method.
+Owns: the Efron partial likelihood, score and information of every fit of a `RiskSetTable`
+(`efron_log_likelihood`) and their maximisation by vectorised Newton-Raphson with step halving
+(`fit_efron`), with the Newton rules shared by the binary fast path (`repurpose.cox.binary`) and the
+coordinator of the distributed fit (`NewtonArrays`, `accept_or_halve`, `start_newton`, `newton_raphson`,
+`finish_fits`). The table is built by `repurpose.cox.risk_set_table`; the fit result and its Wald summary
+are `repurpose.cox.result`. Imports numpy and the other `repurpose.cox` modules only. See
+``docs/cox_engine.md`` for the method.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
-from scipy import stats
 
-__all__ = [
-    "FIT_STATUSES",
-    "NewtonArrays",
-    "accept_or_halve",
-    "AggregatedCoxPHFitter",
-    "CountingProcessError",
-    "CoxEngineError",
-    "CoxFitResult",
-    "EfronDerivatives",
-    "NotFittedError",
-    "RiskSetTable",
-    "RiskSetTableError",
-    "aggregate_counting_process",
-    "efron_log_likelihood",
-    "finish_fits",
-    "fit_efron",
-    "newton_raphson",
-    "start_newton",
-]
-
-FIT_STATUSES = ("ok", "no_events", "separation", "singular_information", "not_converged")
+from repurpose.cox.result import CoxFitResult, cox_fit_result, scaled_eigh
+from repurpose.cox.risk_set_table import (
+    CoxEngineError,
+    RiskSetTable,
+    RiskSetTableError,
+    concatenated_ranges,
+    dense_codes,
+    factorize,
+    run_starts,
+)
 
 # A coefficient is reported as diverging (monotone likelihood) when, at the point where the
 # log-likelihood stopped improving, its Newton step is still at least this large ...
@@ -53,349 +42,6 @@ MAX_STEP_HALVINGS = 30
 LOGLIK_ROUNDING_SLACK = 1e-12
 # fit_efron works on blocks of fits of about this many rows: small enough to stay in cache.
 _BLOCK_ROWS = 1 << 17
-
-
-class CoxEngineError(ValueError):
-    """Base class of the errors raised by the aggregated Cox engine."""
-
-
-class RiskSetTableError(CoxEngineError):
-    """A :class:`RiskSetTable` is inconsistent (unsorted rows, bad shapes, invalid counts)."""
-
-
-class CountingProcessError(CoxEngineError):
-    """Counting-process input (start, stop, event, design, strata) is invalid."""
-
-
-class NotFittedError(CoxEngineError, AttributeError):
-    """A fitted attribute was requested before calling ``fit``."""
-
-
-# --------------------------------------------------------------------------------------------------
-# Risk-set table
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RiskSetTable:
-    """Aggregated risk sets for many independent Cox fits.
-
-    One row per (fit, risk set, covariate pattern). A risk set is one (fit, stratum, event time).
-    Counts may be non-integer (weights); ``n_events <= n_at_risk`` must hold row-wise.
-    """
-
-    fit_index: np.ndarray  # int64, per row: which fit (0..n_fits-1)
-    risk_set_index: np.ndarray  # int64, per row: id of the (fit, stratum, event time) risk set
-    n_at_risk: np.ndarray  # float64, persons at risk with this pattern just before the event time
-    n_events: np.ndarray  # float64, events at this event time with this pattern
-    design: np.ndarray  # float64 (rows, p): covariate pattern
-    n_fits: int
-
-    def __post_init__(self) -> None:
-        fit_index = _as_array(self.fit_index, np.int64, "fit_index")
-        risk_set_index = _as_array(self.risk_set_index, np.int64, "risk_set_index")
-        n_at_risk = _as_array(self.n_at_risk, np.float64, "n_at_risk")
-        n_events = _as_array(self.n_events, np.float64, "n_events")
-        design = _as_array(self.design, np.float64, "design")
-        if design.ndim == 1:
-            design = design[:, None]
-        n_rows = fit_index.shape[0]
-        for name, arr in (
-            ("fit_index", fit_index),
-            ("risk_set_index", risk_set_index),
-            ("n_at_risk", n_at_risk),
-            ("n_events", n_events),
-        ):
-            if arr.ndim != 1 or arr.shape[0] != n_rows:
-                raise RiskSetTableError(
-                    f"{name} must be 1-D with one entry per row ({n_rows} rows, as fit_index); "
-                    f"got shape {arr.shape}."
-                )
-        if design.ndim != 2 or design.shape[0] != n_rows or design.shape[1] < 1:
-            raise RiskSetTableError(
-                f"design must be 2-D (rows, p) with p >= 1 and {n_rows} rows; got shape {design.shape}."
-            )
-        try:
-            n_fits = int(self.n_fits)
-        except (TypeError, ValueError) as exc:
-            raise RiskSetTableError(f"n_fits must be a non-negative integer; got {self.n_fits!r}.") from exc
-        if n_fits < 0 or n_fits != self.n_fits:
-            raise RiskSetTableError(f"n_fits must be a non-negative integer; got {self.n_fits!r}.")
-        if n_rows:
-            if fit_index.min() < 0 or fit_index.max() >= n_fits:
-                raise RiskSetTableError(
-                    f"fit_index must lie in [0, n_fits={n_fits}); got range "
-                    f"[{fit_index.min()}, {fit_index.max()}]. Pass n_fits = number of fits."
-                )
-            fit_step = np.diff(fit_index)
-            set_step = np.diff(risk_set_index)
-            if np.any(fit_step < 0) or np.any(set_step < 0):
-                raise RiskSetTableError(
-                    "rows must be sorted by (fit_index, risk_set_index) with non-decreasing risk-set ids; "
-                    "sort with np.lexsort((risk_set_index, fit_index)) and renumber risk sets in that order."
-                )
-            if np.any((set_step == 0) & (fit_step != 0)):
-                raise RiskSetTableError(
-                    "a risk_set_index is shared by two fits; give every (fit, stratum, event time) its own id."
-                )
-            if not (
-                np.all(np.isfinite(n_at_risk))
-                and np.all(np.isfinite(n_events))
-                and np.all(np.isfinite(design))
-            ):
-                raise RiskSetTableError("n_at_risk, n_events and design must be finite (no NaN or inf).")
-            if np.any(n_events < 0) or np.any(n_events > n_at_risk):
-                raise RiskSetTableError(
-                    "counts must satisfy 0 <= n_events <= n_at_risk on every row: persons with an event "
-                    "at t are at risk just before t; check the at-risk convention start < t <= stop."
-                )
-            starts = run_starts(risk_set_index)
-            if np.any(np.add.reduceat(n_at_risk, starts) <= 0):
-                raise RiskSetTableError(
-                    "every risk set needs a positive total n_at_risk; drop empty risk sets."
-                )
-        object.__setattr__(self, "fit_index", fit_index)
-        object.__setattr__(self, "risk_set_index", risk_set_index)
-        object.__setattr__(self, "n_at_risk", n_at_risk)
-        object.__setattr__(self, "n_events", n_events)
-        object.__setattr__(self, "design", design)
-        object.__setattr__(self, "n_fits", n_fits)
-
-    @property
-    def n_rows(self) -> int:
-        """Number of (fit, risk set, pattern) rows."""
-        return int(self.fit_index.shape[0])
-
-    @property
-    def n_covariates(self) -> int:
-        """Number of covariates p (columns of ``design``)."""
-        return int(self.design.shape[1])
-
-
-def _as_array(values: Any, dtype: type, name: str) -> np.ndarray:
-    try:
-        arr = np.asarray(values)
-        if dtype is np.int64 and arr.size and not np.issubdtype(arr.dtype, np.integer):
-            if not np.all(np.asarray(arr, dtype=np.float64) == np.round(np.asarray(arr, dtype=np.float64))):
-                raise RiskSetTableError(f"{name} must hold integers.")
-        return np.ascontiguousarray(arr, dtype=dtype)
-    except (TypeError, ValueError) as exc:
-        if isinstance(exc, RiskSetTableError):
-            raise
-        raise RiskSetTableError(f"{name} could not be converted to {np.dtype(dtype).name}: {exc}") from exc
-
-
-def run_starts(sorted_ids: np.ndarray) -> np.ndarray:
-    """Start positions of runs of equal values in a 1-D array (first element always starts a run)."""
-    if sorted_ids.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64)
-    change = np.empty(sorted_ids.shape[0], dtype=bool)
-    change[0] = True
-    np.not_equal(sorted_ids[1:], sorted_ids[:-1], out=change[1:])
-    return np.flatnonzero(change)
-
-
-def concatenated_ranges(starts: np.ndarray, lengths: np.ndarray, dtype: type = np.int64) -> np.ndarray:
-    """``np.concatenate([np.arange(s, s + n) for s, n in zip(starts, lengths)])`` without a loop
-    (`dtype` int32 halves the memory where the values fit)."""
-    lengths = np.asarray(lengths, dtype=np.int64)
-    total = int(lengths.sum())
-    offsets = np.cumsum(lengths) - lengths
-    return np.arange(total, dtype=dtype) + np.repeat((np.asarray(starts, dtype=np.int64) - offsets).astype(dtype), lengths)
-
-
-def segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """Sums of `values[bounds[i]:bounds[i + 1]]` for consecutive segments (empty ones sum to 0).
-
-    One `np.add.reduceat` pass over contiguous segments, several times faster than `np.bincount` with
-    weights. Integers and booleans sum as int64.
-    """
-    dtype = np.float64 if values.dtype.kind == "f" else np.int64
-    lengths = np.diff(bounds)
-    sums = np.zeros(lengths.shape[0], dtype=dtype)
-    nonempty = lengths > 0
-    if nonempty.any():
-        sums[nonempty] = np.add.reduceat(values[: bounds[-1]], bounds[:-1][nonempty], dtype=dtype)
-    return sums
-
-
-def _factorize(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Integer codes 0..k-1 (in sorted order of the values) for a 1-D or 2-D (rows) array; hash-based."""
-    if values.ndim == 1:
-        codes, uniques = pd.factorize(values, sort=True, use_na_sentinel=False)
-        return np.asarray(codes, dtype=np.int64), int(len(uniques))
-    codes = np.zeros(values.shape[0], dtype=np.int64)
-    n_codes = 1
-    for column in values.T:
-        column_codes, n_column = _factorize(column)
-        codes, n_codes = _combine_codes(codes, n_codes, column_codes, n_column)
-    return codes, n_codes
-
-
-def _combine_codes(
-    major: np.ndarray, n_major: int, minor: np.ndarray, n_minor: int
-) -> tuple[np.ndarray, int]:
-    """Codes of the pairs (major, minor), ordered by major then minor, renumbered densely."""
-    if n_major * n_minor < 2**62:
-        codes, present = _dense_codes(major * n_minor + minor, n_major * n_minor)
-        return codes, int(present.shape[0])
-    uniques, codes = np.unique(np.stack([major, minor], axis=1), axis=0, return_inverse=True)
-    return codes.reshape(-1).astype(np.int64), int(uniques.shape[0])
-
-
-def _dense_codes(keys: np.ndarray, n_keys: int) -> tuple[np.ndarray, np.ndarray]:
-    """Renumber int keys in [0, n_keys) to 0..m-1 in key order; returns (codes, the m distinct keys).
-
-    Uses a presence table (no sort) when ``n_keys`` is not much larger than the number of keys.
-    """
-    if n_keys <= max(4 * keys.shape[0], 1 << 20):
-        present = np.zeros(n_keys, dtype=bool)
-        present[keys] = True
-        code_of_key = np.cumsum(present, dtype=np.int64) - 1
-        return code_of_key[keys], np.flatnonzero(present)
-    uniques, codes = np.unique(keys, return_inverse=True)
-    return codes.reshape(-1).astype(np.int64), uniques
-
-
-# --------------------------------------------------------------------------------------------------
-# Aggregation of counting-process data
-# --------------------------------------------------------------------------------------------------
-
-
-def aggregate_counting_process(
-    start: np.ndarray,
-    stop: np.ndarray,
-    event: np.ndarray,
-    design: np.ndarray,
-    strata: np.ndarray | None = None,
-    fit_index: np.ndarray | None = None,
-    *,
-    n_fits: int | None = None,
-) -> RiskSetTable:
-    """Aggregate counting-process rows ``(start, stop]`` (event at ``stop``) into a :class:`RiskSetTable`.
-
-    For each fit, stratum and distinct event time t of that (fit, stratum) and each covariate pattern:
-    ``n_at_risk = #{rows: start < t <= stop}`` and ``n_events = #{rows: event == 1 and stop == t}``.
-    Patterns with ``n_at_risk == 0`` are dropped. ``strata`` may be 1-D labels or 2-D (one column per
-    stratification variable); ``n_fits`` defaults to ``max(fit_index) + 1``.
-    Exact for categorical covariates: the Efron partial likelihood depends only on these counts.
-    """
-    start_arr = np.asarray(start, dtype=np.float64).reshape(-1)
-    stop_arr = np.asarray(stop, dtype=np.float64).reshape(-1)
-    n = start_arr.shape[0]
-    event_raw = np.asarray(event).reshape(-1)
-    design_arr = np.asarray(design, dtype=np.float64)
-    if design_arr.ndim == 1:
-        design_arr = design_arr[:, None]
-    if stop_arr.shape[0] != n or event_raw.shape[0] != n or design_arr.shape[0] != n or design_arr.ndim != 2:
-        raise CountingProcessError(
-            f"start, stop, event and design need one entry (row) each; got lengths {n}, {stop_arr.shape[0]}, "
-            f"{event_raw.shape[0]} and design shape {design_arr.shape}."
-        )
-    if not np.all(np.isin(event_raw, (0, 1))):
-        raise CountingProcessError("event must be 0/1 (or boolean); recode other event indicators first.")
-    event_arr = event_raw.astype(bool)
-    if not (
-        np.all(np.isfinite(start_arr)) and np.all(np.isfinite(stop_arr)) and np.all(np.isfinite(design_arr))
-    ):
-        raise CountingProcessError(
-            "start, stop and design must be finite (no NaN or inf); drop or impute first."
-        )
-    if np.any(start_arr > stop_arr):
-        raise CountingProcessError("start must be <= stop on every row (intervals are (start, stop]).")
-    if np.any(event_arr & (start_arr >= stop_arr)):
-        raise CountingProcessError(
-            "an event row has start >= stop, so the person is not at risk at the event time; "
-            "use intervals with start < stop for events."
-        )
-    if fit_index is None:
-        fit_arr = np.zeros(n, dtype=np.int64)
-    else:
-        fit_arr = np.asarray(fit_index).reshape(-1)
-        if fit_arr.shape[0] != n or (n and not np.issubdtype(fit_arr.dtype, np.integer)):
-            raise CountingProcessError("fit_index must be an integer array with one entry per row.")
-        fit_arr = fit_arr.astype(np.int64)
-        if n and fit_arr.min() < 0:
-            raise CountingProcessError("fit_index must be non-negative.")
-    total_fits = int(fit_arr.max()) + 1 if n else 0
-    if n_fits is not None:
-        if n_fits < total_fits:
-            raise CountingProcessError(f"n_fits={n_fits} but fit_index goes up to {total_fits - 1}.")
-        total_fits = int(n_fits)
-    n_covariates = design_arr.shape[1]
-    if n == 0 or not event_arr.any():
-        return _empty_table(total_fits, n_covariates)
-
-    if strata is None:
-        stratum_codes, n_strata = np.zeros(n, dtype=np.int64), 1
-    else:
-        strata_arr = np.asarray(strata)
-        if strata_arr.shape[0] != n or strata_arr.ndim > 2:
-            raise CountingProcessError("strata must be 1-D or 2-D with one entry (row) per input row.")
-        stratum_codes, n_strata = _factorize(strata_arr)
-    group, group_keys = _dense_codes(fit_arr * n_strata + stratum_codes, total_fits * n_strata)
-    group_fit = group_keys // n_strata
-
-    pattern, n_patterns = _factorize(design_arr)
-    patterns = np.empty((n_patterns, n_covariates))
-    patterns[pattern] = design_arr
-
-    # (group, pattern) cells, numbered in (group, pattern) order.
-    cell, cell_keys = _dense_codes(group * n_patterns + pattern, group_fit.shape[0] * n_patterns)
-    cell_group = cell_keys // n_patterns
-    cell_pattern = cell_keys % n_patterns
-    n_groups = group_fit.shape[0]
-    cells_per_group = np.bincount(cell_group, minlength=n_groups)
-    first_cell_of_group = np.cumsum(cells_per_group) - cells_per_group
-
-    # Time ranks turn (cell, time) into a single sortable int64 key.
-    times = np.unique(np.concatenate([start_arr, stop_arr]))
-    n_time_keys = times.shape[0] + 1
-    start_rank = np.searchsorted(times, start_arr)
-    stop_rank = np.searchsorted(times, stop_arr)
-
-    # Risk sets: distinct (group, event time), in (fit, stratum, time) order.
-    risk_keys = np.unique(group[event_arr] * n_time_keys + stop_rank[event_arr])
-    risk_group = risk_keys // n_time_keys
-    risk_time = risk_keys % n_time_keys
-
-    # Every risk set is paired with every cell (pattern) of its group.
-    rows_per_risk_set = cells_per_group[risk_group]
-    query_risk_set = np.repeat(np.arange(risk_keys.shape[0], dtype=np.int64), rows_per_risk_set)
-    query_cell = concatenated_ranges(first_cell_of_group[risk_group], rows_per_risk_set)
-    query_key = query_cell * n_time_keys + risk_time[query_risk_set]
-
-    # Rows with start < t minus rows with stop < t (the latter are a subset) = rows at risk at t.
-    start_keys = np.sort(cell * n_time_keys + start_rank)
-    stop_keys = np.sort(cell * n_time_keys + stop_rank)
-    event_keys = np.sort(cell[event_arr] * n_time_keys + stop_rank[event_arr])
-    at_risk = np.searchsorted(start_keys, query_key, side="left") - np.searchsorted(
-        stop_keys, query_key, side="left"
-    )
-    events = np.searchsorted(event_keys, query_key, side="right") - np.searchsorted(
-        event_keys, query_key, side="left"
-    )
-
-    keep = at_risk > 0
-    return RiskSetTable(
-        fit_index=group_fit[risk_group[query_risk_set[keep]]],
-        risk_set_index=query_risk_set[keep],
-        n_at_risk=at_risk[keep].astype(np.float64),
-        n_events=events[keep].astype(np.float64),
-        design=patterns[cell_pattern[query_cell[keep]]],
-        n_fits=total_fits,
-    )
-
-
-def _empty_table(n_fits: int, n_covariates: int) -> RiskSetTable:
-    return RiskSetTable(
-        fit_index=np.zeros(0, dtype=np.int64),
-        risk_set_index=np.zeros(0, dtype=np.int64),
-        n_at_risk=np.zeros(0),
-        n_events=np.zeros(0),
-        design=np.zeros((0, n_covariates)),
-        n_fits=n_fits,
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -455,7 +101,7 @@ class _Workspace:
 
         # Fit-pattern cells: the linear predictor and the pattern-level sums live there.
         n_patterns = max(patterns.shape[0], 1)
-        self.fp_of_row, fp_keys = _dense_codes(
+        self.fp_of_row, fp_keys = dense_codes(
             fit_of_row * n_patterns + row_pattern[rows], n_fits * n_patterns
         )
         self.fp_fit = fp_keys // n_patterns
@@ -585,7 +231,7 @@ def _prepare(table: RiskSetTable) -> tuple[np.ndarray, np.ndarray]:
     """Global pattern id per row and the pattern matrix (computed once per table)."""
     if table.n_rows == 0:
         return np.zeros(0, dtype=np.int64), np.zeros((0, table.n_covariates))
-    codes, n_patterns = _factorize(table.design)
+    codes, n_patterns = factorize(table.design)
     patterns = np.empty((n_patterns, table.n_covariates))
     patterns[codes] = table.design
     return codes, patterns
@@ -628,65 +274,6 @@ def efron_log_likelihood(
         derivs = _evaluate(ws, beta_arr[fits])
         loglik[fits], score[fits], information[fits], info_pos[fits] = derivs
     return EfronDerivatives(loglik, score, information, info_pos)
-
-
-# --------------------------------------------------------------------------------------------------
-# Newton-Raphson across fits
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CoxFitResult:
-    """Results of many Efron Cox fits; arrays are indexed by fit (and covariate)."""
-
-    coef: np.ndarray  # (n_fits, p)
-    se: np.ndarray  # (n_fits, p)
-    variance: np.ndarray  # (n_fits, p, p), inverse observed information at coef
-    loglik: np.ndarray  # (n_fits,) log partial likelihood at coef
-    loglik_null: np.ndarray  # (n_fits,) at beta = 0
-    n_iter: np.ndarray  # (n_fits,) likelihood evaluations after the start (incl. step halvings)
-    converged: np.ndarray  # (n_fits,) bool
-    status: np.ndarray  # (n_fits,) str, one of FIT_STATUSES
-    n_events: np.ndarray  # (n_fits,) total (weighted) events
-    infinite_coef: np.ndarray  # (n_fits, p) bool: coefficient diverges (monotone likelihood)
-
-    @property
-    def n_fits(self) -> int:
-        return int(self.coef.shape[0])
-
-    @classmethod
-    def concatenate(cls, parts: Sequence[CoxFitResult]) -> CoxFitResult:
-        """The results of consecutive groups of fits as one result, in order."""
-        return cls(**{name: np.concatenate([getattr(part, name) for part in parts]) for name in cls.__dataclass_fields__})
-
-
-def scaled_eigh(information: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Eigen-decomposition of the correlation-scaled information: returns (scale, eigenvalues, eigenvectors)."""
-    diag = np.diagonal(information, axis1=1, axis2=2)
-    scale = np.zeros_like(diag)
-    np.divide(1.0, np.sqrt(diag), out=scale, where=diag > 0)
-    scaled = information * scale[:, :, None] * scale[:, None, :]
-    scaled[~np.isfinite(scaled)] = 0.0
-    eigenvalues, eigenvectors = np.linalg.eigh(scaled)
-    return scale, eigenvalues, eigenvectors
-
-
-def inverse_information(information: np.ndarray) -> np.ndarray:
-    """Inverse of each information matrix; NaN where it is not positive definite."""
-    if information.shape[0] == 0:
-        return information.copy()
-    if information.shape[1] == 1:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inv = 1.0 / information
-        inv[~(information > 0)] = np.nan
-        return inv
-    scale, eigenvalues, eigenvectors = scaled_eigh(information)
-    positive = np.all(eigenvalues > 0, axis=1) & np.all(scale > 0, axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        inv_scaled = np.einsum("fij,fj,fkj->fik", eigenvectors, 1.0 / eigenvalues, eigenvectors)
-    inv = inv_scaled * scale[:, :, None] * scale[:, None, :]
-    inv[~positive] = np.nan
-    return inv
 
 
 def newton_step(information: np.ndarray, score: np.ndarray) -> np.ndarray:
@@ -1011,158 +598,3 @@ def finish_fits(
     return cox_fit_result(
         beta, information, loglik, loglik_null, newton.n_iter, converged, status, n_events, infinite_coef
     )
-
-
-def cox_fit_result(
-    beta: np.ndarray,
-    information: np.ndarray,
-    loglik: np.ndarray,
-    loglik_null: np.ndarray,
-    n_iter: np.ndarray,
-    converged: np.ndarray,
-    status: np.ndarray,
-    n_events: np.ndarray,
-    infinite_coef: np.ndarray,
-) -> CoxFitResult:
-    n_fits, p = beta.shape
-    variance = np.full((n_fits, p, p), np.nan)
-    computable = np.all(np.isfinite(information), axis=(1, 2)) & np.isin(
-        status, ("ok", "separation", "not_converged")
-    )
-    variance[computable] = inverse_information(information[computable])
-    with np.errstate(invalid="ignore"):
-        se = np.sqrt(np.diagonal(variance, axis1=1, axis2=2))
-    # Converged, but the information is not positive definite there: no usable variance.
-    not_definite = (status == "ok") & ~np.all(np.isfinite(se), axis=1)
-    status[not_definite] = "singular_information"
-    converged[not_definite] = False
-    return CoxFitResult(
-        coef=beta,
-        se=se,
-        variance=variance,
-        loglik=loglik,
-        loglik_null=loglik_null,
-        n_iter=n_iter,
-        converged=converged,
-        status=status,
-        n_events=n_events,
-        infinite_coef=infinite_coef,
-    )
-
-
-# --------------------------------------------------------------------------------------------------
-# lifelines / scikit-learn style front end
-# --------------------------------------------------------------------------------------------------
-
-
-class AggregatedCoxPHFitter:
-    """Cox PH fits (Efron ties) of many models at once from a :class:`RiskSetTable`.
-
-    Settings are keyword-only; fitted attributes end in ``_``. ``params_`` and ``standard_errors_``
-    are DataFrames (one row per fit, one column per covariate); ``summary`` has one row per
-    (fit, covariate).
-    """
-
-    def __init__(self, *, alpha: float = 0.05, max_iter: int = 50, tol: float = 1e-9) -> None:
-        if not 0 < alpha < 1:
-            raise CoxEngineError(f"alpha must be in (0, 1); got {alpha!r}.")
-        self.alpha = alpha
-        self.max_iter = max_iter
-        self.tol = tol
-
-    def fit(self, table: RiskSetTable, covariate_names: Sequence[str] | None = None) -> AggregatedCoxPHFitter:
-        """Fit all models of ``table``; ``covariate_names`` label the design columns."""
-        p = table.n_covariates
-        names = (
-            [f"x{j}" for j in range(p)]
-            if covariate_names is None
-            else [str(name) for name in covariate_names]
-        )
-        if len(names) != p:
-            raise CoxEngineError(f"covariate_names has {len(names)} names but the design has {p} columns.")
-        result = fit_efron(table, max_iter=self.max_iter, tol=self.tol)
-        fit_ids = pd.RangeIndex(table.n_fits, name="fit")
-        columns = pd.Index(names, name="covariate")
-        self.result_ = result
-        self.covariate_names_ = names
-        self.params_ = pd.DataFrame(result.coef, index=fit_ids, columns=columns)
-        self.standard_errors_ = pd.DataFrame(result.se, index=fit_ids, columns=columns)
-        self.table_ = table
-        return self
-
-    def fit_counting_process(
-        self,
-        df: Any,
-        *,
-        start_col: str,
-        stop_col: str,
-        event_col: str,
-        covariates: Sequence[str],
-        strata: str | Sequence[str] | None = None,
-        fit_col: str | None = None,
-    ) -> AggregatedCoxPHFitter:
-        """Aggregate a pandas or polars counting-process frame and fit it.
-
-        Categorical covariates must already be numeric dummy columns. ``strata`` names one or more
-        stratification columns; ``fit_col`` (optional, integer) splits the rows into independent fits.
-        """
-        columns = list(df.columns)
-        strata_cols = [] if strata is None else ([strata] if isinstance(strata, str) else list(strata))
-        needed = [start_col, stop_col, event_col, *covariates, *strata_cols] + ([fit_col] if fit_col else [])
-        missing = [col for col in needed if col not in columns]
-        if missing:
-            raise CountingProcessError(f"columns {missing} are not in the data frame (has {columns}).")
-        if not covariates:
-            raise CountingProcessError("give at least one covariate column.")
-
-        def column(name: str) -> np.ndarray:
-            return np.asarray(df[name].to_numpy())
-
-        design = np.column_stack([column(name).astype(np.float64) for name in covariates])
-        strata_values = None
-        if strata_cols:
-            codes = [_factorize(column(name))[0] for name in strata_cols]
-            strata_values = np.column_stack(codes) if len(codes) > 1 else codes[0]
-        table = aggregate_counting_process(
-            column(start_col),
-            column(stop_col),
-            column(event_col),
-            design,
-            strata=strata_values,
-            fit_index=None if fit_col is None else column(fit_col).astype(np.int64),
-        )
-        return self.fit(table, covariate_names=list(covariates))
-
-    def _check_fitted(self) -> None:
-        if not hasattr(self, "result_"):
-            raise NotFittedError("this AggregatedCoxPHFitter is not fitted yet; call fit(table) first.")
-
-    @property
-    def summary(self) -> pd.DataFrame:
-        """One row per (fit, covariate): coefficient, hazard ratio, SE, Wald z and p, CI and fit status."""
-        self._check_fitted()
-        result = self.result_
-        n_fits, p = result.coef.shape
-        level = 100 * (1 - self.alpha)
-        z_crit = stats.norm.ppf(1 - self.alpha / 2)
-        coef = result.coef.reshape(-1)
-        se = result.se.reshape(-1)
-        with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-            z = coef / se
-            frame = pd.DataFrame(
-                {
-                    "fit": np.repeat(np.arange(n_fits), p),
-                    "covariate": np.tile(np.asarray(self.covariate_names_, dtype=object), n_fits),
-                    "coef": coef,
-                    "exp(coef)": np.exp(coef),
-                    "se(coef)": se,
-                    "z": z,
-                    "p": 2 * stats.norm.sf(np.abs(z)),
-                    f"exp(coef) lower {level:g}%": np.exp(coef - z_crit * se),
-                    f"exp(coef) upper {level:g}%": np.exp(coef + z_crit * se),
-                    "converged": np.repeat(result.converged, p),
-                    "n_iter": np.repeat(result.n_iter, p),
-                    "status": np.repeat(result.status, p),
-                }
-            )
-        return frame

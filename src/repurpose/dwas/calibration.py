@@ -23,6 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import optimize, stats
 
+from repurpose.cox.result import wald_p_value
+
 
 class CalibrationError(ValueError):
     """Too few usable negative-control estimates to fit an empirical null."""
@@ -67,8 +69,7 @@ def calibrated_p_value(log_estimate: np.ndarray, se: np.ndarray, null: Empirical
     """Two-sided p-value of `log_estimate` under the empirical null N(mu, sigma^2 + se^2)."""
     b = np.asarray(log_estimate, dtype=np.float64)
     s = np.asarray(se, dtype=np.float64)
-    z = (b - null.mu) / np.sqrt(null.sigma**2 + s**2)
-    return 2 * stats.norm.sf(np.abs(z))
+    return wald_p_value(b - null.mu, np.sqrt(null.sigma**2 + s**2))
 
 
 def calibrated_ci(

@@ -7,14 +7,19 @@ siblings, a confirmation model adjusted for health-care use and for proxy confou
 L1-penalised model, an active-comparator new-user estimate, empirically calibrated p-value and CI, and
 E-values. A points score (one point per line of supporting evidence, no weights) ranks them.
 The methods and the exact rules are in docs/methods.md ("Candidate ranking") and in the generated
-results/candidates/README.md.
+results/candidates/README.md (template: `repurpose/data/candidates_readme.md`).
+
+Owns the evidence read from the screen table, the score and the ranking, and the stage `run_candidates`;
+the person-level models are `repurpose.dwas.person_models`. May import `repurpose.cox.result`, the other
+`repurpose.dwas` modules, `repurpose.schemas`, `repurpose.meta`, `repurpose.release.disclosure` and
+`repurpose.config`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-import warnings
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +30,7 @@ from scipy import stats
 from repurpose import __version__
 from repurpose.atc import atc_parent
 from repurpose.config import config_hash
-from repurpose.cox.engine import aggregate_counting_process, fit_efron
-from repurpose.duck import connect, sql_literal
+from repurpose.cox.result import wald, wald_p_value
 from repurpose.dwas.calibration import (
     CalibrationError,
     EmpiricalNull,
@@ -36,81 +40,22 @@ from repurpose.dwas.calibration import (
     e_value_ci,
     fit_empirical_null,
 )
-from repurpose.dwas.exposure import dose_column, prescription_source
-from repurpose.dwas.screen import cell_layout, prepare_cohort
+from repurpose.dwas.person_models import healthcare_use, level_models, model_cohort
 from repurpose.meta import pool
-from repurpose.registry.cohort import DAYS_PER_YEAR
 from repurpose.release.disclosure import for_display, suppress_small_counts
+from repurpose.schemas import (
+    RANKING_COUNT_COLUMNS,
+    drug_ranking_columns,
+    lag_label,
+    ranking_inputs,
+    ranking_lags,
+)
 from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
 
-Z95 = float(stats.norm.ppf(0.975))
-COUNT_COLUMNS = ("n_exposed", "n_exposed_cases", "n_active_comparator", "n_active_comparator_cases")
-HCU_BINS = (1, 2, 4, 7)
-"""Health-care-use proxy categories (distinct ATC level-4 classes in the year before entry): 0, 1, 2-3, 4-6, 7+."""
-
-DRUG_COLUMNS = [
-    "rank",
-    "atc_code",
-    "atc_name",
-    "atc_level",
-    "direction",
-    "hr",
-    "ci_lower",
-    "ci_upper",
-    "p_value",
-    "q_value",
-    "calibrated_p",
-    "calibrated_q",
-    "calibrated_hr",
-    "calibrated_ci_lower",
-    "calibrated_ci_upper",
-    "n_exposed",
-    "n_exposed_cases",
-    "hr_lag0",
-    "hr_lag2",
-    "hr_lag5",
-    "hr_lag10",
-    "hr_separated_lag2",
-    "hr_separated_lag5",
-    "hr_separated_lag10",
-    "lag_retained_fraction",
-    "lag_fade_p",
-    "hr_dose_1",
-    "hr_dose_2",
-    "hr_dose_3",
-    "dose_trend_hr",
-    "dose_trend_p",
-    "hr_F",
-    "hr_M",
-    "sex_heterogeneity_p",
-    "n_siblings",
-    "sibling_agreement",
-    "sibling_pooled_hr",
-    "sibling_pooled_p",
-    "hr_confirmation",
-    "ci_lower_confirmation",
-    "ci_upper_confirmation",
-    "confirmation_adjusted_for",
-    "hr_active_comparator",
-    "ci_lower_active_comparator",
-    "ci_upper_active_comparator",
-    "n_active_comparator",
-    "n_active_comparator_cases",
-    "e_value",
-    "e_value_ci",
-    "flags",
-    "targets",
-    "evidence_score",
-    "score_points",
-]
-RANKING_INPUTS = [c for c in DRUG_COLUMNS if c not in ("rank", "evidence_score", "score_points", "flags")] + [
-    "sibling_pooled_log_hr",
-    "lags_tested",
-    "mechanism_support",
-    "reverse_causation_suspected",
-]
+README_TEMPLATE = "data/candidates_readme.md"
+"""The results README's text (package data), formatted with this run's settings."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -146,7 +91,7 @@ def lag_fade(b0: float, se0: float, b_lag: float, se_lag: float) -> tuple[float,
     if not all(np.isfinite(v) for v in (b0, se0, b_lag, se_lag)) or b0 == 0:
         return float("nan"), float("nan")
     variance = max(se_lag**2 - se0**2, 0.1 * se_lag**2)  # floor: never claim more precision than exists
-    return b_lag / b0, float(2 * stats.norm.sf(abs(b_lag - b0) / np.sqrt(variance)))
+    return b_lag / b0, float(wald_p_value(b_lag - b0, np.sqrt(variance)))
 
 
 def reverse_causation_suspected(
@@ -270,10 +215,11 @@ def screen_evidence(dwas: pl.DataFrame, signals: pl.DataFrame, settings: dict[st
         row: dict[str, Any] = {"atc_code": code, "atc_name": described.get("atc_name"), "atc_level": level}
         b = main["log_hr"] if main else float("nan")
         se = main["se"] if main else float("nan")
+        estimate = wald(b, se)
         row.update(
-            hr=float(np.exp(b)),
-            ci_lower=float(np.exp(b - Z95 * se)),
-            ci_upper=float(np.exp(b + Z95 * se)),
+            hr=float(estimate.hr),
+            ci_lower=float(estimate.ci_lower),
+            ci_upper=float(estimate.ci_upper),
             p_value=main["p_value"] if main else None,
             q_value=main["q_value"] if main else None,
             n_exposed=described.get("n_exposed"),
@@ -283,9 +229,9 @@ def screen_evidence(dwas: pl.DataFrame, signals: pl.DataFrame, settings: dict[st
             se=se,
         )
         row["direction"] = "protective" if b < 0 else "harmful"
-        for lag in sorted({0.0, 2.0, 5.0, 10.0, *lags}):
+        for lag in ranking_lags(lags):
             fit = index.get((code, lag, "all"))
-            row[f"hr_lag{lag:g}"] = float(np.exp(fit["log_hr"])) if fit else None
+            row[f"hr_lag{lag_label(lag)}"] = float(np.exp(fit["log_hr"])) if fit else None
         for lag in lags:
             fit = index.get((code, lag, "all"))
             row[f"log_hr_lag{lag:g}"] = fit["log_hr"] if fit else None
@@ -294,7 +240,7 @@ def screen_evidence(dwas: pl.DataFrame, signals: pl.DataFrame, settings: dict[st
         row["hr_F"] = float(np.exp(female["log_hr"])) if female else None
         row["hr_M"] = float(np.exp(male["log_hr"])) if male else None
         row["sex_heterogeneity_p"] = (
-            float(2 * stats.norm.sf(abs(female["log_hr"] - male["log_hr"]) / np.hypot(female["se"], male["se"])))
+            float(wald_p_value(female["log_hr"] - male["log_hr"], np.hypot(female["se"], male["se"])))
             if female and male
             else None
         )
@@ -324,434 +270,6 @@ def screen_evidence(dwas: pl.DataFrame, signals: pl.DataFrame, settings: dict[st
         out.append(row)
     return pl.DataFrame(out, infer_schema_length=None)
 
-
-# --------------------------------------------------------------------------------------------------
-# Person-level models on one ATC level (dose-response, active comparator, confirmation)
-# --------------------------------------------------------------------------------------------------
-
-
-def _model_cohort(cohort: pl.DataFrame, config: dict[str, Any]) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
-    """Cohort with row index, and per person the screen's stratum and categorical covariate design."""
-    screen = config["screen"]
-    prepared = prepare_cohort(cohort, screen["birth_cohort_band_years"]).with_row_index("cohort_row")
-    layout = cell_layout(prepared, "all", screen["adjust"]["strata"], screen["adjust"]["covariates"])
-    cell = layout.cell_of_person
-    return prepared, layout.stratum_of_cell[cell], layout.covariate_design[cell]
-
-
-def _segments(
-    entry: np.ndarray, exit_: np.ndarray, boundaries: list[np.ndarray]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Split each person's (entry, exit] at increasing `boundaries` (clipped to the interval); category k
-    holds from boundary k-1 to boundary k. Returns (person, start, stop, category) of non-empty pieces."""
-    cuts = [entry] + [np.clip(b, entry, exit_) for b in boundaries] + [exit_]
-    for k in range(1, len(cuts)):  # categories only move up
-        cuts[k] = np.maximum(cuts[k], cuts[k - 1])
-    persons, starts, stops, cats = [], [], [], []
-    for k in range(len(cuts) - 1):
-        keep = cuts[k + 1] > cuts[k]
-        persons.append(np.flatnonzero(keep))
-        starts.append(cuts[k][keep])
-        stops.append(cuts[k + 1][keep])
-        cats.append(np.full(int(keep.sum()), k))
-    return tuple(np.concatenate(x) for x in (persons, starts, stops, cats))  # type: ignore[return-value]
-
-
-def _class_starts(prepared: pl.DataFrame, class_rows: pl.DataFrame, columns: list[str], lag_days: int) -> list[np.ndarray]:
-    """Per cohort row the age of each column in `columns` plus the lag (a huge age where missing)."""
-    joined = prepared.select("person_id").join(class_rows.select("person_id", *columns), on="person_id", how="left", maintain_order="left")
-    never = np.iinfo(np.int64).max // 4
-    return [joined[c].cast(pl.Int64).fill_null(never).to_numpy() + lag_days for c in columns]
-
-
-def _wald(coef: float, se: float) -> tuple[float, float, float, float]:
-    if not (np.isfinite(coef) and np.isfinite(se)):
-        return (float("nan"),) * 4
-    return (
-        float(np.exp(coef)),
-        float(np.exp(coef - Z95 * se)),
-        float(np.exp(coef + Z95 * se)),
-        float(2 * stats.norm.sf(abs(coef / se))),
-    )
-
-
-def _fit_columns(
-    start: np.ndarray, stop: np.ndarray, event: np.ndarray, design: np.ndarray, strata: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """One Cox fit (aggregated engine); columns that never vary (an empty category) are left out and get NaN."""
-    varying = np.flatnonzero(design.max(axis=0) > design.min(axis=0))
-    coef = np.full(design.shape[1], np.nan)
-    se = np.full(design.shape[1], np.nan)
-    if not len(varying):
-        return coef, se, "no_variation"
-    fit = fit_efron(aggregate_counting_process(start, stop, event, design[:, varying], strata=strata))
-    if fit.status[0] == "ok":
-        coef[varying], se[varying] = fit.coef[0], fit.se[0]
-    return coef, se, str(fit.status[0])
-
-
-def dose_response(
-    prepared: pl.DataFrame,
-    stratum: np.ndarray,
-    covariates: np.ndarray,
-    exposures: pl.DataFrame,
-    code: str,
-    cutpoints: list[float],
-    lag_days: int,
-) -> dict[str, float]:
-    """HR per cumulative-DDD category (time-varying; category 0 = unexposed) and a trend test among the exposed.
-
-    Categories: 1 = exposed below the first cut, 2 = between cuts, ... (the lag delays every switch).
-    Trend: model `exposed + score`, score = category - 1 among the exposed; its Wald p is the p for
-    trend, so a trend is judged among users and not driven by the exposed/unexposed contrast.
-    """
-    rows = exposures.filter(pl.col("atc_code") == code)
-    starts = _class_starts(prepared, rows, ["exposure_start_age_days", *[dose_column(c) for c in cutpoints]], lag_days)
-    entry = prepared["entry_age_days"].cast(pl.Int64).to_numpy()
-    exit_ = prepared["exit_age_days"].cast(pl.Int64).to_numpy()
-    person, start, stop, category = _segments(entry, exit_, starts)
-    event = prepared["event"].to_numpy()[person] & (stop == exit_[person])
-    n_cat = len(cutpoints) + 2
-    dummies = (category[:, None] == np.arange(1, n_cat)[None, :]).astype(np.float64)
-    trend = np.column_stack([(category >= 1).astype(np.float64), np.maximum(category - 1, 0).astype(np.float64)])
-    extra = covariates[person]
-    result: dict[str, float] = {}
-    coef, se, _ = _fit_columns(start, stop, event, np.column_stack([dummies, extra]), stratum[person])
-    for k in range(n_cat - 1):
-        result[f"hr_dose_{k + 1}"] = _wald(coef[k], se[k])[0]
-    coef, se, _ = _fit_columns(start, stop, event, np.column_stack([trend, extra]), stratum[person])
-    hr, _, _, p = _wald(coef[1], se[1])
-    result.update(dose_trend_hr=hr, dose_trend_p=p)
-    return result
-
-
-def separated_lag_estimates(
-    prepared: pl.DataFrame,
-    stratum: np.ndarray,
-    covariates: np.ndarray,
-    exposures: pl.DataFrame,
-    code: str,
-    lags_years: list[float],
-) -> dict[str, float]:
-    """Per lag L > 0, the log HR of exposure that started >= L years ago with the first L years of
-    exposure as their own category (not counted as unexposed).
-
-    Why: in the screen's lagged model the recently exposed are counted as unexposed, so even a causal
-    effect of a common drug is diluted towards 1 at long lags and could look like reverse causation.
-    Separating them gives an undiluted lagged estimate: it stays put for a causal effect and falls
-    to 1 when the association came from prescribing in the prodrome.
-    """
-    rows = exposures.filter(pl.col("atc_code") == code)
-    entry = prepared["entry_age_days"].cast(pl.Int64).to_numpy()
-    exit_ = prepared["exit_age_days"].cast(pl.Int64).to_numpy()
-    result: dict[str, float] = {}
-    for lag in sorted(v for v in lags_years if v > 0):
-        lag_days = round(lag * DAYS_PER_YEAR)
-        exposed_from = _class_starts(prepared, rows, ["exposure_start_age_days"], 0)[0]
-        person, start, stop, category = _segments(entry, exit_, [exposed_from, exposed_from + lag_days])
-        event = prepared["event"].to_numpy()[person] & (stop == exit_[person])
-        design = np.column_stack([category == 1, category == 2, covariates[person]]).astype(np.float64)
-        coef, se, _ = _fit_columns(start, stop, event, design, stratum[person])
-        if np.isfinite(coef[1]):
-            result[f"log_hr_separated_lag{lag:g}"] = float(coef[1])
-            result[f"se_separated_lag{lag:g}"] = float(se[1])
-            result[f"hr_separated_lag{lag:g}"] = float(np.exp(coef[1]))
-    return result
-
-
-def comparator_classes(code: str, codes: list[str]) -> list[str]:
-    """Classes with the same indication: same level-3 parent but another level-4 class (level 4/5 candidates);
-    for level-3 and level-2 candidates the other classes under the parent one level up."""
-    level = {1: 1, 3: 2, 4: 3, 5: 4, 7: 5}[len(code)]
-    if level <= 1:
-        return []
-    if level >= 4:
-        parent, own = atc_parent(code, 3), atc_parent(code, 4)
-        return [c for c in codes if len(c) == len(code) and c.startswith(parent) and not c.startswith(own)]
-    parent = atc_parent(code, level - 1)
-    return [c for c in codes if len(c) == len(code) and c.startswith(parent) and c != code]
-
-
-def active_comparator(
-    prepared: pl.DataFrame,
-    stratum: np.ndarray,
-    covariates: np.ndarray,
-    exposures: pl.DataFrame,
-    code: str,
-    codes: list[str],
-    lag_days: int,
-) -> dict[str, Any]:
-    """New-user active-comparator HR: candidate vs comparator-class initiators (first dispensing after entry).
-
-    A person belongs to the group dispensed first (ties dropped); follow-up starts at the exposure
-    start (k-th dispensing) of that group plus the lag and ends at exit, on the age scale; exposure
-    is fixed at initiation (intention to treat). Same strata as the screen.
-    """
-    comparators = comparator_classes(code, codes)
-    empty = {"n_active_comparator": None, "n_active_comparator_cases": None, "comparator_classes": ""}
-    if not comparators:
-        return empty
-    per_person = (
-        exposures.filter(pl.col("atc_code").is_in([code, *comparators]))
-        .with_columns(is_candidate=pl.col("atc_code") == code)
-        .group_by("person_id", "is_candidate")
-        .agg(pl.col("first_dispense_age_days").min(), pl.col("exposure_start_age_days").min())
-    )
-    cand = per_person.filter("is_candidate").drop("is_candidate")
-    comp = per_person.filter(~pl.col("is_candidate")).drop("is_candidate")
-    both = (
-        prepared.select("cohort_row", "person_id", "entry_age_days", "exit_age_days", "event")
-        .join(cand, on="person_id", how="left")
-        .join(comp, on="person_id", how="left", suffix="_comparator")
-    )
-    big = np.iinfo(np.int32).max
-    both = both.with_columns(
-        first_cand=pl.col("first_dispense_age_days").fill_null(big),
-        first_comp=pl.col("first_dispense_age_days_comparator").fill_null(big),
-    ).filter(pl.col("first_cand") != pl.col("first_comp"))
-    both = both.with_columns(candidate=pl.col("first_cand") < pl.col("first_comp")).with_columns(
-        first=pl.min_horizontal("first_cand", "first_comp"),
-        index_age=pl.when("candidate")
-        .then(pl.col("exposure_start_age_days"))
-        .otherwise(pl.col("exposure_start_age_days_comparator"))
-        + lag_days,
-    ).filter(
-        (pl.col("first") > pl.col("entry_age_days")) & (pl.col("index_age") < pl.col("exit_age_days"))
-    )
-    n_cand = int(both["candidate"].sum())
-    n_cases = int((both["candidate"] & both["event"]).sum())
-    result = {"n_active_comparator": both.height - n_cand, "n_active_comparator_cases": int((~both["candidate"] & both["event"]).sum()), "comparator_classes": ",".join(comparators)}
-    if n_cand == 0 or n_cand == both.height or n_cases == 0 or result["n_active_comparator_cases"] == 0:
-        return result
-    rows = both["cohort_row"].to_numpy()
-    table = aggregate_counting_process(
-        both["index_age"].to_numpy(),
-        both["exit_age_days"].to_numpy(),
-        both["event"].to_numpy(),
-        np.column_stack([both["candidate"].cast(pl.Float64).to_numpy(), covariates[rows]]),
-        strata=stratum[rows],
-    )
-    fit = fit_efron(table)
-    if fit.status[0] == "ok":
-        hr, lo, hi, _ = _wald(fit.coef[0, 0], fit.se[0, 0])
-        result.update(hr_active_comparator=hr, ci_lower_active_comparator=lo, ci_upper_active_comparator=hi)
-    return result
-
-
-def healthcare_use(config: dict[str, Any], prescriptions: list[str], cohort_path: str | Path) -> pl.DataFrame:
-    """Per person the number of distinct ATC level-4 classes dispensed in the 365 days before entry (DuckDB),
-    from exactly the given validated prescription parts."""
-    con = connect(config.get("resources"))
-    sql = f"""
-    WITH cohort AS (SELECT person_id, entry_date FROM read_parquet({sql_literal(str(cohort_path))}))
-    SELECT c.person_id, count(DISTINCT substr(r.atc_code, 1, 5)) AS n_classes_year_before_entry
-    FROM cohort c LEFT JOIN read_parquet({prescription_source(list(prescriptions))}) r
-      ON r.person_id = c.person_id AND r.dispense_date <= c.entry_date
-         AND r.dispense_date > c.entry_date - INTERVAL 365 DAY
-    GROUP BY c.person_id
-    """
-    return pl.from_arrow(con.sql(sql).to_arrow_table()).with_columns(pl.col("n_classes_year_before_entry").cast(pl.Int64))
-
-
-def select_proxy_confounders(
-    prepared: pl.DataFrame,
-    exposures: pl.DataFrame,
-    codes: list[str],
-    settings: dict[str, Any],
-    seed: int = 0,
-) -> dict[str, list[str]]:
-    """Per candidate, the other classes of its level most associated with both exposure and outcome.
-
-    Two L1-penalised logistic models on ever-use indicators of every class of the level (persons x
-    classes, sparse): outcome ~ all classes (once per level), and candidate ~ all other classes (per
-    candidate). Classes with a non-zero coefficient in both are ranked by |coef_outcome| x
-    |coef_exposure| and the first `max_adjustment_classes` kept (a high-dimensional proxy adjustment
-    in the spirit of hdPS, Schneeweiss et al. 2009, with the lasso doing the selection). Ancestors and
-    descendants cannot occur (one level), and the candidate's own ATC siblings are allowed.
-    """
-    from scipy import sparse
-    from sklearn.linear_model import LogisticRegression
-
-    confirm = settings["confirmation"]
-    classes = sorted(exposures["atc_code"].unique().to_list())
-    column_of = {c: i for i, c in enumerate(classes)}
-    rows = exposures.select("person_id", "atc_code").join(prepared.select("person_id", "cohort_row"), on="person_id")
-    matrix = sparse.csr_matrix(
-        (np.ones(rows.height), (rows["cohort_row"].to_numpy(), rows["atc_code"].replace_strict(column_of, return_dtype=pl.Int64).to_numpy())),
-        shape=(prepared.height, len(classes)),
-    )
-    matrix.data[:] = 1.0
-    rng = np.random.default_rng(seed)
-    n_sample = min(prepared.height, int(confirm["l1_sample_size"]))
-    sample = np.sort(rng.choice(prepared.height, n_sample, replace=False))
-    outcome = prepared["event"].to_numpy()
-    # Outcome model: every case plus the sampled persons (case-base sampling keeps the coefficients).
-    outcome_rows = np.union1d(sample, np.flatnonzero(outcome))
-    model = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=confirm["l1_C"], max_iter=200)
-    model.fit(matrix[outcome_rows], outcome[outcome_rows])
-    outcome_coef = model.coef_[0]
-    chosen: dict[str, list[str]] = {}
-    sampled = matrix[sample]
-    for code in codes:
-        j = column_of.get(code)
-        if j is None:
-            chosen[code] = []
-            continue
-        target = sampled[:, j].toarray().ravel()
-        if target.sum() < 5 or target.sum() > len(target) - 5:
-            chosen[code] = []
-            continue
-        others = np.setdiff1d(np.arange(len(classes)), [j])
-        exposure_model = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=confirm["l1_C"], max_iter=200)
-        exposure_model.fit(sampled[:, others], target)
-        strength = np.abs(exposure_model.coef_[0]) * np.abs(outcome_coef[others])
-        order = np.argsort(-strength)
-        chosen[code] = [classes[others[k]] for k in order[: confirm["max_adjustment_classes"]] if strength[k] > 0]
-    return chosen
-
-
-def split_time_varying(
-    prepared: pl.DataFrame, exposures: pl.DataFrame, classes: list[str], lag_days: int
-) -> pl.DataFrame:
-    """Counting-process rows with one 0/1 column per class in `classes` (ever-use from start + lag), split at
-    every switch; the first class is the exposure of interest. Columns: cohort_row, start, stop, event, <classes>."""
-    switches = (
-        exposures.filter(pl.col("atc_code").is_in(classes))
-        .select("person_id", "atc_code", switch=pl.col("exposure_start_age_days").cast(pl.Int64) + lag_days)
-        .join(prepared.select("person_id", "cohort_row", "entry_age_days", "exit_age_days"), on="person_id")
-        .with_columns(switch=pl.max_horizontal(pl.col("switch"), pl.col("entry_age_days").cast(pl.Int64)))
-        .filter(pl.col("switch") < pl.col("exit_age_days"))
-    )
-    base = prepared.select(
-        "cohort_row", entry=pl.col("entry_age_days").cast(pl.Int64), exit=pl.col("exit_age_days").cast(pl.Int64), event="event"
-    )
-    cut_points = pl.concat(
-        [
-            base.select("cohort_row", time=pl.col("entry")),
-            switches.select("cohort_row", time=pl.col("switch")),
-        ]
-    ).unique()
-    pieces = (
-        cut_points.join(base, on="cohort_row")
-        .sort("cohort_row", "time")
-        .with_columns(stop=pl.col("time").shift(-1).over("cohort_row"))
-        .with_columns(stop=pl.col("stop").fill_null(pl.col("exit")))
-        .filter(pl.col("stop") > pl.col("time"))
-        .select("cohort_row", start="time", stop="stop", event=pl.col("event") & (pl.col("stop") == pl.col("exit")))
-    )
-    for code in classes:
-        person_switch = switches.filter(pl.col("atc_code") == code).select("cohort_row", _switch="switch")
-        pieces = (
-            pieces.join(person_switch, on="cohort_row", how="left")
-            .with_columns(pl.when(pl.col("start") >= pl.col("_switch")).then(1).otherwise(0).cast(pl.Int8).alias(code))
-            .drop("_switch")
-        )
-    return pieces.sort("cohort_row", "start")
-
-
-def confirmation_fit(
-    prepared: pl.DataFrame,
-    exposures: pl.DataFrame,
-    code: str,
-    adjust_classes: list[str],
-    hcu: pl.DataFrame | None,
-    config: dict[str, Any],
-    lag_days: int,
-    engine: str = "lifelines",
-) -> dict[str, Any]:
-    """Cox model of one class on its split data, with the screen's strata and covariates, adjusted for
-    `adjust_classes` (time-varying ever-use) and the health-care-use categories (`hcu`, or none).
-
-    `engine="lifelines"` fits lifelines `CoxTimeVaryingFitter` (Efron ties, strata); `"aggregated"` fits
-    the same likelihood with `repurpose.cox.engine` (every covariate is categorical, so it is exact).
-    With nothing added it reproduces the screen's estimate (tests/test_candidates.py).
-    """
-    adjust = config["screen"]["adjust"]
-    data = split_time_varying(prepared, exposures, [code, *adjust_classes], lag_days)
-    covariate_names = [code, *adjust_classes]
-    person_columns = list(dict.fromkeys([*adjust["strata"], *adjust["covariates"]]))
-    people = prepared.select("cohort_row", *person_columns)
-    if hcu is not None:
-        hcu_cat = prepared.select("cohort_row", "person_id").join(hcu, on="person_id", how="left")
-        category = np.searchsorted(HCU_BINS, hcu_cat["n_classes_year_before_entry"].fill_null(0).to_numpy(), side="right")
-        hcu_cat = hcu_cat.select("cohort_row").with_columns(hcu=pl.Series([f"hcu_{k}" for k in category], dtype=pl.String))
-        people = people.join(hcu_cat, on="cohort_row")
-    data = data.join(people, on="cohort_row")
-    dummy_names = []
-    for variable in [*adjust["covariates"], *(["hcu"] if hcu is not None else [])]:
-        levels = sorted(data[variable].unique().to_list())
-        for level in levels[1:]:
-            name = f"{variable}={level}"
-            data = data.with_columns((pl.col(variable) == level).cast(pl.Int8).alias(name))
-            dummy_names.append(name)
-    covariate_names += dummy_names
-    strata = adjust["strata"]
-    if engine == "lifelines":
-        from lifelines import CoxTimeVaryingFitter
-
-        frame = data.select(
-            "cohort_row", "start", "stop", pl.col("event").cast(pl.Int8), *covariate_names, *strata
-        ).to_pandas()
-        fitter = CoxTimeVaryingFitter()
-        with warnings.catch_warnings():  # lifelines warns on rare dummy levels; the fit status is checked below
-            warnings.simplefilter("ignore")
-            fitter.fit(frame, id_col="cohort_row", event_col="event", start_col="start", stop_col="stop", strata=strata or None)
-        coef, se = float(fitter.params_[code]), float(fitter.standard_errors_[code])
-    else:
-        stratum = data.select(strata).with_columns(pl.all().cast(pl.String)).select(pl.concat_str(pl.all(), separator="|")).to_series() if strata else None
-        table = aggregate_counting_process(
-            data["start"].to_numpy(),
-            data["stop"].to_numpy(),
-            data["event"].to_numpy(),
-            data.select(covariate_names).to_numpy().astype(np.float64),
-            strata=None if stratum is None else stratum.to_numpy(),
-        )
-        fit = fit_efron(table)
-        coef, se = float(fit.coef[0, 0]), float(fit.se[0, 0])
-    hr, lo, hi, p = _wald(coef, se)
-    return {
-        "hr_confirmation": hr,
-        "ci_lower_confirmation": lo,
-        "ci_upper_confirmation": hi,
-        "p_confirmation": p,
-        "log_hr_confirmation": coef,
-        "se_confirmation": se,
-        "confirmation_adjusted_for": ", ".join([*adjust_classes, *(["health-care use"] if hcu is not None else [])]),
-    }
-
-
-def level_models(
-    config: dict[str, Any],
-    prepared: pl.DataFrame,
-    stratum: np.ndarray,
-    covariates: np.ndarray,
-    exposures: pl.DataFrame,
-    codes: list[str],
-    confirm_codes: list[str],
-    hcu: pl.DataFrame | None,
-) -> pl.DataFrame:
-    """Dose-response, active comparator and (for `confirm_codes`) confirmation for the candidates of one level."""
-    settings = config["candidates"]
-    lag_days = round(float(settings["main_lag_years"]) * DAYS_PER_YEAR)
-    all_codes = sorted(exposures["atc_code"].unique().to_list())
-    cutpoints = [float(c) for c in config["screen"]["dose_cutpoints_ddd"]]
-    proxies = select_proxy_confounders(prepared, exposures, confirm_codes, settings) if confirm_codes else {}
-    rows = []
-    for code in codes:
-        started = time.perf_counter()
-        row: dict[str, Any] = {"atc_code": code}
-        row.update(dose_response(prepared, stratum, covariates, exposures, code, cutpoints, lag_days))
-        row.update(separated_lag_estimates(prepared, stratum, covariates, exposures, code, config["screen"]["lags_years"]))
-        row.update(active_comparator(prepared, stratum, covariates, exposures, code, all_codes, lag_days))
-        if code in proxies:
-            row.update(
-                confirmation_fit(
-                    prepared, exposures, code, proxies[code], hcu, config, lag_days, settings["confirmation"]["engine"]
-                )
-            )
-        log.info("%s: person-level models in %.1f s", code, time.perf_counter() - started)
-        rows.append(row)
-    return pl.DataFrame(rows, infer_schema_length=None)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -898,6 +416,7 @@ def run_candidates(
     dwas_path, cohort_path, exposure_paths, matches_path, mechanisms_path = dwas, cohort, exposures, matches, mechanisms
     ranking_path, readme_path = ranking, readme
     settings = config["candidates"]
+    columns, inputs = drug_ranking_columns(config), ranking_inputs(config)
     started = time.perf_counter()
     dwas = pl.read_parquet(dwas_path)
     lags = sorted({float(v) for v in dwas["lag_years"].unique().to_list()})
@@ -911,12 +430,12 @@ def run_candidates(
     evidence = screen_evidence(dwas, signals, settings) if signals.height else pl.DataFrame({"atc_code": []}, schema={"atc_code": pl.String})
     if signals.height and cohort_path is not None:
         cohort = pl.read_parquet(cohort_path)
-        prepared, stratum, covariates = _model_cohort(cohort, config)
+        prepared, stratum, covariates = model_cohort(cohort, config)
         hcu = None
         if settings["confirmation"]["healthcare_use"] and prescriptions:
             hcu = healthcare_use(config, prescriptions, cohort_path)
         # Confirmation models are costly: fit them for the first classes of a provisional ranking.
-        provisional = rank_drugs(_ensure_columns(flag_reverse_causation(evidence, settings, lags), RANKING_INPUTS), settings)
+        provisional = rank_drugs(_ensure_columns(flag_reverse_causation(evidence, settings, lags), inputs), settings)
         confirm_set = set(provisional["atc_code"].to_list()[: settings["confirmation"]["max_classes"]])
         parts = []
         for path in exposure_paths:
@@ -937,15 +456,15 @@ def run_candidates(
     if evidence.height:
         evidence = flag_reverse_causation(evidence, settings, lags)
         evidence = attach_targets(evidence, matches, mechanisms, settings["fdr_alpha"])
-        ranking = rank_drugs(_ensure_columns(evidence, RANKING_INPUTS), settings)
+        ranking = rank_drugs(_ensure_columns(evidence, inputs), settings)
     else:
-        ranking = _ensure_columns(evidence, DRUG_COLUMNS)
-    ranking = _ensure_columns(ranking, DRUG_COLUMNS).select(DRUG_COLUMNS)
+        ranking = _ensure_columns(evidence, columns)
+    ranking = _ensure_columns(ranking, columns).select(columns)
     min_cell = config["disclosure"]["min_cell"]
     # Non-cases among exposed and among comparators are complements that could reveal a small count.
     complements = [("n_exposed", "n_exposed_cases"), ("n_active_comparator", "n_active_comparator_cases")]
-    released = suppress_small_counts(ranking, COUNT_COLUMNS, min_cell, complements=complements)
-    for_display(released, COUNT_COLUMNS, min_cell).write_csv(ranking_path)
+    released = suppress_small_counts(ranking, RANKING_COUNT_COLUMNS, min_cell, complements=complements)
+    for_display(released, RANKING_COUNT_COLUMNS, min_cell).write_csv(ranking_path)
     if readme_path is not None:
         text = candidates_readme(config)
         if matches is not None and matches.height:
@@ -965,7 +484,8 @@ def candidates_readme(config: dict[str, Any]) -> str:
     s = config["candidates"]
     cuts = [float(c) for c in config["screen"]["dose_cutpoints_ddd"]]
     dose_labels = [f"<{cuts[0]:g} DDD"] + [f"{a:g}-{b:g} DDD" for a, b in zip(cuts[:-1], cuts[1:], strict=True)] + [f">={cuts[-1]:g} DDD"]
-    return CANDIDATES_README.format(
+    template = resources.files("repurpose").joinpath(README_TEMPLATE).read_text(encoding="utf-8")
+    return template.format(
         run_label=config.get("run_label", ""),
         config_hash=config_hash(config),
         version=__version__,
@@ -983,71 +503,3 @@ def candidates_readme(config: dict[str, Any]) -> str:
         engine=s["confirmation"]["engine"],
         min_cell=config["disclosure"]["min_cell"],
     )
-
-
-CANDIDATES_README = """# Candidate rankings
-
-Run `{run_label}`, hash of the settings this ranking read `{config_hash}`, repurpose {version}.
-
-Generated by `repurpose.dwas.candidates` and `repurpose.dwas.mechanisms` from `results/screen/dwas.parquet`,
-the exposure tables and the cohort. Aggregates only: counts from 1 to {min_cell} - 1 are shown as `<{min_cell}`.
-Methods and references: `docs/methods.md`, section "Candidate ranking".
-
-## drug_ranking.csv - one row per candidate class (any ATC level)
-
-A class is a candidate when its both-sexes screen q-value is below {alpha} at lag 0 or at the main
-lag ({main_lag} years). Estimates are at the main lag unless the column says otherwise.
-
-| column | meaning |
-|---|---|
-| rank | 1 = strongest protective candidate. Order: protective before harmful; within a direction, classes flagged `reverse_causation_suspected` after the others; then evidence_score (high first); then calibrated p (low first) |
-| atc_code, atc_name, atc_level | the class |
-| direction | protective (HR < 1) or harmful (HR >= 1) at the main lag |
-| hr, ci_lower, ci_upper, p_value, q_value | the screen estimate at the main lag (Wald 95% CI; BH q within level x lag x sex) |
-| calibrated_p, calibrated_q, calibrated_hr, calibrated_ci_lower, calibrated_ci_upper | empirically calibrated p, its BH q within the ATC level (main lag), and calibrated HR and CI (empirical null per ATC level from negative controls: {controls}) |
-| n_exposed, n_exposed_cases | exposed persons and exposed cases at the main lag |
-| hr_lag0 ... hr_lag10 | HR at each lag (exposure counts from L years after its start) |
-| hr_separated_lag2 ... hr_separated_lag10 | HR of exposure started >= L years ago with the first L years of use as their own category (not counted as unexposed, so a causal effect is not diluted); used for the reverse-causation rule |
-| lag_retained_fraction | log HR at the longest tested lag (separated estimate) / log HR at lag 0 |
-| lag_fade_p | smallest p over lags of a Hausman-type test that the lagged log HR differs from lag 0 |
-| hr_dose_1, hr_dose_2, hr_dose_3 | HR per time-varying cumulative-DDD category vs unexposed ({dose_labels}) |
-| dose_trend_hr, dose_trend_p | HR per category step among users and its Wald p (model: exposed + category score) |
-| hr_F, hr_M, sex_heterogeneity_p | sex-specific HRs and the z-test of their difference |
-| n_siblings, sibling_agreement, sibling_pooled_hr, sibling_pooled_p | other classes under the same parent (level-5: same level 4): number, share with the same direction, random-effects pooled HR and p |
-| hr_confirmation, ci_lower_confirmation, ci_upper_confirmation, confirmation_adjusted_for | Cox model on the split data of the class ({engine}), screen strata plus health-care use (distinct ATC level-4 classes in the year before entry: 0, 1, 2-3, 4-6, 7+) and up to {max_adjustment} other classes chosen by L1-penalised models of exposure and outcome; the {max_classes} candidates with the smallest screen p are fitted |
-| hr_active_comparator, ci_lower/upper_active_comparator, n_active_comparator, n_active_comparator_cases | new users of the class vs new users of other classes with the same indication (same level-3 parent, other level 4), comparator persons and cases |
-| e_value, e_value_ci | E-value of the HR and of the CI limit closest to 1 |
-| flags | evidence against: reverse_causation_suspected, lag_untestable, not_significant_after_calibration, inverse_dose_response, sex_heterogeneity, siblings_disagree, not_confirmed_after_adjustment, active_comparator_disagrees |
-| targets | gene targets (action type) of a level-5 substance |
-| evidence_score, score_points | number of points and their names (below) |
-
-**Reverse causation.** `reverse_causation_suspected` when at some lag L > 0 the separated log HR keeps less
-than {retained} of its lag-0 value (or changes sign) and differs from it with p < {rc_alpha}
-(`lag_fade_p`). Drugs prescribed for prodromal symptoms show exactly this; a causal effect persists.
-
-**Score: one point each, no weights** (all "same direction" refers to the direction column):
-calibrated (calibrated q < {alpha}); lag_robust (not flagged, and retained fraction >= {retained});
-dose_response (trend p < {alpha}); sex_consistent (both sexes same direction, heterogeneity p >=
-{alpha}); class_consistent (siblings pooled p < {alpha}); confirmed (confirmation CI excludes 1);
-active_comparator (its CI excludes 1); robust_to_confounding (e_value_ci >= {min_e_value});
-mechanism (a target of the substance has pooled q < {alpha} across >= 2 ATC level-3 classes).
-
-## mechanism_ranking.csv - one row per (target, action type)
-
-Level-5 substances are mapped to gene targets by INN (DrugCentral layout; `substance_targets.csv`
-lists every screened substance with matched / unmatched). For each target and action type the
-main-lag log HRs of its substances are pooled by random-effects meta-analysis ({meta_method}; with
-`knapp_hartung` the Hartung-Knapp CI and p on k - 1 df, honest with two or three substances).
-
-| column | meaning |
-|---|---|
-| rank | protective before harmful, then evidence_score (high first), then p_value |
-| target, target_name, action_type | DrugCentral GENE (a complex stays one target), name and action |
-| direction | protective if pooled HR < 1 |
-| n_substances, n_atc3_classes, substances | substances pooled, their distinct ATC level-3 classes, the list |
-| pooled_hr, ci_lower, ci_upper, p_value | random-effects pooled HR, 95% CI and p (Hartung-Knapp t on k - 1 df when `knapp_hartung`, else Wald) |
-| q_value | BH q across all mechanisms |
-| i2, tau2 | Higgins' I^2 (0-1) and between-substance variance |
-| n_substances_agreeing | substances whose HR is on the pooled side of 1 |
-| evidence_score, score_points | one point each: significant (q < {alpha}); and only for significant ones: replicated_across_substances (>= 2 agreeing); replicated_across_atc3_classes (agreeing substances in >= 2 level-3 classes: the strongest evidence against confounding by indication); consistent (>= 2 agreeing and I^2 <= {max_i2}) |
-"""

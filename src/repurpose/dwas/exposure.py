@@ -3,8 +3,8 @@
 Representation (documented in docs/schemas.md): one row per (person, class) for persons of the
 cohort who reach `screen.min_dispensings` dispensings of any substance of the class before their
 exit, holding the age (days) of the k-th dispensing. Ever-use is a step function of age that switches
-on at that age (plus the lag, applied by the screen), so this sparse table is all the screen needs:
-no person-by-class-by-interval table is ever built. Dose: the ages at which cumulative DDD in the
+on at that age (plus the lag: the exposure window of `repurpose.dwas.window`, applied by the screen), so
+this sparse table is all the screen needs: no person-by-class-by-interval table is ever built. Dose: the ages at which cumulative DDD in the
 class first reaches each cut point, the number of dispensings and the total DDD up to exit.
 
 Two steps, so that the dispensings are sorted once rather than once per ATC level:
@@ -25,21 +25,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import polars as pl
-
 from repurpose.atc import ATC_LEVEL_CODE_LENGTH
 from repurpose.duck import connect, execute_with_progress, sql_literal
+from repurpose.schemas import dose_column
 from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
 
 SUBSTANCE_CODE_LENGTH = ATC_LEVEL_CODE_LENGTH[5]
 """A substance is a full (level-5) ATC code."""
-
-
-def dose_column(cut_ddd: float) -> str:
-    """Column holding the age (days) at which cumulative DDD reaches `cut_ddd`."""
-    return f"cumulative_ddd_{cut_ddd:g}_age_days".replace(".", "_")
 
 
 def _cohort_dispensings_sql(prescriptions_source: str, cohort_path: str, code_length: int) -> str:
@@ -240,39 +234,3 @@ def build_exposures(
         time.perf_counter() - started,
     )
     return int(n_rows)
-
-
-def split_class_intervals(cohort: pl.DataFrame, class_exposures: pl.DataFrame, lag_days: int) -> pl.DataFrame:
-    """Explicit counting-process rows (start, stop] of one class: the long format lifelines and R `tmerge` use.
-
-    For confirmation models and reference tests only (never for the screen): each person gets one
-    unexposed row up to `exposure_start_age_days + lag_days` and one exposed row after it, on the age
-    scale in days; `event` sits on the row that ends at exit.
-    """
-    frame = (
-        cohort.join(
-            class_exposures.select("person_id", "exposure_start_age_days"), on="person_id", how="left"
-        )
-        .with_columns(
-            # Never exposed (no exposure row) -> exposed_from = exit; max_horizontal alone would skip the null.
-            exposed_from=pl.when(pl.col("exposure_start_age_days").is_null())
-            .then(pl.col("exit_age_days"))
-            .otherwise(
-                pl.max_horizontal(pl.col("entry_age_days"), pl.col("exposure_start_age_days") + lag_days)
-            )
-        )
-        .with_columns(exposed_from=pl.min_horizontal("exposed_from", "exit_age_days"))
-    )
-    unexposed = frame.filter(pl.col("exposed_from") > pl.col("entry_age_days")).with_columns(
-        start=pl.col("entry_age_days"),
-        stop=pl.col("exposed_from"),
-        event=pl.col("event") & (pl.col("exposed_from") == pl.col("exit_age_days")),
-        exposed=pl.lit(0, pl.Int8),
-    )
-    exposed = frame.filter(pl.col("exposed_from") < pl.col("exit_age_days")).with_columns(
-        start=pl.col("exposed_from"), stop=pl.col("exit_age_days"), exposed=pl.lit(1, pl.Int8)
-    )
-    columns = [c for c in cohort.columns if c not in ("entry_age_days", "exit_age_days", "event")]
-    return pl.concat(
-        [part.select(*columns, "start", "stop", "event", "exposed") for part in (unexposed, exposed)]
-    ).sort("person_id", "start")

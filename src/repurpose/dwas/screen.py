@@ -2,15 +2,18 @@
 
 Model: Cox proportional hazards on the age scale (days), delayed entry at cohort entry, Efron ties,
 ever-use of the class as a time-varying binary exposure that switches on `lag` years after the k-th
-dispensing, adjusted by stratification and/or categorical covariates (`screen.adjust`).
+dispensing (the exposure window, `repurpose.dwas.window`), adjusted by stratification and/or categorical
+covariates (`screen.adjust`).
 
-Why it is fast and still exact: persons are grouped into *cells* (one combination of the adjustment
-variables and sex). At an event time t in stratum s, the Efron partial likelihood only needs, per cell
-and exposure state, the number at risk and the number of events at t. For a class, the exposed counts
-come from its sparse exposure table (with covariates, by binary search over sorted (class, cell, age)
-keys; with exposure the only covariate, the default, by a running sum over each stratum's event ages,
+Why it is fast and still exact: persons are grouped into *cells* (`repurpose.dwas.risk_sets`). At an event
+time t in stratum s, the Efron partial likelihood only needs, per cell and exposure state, the number at
+risk and the number of events at t. For a class, the exposed counts come from its sparse exposure table
+(with covariates, by binary search over sorted (class, cell, age) keys, `risk_sets.build_risk_sets`; with
+exposure the only covariate, the default, by a running sum over each stratum's event ages,
 `screen_binary`); unexposed counts are the cell totals minus the exposed ones. No person-interval table
-is built. See docs/methods.md and docs/cox_engine.md.
+is built. Owns the screen's fitting, its result rows and q-values, and the stage functions `screen_level`
+and `gather_screen`. May import `repurpose.cox`, `repurpose.dwas.risk_sets` and `.window`, `repurpose.schemas`,
+`repurpose.release.disclosure` and `repurpose.atc`. See docs/methods.md and docs/cox_engine.md.
 """
 
 from __future__ import annotations
@@ -28,209 +31,32 @@ from scipy import stats
 
 from repurpose.atc import anatomical_group_filter, load_atc_names
 from repurpose.cox.binary import BinaryRiskSets, fit_binary_efron
-from repurpose.cox.engine import (
-    CoxFitResult,
-    RiskSetTable,
-    concatenated_ranges,
-    fit_efron,
-    run_starts,
-    segment_sums,
+from repurpose.cox.engine import fit_efron
+from repurpose.cox.result import CoxFitResult, wald
+from repurpose.cox.risk_set_table import concatenated_ranges, run_starts, segment_sums
+from repurpose.dwas.risk_sets import (
+    CellLayout,
+    RiskSetCounts,
+    build_risk_sets,
+    cell_layout,
+    exposed_rows,
+    index_screen_inputs,
+    total_counts,
 )
-from repurpose.registry.cohort import DAYS_PER_YEAR
+from repurpose.dwas.window import exposed_from, lag_days
 from repurpose.release.disclosure import SCREEN_RULES, for_display, suppress_small_counts
+from repurpose.schemas import (
+    DAYS_PER_YEAR,
+    SCREEN_COLUMNS,
+    SCREEN_COUNT_COLUMNS,
+    SCREEN_EXPOSURE_COLUMNS,
+    SCREEN_PART_SCHEMA,
+)
 from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
 
 ADJUSTMENT_VARIABLES = ("sex", "birth_cohort", "education")
-COUNT_COLUMNS = ("n_persons", "n_exposed", "n_cases", "n_exposed_cases")
-SCREEN_COLUMNS = [
-    "atc_code",
-    "atc_name",
-    "atc_level",
-    "lag_years",
-    "sex",
-    "n_persons",
-    "n_exposed",
-    "n_cases",
-    "n_exposed_cases",
-    "person_years_exposed",
-    "hr",
-    "ci_lower",
-    "ci_upper",
-    "log_hr",
-    "se",
-    "p_value",
-    "q_value",
-    "significant",
-    "converged",
-    "n_iter",
-    "status",
-    "reason",
-]
-
-
-SCREEN_PART_SCHEMA = {
-    "atc_code": pl.String,
-    "lag_years": pl.Float64,
-    "sex": pl.String,
-    "n_persons": pl.Int64,
-    "n_exposed": pl.Int64,
-    "n_cases": pl.Int64,
-    "n_exposed_cases": pl.Int64,
-    "person_years_exposed": pl.Float64,
-    "hr": pl.Float64,
-    "ci_lower": pl.Float64,
-    "ci_upper": pl.Float64,
-    "log_hr": pl.Float64,
-    "se": pl.Float64,
-    "p_value": pl.Float64,
-    "converged": pl.Boolean,
-    "n_iter": pl.Int64,
-    "status": pl.String,
-    "reason": pl.String,
-    "atc_level": pl.Int8,
-}
-"""Columns of a raw screen part (one row per class x lag x sex group; counts not yet disclosure-controlled)."""
-
-
-def prepare_cohort(cohort: pl.DataFrame, band_years: int) -> pl.DataFrame:
-    """Cohort with the adjustment variables as labels: sex, birth cohort band, education (missing kept)."""
-    band_start = (pl.col("birth_year") // band_years) * band_years
-    return cohort.with_columns(
-        birth_cohort=band_start.cast(pl.String) + "-" + (band_start + band_years - 1).cast(pl.String),
-        education=pl.col("education").cast(pl.String).fill_null("missing"),
-        entry=pl.col("entry_age_days").cast(pl.Int64),
-        exit=pl.col("exit_age_days").cast(pl.Int64),
-    )
-
-
-@dataclass(frozen=True)
-class CellLayout:
-    """Cells (combinations of the adjustment variables) of one sex group, their strata and covariate design."""
-
-    cell_of_person: np.ndarray  # cell index per cohort row (-1 outside the sex group)
-    stratum_of_cell: np.ndarray
-    covariate_design: np.ndarray  # (n_cells, n_covariate_columns)
-    covariate_names: list[str]
-    n_cells: int
-
-
-def cell_layout(cohort: pl.DataFrame, sex_group: str, strata: list[str], covariates: list[str]) -> CellLayout:
-    """Index the cells and strata of a sex group (`all`, `F` or `M`)."""
-    if sex_group != "all":
-        covariates = [v for v in covariates if v != "sex"]
-    keys = list(dict.fromkeys([*strata, *covariates, "sex"]))
-    in_group = pl.lit(True) if sex_group == "all" else pl.col("sex") == sex_group
-    frame = cohort.select(*keys, in_group=in_group)
-    cells = frame.filter("in_group").select(keys).unique().sort(keys).with_row_index("cell")
-    cell_of_person = (
-        frame.join(cells, on=keys, how="left", maintain_order="left")["cell"]
-        .fill_null(-1)
-        .cast(pl.Int64)
-        .to_numpy()
-    )
-    cell_of_person = np.where(frame["in_group"].to_numpy(), cell_of_person, -1)
-    if strata:
-        strata_index = cells.select(strata).unique().sort(strata).with_row_index("stratum")
-        stratum_of_cell = cells.join(strata_index, on=strata, how="left", maintain_order="left")[
-            "stratum"
-        ].to_numpy()
-    else:
-        stratum_of_cell = np.zeros(cells.height, dtype=np.int64)
-    design_columns, names = [], []
-    for variable in covariates:
-        levels = sorted(cells[variable].unique().to_list())
-        for level in levels[1:]:  # first level is the reference
-            design_columns.append((cells[variable] == level).cast(pl.Float64).to_numpy())
-            names.append(f"{variable}={level}")
-    design = np.column_stack(design_columns) if design_columns else np.zeros((cells.height, 0))
-    return CellLayout(cell_of_person, stratum_of_cell.astype(np.int64), design, names, cells.height)
-
-
-def counts_at_event_times(
-    block: np.ndarray, start: np.ndarray, exit_: np.ndarray, event: np.ndarray,
-    query_block: np.ndarray, query_time: np.ndarray, time_span: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per query (block, t): persons of the block at risk (start < t <= exit) and with their event at t.
-
-    Binary search over keys `block * time_span + age`: within a block, #(start < t) - #(exit < t) is the
-    number at risk, since everyone who exited before t also started before t. Persons of earlier blocks
-    are counted in both terms and cancel.
-    """
-    query = query_block * time_span + query_time
-    start_keys = np.sort(block * time_span + start)
-    exit_keys = np.sort(block * time_span + exit_)
-    n_at_risk = np.searchsorted(start_keys, query, "left") - np.searchsorted(exit_keys, query, "left")
-    event_keys = np.sort(block[event] * time_span + exit_[event])
-    n_events = np.searchsorted(event_keys, query, "right") - np.searchsorted(event_keys, query, "left")
-    return n_at_risk.astype(np.float64), n_events.astype(np.float64)
-
-
-@dataclass
-class RiskSetCounts:
-    """Per (cell, event time) totals: at risk and events, for every event time of the cell's stratum."""
-
-    cell: np.ndarray
-    time: np.ndarray
-    stratum: np.ndarray
-    n_at_risk: np.ndarray
-    n_events: np.ndarray
-
-
-def total_counts(cohort: pl.DataFrame, layout: CellLayout, time_span: int) -> RiskSetCounts:
-    """At-risk and event totals per cell at each distinct event time of its stratum (delayed entry: entry < t <= exit)."""
-    cell = layout.cell_of_person
-    member = cell >= 0
-    entry, exit_, event = (
-        cohort["entry"].to_numpy()[member],
-        cohort["exit"].to_numpy()[member],
-        cohort["event"].to_numpy()[member],
-    )
-    cell = cell[member]
-    stratum = layout.stratum_of_cell[cell]
-    event_keys = np.unique(stratum[event] * time_span + exit_[event])
-    event_stratum, event_time = event_keys // time_span, event_keys % time_span
-    # Every cell of the stratum is queried at every event time of that stratum.
-    cells_by_stratum = pl.DataFrame({"stratum": layout.stratum_of_cell, "cell": np.arange(layout.n_cells)})
-    queries = pl.DataFrame({"stratum": event_stratum, "time": event_time}).join(
-        cells_by_stratum, on="stratum"
-    )
-    q_cell, q_time = queries["cell"].to_numpy(), queries["time"].to_numpy()
-    n_at_risk, n_events = counts_at_event_times(cell, entry, exit_, event, q_cell, q_time, time_span)
-    return RiskSetCounts(
-        q_cell,
-        q_time,
-        queries["stratum"].to_numpy(),
-        n_at_risk,
-        n_events,
-    )
-
-
-def exposed_rows(
-    cohort: pl.DataFrame, exposures: pl.DataFrame, layout: CellLayout, lag_years: float
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Exposed person-class rows of a sex group at a lag: (class_index, cell, start, exit, event).
-
-    Exposure counts from max(entry, exposure start + lag) to exit; rows outside the sex group or whose
-    lagged start is not before exit are dropped. `cohort` and `exposures` come from `index_screen_inputs`
-    (each exposure row carries its cohort row and class index).
-    """
-    lag_days = round(lag_years * DAYS_PER_YEAR)
-    cohort_row = exposures["cohort_row"].to_numpy()
-    cell = layout.cell_of_person[cohort_row]
-    exit_ = cohort["exit"].to_numpy()[cohort_row]
-    start = np.maximum(
-        cohort["entry"].to_numpy()[cohort_row], exposures["exposure_start_age_days"].to_numpy().astype(np.int64) + lag_days
-    )
-    keep = np.flatnonzero((cell >= 0) & (start < exit_))
-    return (
-        exposures["class_index"].to_numpy()[keep].astype(np.int64),
-        cell[keep],
-        start[keep],
-        exit_[keep],
-        cohort["event"].to_numpy()[cohort_row[keep]],
-    )
 
 
 @dataclass(frozen=True)
@@ -280,16 +106,15 @@ def class_results(
         status[to_fit] = result.status
         reason[to_fit] = [None if s == "ok" else f"fit status: {s}" for s in result.status]
 
-    z = stats.norm.ppf(0.975)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # diverging fits carry their status
-        estimates = {
-            "hr": np.exp(coef),
-            "ci_lower": np.exp(coef - z * se),
-            "ci_upper": np.exp(coef + z * se),
-            "log_hr": coef,
-            "se": se,
-            "p_value": 2 * stats.norm.sf(np.abs(coef / se)),
-        }
+    summary = wald(coef, se)
+    estimates = {
+        "hr": summary.hr,
+        "ci_lower": summary.ci_lower,
+        "ci_upper": summary.ci_upper,
+        "log_hr": coef,
+        "se": se,
+        "p_value": summary.p_value,
+    }
     return pl.DataFrame(
         {
             "atc_code": classes,
@@ -406,9 +231,9 @@ def screen_binary(
         rows = exposed_rows_by_class(cohort, exposures, layout, grid, len(classes), time_span)
         groups = sex_groups_of(cohort, layout, layout_group, grid, rows, names)
         for lag in screen["lags_years"]:
-            lag_days = round(lag * DAYS_PER_YEAR)
+            lag_in_days = lag_days(lag)
             chunks = [
-                fit_binary_chunk(rows, grid, first_class, end_class, lag_days, groups, min_cases)
+                fit_binary_chunk(rows, grid, first_class, end_class, lag_in_days, groups, min_cases)
                 for first_class, end_class in zip(rows.chunk_bounds[:-1], rows.chunk_bounds[1:], strict=True)
             ]
             parts = []
@@ -603,14 +428,14 @@ def fit_binary_chunk(
     grid: StratumGrid,
     first_class: int,
     end_class: int,
-    lag_days: int,
+    lag_in_days: int,
     groups: list[SexGroup],
     min_exposed_cases: int,
 ) -> list[tuple[ClassCounts, np.ndarray, CoxFitResult | None]]:
     """The classes `first_class:end_class` at one lag: per sex group, their counts, fit numbers (from 0 in
     the chunk; -1 when skipped) and fit results (None when nothing is fitted).
 
-    Exposure counts from max(entry, exposure start + lag) to exit; a row whose lagged start is not before
+    Exposure counts from `exposed_from` (the exposure window) to exit; a row whose window opens at or after
     its exit gets its exit as start, so it is at risk nowhere and counted nowhere. Each row adds one at its
     start's query and removes one at its exit's query; a running sum gives the exposed at risk
     (start < time <= exit), and the exposed events sit at the exit's query. Risk sets with nobody exposed
@@ -620,8 +445,7 @@ def fit_binary_chunk(
     chunk_rows = slice(first_row, end_row)
     class_bounds = rows.class_bounds[first_class : end_class + 1] - first_row
     exit_ = rows.exit[chunk_rows]
-    start = rows.exposure_start[chunk_rows] + np.int32(lag_days)
-    np.maximum(start, rows.entry[chunk_rows], out=start)
+    start = exposed_from(rows.entry[chunk_rows], rows.exposure_start[chunk_rows], lag_in_days)
     np.minimum(start, exit_, out=start)
     exposed = start < exit_
     events = slice(*np.searchsorted(rows.event_rows, [first_row, end_row]))
@@ -669,144 +493,6 @@ def fit_binary_chunk(
         )
         results.append(fit_binary_efron(table))
     return list(zip(counts, fits, results, strict=True))
-
-
-def build_risk_sets(
-    layout: CellLayout,
-    totals: RiskSetCounts,
-    class_index: np.ndarray,
-    cell: np.ndarray,
-    start: np.ndarray,
-    exit_: np.ndarray,
-    event: np.ndarray,
-    fit_of_class: np.ndarray,
-    n_fits: int,
-    time_span: int,
-) -> RiskSetTable:
-    """Aggregated risk sets of all fitted classes: per (class, stratum, event time) the rows (cell x exposure state)."""
-    fitted = fit_of_class[class_index] >= 0
-    class_index, cell, start, exit_, event = (
-        class_index[fitted],
-        cell[fitted],
-        start[fitted],
-        exit_[fitted],
-        event[fitted],
-    )
-    n_covariates = layout.covariate_design.shape[1]
-    # Queries: for each fitted class, every (cell, event time) of its strata. Without covariates a risk set
-    # with no exposed person carries no information and is dropped (so are strata without exposed persons);
-    # with covariates every stratum stays, since it informs the covariate coefficients of the full model.
-    n_strata = layout.stratum_of_cell.max() + 1
-    if n_covariates == 0:
-        class_strata = np.unique(class_index * n_strata + layout.stratum_of_cell[cell])
-        pairs = pl.DataFrame({"class_index": class_strata // n_strata, "stratum": class_strata % n_strata})
-    else:
-        pairs = pl.DataFrame({"class_index": np.unique(class_index)}).join(
-            pl.DataFrame({"stratum": np.arange(n_strata)}), how="cross"
-        )
-    if n_covariates == 0:
-        spans = (
-            pl.DataFrame(
-                {
-                    "class_index": class_index,
-                    "stratum": layout.stratum_of_cell[cell],
-                    "start": start,
-                    "exit": exit_,
-                }
-            )
-            .group_by(["class_index", "stratum"])
-            .agg(pl.col("start").min(), pl.col("exit").max())
-        )
-        pairs = pairs.join(spans, on=["class_index", "stratum"])
-    totals_frame = pl.DataFrame(
-        {
-            "stratum": totals.stratum,
-            "cell": totals.cell,
-            "time": totals.time,
-            "n_at_risk": totals.n_at_risk,
-            "n_events": totals.n_events,
-        }
-    )
-    queries = pairs.join(totals_frame, on="stratum")
-    if n_covariates == 0:
-        queries = queries.filter((pl.col("time") > pl.col("start")) & (pl.col("time") <= pl.col("exit")))
-    queries = queries.with_columns(fit=pl.lit(pl.Series(fit_of_class)).gather(pl.col("class_index"))).sort(
-        ["fit", "stratum", "time", "cell"]
-    )
-    q_class, q_cell, q_time = (queries[c].to_numpy() for c in ("class_index", "cell", "time"))
-    exposed_at_risk, exposed_events = counts_at_event_times(
-        class_index * layout.n_cells + cell, start, exit_, event, q_class * layout.n_cells + q_cell, q_time, time_span
-    )
-    risk_set = (
-        queries["fit"].cast(pl.Int64) * (n_strata * time_span)
-        + queries["stratum"] * time_span
-        + queries["time"]
-    ).to_numpy()
-    _, risk_set_index = np.unique(risk_set, return_inverse=True)
-    if n_covariates == 0:
-        exposed_in_risk_set = np.bincount(risk_set_index, weights=exposed_at_risk)
-        informative = exposed_in_risk_set[risk_set_index] > 0
-        queries = queries.filter(pl.Series(informative))
-        exposed_at_risk, exposed_events = exposed_at_risk[informative], exposed_events[informative]
-        _, risk_set_index = np.unique(risk_set_index[informative], return_inverse=True)
-    fit = queries["fit"].to_numpy()
-    unexposed_at_risk = queries["n_at_risk"].to_numpy() - exposed_at_risk
-    unexposed_events = queries["n_events"].to_numpy() - exposed_events
-    covariates = layout.covariate_design[queries["cell"].to_numpy()]
-    n = len(fit)
-    # Interleave unexposed and exposed rows so rows stay sorted by (fit, risk set).
-    design = np.zeros((2 * n, 1 + n_covariates))
-    design[1::2, 0] = 1.0
-    design[0::2, 1:] = covariates
-    design[1::2, 1:] = covariates
-    n_at_risk = np.empty(2 * n)
-    n_at_risk[0::2], n_at_risk[1::2] = unexposed_at_risk, exposed_at_risk
-    n_events = np.empty(2 * n)
-    n_events[0::2], n_events[1::2] = unexposed_events, exposed_events
-    keep = n_at_risk > 0
-    return RiskSetTable(
-        fit_index=np.repeat(fit, 2)[keep].astype(np.int64),
-        risk_set_index=np.repeat(risk_set_index, 2)[keep].astype(np.int64),
-        n_at_risk=n_at_risk[keep],
-        n_events=n_events[keep],
-        design=design[keep],
-        n_fits=n_fits,
-    )
-
-
-SCREEN_EXPOSURE_COLUMNS = ["person_id", "atc_code", "exposure_start_age_days"]
-"""The columns of an exposure table the screen reads."""
-
-
-def index_screen_inputs(
-    cohort: pl.DataFrame, exposures: pl.DataFrame, screen: dict[str, Any]
-) -> tuple[pl.DataFrame, pl.DataFrame, list[str], int]:
-    """Cohort with adjustment labels and row numbers, exposures as (class_index, exposure_start_age_days,
-    cohort_row) sorted by class (int32), the sorted class codes, and a time span exceeding every age in days.
-
-    Exposure tables come sorted by class (docs/schemas.md), so that order is kept rather than re-sorted.
-    """
-    cohort = prepare_cohort(cohort, screen["birth_cohort_band_years"]).with_row_index("cohort_row")
-    classes = sorted(exposures["atc_code"].unique().to_list())
-    # A left join keeping the left order is the cheapest join that keeps the class order; persons outside
-    # the cohort are then dropped. Narrow integers halve the memory of the tens of millions of rows.
-    exposures = (
-        exposures.select(
-            "person_id",
-            "exposure_start_age_days",
-            class_index=pl.col("atc_code").cast(pl.Enum(classes)).to_physical().cast(pl.Int32),
-        )
-        .join(cohort.select("person_id", "cohort_row"), on="person_id", how="left", maintain_order="left")
-        .filter(pl.col("cohort_row").is_not_null())
-        .select(
-            "class_index",
-            pl.col("exposure_start_age_days").cast(pl.Int32),
-            pl.col("cohort_row").cast(pl.Int32),
-        )
-    )
-    if not exposures["class_index"].is_sorted():
-        exposures = exposures.sort("class_index", maintain_order=True)
-    return cohort, exposures, classes, int(cohort["exit"].max()) + 2
 
 
 def screen_exposures(
@@ -903,9 +589,9 @@ def gather_screen(
         .select(SCREEN_COLUMNS)
         .sort(["atc_level", "lag_years", "sex", "atc_code"])
     )
-    released = suppress_small_counts(results, COUNT_COLUMNS, config["disclosure"]["min_cell"], **SCREEN_RULES)
+    released = suppress_small_counts(results, SCREEN_COUNT_COLUMNS, config["disclosure"]["min_cell"], **SCREEN_RULES)
     released.write_parquet(parquet_path)
-    for_display(released, COUNT_COLUMNS, config["disclosure"]["min_cell"]).write_csv(csv_path)
+    for_display(released, SCREEN_COUNT_COLUMNS, config["disclosure"]["min_cell"]).write_csv(csv_path)
     log.info(
         "screen: %d rows, %d fitted, %d significant at q < %g",
         results.height,

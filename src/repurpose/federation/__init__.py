@@ -1,6 +1,8 @@
 """Federated analysis across registries that may not pool person-level data.
 
-Owns: the site package and its pooling by meta-analysis (`package`) and the exact pooled Cox model by
-distributed Newton rounds (`distributed`). May import `repurpose.cox`, `repurpose.release` and the shared
-top-level modules.
+Owns: the design a site ran (`design`), the site package and its pooling by meta-analysis (`package`,
+which starts the distributed rounds) and the exact pooled Cox model by distributed Newton rounds
+(`distributed`, which evaluates the screen's risk sets at each site). Imports run one way:
+package -> distributed -> design. May import `repurpose.cox`, `repurpose.dwas` (the screen's risk sets
+and q-values), `repurpose.release`, `repurpose.schemas` and the shared top-level modules.
 """

@@ -13,7 +13,9 @@ ones. So the coordinating centre can run Newton-Raphson on the sums without seei
    is done, the pooled estimates (`cox.parquet` next to the rounds directory).
 
 All fits travel in one file per round; fits already done are carried along but not re-evaluated.
-See docs/federation_newton.md.
+See docs/federation_newton.md. Owns the round and response files and both sides of a round; may import
+`repurpose.cox`, `repurpose.dwas.risk_sets` (the screen's own risk sets), `repurpose.federation.design`,
+`repurpose.protocol` and `repurpose.schemas` (never `repurpose.federation.package`, which imports it).
 """
 
 from __future__ import annotations
@@ -22,13 +24,12 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import stats
 
 from repurpose.cox.engine import (
     MAX_STEP_HALVINGS,
@@ -36,24 +37,27 @@ from repurpose.cox.engine import (
     SEPARATION_MIN_STEP,
     SINGULAR_RELATIVE_TOL,
     NewtonArrays,
-    RiskSetTable,
     accept_or_halve,
     efron_log_likelihood,
-    inverse_information,
     newton_step,
-    scaled_eigh,
 )
-from repurpose.dwas.screen import (
+from repurpose.cox.result import scaled_eigh, variance_and_se, wald
+from repurpose.cox.risk_set_table import RiskSetTable
+from repurpose.dwas.risk_sets import (
+    CellLayout,
     build_risk_sets,
     cell_layout,
     exposed_rows,
     index_screen_inputs,
     total_counts,
 )
+from repurpose.federation.design import site_design
+from repurpose.protocol import protocol_hash as design_hash
+from repurpose.schemas import FIT_KEYS, SCREEN_EXPOSURE_COLUMNS
 
 log = logging.getLogger(__name__)
 
-KEY_COLUMNS = ("atc_code", "atc_level", "lag_years", "sex")
+KEY_COLUMNS = tuple(FIT_KEYS)
 EXPOSURE_COLUMN = "exposed"  # name of the first design column: the time-varying ever-use of the class
 DEFAULT_MAX_ITER = 50  # as fit_efron: Newton updates per fit after the start point
 DEFAULT_TOL = 1e-9  # as fit_efron: converged when the predicted gain score' I^-1 score / 2 <= tol
@@ -206,23 +210,18 @@ def start_rounds(
 # --------------------------------------------------------------------------------------------------
 
 
-def site_protocol_hash(config: dict[str, Any]) -> str | None:
-    """The hash of the protocol this site runs (as in its site package), or None without `repurpose.protocol`.
+def site_protocol_hash(config: dict[str, Any]) -> str:
+    """The hash of the protocol this site runs (as in its site package).
 
     With a `protocol` file named in the config it is that file's hash (the config is checked against it);
     without, the hash of the config's own design.
     """
-    try:
-        from repurpose.federation.package import site_design
-        from repurpose.protocol import protocol_hash
-    except ImportError:  # the federation modules are optional: the check is then skipped
-        return None
-    return protocol_hash(site_design(config))
+    return design_hash(site_design(config))
 
 
 def _global_layout(
-    layout: Any, cohort: pl.DataFrame, covariates: list[str], names: list[str], levels: dict[str, list[str]]
-) -> Any:
+    layout: CellLayout, cohort: pl.DataFrame, covariates: list[str], names: list[str], levels: dict[str, list[str]]
+) -> CellLayout:
     """The layout with its covariate dummies recoded to the round's global levels.
 
     `cell_layout` codes each variable against the site's own first level, which need not be the global
@@ -373,7 +372,7 @@ def read_site_inputs(config: dict[str, Any], results_dir: str | Path, levels: It
     exposures = {
         level: pl.read_parquet(
             results_dir / "exposure" / f"atc_level_{level}.parquet",
-            columns=["person_id", "atc_code", "exposure_start_age_days"],
+            columns=SCREEN_EXPOSURE_COLUMNS,
         )
         for level in wanted
     }
@@ -393,8 +392,8 @@ def site_round(
 
     The response holds per fit only the log partial likelihood, score vector and information matrix
     (sums over the site's persons), a has_events flag and labels: nothing person-level, no counts.
-    A round whose protocol hash differs from the site's (`protocol_hash`, or `repurpose.protocol` when
-    available) is refused with ProtocolMismatchError.
+    A round whose protocol hash differs from the site's (`protocol_hash`, else `site_protocol_hash`)
+    is refused with ProtocolMismatchError.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", site_label):
         raise DistributedCoxError(f"site_label must be letters, digits, '_', '.' or '-'; got {site_label!r}")
@@ -665,30 +664,22 @@ def pooled_estimates(state: pl.DataFrame) -> pl.DataFrame:
     information = _pad_matrices(state["accepted_information"].to_list(), width, identity=True)
     status = state["status"].to_numpy().astype(object)
     converged = state["converged"].to_numpy().copy()
-    variance = np.full_like(information, np.nan)
-    computable = np.isin(status, ("ok", "separation", "not_converged")) & np.all(np.isfinite(information), axis=(1, 2))
-    variance[computable] = inverse_information(information[computable])
-    with np.errstate(invalid="ignore"):
-        se = np.sqrt(np.diagonal(variance, axis1=1, axis2=2))
+    # The identity padding of the unused directions has variance 1: it never makes a fit look singular.
+    _, se = variance_and_se(information, status, converged)
     se = np.where(np.arange(width)[None, :] < sizes[:, None], se, np.nan)
-    real_se = [se[i, :k] for i, k in enumerate(sizes)]
-    not_definite = (status == "ok") & np.array([not np.all(np.isfinite(s)) for s in real_se])
-    status[not_definite] = "singular_information"
-    converged[not_definite] = False
     no_estimate = np.isin(status, ("no_events", "singular_information"))
     beta[no_estimate] = np.nan
     se[no_estimate] = np.nan
     coef, coef_se = beta[:, 0], se[:, 0]
-    z = stats.norm.ppf(0.975)
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        estimates = {
-            "log_hr": coef,
-            "se": coef_se,
-            "hr": np.exp(coef),
-            "ci_lower": np.exp(coef - z * coef_se),
-            "ci_upper": np.exp(coef + z * coef_se),
-            "p_value": 2 * stats.norm.sf(np.abs(coef / coef_se)),
-        }
+    summary = wald(coef, coef_se)
+    estimates = {
+        "log_hr": coef,
+        "se": coef_se,
+        "hr": summary.hr,
+        "ci_lower": summary.ci_lower,
+        "ci_upper": summary.ci_upper,
+        "p_value": summary.p_value,
+    }
     n_iter = state["n_iter"].to_numpy()
     return pl.DataFrame(
         {
@@ -707,52 +698,3 @@ def pooled_estimates(state: pl.DataFrame) -> pl.DataFrame:
         },
         strict=False,
     ).select(RESULT_COLUMNS)
-
-
-# --------------------------------------------------------------------------------------------------
-# In-process driver (tests, single-machine demo)
-# --------------------------------------------------------------------------------------------------
-
-
-SiteRun = Callable[[Path], Path]
-
-
-def site_runner(
-    config: dict[str, Any], results_dir: str | Path, out_dir: str | Path, site_label: str,
-    *, protocol_hash: str | None = None,
-) -> SiteRun:
-    """A callable round_path -> response_path running `site_round` for one site (for `run_rounds`)."""
-
-    def run(path: Path) -> Path:
-        return site_round(config, results_dir, path, out_dir, site_label, protocol_hash=protocol_hash)
-
-    return run
-
-
-def run_rounds(
-    site_runs: list[SiteRun],
-    rounds_dir: str | Path,
-    fits: pl.DataFrame | None = None,
-    *,
-    protocol_hash: str | None = None,
-    covariate_levels: dict[str, list[str]] | None = None,
-    max_iter: int = DEFAULT_MAX_ITER,
-    tol: float = DEFAULT_TOL,
-    early_separation: bool = True,
-    result_path: str | Path | None = None,
-) -> Path:
-    """Drive the whole exchange through the files: start (if `fits` given), site rounds, coordinator rounds.
-
-    Returns the path of the pooled result file. Each round is one call of every site and one coordinator
-    update; the loop ends after at most max_iter + 1 rounds because every fit stops by then.
-    """
-    path: Path | None
-    if fits is not None:
-        path = start_rounds(fits, rounds_dir, protocol_hash=protocol_hash, covariate_levels=covariate_levels,
-                            max_iter=max_iter, tol=tol, early_separation=early_separation)
-    else:
-        path = latest_round(rounds_dir)
-    while path is not None:
-        responses = [run(path) for run in site_runs]
-        path = coordinator_round(rounds_dir, responses, result_path=result_path)
-    return Path(result_path) if result_path is not None else result_path_for(rounds_dir)

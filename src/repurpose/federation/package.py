@@ -10,7 +10,7 @@ Several registries run one analysis without person-level data crossing a border 
 2. the coordinating centre pools the packages (`pool_packages`, `repurpose pool`): it refuses packages
    whose protocols differ (naming the settings), meta-analyses every fit (fixed effect, DerSimonian-Laird,
    REML and Paule-Mandel random effects) and starts the distributed rounds of the exact pooled Cox model
-   (`repurpose.federation.distributed`, when installed);
+   (`repurpose.federation.distributed`);
 3. `rank_pooled` (`repurpose pool-rank`) builds a screen table from the pooled estimates (exact pooled
    Cox where it converged, else the fixed-effect meta-analysis) and runs the mechanism and candidate
    rankings and the report on it, with a per-site forest plot for each top candidate.
@@ -34,10 +34,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 import yaml
-from scipy import stats
 
 from repurpose import __version__
 from repurpose.config import ConfigError, validate_config
+from repurpose.cox.result import wald
+from repurpose.dwas.screen import add_q_values
+from repurpose.federation.design import site_design
+from repurpose.federation.distributed import start_rounds
 from repurpose.layout import DEFAULT_ROOT, WORKFLOW_SNAKEFILE, results_layout
 from repurpose.meta import pool
 from repurpose.protocol import (
@@ -46,11 +49,9 @@ from repurpose.protocol import (
     ProtocolError,
     apply_protocol,
     design_differences,
-    design_of_config,
     normalise_design,
     protocol_hash,
     protocol_yaml,
-    read_protocol,
 )
 from repurpose.release.disclosure import (
     SCREEN_RULES,
@@ -61,20 +62,20 @@ from repurpose.release.disclosure import (
 )
 from repurpose.release.export import IDENTIFIER_COLUMNS
 from repurpose.release.provenance import sha256_file
+from repurpose.release.report import flow_table, validation_table
+from repurpose.schemas import FIT_KEYS, SCREEN_COLUMNS, SCREEN_COUNT_COLUMNS
 from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
 
 PACKAGE_FORMAT = "repurpose-site-package/1"
-FIT_KEYS = ["atc_code", "atc_level", "lag_years", "sex"]
-COUNT_COLUMNS = ["n_persons", "n_exposed", "n_cases", "n_exposed_cases"]
+COUNT_COLUMNS = SCREEN_COUNT_COLUMNS
 FIT_COLUMNS = [
     *FIT_KEYS, "atc_name", *COUNT_COLUMNS, "person_years_exposed",
     "log_hr", "se", "hr", "ci_lower", "ci_upper", "p_value", "converged", "n_iter", "status", "reason",
 ]  # fmt: skip
 SUMMARY_COLUMNS = ["table", "item", "n"]  # cohort_flow.csv and validation.csv of a package
 META_METHODS = ("FE", "DL", "REML", "PM")
-Z95 = float(stats.norm.ppf(0.975))
 
 
 class PackageError(ValueError):
@@ -95,19 +96,6 @@ def atc_index_version(atc_index: str | Path | None) -> str:
     return f"who-index:{sha256_file(atc_index)}"
 
 
-def site_design(config: dict[str, Any]) -> dict[str, Any]:
-    """The design a site ran: its protocol's (checked against the config) or, without protocol, the config's."""
-    ran = design_of_config(config)
-    if not config.get("protocol"):
-        log.warning("no shared protocol named (config key `protocol`): the package records this config's design")
-        return ran
-    design = read_protocol(config["protocol"])
-    differing = [d for d in design_differences(design, ran) if d[0] != "disclosure.min_cell"]
-    if differing:
-        raise PackageError(f"the config's design differs from its protocol {config['protocol']}: {differing}")
-    return design
-
-
 def check_aggregate(frame: pl.DataFrame, name: str, count_columns: list[str], min_cell: int) -> None:
     """Refuse a table with a person-identifier column, a date column or a count from 1 to min_cell - 1."""
     identifiers = [c for c in frame.columns if c.lower() in IDENTIFIER_COLUMNS]
@@ -122,8 +110,6 @@ def check_aggregate(frame: pl.DataFrame, name: str, count_columns: list[str], mi
 
 def summary_tables(flow_json: str | Path | None, validation_json: str | Path | None, min_cell: int) -> dict[str, pl.DataFrame]:
     """The disclosure-controlled cohort flow and validation counts of a site, as (table, item, n)."""
-    from repurpose.release.report import flow_table, validation_table
-
     tables = {}
     if flow_json is not None and Path(flow_json).is_file():
         tables["cohort_flow"] = flow_table(json.loads(Path(flow_json).read_text()), min_cell)
@@ -388,12 +374,7 @@ def pool_packages(
 
 
 def start_distributed_rounds(meta: pl.DataFrame, rounds_dir: Path, design_hash: str) -> str | None:
-    """Write the first round of the exact pooled Cox model (`repurpose.federation.distributed`), if that module exists."""
-    try:
-        from repurpose.federation.distributed import start_rounds
-    except ImportError:
-        log.warning("repurpose.federation.distributed is not available: no exact pooled Cox rounds started (meta-analysis only)")
-        return None
+    """Write the first round of the exact pooled Cox model (`repurpose.federation.distributed`)."""
     fits = meta.filter(pl.col("k_sites") > 0).select(FIT_KEYS)
     return str(start_rounds(fits, rounds_dir, protocol_hash=design_hash))
 
@@ -419,8 +400,6 @@ def pooled_screen_table(meta: pl.DataFrame, cox: pl.DataFrame | None, fdr_alpha:
     fixed-effect meta-analysis (`estimate_source` says which); Wald CI and p; BH q-values within each
     level x lag x sex family, as in a single-site screen.
     """
-    from repurpose.dwas.screen import SCREEN_COLUMNS, add_q_values
-
     for column in ("fe_log_hr", "fe_se"):  # absent when no fit converged at any site
         if column not in meta.columns:
             meta = meta.with_columns(pl.lit(None, pl.Float64).alias(column))
@@ -442,18 +421,19 @@ def pooled_screen_table(meta: pl.DataFrame, cox: pl.DataFrame | None, fdr_alpha:
             estimate_source=pl.when(pl.col("cox_log_hr").is_not_null()).then(pl.lit("pooled_cox")).otherwise(pl.col("estimate_source")),
         ).drop("cox_log_hr", "cox_se")  # fmt: skip
     fitted = pl.col("log_hr").is_not_null()
+    estimate = wald(table["log_hr"].to_numpy(), table["se"].to_numpy())  # nulls become NaN: put them back
+    has_hr, has_ci = pl.col("log_hr").is_not_null(), pl.col("log_hr").is_not_null() & pl.col("se").is_not_null()
     table = table.with_columns(
-        hr=pl.col("log_hr").exp(),
-        ci_lower=(pl.col("log_hr") - Z95 * pl.col("se")).exp(),
-        ci_upper=(pl.col("log_hr") + Z95 * pl.col("se")).exp(),
+        hr=pl.when(has_hr).then(pl.lit(pl.Series(estimate.hr))),
+        ci_lower=pl.when(has_ci).then(pl.lit(pl.Series(estimate.ci_lower))),
+        ci_upper=pl.when(has_ci).then(pl.lit(pl.Series(estimate.ci_upper))),
+        p_value=pl.Series(estimate.p_value).fill_nan(None),
         person_years_exposed=pl.lit(None, pl.Float64),
         converged=fitted,
         n_iter=pl.lit(None, pl.Int64),
         status=pl.when(fitted).then(pl.lit("ok")).otherwise(pl.lit("skipped")),
         reason=pl.when(fitted).then(None).otherwise(pl.lit("not fitted at any site")),
     )
-    z = (table["log_hr"] / table["se"]).to_numpy()
-    table = table.with_columns(p_value=pl.Series(2 * stats.norm.sf(np.abs(z))).fill_nan(None))
     table = add_q_values(table, fdr_alpha)
     table = table.select(*SCREEN_COLUMNS, "estimate_source", "k_sites").sort(["atc_level", "lag_years", "sex", "atc_code"])
     return suppress_small_counts(table, COUNT_COLUMNS, min_cell, **SCREEN_RULES)

@@ -19,26 +19,10 @@ from typing import Any
 
 import polars as pl
 
+from repurpose.schemas import COHORT_SCHEMA, DAYS_PER_YEAR
 from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
-
-DAYS_PER_YEAR = 365.25
-
-COHORT_SCHEMA: dict[str, pl.DataType] = {
-    "person_id": pl.Int64,  # or String when the registry's identifiers are not integers
-    "sex": pl.String,
-    "birth_year": pl.Int32,
-    "birth_date": pl.Date,
-    "education": pl.Int32,
-    "entry_date": pl.Date,
-    "exit_date": pl.Date,
-    "entry_age_days": pl.Int32,
-    "exit_age_days": pl.Int32,
-    "event": pl.Boolean,
-    "exit_reason": pl.String,
-    "outcome_source": pl.String,
-}
 
 
 def _offset_years(expr: pl.Expr, years: float) -> pl.Expr:

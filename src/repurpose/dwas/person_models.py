@@ -1,0 +1,464 @@
+"""Person-level Cox models of the candidate classes: dose-response, separated lags, active comparator and
+the confirmation model adjusted for health-care use and L1-selected proxy confounders.
+
+Owns the models that need the cohort and the exposure tables (not just the screen table), for the
+candidates of one ATC level at a time (`level_models`). They share the screen's strata and covariates
+(`repurpose.dwas.risk_sets`) and its exposure window (`repurpose.dwas.window`), so that with nothing added
+they reproduce the screen's estimate. Estimates are summarised by `repurpose.cox.result.wald`. May import
+`repurpose.cox`, the other `repurpose.dwas` modules of the screen, `repurpose.schemas` and DuckDB.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from lifelines import CoxTimeVaryingFitter
+from scipy import sparse
+from sklearn.linear_model import LogisticRegression
+
+from repurpose.atc import atc_parent
+from repurpose.cox.engine import fit_efron
+from repurpose.cox.result import wald
+from repurpose.cox.risk_set_table import aggregate_counting_process
+from repurpose.duck import connect, sql_literal
+from repurpose.dwas.exposure import prescription_source
+from repurpose.dwas.risk_sets import cell_layout, prepare_cohort
+from repurpose.dwas.window import NEVER_EXPOSED, exposed_from, lag_days
+from repurpose.schemas import dose_column
+
+log = logging.getLogger(__name__)
+
+HCU_BINS = (1, 2, 4, 7)
+"""Health-care-use proxy categories (distinct ATC level-4 classes in the year before entry): 0, 1, 2-3, 4-6, 7+."""
+
+
+def model_cohort(cohort: pl.DataFrame, config: dict[str, Any]) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
+    """Cohort with row index, and per person the screen's stratum and categorical covariate design."""
+    screen = config["screen"]
+    prepared = prepare_cohort(cohort, screen["birth_cohort_band_years"]).with_row_index("cohort_row")
+    layout = cell_layout(prepared, "all", screen["adjust"]["strata"], screen["adjust"]["covariates"])
+    cell = layout.cell_of_person
+    return prepared, layout.stratum_of_cell[cell], layout.covariate_design[cell]
+
+
+def segments(
+    entry: np.ndarray, exit_: np.ndarray, boundaries: list[np.ndarray]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split each person's (entry, exit] at increasing `boundaries` (clipped to the interval); category k
+    holds from boundary k-1 to boundary k. Returns (person, start, stop, category) of non-empty pieces."""
+    cuts = [entry] + [np.clip(b, entry, exit_) for b in boundaries] + [exit_]
+    for k in range(1, len(cuts)):  # categories only move up
+        cuts[k] = np.maximum(cuts[k], cuts[k - 1])
+    persons, starts, stops, cats = [], [], [], []
+    for k in range(len(cuts) - 1):
+        keep = cuts[k + 1] > cuts[k]
+        persons.append(np.flatnonzero(keep))
+        starts.append(cuts[k][keep])
+        stops.append(cuts[k + 1][keep])
+        cats.append(np.full(int(keep.sum()), k))
+    return tuple(np.concatenate(x) for x in (persons, starts, stops, cats))  # type: ignore[return-value]
+
+
+def class_ages(prepared: pl.DataFrame, class_rows: pl.DataFrame, columns: list[str]) -> list[np.ndarray]:
+    """Per cohort row the age (days) in each column of `columns` of the class's exposure rows (exposure start,
+    dose crossings); `NEVER_EXPOSED` for persons without a row or a value."""
+    joined = prepared.select("person_id").join(class_rows.select("person_id", *columns), on="person_id", how="left", maintain_order="left")
+    return [joined[c].cast(pl.Int64).fill_null(NEVER_EXPOSED).to_numpy() for c in columns]
+
+
+def wald_floats(coef: float, se: float) -> tuple[float, float, float, float]:
+    """(HR, CI lower, CI upper, p) of one coefficient as floats (`repurpose.cox.result.wald`)."""
+    summary = wald(coef, se)
+    return float(summary.hr), float(summary.ci_lower), float(summary.ci_upper), float(summary.p_value)
+
+
+def _fit_columns(
+    start: np.ndarray, stop: np.ndarray, event: np.ndarray, design: np.ndarray, strata: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """One Cox fit (aggregated engine); columns that never vary (an empty category) are left out and get NaN."""
+    varying = np.flatnonzero(design.max(axis=0) > design.min(axis=0))
+    coef = np.full(design.shape[1], np.nan)
+    se = np.full(design.shape[1], np.nan)
+    if not len(varying):
+        return coef, se, "no_variation"
+    fit = fit_efron(aggregate_counting_process(start, stop, event, design[:, varying], strata=strata))
+    if fit.status[0] == "ok":
+        coef[varying], se[varying] = fit.coef[0], fit.se[0]
+    return coef, se, str(fit.status[0])
+
+
+def dose_response(
+    prepared: pl.DataFrame,
+    stratum: np.ndarray,
+    covariates: np.ndarray,
+    exposures: pl.DataFrame,
+    code: str,
+    cutpoints: list[float],
+    lag_in_days: int,
+) -> dict[str, float]:
+    """HR per cumulative-DDD category (time-varying; category 0 = unexposed) and a trend test among the exposed.
+
+    Categories: 1 = exposed below the first cut, 2 = between cuts, ... (the lag delays every switch).
+    Trend: model `exposed + score`, score = category - 1 among the exposed; its Wald p is the p for
+    trend, so a trend is judged among users and not driven by the exposed/unexposed contrast.
+    """
+    rows = exposures.filter(pl.col("atc_code") == code)
+    entry = prepared["entry_age_days"].cast(pl.Int64).to_numpy()
+    exit_ = prepared["exit_age_days"].cast(pl.Int64).to_numpy()
+    ages = class_ages(prepared, rows, ["exposure_start_age_days", *[dose_column(c) for c in cutpoints]])
+    starts = [exposed_from(entry, age, lag_in_days) for age in ages]
+    person, start, stop, category = segments(entry, exit_, starts)
+    event = prepared["event"].to_numpy()[person] & (stop == exit_[person])
+    n_cat = len(cutpoints) + 2
+    dummies = (category[:, None] == np.arange(1, n_cat)[None, :]).astype(np.float64)
+    trend = np.column_stack([(category >= 1).astype(np.float64), np.maximum(category - 1, 0).astype(np.float64)])
+    extra = covariates[person]
+    result: dict[str, float] = {}
+    coef, se, _ = _fit_columns(start, stop, event, np.column_stack([dummies, extra]), stratum[person])
+    for k in range(n_cat - 1):
+        result[f"hr_dose_{k + 1}"] = wald_floats(coef[k], se[k])[0]
+    coef, se, _ = _fit_columns(start, stop, event, np.column_stack([trend, extra]), stratum[person])
+    hr, _, _, p = wald_floats(coef[1], se[1])
+    result.update(dose_trend_hr=hr, dose_trend_p=p)
+    return result
+
+
+def separated_lag_estimates(
+    prepared: pl.DataFrame,
+    stratum: np.ndarray,
+    covariates: np.ndarray,
+    exposures: pl.DataFrame,
+    code: str,
+    lags_years: list[float],
+) -> dict[str, float]:
+    """Per lag L > 0, the log HR of exposure that started >= L years ago with the first L years of
+    exposure as their own category (not counted as unexposed).
+
+    Why: in the screen's lagged model the recently exposed are counted as unexposed, so even a causal
+    effect of a common drug is diluted towards 1 at long lags and could look like reverse causation.
+    Separating them gives an undiluted lagged estimate: it stays put for a causal effect and falls
+    to 1 when the association came from prescribing in the prodrome.
+    """
+    rows = exposures.filter(pl.col("atc_code") == code)
+    entry = prepared["entry_age_days"].cast(pl.Int64).to_numpy()
+    exit_ = prepared["exit_age_days"].cast(pl.Int64).to_numpy()
+    exposure_start = class_ages(prepared, rows, ["exposure_start_age_days"])[0]
+    result: dict[str, float] = {}
+    for lag in sorted(v for v in lags_years if v > 0):
+        recent = exposed_from(entry, exposure_start, 0)
+        lagged = exposed_from(entry, exposure_start, lag_days(lag))
+        person, start, stop, category = segments(entry, exit_, [recent, lagged])
+        event = prepared["event"].to_numpy()[person] & (stop == exit_[person])
+        design = np.column_stack([category == 1, category == 2, covariates[person]]).astype(np.float64)
+        coef, se, _ = _fit_columns(start, stop, event, design, stratum[person])
+        if np.isfinite(coef[1]):
+            result[f"log_hr_separated_lag{lag:g}"] = float(coef[1])
+            result[f"se_separated_lag{lag:g}"] = float(se[1])
+            result[f"hr_separated_lag{lag:g}"] = float(np.exp(coef[1]))
+    return result
+
+
+def comparator_classes(code: str, codes: list[str]) -> list[str]:
+    """Classes with the same indication: same level-3 parent but another level-4 class (level 4/5 candidates);
+    for level-3 and level-2 candidates the other classes under the parent one level up."""
+    level = {1: 1, 3: 2, 4: 3, 5: 4, 7: 5}[len(code)]
+    if level <= 1:
+        return []
+    if level >= 4:
+        parent, own = atc_parent(code, 3), atc_parent(code, 4)
+        return [c for c in codes if len(c) == len(code) and c.startswith(parent) and not c.startswith(own)]
+    parent = atc_parent(code, level - 1)
+    return [c for c in codes if len(c) == len(code) and c.startswith(parent) and c != code]
+
+
+def active_comparator(
+    prepared: pl.DataFrame,
+    stratum: np.ndarray,
+    covariates: np.ndarray,
+    exposures: pl.DataFrame,
+    code: str,
+    codes: list[str],
+    lag_in_days: int,
+) -> dict[str, Any]:
+    """New-user active-comparator HR: candidate vs comparator-class initiators (first dispensing after entry).
+
+    A person belongs to the group dispensed first (ties dropped); follow-up starts at the exposure
+    start (k-th dispensing) of that group plus the lag and ends at exit, on the age scale; exposure
+    is fixed at initiation (intention to treat). Same strata as the screen.
+    """
+    comparators = comparator_classes(code, codes)
+    empty = {"n_active_comparator": None, "n_active_comparator_cases": None, "comparator_classes": ""}
+    if not comparators:
+        return empty
+    per_person = (
+        exposures.filter(pl.col("atc_code").is_in([code, *comparators]))
+        .with_columns(is_candidate=pl.col("atc_code") == code)
+        .group_by("person_id", "is_candidate")
+        .agg(pl.col("first_dispense_age_days").min(), pl.col("exposure_start_age_days").min())
+    )
+    cand = per_person.filter("is_candidate").drop("is_candidate")
+    comp = per_person.filter(~pl.col("is_candidate")).drop("is_candidate")
+    both = (
+        prepared.select("cohort_row", "person_id", "entry_age_days", "exit_age_days", "event")
+        .join(cand, on="person_id", how="left")
+        .join(comp, on="person_id", how="left", suffix="_comparator")
+    )
+    big = np.iinfo(np.int32).max
+    both = both.with_columns(
+        first_cand=pl.col("first_dispense_age_days").fill_null(big),
+        first_comp=pl.col("first_dispense_age_days_comparator").fill_null(big),
+    ).filter(pl.col("first_cand") != pl.col("first_comp"))
+    both = both.with_columns(candidate=pl.col("first_cand") < pl.col("first_comp")).with_columns(
+        first=pl.min_horizontal("first_cand", "first_comp"),
+        index_start=pl.when("candidate")
+        .then(pl.col("exposure_start_age_days"))
+        .otherwise(pl.col("exposure_start_age_days_comparator"))
+        .cast(pl.Int64)
+        .fill_null(NEVER_EXPOSED),
+    )
+    index_age = exposed_from(
+        both["entry_age_days"].cast(pl.Int64).to_numpy(), both["index_start"].to_numpy(), lag_in_days
+    )
+    both = both.with_columns(index_age=pl.Series(index_age)).filter(
+        (pl.col("first") > pl.col("entry_age_days")) & (pl.col("index_age") < pl.col("exit_age_days"))
+    )
+    n_cand = int(both["candidate"].sum())
+    n_cases = int((both["candidate"] & both["event"]).sum())
+    result = {"n_active_comparator": both.height - n_cand, "n_active_comparator_cases": int((~both["candidate"] & both["event"]).sum()), "comparator_classes": ",".join(comparators)}
+    if n_cand == 0 or n_cand == both.height or n_cases == 0 or result["n_active_comparator_cases"] == 0:
+        return result
+    rows = both["cohort_row"].to_numpy()
+    table = aggregate_counting_process(
+        both["index_age"].to_numpy(),
+        both["exit_age_days"].to_numpy(),
+        both["event"].to_numpy(),
+        np.column_stack([both["candidate"].cast(pl.Float64).to_numpy(), covariates[rows]]),
+        strata=stratum[rows],
+    )
+    fit = fit_efron(table)
+    if fit.status[0] == "ok":
+        hr, lo, hi, _ = wald_floats(fit.coef[0, 0], fit.se[0, 0])
+        result.update(hr_active_comparator=hr, ci_lower_active_comparator=lo, ci_upper_active_comparator=hi)
+    return result
+
+
+def healthcare_use(config: dict[str, Any], prescriptions: list[str], cohort_path: str | Path) -> pl.DataFrame:
+    """Per person the number of distinct ATC level-4 classes dispensed in the 365 days before entry (DuckDB),
+    from exactly the given validated prescription parts."""
+    con = connect(config.get("resources"))
+    sql = f"""
+    WITH cohort AS (SELECT person_id, entry_date FROM read_parquet({sql_literal(str(cohort_path))}))
+    SELECT c.person_id, count(DISTINCT substr(r.atc_code, 1, 5)) AS n_classes_year_before_entry
+    FROM cohort c LEFT JOIN read_parquet({prescription_source(list(prescriptions))}) r
+      ON r.person_id = c.person_id AND r.dispense_date <= c.entry_date
+         AND r.dispense_date > c.entry_date - INTERVAL 365 DAY
+    GROUP BY c.person_id
+    """
+    return pl.from_arrow(con.sql(sql).to_arrow_table()).with_columns(pl.col("n_classes_year_before_entry").cast(pl.Int64))
+
+
+def select_proxy_confounders(
+    prepared: pl.DataFrame,
+    exposures: pl.DataFrame,
+    codes: list[str],
+    settings: dict[str, Any],
+    seed: int = 0,
+) -> dict[str, list[str]]:
+    """Per candidate, the other classes of its level most associated with both exposure and outcome.
+
+    Two L1-penalised logistic models on ever-use indicators of every class of the level (persons x
+    classes, sparse): outcome ~ all classes (once per level), and candidate ~ all other classes (per
+    candidate). Classes with a non-zero coefficient in both are ranked by |coef_outcome| x
+    |coef_exposure| and the first `max_adjustment_classes` kept (a high-dimensional proxy adjustment
+    in the spirit of hdPS, Schneeweiss et al. 2009, with the lasso doing the selection). Ancestors and
+    descendants cannot occur (one level), and the candidate's own ATC siblings are allowed.
+    """
+    confirm = settings["confirmation"]
+    classes = sorted(exposures["atc_code"].unique().to_list())
+    column_of = {c: i for i, c in enumerate(classes)}
+    rows = exposures.select("person_id", "atc_code").join(prepared.select("person_id", "cohort_row"), on="person_id")
+    matrix = sparse.csr_matrix(
+        (np.ones(rows.height), (rows["cohort_row"].to_numpy(), rows["atc_code"].replace_strict(column_of, return_dtype=pl.Int64).to_numpy())),
+        shape=(prepared.height, len(classes)),
+    )
+    matrix.data[:] = 1.0
+    rng = np.random.default_rng(seed)
+    n_sample = min(prepared.height, int(confirm["l1_sample_size"]))
+    sample = np.sort(rng.choice(prepared.height, n_sample, replace=False))
+    outcome = prepared["event"].to_numpy()
+    # Outcome model: every case plus the sampled persons (case-base sampling keeps the coefficients).
+    outcome_rows = np.union1d(sample, np.flatnonzero(outcome))
+    model = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=confirm["l1_C"], max_iter=200)
+    model.fit(matrix[outcome_rows], outcome[outcome_rows])
+    outcome_coef = model.coef_[0]
+    chosen: dict[str, list[str]] = {}
+    sampled = matrix[sample]
+    for code in codes:
+        j = column_of.get(code)
+        if j is None:
+            chosen[code] = []
+            continue
+        target = sampled[:, j].toarray().ravel()
+        if target.sum() < 5 or target.sum() > len(target) - 5:
+            chosen[code] = []
+            continue
+        others = np.setdiff1d(np.arange(len(classes)), [j])
+        exposure_model = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=confirm["l1_C"], max_iter=200)
+        exposure_model.fit(sampled[:, others], target)
+        strength = np.abs(exposure_model.coef_[0]) * np.abs(outcome_coef[others])
+        order = np.argsort(-strength)
+        chosen[code] = [classes[others[k]] for k in order[: confirm["max_adjustment_classes"]] if strength[k] > 0]
+    return chosen
+
+
+def split_time_varying(
+    prepared: pl.DataFrame, exposures: pl.DataFrame, classes: list[str], lag_in_days: int
+) -> pl.DataFrame:
+    """Counting-process rows with one 0/1 column per class in `classes` (ever-use from start + lag), split at
+    every switch; the first class is the exposure of interest. Columns: cohort_row, start, stop, event, <classes>."""
+    switches = (
+        exposures.filter(pl.col("atc_code").is_in(classes))
+        .select("person_id", "atc_code", "exposure_start_age_days")
+        .join(prepared.select("person_id", "cohort_row", "entry_age_days", "exit_age_days"), on="person_id")
+    )
+    switch = exposed_from(
+        switches["entry_age_days"].cast(pl.Int64).to_numpy(),
+        switches["exposure_start_age_days"].cast(pl.Int64).to_numpy(),
+        lag_in_days,
+    )
+    switches = switches.with_columns(switch=pl.Series(switch)).filter(pl.col("switch") < pl.col("exit_age_days"))
+    base = prepared.select(
+        "cohort_row", entry=pl.col("entry_age_days").cast(pl.Int64), exit=pl.col("exit_age_days").cast(pl.Int64), event="event"
+    )
+    cut_points = pl.concat(
+        [
+            base.select("cohort_row", time=pl.col("entry")),
+            switches.select("cohort_row", time=pl.col("switch")),
+        ]
+    ).unique()
+    pieces = (
+        cut_points.join(base, on="cohort_row")
+        .sort("cohort_row", "time")
+        .with_columns(stop=pl.col("time").shift(-1).over("cohort_row"))
+        .with_columns(stop=pl.col("stop").fill_null(pl.col("exit")))
+        .filter(pl.col("stop") > pl.col("time"))
+        .select("cohort_row", start="time", stop="stop", event=pl.col("event") & (pl.col("stop") == pl.col("exit")))
+    )
+    for code in classes:
+        person_switch = switches.filter(pl.col("atc_code") == code).select("cohort_row", _switch="switch")
+        pieces = (
+            pieces.join(person_switch, on="cohort_row", how="left")
+            .with_columns(pl.when(pl.col("start") >= pl.col("_switch")).then(1).otherwise(0).cast(pl.Int8).alias(code))
+            .drop("_switch")
+        )
+    return pieces.sort("cohort_row", "start")
+
+
+def confirmation_fit(
+    prepared: pl.DataFrame,
+    exposures: pl.DataFrame,
+    code: str,
+    adjust_classes: list[str],
+    hcu: pl.DataFrame | None,
+    config: dict[str, Any],
+    lag_in_days: int,
+    engine: str = "lifelines",
+) -> dict[str, Any]:
+    """Cox model of one class on its split data, with the screen's strata and covariates, adjusted for
+    `adjust_classes` (time-varying ever-use) and the health-care-use categories (`hcu`, or none).
+
+    `engine="lifelines"` fits lifelines `CoxTimeVaryingFitter` (Efron ties, strata); `"aggregated"` fits
+    the same likelihood with `repurpose.cox.engine` (every covariate is categorical, so it is exact).
+    With nothing added it reproduces the screen's estimate (tests/test_candidates.py).
+    """
+    adjust = config["screen"]["adjust"]
+    data = split_time_varying(prepared, exposures, [code, *adjust_classes], lag_in_days)
+    covariate_names = [code, *adjust_classes]
+    person_columns = list(dict.fromkeys([*adjust["strata"], *adjust["covariates"]]))
+    people = prepared.select("cohort_row", *person_columns)
+    if hcu is not None:
+        hcu_cat = prepared.select("cohort_row", "person_id").join(hcu, on="person_id", how="left")
+        category = np.searchsorted(HCU_BINS, hcu_cat["n_classes_year_before_entry"].fill_null(0).to_numpy(), side="right")
+        hcu_cat = hcu_cat.select("cohort_row").with_columns(hcu=pl.Series([f"hcu_{k}" for k in category], dtype=pl.String))
+        people = people.join(hcu_cat, on="cohort_row")
+    data = data.join(people, on="cohort_row")
+    dummy_names = []
+    for variable in [*adjust["covariates"], *(["hcu"] if hcu is not None else [])]:
+        levels = sorted(data[variable].unique().to_list())
+        for level in levels[1:]:
+            name = f"{variable}={level}"
+            data = data.with_columns((pl.col(variable) == level).cast(pl.Int8).alias(name))
+            dummy_names.append(name)
+    covariate_names += dummy_names
+    strata = adjust["strata"]
+    if engine == "lifelines":
+        frame = data.select(
+            "cohort_row", "start", "stop", pl.col("event").cast(pl.Int8), *covariate_names, *strata
+        ).to_pandas()
+        fitter = CoxTimeVaryingFitter()
+        with warnings.catch_warnings():  # lifelines warns on rare dummy levels; the fit status is checked below
+            warnings.simplefilter("ignore")
+            fitter.fit(frame, id_col="cohort_row", event_col="event", start_col="start", stop_col="stop", strata=strata or None)
+        coef, se = float(fitter.params_[code]), float(fitter.standard_errors_[code])
+    else:
+        stratum = data.select(strata).with_columns(pl.all().cast(pl.String)).select(pl.concat_str(pl.all(), separator="|")).to_series() if strata else None
+        table = aggregate_counting_process(
+            data["start"].to_numpy(),
+            data["stop"].to_numpy(),
+            data["event"].to_numpy(),
+            data.select(covariate_names).to_numpy().astype(np.float64),
+            strata=None if stratum is None else stratum.to_numpy(),
+        )
+        fit = fit_efron(table)
+        coef, se = float(fit.coef[0, 0]), float(fit.se[0, 0])
+    hr, lo, hi, p = wald_floats(coef, se)
+    return {
+        "hr_confirmation": hr,
+        "ci_lower_confirmation": lo,
+        "ci_upper_confirmation": hi,
+        "p_confirmation": p,
+        "log_hr_confirmation": coef,
+        "se_confirmation": se,
+        "confirmation_adjusted_for": ", ".join([*adjust_classes, *(["health-care use"] if hcu is not None else [])]),
+    }
+
+
+def level_models(
+    config: dict[str, Any],
+    prepared: pl.DataFrame,
+    stratum: np.ndarray,
+    covariates: np.ndarray,
+    exposures: pl.DataFrame,
+    codes: list[str],
+    confirm_codes: list[str],
+    hcu: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """Dose-response, active comparator and (for `confirm_codes`) confirmation for the candidates of one level."""
+    settings = config["candidates"]
+    main_lag_days = lag_days(settings["main_lag_years"])
+    all_codes = sorted(exposures["atc_code"].unique().to_list())
+    cutpoints = [float(c) for c in config["screen"]["dose_cutpoints_ddd"]]
+    proxies = select_proxy_confounders(prepared, exposures, confirm_codes, settings) if confirm_codes else {}
+    rows = []
+    for code in codes:
+        started = time.perf_counter()
+        row: dict[str, Any] = {"atc_code": code}
+        row.update(dose_response(prepared, stratum, covariates, exposures, code, cutpoints, main_lag_days))
+        row.update(separated_lag_estimates(prepared, stratum, covariates, exposures, code, config["screen"]["lags_years"]))
+        row.update(active_comparator(prepared, stratum, covariates, exposures, code, all_codes, main_lag_days))
+        if code in proxies:
+            row.update(
+                confirmation_fit(
+                    prepared, exposures, code, proxies[code], hcu, config, main_lag_days, settings["confirmation"]["engine"]
+                )
+            )
+        log.info("%s: person-level models in %.1f s", code, time.perf_counter() - started)
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None)
+
