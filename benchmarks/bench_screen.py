@@ -28,7 +28,7 @@ from repurpose.config import load_config
 def _run_stage(name: str, config: dict[str, Any], work: Path, queue: mp.Queue) -> None:
     started = time.perf_counter()
     if name == "simulate":
-        from repurpose.simulate.registries import simulate_registries
+        from repurpose.simulate import simulate_registries
 
         simulate_registries(work / "simulated", n_persons=config["simulate"]["n_persons"], seed=config["simulate"]["seed"])
     elif name == "validate":

@@ -116,7 +116,7 @@ def renamed_inputs(canonical: Path, out: Path, names: dict[str, dict[str, str]],
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory) -> dict:
     """Three sites run to their packages, then pooled (and the Cox rounds driven, when available)."""
-    from repurpose.simulate.registries import simulate_registries, write_native_extracts
+    from repurpose.simulate import simulate_registries, write_native_extracts
 
     root = tmp_path_factory.mktemp("federation")
     simulate_registries(root / "simulated", n_persons=N_PERSONS, seed=7)

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from repurpose.atc import ANATOMICAL_GROUPS
-from repurpose.simulate.registries import simulate_registries
+from repurpose.simulate import simulate_registries
 
 pytestmark = pytest.mark.slow
 

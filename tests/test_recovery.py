@@ -19,7 +19,7 @@ from repurpose.dwas.exposure import build_exposures
 from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.registry.cohort import run_cohort
 from repurpose.registry.ingest import validate_extracts
-from repurpose.simulate.registries import simulate_registries
+from repurpose.simulate import simulate_registries
 
 pytestmark = pytest.mark.slow
 

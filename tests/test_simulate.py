@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from datetime import date
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,10 @@ import pytest
 from scipy import stats
 
 from repurpose.atc import LEVEL5_PATTERN, load_builtin_catalog
-from repurpose.simulate.registries import (
-    CORRUPT_KINDS,
-    NATIVE_COLUMNS,
-    NATIVE_DATE_FORMAT,
-    NOT_SIMULATED,
-    simulate_registries,
-    write_native_extracts,
-)
+from repurpose.simulate import simulate_registries, write_native_extracts
+from repurpose.simulate.corrupt import CORRUPT_KINDS
+from repurpose.simulate.native import NATIVE_COLUMNS, NATIVE_DATE_FORMAT
+from repurpose.simulate.profiles import NOT_SIMULATED, PLANTED
 
 STUDY_START = date(2004, 1, 1)
 STUDY_END = date(2023, 12, 31)
@@ -257,8 +254,6 @@ def test_ground_truth_lists_every_substance_with_its_role(simulated: tuple[Path,
 
 
 def test_demo_drug_targets_cover_the_planted_substances() -> None:
-    from importlib import resources
-
     text = resources.files("repurpose").joinpath("data/demo_drug_targets.tsv").read_text(encoding="utf-8")
     targets = pl.read_csv(io.StringIO(text), separator="\t", infer_schema=False, quote_char=None)
     assert targets.columns == [
@@ -271,8 +266,6 @@ def test_demo_drug_targets_cover_the_planted_substances() -> None:
     catalog = load_builtin_catalog().filter(pl.col("atc_level") == 5)
     names = dict(zip(catalog["atc_code"], catalog["atc_name"], strict=True))
     assert set(targets["DRUG_NAME"]) <= set(names.values())
-    from repurpose.simulate.registries import PLANTED
-
     assert {names[code] for code in PLANTED} <= set(targets["DRUG_NAME"])
     agonists = targets.filter(
         pl.col("GENE").str.split("|").list.contains("ADRB2") & (pl.col("ACTION_TYPE") == "AGONIST")

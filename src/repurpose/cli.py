@@ -11,7 +11,7 @@ from repurpose import __version__
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from repurpose.simulate.registries import simulate_registries, write_native_extracts
+    from repurpose.simulate import simulate_registries, write_native_extracts
 
     summary = simulate_registries(
         args.out,

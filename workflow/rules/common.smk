@@ -4,7 +4,7 @@ import os
 from repurpose.atc import ANATOMICAL_GROUPS
 from repurpose.registry.ingest import prescription_parts
 from repurpose.logs import run_logged
-from repurpose.simulate.registries import simulated_prescription_files
+from repurpose.simulate import simulated_prescription_files
 
 RESULTS = "results"
 ATC_LEVELS = [int(level) for level in config["screen"]["atc_levels"]]

@@ -18,4 +18,4 @@ rule simulate:
         mem_mb=MEM_MB,
         runtime=60,
     run:
-        run_logged(log[0], "repurpose.simulate.registries:simulate_registries", f"{RESULTS}/simulated", **params.settings, **params.window)
+        run_logged(log[0], "repurpose.simulate:simulate_registries", f"{RESULTS}/simulated", **params.settings, **params.window)
