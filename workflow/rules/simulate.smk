@@ -7,6 +7,7 @@ rule simulate:
             for name in simulated_prescription_files(config["study"]["start"], config["study"]["end"])
         ],
         ms_registry=f"{RESULTS}/simulated/ms_registry.parquet",
+        diagnoses=f"{RESULTS}/simulated/diagnoses.parquet",
         truth=f"{RESULTS}/simulated/ground_truth.json",
     params:
         settings=config["simulate"],

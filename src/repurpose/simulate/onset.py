@@ -8,6 +8,8 @@ extra dispensings of prodromal substances in the years before onset. Imports num
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from repurpose.simulate.dates import DAYS_PER_YEAR, StudyWindow
@@ -25,9 +27,6 @@ SEX_HAZARD_FACTOR: dict[str, float] = {
 LATENT_LOG_HR_PER_SD = 0.4
 """log-HR of MS onset per SD of the latent factor U (gamma)."""
 
-CONFOUNDED_USE_LOG_RATE_PER_SD = 1.0
-"""log rate ratio of episode starts of `confounded` substances per SD of U."""
-
 DEFAULT_BASELINE_INCIDENCE_PER_100K = 240.0
 """Onset incidence per 100,000 person-years at the peak ages, averaged over sexes, unexposed, U = 0.
 
@@ -43,9 +42,11 @@ PRODROMAL_EXTRA_DISPENSINGS_MEAN = 1.5
 """Prodromal users get 2 + Poisson(this) extra dispensings, density rising linearly towards onset."""
 
 
-def baseline_hazard_per_day(baseline_incidence_per_100k: float) -> np.ndarray:
-    """h0 per day in each age band (average of the sexes, unexposed, U = 0)."""
-    return baseline_incidence_per_100k / 1e5 / DAYS_PER_YEAR * np.array(AGE_BAND_RELATIVE_HAZARD)
+def baseline_hazard_per_day(
+    baseline_incidence_per_100k: float, relative_hazard: Sequence[float] = AGE_BAND_RELATIVE_HAZARD
+) -> np.ndarray:
+    """h0 per day in each age band (average of the sexes, unexposed, U = 0); MS bands by default."""
+    return baseline_incidence_per_100k / 1e5 / DAYS_PER_YEAR * np.array(relative_hazard)
 
 
 def simulate_onset_days(
@@ -57,17 +58,19 @@ def simulate_onset_days(
     exposure_day: np.ndarray,
     exposure_log_hr: np.ndarray,
     baseline_per_day: np.ndarray,
+    band_lower_years: Sequence[float] = AGE_BAND_LOWER_YEARS,
 ) -> np.ndarray:
     """Exact onset times (fractional day numbers, NaN if none before `hazard_end_day`).
 
-    The hazard is piecewise constant between change points (age-band boundaries and exposure starts);
-    onset is where the person's cumulative hazard first reaches their Exp(1) draw.
+    The hazard is piecewise constant between change points (age-band boundaries, MS bands by default,
+    and exposure starts); onset is where the person's cumulative hazard first reaches their Exp(1) draw.
+    `baseline_per_day` holds one rate per band of `band_lower_years` (the first bound must be 0).
     """
     n = len(birth_day)
-    n_bands = len(AGE_BAND_LOWER_YEARS)
+    n_bands = len(band_lower_years)
     band_person = np.repeat(np.arange(n), n_bands)
     band_index = np.tile(np.arange(n_bands), n)
-    band_time = birth_day[band_person] + np.tile(np.array(AGE_BAND_LOWER_YEARS) * DAYS_PER_YEAR, n)
+    band_time = birth_day[band_person] + np.tile(np.array(band_lower_years) * DAYS_PER_YEAR, n)
     person = np.concatenate([band_person, exposure_person])
     event_time = np.concatenate([band_time.astype(np.float64), exposure_day.astype(np.float64)])
     band = np.concatenate([band_index, np.full(len(exposure_person), -1)])
@@ -114,17 +117,28 @@ def prodromal_dispensings(
     rng: np.random.Generator,
     study: StudyWindow,
     onset_day: np.ndarray,
+    prodromal: np.ndarray | None = None,
+    user_probability: float | np.ndarray = PRODROMAL_USER_PROBABILITY,
+    window_years: float = PRODROMAL_WINDOW_YEARS,
+    extra_dispensings_mean: float = PRODROMAL_EXTRA_DISPENSINGS_MEAN,
 ) -> Dispensings:
-    """Extra dispensings of prodromal substances before onset, denser towards onset (cases only)."""
-    prodromal = substances.indices(PRODROMAL)
+    """Extra dispensings of prodromal substances before onset, denser towards onset (cases only).
+
+    Each case with onset in or after the window becomes a user of each `prodromal` substance index
+    (default: the substances with the MS `prodromal` role) with `user_probability` (one value, or one per
+    substance) and gets 2 + Poisson(`extra_dispensings_mean`) dispensings within `window_years` before
+    onset, kept where the person is observed.
+    """
+    if prodromal is None:
+        prodromal = substances.indices(PRODROMAL)
     cases = np.flatnonzero(np.isfinite(onset_day) & (onset_day >= study.start_day))
-    user = rng.random((len(cases), len(prodromal))) < PRODROMAL_USER_PROBABILITY
+    user = rng.random((len(cases), len(prodromal))) < user_probability
     case_row, substance_column = np.nonzero(user)
-    n_extra = 2 + rng.poisson(PRODROMAL_EXTRA_DISPENSINGS_MEAN, len(case_row))
+    n_extra = 2 + rng.poisson(extra_dispensings_mean, len(case_row))
     person = np.repeat(cases[case_row], n_extra)
     substance = np.repeat(prodromal[substance_column], n_extra)
     # density proportional to (window - years before onset): years before = W (1 - sqrt(1 - u))
-    years_before = PRODROMAL_WINDOW_YEARS * (1.0 - np.sqrt(1.0 - rng.random(len(person))))
+    years_before = window_years * (1.0 - np.sqrt(1.0 - rng.random(len(person))))
     days_before = np.maximum(np.rint(years_before * DAYS_PER_YEAR), 1).astype(np.int64)
     day = np.floor(onset_day[person]).astype(np.int64) - days_before
     keep = (day >= population.entry_day[person]) & (day < population.exit_day(study)[person])

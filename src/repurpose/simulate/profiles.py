@@ -167,3 +167,40 @@ def _mechanism_hr() -> float:
 
 
 MECHANISM_HR = _mechanism_hr()
+
+
+@dataclass(frozen=True)
+class ParkinsonPlantedSubstance:
+    """A substance with a planted role for the Parkinson-like outcome (it keeps its ordinary prescribing)."""
+
+    role: str
+    planted_hr: float
+    prodrome_user_probability: float  # probability that a case gets prodromal dispensings; 0 if not prodromal
+    rationale: str
+
+
+def _load_parkinson_planted() -> dict[str, ParkinsonPlantedSubstance]:
+    """The Parkinson truth; its substances must differ from the MS truth's, so the two stay apart."""
+    table = "parkinson_planted_substances.csv"
+    planted = {}
+    for line, row in enumerate(read_table(table), start=2):
+        role = row["role"]
+        if role not in (CAUSAL_PROTECTIVE, CAUSAL_HARMFUL, PRODROMAL):
+            raise ProfileTableError(f"{TABLES_DIR}/{table} line {line}: role {role!r} is not planted here")
+        if row["atc_code"] in PLANTED:
+            raise ProfileTableError(
+                f"{TABLES_DIR}/{table} line {line}: {row['atc_code']} already has an MS role; choose another"
+            )
+        probability = _number(row, "prodrome_user_probability", table, line) if role == PRODROMAL else 0.0
+        hr = _number(row, "planted_hr", table, line)
+        planted[row["atc_code"]] = ParkinsonPlantedSubstance(role, hr, probability, row["rationale"])
+    return planted
+
+
+PARKINSON_PLANTED = _load_parkinson_planted()
+"""The Parkinson-like outcome's truth: causal substances (hazard ratio of diagnosis) and prodromal ones."""
+
+PARKINSON_AGE_BAND_LOWER_YEARS, PARKINSON_AGE_BAND_RELATIVE_HAZARD = load_age_band_hazard(
+    "parkinson_age_band_hazard.csv"
+)
+"""Parkinson diagnosis hazard by age band relative to the peak (75-84 years)."""

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +71,16 @@ from repurpose.simulate.corrupt import (
     spread_corrupt_rows,
 )
 from repurpose.simulate.dates import DAYS_PER_YEAR, StudyWindow
+from repurpose.simulate.diagnoses import (
+    DIAGNOSES_FILE,
+    MS_ICD10_CODE,
+    MS_RECORDS_STREAM,
+    MS_SINGLE_RECORD_SHARE,
+    MS_VISITS_PER_YEAR,
+    DiagnosisRecords,
+    diagnoses_table,
+    visit_records,
+)
 from repurpose.simulate.ground_truth import ground_truth, truth_persons_table
 from repurpose.simulate.ms_registry import ms_registry_rows, ms_registry_table
 from repurpose.simulate.onset import (
@@ -80,6 +91,16 @@ from repurpose.simulate.onset import (
     baseline_hazard_per_day,
     prodromal_dispensings,
     simulate_onset_days,
+)
+from repurpose.simulate.parkinson import (
+    PARKINSON_STREAM,
+    PARKINSON_TRUTH_PERSONS_FILE,
+    ParkinsonChunk,
+    ParkinsonModel,
+    ParkinsonSettings,
+    parkinson_truth,
+    parkinson_truth_persons_table,
+    simulate_parkinson_chunk,
 )
 from repurpose.simulate.population import Population, population_table, simulate_population
 from repurpose.simulate.prescriptions import (
@@ -108,9 +129,12 @@ class _SimulationModel:
     hazard_horizon_day: int
     atc_dictionary: pa.Array
     reimbursement_dictionary: pa.Array
+    parkinson: ParkinsonModel | None
 
     @staticmethod
-    def build(study: StudyWindow, baseline_incidence_per_100k: float) -> _SimulationModel:
+    def build(
+        study: StudyWindow, baseline_incidence_per_100k: float, parkinson: ParkinsonSettings
+    ) -> _SimulationModel:
         substances = build_substance_table(load_builtin_catalog(), study)
         horizon_days = int(round(ONSET_HORIZON_AFTER_STUDY_END_YEARS * DAYS_PER_YEAR))
         return _SimulationModel(
@@ -124,6 +148,24 @@ class _SimulationModel:
             hazard_horizon_day=study.end_day + 1 + horizon_days,
             atc_dictionary=pa.array(substances.codes + list(MALFORMED_ATC_CODES), type=pa.string()),
             reimbursement_dictionary=pa.array(substances.reimbursement_codes or [""], type=pa.string()),
+            parkinson=ParkinsonModel.build(parkinson, substances, study) if parkinson.enabled else None,
+        )
+
+
+@dataclass
+class _ChunkStreams:
+    """The random streams of one chunk: MS draws, the G35 records, the Parkinson-like outcome."""
+
+    ms: np.random.Generator
+    ms_records: np.random.Generator
+    parkinson: np.random.Generator
+
+    @staticmethod
+    def of(seed: int, chunk_index: int) -> _ChunkStreams:
+        return _ChunkStreams(
+            ms=np.random.default_rng([seed, 2, chunk_index]),
+            ms_records=np.random.default_rng([seed, MS_RECORDS_STREAM, chunk_index]),
+            parkinson=np.random.default_rng([seed, PARKINSON_STREAM, chunk_index]),
         )
 
 
@@ -137,17 +179,25 @@ class _ChunkResult:
     n_exposed: np.ndarray  # persons with >= 2 dispensings, per substance
     n_dispensings_valid: int
     n_prodromal_extra: int
+    ms_records: DiagnosisRecords  # G35 records of the chunk's registry patients
+    parkinson: ParkinsonChunk | None  # None when the Parkinson-like outcome is disabled
 
 
 def _simulate_chunk(
     model: _SimulationModel,
     chunk: Population,
     chunk_start: int,
-    rng: np.random.Generator,
+    rngs: _ChunkStreams,
     corrupt: CorruptPlan,
     writers: dict[int, pq.ParquetWriter],
 ) -> _ChunkResult:
-    """Prescriptions, then MS onset from the exposure history, then prodromal extras; write the rows."""
+    """Prescriptions, then MS onset from the exposure history, then prodromal extras; write the rows.
+
+    The optional Parkinson-like outcome follows from the same exposure history on its own stream, and its
+    dispensings are appended after the MS rows (ties in the written order keep generation order), so
+    it only adds rows.
+    """
+    rng = rngs.ms
     study, substances = model.study, model.substances
     dispensings = simulate_dispensings(chunk, substances, model.rate_table, rng, study)
 
@@ -172,6 +222,22 @@ def _simulate_chunk(
     registry["person"] = registry["person"] + chunk_start
 
     dispensings = Dispensings.concat([dispensings, prodromal])
+    ms_records = visit_records(
+        rngs.ms_records,
+        registry["person"],
+        registry["diagnosis_day"],
+        chunk.exit_day(study)[registry["person"] - chunk_start],
+        study,
+        MS_ICD10_CODE,
+        MS_SINGLE_RECORD_SHARE,
+        MS_VISITS_PER_YEAR,
+    )
+    parkinson = None
+    if model.parkinson is not None:
+        parkinson = simulate_parkinson_chunk(
+            model.parkinson, chunk, chunk_start, substances, dispensings, rngs.parkinson, study
+        )
+        dispensings = Dispensings.concat([dispensings, parkinson.prodromal, parkinson.proxy])
     pairs, per_pair = np.unique(
         dispensings.person * len(substances) + dispensings.substance, return_counts=True
     )
@@ -183,6 +249,8 @@ def _simulate_chunk(
         n_exposed=np.bincount(pair_substance[per_pair >= 2], minlength=len(substances)),
         n_dispensings_valid=len(dispensings),
         n_prodromal_extra=len(prodromal),
+        ms_records=ms_records,
+        parkinson=parkinson,
     )
 
     person_id = chunk.person_id[dispensings.person]
@@ -220,18 +288,23 @@ def simulate_registries(
     baseline_incidence_per_100k: float = DEFAULT_BASELINE_INCIDENCE_PER_100K,
     n_corrupt_rows: int = 0,
     chunk_size: int = 200_000,
+    parkinson: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write simulated population, prescription and MS registry extracts plus the planted truth.
+    """Write simulated population, prescription, MS registry and diagnosis extracts plus the planted truth.
 
     Writes `population.parquet`, `prescriptions/dispensings_{year}.parquet`, `ms_registry.parquet`,
-    `ground_truth.json` and `ground_truth_persons.parquet` (hidden per-person truth) under `out_dir`, and
-    returns the summary counts also stored in ground_truth.json.
+    `diagnoses.parquet` (G35 records of the registry's patients, and G20 records when the Parkinson-like
+    outcome is enabled), `ground_truth.json` and `ground_truth_persons.parquet` (hidden per-person truth)
+    under `out_dir`, and returns the summary counts also stored in ground_truth.json. `parkinson` is the
+    `simulate.parkinson` config section (`enabled`, `baseline_incidence_per_100k`); when enabled,
+    ground_truth.json gains a `parkinson` key and `ground_truth_parkinson_persons.parquet` is written.
     """
     started = time.perf_counter()
     if n_persons < 1:
         raise ValueError(f"n_persons must be positive, got {n_persons}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    parkinson_settings = ParkinsonSettings.from_config(parkinson)
     study = StudyWindow.from_iso(study_start, study_end)
     if study.end_day <= study.start_day:
         raise ValueError(f"study_start {study_start} must be before study_end {study_end}")
@@ -241,7 +314,7 @@ def simulate_registries(
     for stale in prescriptions_dir.glob("dispensings_*.parquet"):
         stale.unlink()
 
-    model = _SimulationModel.build(study, baseline_incidence_per_100k)
+    model = _SimulationModel.build(study, baseline_incidence_per_100k, parkinson_settings)
     substances = model.substances
 
     population = simulate_population(n_persons, np.random.default_rng([seed, 0]), study)
@@ -265,7 +338,7 @@ def simulate_registries(
                     model,
                     population.take(slice(chunk_start, chunk_stop)),
                     chunk_start,
-                    np.random.default_rng([seed, 2, chunk_index]),
+                    _ChunkStreams.of(seed, chunk_index),
                     corrupt_plan.take(in_chunk),
                     writers,
                 )
@@ -287,6 +360,10 @@ def simulate_registries(
     )
     pq.write_table(registry_table, out / "ms_registry.parquet")
     pq.write_table(truth_persons_table(population, onset_day), out / "ground_truth_persons.parquet")
+    records = [result.ms_records for result in results]
+    parkinson_parts = [result.parkinson for result in results if result.parkinson is not None]
+    records += [part.records for part in parkinson_parts]
+    pq.write_table(diagnoses_table(population.person_id, records), out / DIAGNOSES_FILE)
 
     incident = np.isfinite(onset_day) & (onset_day >= study.start_day) & (onset_day < study.end_day + 1)
     prevalent = np.isfinite(onset_day) & (onset_day < study.start_day)
@@ -330,13 +407,55 @@ def simulate_registries(
         },
         baseline_incidence_per_100k=baseline_incidence_per_100k,
     )
+    parkinson_persons = out / PARKINSON_TRUTH_PERSONS_FILE
+    parkinson_persons.unlink(missing_ok=True)
+    if model.parkinson is not None:
+        diagnosis_day = np.concatenate([part.diagnosis_day for part in parkinson_parts])
+        pq.write_table(parkinson_truth_persons_table(population.person_id, diagnosis_day), parkinson_persons)
+        truth["parkinson"] = parkinson_truth(
+            model.parkinson,
+            substances,
+            n_users,
+            n_exposed,
+            _parkinson_counts(population, study, diagnosis_day, parkinson_parts),
+        )
     (out / "ground_truth.json").write_text(
         json.dumps(truth, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
     summary = {
         **counts,
         "corrupt_rows_by_kind": corrupt_counts,
+        "diagnosis_records": int(sum(len(part) for part in records)),
+        **({"parkinson": truth["parkinson"]["counts"]} if "parkinson" in truth else {}),
         "out_dir": str(out),
         "seconds": round(time.perf_counter() - started, 2),
     }
     return summary
+
+
+def _parkinson_counts(
+    population: Population, study: StudyWindow, diagnosis_day: np.ndarray, parts: list[ParkinsonChunk]
+) -> dict[str, Any]:
+    """Counts of the Parkinson-like outcome for ground_truth.json (diagnoses, records, added dispensings)."""
+    incident = (
+        np.isfinite(diagnosis_day)
+        & (diagnosis_day >= population.entry_day)
+        & (diagnosis_day < population.exit_day(study))
+    )
+    prevalent = np.isfinite(diagnosis_day) & (diagnosis_day < study.start_day)
+    record_person = np.concatenate([part.records.person for part in parts])
+    _, records_per_person = np.unique(record_person, return_counts=True)
+    return {
+        "incident_diagnoses_in_window": int(incident.sum()),
+        "incident_diagnoses_in_window_by_sex": {
+            "F": int((incident & ~population.is_male).sum()),
+            "M": int((incident & population.is_male).sum()),
+        },
+        "prevalent_diagnoses_before_window": int(prevalent.sum()),
+        "diagnosis_records": int(len(record_person)),
+        "persons_with_records": int(len(records_per_person)),
+        "persons_with_one_record": int((records_per_person == 1).sum()),
+        "cases_with_proxy_dispensings": int(sum(part.n_treated for part in parts)),
+        "proxy_dispensings": int(sum(len(part.proxy) for part in parts)),
+        "prodromal_extra_dispensings": int(sum(len(part.prodromal) for part in parts)),
+    }
