@@ -41,6 +41,11 @@ The model the data follow exactly:
   demo has several hundred incident cases.
 * Diagnosis = onset + lognormal delay (median 1.5 years); the registry lists patients diagnosed alive and
   resident on or before study end; onset is missing for ~10%.
+* Diagnosis records (`diagnoses.parquet`, patient-registry style): the registry's patients have a G35
+  record on their diagnosis date and follow-up visits after it, kept inside the window (`diagnoses`).
+* Optional second outcome (`parkinson={"enabled": True}`): a Parkinson-like disease with its own hazard,
+  planted substances, prodrome, G20 records and levodopa proxy (`parkinson`); off by default, and then
+  nothing above changes.
 
 With the default settings this gives ~5 dispensings per person-year and ~1.6% of persons with onset in a
 20-year window. The same arguments always give identical data (persons are simulated in chunks of
