@@ -1,8 +1,9 @@
 """The candidate rankings recover the simulator's planted truth (read from ground_truth.json, so nothing
 here depends on which substances or target the simulator plants).
 
-One simulated population of 100,000 persons (seed 11) goes through validate -> cohort -> exposure ->
-screen at ATC levels 4 and 5, then mechanisms and candidates (two lifelines confirmation models).
+The shared simulated population of 200,000 persons (seed 7; conftest's `registries_200k`, also read by
+test_recovery) goes through validate -> cohort -> exposure -> screen at ATC levels 4 and 5, then
+mechanisms and candidates (two lifelines confirmation models).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from repurpose.dwas.mechanisms import run_mechanisms
 from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.registry.cohort import run_cohort
 from repurpose.registry.ingest import validate_extracts
-from repurpose.simulate import simulate_registries
 
 pytestmark = pytest.mark.slow
 
@@ -31,15 +31,15 @@ LEVELS = (4, 5)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, registries_200k):
     work = tmp_path_factory.mktemp("candidates")
-    simulate_registries(work / "simulated", n_persons=100_000, seed=11)
+    simulated = registries_200k
     config = load_config(REPO / "config/config.yaml")
     config["screen"]["atc_levels"] = list(LEVELS)
     config["candidates"]["confirmation"]["max_classes"] = 2
     for name in ("population", "ms_registry"):
-        config["inputs"][name]["path"] = str(work / f"simulated/{name}.parquet")
-    config["inputs"]["prescriptions"]["path"] = str(work / "simulated/prescriptions")
+        config["inputs"][name]["path"] = str(simulated / f"{name}.parquet")
+    config["inputs"]["prescriptions"]["path"] = str(simulated / "prescriptions")
     config["resources"]["tmpdir"] = str(work / "tmp")
     validate_extracts(config, work / "validated", work / "validation")
     run_cohort(config, work / "validated/population.parquet", work / "validated/ms_registry.parquet", work / "cohort.parquet", work / "flow.json")
@@ -56,7 +56,7 @@ def run(tmp_path_factory):
         config, work / "dwas.parquet", work / "cohort.parquet", [str(work / f"exposure_{level}.parquet") for level in LEVELS],
         work / "validated/prescriptions", work / "targets.csv", work / "mechanisms.csv", work / "drugs.csv", work / "README.md",
     )
-    truth = json.loads((work / "simulated/ground_truth.json").read_text())
+    truth = json.loads((simulated / "ground_truth.json").read_text())
     roles = pl.DataFrame([{"atc_code": code, "role": s["role"]} for code, s in truth["substances"].items()])
     drugs = pl.read_csv(work / "drugs.csv", infer_schema_length=None)
     return work, config, truth, drugs.join(roles, on="atc_code", how="left"), pl.read_csv(work / "mechanisms.csv")
