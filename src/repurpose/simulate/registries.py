@@ -88,6 +88,7 @@ from repurpose.simulate.diagnoses import (
 )
 from repurpose.simulate.ground_truth import ground_truth, truth_persons_table
 from repurpose.simulate.ms_registry import ms_registry_rows, ms_registry_table
+from repurpose.simulate.native import write_native_extracts
 from repurpose.simulate.onset import (
     DEFAULT_BASELINE_INCIDENCE_PER_100K,
     LATENT_LOG_HR_PER_SD,
@@ -116,8 +117,13 @@ from repurpose.simulate.prescriptions import (
     prescription_file_name,
     second_dispensing_days,
     simulate_dispensings,
+    simulated_prescription_files,
     write_dispensings,
 )
+
+__all__ = ["simulate_registries", "simulated_prescription_files", "write_native_extracts"]
+"""The entry points; the last two live in `prescriptions` and `native` and stay importable from here, where
+they were before the split, so code written against `repurpose.simulate.registries` keeps working."""
 
 
 @dataclass
