@@ -31,7 +31,7 @@ TESTS = Path(__file__).resolve().parents[1] / "tests"
 def _run_stage(name: str, config: dict[str, Any], work: Path, queue: mp.Queue) -> None:
     started = time.perf_counter()
     if name == "simulate":
-        from repurpose.simulate.registries import simulate_registries
+        from repurpose.simulate import simulate_registries
 
         simulate_registries(work / "simulated", n_persons=config["simulate"]["n_persons"], seed=config["simulate"]["seed"])
     elif name == "validate":

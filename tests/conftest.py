@@ -1,13 +1,23 @@
-"""Shared fixtures: one simulated 8,000-person demo run of the whole DAG for the slow tests."""
+"""Shared fixtures of the slow tests: the 8,000-person demo run of the whole DAG, and simulated registries
+made once per session and read by several modules (never written to: copy what a test must change).
+
+Simulations per slow session: the demo's (8,000 persons, inside `demo_run`), `registries_24k` (24,000
+persons, seed 7: federation and incremental runs) and `registries_200k` (200,000 persons, seed 7: screen
+and candidate recovery), where there were five before (3,000, 24,000, 100,000 and 200,000 persons besides
+the demo).
+"""
 
 from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
+
+from repurpose.simulate import simulate_registries
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -32,3 +42,32 @@ def demo_run(tmp_path_factory) -> Path:
     small.write_text(yaml.safe_dump({"simulate": {"n_persons": DEMO_PERSONS}}))
     run_snakemake(workdir, small)
     return workdir / "results"
+
+
+@pytest.fixture(scope="session")
+def simulation(tmp_path_factory) -> Callable[..., Path]:
+    """`simulation(n_persons, seed, parkinson=False)`: the directory of simulated registries (no corrupt rows)
+    with those settings, simulated on first request and shared for the rest of the session (read only)."""
+    made: dict[tuple[int, int, bool], Path] = {}
+
+    def simulated(n_persons: int, seed: int, *, parkinson: bool = False) -> Path:
+        key = (n_persons, seed, parkinson)
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"simulated_{n_persons}_{seed}{'_parkinson' if parkinson else ''}")
+            simulate_registries(out, n_persons=n_persons, seed=seed, parkinson={"enabled": parkinson})
+            made[key] = out
+        return made[key]
+
+    return simulated
+
+
+@pytest.fixture(scope="session")
+def registries_24k(simulation) -> Path:
+    """24,000 simulated persons (seed 7): split into three federated sites, and the incremental-run deliveries."""
+    return simulation(24_000, 7)
+
+
+@pytest.fixture(scope="session")
+def registries_200k(simulation) -> Path:
+    """200,000 simulated persons (seed 7, about 2,600 incident MS cases): the recovery tests of screen and candidates."""
+    return simulation(200_000, 7)

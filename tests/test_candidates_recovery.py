@@ -1,8 +1,9 @@
 """The candidate rankings recover the simulator's planted truth (read from ground_truth.json, so nothing
 here depends on which substances or target the simulator plants).
 
-One simulated population of 100,000 persons (seed 11) goes through validate -> cohort -> exposure ->
-screen at ATC levels 4 and 5, then mechanisms and candidates (two lifelines confirmation models).
+The shared simulated population of 200,000 persons (seed 7; conftest's `registries_200k`, also read by
+test_recovery) goes through validate -> cohort -> exposure -> screen at ATC levels 4 and 5, then
+mechanisms and candidates (two lifelines confirmation models).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from repurpose.dwas.person_models import confirmation_fit, model_cohort
 from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.registry.cohort import run_cohort
 from repurpose.registry.ingest import validate_extracts
-from repurpose.simulate.registries import simulate_registries
 from repurpose.study_config import load_config
 
 pytestmark = pytest.mark.slow
@@ -32,15 +32,15 @@ LEVELS = (4, 5)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
+def run(tmp_path_factory, registries_200k):
     work = tmp_path_factory.mktemp("candidates")
-    simulate_registries(work / "simulated", n_persons=100_000, seed=11)
+    simulated = registries_200k
     config = load_config(REPO / "config/config.yaml")
     config["screen"]["atc_levels"] = list(LEVELS)
     config["candidates"]["confirmation"]["max_classes"] = 2
     for name in ("population", "ms_registry"):
-        config["inputs"][name]["path"] = str(work / f"simulated/{name}.parquet")
-    config["inputs"]["prescriptions"]["path"] = str(work / "simulated/prescriptions")
+        config["inputs"][name]["path"] = str(simulated / f"{name}.parquet")
+    config["inputs"]["prescriptions"]["path"] = str(simulated / "prescriptions")
     config["resources"]["tmpdir"] = str(work / "tmp")
     validate_extracts(config, results_dir=work)
     run_cohort(config, population=work / "validated/population.parquet", ms_registry=work / "validated/ms_registry.parquet",
@@ -62,7 +62,7 @@ def run(tmp_path_factory):
         prescriptions=prescriptions, matches=work / "targets.csv", mechanisms=work / "mechanisms.csv",
         ranking=work / "drugs.csv", readme=work / "README.md",
     )
-    truth = json.loads((work / "simulated/ground_truth.json").read_text())
+    truth = json.loads((simulated / "ground_truth.json").read_text())
     roles = pl.DataFrame([{"atc_code": code, "role": s["role"]} for code, s in truth["substances"].items()])
     drugs = pl.read_csv(work / "drugs.csv", infer_schema_length=None)
     return work, config, truth, drugs.join(roles, on="atc_code", how="left"), pl.read_csv(work / "mechanisms.csv")

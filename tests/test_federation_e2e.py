@@ -28,13 +28,13 @@ from repurpose.release.disclosure import small_counts_left
 from repurpose.release.export import IDENTIFIER_COLUMNS
 from repurpose.schemas import FIT_KEYS
 from repurpose.schemas import SCREEN_COUNT_COLUMNS as COUNT_COLUMNS
+from repurpose.simulate import write_native_extracts
 from repurpose.study_config import load_config
 
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
-N_PERSONS = 24_000
 SHARES = {"norway": 0.5, "sweden": 0.3, "denmark": 0.2}
 PROTOCOL = {
     "study": {"start": "2004-01-01", "end": "2023-12-31", "washout_years": 1, "min_age": 18, "outcome": "onset"},
@@ -116,13 +116,10 @@ def renamed_inputs(canonical: Path, out: Path, names: dict[str, dict[str, str]],
 
 
 @pytest.fixture(scope="module")
-def federation(tmp_path_factory) -> dict:
+def federation(tmp_path_factory, registries_24k) -> dict:
     """Three sites run to their packages, then pooled (and the Cox rounds driven, when available)."""
-    from repurpose.simulate.registries import simulate_registries, write_native_extracts
-
     root = tmp_path_factory.mktemp("federation")
-    simulate_registries(root / "simulated", n_persons=N_PERSONS, seed=7)
-    canonical = split_population(root / "simulated", root / "sites")
+    canonical = split_population(registries_24k, root / "sites")
     protocol = root / "protocol.yaml"
     protocol.write_text(yaml.safe_dump(PROTOCOL))
     inputs = {

@@ -15,7 +15,6 @@ import pytest
 import yaml
 
 from repurpose.atc import ANATOMICAL_GROUPS
-from repurpose.simulate.registries import simulate_registries
 
 pytestmark = pytest.mark.slow
 
@@ -60,11 +59,10 @@ def write_config(path: Path, delivery: Path, levels: list[int]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def completed_run(tmp_path_factory) -> tuple[Path, Path, Path]:
-    """A finished run on 2004-2022 deliveries; the 2023 file is held back."""
+def completed_run(tmp_path_factory, registries_24k) -> tuple[Path, Path, Path]:
+    """A finished run on 2004-2022 deliveries (copied from the shared simulation); the 2023 file is held back."""
     root = tmp_path_factory.mktemp("incremental")
-    simulated = root / "simulated"
-    simulate_registries(simulated, n_persons=3000, seed=7, n_corrupt_rows=0)
+    simulated = registries_24k
     delivery = root / "delivery"
     (delivery / "prescriptions").mkdir(parents=True)
     for name in ("population.parquet", "ms_registry.parquet"):

@@ -41,7 +41,7 @@ def test_exported_screen_has_no_small_counts_and_no_person_ids(demo_run):
 
 
 def test_native_latin1_semicolon_extracts_give_the_same_results(demo_run, tmp_path):
-    from repurpose.simulate.registries import write_native_extracts
+    from repurpose.simulate import write_native_extracts
 
     native = write_native_extracts(demo_run / "simulated", tmp_path / "native")
     study = tmp_path / "my_study.yaml"

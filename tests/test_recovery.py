@@ -1,6 +1,7 @@
 """The screen recovers the simulator's planted truth and rejects what is not there.
 
-One simulated population of 200,000 persons (about 2,600 incident MS cases) goes through
+One simulated population of 200,000 persons (about 2,600 incident MS cases; conftest's
+`registries_200k`, shared with test_candidates_recovery) goes through
 validate -> cohort -> exposure -> screen; the roles of substances are read from ground_truth.json,
 so nothing here depends on which substances the simulator happened to plant.
 """
@@ -18,7 +19,6 @@ from repurpose.dwas.exposure import build_exposures
 from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.registry.cohort import run_cohort
 from repurpose.registry.ingest import validate_extracts
-from repurpose.simulate.registries import simulate_registries
 from repurpose.study_config import load_config
 
 pytestmark = pytest.mark.slow
@@ -28,14 +28,14 @@ CAUSAL = ("causal_protective", "causal_harmful", "mechanism")
 
 
 @pytest.fixture(scope="module")
-def screened(tmp_path_factory) -> tuple[pl.DataFrame, dict]:
+def screened(tmp_path_factory, registries_200k) -> tuple[pl.DataFrame, dict]:
     work = tmp_path_factory.mktemp("recovery")
-    simulate_registries(work / "simulated", n_persons=200_000, seed=7)
+    simulated = registries_200k
     config = load_config(REPO / "config/config.yaml")
     config["screen"]["atc_levels"] = [5]
-    config["inputs"]["population"]["path"] = str(work / "simulated/population.parquet")
-    config["inputs"]["ms_registry"]["path"] = str(work / "simulated/ms_registry.parquet")
-    config["inputs"]["prescriptions"]["path"] = str(work / "simulated/prescriptions")
+    config["inputs"]["population"]["path"] = str(simulated / "population.parquet")
+    config["inputs"]["ms_registry"]["path"] = str(simulated / "ms_registry.parquet")
+    config["inputs"]["prescriptions"]["path"] = str(simulated / "prescriptions")
     config["resources"]["tmpdir"] = str(work / "tmp")
     validate_extracts(config, results_dir=work)
     run_cohort(config, population=work / "validated/population.parquet", ms_registry=work / "validated/ms_registry.parquet",
@@ -44,7 +44,7 @@ def screened(tmp_path_factory) -> tuple[pl.DataFrame, dict]:
     build_exposures(config, prescriptions=prescriptions, cohort=work / "cohort.parquet", level=5, exposure=work / "exposure_5.parquet")
     screen_level(config, cohort=work / "cohort.parquet", exposure=work / "exposure_5.parquet", level=5, part=work / "part_5.parquet")
     dwas = gather_screen(config, parts=[str(work / "part_5.parquet")], dwas=work / "dwas.parquet", dwas_csv=work / "dwas.csv")
-    truth = json.loads((work / "simulated/ground_truth.json").read_text())
+    truth = json.loads((simulated / "ground_truth.json").read_text())
     roles = pl.DataFrame([{"atc_code": code, "role": s["role"], "planted_hr": s["planted_hr"]} for code, s in truth["substances"].items()])
     return dwas.filter(pl.col("sex") == "all").join(roles, on="atc_code"), truth
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 from datetime import date
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +15,10 @@ import pytest
 from scipy import stats
 
 from repurpose.atc import LEVEL5_PATTERN, load_builtin_catalog
-from repurpose.simulate.registries import (
-    CORRUPT_KINDS,
-    NATIVE_COLUMNS,
-    NATIVE_DATE_FORMAT,
-    NOT_SIMULATED,
-    simulate_registries,
-    write_native_extracts,
-)
+from repurpose.simulate import simulate_registries, write_native_extracts
+from repurpose.simulate.corrupt import CORRUPT_KINDS
+from repurpose.simulate.native import NATIVE_COLUMNS, NATIVE_DATE_FORMAT
+from repurpose.simulate.profiles import NOT_SIMULATED, PLANTED
 
 STUDY_START = date(2004, 1, 1)
 STUDY_END = date(2023, 12, 31)
@@ -257,8 +254,6 @@ def test_ground_truth_lists_every_substance_with_its_role(simulated: tuple[Path,
 
 
 def test_demo_drug_targets_cover_the_planted_substances() -> None:
-    from importlib import resources
-
     text = resources.files("repurpose").joinpath("data/demo_drug_targets.tsv").read_text(encoding="utf-8")
     targets = pl.read_csv(io.StringIO(text), separator="\t", infer_schema=False, quote_char=None)
     assert targets.columns == [
@@ -271,8 +266,6 @@ def test_demo_drug_targets_cover_the_planted_substances() -> None:
     catalog = load_builtin_catalog().filter(pl.col("atc_level") == 5)
     names = dict(zip(catalog["atc_code"], catalog["atc_name"], strict=True))
     assert set(targets["DRUG_NAME"]) <= set(names.values())
-    from repurpose.simulate.registries import PLANTED
-
     assert {names[code] for code in PLANTED} <= set(targets["DRUG_NAME"])
     agonists = targets.filter(
         pl.col("GENE").str.split("|").list.contains("ADRB2") & (pl.col("ACTION_TYPE") == "AGONIST")
@@ -336,21 +329,33 @@ def test_prodromal_dispensing_rate_rises_before_onset(simulated: tuple[Path, dic
     assert null_counts["recent"] / 2 < 1.5 * null_counts["early"] / 5, null_counts
 
 
-def _expected_onsets(out: Path) -> pl.DataFrame:
+def _expected_onsets(out: Path, outcome: str = "ms") -> pl.DataFrame:
     """Integrate the planted hazard (from ground_truth.json) over each person's follow-up in the window.
 
     An independent re-implementation of the model: each person is at risk from max(birth, study start) to
-    min(onset, death, emigration, study end); exposure to a causal substance starts at its second
-    dispensing in the written prescription files. Returns one row per follow-up piece with the expected
-    number of onsets and how many protective / harmful exposures are active.
+    min(event, death, emigration, study end); exposure to a causal substance starts at its second
+    dispensing in the written prescription files. The event is MS onset (`outcome="ms"`) or the
+    Parkinson-like diagnosis (`"parkinson"`, its own hazard model and planted substances). Returns one
+    row per follow-up piece with the expected number of events and how many protective / harmful
+    exposures are active.
     """
     truth = truth_of(out)
-    model = truth["hazard_model"]
+    if outcome == "ms":
+        model, substances = truth["hazard_model"], truth["substances"]
+        events = pl.read_parquet(out / "ground_truth_persons.parquet").select(
+            "person_id", event_day="true_onset_day"
+        )
+    else:
+        model, substances = truth["parkinson"]["hazard_model"], truth["parkinson"]["substances"]
+        events = pl.read_parquet(out / "ground_truth_parkinson_persons.parquet").select(
+            "person_id", event_day="true_diagnosis_day"
+        )
     day_after_end = pl.lit(DAY_AFTER_END).cast(pl.Int32).cast(pl.Float64)
     sex_log_factor = {sex: float(np.log(factor)) for sex, factor in model["sex_factor"].items()}
     persons = (
         pl.read_parquet(out / "population.parquet")
         .join(pl.read_parquet(out / "ground_truth_persons.parquet"), on="person_id")
+        .join(events, on="person_id", how="left")
         .with_columns(
             birth=pl.col("true_birth_date").cast(pl.Int32).cast(pl.Float64),
             entry=pl.max_horizontal("true_birth_date", pl.lit(STUDY_START)).cast(pl.Int32).cast(pl.Float64),
@@ -360,19 +365,15 @@ def _expected_onsets(out: Path) -> pl.DataFrame:
                 day_after_end,
             ),
         )
-        .filter(pl.col("true_onset_day").is_null() | (pl.col("true_onset_day") >= pl.col("entry")))
-        .with_columns(event=(pl.col("true_onset_day") < pl.col("exit")).fill_null(False))
+        .filter(pl.col("event_day").is_null() | (pl.col("event_day") >= pl.col("entry")))
+        .with_columns(event=(pl.col("event_day") < pl.col("exit")).fill_null(False))
         .with_columns(
-            stop=pl.when("event").then("true_onset_day").otherwise("exit"),
+            stop=pl.when("event").then("event_day").otherwise("exit"),
             log_factor=pl.col("sex").replace_strict(sex_log_factor, return_dtype=pl.Float64)
             + model["latent_factor_log_hr_per_sd"] * pl.col("latent_factor"),
         )
     )
-    log_hr = {
-        code: float(np.log(s["planted_hr"]))
-        for code, s in truth["substances"].items()
-        if s["planted_hr"] != 1
-    }
+    log_hr = {code: float(np.log(s["planted_hr"])) for code, s in substances.items() if s["planted_hr"] != 1}
     exposures = (
         read_prescriptions(out)
         .filter(pl.col("atc_code").is_in(list(log_hr)))
@@ -440,14 +441,19 @@ def _assert_poisson_99(observed: int, expected: float) -> None:
 def test_onsets_follow_the_planted_hazard(simulated: tuple[Path, dict[str, Any]]) -> None:
     out, summary = simulated
     pieces = _expected_onsets(out)
+    assert int(pieces["observed"].sum()) == summary["incident_onsets_in_window"]
+    _assert_events_follow_the_planted_hazard(pieces, min_exposed_events=30)
+
+
+def _assert_events_follow_the_planted_hazard(pieces: pl.DataFrame, min_exposed_events: int) -> None:
+    """Observed events match the integrated hazard overall and under protective / harmful exposure only."""
     observed = int(pieces["observed"].sum())
-    assert observed == summary["incident_onsets_in_window"]
     _assert_poisson_99(observed, float(pieces["expected"].sum()))
     protective_only = pieces.filter((pl.col("n_protective") > 0) & (pl.col("n_harmful") == 0))
     harmful_only = pieces.filter((pl.col("n_protective") == 0) & (pl.col("n_harmful") > 0))
     for exposed, direction in ((protective_only, -1), (harmful_only, 1)):
         observed_exposed = int(exposed["observed"].sum())
-        assert observed_exposed > 30
+        assert observed_exposed > min_exposed_events
         _assert_poisson_99(observed_exposed, float(exposed["expected"].sum()))
         # ... and far from what the same person-time would give without the planted drug effects
         without_effect = float((exposed["expected"] * np.exp(-exposed["log_hr"])).sum())
@@ -581,3 +587,265 @@ def test_native_writer_round_trip(corrupted: tuple[Path, dict[str, Any]], tmp_pa
         "reimbursement_code",
     )
     assert prescriptions.equals(read_prescriptions(out))
+
+
+# --------------------------------------------------------------------------------------------------
+# Diagnosis extract and the Parkinson-like second outcome
+# --------------------------------------------------------------------------------------------------
+
+DIAGNOSES_SCHEMA = {"person_id": pl.Int64, "diagnosis_date": pl.Date, "icd10_code": pl.Utf8}
+
+
+@pytest.fixture(scope="module")
+def parkinson_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
+    """The `simulated` population (same seed and chunks) with the Parkinson-like outcome enabled."""
+    out = tmp_path_factory.mktemp("parkinson")
+    summary = simulate_registries(
+        out, n_persons=N_PERSONS, seed=11, chunk_size=12_000, parkinson={"enabled": True}
+    )
+    return out, summary
+
+
+def _diagnoses(out: Path, code: str) -> pl.DataFrame:
+    return pl.read_parquet(out / "diagnoses.parquet").filter(pl.col("icd10_code") == code)
+
+
+def _assert_records_inside_observation(records: pl.DataFrame, population: pl.DataFrame) -> None:
+    """No record outside the study window or on/after death or emigration."""
+    assert records["diagnosis_date"].is_between(STUDY_START, STUDY_END).all()
+    joined = records.join(population, on="person_id")
+    assert joined.height == records.height  # every record belongs to a known person
+    late = joined.filter(
+        (pl.col("diagnosis_date") >= pl.col("death_date"))
+        | (pl.col("diagnosis_date") >= pl.col("emigration_date"))
+    )
+    assert late.height == 0
+
+
+def test_disabled_diagnosis_extract_holds_the_ms_patients_g35_records(
+    simulated: tuple[Path, dict[str, Any]],
+) -> None:
+    out, summary = simulated
+    diagnoses = pl.read_parquet(out / "diagnoses.parquet")
+    assert dict(diagnoses.schema) == DIAGNOSES_SCHEMA
+    assert diagnoses.height == summary["diagnosis_records"] > 0
+    assert set(diagnoses["icd10_code"]) == {"G35"}
+    assert diagnoses.select(pl.struct("person_id", "diagnosis_date").is_sorted()).item()
+    assert not (out / "ground_truth_parkinson_persons.parquet").exists() and "parkinson" not in truth_of(out)
+    population = pl.read_parquet(out / "population.parquet")
+    _assert_records_inside_observation(diagnoses, population)
+    registry = pl.read_parquet(out / "ms_registry.parquet")
+    assert diagnoses["person_id"].is_in(registry["person_id"].implode()).all()
+    first = diagnoses.group_by("person_id").agg(
+        pl.col("diagnosis_date").min().alias("first"), pl.len().alias("records")
+    )
+    in_window = registry.filter(pl.col("diagnosis_date") >= STUDY_START).join(first, on="person_id")
+    assert in_window.height == registry.filter(pl.col("diagnosis_date") >= STUDY_START).height
+    assert (in_window["first"] == in_window["diagnosis_date"]).all()  # dated at the registry diagnosis
+    assert (first["records"] >= 2).mean() > 0.7
+
+
+def test_enabling_parkinson_only_adds_rows(
+    simulated: tuple[Path, dict[str, Any]], parkinson_run: tuple[Path, dict[str, Any]]
+) -> None:
+    without, _ = simulated
+    with_pd, summary = parkinson_run
+    for name in ("population.parquet", "ms_registry.parquet", "ground_truth_persons.parquet"):
+        assert pl.read_parquet(without / name).equals(pl.read_parquet(with_pd / name)), name
+    assert _diagnoses(without, "G35").equals(_diagnoses(with_pd, "G35"))
+    truth = truth_of(with_pd)
+    added_codes = set(truth["parkinson"]["prodrome"]["substances"]) | set(
+        truth["parkinson"]["drug_proxy"]["proxy_substances"]
+    )
+    columns = list(PRESCRIPTIONS_SCHEMA)
+    n_added = 0
+    for year in range(2004, 2024):
+        name = f"prescriptions/dispensings_{year}.parquet"
+        before = pl.read_parquet(without / name)
+        after = pl.read_parquet(with_pd / name)
+        # rows of other substances are unchanged, in their order
+        is_added = after["atc_code"].is_in(list(added_codes))
+        assert after.filter(~is_added).equals(before.filter(~before["atc_code"].is_in(list(added_codes)))), (
+            name
+        )
+        # rows of the prodromal and proxy substances: the disabled run's rows plus the added ones
+        counts = (
+            after.filter(is_added)
+            .fill_null("")
+            .group_by(columns)
+            .agg(pl.len().cast(pl.Int64).alias("after"))
+            .join(
+                before.filter(pl.col("atc_code").is_in(list(added_codes)))
+                .fill_null("")
+                .group_by(columns)
+                .agg(pl.len().cast(pl.Int64).alias("before")),
+                on=columns,
+                how="full",
+                coalesce=True,
+            )
+            .fill_null(0)
+        )
+        assert (counts["after"] >= counts["before"]).all(), name
+        n_added += int((counts["after"] - counts["before"]).sum())
+    parkinson_counts = truth["parkinson"]["counts"]
+    assert n_added == parkinson_counts["prodromal_extra_dispensings"] + parkinson_counts["proxy_dispensings"]
+    assert summary["dispensings"] == simulated[1]["dispensings"] + n_added
+
+
+def test_parkinson_truth_is_declared_apart_from_the_ms_truth(
+    parkinson_run: tuple[Path, dict[str, Any]],
+) -> None:
+    out, summary = parkinson_run
+    truth = truth_of(out)
+    parkinson = truth["parkinson"]
+    roles = parkinson["roles"]
+    assert roles["causal_protective"] and roles["causal_harmful"]
+    assert any(code.startswith("A06") for code in roles["prodromal"])
+    assert any(code.startswith("N06A") for code in roles["prodromal"])
+    assert not set(parkinson["substances"]) & set(PLANTED)  # chosen outside the MS truth
+    assert set(parkinson["substances"]) <= set(truth["substances"])  # ... from the simulated catalogue
+    for code in roles["causal_protective"]:
+        assert parkinson["substances"][code]["planted_hr"] < 1
+    for code in roles["causal_harmful"]:
+        assert parkinson["substances"][code]["planted_hr"] > 1
+    for code in roles["prodromal"]:
+        assert parkinson["substances"][code]["planted_hr"] == 1
+    proxy = parkinson["drug_proxy"]
+    assert proxy["proxy_atc_prefixes"] == ["N04"]
+    assert all(code.startswith("N04") for code in proxy["proxy_substances"])
+    assert all(truth["substances"][code]["role"] == "null" for code in proxy["proxy_substances"])
+    assert summary["parkinson"] == parkinson["counts"]
+
+
+def test_parkinson_diagnoses_follow_the_planted_hazard(parkinson_run: tuple[Path, dict[str, Any]]) -> None:
+    out, summary = parkinson_run
+    pieces = _expected_onsets(out, outcome="parkinson")
+    observed = int(pieces["observed"].sum())
+    assert observed == summary["parkinson"]["incident_diagnoses_in_window"]
+    assert 0.005 * N_PERSONS < observed < 0.05 * N_PERSONS
+    by_sex = summary["parkinson"]["incident_diagnoses_in_window_by_sex"]
+    assert by_sex["M"] > by_sex["F"]
+    _assert_events_follow_the_planted_hazard(pieces, min_exposed_events=20)
+
+
+def _incident_parkinson(out: Path) -> pl.DataFrame:
+    """Persons with a true diagnosis inside their observation, with their diagnosis date and exit."""
+    population = pl.read_parquet(out / "population.parquet").with_columns(
+        exit=pl.min_horizontal("death_date", "emigration_date", pl.lit(DAY_AFTER_END))
+    )
+    return (
+        pl.read_parquet(out / "ground_truth_parkinson_persons.parquet")
+        .join(population, on="person_id")
+        .filter(pl.col("true_diagnosis_date").is_between(STUDY_START, STUDY_END))
+        .filter(pl.col("true_diagnosis_date") < pl.col("exit"))
+        .select("person_id", "true_diagnosis_date", "exit", "birth_year")
+    )
+
+
+def test_parkinson_records_start_at_diagnosis_and_most_repeat(
+    parkinson_run: tuple[Path, dict[str, Any]],
+) -> None:
+    out, summary = parkinson_run
+    records = _diagnoses(out, "G20")
+    _assert_records_inside_observation(records, pl.read_parquet(out / "population.parquet"))
+    assert records.height == summary["parkinson"]["diagnosis_records"]
+    cases = _incident_parkinson(out)
+    per_case = cases.join(
+        records.group_by("person_id").agg(
+            pl.col("diagnosis_date").min().alias("first"),
+            pl.len().alias("records"),
+            pl.col("diagnosis_date").sort().diff().dt.total_days().max().alias("longest_gap_days"),
+            (pl.col("diagnosis_date").max() - pl.col("diagnosis_date").min())
+            .dt.total_days()
+            .alias("span_days"),
+        ),
+        on="person_id",
+        how="left",
+    )
+    assert per_case["first"].null_count() == 0  # every incident case has a record ...
+    assert (per_case["first"] == per_case["true_diagnosis_date"]).all()  # ... dated at the diagnosis
+    followed = per_case.filter((pl.col("exit") - pl.col("true_diagnosis_date")).dt.total_days() > 3 * 365)
+    assert followed.height > 100
+    repeated = (followed["records"] >= 2).mean()
+    assert 0.75 < repeated < 0.95  # most have several records, some only one
+    # a "two records at least 30 days apart" rule finds most followed cases
+    assert (followed["span_days"] >= 30).mean() > 0.75
+    # records of persons diagnosed before the window (follow-up visits only) start after study start
+    prevalent = records.join(cases, on="person_id", how="anti")
+    assert prevalent["person_id"].n_unique() > 0
+
+
+def _rates_before_diagnosis(out: Path, codes: list[str], cases: pl.DataFrame) -> dict[str, float]:
+    """Dispensings of `codes` per case-year 0-2, 2-5 and 6-10 years before the true diagnosis."""
+    counts = (
+        read_prescriptions(out)
+        .filter(pl.col("atc_code").is_in(codes))
+        .join(cases, on="person_id")
+        .with_columns(
+            years_before=(pl.col("true_diagnosis_date") - pl.col("dispense_date")).dt.total_days() / 365.25
+        )
+        .select(
+            recent=pl.col("years_before").is_between(0, 2, closed="right").sum(),
+            middle=pl.col("years_before").is_between(2, 5, closed="right").sum(),
+            early=pl.col("years_before").is_between(6, 10, closed="right").sum(),
+        )
+        .row(0, named=True)
+    )
+    return {"recent": counts["recent"] / 2, "middle": counts["middle"] / 3, "early": counts["early"] / 4}
+
+
+def test_parkinson_prodrome_rises_over_years_before_diagnosis(
+    parkinson_run: tuple[Path, dict[str, Any]],
+) -> None:
+    out, _ = parkinson_run
+    parkinson = truth_of(out)["parkinson"]
+    window = parkinson["prodrome"]["window_years_before_diagnosis"]
+    assert window >= 5  # a lead time of years, not months
+    cases = _incident_parkinson(out).filter(pl.col("true_diagnosis_date") >= date(2014, 1, 1))
+    cases = cases.filter(pl.col("birth_year") < 1994)  # observed 10 years before diagnosis
+    assert cases.height > 100
+    rates = _rates_before_diagnosis(out, parkinson["prodrome"]["substances"], cases)
+    assert rates["recent"] > rates["middle"] > 1.3 * rates["early"], rates
+    assert rates["recent"] > 2.5 * rates["early"], rates
+    null_codes = [
+        c for c, s in truth_of(out)["substances"].items()
+        if s["role"] == "null" and s["n_users"] > 2_000 and c not in parkinson["substances"]
+    ]  # fmt: skip
+    null_rates = _rates_before_diagnosis(out, null_codes, cases)
+    assert null_rates["recent"] < 1.5 * null_rates["early"], null_rates
+
+
+def test_parkinson_proxy_drug_starts_after_diagnosis(parkinson_run: tuple[Path, dict[str, Any]]) -> None:
+    out, _ = parkinson_run
+    proxy = truth_of(out)["parkinson"]["drug_proxy"]
+    cases = _incident_parkinson(out)
+    dispensings = read_prescriptions(out).filter(pl.col("atc_code").is_in(proxy["proxy_substances"]))
+    per_case = cases.join(
+        dispensings.join(cases, on="person_id")
+        .group_by("person_id")
+        .agg(
+            before=(pl.col("dispense_date") < pl.col("true_diagnosis_date")).sum(),
+            after=(pl.col("dispense_date") >= pl.col("true_diagnosis_date")).sum(),
+            first_after=pl.col("dispense_date")
+            .filter(pl.col("dispense_date") >= pl.col("true_diagnosis_date"))
+            .min(),
+        ),
+        on="person_id",
+        how="left",
+    ).with_columns(pl.col("before", "after").fill_null(0))
+    followed = per_case.filter((pl.col("exit") - pl.col("true_diagnosis_date")).dt.total_days() > 365)
+    assert followed.height > 100
+    treated = (followed["after"] >= 2).mean()
+    assert abs(treated - proxy["treated_share"]) < 0.08, treated
+    assert per_case["before"].sum() < 0.02 * per_case["after"].sum()  # background N04 use only
+    delay = (followed["first_after"] - followed["true_diagnosis_date"]).dt.total_days().drop_nulls()
+    assert delay.median() < 3 * proxy["start_delay_mean_days"]
+
+
+def test_parkinson_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown settings"):
+        simulate_registries(tmp_path, n_persons=10, parkinson={"enabled": True, "incidence": 5})
+    with pytest.raises(ValueError, match="must be positive"):
+        simulate_registries(
+            tmp_path, n_persons=10, parkinson={"enabled": True, "baseline_incidence_per_100k": 0}
+        )

@@ -20,7 +20,7 @@ from repurpose.registry.ingest import (
 )
 from repurpose.release.export import export_results
 from repurpose.release.report import build_report
-from repurpose.simulate.registries import simulate_registries, simulated_prescription_files
+from repurpose.simulate import simulate_registries, simulated_prescription_files
 from repurpose.stages import rerun_settings
 
 PATHS = results_layout()

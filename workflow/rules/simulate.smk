@@ -7,6 +7,7 @@ rule simulate:
             for name in simulated_prescription_files(config["study"]["start"], config["study"]["end"])
         ],
         ms_registry=PATHS.simulated("ms_registry.parquet"),
+        diagnoses=PATHS.simulated("diagnoses.parquet"),
         truth=PATHS.simulated("ground_truth.json"),
     params:
         settings=config["simulate"],

@@ -1,5 +1,16 @@
 """The registry simulator with planted truth: the demo input and the test bed.
 
-Owns: simulated population, prescription and MS registry extracts and their ground truth. Imports only
-the shared top-level modules, never an analysis stage (the truth must not be derived from the methods).
+Owns: simulated population, prescription and MS registry extracts (and the optional Parkinson-like
+second outcome with its diagnosis records) and their ground truth. Imports only the shared top-level
+modules, never an analysis stage (the truth must not be derived from the methods).
+
+Modules: `registries` (the entry point, chunk by chunk), `population`, `prescriptions`, `onset` (planted
+hazards, prodromes), `ms_registry`, `corrupt` (invalid rows), `ground_truth`, `native` (registry-native
+CSV copy) and `profiles` (the profile tables, read from `repurpose/data/simulator/`).
 """
+
+from repurpose.simulate.native import write_native_extracts
+from repurpose.simulate.prescriptions import simulated_prescription_files
+from repurpose.simulate.registries import simulate_registries
+
+__all__ = ["simulate_registries", "simulated_prescription_files", "write_native_extracts"]

@@ -1,0 +1,206 @@
+"""The simulator's profile tables, read from package data (`repurpose/data/simulator/*.csv`).
+
+Owns: the roles a substance can be planted with and the tables that set who is prescribed what (age
+profiles, use profiles by ATC prefix, ever-use shares, popularity), which substances carry a planted
+role for MS (and for the optional Parkinson-like outcome), which are not simulated, and the relative
+hazards by age band. The tables are data so that they can be read, reviewed and changed without
+touching code; `data/simulator/README.md` describes every column. Imports only the standard library.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from importlib import resources
+
+TABLES_PACKAGE = "repurpose"
+TABLES_DIR = "data/simulator"
+
+CAUSAL_PROTECTIVE = "causal_protective"
+CAUSAL_HARMFUL = "causal_harmful"
+MECHANISM = "mechanism"
+PRODROMAL = "prodromal"
+CONFOUNDED = "confounded"
+NULL = "null"
+ROLES = (CAUSAL_PROTECTIVE, CAUSAL_HARMFUL, MECHANISM, PRODROMAL, CONFOUNDED, NULL)
+
+
+class ProfileTableError(ValueError):
+    """A simulator profile table is malformed; the message names the file, row and column."""
+
+
+def read_table(name: str) -> list[dict[str, str]]:
+    """Rows of one CSV table of `repurpose/data/simulator/` as dicts of strings (file order kept)."""
+    text = resources.files(TABLES_PACKAGE).joinpath(f"{TABLES_DIR}/{name}").read_text(encoding="utf-8")
+    return list(csv.DictReader(io.StringIO(text)))
+
+
+def _number(row: dict[str, str], column: str, table: str, line: int) -> float:
+    """A number cell as written (an int where written without a decimal point, so JSON echoes it alike).
+
+    A bad or missing value raises naming the table, line and column.
+    """
+    text = (row.get(column) or "").strip()
+    try:
+        return int(text) if text.lstrip("-").isdigit() else float(text)
+    except ValueError as error:
+        raise ProfileTableError(
+            f"{TABLES_DIR}/{table} line {line}: column {column!r} must be a number, got {text!r}"
+        ) from error
+
+
+def _numbers(table: str, *columns: str) -> list[tuple[dict[str, str], tuple[float, ...]]]:
+    """Each row of `table` with the numbers in `columns` (line numbers count the header as 1)."""
+    return [
+        (row, tuple(_number(row, column, table, line) for column in columns))
+        for line, row in enumerate(read_table(table), start=2)
+    ]
+
+
+@dataclass(frozen=True)
+class PlantedSubstance:
+    """A substance with a planted role; `ever_use` is its target share of persons with >= 1 dispensing."""
+
+    role: str
+    planted_hr: float
+    ever_use: float
+    rationale: str
+
+
+def load_planted(table: str) -> dict[str, PlantedSubstance]:
+    """Planted substances by ATC code from a table with atc_code, role, planted_hr, ever_use, rationale."""
+    planted = {}
+    for line, (row, (hr, ever_use)) in enumerate(_numbers(table, "planted_hr", "ever_use"), start=2):
+        if row["role"] not in ROLES:
+            raise ProfileTableError(f"{TABLES_DIR}/{table} line {line}: unknown role {row['role']!r}")
+        planted[row["atc_code"]] = PlantedSubstance(row["role"], hr, ever_use, row["rationale"])
+    return planted
+
+
+def load_age_band_hazard(table: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(lower bounds of the age bands in years, hazard relative to the peak band) from `table`."""
+    rows = _numbers(table, "age_band_lower_years", "relative_hazard")
+    return tuple(values[0] for _, values in rows), tuple(values[1] for _, values in rows)
+
+
+@dataclass(frozen=True)
+class UseProfile:
+    """How a group of substances is prescribed: who gets it, how long episodes last, what is dispensed."""
+
+    age_profile: str
+    female_share: float  # share of use by women at equal numbers of men and women (1.0 = women only)
+    refills_mean: float  # mean number of refills after the first dispensing of an episode (geometric)
+    refill_interval_days: float  # mean days between dispensings of an episode
+    ddd_per_dispensing: float  # typical number of DDD dispensed at once
+    reimbursed_share: float = 0.0  # share of episodes with a reimbursement code
+    reimbursement_codes: tuple[str, ...] = ()  # ICD-10 / ICPC-2 codes drawn for reimbursed episodes
+
+
+def _load_age_profiles() -> dict[str, tuple[tuple[float, ...], tuple[float, ...]]]:
+    profiles: dict[str, tuple[list[float], list[float]]] = {}
+    for row, (age, use) in _numbers("age_profiles.csv", "age", "relative_use"):
+        ages, uses = profiles.setdefault(row["age_profile"], ([], []))
+        ages.append(age)
+        uses.append(use)
+    return {name: (tuple(ages), tuple(uses)) for name, (ages, uses) in profiles.items()}
+
+
+def _load_use_profiles(age_profiles: dict[str, object]) -> dict[str, UseProfile]:
+    columns = (
+        "female_share",
+        "refills_mean",
+        "refill_interval_days",
+        "ddd_per_dispensing",
+        "reimbursed_share",
+    )
+    profiles = {}
+    for line, (row, values) in enumerate(_numbers("use_profiles.csv", *columns), start=2):
+        if row["age_profile"] not in age_profiles:
+            raise ProfileTableError(
+                f"{TABLES_DIR}/use_profiles.csv line {line}: age_profile {row['age_profile']!r} is not in "
+                "age_profiles.csv"
+            )
+        codes = tuple(code for code in row["reimbursement_codes"].split("|") if code)
+        profiles[row["atc_prefix"]] = UseProfile(row["age_profile"], *values, reimbursement_codes=codes)
+    return profiles
+
+
+MECHANISM_GENE = "ADRB2"
+MECHANISM_ACTION_TYPE = "AGONIST"
+
+PLANTED: dict[str, PlantedSubstance] = load_planted("ms_planted_substances.csv")
+"""The MS truth: substances with a planted role (every other simulated substance is `null`)."""
+
+NOT_SIMULATED: tuple[str, ...] = tuple(row["atc_code"] for row in read_table("not_simulated.csv"))
+"""Catalog substances not simulated: MS treatments, which real data show only after diagnosis."""
+
+AGE_BAND_LOWER_YEARS, AGE_BAND_RELATIVE_HAZARD = load_age_band_hazard("ms_age_band_hazard.csv")
+"""MS onset hazard by age band relative to the peak (25-34 years)."""
+
+AGE_PROFILES = _load_age_profiles()
+"""Relative use at anchor ages per named profile (interpolated linearly, peak scaled to 1), file order."""
+
+USE_PROFILES = _load_use_profiles(AGE_PROFILES)
+"""Use profile by ATC prefix; the longest matching prefix wins (a level-5 code overrides its groups)."""
+
+EVER_USE_PERCENT_BY_ATC2: dict[str, float] = {
+    row["atc2"]: values[0] for row, values in _numbers("ever_use_by_atc2.csv", "ever_use_percent")
+}
+"""Share (%) of persons with >= 1 dispensing in an ATC level-2 group over the window."""
+
+POPULARITY: dict[str, float] = {
+    row["atc_code"]: values[0] for row, values in _numbers("popularity.csv", "relative_weight")
+}
+"""Relative weight of a substance within its ATC level-2 group (default 1)."""
+
+
+def _mechanism_hr() -> float:
+    """The one hazard ratio shared by the mechanism substances (the table must give them the same)."""
+    ratios = {planted.planted_hr for planted in PLANTED.values() if planted.role == MECHANISM}
+    if len(ratios) != 1:
+        raise ProfileTableError(
+            f"{TABLES_DIR}/ms_planted_substances.csv: the mechanism substances must share one planted_hr, "
+            f"got {sorted(ratios)}"
+        )
+    return ratios.pop()
+
+
+MECHANISM_HR = _mechanism_hr()
+
+
+@dataclass(frozen=True)
+class ParkinsonPlantedSubstance:
+    """A substance with a planted role for the Parkinson-like outcome (it keeps its ordinary prescribing)."""
+
+    role: str
+    planted_hr: float
+    prodrome_user_probability: float  # probability that a case gets prodromal dispensings; 0 if not prodromal
+    rationale: str
+
+
+def _load_parkinson_planted() -> dict[str, ParkinsonPlantedSubstance]:
+    """The Parkinson truth; its substances must differ from the MS truth's, so the two stay apart."""
+    table = "parkinson_planted_substances.csv"
+    planted = {}
+    for line, row in enumerate(read_table(table), start=2):
+        role = row["role"]
+        if role not in (CAUSAL_PROTECTIVE, CAUSAL_HARMFUL, PRODROMAL):
+            raise ProfileTableError(f"{TABLES_DIR}/{table} line {line}: role {role!r} is not planted here")
+        if row["atc_code"] in PLANTED:
+            raise ProfileTableError(
+                f"{TABLES_DIR}/{table} line {line}: {row['atc_code']} already has an MS role; choose another"
+            )
+        probability = _number(row, "prodrome_user_probability", table, line) if role == PRODROMAL else 0.0
+        hr = _number(row, "planted_hr", table, line)
+        planted[row["atc_code"]] = ParkinsonPlantedSubstance(role, hr, probability, row["rationale"])
+    return planted
+
+
+PARKINSON_PLANTED = _load_parkinson_planted()
+"""The Parkinson-like outcome's truth: causal substances (hazard ratio of diagnosis) and prodromal ones."""
+
+PARKINSON_AGE_BAND_LOWER_YEARS, PARKINSON_AGE_BAND_RELATIVE_HAZARD = load_age_band_hazard(
+    "parkinson_age_band_hazard.csv"
+)
+"""Parkinson diagnosis hazard by age band relative to the peak (75-84 years)."""
