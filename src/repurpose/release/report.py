@@ -41,7 +41,7 @@ from repurpose.release.disclosure import (  # noqa: E402
     person_count_columns,
     suppress_small_counts,
 )
-from repurpose.release.provenance import provenance  # noqa: E402
+from repurpose.release.provenance import provenance, without_times  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -605,14 +605,18 @@ def build_report(
         mechanisms=None if mechanisms is None else html_table(
             mechanisms, "mechanism-table", lambda r: f"mech-{r['target']}", min_cell, MECHANISM_COLUMNS),
         drug_path=str(drug_ranking_csv), mechanism_path=str(mechanism_ranking_csv),
-        provenance=prov, row_counts=row_counts, config_yaml=yaml.safe_dump(config, sort_keys=False),
-        captions=captions, run_seconds=f"{time.time() - started:.1f}",
+        provenance=without_times(prov), row_counts=row_counts, config_yaml=yaml.safe_dump(config, sort_keys=False),
+        captions=captions,
     )  # fmt: skip
     if sites is not None:
         text = text.replace('<h2 id="summary">Study summary</h2>', '<h2 id="summary">Study summary</h2>\n' + _federation_notice(sites), 1)
     html_path = Path(html_path)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(text, encoding="utf-8")
+    # The page is the same bytes for the same inputs; the run's times go to the one provenance file beside it.
+    (html_path.parent / "provenance.json").write_text(
+        json.dumps({**prov, "report_build_seconds": round(time.time() - started, 1)}, indent=2), encoding="utf-8"
+    )
     log.info("report: %s (%d kB), %d screen plots, %d candidates with evidence",
              html_path, len(text) // 1024, len(screen_plots), len(evidence))  # fmt: skip
     return html_path
