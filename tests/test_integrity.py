@@ -164,6 +164,12 @@ def test_impossible_dates_are_rejected(tmp_path, extract, row, reason):
     assert report["extracts"][extract]["rejected_by_reason"] == {reason: 1}
 
 
+def test_patients_whose_every_registry_row_is_rejected_are_counted(tmp_path):
+    report = run(tmp_path, ms_registry=[*MS_REGISTRY, "2,2016-01-01,2016-02-01,RR,2", "99,2010-01-01,2011-01-01,RR,2"])
+    assert report["extracts"]["ms_registry"]["patients_only_rejected"] == 1  # person 2; 99 is not in the population
+    assert "every registry row was rejected: 1" in (tmp_path / "validation" / "report.md").read_text()
+
+
 def test_death_after_study_end_but_before_delivery_is_kept(tmp_path):
     report = run(tmp_path, population=[*POPULATION, "9,F,1980,1,2024-03-01,,1"],
                  options={"population": {"delivery_date": "2024-06-30"}})

@@ -615,6 +615,18 @@ def _check_overlap(
         )
 
 
+def _patients_only_rejected(con: duckdb.DuckDBPyConnection) -> int:
+    """Persons of the clean population whose every MS registry row was rejected: MS patients the cohort
+    would otherwise follow as MS-free (counted so that this is never silent)."""
+    return int(
+        con.execute(
+            "SELECT count(*) FROM (SELECT t.person_id FROM labelled_ms_registry t "
+            "SEMI JOIN clean_population p ON t.person_id = p.person_id "
+            "GROUP BY t.person_id HAVING bool_and(t.reject_reason IS NOT NULL))"
+        ).fetchone()[0]
+    )
+
+
 def _ordered_connection(config: dict[str, Any]) -> duckdb.DuckDBPyConnection:
     """A DuckDB connection that keeps the source order of rows, so a validated part is the same bytes every run."""
     con = connect(config.get("resources"))
@@ -708,6 +720,13 @@ def validate_registers(
             f"ms_registry: no usable row in {ms_registry.file_label} ({entry['rows_read']} rows read, rejected "
             f"by reason {entry['rejected_by_reason']}); without MS patients every person would be followed "
             f"as MS-free. See {validation_dir / 'rejects' / 'ms_registry.parquet'}"
+        )
+    entry["patients_only_rejected"] = _patients_only_rejected(con)
+    if entry["patients_only_rejected"]:
+        log.warning(
+            "ms_registry: %d persons of the population have only rejected registry rows; unless the cohort "
+            "excludes them they are followed as MS-free",
+            entry["patients_only_rejected"],
         )
     report["extracts"]["ms_registry"] = entry
     registers_path = validation_dir / "parts" / "registers.json"
@@ -854,6 +873,11 @@ def render_report_markdown(report: dict[str, Any]) -> str:
         ]
         if entry["ignored_source_columns"]:
             lines.append(f"Source columns not used: {', '.join(entry['ignored_source_columns'])}")
+        if entry.get("patients_only_rejected"):
+            lines.append(
+                f"Persons of the population whose every registry row was rejected: {entry['patients_only_rejected']:,} "
+                "(MS patients with unusable rows: followed as MS-free unless the cohort excludes them)"
+            )
         if entry.get("empty_parts"):
             lines.append(f"Empty parts: {', '.join(entry['empty_parts'])}")
         if entry["missing_optional_columns"]:
