@@ -33,6 +33,7 @@ def test_leading_zeros_make_distinct_persons_and_do_not_link(tmp_path):
     population = [*POPULATION, "0123,F,1980,5,,,3", "123,M,1975,1,,,2"]
     prescriptions = [*PRESCRIPTIONS, "0123,2005-01-10,N06AB06,30,", "123,2006-01-10,N06AB06,20,", "00123,2007-01-10,N06AB06,10,"]
     report = run(tmp_path, population=population, prescriptions=prescriptions)
+    assert report["person_id_type"] == "VARCHAR"  # a CSV column of digits is text: never cast to integers
     assert report["extracts"]["population"]["rows_rejected"] == 0  # 0123 and 123 are two people
     assert report["extracts"]["prescriptions"]["rejected_by_reason"] == {"unknown_person": 1}  # 00123 links to no one
     assert read_rejects(tmp_path / "validation", "prescriptions")["person_id"].to_list() == ["00123"]
@@ -42,14 +43,16 @@ def test_leading_zeros_make_distinct_persons_and_do_not_link(tmp_path):
     assert kept.select("person_id", "ddd").rows() == [("0123", 30.0), ("123", 20.0)]
 
 
-def test_integer_parquet_identifiers_are_read_as_their_decimal_text(tmp_path):
-    paths = write_extracts(tmp_path / "in")
+def test_integer_population_identifiers_link_only_to_their_own_decimal_text(tmp_path):
+    paths = write_extracts(tmp_path / "in", prescriptions=[*PRESCRIPTIONS, "01,2005-01-10,N06AB06,30,", "+2,2006-03-01,R03AC02,10,"])
     frame = pl.read_csv(paths["population"], schema_overrides={"person_id": pl.Int64})
     frame.write_parquet(tmp_path / "in" / "population.parquet")
     paths["population"] = str(tmp_path / "in" / "population.parquet")
     report = validate_extracts(make_config(paths, tmp_path), tmp_path / "validated", tmp_path / "validation")
-    assert report["extracts"]["prescriptions"]["rows_kept"] == 3  # CSV "1" links to Parquet 1
-    assert clean(tmp_path, "population")["person_id"].to_list() == ["1", "2", "3", "4"]
+    assert report["person_id_type"] == "BIGINT"  # declared by the population's integer column, not guessed
+    entry = report["extracts"]["prescriptions"]
+    assert entry["rows_kept"] == 3 and entry["rejected_by_reason"] == {"unknown_person": 2}  # 01 and +2 are not 1 and 2
+    assert clean(tmp_path, "population")["person_id"].to_list() == [1, 2, 3, 4]
 
 
 def test_floating_point_identifiers_are_refused(tmp_path):

@@ -7,7 +7,8 @@ extract (missing file or column, wrong encoding, nothing parseable, no persons s
 population) stop the run with one message naming the file, the column and the line where known;
 values are shown only where they cannot be identifiers, and identifiers only by their shape.
 
-Nothing is guessed: person identifiers are text exactly as delivered (`0123` and `123` are two people);
+Nothing is guessed: person identifiers are compared as delivered (`0123` and `123` are two people): as text,
+or as integers when the population extract delivers them in an integer column (as the simulator does);
 CSV files are read with a declared dialect (the header line, the separator and RFC 4180 quoting), never
 sniffed from the first rows; a decimal mark that could be a thousands separator is rejected unless
 `inputs.<extract>.decimal` declares it.
@@ -42,10 +43,13 @@ from repurpose.registry.dictionary import ColumnSpec, ExtractSpec, load_extract_
 log = logging.getLogger(__name__)
 
 SOURCE_SUFFIXES = (".parquet", ".csv", ".txt", ".tsv")
-# Stored type of each dictionary type (what `_typed_expression` gives; `year()` of a date is BIGINT).
-SQL_TYPES = {"id": "VARCHAR", "date": "DATE", "int": "INTEGER", "float": "DOUBLE", "sex": "VARCHAR",
+# Stored type of each dictionary type but `id` (the run's person_id type); `year()` of a date is BIGINT.
+SQL_TYPES = {"date": "DATE", "int": "INTEGER", "float": "DOUBLE", "sex": "VARCHAR",
              "category": "VARCHAR", "atc5": "VARCHAR", "string": "VARCHAR"}
-PERSON_ID_NOTE = "text, exactly as delivered (leading zeros kept; integer Parquet identifiers as decimal text)"
+# The population's integer identifier columns that are kept as integers (BIGINT holds them all).
+INTEGER_ID_SOURCE_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER")
+# A text identifier links to an integer one only when it is that integer's own decimal text.
+CANONICAL_INTEGER_REGEX = "-?[1-9][0-9]*|0"
 ATC_LEVEL5_REGEX = "^[A-Z][0-9]{2}[A-Z]{2}[0-9]{2}$"
 CSV_QUOTE = '"'  # RFC 4180: fields may be quoted anywhere in a file, a quote inside one is doubled
 NUMERIC_SOURCE_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT",
@@ -354,7 +358,7 @@ def _typed_expression(
         return f"(CASE regexp_replace({text}, '\\.0$', '') {cases} ELSE NULL END)"
     if column.type in ("category", "atc5"):
         return f"upper({text})"
-    return text  # id (text as delivered, the same in every extract) and plain strings
+    return text  # plain strings (identifiers: ExtractReader.person_id)
 
 
 @dataclass(frozen=True)
@@ -489,9 +493,30 @@ class ExtractReader:
                     f"in {self.file_label} can be read as {column.type}{fmt}; examples: {examples}"
                 )
 
-    def labelled_sql(self, extra_checks: list[Check], joins: str = "") -> str:
+    def person_id_type(self) -> str:
+        """BIGINT when this (population) extract delivers identifiers in an integer column, else VARCHAR.
+
+        Decided by the column's declared type, never by its values: a text column of digits stays text, so
+        `0123` and `123` remain two people."""
+        source_type = self.source_types[self.mapping["person_id"]]
+        return "BIGINT" if source_type.startswith(INTEGER_ID_SOURCE_TYPES) else "VARCHAR"
+
+    def person_id(self, person_id_type: str) -> str:
+        """SQL of the identifier in the run's type: text as delivered (trimmed); integers as they are; a text
+        identifier in an integer run only when it is an integer's own decimal text (`00123` is no integer's
+        text, so it links to no one and is rejected as unknown_person)."""
+        source_type = self.source_types[self.mapping["person_id"]]
+        text = _as_text(self.raw("person_id"))
+        if person_id_type == "VARCHAR":
+            return text
+        if source_type.startswith(INTEGER_ID_SOURCE_TYPES):
+            return f"TRY_CAST({self.raw('person_id')} AS BIGINT)"
+        return f"(CASE WHEN regexp_full_match({text}, '{CANONICAL_INTEGER_REGEX}') THEN TRY_CAST({text} AS BIGINT) END)"
+
+    def labelled_sql(self, person_id_type: str, extra_checks: list[Check], joins: str = "") -> str:
         """SELECT of every row: typed canonical columns, trimmed raw text (`raw_*`) and `reject_reason`."""
-        typed_cols = [f"{self.typed(c.name)} AS {c.name}" for c in self.spec.columns]
+        typed_cols = [f"{self.person_id(person_id_type)} AS person_id"]
+        typed_cols += [f"{self.typed(c.name)} AS {c.name}" for c in self.spec.columns if c.name != "person_id"]
         raw_cols = [f"{_as_text(self.raw(c.name))} AS raw_{c.name}" for c in self.spec.columns]
         checks = [check for c in self.spec.columns if self.mapping[c.name] for check in self.checks(c.name)]
         checks += extra_checks
@@ -644,6 +669,7 @@ def _validate_one(
     con: duckdb.DuckDBPyConnection,
     reader: ExtractReader,
     config: dict[str, Any],
+    person_id_type: str,
     clean_path: Path,
     rejects_path: Path,
     population_label: str = "",
@@ -655,7 +681,7 @@ def _validate_one(
     # resources.memory_gb); the clean and the rejected rows are then written from it.
     try:
         con.execute(
-            f"CREATE OR REPLACE TEMP TABLE labelled_{name} AS {reader.labelled_sql(checks, joins)}"
+            f"CREATE OR REPLACE TEMP TABLE labelled_{name} AS {reader.labelled_sql(person_id_type, checks, joins)}"
         )
     except duckdb.Error as error:
         raise ExtractError(
@@ -700,9 +726,13 @@ def validate_registers(
     ms_registry = ExtractReader(con, "ms_registry", inputs["ms_registry"])
     for reader in (population, ms_registry):
         reader.fail_if_nothing_parses()
-    report: dict[str, Any] = {"person_id": PERSON_ID_NOTE, "extracts": {}}
+    person_id_type = population.person_id_type()
+    log.info("person_id is stored as %s (the population's identifier column)", person_id_type)
+    report: dict[str, Any] = {"person_id_type": person_id_type, "extracts": {}}
     population_path = validated_dir / "population.parquet"
-    entry = _validate_one(con, population, config, population_path, validation_dir / "rejects" / "population.parquet")
+    entry = _validate_one(
+        con, population, config, person_id_type, population_path, validation_dir / "rejects" / "population.parquet"
+    )
     if entry["rows_kept"] == 0:
         raise ExtractError(f"population: no valid row in {population.file_label}; see {validation_dir / 'rejects'}")
     report["extracts"]["population"] = entry
@@ -711,6 +741,7 @@ def validate_registers(
         con,
         ms_registry,
         config,
+        person_id_type,
         validated_dir / "ms_registry.parquet",
         validation_dir / "rejects" / "ms_registry.parquet",
         population.file_label,
@@ -735,11 +766,15 @@ def validate_registers(
     return report
 
 
-def _write_empty_part(con: duckdb.DuckDBPyConnection, part_path: Path, clean_path: Path, rejects_path: Path) -> dict[str, Any]:
+def _write_empty_part(
+    con: duckdb.DuckDBPyConnection, part_path: Path, clean_path: Path, rejects_path: Path, person_id_type: str
+) -> dict[str, Any]:
     """Clean and rejects files with no row (the columns and types of a non-empty part) for a 0-byte file,
     and its report entry, so an empty yearly delivery is counted, not a stop."""
     spec = load_extract_spec("prescriptions")
-    typed = ", ".join(f"CAST(NULL AS {SQL_TYPES[c.type]}) AS {c.name}" for c in spec.columns)
+    typed = ", ".join(
+        f"CAST(NULL AS {person_id_type if c.type == 'id' else SQL_TYPES[c.type]}) AS {c.name}" for c in spec.columns
+    )
     raw = ", ".join(f"CAST(NULL AS VARCHAR) AS {c.name}" for c in spec.columns)
     clean_path.parent.mkdir(parents=True, exist_ok=True)
     rejects_path.parent.mkdir(parents=True, exist_ok=True)
@@ -775,14 +810,17 @@ def validate_prescription_part(
     con = _ordered_connection(config)
     _load_clean_population(con, population_path)
     part_path = Path(part_path)
+    person_id_type = json.loads(Path(registers_report_path).read_text())["person_id_type"]
     if part_path.stat().st_size == 0:
         log.warning("prescriptions: %s is empty (0 bytes): counted as an empty part", part_path)
-        entry = _write_empty_part(con, part_path, Path(clean_path), Path(rejects_path))
+        entry = _write_empty_part(con, part_path, Path(clean_path), Path(rejects_path), person_id_type)
     else:
         reader = ExtractReader(con, "prescriptions", config["inputs"]["prescriptions"], [part_path])
         reader.fail_if_nothing_parses()
         population_label = f"{config['inputs']['population']['path']} (validated: {population_path})"
-        entry = _validate_one(con, reader, config, Path(clean_path), Path(rejects_path), population_label)
+        entry = _validate_one(
+            con, reader, config, person_id_type, Path(clean_path), Path(rejects_path), population_label
+        )
     Path(part_report_path).parent.mkdir(parents=True, exist_ok=True)
     Path(part_report_path).write_text(json.dumps(entry, indent=2))
     return entry
@@ -857,7 +895,7 @@ def validate_extracts(
 
 def render_report_markdown(report: dict[str, Any]) -> str:
     """A readable summary of the validation report."""
-    lines = ["# Validation report", "", f"person_id is {report['person_id']}.", ""]
+    lines = ["# Validation report", "", f"person_id stored as {report['person_id_type']} (as delivered).", ""]
     lines += ["| extract | rows read | kept | rejected |", "|---|---:|---:|---:|"]
     for name, entry in report["extracts"].items():
         lines.append(
