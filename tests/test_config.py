@@ -24,7 +24,8 @@ def test_study_config_overrides_only_what_differs(tmp_path):
     study.write_text(yaml.safe_dump({"inputs": {"population": {"path": "/data/pop.csv", "sep": ";"}}, "screen": {"lags_years": [0, 5]}}))
     config = load_config("config/config.yaml", study)
     assert config["inputs"]["population"] == {"path": "/data/pop.csv", "sep": ";", "encoding": None,
-                                              "date_format": "%Y-%m-%d", "columns": {}}
+                                              "date_format": "%Y-%m-%d", "columns": {}, "decimal": None,
+                                              "delivery_date": None}
     assert config["inputs"]["ms_registry"]["path"] == "results/simulated/ms_registry.parquet"
     assert config["screen"]["lags_years"] == [0, 5] and config["screen"]["atc_levels"] == [2, 3, 4, 5]
 
@@ -39,6 +40,12 @@ def test_study_config_overrides_only_what_differs(tmp_path):
         ({"study": {"end": "31.12.2023"}}, r"`study.end`: '31.12.2023' is not a 'date'"),
         ({"screen": {"adjust": {"strata": ["sex"], "covariates": ["sex"]}}}, r"both strata and covariates"),
         ({"inputs": {"population": {}}}, r"`inputs.population`: 'path' is a required property"),
+        ({"study": {"min_age": 70, "max_age": 60}}, r"`study.min_age` \(70\) and `study.max_age` \(60\): min_age must be below"),
+        ({"validation": {"dispensings_from": "2024-06-01"}, "study": {"end": "2023-12-31"}},
+         r"`validation.dispensings_from` \(2024-06-01\) and `study.end` \(2023-12-31\)"),
+        ({"inputs": {"population": {"path": "p.csv", "delivery_date": "2020-01-01"}}},
+         r"`inputs.population.delivery_date` \(2020-01-01\) and `study.end`"),
+        ({"inputs": {"population": {"path": "p.csv", "decimal": ";"}}}, r"`inputs.population.decimal`: ';' is not one of"),
     ],
 )
 def test_mistakes_are_named(override, message):

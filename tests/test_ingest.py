@@ -93,7 +93,7 @@ BAD_ROWS = [
     ("population", "9,F,1980,6,1979-01-01,,1", "death_before_birth"),
     ("population", "9,F,1980,6,,1970-01-01,1", "emigration_before_birth"),
     ("prescriptions", ",2005-01-01,N06AB06,30,", "missing_person_id"),
-    ("prescriptions", "abc,2005-01-01,N06AB06,30,", "unparseable_person_id"),
+    ("prescriptions", "01,2005-01-01,N06AB06,30,", "unknown_person"),  # identifiers are text: 01 is not 1
     ("prescriptions", "99,2005-01-01,N06AB06,30,", "unknown_person"),
     ("prescriptions", "1,,N06AB06,30,", "missing_dispense_date"),
     ("prescriptions", "1,2005-13-01,N06AB06,30,", "unparseable_dispense_date"),

@@ -60,18 +60,43 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
             lines.append(f"  - config key `{where}`: {error.message}")
         raise ConfigError("The configuration is invalid:\n" + "\n".join(lines))
-    if filled["study"]["start"] >= filled["study"]["end"]:
-        raise ConfigError(
-            f"The configuration is invalid:\n  - config key `study`: start {filled['study']['start']} "
-            f"must be before end {filled['study']['end']}"
-        )
-    overlap = set(filled["screen"]["adjust"]["strata"]) & set(filled["screen"]["adjust"]["covariates"])
-    if overlap:
-        raise ConfigError(
-            "The configuration is invalid:\n  - config key `screen.adjust`: "
-            f"{sorted(overlap)} are both strata and covariates; choose one for each"
-        )
+    mistakes = cross_key_mistakes(filled)
+    if mistakes:
+        raise ConfigError("The configuration is invalid:\n" + "\n".join(f"  - {m}" for m in mistakes))
     return filled
+
+
+def cross_key_mistakes(config: dict[str, Any]) -> list[str]:
+    """Contradictions between keys the schema checks one by one (each names its keys): a window that ends
+    before it starts, an age band that is empty, dispensings that start after follow-up ends, an extract
+    delivered before the study ends (follow-up would run past the data), a variable both stratum and covariate."""
+    study, mistakes = config["study"], []
+    if study["start"] >= study["end"]:
+        mistakes.append(f"config key `study`: start {study['start']} must be before end {study['end']}")
+    if study.get("max_age") is not None and study["min_age"] >= study["max_age"]:
+        mistakes.append(
+            f"config keys `study.min_age` ({study['min_age']}) and `study.max_age` ({study['max_age']}): "
+            "min_age must be below max_age, or no one is ever followed"
+        )
+    dispensings_from = config["validation"]["dispensings_from"]
+    if dispensings_from > study["end"]:
+        mistakes.append(
+            f"config keys `validation.dispensings_from` ({dispensings_from}) and `study.end` ({study['end']}): "
+            "the first valid dispensing date must not lie after the end of follow-up"
+        )
+    for extract in ("population", "prescriptions", "ms_registry"):
+        delivered = config["inputs"][extract].get("delivery_date")
+        if delivered is not None and delivered < study["end"]:
+            mistakes.append(
+                f"config keys `inputs.{extract}.delivery_date` ({delivered}) and `study.end` ({study['end']}): "
+                "follow-up would run past the data; set study.end no later than the delivery date"
+            )
+    overlap = set(config["screen"]["adjust"]["strata"]) & set(config["screen"]["adjust"]["covariates"])
+    if overlap:
+        mistakes.append(
+            f"config key `screen.adjust`: {sorted(overlap)} are both strata and covariates; choose one for each"
+        )
+    return mistakes
 
 
 def deep_update(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -114,6 +114,10 @@ class ResultsLayout:
     def report_html(self) -> str:
         return self._path("report/index.html")
 
+    def report_provenance(self) -> str:
+        """The run's times and input checksums: the one file that differs between runs on the same inputs."""
+        return self._path("report/provenance.json")
+
     def report_tables_dir(self) -> str:
         return self._path("report/tables")
 

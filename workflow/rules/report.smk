@@ -13,6 +13,7 @@ rule report:
         sites_table=pooled_file("sites.csv"),
     output:
         html=PATHS.report_html(),
+        provenance_json=PATHS.report_provenance(),
         tables=[PATHS.report_table(name) for name in REPORT_TABLES],
     params:
         settings=rerun_settings(build_report, config),
@@ -23,7 +24,7 @@ rule report:
         mem_mb=2048,
         runtime=20,
     run:
-        run_logged(log[0], build_report, config, **stage_inputs(input), html=output.html, tables=dict(zip(REPORT_TABLES, output.tables)))
+        run_logged(log[0], build_report, config, **stage_inputs(input), html=output.html, provenance_json=output.provenance_json, tables=dict(zip(REPORT_TABLES, output.tables)))
 
 
 rule export:

@@ -176,7 +176,7 @@ def build_substance_exposures(
     started = time.perf_counter()
     n_rows = execute_with_progress(
         con,
-        f"COPY ({sql}) TO {sql_literal(str(out_path))} (FORMAT parquet, COMPRESSION zstd)",
+        f"COPY ({sql} ORDER BY person_id, atc_code) TO {sql_literal(str(out_path))} (FORMAT parquet, COMPRESSION zstd)",
         "exposure substances",
         interval_seconds=resources.get("progress_seconds", 30),
     )[0][0]

@@ -132,7 +132,7 @@ def build_cohort(
             "persons_in_cohort": cohort.height,
             "events": n_events,
             "events_by_outcome_source": {
-                k: int(v) for k, v in cohort.filter("event").group_by("outcome_source").len().iter_rows()
+                k: int(v) for k, v in cohort.filter("event").group_by("outcome_source").len().sort("outcome_source").iter_rows()
             },
             "events_by_sex": {
                 k: int(v) for k, v in cohort.filter("event").group_by("sex").len().sort("sex").iter_rows()

@@ -2,6 +2,9 @@
 
 Usable by any stage, so that a row of a ranking can be traced to the run and the exact input files.
 Nothing here runs git or touches the network: the commit is read from the `.git` directory's files.
+Times (when the run was made, when each input was written) change from run to run, so they are kept apart
+(`without_times`): an output that embeds provenance stays the same bytes for the same inputs, and the
+times go to one provenance file.
 """
 
 from __future__ import annotations
@@ -89,6 +92,18 @@ def git_commit(start: str | Path | None = None) -> str | None:
                         return line.split(" ", 1)[0]
         return None
     return None
+
+
+TIME_KEYS = ("created_utc", "modified_utc")
+
+
+def without_times(record: dict[str, Any]) -> dict[str, Any]:
+    """A provenance record without its times (TIME_KEYS, at the top and in each input): what two runs on
+    the same inputs share."""
+    kept = {k: v for k, v in record.items() if k not in TIME_KEYS}
+    if "inputs" in kept:
+        kept["inputs"] = [{k: v for k, v in f.items() if k not in TIME_KEYS} for f in kept["inputs"]]
+    return kept
 
 
 def provenance(config: dict[str, Any], inputs: list[str | Path]) -> dict[str, Any]:

@@ -43,7 +43,7 @@ from repurpose.release.disclosure import (  # noqa: E402
     person_count_columns,
     suppress_small_counts,
 )
-from repurpose.release.provenance import provenance  # noqa: E402
+from repurpose.release.provenance import provenance, without_times  # noqa: E402
 from repurpose.stages import ALL_DESIGN, stage  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -500,13 +500,16 @@ def build_report(
     mechanisms: str | Path | None,
     html: str | Path,
     tables: Mapping[str, str | Path],
+    provenance_json: str | Path | None = None,
     site_fits: str | Path | None = None,
     meta: str | Path | None = None,
     site_summaries: str | Path | None = None,
     sites_table: str | Path | None = None,
 ) -> Path:
-    """Write the report page and its disclosure-controlled summary tables (CSV: `tables`, name -> path,
-    for REPORT_TABLES). The report echoes the whole config, so it declares that it reads all of it.
+    """Write the report page, its disclosure-controlled summary tables (CSV: `tables`, name -> path, for
+    REPORT_TABLES) and `provenance_json` (the run's times and input checksums; default beside the page), the one
+    file of a run that differs between two runs on the same inputs. The report echoes the whole config, so
+    it declares that it reads all of it.
 
     With `site_fits` and `meta` (a pooled, federated run) there are no person-level inputs: `validation`,
     `flow` and `exposure` are None, the summary shows the sites' flow and validation counts (summed and
@@ -631,14 +634,18 @@ def build_report(
         mechanisms=None if mechanisms is None else html_table(
             mechanisms, "mechanism-table", lambda r: f"mech-{r['target']}", min_cell, MECHANISM_COLUMNS),
         drug_path=str(drug_ranking_csv), mechanism_path=str(mechanism_ranking_csv),
-        provenance=prov, row_counts=row_counts, config_yaml=yaml.safe_dump(config, sort_keys=False),
-        captions=captions, run_seconds=f"{time.time() - started:.1f}",
+        provenance=without_times(prov), row_counts=row_counts, config_yaml=yaml.safe_dump(config, sort_keys=False),
+        captions=captions,
     )  # fmt: skip
     if sites is not None:
         text = text.replace('<h2 id="summary">Study summary</h2>', '<h2 id="summary">Study summary</h2>\n' + _federation_notice(sites), 1)
     html_path = Path(html_path)
     html_path.parent.mkdir(parents=True, exist_ok=True)
     html_path.write_text(text, encoding="utf-8")
+    # The page is the same bytes for the same inputs; the run's times go to the one provenance file beside it.
+    Path(provenance_json or html_path.parent / "provenance.json").write_text(
+        json.dumps({**prov, "report_build_seconds": round(time.time() - started, 1)}, indent=2), encoding="utf-8"
+    )
     log.info("report: %s (%d kB), %d screen plots, %d candidates with evidence",
              html_path, len(text) // 1024, len(screen_plots), len(evidence))  # fmt: skip
     return html_path
