@@ -17,6 +17,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from repurpose.registry.outcome import outcome_config_errors
+
 
 class ConfigError(ValueError):
     """The configuration does not match the schema; the message lists every mistake."""
@@ -72,6 +74,9 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             "The configuration is invalid:\n  - config key `screen.adjust`: "
             f"{sorted(overlap)} are both strata and covariates; choose one for each"
         )
+    outcome_errors = outcome_config_errors(filled)
+    if outcome_errors:
+        raise ConfigError("The configuration is invalid:\n" + "\n".join(f"  - {e}" for e in outcome_errors))
     return filled
 
 

@@ -7,7 +7,7 @@ extract (missing file or column, wrong encoding, nothing parseable, no persons s
 population) stop the run with one message naming the file, the column and example values.
 
 Outputs (see `docs/schemas.md`):
-  validated/population.parquet, validated/ms_registry.parquet,
+  validated/population.parquet, validated/ms_registry.parquet, validated/diagnoses.parquet (when configured),
   validated/prescriptions/<part>.parquet (one per source file, e.g. per delivery year; with dispense_year),
   validation/rejects/<extract>.parquet and rejects/prescriptions/<part>.parquet,
   validation/parts/*.json (per-job entries), validation/report.json, validation/report.md.
@@ -27,6 +27,7 @@ import duckdb
 
 from repurpose.duck import connect, execute_with_progress, sql_literal
 from repurpose.registry.dictionary import ColumnSpec, ExtractSpec, load_extract_spec
+from repurpose.registry.outcome import ICD10_CODE_REGEX, normalised_icd10_sql
 
 log = logging.getLogger(__name__)
 
@@ -364,9 +365,10 @@ def extract_checks(
             Check("dispensed_before_birth", f"t.dispense_date < {_birth_floor('p')}"),
             Check("dispensed_after_death", "t.dispense_date > p.death_date"),
         ], join
+    # Several rows of one patient are kept: the cohort resolves them (repurpose.registry.outcome), so a
+    # duplicated patient stays a case; they are counted in the report (`registry_duplicates`).
     return [
         Check("unknown_person", "p.person_id IS NULL"),
-        Check("duplicate_person_id", "count(*) OVER (PARTITION BY t.person_id) > 1"),
         Check("diagnosis_before_birth", f"t.diagnosis_date < {_birth_floor('p')}"),
         Check("onset_before_birth", f"t.onset_date < {_birth_floor('p')}"),
         Check("onset_after_diagnosis", "t.onset_date > t.diagnosis_date"),
@@ -501,7 +503,8 @@ def _validate_one(
 def validate_registers(
     config: dict[str, Any], validated_dir: str | Path, validation_dir: str | Path
 ) -> dict[str, Any]:
-    """Validate the population and MS registry extracts; write them, their rejects and `parts/registers.json`.
+    """Validate the population and MS registry extracts (and the diagnosis extract when configured); write them,
+    their rejects and `parts/registers.json`.
 
     The registers come first: every prescription part is checked against the clean population and uses
     the person_id type decided here.
@@ -533,10 +536,76 @@ def validate_registers(
         validation_dir / "rejects" / "ms_registry.parquet",
         population.file_label,
     )
+    report["extracts"]["ms_registry"]["registry_duplicates"] = registry_duplicates(con, validated_dir / "ms_registry.parquet")
+    if inputs.get("diagnoses"):
+        report["extracts"]["diagnoses"] = validate_diagnoses(
+            con, config, person_id_type, validated_dir, validation_dir, population.file_label
+        )
     registers_path = validation_dir / "parts" / "registers.json"
     registers_path.parent.mkdir(parents=True, exist_ok=True)
     registers_path.write_text(json.dumps(report, indent=2))
     return report
+
+
+def registry_duplicates(con: duckdb.DuckDBPyConnection, clean_path: Path) -> dict[str, int]:
+    """Patients with several rows in the validated MS registry, and their rows (resolved by the cohort)."""
+    persons, rows = con.execute(
+        f"SELECT count(*), coalesce(sum(n), 0) FROM (SELECT count(*) AS n FROM read_parquet({sql_literal(str(clean_path))}) "
+        "GROUP BY person_id HAVING count(*) > 1)"
+    ).fetchone()
+    return {"persons": int(persons), "rows": int(rows)}
+
+
+def diagnosis_checks(study: dict[str, Any]) -> tuple[list[Check], str]:
+    """Row rules of the diagnosis extract beyond its columns' own, with the join to the clean population `p`."""
+    end = sql_literal(study["end"])
+    return [
+        Check("unknown_person", "p.person_id IS NULL"),
+        Check(
+            "diagnosis_date_out_of_range",
+            f"t.diagnosis_date < {_birth_floor('p')} OR t.diagnosis_date > DATE {end}",
+        ),
+        Check(
+            "malformed_icd10_code",
+            f"t.icd10_code IS NOT NULL AND NOT regexp_full_match({normalised_icd10_sql('t.icd10_code')}, "
+            f"{sql_literal(ICD10_CODE_REGEX)})",
+        ),
+    ], "LEFT JOIN clean_population p ON t.person_id = p.person_id"
+
+
+def validate_diagnoses(
+    con: duckdb.DuckDBPyConnection,
+    config: dict[str, Any],
+    person_id_type: str,
+    validated_dir: Path,
+    validation_dir: Path,
+    population_label: str,
+) -> dict[str, Any]:
+    """Validate the optional diagnosis extract (`inputs.diagnoses`) against the clean population (loaded in `con`).
+
+    Rejection reasons: missing or unknown person, missing or unparseable date, date before birth or after the
+    study end (`diagnosis_date_out_of_range`), missing or malformed ICD-10 code. Codes are stored normalised
+    (upper case, no dots). Writes validated/diagnoses.parquet and validation/rejects/diagnoses.parquet.
+    """
+    reader = ExtractReader(con, "diagnoses", config["inputs"]["diagnoses"])
+    reader.fail_if_nothing_parses()
+    checks, joins = diagnosis_checks(config["study"])
+    labelled = reader.labelled_sql(person_id_type, checks, joins)
+    normalised = f"SELECT * REPLACE ({normalised_icd10_sql('icd10_code')} AS icd10_code) FROM ({labelled})"
+    try:
+        con.execute(f"CREATE OR REPLACE TEMP TABLE labelled_diagnoses AS {normalised}")
+    except duckdb.Error as error:
+        raise ExtractError(f"diagnoses: cannot read {reader.file_label}: {str(error).splitlines()[0]}") from error
+    _check_overlap(con, reader, population_label)
+    clean_path, rejects_path = validated_dir / "diagnoses.parquet", validation_dir / "rejects" / "diagnoses.parquet"
+    clean_path.parent.mkdir(parents=True, exist_ok=True)
+    rejects_path.parent.mkdir(parents=True, exist_ok=True)
+    entry = _write_extract(con, reader, clean_path, rejects_path)
+    log.info(
+        "diagnoses %s: %d rows read, %d kept, %d rejected %s",
+        reader.file_label, entry["rows_read"], entry["rows_kept"], entry["rows_rejected"], entry["rejected_by_reason"],
+    )  # fmt: skip
+    return entry
 
 
 def validate_prescription_part(
