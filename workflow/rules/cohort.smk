@@ -3,6 +3,7 @@ rule cohort:
     input:
         population=rules.validate_registers.output.population,
         ms_registry=rules.validate_registers.output.ms_registry,
+        **OUTCOME_INPUTS,
     output:
         cohort=f"{RESULTS}/cohort/cohort.parquet",
         flow=f"{RESULTS}/cohort/flow.json",
@@ -15,4 +16,4 @@ rule cohort:
         mem_mb=MEM_MB,
         runtime=30,
     run:
-        run_logged(log[0], "repurpose.registry.cohort:run_cohort", config, input.population, input.ms_registry, output.cohort, output.flow)
+        run_logged(log[0], "repurpose.registry.cohort:run_cohort", config, input.population, input.ms_registry, output.cohort, output.flow, diagnoses_path=input.get("diagnoses"), prescription_paths=list(input.get("prescriptions", [])))

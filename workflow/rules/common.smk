@@ -4,6 +4,7 @@ import os
 from repurpose.atc import ANATOMICAL_GROUPS
 from repurpose.registry.ingest import prescription_parts
 from repurpose.logs import run_logged
+from repurpose.registry.outcome import outcome_definition
 from repurpose.simulate.registries import simulated_prescription_files
 
 RESULTS = "results"
@@ -35,6 +36,19 @@ def _prescription_part_files():
 
 PRESCRIPTION_PARTS = _prescription_part_files()
 VALIDATED_PRESCRIPTIONS = [f"{RESULTS}/validated/prescriptions/{part}.parquet" for part in PRESCRIPTION_PARTS]
+
+# The optional diagnosis extract is validated only when configured; the cohort reads the outcome's own source.
+OUTCOME = outcome_definition(config["study"]["outcome"])
+DIAGNOSES = {"diagnoses": extract_path("diagnoses")} if config["inputs"].get("diagnoses") else {}
+VALIDATED_DIAGNOSES = {
+    "diagnoses": f"{RESULTS}/validated/diagnoses.parquet",
+    "diagnoses_rejects": f"{RESULTS}/validation/rejects/diagnoses.parquet",
+} if DIAGNOSES else {}
+OUTCOME_INPUTS = {
+    "ms_registry": {},
+    "diagnoses": {"diagnoses": f"{RESULTS}/validated/diagnoses.parquet"},
+    "drug_proxy": {"prescriptions": VALIDATED_PRESCRIPTIONS},
+}[OUTCOME.source]
 
 
 def settings(*keys, drop=()):

@@ -7,7 +7,7 @@ rule exposure_substances:
     output:
         f"{RESULTS}/exposure/substances.parquet",
     params:
-        settings=settings("screen.min_dispensings", "screen.dose_cutpoints_ddd"),
+        settings=settings("screen.min_dispensings", "screen.dose_cutpoints_ddd", "study.outcome"),
     log:
         f"{RESULTS}/logs/exposure_substances.log",
     threads: THREADS
@@ -28,7 +28,7 @@ rule exposure:
     wildcard_constraints:
         level="[1-5]",
     params:
-        settings=settings("screen.min_dispensings", "screen.dose_cutpoints_ddd"),
+        settings=settings("screen.min_dispensings", "screen.dose_cutpoints_ddd", "study.outcome"),
     log:
         f"{RESULTS}/logs/exposure_atc_level_{{level}}.log",
     threads: THREADS

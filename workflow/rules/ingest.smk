@@ -4,14 +4,16 @@ rule validate_registers:
     input:
         population=extract_path("population"),
         ms_registry=extract_path("ms_registry"),
+        **DIAGNOSES,
     output:
         population=f"{RESULTS}/validated/population.parquet",
         ms_registry=f"{RESULTS}/validated/ms_registry.parquet",
         population_rejects=f"{RESULTS}/validation/rejects/population.parquet",
         ms_registry_rejects=f"{RESULTS}/validation/rejects/ms_registry.parquet",
         report=f"{RESULTS}/validation/parts/registers.json",
+        **VALIDATED_DIAGNOSES,
     params:
-        settings=settings("inputs.population", "inputs.ms_registry", "study", "validation"),
+        settings=settings("inputs.population", "inputs.ms_registry", "inputs.diagnoses", "study", "validation"),
     log:
         f"{RESULTS}/logs/validate_registers.log",
     threads: THREADS
