@@ -145,6 +145,8 @@ def schema_markdown() -> str:
             default = json.dumps(resolved["default"]) if "default" in resolved else "(required)"
             description = " ".join(str(resolved.get("description", "")).split())
             rows.append(f"| `{name}` | {kind} | `{default}` | {description} |")
+            if resolved.get("else", {}).get("properties"):  # the keys of a definition object (study.outcome)
+                walk(resolved["else"], f"{name}.")
 
     walk(schema, "")
     header = [

@@ -233,21 +233,21 @@ def drug_proxy_outcomes(
     files = "[" + ", ".join(sql_literal(str(p)) for p in prescription_paths) + "]"
     con = connect(resources)
     try:
-        table = con.execute(
+        table = con.sql(
             f"""SELECT person_id, min(dispense_date) AS outcome_date
                 FROM read_parquet({files}, union_by_name = true)
                 WHERE {atc_prefix_sql("atc_code", definition.proxy_atc_prefixes)}
                 GROUP BY person_id
                 HAVING count(*) >= {int(definition.min_dispensings)}
                 ORDER BY person_id"""
-        ).pl()
+        ).to_arrow_table()
     except duckdb.Error as error:
         raise OutcomeDefinitionError(
             f"study.outcome (drug_proxy): cannot read the validated prescriptions: {str(error).splitlines()[0]}"
         ) from error
     finally:
         con.close()
-    return table.lazy().select(
+    return pl.DataFrame(table).lazy().select(
         "person_id",
         pl.col("outcome_date").cast(pl.Date),
         outcome_source=pl.lit("drug_proxy"),
