@@ -8,9 +8,11 @@ from datetime import date
 
 import polars as pl
 import pytest
+import yaml
 
 from repurpose.config import ConfigError, load_schema, validate_config
 from repurpose.dwas.exposure import build_exposures
+from repurpose.protocol import ProtocolError, apply_protocol
 from repurpose.registry.cohort import build_cohort, run_cohort
 from repurpose.registry.ingest import ExtractError, validate_extracts
 from repurpose.registry.outcome import (
@@ -328,3 +330,13 @@ def test_a_diagnosis_extract_of_other_persons_stops_with_a_masked_message(tmp_pa
 def test_unknown_source_in_code_is_a_definition_error():
     with pytest.raises(OutcomeDefinitionError, match="study.outcome.source"):
         outcome_definition({"source": "patient_registry"})
+
+
+def test_a_protocol_outcome_definition_is_compared_whole_and_filled_into_the_site_config(tmp_path):
+    protocol = tmp_path / "protocol.yaml"
+    outcome = {"source": "diagnoses", "codes": ["G20"], "min_records": 2, "min_days_apart": 30}
+    protocol.write_text(yaml.safe_dump({"study": {"outcome": outcome}}))
+    site = {"protocol": str(protocol), "inputs": {**BASE_INPUTS, "diagnoses": {"path": "dx.csv"}}}
+    assert apply_protocol(site)["study"]["outcome"] == outcome
+    with pytest.raises(ProtocolError, match=r"`study\.outcome`: site config 'onset'"):
+        apply_protocol({**site, "study": {"outcome": "onset"}})
