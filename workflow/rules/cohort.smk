@@ -16,4 +16,4 @@ rule cohort:
         mem_mb=MEM_MB,
         runtime=30,
     run:
-        run_logged(log[0], "repurpose.registry.cohort:run_cohort", config, input.population, input.ms_registry, output.cohort, output.flow, diagnoses_path=input.get("diagnoses"), prescription_paths=list(input.get("prescriptions", [])))
+        run_logged(log[0], "repurpose.registry.cohort:run_cohort", config, input.population, input.ms_registry, output.cohort, output.flow, **outcome_paths(input))

@@ -51,6 +51,11 @@ OUTCOME_INPUTS = {
 }[OUTCOME.source]
 
 
+def outcome_paths(rule_input):
+    """The cohort's keyword arguments naming the outcome's own validated source (see OUTCOME_INPUTS)."""
+    return {"diagnoses_path": rule_input.get("diagnoses"), "prescription_paths": list(rule_input.get("prescriptions", []))}
+
+
 def settings(*keys, drop=()):
     """The config sections a rule's result depends on (dotted keys), as its `params`: Snakemake reruns a job
     whose params changed, and only those jobs (adding an ATC level reruns no other level: `drop`)."""
