@@ -306,7 +306,7 @@ def test_diagnosis_extract_is_validated_with_a_reason_for_every_rejected_row(tmp
     assert "diagnoses" in (tmp_path / "validation" / "report.md").read_text()
     flow = run_cohort(config, tmp_path / "validated/population.parquet", tmp_path / "validated/ms_registry.parquet",
                       tmp_path / "cohort.parquet", tmp_path / "flow.json",
-                      diagnoses_path=tmp_path / "validated/diagnoses.parquet")  # fmt: skip
+                      diagnoses=tmp_path / "validated/diagnoses.parquet")  # fmt: skip
     cohort = pl.read_parquet(tmp_path / "cohort.parquet").sort("person_id")
     assert cohort.filter("event")["person_id"].to_list() == [1]  # the MS patient 2 is no case of this outcome
     assert flow["outcome"] == {"source": "diagnoses", "label": "parkinson"} and flow["events"] == 1

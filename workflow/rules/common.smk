@@ -53,7 +53,7 @@ OUTCOME_INPUTS = {
 
 def outcome_paths(rule_input):
     """The cohort's keyword arguments naming the outcome's own validated source (see OUTCOME_INPUTS)."""
-    return {"diagnoses_path": rule_input.get("diagnoses"), "prescription_paths": list(rule_input.get("prescriptions", []))}
+    return {"diagnoses": rule_input.get("diagnoses"), "prescriptions": list(rule_input.get("prescriptions", []))}
 
 
 def settings(*keys, drop=()):

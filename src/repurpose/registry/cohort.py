@@ -165,16 +165,16 @@ def run_cohort(
     cohort_path: str | Path,
     flow_path: str | Path,
     *,
-    diagnoses_path: str | Path | None = None,
-    prescription_paths: Sequence[str | Path] = (),
+    diagnoses: str | Path | None = None,
+    prescriptions: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Read validated extracts, build the cohort, write cohort Parquet and flow JSON; return the flow.
 
-    The outcome is read from the extract its definition names: the MS registry, the diagnosis extract
-    (`diagnoses_path`) or the validated prescription parts (`prescription_paths`, for a drug proxy).
+    The outcome is read from the extract its definition names: the MS registry, the validated diagnosis
+    extract (`diagnoses`) or the validated prescription parts (`prescriptions`, for a drug proxy).
     """
     definition = outcome_definition(config["study"]["outcome"])
-    inputs = OutcomeInputs(ms_registry=ms_registry_path, diagnoses=diagnoses_path, prescriptions=prescription_paths)
+    inputs = OutcomeInputs(ms_registry=ms_registry_path, diagnoses=diagnoses, prescriptions=prescriptions)
     outcomes, outcome_counts = person_outcomes(definition, inputs, config.get("resources"))
     cohort, flow = build_cohort(pl.scan_parquet(population_path), outcomes, config["study"])
     flow = {"outcome": {"source": definition.source, "label": definition.display_label}, **flow, **outcome_counts}

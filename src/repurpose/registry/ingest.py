@@ -539,7 +539,12 @@ def validate_registers(
     report["extracts"]["ms_registry"]["registry_duplicates"] = registry_duplicates(con, validated_dir / "ms_registry.parquet")
     if inputs.get("diagnoses"):
         report["extracts"]["diagnoses"] = validate_diagnoses(
-            con, config, person_id_type, validated_dir, validation_dir, population.file_label
+            con,
+            config,
+            person_id_type,
+            population.file_label,
+            clean_path=validated_dir / "diagnoses.parquet",
+            rejects_path=validation_dir / "rejects" / "diagnoses.parquet",
         )
     registers_path = validation_dir / "parts" / "registers.json"
     registers_path.parent.mkdir(parents=True, exist_ok=True)
@@ -577,15 +582,16 @@ def validate_diagnoses(
     con: duckdb.DuckDBPyConnection,
     config: dict[str, Any],
     person_id_type: str,
-    validated_dir: Path,
-    validation_dir: Path,
     population_label: str,
+    *,
+    clean_path: Path,
+    rejects_path: Path,
 ) -> dict[str, Any]:
     """Validate the optional diagnosis extract (`inputs.diagnoses`) against the clean population (loaded in `con`).
 
     Rejection reasons: missing or unknown person, missing or unparseable date, date before birth or after the
     study end (`diagnosis_date_out_of_range`), missing or malformed ICD-10 code. Codes are stored normalised
-    (upper case, no dots). Writes validated/diagnoses.parquet and validation/rejects/diagnoses.parquet.
+    (upper case, no dots). Writes the clean rows to `clean_path` and the rejected rows to `rejects_path`.
     """
     reader = ExtractReader(con, "diagnoses", config["inputs"]["diagnoses"])
     reader.fail_if_nothing_parses()
@@ -597,7 +603,6 @@ def validate_diagnoses(
     except duckdb.Error as error:
         raise ExtractError(f"diagnoses: cannot read {reader.file_label}: {str(error).splitlines()[0]}") from error
     _check_overlap(con, reader, population_label)
-    clean_path, rejects_path = validated_dir / "diagnoses.parquet", validation_dir / "rejects" / "diagnoses.parquet"
     clean_path.parent.mkdir(parents=True, exist_ok=True)
     rejects_path.parent.mkdir(parents=True, exist_ok=True)
     entry = _write_extract(con, reader, clean_path, rejects_path)
