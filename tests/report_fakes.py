@@ -122,10 +122,11 @@ def write_fake_results(results: str | Path, seed: int = 7, with_candidates: bool
                           "rejected_by_reason": {"negative_ddd": 37, "malformed_atc_code": 3}},
     }}  # fmt: skip
     paths["validation"].write_text(json.dumps(validation))
-    flow = {"persons_in_population": 20497, "excluded": {"not_of_age_during_study": 300, "died_before_entry": 2,
-            "emigrated_before_entry": 95, "prevalent_ms_at_entry": 100}, "persons_in_cohort": 20000, "events": 300,
+    flow = {"outcome": {"source": "ms_registry", "label": "MS"},
+            "persons_in_population": 20497, "excluded": {"not_of_age_during_study": 300, "died_before_entry": 2,
+            "emigrated_before_entry": 95, "prevalent_outcome_at_entry": 100}, "persons_in_cohort": 20000, "events": 300,
             "events_by_outcome_source": {"diagnosis": 4, "onset": 296}, "events_by_sex": {"F": 200, "M": 100},
-            "exit_reasons": {"death": 1500, "emigration": 200, "ms": 300, "study_end": 18000},
+            "exit_reasons": {"death": 1500, "emigration": 200, "outcome": 300, "study_end": 18000},
             "person_years": 300000.0, "median_followup_years": 15.0, "check": True}  # fmt: skip
     paths["flow"].write_text(json.dumps(flow))
     dwas = fake_dwas(rng)

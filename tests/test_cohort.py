@@ -9,6 +9,7 @@ import pytest
 
 from repurpose.config import validate_config
 from repurpose.registry.cohort import build_cohort
+from repurpose.registry.outcome import ms_registry_outcomes
 
 D = date.fromisoformat
 # person_id, sex, birth_year, birth_month, death_date, emigration_date, onset_date, diagnosis_date; comment = expected fate
@@ -42,21 +43,28 @@ def frames():
     return population.lazy(), ms.lazy()
 
 
+def run_build(study_settings, population=None, ms=None):
+    """build_cohort with the MS registry outcome of `study_settings` (the default definition)."""
+    default_population, default_ms = frames()
+    outcomes = ms_registry_outcomes(default_ms if ms is None else ms, study_settings["outcome"])
+    return build_cohort(default_population if population is None else population, outcomes, study_settings)
+
+
 def study(**overrides):
     config = validate_config({"inputs": {n: {"path": "x"} for n in ("population", "prescriptions", "ms_registry")}})
     return {**config["study"], **overrides}
 
 
 def test_flow_matches_hand_count():
-    cohort, flow = build_cohort(*frames(), study())
+    cohort, flow = run_build(study())
     assert flow["persons_in_population"] == 11
     assert flow["excluded"] == {"not_of_age_during_study": 1, "died_before_entry": 1,
-                                "emigrated_before_entry": 1, "prevalent_ms_at_entry": 2}
+                                "emigrated_before_entry": 1, "prevalent_outcome_at_entry": 2}
     assert flow["persons_in_cohort"] == 6 and flow["check"]
     assert cohort["person_id"].to_list() == [1, 2, 7, 8, 9, 10]
     assert flow["events"] == 2
     assert flow["events_by_outcome_source"] == {"onset": 1, "diagnosis": 1}
-    assert flow["exit_reasons"] == {"death": 1, "emigration": 1, "ms": 2, "study_end": 2}
+    assert flow["exit_reasons"] == {"death": 1, "emigration": 1, "outcome": 2, "study_end": 2}
     spans = {1: ("2005-01-01", "2023-12-31"), 2: ("2013-07-01", "2018-03-01"), 7: ("2005-01-01", "2015-09-09"),
              8: ("2005-01-01", "2012-04-04"), 9: ("2005-01-01", "2019-02-02"), 10: ("2005-01-01", "2023-12-31")}
     expected_days = sum((D(b) - D(a)).days for a, b in spans.values())
@@ -64,19 +72,19 @@ def test_flow_matches_hand_count():
 
 
 def test_ages_are_exact_days_from_birth_date():
-    cohort, _ = build_cohort(*frames(), study())
+    cohort, _ = run_build(study())
     row = cohort.filter(pl.col("person_id") == 2).row(0, named=True)
     assert row["birth_date"] == D("1995-07-01")  # month missing -> 1 July
     assert row["entry_date"] == D("2013-07-01")  # 18th birthday
     assert row["entry_age_days"] == (D("2013-07-01") - D("1995-07-01")).days
     assert row["exit_age_days"] == (D("2018-03-01") - D("1995-07-01")).days
-    assert row["event"] and row["exit_reason"] == "ms" and row["outcome_source"] == "onset"
+    assert row["event"] and row["exit_reason"] == "outcome" and row["outcome_source"] == "onset"
     first = cohort.filter(pl.col("person_id") == 1).row(0, named=True)
     assert first["birth_date"] == D("1980-05-15") and first["entry_age_days"] == (D("2005-01-01") - D("1980-05-15")).days
 
 
 def test_outcome_diagnosis_and_max_age():
-    cohort, flow = build_cohort(*frames(), study(outcome="diagnosis", max_age=40))
+    cohort, flow = run_build(study(outcome="diagnosis", max_age=40))
     person2 = cohort.filter(pl.col("person_id") == 2).row(0, named=True)
     assert person2["exit_date"] == D("2019-01-01") and person2["event"]
     person1 = cohort.filter(pl.col("person_id") == 1).row(0, named=True)

@@ -9,7 +9,8 @@ import polars as pl
 import pytest
 
 from repurpose.config import validate_config
-from repurpose.registry.ingest import ExtractError, validate_extracts
+from repurpose.registry.ingest import validate_extracts
+from repurpose.registry.reader import ExtractError
 
 POPULATION = [
     "person_id,sex,birth_year,birth_month,death_date,emigration_date,education",

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 from test_ingest import MS_REGISTRY, POPULATION, PRESCRIPTIONS, make_config, read_rejects, run, write_extracts
 
-from repurpose.registry.ingest import ExtractError, validate_extracts
+from repurpose.registry.ingest import validate_extracts
+from repurpose.registry.reader import ExtractError
 
 IDENTIFIER = "987654321"
 

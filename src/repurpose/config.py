@@ -16,6 +16,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from repurpose.registry.outcome import outcome_config_errors
+
 
 class ConfigError(ValueError):
     """The configuration does not match the schema; the message lists every mistake."""
@@ -60,7 +62,7 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
             where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
             lines.append(f"  - config key `{where}`: {error.message}")
         raise ConfigError("The configuration is invalid:\n" + "\n".join(lines))
-    mistakes = cross_key_mistakes(filled)
+    mistakes = cross_key_mistakes(filled) + outcome_config_errors(filled)
     if mistakes:
         raise ConfigError("The configuration is invalid:\n" + "\n".join(f"  - {m}" for m in mistakes))
     return filled
@@ -135,6 +137,8 @@ def schema_markdown() -> str:
             default = json.dumps(resolved["default"]) if "default" in resolved else "(required)"
             description = " ".join(str(resolved.get("description", "")).split())
             rows.append(f"| `{name}` | {kind} | `{default}` | {description} |")
+            if resolved.get("else", {}).get("properties"):  # the keys of a definition object (study.outcome)
+                walk(resolved["else"], f"{name}.")
 
     walk(schema, "")
     header = [

@@ -17,7 +17,6 @@ from pathlib import Path
 DEFAULT_ROOT = "results"
 # The workflow of this source checkout (src/repurpose/layout.py -> the repository root's Snakefile).
 WORKFLOW_SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
-REGISTER_EXTRACTS = ("population", "ms_registry")
 REPORT_TABLES = ("cohort_flow", "validation", "exposure_prevalence")
 
 

@@ -34,8 +34,11 @@ DESIGN_BLOCKS = ("study", "validation", "screen", "candidates")
 NOT_DESIGN_KEYS = frozenset({"screen.split_by"})  # jobs per level or per anatomical group: same estimates
 DESIGN_SINGLE_KEYS = (("disclosure", "min_cell"),)
 MINIMUM_KEYS = frozenset({"disclosure.min_cell"})  # a site may set a larger value, never a smaller one
+WHOLE_VALUE_KEYS = frozenset({"study.outcome"})  # a definition object: compared whole, never key by key
 # Placeholder inputs so the schema (which requires inputs) can fill the design defaults of a protocol.
-_PLACEHOLDER_INPUTS = {name: {"path": "(site input)"} for name in ("population", "prescriptions", "ms_registry")}
+_PLACEHOLDER_INPUTS = {
+    name: {"path": "(site input)"} for name in ("population", "prescriptions", "ms_registry", "diagnoses")
+}
 
 
 class ProtocolError(ValueError):
@@ -77,7 +80,7 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
+        if isinstance(value, dict) and value and name not in WHOLE_VALUE_KEYS:
             flat.update(flatten(value, f"{name}."))
         else:
             flat[name] = value
@@ -154,7 +157,7 @@ def apply_protocol(raw_config: dict[str, Any], site_config: dict[str, Any] | Non
 def _as_config_values(design: dict[str, Any]) -> dict[str, Any]:
     """Canonical design back to config types: integers where the schema wants integers."""
     integer_keys = {"atc_levels", "min_dispensings", "min_exposed_cases", "birth_cohort_band_years", "min_cell",
-                    "max_classes", "max_adjustment_classes", "l1_sample_size"}  # fmt: skip
+                    "max_classes", "max_adjustment_classes", "l1_sample_size", "min_records", "min_days_apart"}  # fmt: skip
 
     def convert(value: Any, key: str) -> Any:
         if isinstance(value, dict):

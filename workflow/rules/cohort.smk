@@ -3,6 +3,7 @@ rule cohort:
     input:
         population=rules.validate_registers.output.population,
         ms_registry=rules.validate_registers.output.ms_registry,
+        **OUTCOME_INPUTS,
     output:
         cohort=PATHS.cohort(),
         flow=PATHS.cohort_flow(),
@@ -15,4 +16,4 @@ rule cohort:
         mem_mb=MEM_MB,
         runtime=30,
     run:
-        run_logged(log[0], run_cohort, config, **input, **output)
+        run_logged(log[0], run_cohort, config, **stage_inputs(input, ["prescriptions"]), **output)

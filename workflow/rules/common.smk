@@ -9,15 +9,12 @@ from repurpose.dwas.exposure import build_exposures, build_substance_exposures
 from repurpose.dwas.mechanisms import run_mechanisms
 from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.federation.package import pooled_screen, write_site_package
-from repurpose.layout import REGISTER_EXTRACTS, REPORT_TABLES, results_layout
+from repurpose.layout import REPORT_TABLES, results_layout
 from repurpose.logs import run_logged
 from repurpose.registry.cohort import run_cohort
-from repurpose.registry.ingest import (
-    merge_validation_reports,
-    prescription_parts,
-    validate_prescription_part,
-    validate_registers,
-)
+from repurpose.registry.ingest import merge_validation_reports, validate_prescription_part, validate_registers
+from repurpose.registry.outcome import outcome_definition
+from repurpose.registry.reader import prescription_parts
 from repurpose.release.export import export_results
 from repurpose.release.report import build_report
 from repurpose.simulate import simulate_registries, simulated_prescription_files
@@ -56,6 +53,18 @@ def _prescription_part_files():
 
 PRESCRIPTION_PARTS = _prescription_part_files()
 VALIDATED_PRESCRIPTIONS = [PATHS.validated_prescriptions(part) for part in PRESCRIPTION_PARTS]
+
+# The optional diagnosis extract is validated only when configured; the cohort reads the outcome's own source.
+OUTCOME = outcome_definition(config["study"]["outcome"])
+DIAGNOSES = {"diagnoses": extract_path("diagnoses")} if config["inputs"].get("diagnoses") else {}
+VALIDATED_DIAGNOSES = (
+    {"diagnoses": PATHS.validated("diagnoses"), "diagnoses_rejects": PATHS.rejects("diagnoses")} if DIAGNOSES else {}
+)
+OUTCOME_INPUTS = {
+    "ms_registry": {},
+    "diagnoses": {"diagnoses": PATHS.validated("diagnoses")},
+    "drug_proxy": {"prescriptions": VALIDATED_PRESCRIPTIONS},
+}[OUTCOME.source]
 
 
 def person_level(path):

@@ -4,12 +4,14 @@ rule validate_registers:
     input:
         population=extract_path("population"),
         ms_registry=extract_path("ms_registry"),
+        **DIAGNOSES,
     output:
         population=PATHS.validated("population"),
         ms_registry=PATHS.validated("ms_registry"),
         population_rejects=PATHS.rejects("population"),
         ms_registry_rejects=PATHS.rejects("ms_registry"),
         report=PATHS.registers_report(),
+        **VALIDATED_DIAGNOSES,
     params:
         settings=rerun_settings(validate_registers, config),
     log:

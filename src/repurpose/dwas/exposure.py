@@ -22,11 +22,13 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from repurpose.atc import ATC_LEVEL_CODE_LENGTH
 from repurpose.duck import connect, execute_with_progress, sql_literal
+from repurpose.registry.outcome import atc_prefix_sql, outcome_definition
 from repurpose.schemas import dose_column
 from repurpose.stages import stage
 
@@ -36,8 +38,15 @@ SUBSTANCE_CODE_LENGTH = ATC_LEVEL_CODE_LENGTH[5]
 """A substance is a full (level-5) ATC code."""
 
 
-def _cohort_dispensings_sql(prescriptions_source: str, cohort_path: str, code_length: int) -> str:
-    """CTEs `cohort` and `dispensings` (cohort members' dispensings up to exit, codes cut to `code_length`)."""
+def _cohort_dispensings_sql(
+    prescriptions_source: str, cohort_path: str, code_length: int, excluded_atc_prefixes: Sequence[str] = ()
+) -> str:
+    """CTEs `cohort` and `dispensings` (cohort members' dispensings up to exit, codes cut to `code_length`).
+
+    Dispensings of `excluded_atc_prefixes` (the drugs of a drug-proxy outcome) are left out here, before any
+    window, so neither their class nor any parent class counts them.
+    """
+    excluded = f" AND NOT {atc_prefix_sql('r.atc_code', excluded_atc_prefixes)}" if excluded_atc_prefixes else ""
     return f"""
     cohort AS (
         SELECT person_id, birth_date, exit_date FROM read_parquet({sql_literal(cohort_path)})
@@ -47,7 +56,7 @@ def _cohort_dispensings_sql(prescriptions_source: str, cohort_path: str, code_le
                coalesce(r.ddd, 0) AS ddd
         FROM read_parquet({prescriptions_source}, hive_partitioning = true) r
         JOIN cohort c ON r.person_id = c.person_id
-        WHERE r.dispense_date <= c.exit_date
+        WHERE r.dispense_date <= c.exit_date{excluded}
     )"""
 
 
@@ -71,7 +80,11 @@ def _milestones_sql(source: str, min_dispensings: int, dose_cutpoints: list[floa
 
 
 def substance_exposures_sql(
-    prescriptions_source: str, cohort_path: str, min_dispensings: int, dose_cutpoints: list[float]
+    prescriptions_source: str,
+    cohort_path: str,
+    min_dispensings: int,
+    dose_cutpoints: list[float],
+    excluded_atc_prefixes: Sequence[str] = (),
 ) -> str:
     """SQL of the substance table (step 1 in the module docstring): one row per (person, full ATC code)."""
     per_substance = _milestones_sql(
@@ -80,7 +93,8 @@ def substance_exposures_sql(
         dose_cutpoints,
         ", min(dispense_date) AS first_dispense_date, count(*) AS n_dispensings, sum(ddd) AS total_ddd",
     )
-    return f"WITH {_cohort_dispensings_sql(prescriptions_source, cohort_path, SUBSTANCE_CODE_LENGTH)} {per_substance}"
+    dispensings = _cohort_dispensings_sql(prescriptions_source, cohort_path, SUBSTANCE_CODE_LENGTH, excluded_atc_prefixes)
+    return f"WITH {dispensings} {per_substance}"
 
 
 def exposure_sql(
@@ -90,6 +104,7 @@ def exposure_sql(
     level: int,
     min_dispensings: int,
     dose_cutpoints: list[float],
+    excluded_atc_prefixes: Sequence[str] = (),
 ) -> str:
     """SQL producing the exposure table of one ATC level from the substance table (step 2 in the module
     docstring); `prescriptions_source` is the SQL file argument of `read_parquet` (see `prescription_source`).
@@ -113,7 +128,7 @@ def exposure_sql(
     )
     if may_mix:
         sources = f""",
-    {_cohort_dispensings_sql(prescriptions_source, cohort_path, code_length)},
+    {_cohort_dispensings_sql(prescriptions_source, cohort_path, code_length, excluded_atc_prefixes)},
     mixed AS (SELECT person_id, atc_code FROM classes WHERE n_substances > 1),
     mixed_milestones AS (
         {_milestones_sql("(SELECT d.* FROM dispensings d SEMI JOIN mixed USING (person_id, atc_code))",
@@ -157,7 +172,7 @@ def prescription_source(prescriptions: str | Path | list[str] | list[Path]) -> s
     return "[" + ", ".join(sql_literal(str(p)) for p in prescriptions) + "]"
 
 
-@stage(reads=("screen.min_dispensings", "screen.dose_cutpoints_ddd"))
+@stage(reads=("screen.min_dispensings", "screen.dose_cutpoints_ddd", "study.outcome"))
 def build_substance_exposures(
     config: dict[str, Any],
     *,
@@ -171,7 +186,11 @@ def build_substance_exposures(
     con = connect(resources)
     cohort_path, out_path = cohort, substances
     sql = substance_exposures_sql(
-        prescription_source(prescriptions), str(cohort_path), screen["min_dispensings"], screen["dose_cutpoints_ddd"]
+        prescription_source(prescriptions),
+        str(cohort_path),
+        screen["min_dispensings"],
+        screen["dose_cutpoints_ddd"],
+        outcome_definition(config["study"]["outcome"]).proxy_atc_prefixes,
     )
     started = time.perf_counter()
     n_rows = execute_with_progress(
@@ -184,7 +203,7 @@ def build_substance_exposures(
     return int(n_rows)
 
 
-@stage(reads=("screen.min_dispensings", "screen.dose_cutpoints_ddd"))
+@stage(reads=("screen.min_dispensings", "screen.dose_cutpoints_ddd", "study.outcome"))
 def build_exposures(
     config: dict[str, Any],
     *,
@@ -218,6 +237,7 @@ def build_exposures(
         level,
         screen["min_dispensings"],
         screen["dose_cutpoints_ddd"],
+        outcome_definition(config["study"]["outcome"]).proxy_atc_prefixes,
     )
     started = time.perf_counter()
     n_rows = execute_with_progress(

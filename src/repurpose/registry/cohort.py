@@ -1,24 +1,29 @@
-"""Build the study cohort from the validated population and MS registry, with a documented flow.
+"""Build the study cohort from the validated population and the outcome, with a documented flow.
 
 Follow-up starts at entry = max(study start + washout, date of reaching `study.min_age`) for persons
-alive, resident and free of MS at entry, and ends at the first of: the outcome (MS onset, or
-diagnosis by config), death, emigration, reaching `study.max_age`, or study end. Age is the time scale
-downstream, so entry and exit are stored exactly as age in whole days since birth (`*_age_days`).
+alive, resident and free of the outcome at entry, and ends at the first of: the outcome (as defined by
+`study.outcome`, see `repurpose.registry.outcome`), death, emigration, reaching `study.max_age`, or study
+end. Age is the time scale downstream, so entry and exit are stored exactly as age in whole days since
+birth (`*_age_days`).
 
 Birth date: the 15th of the birth month; 1 July of the birth year when the month is missing (the
 middle of the possible range, which bounds the age error by half a year and is unbiased on average).
+
+May import `repurpose.registry.outcome` and the shared top-level modules.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from datetime import date
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
+from repurpose.registry.outcome import OUTCOME_COLUMNS, OutcomeInputs, outcome_definition, person_outcomes
 from repurpose.schemas import COHORT_SCHEMA, DAYS_PER_YEAR
 from repurpose.stages import stage
 
@@ -39,34 +44,20 @@ def with_birth_date(population: pl.LazyFrame) -> pl.LazyFrame:
     return population.with_columns(birth_date=pl.date(pl.col("birth_year"), month, day))
 
 
-def outcome_dates(ms_registry: pl.LazyFrame, outcome: str) -> pl.LazyFrame:
-    """Per MS patient: `outcome_date`, `outcome_source` and `first_ms_date` (earliest of onset/diagnosis)."""
-    if outcome == "onset":
-        outcome_date = pl.coalesce("onset_date", "diagnosis_date")
-        source = (
-            pl.when(pl.col("onset_date").is_not_null()).then(pl.lit("onset")).otherwise(pl.lit("diagnosis"))
-        )
-    else:
-        outcome_date = pl.col("diagnosis_date")
-        source = pl.lit("diagnosis")
-    return ms_registry.select(
-        "person_id",
-        outcome_date=outcome_date,
-        outcome_source=source,
-        first_ms_date=pl.min_horizontal("onset_date", "diagnosis_date"),
-    )
-
-
 def build_cohort(
-    population: pl.LazyFrame, ms_registry: pl.LazyFrame, study: dict[str, Any]
+    population: pl.LazyFrame, outcomes: pl.LazyFrame, study: dict[str, Any]
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
-    """Return the cohort (COHORT_SCHEMA) and the flow: counts excluded at each step, events, person-years."""
+    """Return the cohort (COHORT_SCHEMA) and the flow: counts excluded at each step, events, person-years.
+
+    `outcomes` holds one row per person with an outcome (`OUTCOME_COLUMNS` of `repurpose.registry.outcome`);
+    a person in it is a case from `outcome_date` and is never followed as outcome-free after it.
+    """
     study_start = date.fromisoformat(study["start"])
     study_end = date.fromisoformat(study["end"])
     earliest_entry = _offset_years(pl.lit(study_start), study["washout_years"])
     persons = (
         with_birth_date(population)
-        .join(outcome_dates(ms_registry, study["outcome"]), on="person_id", how="left")
+        .join(outcomes.select(OUTCOME_COLUMNS), on="person_id", how="left")
         .with_columns(
             entry_date=pl.max_horizontal(
                 earliest_entry, _offset_years(pl.col("birth_date"), study["min_age"])
@@ -88,7 +79,7 @@ def build_cohort(
         ),
         ("died_before_entry", pl.col("death_date") <= pl.col("entry_date")),
         ("emigrated_before_entry", pl.col("emigration_date") <= pl.col("entry_date")),
-        ("prevalent_ms_at_entry", pl.col("first_ms_date") <= pl.col("entry_date")),
+        ("prevalent_outcome_at_entry", pl.col("first_outcome_date") <= pl.col("entry_date")),
     ]
     flow: dict[str, Any] = {"persons_in_population": persons.height, "excluded": {}}
     remaining = persons
@@ -105,7 +96,7 @@ def build_cohort(
         .with_columns(event=(pl.col("outcome_date") == pl.col("exit_date")).fill_null(False))
         .with_columns(
             exit_reason=pl.when("event")
-            .then(pl.lit("ms"))
+            .then(pl.lit("outcome"))
             .when(pl.col("death_date") == pl.col("exit_date"))
             .then(pl.lit("death"))
             .when(pl.col("emigration_date") == pl.col("exit_date"))
@@ -156,19 +147,30 @@ def run_cohort(
     config: dict[str, Any],
     *,
     population: str | Path,
-    ms_registry: str | Path,
+    ms_registry: str | Path | None,
     cohort: str | Path,
     flow: str | Path,
+    diagnoses: str | Path | None = None,
+    prescriptions: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
-    """Read validated extracts, build the cohort, write cohort Parquet and flow JSON; return the flow."""
+    """Read validated extracts, build the cohort, write cohort Parquet and flow JSON; return the flow.
+
+    The outcome is read from the extract its definition names: the MS registry, the validated diagnosis
+    extract (`diagnoses`) or the validated prescription parts (`prescriptions`, for a drug proxy).
+    """
     cohort_path, flow_path = cohort, flow
-    cohort, flow = build_cohort(pl.scan_parquet(population), pl.scan_parquet(ms_registry), config["study"])
+    definition = outcome_definition(config["study"]["outcome"])
+    inputs = OutcomeInputs(ms_registry=ms_registry, diagnoses=diagnoses, prescriptions=prescriptions)
+    outcomes, outcome_counts = person_outcomes(definition, inputs, config.get("resources"))
+    cohort, flow = build_cohort(pl.scan_parquet(population), outcomes, config["study"])
+    flow = {"outcome": {"source": definition.source, "label": definition.display_label}, **flow, **outcome_counts}
     cohort.write_parquet(cohort_path)
     Path(flow_path).write_text(json.dumps(flow, indent=2))
     log.info(
-        "cohort: %d persons, %d events, %.0f person-years",
+        "cohort: %d persons, %d events (%s), %.0f person-years",
         flow["persons_in_cohort"],
         flow["events"],
+        definition.display_label,
         flow["person_years"],
     )
     return flow

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-EXTRACTS = ("population", "prescriptions", "ms_registry")
+EXTRACTS = ("population", "prescriptions", "ms_registry", "diagnoses")
 
 
 @dataclass(frozen=True)

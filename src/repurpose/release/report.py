@@ -552,6 +552,7 @@ def build_report(
     if sites is not None:
         summary["person_years"] = "not pooled"
     summary["median_followup_years"] = flow_raw.get("median_followup_years")
+    summary["outcome_label"] = flow_raw.get("outcome", {}).get("label", "outcome")
 
     levels = sorted(int(v) for v in dwas["atc_level"].unique())
     lags = sorted(float(v) for v in dwas["lag_years"].unique())
