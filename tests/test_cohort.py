@@ -58,7 +58,7 @@ def study(**overrides):
 def test_flow_matches_hand_count():
     cohort, flow = run_build(study())
     assert flow["persons_in_population"] == 11
-    assert flow["excluded"] == {"not_of_age_during_study": 1, "died_before_entry": 1,
+    assert flow["excluded"] == {"outcome_status_unknown": 0, "not_of_age_during_study": 1, "died_before_entry": 1,
                                 "emigrated_before_entry": 1, "prevalent_outcome_at_entry": 2}
     assert flow["persons_in_cohort"] == 6 and flow["check"]
     assert cohort["person_id"].to_list() == [1, 2, 7, 8, 9, 10]

@@ -344,3 +344,29 @@ def test_a_protocol_outcome_definition_is_compared_whole_and_filled_into_the_sit
     assert apply_protocol(site)["study"]["outcome"] == outcome
     with pytest.raises(ProtocolError, match=r"`study\.outcome`: site config 'onset'"):
         apply_protocol({**site, "study": {"outcome": "onset"}})
+
+
+def test_a_patient_whose_every_registry_row_is_rejected_is_never_a_control(tmp_path):
+    """Issue 18: before, person 1 (one registry row, rejected: diagnosis before birth) was followed to study end
+    as MS-free. Now the validation lists the person and the cohort leaves them out, counted in its flow."""
+    inputs = {
+        "population": {"path": write_csv(tmp_path / "in/population.csv", POPULATION)},
+        "prescriptions": {"path": write_csv(tmp_path / "in/prescriptions.csv", PRESCRIPTIONS)},
+        "ms_registry": {"path": write_csv(tmp_path / "in/ms_registry.csv", [
+            "person_id,onset_date,diagnosis_date,ms_course,edss_at_diagnosis",
+            "1,1970-01-01,1971-02-03,RR,2.5",  # before birth (1980): rejected, the only row of person 1
+            "2,2015-01-01,2015-06-01,RR,1",
+        ])},  # fmt: skip
+    }
+    config = validate_config({"inputs": inputs, "resources": {"tmpdir": str(tmp_path / "tmp"), "memory_gb": 1}})
+    report = validate_extracts(config, results_dir=tmp_path)
+    assert report["extracts"]["ms_registry"]["patients_only_rejected"] == 1
+    unusable = tmp_path / "validated/ms_registry_unusable.parquet"
+    assert pl.read_parquet(unusable)["person_id"].to_list() == ["1"]
+    flow = run_cohort(config, population=tmp_path / "validated/population.parquet",
+                      ms_registry=tmp_path / "validated/ms_registry.parquet", ms_registry_unusable=unusable,
+                      cohort=tmp_path / "cohort.parquet", flow=tmp_path / "flow.json")  # fmt: skip
+    cohort = pl.read_parquet(tmp_path / "cohort.parquet")
+    assert "1" not in cohort["person_id"].to_list()
+    assert flow["excluded"]["outcome_status_unknown"] == 1 and flow["check"]
+    assert cohort.filter(pl.col("person_id") == "2")["event"].to_list() == [True]

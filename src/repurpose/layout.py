@@ -52,6 +52,10 @@ class ResultsLayout:
         """The clean rows of one delivered prescription file (one yearly part)."""
         return self._path(f"validated/prescriptions/{part}.parquet")
 
+    def unusable_registry_persons(self) -> str:
+        """Persons whose every MS registry row was rejected (their outcome cannot be dated; the cohort leaves them out)."""
+        return self._path("validated/ms_registry_unusable.parquet")
+
     def validation_dir(self) -> str:
         return self._path("validation")
 

@@ -3,6 +3,7 @@ rule cohort:
     input:
         population=rules.validate_registers.output.population,
         ms_registry=rules.validate_registers.output.ms_registry,
+        ms_registry_unusable=rules.validate_registers.output.ms_registry_unusable,
         **OUTCOME_INPUTS,
     output:
         cohort=PATHS.cohort(),

@@ -10,6 +10,7 @@ rule validate_registers:
         ms_registry=PATHS.validated("ms_registry"),
         population_rejects=PATHS.rejects("population"),
         ms_registry_rejects=PATHS.rejects("ms_registry"),
+        ms_registry_unusable=PATHS.unusable_registry_persons(),
         report=PATHS.registers_report(),
         **VALIDATED_DIAGNOSES,
     params:

@@ -49,15 +49,18 @@ def build_cohort(
 ) -> tuple[pl.DataFrame, dict[str, Any]]:
     """Return the cohort (COHORT_SCHEMA) and the flow: counts excluded at each step, events, person-years.
 
-    `outcomes` holds one row per person with an outcome (`OUTCOME_COLUMNS` of `repurpose.registry.outcome`);
-    a person in it is a case from `outcome_date` and is never followed as outcome-free after it.
+    `outcomes` holds one row per person with an outcome (`OUTCOME_COLUMNS` of `repurpose.registry.outcome`, and
+    `outcome_unknown`); a person in it is a case from `outcome_date` and is never followed as outcome-free
+    after it; a person whose outcome cannot be dated (`outcome_unknown`) is left out at the first step.
     """
+    if "outcome_unknown" not in outcomes.collect_schema().names():
+        outcomes = outcomes.with_columns(outcome_unknown=pl.lit(False))
     study_start = date.fromisoformat(study["start"])
     study_end = date.fromisoformat(study["end"])
     earliest_entry = _offset_years(pl.lit(study_start), study["washout_years"])
     persons = (
         with_birth_date(population)
-        .join(outcomes.select(OUTCOME_COLUMNS), on="person_id", how="left")
+        .join(outcomes.select(*OUTCOME_COLUMNS, "outcome_unknown"), on="person_id", how="left")
         .with_columns(
             entry_date=pl.max_horizontal(
                 earliest_entry, _offset_years(pl.col("birth_date"), study["min_age"])
@@ -73,6 +76,7 @@ def build_cohort(
 
     # Exclusion steps in order; each person is counted at the first step that excludes them.
     steps = [
+        ("outcome_status_unknown", pl.col("outcome_unknown")),
         (
             "not_of_age_during_study",
             (pl.col("entry_date") > pl.lit(study_end)) | (pl.col("max_age_date") <= pl.col("entry_date")),
@@ -149,6 +153,7 @@ def run_cohort(
     population: str | Path,
     ms_registry: str | Path | None,
     cohort: str | Path,
+    ms_registry_unusable: str | Path | None = None,
     flow: str | Path,
     diagnoses: str | Path | None = None,
     prescriptions: Sequence[str | Path] = (),
@@ -160,7 +165,8 @@ def run_cohort(
     """
     cohort_path, flow_path = cohort, flow
     definition = outcome_definition(config["study"]["outcome"])
-    inputs = OutcomeInputs(ms_registry=ms_registry, diagnoses=diagnoses, prescriptions=prescriptions)
+    inputs = OutcomeInputs(ms_registry=ms_registry, ms_registry_unusable=ms_registry_unusable, diagnoses=diagnoses,
+                           prescriptions=prescriptions)  # fmt: skip
     outcomes, outcome_counts = person_outcomes(definition, inputs, config.get("resources"))
     cohort, flow = build_cohort(pl.scan_parquet(population), outcomes, config["study"])
     flow = {"outcome": {"source": definition.source, "label": definition.display_label}, **flow, **outcome_counts}

@@ -163,16 +163,17 @@ def _check_overlap(
         )
 
 
-def _patients_only_rejected(con: duckdb.DuckDBPyConnection) -> int:
-    """Persons of the clean population whose every MS registry row was rejected: MS patients the cohort
-    would otherwise follow as MS-free (counted so that this is never silent)."""
-    return int(
-        con.execute(
-            "SELECT count(*) FROM (SELECT t.person_id FROM labelled_ms_registry t "
-            "SEMI JOIN clean_population p ON t.person_id = p.person_id "
-            "GROUP BY t.person_id HAVING bool_and(t.reject_reason IS NOT NULL))"
-        ).fetchone()[0]
+def write_unusable_registry_persons(con: duckdb.DuckDBPyConnection, path: Path) -> int:
+    """Write (sorted `person_id`) the persons of the clean population whose every MS registry row was rejected:
+    patients whose outcome cannot be dated. The cohort leaves them out (counted in its flow), so an MS patient
+    with unusable rows is never followed as MS-free. Returns their number."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    con.execute(
+        f"COPY (SELECT t.person_id FROM labelled_ms_registry t SEMI JOIN clean_population p ON t.person_id = p.person_id "
+        "GROUP BY t.person_id HAVING bool_and(t.reject_reason IS NOT NULL) ORDER BY t.person_id) "
+        f"TO {sql_literal(str(path))} (FORMAT parquet)"
     )
+    return int(con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(str(path))})").fetchone()[0])
 
 
 def _ordered_connection(config: dict[str, Any]) -> duckdb.DuckDBPyConnection:
@@ -242,6 +243,7 @@ def validate_registers(
     ms_registry: str | Path,
     population_rejects: str | Path,
     ms_registry_rejects: str | Path,
+    ms_registry_unusable: str | Path,
     report: str | Path,
     diagnoses: str | Path | None = None,
     diagnoses_rejects: str | Path | None = None,
@@ -277,11 +279,11 @@ def validate_registers(
             f"by reason {entry['rejected_by_reason']}); without MS patients every person would be followed "
             f"as MS-free. See {ms_registry_rejects}"
         )
-    entry["patients_only_rejected"] = _patients_only_rejected(con)
+    entry["patients_only_rejected"] = write_unusable_registry_persons(con, Path(ms_registry_unusable))
     if entry["patients_only_rejected"]:
         log.warning(
-            "ms_registry: %d persons of the population have only rejected registry rows; unless the cohort "
-            "excludes them they are followed as MS-free",
+            "ms_registry: %d persons of the population have only rejected registry rows: the cohort leaves them "
+            "out (their outcome cannot be dated), counted in its flow",
             entry["patients_only_rejected"],
         )
     entry["registry_duplicates"] = registry_duplicates(con, Path(ms_registry))
@@ -476,6 +478,7 @@ def validate_extracts(config: dict[str, Any], *, results_dir: str | Path) -> dic
         ms_registry=paths.validated("ms_registry"),
         population_rejects=paths.rejects("population"),
         ms_registry_rejects=paths.rejects("ms_registry"),
+        ms_registry_unusable=paths.unusable_registry_persons(),
         report=paths.registers_report(),
         **({"diagnoses": paths.validated("diagnoses"), "diagnoses_rejects": paths.rejects("diagnoses")}
            if config["inputs"].get("diagnoses") else {}),
@@ -522,7 +525,7 @@ def render_report_markdown(report: dict[str, Any]) -> str:
         if entry.get("patients_only_rejected"):
             lines.append(
                 f"Persons of the population whose every registry row was rejected: {entry['patients_only_rejected']:,} "
-                "(MS patients with unusable rows: followed as MS-free unless the cohort excludes them)"
+                "(MS patients whose outcome cannot be dated: left out of the cohort, counted in its flow)"
             )
         if entry.get("empty_parts"):
             lines.append(f"Empty parts: {', '.join(entry['empty_parts'])}")

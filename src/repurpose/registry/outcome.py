@@ -260,6 +260,7 @@ class OutcomeInputs:
     """The validated files an outcome may be read from (only the one of the definition's source is used)."""
 
     ms_registry: str | Path | None = None
+    ms_registry_unusable: str | Path | None = None
     diagnoses: str | Path | None = None
     prescriptions: Sequence[str | Path] = ()
 
@@ -267,7 +268,8 @@ class OutcomeInputs:
 def person_outcomes(
     definition: OutcomeDefinition, inputs: OutcomeInputs, resources: dict[str, Any] | None = None
 ) -> tuple[pl.LazyFrame, dict[str, Any]]:
-    """Per-person outcome dates (OUTCOME_COLUMNS) and the counts the cohort flow reports about them."""
+    """Per-person outcome dates (OUTCOME_COLUMNS plus `outcome_unknown`: a person whose outcome cannot be dated,
+    such as an MS patient whose every registry row was rejected) and the counts the flow reports about them."""
     if definition.source == "ms_registry":
         if inputs.ms_registry is None:
             raise OutcomeDefinitionError("study.outcome: the MS registry outcome needs the validated ms_registry")
@@ -280,11 +282,18 @@ def person_outcomes(
                 "rule": "earliest onset and earliest diagnosis across the person's rows",
             }
         }
-        return resolved.lazy().select(OUTCOME_COLUMNS), counts
+        outcomes = resolved.select(OUTCOME_COLUMNS).with_columns(outcome_unknown=pl.lit(False))
+        if inputs.ms_registry_unusable is not None:
+            # Patients whose every registry row was rejected: their outcome cannot be dated, so they are never
+            # controls (build_cohort leaves them out at its first step, counted in the flow).
+            unusable = pl.read_parquet(inputs.ms_registry_unusable).select("person_id")
+            unusable = unusable.join(outcomes, on="person_id", how="anti").with_columns(outcome_unknown=pl.lit(True))
+            outcomes = pl.concat([outcomes, unusable], how="diagonal_relaxed")
+        return outcomes.lazy(), counts
     if definition.source == "diagnoses":
         if inputs.diagnoses is None:
             raise OutcomeDefinitionError("study.outcome: the diagnoses outcome needs the validated inputs.diagnoses")
-        return diagnosis_outcomes(pl.scan_parquet(inputs.diagnoses), definition), {}
+        return diagnosis_outcomes(pl.scan_parquet(inputs.diagnoses), definition).with_columns(outcome_unknown=pl.lit(False)), {}
     if not inputs.prescriptions:
         raise OutcomeDefinitionError("study.outcome: the drug_proxy outcome needs the validated prescriptions")
-    return drug_proxy_outcomes(inputs.prescriptions, definition, resources), {}
+    return drug_proxy_outcomes(inputs.prescriptions, definition, resources).with_columns(outcome_unknown=pl.lit(False)), {}
