@@ -1,6 +1,6 @@
 """Load and validate the run configuration against the JSON schema, filling defaults.
 
-The schema (`workflow/schemas/config.schema.yaml`, shipped as package data) is the single place where
+The schema (`src/repurpose/data/config.schema.yaml`, package data; `workflow/schemas/config.schema.yaml` links to it) is the single place where
 config keys, defaults and their meaning are written down; this module only applies it.
 """
 

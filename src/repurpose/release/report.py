@@ -86,9 +86,8 @@ def read_site_evidence(
 
 
 def template_dir() -> Path:
-    """workflow/report/ (templates and captions), shipped as package data or found beside the package."""
-    packaged = Path(str(resources.files("repurpose").joinpath("data/report")))
-    return packaged if packaged.is_dir() else Path(__file__).resolve().parents[2] / "workflow" / "report"
+    """The report's templates and captions: package data (`workflow/report` links to them)."""
+    return Path(str(resources.files("repurpose").joinpath("data/report")))
 
 
 def figure_png(fig: plt.Figure) -> str:
