@@ -52,6 +52,7 @@ from repurpose.dwas.risk_sets import (
     total_counts,
 )
 from repurpose.federation.design import site_design
+from repurpose.layout import results_layout
 from repurpose.protocol import protocol_hash as design_hash
 from repurpose.schemas import FIT_KEYS, SCREEN_EXPOSURE_COLUMNS
 
@@ -362,20 +363,14 @@ def read_site_inputs(config: dict[str, Any], results_dir: str | Path, levels: It
     pl.DataFrame, dict[int, pl.DataFrame]
 ]:
     """The site's cohort and exposure tables of the requested ATC levels from its results directory."""
-    results_dir = Path(results_dir)
+    paths = results_layout(results_dir)
     configured = set(config["screen"]["atc_levels"])
     wanted = sorted(set(int(level) for level in levels))
     not_screened = [level for level in wanted if level not in configured]
     if not_screened:
         raise DistributedCoxError(f"the round asks for ATC levels {not_screened} outside screen.atc_levels")
-    cohort = pl.read_parquet(results_dir / "cohort" / "cohort.parquet")
-    exposures = {
-        level: pl.read_parquet(
-            results_dir / "exposure" / f"atc_level_{level}.parquet",
-            columns=SCREEN_EXPOSURE_COLUMNS,
-        )
-        for level in wanted
-    }
+    cohort = pl.read_parquet(paths.cohort())
+    exposures = {level: pl.read_parquet(paths.exposure(level), columns=SCREEN_EXPOSURE_COLUMNS) for level in wanted}
     return cohort, exposures
 
 
