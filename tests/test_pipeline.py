@@ -81,4 +81,6 @@ def test_a_study_with_other_lags_runs_end_to_end(demo_run, tmp_path):
     drugs = pl.read_csv(results / "candidates/drug_ranking.csv", infer_schema=False)
     assert {"hr_lag0", "hr_lag1", "hr_lag3"} <= set(drugs.columns)
     assert not {"hr_lag2", "hr_lag5", "hr_lag10"} & set(drugs.columns)
-    assert (results / "report/index.html").is_file() and (results / "export/manifest.csv").is_file()
+    html = (results / "report/index.html").read_text(encoding="utf-8")
+    assert "hr_lag3" in html and "hr_lag10" not in html  # the report's drug table follows the lags too
+    assert (results / "export/manifest.csv").is_file()

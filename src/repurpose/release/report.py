@@ -44,6 +44,7 @@ from repurpose.release.disclosure import (  # noqa: E402
     suppress_small_counts,
 )
 from repurpose.release.provenance import provenance, without_times  # noqa: E402
+from repurpose.schemas import lag_label  # noqa: E402
 from repurpose.stages import ALL_DESIGN, stage  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -51,11 +52,23 @@ log = logging.getLogger(__name__)
 NUMERIC_FACTS = ("dose_trend_p", "calibrated_p", "e_value")
 SUMMARY_PARTITION = Partition(by=("table",), part_column="item", total_value="total")
 SCREEN_COUNTS = ("n_persons", "n_exposed", "n_cases", "n_exposed_cases")
-DRUG_COLUMNS = ["rank", "atc_code", "atc_name", "atc_level", "direction", "hr", "ci_lower", "ci_upper", "q_value",
-                "calibrated_p", "hr_lag5", "hr_lag10", "dose_trend_p", "hr_F", "hr_M", "hr_confirmation",
-                "hr_active_comparator", "e_value", "flags", "targets", "evidence_score"]  # fmt: skip
-# The drug table shows the contract columns plus the exposed counts; the CSV has every column.
-DRUG_TABLE = [*DRUG_COLUMNS[:8], "p_value", *DRUG_COLUMNS[8:], "n_exposed", "n_exposed_cases"]
+
+
+def drug_columns(lags: list[float], main_lag: float) -> list[str]:
+    """The drug ranking's columns the report reads: the contract columns, with the HR at each screened lag
+    beyond the main lag (does the association survive setting recent use aside?)."""
+    later = [f"hr_lag{lag_label(lag)}" for lag in lags if lag > main_lag]
+    return ["rank", "atc_code", "atc_name", "atc_level", "direction", "hr", "ci_lower", "ci_upper", "q_value",
+            "calibrated_p", *later, "dose_trend_p", "hr_F", "hr_M", "hr_confirmation",
+            "hr_active_comparator", "e_value", "flags", "targets", "evidence_score"]  # fmt: skip
+
+
+def drug_table_columns(columns: list[str]) -> list[str]:
+    """The drug table of the page: the contract columns plus p and the exposed counts (the CSV has every column)."""
+    return [*columns[:8], "p_value", *columns[8:], "n_exposed", "n_exposed_cases"]
+
+
+DRUG_COLUMNS = drug_columns([0.0, 2.0, 5.0, 10.0], 2.0)  # with the default lags and main lag
 MECHANISM_COLUMNS = ["rank", "target", "target_name", "action_type", "n_substances", "n_atc3_classes", "substances",
                      "pooled_hr", "ci_lower", "ci_upper", "p_value", "q_value", "i2", "evidence_score"]  # fmt: skip
 
@@ -569,7 +582,9 @@ def build_report(
                 "volcano": volcano_figure(rows, alpha, n_labels, f"Volcano: level {level}, lag {lag:g} y"),
             })  # fmt: skip
 
-    drugs = read_candidates(drug_ranking_csv, DRUG_COLUMNS, min_cell)
+    main_lag = float(config.get("candidates", {}).get("main_lag_years", lags[0]))
+    shown_drug_columns = drug_columns(lags, main_lag)
+    drugs = read_candidates(drug_ranking_csv, shown_drug_columns, min_cell)
     mechanisms = read_candidates(mechanism_ranking_csv, MECHANISM_COLUMNS, min_cell)
     if drugs is not None:
         top = drugs.sort("rank").head(n_top).to_dicts()
@@ -577,7 +592,6 @@ def build_report(
         main = dwas.filter((pl.col("sex") == "all") & (pl.col("lag_years") == lags[0]) & pl.col("p_value").is_not_null())
         top = main.sort("p_value").head(n_top).to_dicts()
     evidence = []
-    main_lag = float(config.get("candidates", {}).get("main_lag_years", lags[0]))
     for candidate in top:
         if sites is None:
             rows = forest_rows(dwas, candidate, lags)
@@ -630,7 +644,7 @@ def build_report(
         screen_plots=screen_plots, levels=levels, lags=[f"{v:g}" for v in lags],
         evidence=evidence, other_drugs=other_drugs, mechanism_evidence=mechanism_evidence,
         top_from_candidates=drugs is not None,
-        drugs=None if drugs is None else html_table(drugs, "drug-table", drug_anchor, min_cell, DRUG_TABLE),
+        drugs=None if drugs is None else html_table(drugs, "drug-table", drug_anchor, min_cell, drug_table_columns(shown_drug_columns)),
         mechanisms=None if mechanisms is None else html_table(
             mechanisms, "mechanism-table", lambda r: f"mech-{r['target']}", min_cell, MECHANISM_COLUMNS),
         drug_path=str(drug_ranking_csv), mechanism_path=str(mechanism_ranking_csv),
