@@ -138,3 +138,26 @@ def test_dag_runs_with_a_drug_proxy_outcome_and_screens_no_proxy_class(demo_run,
     substances = pl.read_parquet(results / "exposure/substances.parquet")["atc_code"]
     assert not substances.str.starts_with("N04").any()
     assert substances.str.starts_with("N").any()  # the rest of N is still screened
+
+
+def test_the_parkinson_demo_study_runs_on_the_simulators_second_outcome(tmp_path):
+    """config/parkinson_demo.yaml on 8,000 simulated persons with the planted Parkinson-like disease: the whole DAG
+    runs, its events are the planted diagnoses that meet the rule, and the planted protective substances sit
+    below the planted harmful ones at level 5 (lag 0)."""
+    small = tmp_path / "small.yaml"
+    small.write_text(yaml.safe_dump({"simulate": {"n_persons": 8000}, "screen": {"atc_levels": [5], **{
+        k: v for k, v in FAST_SCREEN.items() if k != "atc_levels"}}}))  # fmt: skip
+    run_snakemake(tmp_path, Path(__file__).resolve().parents[1] / "config/parkinson_demo.yaml", small)
+    results = tmp_path / "results"
+    truth = json.loads((results / "simulated/ground_truth.json").read_text())["parkinson"]
+    flow = json.loads((results / "cohort/flow.json").read_text())
+    assert flow["outcome"] == {"source": "diagnoses", "label": "parkinson"} and flow["check"]
+    assert flow["events"] > 20
+    dwas = pl.read_parquet(results / "screen/dwas.parquet").filter(
+        (pl.col("lag_years") == 0) & (pl.col("sex") == "all") & pl.col("log_hr").is_finite()
+    )
+    log_hr = dict(zip(dwas["atc_code"], dwas["log_hr"], strict=True))
+    protective = [log_hr[c] for c in truth["roles"]["causal_protective"] if c in log_hr]
+    harmful = [log_hr[c] for c in truth["roles"]["causal_harmful"] if c in log_hr]
+    assert protective and harmful and np.mean(protective) < np.mean(harmful)
+    assert (results / "report/index.html").read_text(encoding="utf-8").count("parkinson") >= 1

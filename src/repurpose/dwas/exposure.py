@@ -172,6 +172,12 @@ def prescription_source(prescriptions: str | Path | list[str] | list[Path]) -> s
     return "[" + ", ".join(sql_literal(str(p)) for p in prescriptions) + "]"
 
 
+def _write_parquet(con: Any, sql: str, path: str | Path, label: str, resources: dict[str, Any]) -> int:
+    """Run `sql` into a zstd Parquet file at `path`, logging progress; return its number of rows."""
+    copy = f"COPY ({sql}) TO {sql_literal(str(path))} (FORMAT parquet, COMPRESSION zstd)"
+    return int(execute_with_progress(con, copy, label, interval_seconds=resources.get("progress_seconds", 30))[0][0])
+
+
 @stage(reads=("screen.min_dispensings", "screen.dose_cutpoints_ddd", "study.outcome"))
 def build_substance_exposures(
     config: dict[str, Any],
@@ -193,14 +199,9 @@ def build_substance_exposures(
         outcome_definition(config["study"]["outcome"]).proxy_atc_prefixes,
     )
     started = time.perf_counter()
-    n_rows = execute_with_progress(
-        con,
-        f"COPY ({sql} ORDER BY person_id, atc_code) TO {sql_literal(str(out_path))} (FORMAT parquet, COMPRESSION zstd)",
-        "exposure substances",
-        interval_seconds=resources.get("progress_seconds", 30),
-    )[0][0]
+    n_rows = _write_parquet(con, f"{sql} ORDER BY person_id, atc_code", out_path, "exposure substances", resources)
     log.info("substances: %d person-substance rows in %.1f s", n_rows, time.perf_counter() - started)
-    return int(n_rows)
+    return n_rows
 
 
 @stage(reads=("screen.min_dispensings", "screen.dose_cutpoints_ddd", "study.outcome"))
@@ -213,10 +214,10 @@ def build_exposures(
     exposure: str | Path,
     substances: str | Path | None = None,
 ) -> int:
-    """Write the exposure table of one ATC level to `out_path`; return its number of rows.
+    """Write the exposure table of one ATC level to `exposure`; return its number of rows.
 
     `prescriptions` is the validated prescriptions directory or the list of its part files;
-    `substances_path` the table of `build_substance_exposures` (built here in a temporary file if None).
+    `substances` the table of `build_substance_exposures` (built here in a temporary file if None).
     """
     screen = config["screen"]
     resources = config.get("resources") or {}
@@ -240,12 +241,7 @@ def build_exposures(
         outcome_definition(config["study"]["outcome"]).proxy_atc_prefixes,
     )
     started = time.perf_counter()
-    n_rows = execute_with_progress(
-        con,
-        f"COPY ({sql}) TO {sql_literal(str(out_path))} (FORMAT parquet, COMPRESSION zstd)",
-        f"exposure ATC level {level}",
-        interval_seconds=resources.get("progress_seconds", 30),
-    )[0][0]
+    n_rows = _write_parquet(con, sql, out_path, f"exposure ATC level {level}", resources)
     log.info(
         "ATC level %d: %d person-class exposures (k = %d dispensings) in %.1f s",
         level,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 from lifelines import CoxTimeVaryingFitter
+from lifelines.exceptions import ConvergenceError
 from scipy import sparse
 from sklearn.linear_model import LogisticRegression
 
@@ -397,15 +398,21 @@ def confirmation_fit(
             dummy_names.append(name)
     covariate_names += dummy_names
     strata = adjust["strata"]
+    not_estimable = False
     if engine == "lifelines":
         frame = data.select(
             "cohort_row", "start", "stop", pl.col("event").cast(pl.Int8), *covariate_names, *strata
         ).to_pandas()
         fitter = CoxTimeVaryingFitter()
-        with warnings.catch_warnings():  # lifelines warns on rare dummy levels; the fit status is checked below
-            warnings.simplefilter("ignore")
-            fitter.fit(frame, id_col="cohort_row", event_col="event", start_col="start", stop_col="stop", strata=strata or None)
-        coef, se = float(fitter.params_[code]), float(fitter.standard_errors_[code])
+        try:
+            with warnings.catch_warnings():  # lifelines warns on rare dummy levels; the fit status is checked below
+                warnings.simplefilter("ignore")
+                fitter.fit(frame, id_col="cohort_row", event_col="event", start_col="start", stop_col="stop", strata=strata or None)
+            coef, se = float(fitter.params_[code]), float(fitter.standard_errors_[code])
+        except ConvergenceError as error:  # e.g. a covariate that separates the events: no estimate, said so
+            log.warning("%s: confirmation model not estimable (lifelines: %s)", code, str(error).splitlines()[0])
+            coef, se = float("nan"), float("nan")
+            not_estimable = True
     else:
         stratum = data.select(strata).with_columns(pl.all().cast(pl.String)).select(pl.concat_str(pl.all(), separator="|")).to_series() if strata else None
         table = aggregate_counting_process(
@@ -418,6 +425,7 @@ def confirmation_fit(
         fit = fit_efron(table)
         coef, se = float(fit.coef[0, 0]), float(fit.se[0, 0])
     hr, lo, hi, p = wald_floats(coef, se)
+    adjusted_for = ", ".join([*adjust_classes, *(["health-care use"] if hcu is not None else [])])
     return {
         "hr_confirmation": hr,
         "ci_lower_confirmation": lo,
@@ -425,7 +433,7 @@ def confirmation_fit(
         "p_confirmation": p,
         "log_hr_confirmation": coef,
         "se_confirmation": se,
-        "confirmation_adjusted_for": ", ".join([*adjust_classes, *(["health-care use"] if hcu is not None else [])]),
+        "confirmation_adjusted_for": adjusted_for + ("; not estimable: the model did not converge" if not_estimable else ""),
     }
 
 
