@@ -12,10 +12,11 @@ configfile: os.path.join(workflow.basedir, "config/config.yaml")
 
 # A study config given with --configfile replaces the file above in Snakemake; merging it over the demo
 # config here keeps "my_study.yaml overrides only what differs" true however the workflow is called.
-from repurpose.study_config import apply_protocol_or_fail, merge_over_defaults
+from repurpose.study_config import apply_protocol_or_fail, exit_on_config_error, merge_over_defaults
 
-config.update(apply_protocol_or_fail(config, getattr(getattr(workflow, "config_settings", None), "overwrite_config", None)))
-config.update(merge_over_defaults(config, os.path.join(workflow.basedir, "config/config.yaml")))
+with exit_on_config_error():
+    config.update(apply_protocol_or_fail(config, getattr(getattr(workflow, "config_settings", None), "overwrite_config", None)))
+    config.update(merge_over_defaults(config, os.path.join(workflow.basedir, "config/config.yaml")))
 
 
 include: "workflow/rules/common.smk"

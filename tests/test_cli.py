@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
+import yaml
 
 from repurpose.cli import main
+from repurpose.layout import WORKFLOW_SNAKEFILE
 
 
 def test_simulate_command_writes_registries_and_native_copy(tmp_path, capsys):
@@ -22,3 +26,45 @@ def test_simulate_command_writes_registries_and_native_copy(tmp_path, capsys):
 def test_unknown_command_exits_with_usage():
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+
+
+def test_check_config_prints_the_merged_config(tmp_path, capsys):
+    study = tmp_path / "my_study.yaml"
+    study.write_text("screen:\n  lags_years: [0, 1, 3]\ncandidates:\n  main_lag_years: 1\n")
+    assert main(["check-config", str(study)]) == 0
+    captured = capsys.readouterr()
+    merged = yaml.safe_load(captured.out)
+    assert merged["screen"]["lags_years"] == [0, 1, 3] and merged["screen"]["atc_levels"] == [2, 3, 4, 5]
+    assert "no problems found" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("screen:\n  lagz: [0, 2]\n", "did you mean `lags_years`?"),
+        ("screen:\n  lags_years: [0, 5]\n", "the main lag must be one of the screened lags"),
+        ("study:\n  start: 2004-01-01\n   end: 2020-01-01\n", "line 3, column 7"),
+    ],
+)
+def test_config_mistakes_are_one_message_without_traceback(tmp_path, capsys, text, message):
+    study = tmp_path / "my_study.yaml"
+    study.write_text(text)
+    assert main(["check-config", str(study)]) == 2
+    assert main(["run", str(study), "--dry-run"]) == 2  # refused before Snakemake starts
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_run_wraps_snakemake(tmp_path):
+    """`repurpose run --dry-run` plans the whole DAG; the Snakefile itself refuses a bad config without a traceback."""
+    result = subprocess.run([sys.executable, "-m", "repurpose.cli", "run", "--dry-run", "--directory", str(tmp_path)],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "export" in result.stdout and "--dry-run" in result.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("screen:\n  lagz: [0, 2]\n")
+    direct = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(WORKFLOW_SNAKEFILE), "-n",
+                             "--configfile", str(bad), "--directory", str(tmp_path)], capture_output=True, text=True)
+    assert direct.returncode != 0
+    assert "did you mean `lags_years`?" in direct.stderr and "Traceback" not in direct.stderr
+    assert 'File "' not in direct.stderr

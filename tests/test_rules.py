@@ -29,9 +29,10 @@ MAX_MODULE_LINES = 800
 NO_FUNCTION_IMPORTS = ("cox", "dwas", "schemas.py", "federation/distributed.py", "federation/design.py")
 
 
-def config_with(**screen):
+def config_with(candidates: dict | None = None, **screen):
     base = {"inputs": {n: {"path": "x"} for n in ("population", "prescriptions", "ms_registry")}}
-    return validate_config({**base, "screen": screen})
+    main_lag = {"main_lag_years": screen["lags_years"][1]} if "lags_years" in screen else {}
+    return validate_config({**base, "screen": screen, "candidates": {**main_lag, **(candidates or {})}})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -129,9 +130,7 @@ def test_screen_evidence_has_an_hr_for_each_screened_lag_and_no_other():
                          "p_value": float(wald_p_value(b, 0.1)), "q_value": 0.001 if b < 0 else 0.5,
                          "status": "ok"})  # fmt: skip
     dwas = pl.DataFrame(rows)
-    settings = validate_config(config_with(lags_years=[0, 1, 3]) | {"candidates": {"main_lag_years": 1}})[
-        "candidates"
-    ]
+    settings = config_with(lags_years=[0, 1, 3], candidates={"main_lag_years": 1})["candidates"]
     evidence = screen_evidence(dwas, pl.DataFrame({"atc_code": ["N02BE"], "atc_level": [4]}), settings)
     assert [c for c in evidence.columns if c.startswith("hr_lag")] == ["hr_lag0", "hr_lag1", "hr_lag3"]
     assert evidence["hr_lag3"][0] == pytest.approx(np.exp(-0.4))

@@ -61,7 +61,8 @@ def synthetic_exposures(cohort: pl.DataFrame, seed: int) -> pl.DataFrame:
 
 def config_for(**screen):
     base = {"inputs": {n: {"path": "x"} for n in ("population", "prescriptions", "ms_registry")}}
-    return validate_config({**base, "screen": {"lags_years": [0, 2], **screen}})
+    screen = {"lags_years": [0, 2], **screen}
+    return validate_config({**base, "screen": screen, "candidates": {"main_lag_years": screen["lags_years"][0]}})
 
 
 def lifelines_fit(cohort: pl.DataFrame, exposures: pl.DataFrame, code: str, lag_years: float, sex: str,

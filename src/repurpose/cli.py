@@ -5,18 +5,62 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import subprocess
 import sys
 
 import yaml
 
 from repurpose import __version__
+from repurpose.config import ConfigError, deep_update
 from repurpose.federation.distributed import coordinator_round, result_path_for, site_round
 from repurpose.federation.package import pool_packages, rank_pooled, write_site_package
-from repurpose.layout import results_layout
+from repurpose.layout import WORKFLOW_SNAKEFILE, results_layout
 from repurpose.registry.ingest import validate_extracts
 from repurpose.release.export import collect_sources, export_results
 from repurpose.simulate.registries import simulate_registries, write_native_extracts
-from repurpose.study_config import load_config
+from repurpose.study_config import load_config, merge_over_defaults, read_config_file
+
+DEFAULTS_CONFIG = WORKFLOW_SNAKEFILE.parent / "config" / "config.yaml"
+"""The demo config a study config is merged over (as the Snakefile does)."""
+
+
+def checked_study_config(paths: list[str]) -> dict:
+    """The study config files merged over the defaults and validated, as the workflow will see them."""
+    merged: dict = {}
+    for path in paths:
+        merged = deep_update(merged, read_config_file(path))
+    return merge_over_defaults(merged, DEFAULTS_CONFIG)
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    config = checked_study_config(args.configs)
+    print(yaml.safe_dump(config, sort_keys=False, default_flow_style=None), end="")
+    print(f"# {', '.join(args.configs)}: no problems found", file=sys.stderr)
+    return 0
+
+
+def snakemake_command(args: argparse.Namespace) -> list[str]:
+    """The Snakemake command line that `repurpose run` stands for (printed, so it can be learnt)."""
+    command = [sys.executable, "-m", "snakemake", "--snakefile", str(WORKFLOW_SNAKEFILE), "--cores", str(args.cores),
+               "--rerun-incomplete", "--printshellcmds"]
+    command += ["--configfile", *args.configs] if args.configs else []
+    command += ["--directory", args.directory] if args.directory else []
+    command += ["--profile", args.profile] if args.profile else []
+    command += ["--dry-run"] if args.dry_run else []
+    return command + list(args.targets)
+
+
+def _run(args: argparse.Namespace) -> int:
+    checked_study_config(args.configs)
+    command = snakemake_command(args)
+    if args.unlock:
+        subprocess.run([*command, "--unlock"], check=True)
+    print("running: " + " ".join(command), file=sys.stderr)
+    status = subprocess.run(command).returncode
+    if status:
+        print(f"The run stopped (Snakemake exit status {status}); the log names the failed rule and its log file. "
+              "After a crash or a killed session, rerun with --unlock.", file=sys.stderr)
+    return status
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -103,6 +147,28 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"repurpose {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    run = commands.add_parser(
+        "run", help="check the study config, then run the whole pipeline (wraps Snakemake)",
+        description="Check the study config, then run the pipeline with Snakemake. Outputs go to results/ under "
+        "the working directory (--directory). Example: repurpose run my_study.yaml --cores 8",
+    )
+    run.add_argument("configs", nargs="*", help="study config files (later override earlier), merged over the demo config")
+    run.add_argument("--cores", type=int, default=2, help="cores Snakemake may use at once (default: %(default)s)")
+    run.add_argument("--profile", default=None, help="Snakemake profile folder, e.g. workflow/profiles/slurm for a cluster")
+    run.add_argument("--directory", default=None, help="working directory (results/ is written there)")
+    run.add_argument("--dry-run", action="store_true", help="list the jobs that would run; run nothing")
+    run.add_argument("--unlock", action="store_true", help="remove the lock a crashed run left, then run")
+    run.add_argument("--targets", nargs="*", default=[], help="rules or files to build (default: everything)")
+    run.set_defaults(handler=_run)
+
+    check = commands.add_parser(
+        "check-config", help="print the merged study config and every problem in it, before any job runs",
+        description="Merge the study config files over the demo config, validate them (schema and cross-key "
+        "rules) and print the result. Example: repurpose check-config my_study.yaml",
+    )
+    check.add_argument("configs", nargs="+", help="study config files (later override earlier)")
+    check.set_defaults(handler=_check_config)
+
     sim = commands.add_parser("simulate", help="write simulated registries with planted truth")
     sim.add_argument("--out", required=True, help="output directory")
     sim.add_argument("--n-persons", type=int, default=50_000)
@@ -186,7 +252,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

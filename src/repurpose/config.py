@@ -7,6 +7,8 @@ config keys, defaults and their meaning are written down; this module only appli
 from __future__ import annotations
 
 import copy
+import datetime as dt
+import difflib
 import functools
 import hashlib
 import json
@@ -49,19 +51,73 @@ def _fill_defaults(instance: dict[str, Any], schema: dict[str, Any], root: dict[
             _fill_defaults(instance[key], sub, root)
 
 
+def _extract_keys(schema: dict[str, Any]) -> set[str]:
+    """The `inputs` keys that are extracts (`{path: ..., sep: ...}`), so a plain path can stand for them."""
+    inputs = schema["properties"]["inputs"]["properties"]
+    return {key for key, sub in inputs.items() if sub.get("$ref", "").endswith("/extract")}
+
+
+def _dates_as_text(value: Any) -> Any:
+    """YAML reads an unquoted 2004-01-01 as a date; the schema's dates are ISO text."""
+    if isinstance(value, dict):
+        return {key: _dates_as_text(sub) for key, sub in value.items()}
+    if isinstance(value, list):
+        return [_dates_as_text(sub) for sub in value]
+    if isinstance(value, dt.datetime):
+        return value.date().isoformat() if value.time() == dt.time() else value.isoformat()
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `config` with the shorthand people write turned into what the schema expects: YAML dates
+    as ISO text, and an extract given as a plain path (`population: /data/pop.parquet`) as `{path: ...}`."""
+    out = _dates_as_text(copy.deepcopy(dict(config)))
+    inputs = out.get("inputs")
+    if isinstance(inputs, dict):
+        for key in _extract_keys(load_schema()) & set(inputs):
+            if isinstance(inputs[key], str):
+                inputs[key] = {"path": inputs[key]}
+    return out
+
+
+def _schema_at(schema: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    return schema["definitions"][node["$ref"].split("/")[-1]] if "$ref" in node else node
+
+
+def _error_line(error: jsonschema.ValidationError, schema: dict[str, Any]) -> str:
+    """One mistake in words: the key, what is wrong, and a "did you mean" for a misspelt key."""
+    where = ".".join(str(p) for p in error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(_schema_at(schema, error.schema).get("properties", {}))
+        unexpected = sorted(set(error.instance) - set(allowed)) if isinstance(error.instance, dict) else []
+        lines = []
+        for key in unexpected:
+            name = f"{where}.{key}" if where else key
+            close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.5) or [
+                name for name in allowed if len(key) >= 3 and name.startswith(key[:3])
+            ][:1]
+            hint = f"; did you mean `{close[0]}`?" if close else f"; known keys here: {', '.join(allowed)}"
+            lines.append(f"  - config key `{name}` is not a known key{hint}")
+        return "\n".join(lines)
+    if error.validator == "type":
+        description = " ".join(str(_schema_at(schema, error.schema).get("description", "")).split())
+        expected = error.validator_value if isinstance(error.validator_value, str) else " or ".join(error.validator_value)
+        meaning = f" ({description})" if description else ""
+        return f"  - config key `{where or '(top level)'}` must be {expected}, not {type(error.instance).__name__} {error.instance!r}{meaning}"
+    return f"  - config key `{where or '(top level)'}`: {error.message}"
+
+
 def validate_config(config: dict[str, Any]) -> dict[str, Any]:
     """Return a validated copy of `config` with defaults filled; raise ConfigError naming each mistake."""
     schema = load_schema()
-    filled = copy.deepcopy(dict(config))
+    filled = normalise_config(config)
     _fill_defaults(filled, schema, schema)
     validator = jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker())
     errors = sorted(validator.iter_errors(filled), key=lambda e: list(e.absolute_path))
     if errors:
-        lines = []
-        for error in errors:
-            where = ".".join(str(p) for p in error.absolute_path) or "(top level)"
-            lines.append(f"  - config key `{where}`: {error.message}")
-        raise ConfigError("The configuration is invalid:\n" + "\n".join(lines))
+        raise ConfigError("The configuration is invalid:\n" + "\n".join(_error_line(e, schema) for e in errors))
     mistakes = cross_key_mistakes(filled) + outcome_config_errors(filled)
     if mistakes:
         raise ConfigError("The configuration is invalid:\n" + "\n".join(f"  - {m}" for m in mistakes))
@@ -93,6 +149,13 @@ def cross_key_mistakes(config: dict[str, Any]) -> list[str]:
                 f"config keys `inputs.{extract}.delivery_date` ({delivered}) and `study.end` ({study['end']}): "
                 "follow-up would run past the data; set study.end no later than the delivery date"
             )
+    lags = [float(lag) for lag in config["screen"]["lags_years"]]
+    main_lag = float(config.get("candidates", {}).get("main_lag_years", 0))
+    if main_lag not in lags:
+        mistakes.append(
+            f"config keys `candidates.main_lag_years` ({main_lag:g}) and `screen.lags_years` ({lags}): "
+            "the main lag must be one of the screened lags"
+        )
     overlap = set(config["screen"]["adjust"]["strata"]) & set(config["screen"]["adjust"]["covariates"])
     if overlap:
         mistakes.append(
