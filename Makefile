@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: run run-parkinson test lint bench clean
+.PHONY: run run-parkinson test lint bench clean wheelhouse install-offline
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,6 +37,32 @@ test: $(STAMP)
 	$(BIN)/snakemake -n --quiet --configfile config/config.yaml
 	$(BIN)/python -m pytest -q -m "not slow"
 	$(BIN)/python -m pytest -q -m slow
+
+# Offline install (secure servers have no package index). On a connected machine with the server's Python:
+#   make wheelhouse   -> wheelhouse/: every pinned dependency as a wheel + requirements.lock with SHA-256 hashes
+# carry wheelhouse/ in with the source tree, then on the server:
+#   make install-offline  -> .venv from wheelhouse/ alone (pip --no-index --require-hashes)
+# Another platform: make wheelhouse WHEEL_PLATFORM=manylinux2014_x86_64 WHEEL_PYTHON=3.11
+WHEELHOUSE ?= wheelhouse
+WHEEL_PLATFORM ?=
+WHEEL_PYTHON ?=
+WHEEL_TARGET := $(if $(WHEEL_PLATFORM),--platform $(WHEEL_PLATFORM) --only-binary=:all:) $(if $(WHEEL_PYTHON),--python-version $(WHEEL_PYTHON))
+
+wheelhouse: $(STAMP)
+	rm -rf $(WHEELHOUSE) && mkdir -p $(WHEELHOUSE)
+	$(BIN)/python -m pip freeze --exclude-editable > $(WHEELHOUSE)/pins.txt
+	echo "setuptools>=68" >> $(WHEELHOUSE)/pins.txt && echo wheel >> $(WHEELHOUSE)/pins.txt
+	$(BIN)/python -m pip download --quiet --no-deps $(WHEEL_TARGET) --dest $(WHEELHOUSE) -r $(WHEELHOUSE)/pins.txt
+	for sdist in $(WHEELHOUSE)/*.tar.gz $(WHEELHOUSE)/*.zip; do [ -e "$$sdist" ] || continue; \
+		$(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir $(WHEELHOUSE) "$$sdist" && rm "$$sdist"; done
+	rm $(WHEELHOUSE)/pins.txt
+	$(BIN)/python -m repurpose.wheelhouse $(WHEELHOUSE)
+
+install-offline:
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --no-index --find-links $(WHEELHOUSE) --require-hashes -r $(WHEELHOUSE)/requirements.lock
+	$(BIN)/python -m pip install --quiet --no-index --no-deps --no-build-isolation -e .
+	touch $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_screen.py
