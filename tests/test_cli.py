@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import subprocess
 import sys
@@ -68,3 +69,41 @@ def test_run_wraps_snakemake(tmp_path):
     assert direct.returncode != 0
     assert "did you mean `lags_years`?" in direct.stderr and "Traceback" not in direct.stderr
     assert 'File "' not in direct.stderr
+
+
+RUN_LOG = """Building DAG of jobs...
+SNAKEMAKE
+  Date: 2026-12-06 08:00:00
+[Sun Dec  6 08:00:05 2026]
+localrule simulate:
+    output: results/simulated/population.parquet
+    jobid: 5
+    threads: 2
+
+Finished jobid: 5 (Rule: simulate)
+1 of 4 steps (25%) done
+[Sun Dec  6 08:10:00 2026]
+localrule cohort:
+    input: results/validated/population.parquet
+    jobid: 3
+
+"""
+
+
+def test_status_reads_the_latest_run_log(tmp_path, capsys):
+    from repurpose.run_status import parse_log, status_line
+
+    now = dt.datetime(2026, 12, 6, 8, 20)
+    assert status_line(parse_log(RUN_LOG), now) == (
+        "1 of 4 jobs done; running: cohort; about 60 min left; 20 min elapsed"
+    )
+    failed = RUN_LOG + "Error in rule cohort:\n    jobid: 3\n"
+    assert "FAILED in cohort" in status_line(parse_log(failed), now)
+    done = RUN_LOG + "Finished jobid: 3 (Rule: cohort)\n4 of 4 steps (100%) done\n[Sun Dec  6 08:12:00 2026]\n"
+    assert status_line(parse_log(done), now) == "4 of 4 jobs done; complete; 12 min elapsed"
+    assert main(["status", "--directory", str(tmp_path)]) == 0
+    assert "no run has started" in capsys.readouterr().out
+    (tmp_path / ".snakemake/log").mkdir(parents=True)
+    (tmp_path / ".snakemake/log/2026-12-06T080000.000000.snakemake.log").write_text(RUN_LOG)
+    assert main(["status", "--directory", str(tmp_path)]) == 0
+    assert capsys.readouterr().out.startswith("1 of 4 jobs done; running: cohort;")

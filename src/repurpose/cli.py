@@ -17,6 +17,7 @@ from repurpose.federation.package import pool_packages, rank_pooled, write_site_
 from repurpose.layout import WORKFLOW_SNAKEFILE, results_layout
 from repurpose.registry.ingest import validate_extracts
 from repurpose.release.export import collect_sources, export_results
+from repurpose.run_status import run_status_line
 from repurpose.simulate.registries import simulate_registries, write_native_extracts
 from repurpose.study_config import load_config, merge_over_defaults, read_config_file
 
@@ -39,6 +40,11 @@ def _check_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _status(args: argparse.Namespace) -> int:
+    print(run_status_line(args.directory))
+    return 0
+
+
 def snakemake_command(args: argparse.Namespace) -> list[str]:
     """The Snakemake command line that `repurpose run` stands for (printed, so it can be learnt)."""
     command = [sys.executable, "-m", "snakemake", "--snakefile", str(WORKFLOW_SNAKEFILE), "--cores", str(args.cores),
@@ -57,6 +63,7 @@ def _run(args: argparse.Namespace) -> int:
         subprocess.run([*command, "--unlock"], check=True)
     print("running: " + " ".join(command), file=sys.stderr)
     status = subprocess.run(command).returncode
+    print(f"status: {run_status_line(args.directory or '.')}", file=sys.stderr)
     if status:
         print(f"The run stopped (Snakemake exit status {status}); the log names the failed rule and its log file. "
               "After a crash or a killed session, rerun with --unlock.", file=sys.stderr)
@@ -160,6 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--unlock", action="store_true", help="remove the lock a crashed run left, then run")
     run.add_argument("--targets", nargs="*", default=[], help="rules or files to build (default: everything)")
     run.set_defaults(handler=_run)
+
+    status = commands.add_parser(
+        "status", help="one line on the latest run: jobs done, running or failed, time left",
+        description="Read the latest Snakemake log of the working directory and print the run's state. "
+        "Example (while `repurpose run` works in another terminal): repurpose status",
+    )
+    status.add_argument("--directory", default=".", help="working directory of the run (default: %(default)s)")
+    status.set_defaults(handler=_status)
 
     check = commands.add_parser(
         "check-config", help="print the merged study config and every problem in it, before any job runs",
