@@ -202,7 +202,8 @@ def test_gathered_screen_has_names_q_values_and_suppressed_counts(tmp_path, atc_
     config = config_for()
     config["inputs"]["atc_index"] = str(REFERENCE / "who_atc_ddd_index_2020.csv") if atc_index == "who" else None
     screen_exposures(cohort, exposures, config, level=5).write_parquet(tmp_path / "part.parquet")
-    released = gather_screen(config, parts=[str(tmp_path / "part.parquet")], dwas=tmp_path / "dwas.parquet", dwas_csv=tmp_path / "dwas.csv")
+    released = gather_screen(config, parts=[str(tmp_path / "part.parquet")], fits=tmp_path / "fits.parquet",
+                             dwas=tmp_path / "dwas.parquet", dwas_csv=tmp_path / "dwas.csv")
     names = dict(released.select("atc_code", "atc_name").unique().iter_rows())
     assert names["N06AB06"].lower() == "sertraline" and names["R03AC02"].lower() == "salbutamol"
     assert released["q_value"].is_not_null().any()

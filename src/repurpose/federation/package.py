@@ -55,8 +55,10 @@ from repurpose.protocol import (
 )
 from repurpose.release.disclosure import (
     SCREEN_RULES,
+    DisclosurePolicy,
     for_display,
     parse_display,
+    release_screen,
     small_counts_left,
     suppress_small_counts,
 )
@@ -136,15 +138,16 @@ def write_site_package(
 ) -> Path:
     """Write `out_dir` (results/site_package/): fits, summaries, protocol copy and manifest; return the manifest.
 
-    Every count passes `suppress_small_counts` with the screen's rules (complements within rows and
-    F + M = all across rows) and the written tables are checked again before the manifest is written.
+    The fits pass `release_screen` (rows hidden whole over sex, lags and the ATC tree, counts rounded), the
+    summaries the report's release; the written tables are checked again before the manifest is written.
     """
     dwas_path, flow_json, validation_json, out_dir = dwas, flow, validation, Path(package)
     min_cell = int(config["disclosure"]["min_cell"])
     design = site_design(config)
     label = config.get("site_label") or config.get("run_label") or "site"
-    fits = pl.read_parquet(dwas_path)
-    fits = suppress_small_counts(fits, COUNT_COLUMNS, min_cell, **SCREEN_RULES)
+    policy = DisclosurePolicy.from_config(config, main_lag_years=config["candidates"]["main_lag_years"])
+    # The same release as the exported screen (idempotent on the released dwas.parquet the rule passes).
+    fits = release_screen(pl.read_parquet(dwas_path), policy)
     fits = fits.select([c for c in FIT_COLUMNS if c in fits.columns]).sort(FIT_KEYS)
     check_aggregate(fits, "fits", COUNT_COLUMNS, min_cell)
     tables = summary_tables(flow_json, validation_json, min_cell)
@@ -172,6 +175,7 @@ def write_site_package(
         "protocol_source": str(config.get("protocol") or "(site config; no shared protocol named)"),
         "atc_index_version": atc_index_version(config["inputs"].get("atc_index")),
         "min_cell": min_cell,
+        "disclosure": policy.as_dict(),
         "files": files,
     }
     manifest_path = out_dir / "manifest.json"

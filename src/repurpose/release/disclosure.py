@@ -1,7 +1,12 @@
 """Disclosure control applied at every export boundary: small counts never leave the secure server.
 
-One function, `suppress_small_counts`, is applied to every table that is shown or exported (the screen
-CSV/Parquet, the candidate rankings, the report and the export folder):
+The policy of a run is `DisclosurePolicy` (`repurpose.release.policy`: minimum cell, rounding base). Tables
+with estimates go through the row-level release of `repurpose.release.screen_release` (`release_screen`
+for the screen and the site package's fits, `release_ranking` for the drug ranking): an estimate reveals
+its counts, so whole rows are hidden. Tables of counts alone (validation, cohort flow, exposure
+prevalence, report summaries) go through `release_counts`: `suppress_small_counts` below, then rounding.
+
+`suppress_small_counts` (also the export gate's re-check):
 
 1. primary suppression: a count from 1 to `min_cell - 1` is nulled. Zero is not disclosive and is kept;
 2. complements within a row (`complements=[(total, part)]`): when `total - part` is disclosive, `part`
@@ -21,8 +26,29 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
+
+from repurpose.release.policy import DisclosurePolicy, round_counts, round_person_years
+from repurpose.release.screen_release import release_ranking, release_screen, release_summary
+
+__all__ = [
+    "DisclosurePolicy",
+    "Partition",
+    "SCREEN_RULES",
+    "disclosure_table",
+    "for_display",
+    "parse_display",
+    "release_counts",
+    "release_ranking",
+    "release_screen",
+    "release_summary",
+    "round_counts",
+    "round_person_years",
+    "small_counts_left",
+    "suppress_small_counts",
+]
 
 # Columns named n_* that count drug classes or iterations, not persons or events.
 NON_PERSON_COUNTS = frozenset({"n_iter", "n_substances", "n_atc3_classes", "n_classes", "n_targets"})
@@ -162,3 +188,33 @@ SCREEN_RULES: dict = {
     "partitions": [SEX_STRATA],
     "derived": {"person_years_exposed": ["n_exposed"]},
 }
+
+
+def release_counts(
+    frame: pl.DataFrame,
+    count_columns: Iterable[str],
+    policy: DisclosurePolicy,
+    *,
+    complements: Sequence[tuple[str, str]] = (),
+    partitions: Sequence[Partition] = (),
+    derived: Mapping[str, Sequence[str]] | None = None,
+) -> pl.DataFrame:
+    """A table of counts without estimates as released: `suppress_small_counts`, then every count rounded.
+
+    Suppression decides on the exact counts; rounding comes after, so that the difference of two released
+    tables that overlap (a lag, a stratum, a flow step) is an interval, not a count. Derived values follow
+    (`derived` columns are nulled with their counts; the caller recomputes percentages from released counts).
+    """
+    count_columns = [c for c in count_columns if c in frame.columns]
+    out = suppress_small_counts(
+        frame, count_columns, policy.min_cell, complements=complements, partitions=partitions, derived=derived
+    )
+    return round_counts(out, count_columns, policy.rounding_base)
+
+
+def disclosure_table(summary: Mapping[str, Any]) -> pl.DataFrame:
+    """The policy and rows hidden per reason (`release_summary`) as a two-column text table (item, value)."""
+    items = [(key, str(value)) for key, value in summary.items() if key not in ("rules", "rows_hidden")]
+    items += [(f"rows hidden: {reason}", str(n)) for reason, n in summary.get("rows_hidden", {}).items()]
+    items += [(f"rule {k + 1}", rule) for k, rule in enumerate(summary.get("rules", []))]
+    return pl.DataFrame(items, schema={"item": pl.String, "value": pl.String}, orient="row")
