@@ -23,6 +23,7 @@ from repurpose.release.disclosure import (
     suppress_small_counts,
 )
 from repurpose.release.policy import round_counts
+from repurpose.release.report import released_summaries
 from repurpose.release.screen_release import screen_hidden_reasons
 from repurpose.schemas import RANKING_COUNT_COLUMNS, SCREEN_COLUMNS
 
@@ -302,3 +303,33 @@ def test_disclosure_config_mistakes_are_refused(override, message):
 def test_default_policy_is_min_cell_5_rounded_to_5():
     config = validate_config({"inputs": dict(INPUTS)})
     assert DisclosurePolicy.from_config(config) == DisclosurePolicy(min_cell=5, rounding_base=5)
+
+
+def test_validation_and_flow_are_one_structure():
+    """The issue's case: 20,000 read, 19,997 kept (3 rejects hidden) and a flow total of 19,997; the flow's
+    emigration (3) hidden while the events total equals the exit reason `outcome`."""
+    validation = {"extracts": {"population": {"rows_read": 20000, "rows_kept": 19997, "rows_rejected": 3,
+                                              "rejected_by_reason": {"bad date": 3}}}}  # fmt: skip
+    flow = {"persons_in_population": 19997, "excluded": {"too old": 997}, "persons_in_cohort": 19000, "events": 700,
+            "events_by_sex": {"F": 450, "M": 250}, "events_by_outcome_source": {"ms_registry": 700},
+            "exit_reasons": {"death": 1297, "emigration": 3, "outcome": 700, "study_end": 17000}}  # fmt: skip
+    flow_out, validation_out = released_summaries(flow, validation, POLICY)
+    cells = {(t, i): n for t, i, n in pl.concat([flow_out, validation_out]).iter_rows()}
+    assert cells[("population", "rejected")] is None
+    # kept is hidden with the rejects, so the flow total holding the same count is hidden too
+    assert cells[("population", "kept")] is None and cells[("flow", "total")] is None
+    # emigration hidden: its partner in the exit reasons may not be `outcome` (shown as the events total)
+    assert cells[("exit reasons", "emigration")] is None
+    hidden_partner = [i for (t, i), n in cells.items() if t == "exit reasons" and i != "emigration" and n is None]
+    assert hidden_partner and all(cells[("exit reasons", i)] is None for i in hidden_partner)
+    if cells[("exit reasons", "outcome")] is None:
+        assert cells[("events by sex", "total")] is None and cells[("events by outcome source", "total")] is None
+    # shown counts are rounded to the base
+    assert all(n % 5 == 0 for n in cells.values() if n is not None)
+
+
+def test_a_hidden_total_is_not_the_sum_of_shown_parts():
+    frame = pl.DataFrame({"table": ["t"] * 3, "item": ["total", "a", "b"], "n": [None, 40, 52]},
+                         schema={"table": pl.String, "item": pl.String, "n": pl.Int64})  # fmt: skip
+    out = suppress_small_counts(frame, ["n"], 5, partitions=[Partition(("table",), "item", "total")])
+    assert out["n"].to_list() == [None, None, 52]

@@ -14,7 +14,8 @@ prevalence, report summaries) go through `release_counts`: `suppress_small_count
 3. complements across rows (`partitions=[Partition(by, part_column, total_value)]`): within each group
    the row whose `part_column` equals `total_value` is the sum of the other rows (sex strata F + M = all;
    cohort-flow steps; rejects per reason). When exactly one part is hidden and the total is shown, the
-   smallest other non-zero part is hidden too (the total when no such part exists);
+   smallest other non-zero part is hidden too (the total when no such part exists); when the total is
+   hidden (e.g. linked to a hidden cell of another table) and every part shown, the smallest is hidden;
 4. derived columns (`derived={column: [counts]}`): a percentage, person-years or any value computed
    from a count is nulled wherever one of its counts is suppressed.
 Steps 2-3 repeat until nothing changes. Suppressed cells are null in Parquet and shown as `<min_cell`
@@ -41,6 +42,7 @@ __all__ = [
     "for_display",
     "parse_display",
     "release_counts",
+    "release_linked",
     "release_ranking",
     "release_screen",
     "release_summary",
@@ -111,6 +113,11 @@ def _suppress_across_rows(frame: pl.DataFrame, partition: Partition, count_colum
         for c in count_columns:
             shown = columns[c]
             hidden = [i for i in parts if shown[i] is None]  # suppressed here or upstream (or missing: safe side)
+            if shown[total] is None and not hidden:  # a hidden total is the sum of its shown parts
+                others = [i for i in parts if shown[i] is not None and shown[i] > 0]
+                if others:
+                    shown[min(others, key=lambda i: shown[i])] = None
+                continue
             if shown[total] is None or len(hidden) != 1:
                 continue
             others = [i for i in parts if shown[i] is not None and shown[i] > 0]
@@ -218,3 +225,36 @@ def disclosure_table(summary: Mapping[str, Any]) -> pl.DataFrame:
     items += [(f"rows hidden: {reason}", str(n)) for reason, n in summary.get("rows_hidden", {}).items()]
     items += [(f"rule {k + 1}", rule) for k, rule in enumerate(summary.get("rules", []))]
     return pl.DataFrame(items, schema={"item": pl.String, "value": pl.String}, orient="row")
+
+
+def release_linked(
+    frame: pl.DataFrame,
+    policy: DisclosurePolicy,
+    *,
+    partitions: Sequence[Partition],
+    links: Sequence[Sequence[tuple[str, str]]],
+    key: tuple[str, str] = ("table", "item"),
+    count_column: str = "n",
+) -> pl.DataFrame:
+    """A long table of counts (one count per `key` row) released as ONE structure across its sub-tables.
+
+    `links` are groups of rows that hold the same count in different sub-tables (the validation's accepted
+    persons and the cohort flow's total; the events and the exit reason `outcome`): hiding one hides all of
+    them, and the partitions are applied again until nothing changes. Then every count is rounded.
+    """
+    keys = [tuple(k) for k in frame.select(key).iter_rows()]
+    position = {k: i for i, k in enumerate(keys)}
+    groups = [[position[k] for k in group if k in position] for group in links]
+    out = frame
+    while True:
+        out = suppress_small_counts(out, [count_column], policy.min_cell, partitions=partitions)
+        values = out[count_column].to_list()
+        changed = False
+        for rows in groups:
+            if any(values[i] is None for i in rows) and not all(values[i] is None for i in rows):
+                for i in rows:
+                    values[i] = None
+                changed = True
+        out = out.with_columns(pl.Series(count_column, values, dtype=frame.schema[count_column]))
+        if not changed:
+            return round_counts(out, [count_column], policy.rounding_base)
