@@ -687,6 +687,8 @@ def build_report(
         p for p in (drug_ranking_csv, mechanism_ranking_csv) if p is not None and Path(p).is_file()
     ]
     prov = provenance(config, inputs)
+    hidden = dwas.filter(pl.col("status") == "suppressed").group_by("reason").len().sort("reason") if "status" in dwas.columns else None
+    prov["disclosure"] = {**policy.as_dict(), "screen_rows_hidden": dict(hidden.iter_rows()) if hidden is not None else {}}
     row_counts = {str(dwas_parquet): dwas.height}
     for label, frame in (("drug ranking", drugs), ("mechanism ranking", mechanisms)):
         if frame is not None:
