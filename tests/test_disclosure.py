@@ -93,10 +93,12 @@ def test_a_three_lag_chain_with_a_difference_of_3_hides_the_longer_lag():
     assert row(out, "R03AC02", 5.0)["n_exposed_cases"] == 20
 
 
-def test_the_lag_rule_keeps_lag_0_first_then_the_main_lag():
+def test_the_lag_rule_keeps_the_main_lag_first_then_lag_0():
     frame = screen([fit("R03AC02", 0, "all", 100, 30), fit("R03AC02", 2, "all", 97, 27), fit("R03AC02", 5, "all", 94, 24)])
     # main lag 5: (0, 2) differ by 3 -> 2 hidden; (0, 5) differ by 6: both kept.
     assert screen_hidden_reasons(frame, DisclosurePolicy(main_lag_years=5.0)) == [None, "complementary: lag", None]
+    # main lag 2: (0, 2) differ by 3 -> lag 0 hidden; then (2, 5) differ by 3 -> 5 hidden.
+    assert screen_hidden_reasons(frame, DisclosurePolicy(main_lag_years=2.0)) == ["complementary: lag", None, "complementary: lag"]
     frame = screen([fit("R03AC02", 2, "all", 97, 27), fit("R03AC02", 5, "all", 94, 24)])
     assert screen_hidden_reasons(frame, DisclosurePolicy(main_lag_years=5.0)) == ["complementary: lag", None]
     assert screen_hidden_reasons(frame, DisclosurePolicy(main_lag_years=2.0)) == [None, "complementary: lag"]
@@ -266,10 +268,16 @@ def test_the_ranking_hides_estimates_of_hidden_screen_rows_and_small_comparators
     })  # fmt: skip
     out = release_ranking(ranking, released, policy, lags=[0.0, 2.0, 5.0], count_columns=RANKING_COUNT_COLUMNS)
     r, c = out.row(0, named=True), out.row(1, named=True)
-    # R03AC02: lag 2 hidden (27 vs 30), F hidden (3 cases) -> M hidden too: main estimate, lag 2 and sexes go.
-    assert r["hr"] is None and r["n_exposed"] is None and r["hr_lag2"] is None and r["hr_F"] is None
-    assert r["hr_M"] is None and r["lag_fade_p"] is None and r["hr_lag0"] == 0.6 and r["hr_lag5"] == 0.4
+    # R03AC02: lag 0 hidden (30 vs 27 at the main lag 2), F hidden (3 cases) -> M hidden too.
+    assert r["hr"] == 0.5 and r["n_exposed"] == 95 and r["n_exposed_cases"] == 25 and r["hr_lag2"] == 0.5
+    assert r["hr_lag0"] is None and r["hr_separated_lag5"] is None and r["lag_fade_p"] is None and r["hr_lag5"] == 0.4
+    assert r["hr_F"] is None and r["hr_M"] is None and r["sex_heterogeneity_p"] is None
     assert r["evidence_text"] == "x" and r["n_active_comparator"] == 50 and r["hr_active_comparator"] == 0.8
+    # a main fit hidden takes the main estimate and its counts with it
+    hidden_main = release_ranking(ranking, released.with_columns(
+        n_exposed=pl.when((pl.col("atc_code") == "C10AA01") & (pl.col("lag_years") == 2.0) & (pl.col("sex") == "all"))
+        .then(None).otherwise(pl.col("n_exposed"))), policy, lags=[0.0, 2.0, 5.0], count_columns=RANKING_COUNT_COLUMNS)
+    assert hidden_main.row(1, named=True)["hr"] is None and hidden_main.row(1, named=True)["n_exposed"] is None
     # C10AA01 shown; its comparator has 3 cases: its HR and counts are hidden; counts rounded.
     assert c["hr"] == 0.7 and c["n_exposed"] == 280 and c["n_exposed_cases"] == 50
     assert c["hr_active_comparator"] is None and c["n_active_comparator_cases"] is None

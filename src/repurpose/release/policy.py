@@ -2,8 +2,8 @@
 
 One frozen object, `DisclosurePolicy`, carries everything the release functions need: the minimum cell
 (counts from 1 to `min_cell - 1` never leave the server, nor any cell that would reveal one), the base to
-which every released count is rounded, and the lags the complementary lag rule keeps in preference (lag 0
-and the ranking's main lag). `as_dict()` is what is stamped into `screen/disclosure.json`, the report and the
+which every released count is rounded, and the lag the complementary lag rule keeps first (the ranking's
+main lag, then lag 0). `as_dict()` is what is stamped into `screen/disclosure.json`, the report and the
 site package manifest. Imports nothing of the package.
 """
 
@@ -22,8 +22,8 @@ SCREEN_RELEASE_RULES = (
     "complementary sex: F + M = all; when one sex row of a shown `all` is hidden the other is hidden too, "
     "and when `all` is hidden one sex row is hidden",
     "complementary lag: for every pair of shown lags of one class x sex whose exposed cases, exposed persons "
-    "or exposed non-cases differ by 1 to min_cell - 1, one row is hidden: lag 0 is kept first, then the main "
-    "lag, then the shorter lag",
+    "or exposed non-cases differ by 1 to min_cell - 1, one row is hidden: the main lag is kept first, then "
+    "lag 0, then the shorter lag",
     "complementary tree: per lag x sex, a shown ancestor class is hidden when it differs from a shown "
     "descendant by 1 to min_cell - 1 exposed cases, persons or non-cases, or when a direct child is hidden "
     "and the ancestor minus its shown direct children is from 1 to min_cell - 1",

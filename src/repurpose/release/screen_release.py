@@ -11,7 +11,8 @@ rows are shown, hides the others whole, and only then rounds what is shown:
    - sex (F + M = all within class x lag): never exactly one hidden row among F, M and all;
    - lags (the exposed at a longer lag are a subset of the exposed at a shorter one): for every pair of
      shown lags of a class x sex whose d, n_exposed or non-cases differ by 1 to min_cell - 1, one is hidden.
-     Lag 0 is kept first, then the main lag (the ranking's estimates), then the shorter lag;
+     The main lag is kept first (the ranking's headline estimates), then lag 0 (the screen's view), then the
+     shorter lag;
    - ATC tree (per lag x sex; a class holds its substances' users): a shown ancestor is hidden when it
      differs from a shown descendant (any depth) by 1 to min_cell - 1, or when one of its direct children is
      hidden and the ancestor minus its shown direct children is from 1 to min_cell - 1. The ancestor is the
@@ -94,7 +95,7 @@ def _sex_rule(rows: _Rows, groups: Iterable[dict[str, int]]) -> bool:
 
 def _lag_rule(rows: _Rows, groups: Iterable[list[int]], policy: DisclosurePolicy) -> bool:
     def keep_order(i: int) -> tuple[bool, bool, float]:  # the largest is hidden first
-        return rows.lag[i] != 0.0, rows.lag[i] != policy.main_lag_years, rows.lag[i]
+        return rows.lag[i] != policy.main_lag_years, rows.lag[i] != 0.0, rows.lag[i]
 
     changed = False
     for group in groups:
