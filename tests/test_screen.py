@@ -15,6 +15,8 @@ from repurpose.config import validate_config
 from repurpose.dwas.risk_sets import prepare_cohort
 from repurpose.dwas.screen import add_q_values, gather_screen, screen_exposures
 from repurpose.dwas.window import lag_days
+from repurpose.release.disclosure import DisclosurePolicy, release_screen
+from repurpose.schemas import FIT_KEYS as KEYS
 from repurpose.schemas import SCREEN_PART_SCHEMA
 
 LOG_HR_TOLERANCE = 1e-6
@@ -217,6 +219,11 @@ def test_gathered_screen_has_names_q_values_and_suppressed_counts(tmp_path, atc_
         assert ((values == 0) | (values >= 5)).all()
     csv = pl.read_csv(tmp_path / "dwas.csv", infer_schema=False)
     assert csv.columns == released.columns
+    # the internal fits keep exact counts; the released table is their release under the run's policy
+    fits = pl.read_parquet(tmp_path / "fits.parquet")
+    assert fits["n_exposed_cases"].null_count() == 0 and fits.select(KEYS).equals(released.select(KEYS))
+    policy = DisclosurePolicy.from_config(config, main_lag_years=config["candidates"]["main_lag_years"])
+    assert release_screen(fits, policy).equals(released)
 
 
 def test_a_batch_where_every_class_is_fitted_keeps_the_part_schema():
