@@ -55,10 +55,10 @@ def run(tmp_path_factory, registries_200k):
         screen_level(config, cohort=cohort, exposure=work / f"exposure_{level}.parquet", level=level,
                      part=work / f"part_{level}.parquet")
         parts.append(str(work / f"part_{level}.parquet"))
-    gather_screen(config, parts=parts, dwas=work / "dwas.parquet", dwas_csv=work / "dwas.csv")
+    gather_screen(config, parts=parts, fits=work / "fits.parquet", dwas=work / "dwas.parquet", dwas_csv=work / "dwas.csv")
     run_mechanisms(config, dwas=work / "dwas.parquet", ranking=work / "mechanisms.csv", matches=work / "targets.csv")
     run_candidates(
-        config, dwas=work / "dwas.parquet", cohort=cohort, exposures=[str(work / f"exposure_{level}.parquet") for level in LEVELS],
+        config, dwas=work / "fits.parquet", cohort=cohort, exposures=[str(work / f"exposure_{level}.parquet") for level in LEVELS],
         prescriptions=prescriptions, matches=work / "targets.csv", mechanisms=work / "mechanisms.csv",
         ranking=work / "drugs.csv", readme=work / "README.md",
     )

@@ -202,7 +202,9 @@ def test_pooled_meta_matches_a_hand_computation_from_the_packages(federation):
     meta = pl.read_parquet(federation["pooled"] / "meta.parquet")
     site_fits = pl.read_parquet(federation["pooled"] / "site_fits.parquet")
     three = meta.filter(pl.col("k_sites") == 3)
-    assert three.height > 20
+    # Each site's release hides a fit whole where one of its cells is small there (docs/methods.md), so fewer
+    # fits reach all three sites than were fitted (12 in this run); the hand computation needs a few only.
+    assert three.height >= 5
     row = three.sort("fe_p_value").row(0, named=True)
     key = pl.all_horizontal([pl.col(k) == row[k] for k in FIT_KEYS])
     sites = site_fits.filter(key & (pl.col("status") == "ok"))

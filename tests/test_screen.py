@@ -15,6 +15,8 @@ from repurpose.config import validate_config
 from repurpose.dwas.risk_sets import prepare_cohort
 from repurpose.dwas.screen import add_q_values, gather_screen, screen_exposures
 from repurpose.dwas.window import lag_days
+from repurpose.release.disclosure import DisclosurePolicy, release_screen
+from repurpose.schemas import FIT_KEYS as KEYS
 from repurpose.schemas import SCREEN_PART_SCHEMA
 
 LOG_HR_TOLERANCE = 1e-6
@@ -60,9 +62,14 @@ def synthetic_exposures(cohort: pl.DataFrame, seed: int) -> pl.DataFrame:
 
 
 def config_for(**screen):
+    """A validated config; a `min_exposed_cases` below the minimum cell (engine tests fit on 0 or 1 exposed
+    cases) is set after validation, since a run's config check refuses it (the release would hide those fits)."""
     base = {"inputs": {n: {"path": "x"} for n in ("population", "prescriptions", "ms_registry")}}
+    few = {"min_exposed_cases": screen.pop("min_exposed_cases")} if screen.get("min_exposed_cases", 5) < 5 else {}
     screen = {"lags_years": [0, 2], **screen}
-    return validate_config({**base, "screen": screen, "candidates": {"main_lag_years": screen["lags_years"][0]}})
+    config = validate_config({**base, "screen": screen, "candidates": {"main_lag_years": screen["lags_years"][0]}})
+    config["screen"].update(few)
+    return config
 
 
 def lifelines_fit(cohort: pl.DataFrame, exposures: pl.DataFrame, code: str, lag_years: float, sex: str,
@@ -203,7 +210,8 @@ def test_gathered_screen_has_names_q_values_and_suppressed_counts(tmp_path, atc_
     config = config_for()
     config["inputs"]["atc_index"] = str(REFERENCE / "who_atc_ddd_index_2020.csv") if atc_index == "who" else None
     screen_exposures(cohort, exposures, config, level=5).write_parquet(tmp_path / "part.parquet")
-    released = gather_screen(config, parts=[str(tmp_path / "part.parquet")], dwas=tmp_path / "dwas.parquet", dwas_csv=tmp_path / "dwas.csv")
+    released = gather_screen(config, parts=[str(tmp_path / "part.parquet")], fits=tmp_path / "fits.parquet",
+                             dwas=tmp_path / "dwas.parquet", dwas_csv=tmp_path / "dwas.csv")
     names = dict(released.select("atc_code", "atc_name").unique().iter_rows())
     assert names["N06AB06"].lower() == "sertraline" and names["R03AC02"].lower() == "salbutamol"
     assert released["q_value"].is_not_null().any()
@@ -212,6 +220,11 @@ def test_gathered_screen_has_names_q_values_and_suppressed_counts(tmp_path, atc_
         assert ((values == 0) | (values >= 5)).all()
     csv = pl.read_csv(tmp_path / "dwas.csv", infer_schema=False)
     assert csv.columns == released.columns
+    # the internal fits keep exact counts; the released table is their release under the run's policy
+    fits = pl.read_parquet(tmp_path / "fits.parquet")
+    assert fits["n_exposed_cases"].null_count() == 0 and fits.select(KEYS).equals(released.select(KEYS))
+    policy = DisclosurePolicy.from_config(config, main_lag_years=config["candidates"]["main_lag_years"])
+    assert release_screen(fits, policy).equals(released)
 
 
 def test_a_batch_where_every_class_is_fitted_keeps_the_part_schema():

@@ -156,12 +156,30 @@ def cross_key_mistakes(config: dict[str, Any]) -> list[str]:
             f"config keys `candidates.main_lag_years` ({main_lag:g}) and `screen.lags_years` ({lags}): "
             "the main lag must be one of the screened lags"
         )
+    mistakes += disclosure_mistakes(config)
     overlap = set(config["screen"]["adjust"]["strata"]) & set(config["screen"]["adjust"]["covariates"])
     if overlap:
         mistakes.append(
             f"config key `screen.adjust`: {sorted(overlap)} are both strata and covariates; choose one for each"
         )
     return mistakes
+
+
+def disclosure_mistakes(config: dict[str, Any]) -> list[str]:
+    """Fitting below the minimum cell: an estimate on d exposed cases reveals d through its standard error.
+
+    Checked for a single-site run. A federated site may raise `disclosure.min_cell` above the protocol's while
+    `screen.min_exposed_cases` stays the protocol's; its release then hides every fit with fewer exposed cases
+    than its own minimum cell (row-level, `repurpose.release.screen_release`), so no estimate leaves on them.
+    """
+    min_cell, fitted = config["disclosure"]["min_cell"], config["screen"]["min_exposed_cases"]
+    if config.get("protocol") is None and fitted < min_cell:
+        return [
+            f"config keys `screen.min_exposed_cases` ({fitted}) and `disclosure.min_cell` ({min_cell}): a fit on "
+            "fewer exposed cases than the minimum cell reveals them through its standard error; set "
+            "screen.min_exposed_cases to at least disclosure.min_cell"
+        ]
+    return []
 
 
 def deep_update(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:

@@ -94,8 +94,17 @@ class ResultsLayout:
     def screen_part(self, level: int | str = "{level}", group: str = "{group}") -> str:
         return self._path(f"screen/parts/atc_level_{level}/{group}.parquet")
 
+    def screen_fits(self) -> str:
+        """Every fit with exact counts and estimates: internal (the ranking reads it), never exported."""
+        return self._path("screen/fits.parquet")
+
     def dwas(self) -> str:
+        """The released screen table (`repurpose.release.screen_release.release_screen` of the fits)."""
         return self._path("screen/dwas.parquet")
+
+    def screen_disclosure(self) -> str:
+        """The disclosure policy applied to the screen and the rows it hid per reason (item, value): exported with it."""
+        return self._path("screen/disclosure.csv")
 
     def dwas_csv(self) -> str:
         return self._path("screen/dwas.csv")
@@ -153,6 +162,7 @@ class ResultsLayout:
 AGGREGATE_OUTPUTS: tuple[str, ...] = (
     "screen/dwas.parquet",
     "screen/dwas.csv",
+    "screen/disclosure.csv",
     "candidates/*.csv",
     "candidates/README.md",
     "report/index.html",
@@ -165,6 +175,7 @@ PERSON_LEVEL: tuple[str, ...] = (
     "cohort/cohort.parquet",
     "exposure/*",
     "screen/parts/*",
+    "screen/fits.parquet",
     "tmp/*",
     "logs/*",
     "*/ground_truth_persons.parquet",

@@ -1,6 +1,7 @@
 # From screen hits to ranked candidates: mechanisms (targets pooled across substances), then drug classes.
 rule mechanisms:
     input:
+        # The released screen: a hidden substance's estimate must not enter a pooled estimate beside shown ones.
         dwas=PATHS.dwas(),
     output:
         ranking=PATHS.mechanism_ranking(),
@@ -19,7 +20,8 @@ rule mechanisms:
 
 rule candidates:
     input:
-        dwas=PATHS.dwas(),
+        # The exact fits (the ranking's release hides what the released screen hides); a pooled run has only its table.
+        dwas=PATHS.dwas() if POOLED else PATHS.screen_fits(),
         cohort=person_level(PATHS.cohort()),
         exposures=person_level([PATHS.exposure(level) for level in ATC_LEVELS]),
         prescriptions=person_level(VALIDATED_PRESCRIPTIONS),

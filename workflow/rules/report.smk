@@ -34,6 +34,7 @@ rule export:
             *[PATHS.report_table(name) for name in REPORT_TABLES],
             PATHS.dwas(),
             PATHS.dwas_csv(),
+            *([] if POOLED else [PATHS.screen_disclosure()]),
             PATHS.drug_ranking(),
             PATHS.candidates_readme(),
             PATHS.mechanism_ranking(),

@@ -26,8 +26,10 @@ rule screen_gather:
     input:
         parts=expand(PATHS.screen_part(), level=ATC_LEVELS, group=SCREEN_GROUPS),
     output:
+        fits=PATHS.screen_fits(),
         dwas=PATHS.dwas(),
         dwas_csv=PATHS.dwas_csv(),
+        disclosure=PATHS.screen_disclosure(),
     params:
         settings=rerun_settings(gather_screen, config),
     log:

@@ -42,7 +42,7 @@ from repurpose.dwas.calibration import (
 )
 from repurpose.dwas.person_models import healthcare_use, level_models, model_cohort
 from repurpose.meta import pool
-from repurpose.release.disclosure import for_display, suppress_small_counts
+from repurpose.release.disclosure import DisclosurePolicy, for_display, release_ranking, release_screen
 from repurpose.schemas import (
     RANKING_COUNT_COLUMNS,
     drug_ranking_columns,
@@ -460,11 +460,12 @@ def run_candidates(
     else:
         ranking = _ensure_columns(evidence, columns)
     ranking = _ensure_columns(ranking, columns).select(columns)
-    min_cell = config["disclosure"]["min_cell"]
-    # Non-cases among exposed and among comparators are complements that could reveal a small count.
-    complements = [("n_exposed", "n_exposed_cases"), ("n_active_comparator", "n_active_comparator_cases")]
-    released = suppress_small_counts(ranking, RANKING_COUNT_COLUMNS, min_cell, complements=complements)
-    for_display(released, RANKING_COUNT_COLUMNS, min_cell).write_csv(ranking_path)
+    # Released like the screen (the same rows hidden: release is deterministic); counts rounded.
+    policy = DisclosurePolicy.from_config(config, main_lag_years=settings["main_lag_years"])
+    released = release_ranking(
+        ranking, release_screen(dwas, policy), policy, lags=ranking_lags(lags), count_columns=RANKING_COUNT_COLUMNS
+    )
+    for_display(released, RANKING_COUNT_COLUMNS, policy.min_cell).write_csv(ranking_path)
     if readme_path is not None:
         text = candidates_readme(config)
         if matches is not None and matches.height:

@@ -44,7 +44,13 @@ from repurpose.dwas.risk_sets import (
     total_counts,
 )
 from repurpose.dwas.window import exposed_from, lag_days
-from repurpose.release.disclosure import SCREEN_RULES, for_display, suppress_small_counts
+from repurpose.release.disclosure import (
+    DisclosurePolicy,
+    disclosure_table,
+    for_display,
+    release_screen,
+    release_summary,
+)
 from repurpose.schemas import (
     DAYS_PER_YEAR,
     SCREEN_COLUMNS,
@@ -575,12 +581,19 @@ def screen_level(
     return results
 
 
-@stage(reads=("screen.fdr_alpha", "disclosure", "inputs.atc_index"))
+@stage(reads=("screen.fdr_alpha", "disclosure", "inputs.atc_index", "candidates.main_lag_years"))
 def gather_screen(
-    config: dict[str, Any], *, parts: list[str], dwas: str | Path, dwas_csv: str | Path
+    config: dict[str, Any],
+    *,
+    parts: list[str],
+    fits: str | Path,
+    dwas: str | Path,
+    dwas_csv: str | Path,
+    disclosure: str | Path | None = None,
 ) -> pl.DataFrame:
-    """Combine the level parts, add names and q-values, apply disclosure control and write dwas.parquet/.csv."""
-    parquet_path, csv_path = dwas, dwas_csv
+    """Combine the level parts, add names and q-values; write the internal fits (exact counts, every estimate:
+    the ranking reads them, they never leave the server) and the released table dwas.parquet/.csv
+    (`release_screen`), with the policy and the rows it hid per reason in `disclosure`."""
     results = pl.concat([pl.read_parquet(p) for p in parts], how="vertical_relaxed")
     results = add_q_values(results, config["screen"]["fdr_alpha"])
     names = load_atc_names(config["inputs"].get("atc_index")).select("atc_code", "atc_name")
@@ -589,14 +602,21 @@ def gather_screen(
         .select(SCREEN_COLUMNS)
         .sort(["atc_level", "lag_years", "sex", "atc_code"])
     )
-    released = suppress_small_counts(results, SCREEN_COUNT_COLUMNS, config["disclosure"]["min_cell"], **SCREEN_RULES)
-    released.write_parquet(parquet_path)
-    for_display(released, SCREEN_COUNT_COLUMNS, config["disclosure"]["min_cell"]).write_csv(csv_path)
+    results.write_parquet(fits)
+    policy = DisclosurePolicy.from_config(config, main_lag_years=config["candidates"]["main_lag_years"])
+    released = release_screen(results, policy)
+    released.write_parquet(dwas)
+    for_display(released, SCREEN_COUNT_COLUMNS, policy.min_cell).write_csv(dwas_csv)
+    summary = release_summary(results, policy)
+    if disclosure is not None:
+        disclosure_table(summary).write_csv(disclosure)
     log.info(
-        "screen: %d rows, %d fitted, %d significant at q < %g",
+        "screen: %d rows, %d fitted, %d significant at q < %g; released with %d rows hidden %s",
         results.height,
         int((results["status"] != "skipped").sum()),
         int(results["significant"].sum()),
         config["screen"]["fdr_alpha"],
+        sum(summary["rows_hidden"].values()),
+        summary["rows_hidden"],
     )
     return released

@@ -55,14 +55,16 @@ from repurpose.protocol import (
 )
 from repurpose.release.disclosure import (
     SCREEN_RULES,
+    DisclosurePolicy,
     for_display,
     parse_display,
+    release_screen,
     small_counts_left,
     suppress_small_counts,
 )
 from repurpose.release.export import IDENTIFIER_COLUMNS
 from repurpose.release.provenance import sha256_file
-from repurpose.release.report import flow_table, validation_table
+from repurpose.release.report import released_summaries
 from repurpose.schemas import FIT_KEYS, SCREEN_COLUMNS, SCREEN_COUNT_COLUMNS
 from repurpose.stages import stage
 
@@ -108,13 +110,22 @@ def check_aggregate(frame: pl.DataFrame, name: str, count_columns: list[str], mi
         )
 
 
-def summary_tables(flow_json: str | Path | None, validation_json: str | Path | None, min_cell: int) -> dict[str, pl.DataFrame]:
-    """The disclosure-controlled cohort flow and validation counts of a site, as (table, item, n)."""
+def summary_tables(
+    flow_json: str | Path | None, validation_json: str | Path | None, policy: DisclosurePolicy | int
+) -> dict[str, pl.DataFrame]:
+    """The cohort flow and validation counts of a site as (table, item, n), released as one structure by the
+    report's function (`released_summaries`): the package shows the same values as the site's report."""
+    flow = json.loads(Path(flow_json).read_text()) if flow_json is not None and Path(flow_json).is_file() else None
+    validation = (
+        json.loads(Path(validation_json).read_text())
+        if validation_json is not None and Path(validation_json).is_file() else None
+    )  # fmt: skip
+    flow_released, validation_released = released_summaries(flow, validation, policy)
     tables = {}
-    if flow_json is not None and Path(flow_json).is_file():
-        tables["cohort_flow"] = flow_table(json.loads(Path(flow_json).read_text()), min_cell)
-    if validation_json is not None and Path(validation_json).is_file():
-        tables["validation"] = validation_table(json.loads(Path(validation_json).read_text()), min_cell)
+    if flow_released is not None:
+        tables["cohort_flow"] = flow_released
+    if validation_released is not None:
+        tables["validation"] = validation_released
     return tables
 
 
@@ -136,18 +147,19 @@ def write_site_package(
 ) -> Path:
     """Write `out_dir` (results/site_package/): fits, summaries, protocol copy and manifest; return the manifest.
 
-    Every count passes `suppress_small_counts` with the screen's rules (complements within rows and
-    F + M = all across rows) and the written tables are checked again before the manifest is written.
+    The fits pass `release_screen` (rows hidden whole over sex, lags and the ATC tree, counts rounded), the
+    summaries the report's release; the written tables are checked again before the manifest is written.
     """
     dwas_path, flow_json, validation_json, out_dir = dwas, flow, validation, Path(package)
     min_cell = int(config["disclosure"]["min_cell"])
     design = site_design(config)
     label = config.get("site_label") or config.get("run_label") or "site"
-    fits = pl.read_parquet(dwas_path)
-    fits = suppress_small_counts(fits, COUNT_COLUMNS, min_cell, **SCREEN_RULES)
+    policy = DisclosurePolicy.from_config(config, main_lag_years=config["candidates"]["main_lag_years"])
+    # The same release as the exported screen (idempotent on the released dwas.parquet the rule passes).
+    fits = release_screen(pl.read_parquet(dwas_path), policy)
     fits = fits.select([c for c in FIT_COLUMNS if c in fits.columns]).sort(FIT_KEYS)
     check_aggregate(fits, "fits", COUNT_COLUMNS, min_cell)
-    tables = summary_tables(flow_json, validation_json, min_cell)
+    tables = summary_tables(flow_json, validation_json, policy)
     for name, table in tables.items():
         check_aggregate(table, name, ["n"], min_cell)
 
@@ -172,6 +184,7 @@ def write_site_package(
         "protocol_source": str(config.get("protocol") or "(site config; no shared protocol named)"),
         "atc_index_version": atc_index_version(config["inputs"].get("atc_index")),
         "min_cell": min_cell,
+        "disclosure": policy.as_dict(),
         "files": files,
     }
     manifest_path = out_dir / "manifest.json"

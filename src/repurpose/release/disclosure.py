@@ -1,7 +1,12 @@
 """Disclosure control applied at every export boundary: small counts never leave the secure server.
 
-One function, `suppress_small_counts`, is applied to every table that is shown or exported (the screen
-CSV/Parquet, the candidate rankings, the report and the export folder):
+The policy of a run is `DisclosurePolicy` (`repurpose.release.policy`: minimum cell, rounding base). Tables
+with estimates go through the row-level release of `repurpose.release.screen_release` (`release_screen`
+for the screen and the site package's fits, `release_ranking` for the drug ranking): an estimate reveals
+its counts, so whole rows are hidden. Tables of counts alone (validation, cohort flow, exposure
+prevalence, report summaries) go through `release_counts`: `suppress_small_counts` below, then rounding.
+
+`suppress_small_counts` (also the export gate's re-check):
 
 1. primary suppression: a count from 1 to `min_cell - 1` is nulled. Zero is not disclosive and is kept;
 2. complements within a row (`complements=[(total, part)]`): when `total - part` is disclosive, `part`
@@ -9,7 +14,8 @@ CSV/Parquet, the candidate rankings, the report and the export folder):
 3. complements across rows (`partitions=[Partition(by, part_column, total_value)]`): within each group
    the row whose `part_column` equals `total_value` is the sum of the other rows (sex strata F + M = all;
    cohort-flow steps; rejects per reason). When exactly one part is hidden and the total is shown, the
-   smallest other non-zero part is hidden too (the total when no such part exists);
+   smallest other non-zero part is hidden too (the total when no such part exists); when the total is
+   hidden (e.g. linked to a hidden cell of another table) and every part shown, the smallest is hidden;
 4. derived columns (`derived={column: [counts]}`): a percentage, person-years or any value computed
    from a count is nulled wherever one of its counts is suppressed.
 Steps 2-3 repeat until nothing changes. Suppressed cells are null in Parquet and shown as `<min_cell`
@@ -21,8 +27,30 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import polars as pl
+
+from repurpose.release.policy import DisclosurePolicy, round_counts, round_person_years
+from repurpose.release.screen_release import release_ranking, release_screen, release_summary
+
+__all__ = [
+    "DisclosurePolicy",
+    "Partition",
+    "SCREEN_RULES",
+    "disclosure_table",
+    "for_display",
+    "parse_display",
+    "release_counts",
+    "release_linked",
+    "release_ranking",
+    "release_screen",
+    "release_summary",
+    "round_counts",
+    "round_person_years",
+    "small_counts_left",
+    "suppress_small_counts",
+]
 
 # Columns named n_* that count drug classes or iterations, not persons or events.
 NON_PERSON_COUNTS = frozenset({"n_iter", "n_substances", "n_atc3_classes", "n_classes", "n_targets"})
@@ -85,6 +113,11 @@ def _suppress_across_rows(frame: pl.DataFrame, partition: Partition, count_colum
         for c in count_columns:
             shown = columns[c]
             hidden = [i for i in parts if shown[i] is None]  # suppressed here or upstream (or missing: safe side)
+            if shown[total] is None and not hidden:  # a hidden total is the sum of its shown parts
+                others = [i for i in parts if shown[i] is not None and shown[i] > 0]
+                if others:
+                    shown[min(others, key=lambda i: shown[i])] = None
+                continue
             if shown[total] is None or len(hidden) != 1:
                 continue
             others = [i for i in parts if shown[i] is not None and shown[i] > 0]
@@ -162,3 +195,66 @@ SCREEN_RULES: dict = {
     "partitions": [SEX_STRATA],
     "derived": {"person_years_exposed": ["n_exposed"]},
 }
+
+
+def release_counts(
+    frame: pl.DataFrame,
+    count_columns: Iterable[str],
+    policy: DisclosurePolicy,
+    *,
+    complements: Sequence[tuple[str, str]] = (),
+    partitions: Sequence[Partition] = (),
+    derived: Mapping[str, Sequence[str]] | None = None,
+) -> pl.DataFrame:
+    """A table of counts without estimates as released: `suppress_small_counts`, then every count rounded.
+
+    Suppression decides on the exact counts; rounding comes after, so that the difference of two released
+    tables that overlap (a lag, a stratum, a flow step) is an interval, not a count. Derived values follow
+    (`derived` columns are nulled with their counts; the caller recomputes percentages from released counts).
+    """
+    count_columns = [c for c in count_columns if c in frame.columns]
+    out = suppress_small_counts(
+        frame, count_columns, policy.min_cell, complements=complements, partitions=partitions, derived=derived
+    )
+    return round_counts(out, count_columns, policy.rounding_base)
+
+
+def disclosure_table(summary: Mapping[str, Any]) -> pl.DataFrame:
+    """The policy and rows hidden per reason (`release_summary`) as a two-column text table (item, value)."""
+    items = [(key, str(value)) for key, value in summary.items() if key not in ("rules", "rows_hidden")]
+    items += [(f"rows hidden: {reason}", str(n)) for reason, n in summary.get("rows_hidden", {}).items()]
+    items += [(f"rule {k + 1}", rule) for k, rule in enumerate(summary.get("rules", []))]
+    return pl.DataFrame(items, schema={"item": pl.String, "value": pl.String}, orient="row")
+
+
+def release_linked(
+    frame: pl.DataFrame,
+    policy: DisclosurePolicy,
+    *,
+    partitions: Sequence[Partition],
+    links: Sequence[Sequence[tuple[str, str]]],
+    key: tuple[str, str] = ("table", "item"),
+    count_column: str = "n",
+) -> pl.DataFrame:
+    """A long table of counts (one count per `key` row) released as ONE structure across its sub-tables.
+
+    `links` are groups of rows that hold the same count in different sub-tables (the validation's accepted
+    persons and the cohort flow's total; the events and the exit reason `outcome`): hiding one hides all of
+    them, and the partitions are applied again until nothing changes. Then every count is rounded.
+    """
+    keys = [tuple(k) for k in frame.select(key).iter_rows()]
+    position = {k: i for i, k in enumerate(keys)}
+    groups = [[position[k] for k in group if k in position] for group in links]
+    out = frame
+    while True:
+        out = suppress_small_counts(out, [count_column], policy.min_cell, partitions=partitions)
+        values = out[count_column].to_list()
+        changed = False
+        for rows in groups:
+            if any(values[i] is None for i in rows) and not all(values[i] is None for i in rows):
+                for i in rows:
+                    values[i] = None
+                changed = True
+        out = out.with_columns(pl.Series(count_column, values, dtype=frame.schema[count_column]))
+        if not changed:
+            return round_counts(out, [count_column], policy.rounding_base)

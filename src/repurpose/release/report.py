@@ -37,10 +37,13 @@ from repurpose.atc import load_atc_names  # noqa: E402
 from repurpose.layout import REPORT_TABLES  # noqa: E402
 from repurpose.release.disclosure import (  # noqa: E402
     SCREEN_RULES,
+    DisclosurePolicy,
     Partition,
     for_display,
     parse_display,
     person_count_columns,
+    release_counts,
+    release_linked,
     suppress_small_counts,
 )
 from repurpose.release.provenance import provenance, without_times  # noqa: E402
@@ -118,8 +121,16 @@ def _long(rows: list[tuple[str, str, int | None]]) -> pl.DataFrame:
     return pl.DataFrame(rows, schema={"table": pl.String, "item": pl.String, "n": pl.Int64}, orient="row")
 
 
-def flow_table(flow: dict[str, Any], min_cell: int) -> pl.DataFrame:
-    """Cohort flow, events and exit reasons as (table, item, n); `total` rows are the sums of the others."""
+def _policy(policy: DisclosurePolicy | int) -> DisclosurePolicy:
+    """A policy; a bare minimum cell (older callers) means that minimum without rounding."""
+    return policy if isinstance(policy, DisclosurePolicy) else DisclosurePolicy(min_cell=int(policy), rounding_base=1)
+
+
+FLOW_TABLES = ("flow", "events by sex", "events by outcome source", "exit reasons")
+
+
+def flow_rows(flow: dict[str, Any]) -> pl.DataFrame:
+    """Cohort flow, events and exit reasons as (table, item, n), exact; `total` rows are the sums of the others."""
     rows = [("flow", "total", flow["persons_in_population"])]
     rows += [("flow", f"excluded: {step.replace('_', ' ')}", n) for step, n in flow["excluded"].items()]
     rows += [("flow", "in cohort", flow["persons_in_cohort"])]
@@ -129,21 +140,66 @@ def flow_table(flow: dict[str, Any], min_cell: int) -> pl.DataFrame:
         ("exit reasons", flow["persons_in_cohort"], flow.get("exit_reasons", {})),
     ):
         rows += [(name, "total", total)] + [(name, str(k), v) for k, v in parts.items()]
-    return suppress_small_counts(_long(rows), ["n"], min_cell, partitions=[SUMMARY_PARTITION])
+    return _long(rows)
 
 
-def validation_table(report: dict[str, Any], min_cell: int) -> pl.DataFrame:
-    """Rows read, kept and rejected per reason for each extract, as (table, item, n)."""
+def validation_rows(report: dict[str, Any]) -> pl.DataFrame:
+    """Rows read, kept and rejected per reason for each extract, as (table, item, n), exact."""
     rows: list[tuple[str, str, int | None]] = []
     for extract, entry in report["extracts"].items():
         rows += [(f"{extract}", "total", entry["rows_read"]), (f"{extract}", "kept", entry["rows_kept"]),
                  (f"{extract}", "rejected", entry["rows_rejected"])]  # fmt: skip
         rows += [(f"{extract} rejects", "total", entry["rows_rejected"])]
         rows += [(f"{extract} rejects", reason, n) for reason, n in entry["rejected_by_reason"].items()]
-    return suppress_small_counts(_long(rows), ["n"], min_cell, partitions=[SUMMARY_PARTITION])
+    return _long(rows)
 
 
-def prevalence_table(exposure_path: str | Path, n_cohort: int, names: pl.DataFrame, min_cell: int) -> pl.DataFrame:
+def summary_links(rows: pl.DataFrame) -> list[list[tuple[str, str]]]:
+    """Cells of the flow and validation tables that hold the same count (linked only where the values agree):
+    the population's accepted rows and the flow's total, the cohort and its exit reasons, the events and the
+    exit reason `outcome`, an extract's rejected rows and its rejects' total."""
+    value = {(t, i): n for t, i, n in rows.iter_rows()}
+    candidates = [
+        [("flow", "total"), ("population", "kept")],
+        [("flow", "in cohort"), ("exit reasons", "total")],
+        [("events by sex", "total"), ("events by outcome source", "total"), ("exit reasons", "outcome")],
+    ]
+    candidates += [[(t, "rejected"), (f"{t} rejects", "total")] for t in rows["table"].unique().to_list()]
+    links = []
+    for group in candidates:
+        present = [cell for cell in group if cell in value]
+        if len(present) > 1 and len({value[cell] for cell in present}) == 1:
+            links.append(present)
+    return links
+
+
+def released_summaries(
+    flow: dict[str, Any] | None, validation: dict[str, Any] | None, policy: DisclosurePolicy | int
+) -> tuple[pl.DataFrame | None, pl.DataFrame | None]:
+    """The cohort flow and validation tables released as ONE structure (`release_linked`): e.g. the validation's
+    20,000 read and the flow's 19,997 would otherwise reveal 3 hidden rejects. One function for the report,
+    report/tables and the site package, so a cell shows the same released value everywhere."""
+    parts = [flow_rows(flow) if flow is not None else _long([]), validation_rows(validation) if validation is not None else _long([])]
+    rows = pl.concat(parts)
+    released = release_linked(rows, _policy(policy), partitions=[SUMMARY_PARTITION], links=summary_links(rows))
+    n_flow = parts[0].height
+    return (released.head(n_flow) if flow is not None else None,
+            released.slice(n_flow) if validation is not None else None)  # fmt: skip
+
+
+def flow_table(flow: dict[str, Any], policy: DisclosurePolicy | int) -> pl.DataFrame:
+    """Cohort flow, events and exit reasons as (table, item, n), released (without the validation beside it)."""
+    return released_summaries(flow, None, policy)[0]  # type: ignore[return-value]
+
+
+def validation_table(report: dict[str, Any], policy: DisclosurePolicy | int) -> pl.DataFrame:
+    """Rows read, kept and rejected per reason for each extract as (table, item, n), released alone."""
+    return released_summaries(None, report, policy)[1]  # type: ignore[return-value]
+
+
+def prevalence_table(
+    exposure_path: str | Path, n_cohort: int, names: pl.DataFrame, policy: DisclosurePolicy | int
+) -> pl.DataFrame:
     """Persons ever exposed per ATC anatomical group (level 1), aggregated from the person-level table."""
     exposed = (
         pl.scan_parquet(exposure_path)
@@ -156,13 +212,14 @@ def prevalence_table(exposure_path: str | Path, n_cohort: int, names: pl.DataFra
     table = (
         groups.join(exposed, on="atc_group", how="full", coalesce=True)
         .with_columns(pl.col("n_exposed").fill_null(0).cast(pl.Int64), pl.lit(n_cohort, pl.Int64).alias("n_persons"))
-        .with_columns((100 * pl.col("n_exposed") / pl.col("n_persons")).round(1).alias("percent_exposed"))
+        .with_columns(percent_exposed=pl.lit(None, pl.Float64))
         .sort("atc_group")
     )
-    return suppress_small_counts(
-        table, ["n_exposed", "n_persons"], min_cell,
-        complements=[("n_persons", "n_exposed")], derived={"percent_exposed": ["n_exposed"]},
+    released = release_counts(
+        table, ["n_exposed", "n_persons"], _policy(policy), complements=[("n_persons", "n_exposed")],
     )  # fmt: skip
+    # The percentage follows its released counts (from the exact ones it would undo the rounding).
+    return released.with_columns((100 * pl.col("n_exposed") / pl.col("n_persons")).round(1).alias("percent_exposed"))
 
 
 # ---------------------------------------------------------------- figures
@@ -365,7 +422,7 @@ def site_forest_rows(
     return rows
 
 
-def site_summary_tables(summaries: pl.DataFrame | None, min_cell: int) -> tuple[pl.DataFrame, pl.DataFrame]:
+def site_summary_tables(summaries: pl.DataFrame | None, policy: DisclosurePolicy | int) -> tuple[pl.DataFrame, pl.DataFrame]:
     """Cohort flow and validation of a pooled run as (table, item, n): the sum over sites (unknown when a
     site suppressed the count), then each site's own rows under `<site>: <table>`."""
     empty = _long([])
@@ -386,7 +443,7 @@ def site_summary_tables(summaries: pl.DataFrame | None, min_cell: int) -> tuple[
         )
         per_site = part.select((pl.col("site") + ": " + pl.col("table")).alias("table"), "item", pl.col("n").cast(pl.Int64))
         table = pl.concat([total, per_site])
-        out.append(suppress_small_counts(table, ["n"], min_cell, partitions=[SUMMARY_PARTITION]))
+        out.append(release_linked(table, _policy(policy), partitions=[SUMMARY_PARTITION], links=[]))
     return out[0], out[1]
 
 
@@ -533,7 +590,8 @@ def build_report(
     sites = read_site_evidence(site_fits, meta, site_summaries, sites_table) if site_fits is not None else None
     started = time.time()
     settings = config.get("report", {})
-    min_cell = int(config["disclosure"]["min_cell"])
+    policy = DisclosurePolicy.from_config(config)
+    min_cell = policy.min_cell
     alpha = float(config["screen"]["fdr_alpha"])
     n_top, n_labels = int(settings.get("top_candidates", 10)), int(settings.get("plot_labels", 12))
     names = load_atc_names(config["inputs"].get("atc_index"))
@@ -541,11 +599,10 @@ def build_report(
     if sites is None:
         validation = json.loads(Path(validation_json).read_text())
         flow_raw = json.loads(Path(flow_json).read_text())
-        flow = flow_table(flow_raw, min_cell)
-        checks = validation_table(validation, min_cell)
-        prevalence = prevalence_table(exposure_parquet, flow_raw["persons_in_cohort"], names, min_cell)
+        flow, checks = released_summaries(flow_raw, validation, policy)  # type: ignore[assignment]
+        prevalence = prevalence_table(exposure_parquet, flow_raw["persons_in_cohort"], names, policy)
     else:
-        flow, checks = site_summary_tables(sites.summaries, min_cell)
+        flow, checks = site_summary_tables(sites.summaries, policy)
         prevalence = pl.DataFrame(schema={"atc_group": pl.String, "atc_name": pl.String, "n_exposed": pl.Int64,
                                           "n_persons": pl.Int64, "percent_exposed": pl.Float64})  # fmt: skip
         flow_raw = _pooled_flow_facts(flow)
@@ -557,7 +614,8 @@ def build_report(
         Path(tables[name]).parent.mkdir(parents=True, exist_ok=True)
         for_display(frame, counts, min_cell).write_csv(tables[name])
 
-    summary = {k: for_display(_long([("s", "total", flow_raw[k])]), ["n"], min_cell)["n"][0]
+    released_facts = _pooled_flow_facts(flow)  # the header shows the flow table's released cells, nothing else
+    summary = {k: for_display(_long([("s", "total", released_facts[k])]), ["n"], min_cell)["n"][0]
                for k in ("persons_in_cohort", "events")}  # fmt: skip
     events_suppressed = summary["events"].startswith("<")
     summary["person_years"] = "suppressed" if events_suppressed else f"{flow_raw['person_years']:,.0f}"
@@ -629,6 +687,8 @@ def build_report(
         p for p in (drug_ranking_csv, mechanism_ranking_csv) if p is not None and Path(p).is_file()
     ]
     prov = provenance(config, inputs)
+    hidden = dwas.filter(pl.col("status") == "suppressed").group_by("reason").len().sort("reason") if "status" in dwas.columns else None
+    prov["disclosure"] = {**policy.as_dict(), "screen_rows_hidden": dict(hidden.iter_rows()) if hidden is not None else {}}
     row_counts = {str(dwas_parquet): dwas.height}
     for label, frame in (("drug ranking", drugs), ("mechanism ranking", mechanisms)):
         if frame is not None:
@@ -666,7 +726,7 @@ def build_report(
 
 
 def _pooled_flow_facts(flow: pl.DataFrame) -> dict[str, Any]:
-    """The summary cards of a pooled run from the summed site flows (None where a site suppressed a count)."""
+    """The summary cards from a released flow table (a pooled run: the summed site flows; None where hidden)."""
 
     def total(table: str, item: str) -> int | None:
         hit = flow.filter((pl.col("table") == table) & (pl.col("item") == item))
