@@ -5,6 +5,7 @@ calibration warnings, the cross-key rule, and a study with lags [0, 1, 3] throug
 
 from __future__ import annotations
 
+import json
 import logging
 
 import numpy as np
@@ -287,3 +288,18 @@ def test_average_precision_by_hand_and_unlisted_substances_go_last():
     assert complete(["B", "X", "A"], ["A", "B", "C", "D"]) == ["B", "A", "C", "D"]
     measured = recovery(["P2", "N1", "P1"], {"P1": "causal_protective", "P2": "mechanism", "N1": "null", "N2": "null"}, top=2)
     assert measured["average_precision"] == pytest.approx((1 + 2 / 3) / 2) and measured["nulls_in_top"] == 1
+
+
+@pytest.mark.slow
+def test_on_the_demo_each_planted_substance_is_one_row_and_the_null_is_documented(demo_run):
+    drugs = pl.read_csv(demo_run / "candidates/drug_ranking.csv", infer_schema_length=None)
+    truth = json.loads((demo_run / "simulated/ground_truth.json").read_text())
+    planted = [code for code, s in truth["substances"].items() if s["role"] != "null"]
+    covered = [c for value in drugs["also_seen_at"].drop_nulls().to_list() for c in value.split(";")]
+    assert drugs["atc_code"].n_unique() == drugs.height and not set(covered) & set(drugs["atc_code"].to_list())
+    for code in planted:
+        assert drugs.filter(pl.col("atc_code") == code).height <= 1 and code not in covered, code
+    for direction in ("protective", "harmful"):
+        ranks = drugs.filter(pl.col("direction") == direction)["rank"].sort().to_list()
+        assert ranks == list(range(1, len(ranks) + 1))
+    assert "| atc_level | mu | sigma | n_controls | warning |" in (demo_run / "candidates/README.md").read_text()

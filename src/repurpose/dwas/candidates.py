@@ -369,15 +369,22 @@ def _ensure_columns(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     return frame.with_columns([pl.lit(None, pl.Float64).alias(c) for c in missing]) if missing else frame
 
 
+LIKELIHOOD_RATIO_MAX_WALD_P = 0.2
+"""Sparse signals with a Wald p at or above this keep their Wald p and CI (see `sparse_likelihood_ratio`)."""
+
+
 def sparse_likelihood_ratio(
     evidence: pl.DataFrame, exposure_paths: list[str], model: tuple[pl.DataFrame, np.ndarray, np.ndarray], settings: dict[str, Any]
 ) -> pl.DataFrame:
     """Replace the Wald p and CI of sparse signals (exposed cases below `small_numbers_cases`, or not counted)
-    by the likelihood-ratio p and the profile-likelihood CI of the same model (`likelihood_ratio_fit`)."""
+    by the likelihood-ratio p and the profile-likelihood CI of the same model (`likelihood_ratio_fit`).
+
+    Only signals with a Wald p below LIKELIHOOD_RATIO_MAX_WALD_P are refitted (each refit reads the whole
+    cohort): where Wald already finds nothing, the LR test changes no decision and the order uses the
+    shrunken estimate anyway."""
     prepared, stratum, covariates = model
-    sparse_codes = set(
-        evidence.filter(pl.col("n_exposed_cases").is_null() | (pl.col("n_exposed_cases") < settings["small_numbers_cases"]))["atc_code"].to_list()
-    )
+    sparse = pl.col("n_exposed_cases").is_null() | (pl.col("n_exposed_cases") < settings["small_numbers_cases"])
+    sparse_codes = set(evidence.filter(sparse & (pl.col("p_value") < LIKELIHOOD_RATIO_MAX_WALD_P))["atc_code"].to_list())
     lag_of = dict(zip(evidence["atc_code"].to_list(), evidence["lag_years"].to_list(), strict=True))
     found = []
     for path in exposure_paths:
