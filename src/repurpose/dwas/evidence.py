@@ -72,7 +72,9 @@ def evidence_lines(row: dict[str, Any], settings: dict[str, Any]) -> dict[str, s
     out: dict[str, str] = {}
 
     few = _few("exposed cases", cases, minimum)
-    if not _finite(row.get("calibrated_q")):
+    if row.get("main_lag_not_estimable"):
+        out["calibrated"] = _not_assessed("no estimate at the main lag")
+    elif not _finite(row.get("calibrated_q")):
         out["calibrated"] = _not_assessed(f"no empirical null at ATC level {row.get('atc_level')}")
     else:
         out["calibrated"] = few or (SUPPORTED if row["calibrated_q"] < alpha else AGAINST)
@@ -148,7 +150,12 @@ def evidence_lines(row: dict[str, Any], settings: dict[str, Any]) -> dict[str, s
         out["robust_to_confounding"] = few or (SUPPORTED if row["e_value_ci"] >= settings["min_e_value"] else AGAINST)
 
     mechanism = row.get("mechanism_evidence")
-    out["mechanism"] = mechanism if mechanism else _not_assessed("no target shared with another screened substance")
+    if mechanism:
+        out["mechanism"] = mechanism
+    elif row.get("atc_level") is not None and int(row["atc_level"]) < 5:
+        out["mechanism"] = _not_assessed("a class, not a substance (targets are mapped to substances)")
+    else:
+        out["mechanism"] = _not_assessed("no target shared with another screened substance")
     return out
 
 
