@@ -66,6 +66,8 @@ install-offline:
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_screen.py
+	if [ -f results/candidates/drug_ranking.csv ]; then $(BIN)/python benchmarks/bench_ranking.py --results results --config config/config.yaml; \
+	else echo 'bench_ranking: no finished demo run in results/ (make run first)'; fi
 	$(BIN)/python benchmarks/bench_scale.py --sizes 100000 300000 1000000 3000000 --workdir /tmp/repurpose-bench --out docs/benchmarks.md
 
 clean:

@@ -1,5 +1,6 @@
-"""Unit tests of the candidate ranking: reverse-causation rule, ATC relations, score, and the person-level
-models (confirmation, dose-response) against the screen where they must agree with it."""
+"""Unit tests of the candidate ranking: reverse-causation rule, ATC relations, and the person-level models
+(confirmation, dose-response, likelihood-ratio fits) against the screen and lifelines where they must agree.
+The evidence lines, signals, shrinkage and order are tested in test_candidates_ranking.py."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from repurpose.config import validate_config
 from repurpose.dwas.candidates import (
     lag_fade,
     reverse_causation_suspected,
-    score_row,
     select_signals,
     siblings_of,
 )
@@ -76,24 +76,6 @@ def test_select_signals_uses_lag_zero_or_main_lag_both_sexes_only():
         "se": [0.1] * 4,
     })
     assert select_signals(dwas, 0.05, 2.0)["atc_code"].to_list() == ["A", "B"]
-
-
-def test_score_counts_supporting_lines_and_flags_the_rest():
-    settings = config_for()["candidates"]
-    row = {
-        "direction": "protective", "calibrated_q": 0.001, "reverse_causation_suspected": False, "lags_tested": 3,
-        "lag_retained_fraction": 0.9, "dose_trend_p": 0.01, "dose_trend_hr": 0.8, "hr_F": 0.6, "hr_M": 0.7,
-        "sex_heterogeneity_p": 0.5, "sibling_pooled_p": 0.5, "sibling_pooled_log_hr": 0.1,
-        "hr_confirmation": 0.7, "ci_lower_confirmation": 0.5, "ci_upper_confirmation": 0.95,
-        "hr_active_comparator": 1.2, "ci_lower_active_comparator": 0.8, "ci_upper_active_comparator": 1.6,
-        "e_value_ci": 1.3, "mechanism_support": True,
-    }
-    score, points, flags = score_row(row, settings)
-    assert points == ["calibrated", "lag_robust", "dose_response", "sex_consistent", "confirmed", "mechanism"]
-    assert score == 6
-    assert flags == ["active_comparator_disagrees"]
-    flagged = score_row({**row, "reverse_causation_suspected": True}, settings)
-    assert "lag_robust" not in flagged[1] and "reverse_causation_suspected" in flagged[2]
 
 
 def test_segments_split_at_increasing_boundaries():

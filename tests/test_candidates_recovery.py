@@ -3,7 +3,9 @@ here depends on which substances or target the simulator plants).
 
 The shared simulated population of 200,000 persons (seed 7; conftest's `registries_200k`, also read by
 test_recovery) goes through validate -> cohort -> exposure -> screen at ATC levels 4 and 5, then
-mechanisms and candidates (two lifelines confirmation models).
+mechanisms and candidates (the aggregated confirmation engine, the default, for every candidate).
+The drug ranking is compared with the plain screen z and with the ranking before issue 19 on the same run
+(`repurpose.dwas.ranking_benchmark`; the figures are printed).
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 import pytest
 
@@ -19,6 +20,7 @@ from repurpose.dwas.candidates import run_candidates
 from repurpose.dwas.exposure import build_exposures, build_substance_exposures
 from repurpose.dwas.mechanisms import run_mechanisms
 from repurpose.dwas.person_models import confirmation_fit, model_cohort
+from repurpose.dwas.ranking_benchmark import PROTECTIVE_ROLES, average_precision, compare_orderings
 from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.registry.cohort import run_cohort
 from repurpose.registry.ingest import validate_extracts
@@ -27,7 +29,6 @@ from repurpose.study_config import load_config
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-PROTECTIVE_ROLES = ("causal_protective", "mechanism")
 LEVELS = (4, 5)
 
 
@@ -37,7 +38,6 @@ def run(tmp_path_factory, registries_200k):
     simulated = registries_200k
     config = load_config(REPO / "config/config.yaml")
     config["screen"]["atc_levels"] = list(LEVELS)
-    config["candidates"]["confirmation"]["max_classes"] = 2
     for name in ("population", "ms_registry"):
         config["inputs"][name]["path"] = str(simulated / f"{name}.parquet")
     config["inputs"]["prescriptions"]["path"] = str(simulated / "prescriptions")
@@ -68,15 +68,6 @@ def run(tmp_path_factory, registries_200k):
     return work, config, truth, drugs.join(roles, on="atc_code", how="left"), pl.read_csv(work / "mechanisms.csv")
 
 
-def average_precision(is_positive: list[bool]) -> float:
-    hits, precisions = 0, []
-    for k, positive in enumerate(is_positive, start=1):
-        if positive:
-            hits += 1
-            precisions.append(hits / k)
-    return float(np.mean(precisions)) if precisions else 0.0
-
-
 def test_planted_mechanism_ranks_first_among_protective_mechanisms(run):
     _, _, truth, _, mechanisms = run
     protective = mechanisms.filter(pl.col("direction") == "protective").sort("rank")
@@ -87,40 +78,79 @@ def test_planted_mechanism_ranks_first_among_protective_mechanisms(run):
 
 def test_planted_protective_substances_lead_the_drug_ranking(run):
     _, _, truth, drugs, _ = run
-    substances = drugs.filter(pl.col("atc_level") == 5).sort("rank")
+    substances = drugs.filter((pl.col("atc_level") == 5) & (pl.col("direction") == "protective")).sort("rank")
     positives = [role in PROTECTIVE_ROLES for role in substances["role"].fill_null("null")]
     ap = average_precision(positives)
     chance = sum(positives) / len(positives)
-    print(f"\naverage precision of planted protective substances among {len(positives)} ranked level-5 substances: {ap:.3f} (chance {chance:.3f})")
+    print(f"\naverage precision of planted protective substances among {len(positives)} protective level-5 substances: {ap:.3f} (chance {chance:.3f})")
     assert sum(positives) >= 4
     assert ap >= 0.8 and ap >= 2 * chance
+
+
+def test_each_planted_substance_is_one_signal_and_classes_carried_by_it_are_not_rows(run):
+    _, _, truth, drugs, _ = run
+    planted = [code for code, s in truth["substances"].items() if s["role"] != "null"]
+    assert drugs["atc_code"].n_unique() == drugs.height
+    covered = [c for value in drugs["also_seen_at"].drop_nulls().to_list() for c in value.split(";")]
+    assert not set(covered) & set(drugs["atc_code"].to_list()), "a collapsed code is also a row of its own"
+    for code in planted:
+        assert drugs.filter(pl.col("atc_code") == code).height == 1, code
+        assert code not in covered
+
+
+def test_no_evidence_point_comes_from_a_fit_below_the_minimum_of_cases(run):
+    _, config, _, drugs, _ = run
+    minimum = config["candidates"]["min_evidence_cases"]
+    drugs = pl.read_csv(run[0] / "drugs.csv", infer_schema=False)
+    cases = drugs["n_exposed_cases"].replace(f"<{config['disclosure']['min_cell']}", "0").cast(pl.Int64)
+    few = drugs.filter(cases < minimum)
+    for line in ("calibrated", "confirmed", "robust_to_confounding"):
+        assert (few[f"evidence_{line}"] != "supported").all(), line
+    comparator = drugs["n_active_comparator_cases"].replace(f"<{config['disclosure']['min_cell']}", "0").cast(pl.Int64)
+    assert (drugs.filter(comparator < minimum)["evidence_active_comparator"] != "supported").all()
+    scored = drugs.select(pl.col("evidence_supported").cast(pl.Int64), pl.col("evidence_assessed").cast(pl.Int64))
+    assert (scored["evidence_supported"] <= scored["evidence_assessed"]).all()
+    # every candidate gets its confirmation assessed or says why not
+    candidates = drugs.filter(pl.col("candidate") == "true")
+    assert candidates.height and candidates["evidence_confirmed"].is_not_null().all()
+
+
+def test_the_ranking_beats_the_screen_z_and_the_previous_ranking(run):
+    work, config, truth, drugs, _ = run
+    table = compare_orderings(pl.read_parquet(work / "dwas.parquet"), drugs.drop("role"), truth, config["candidates"])
+    with pl.Config(fmt_str_lengths=60, tbl_width_chars=140):
+        print(f"\n{table}")
+    previous, screen_z, new = (table.row(i, named=True) for i in range(3))
+    assert new["average_precision"] >= screen_z["average_precision"] and new["average_precision"] > previous["average_precision"]
+    assert new["nulls_in_top"] <= screen_z["nulls_in_top"]
 
 
 def test_prodromal_substances_are_flagged_and_never_protective_candidates(run):
     _, _, truth, drugs, _ = run
     prodromal = [code for code, s in truth["substances"].items() if s["role"] == "prodromal"]
     rows = drugs.filter(pl.col("atc_code").is_in(prodromal))
-    assert rows.height == len(prodromal), "every prodromal substance is a lag-0 signal"
+    assert rows.height == len(prodromal), "every prodromal substance is ranked"
     for row in rows.iter_rows(named=True):
         assert "reverse_causation_suspected" in (row["flags"] or ""), row
         assert row["direction"] != "protective"
-    unflagged_protective = drugs.filter((pl.col("direction") == "protective") & ~pl.col("flags").fill_null("").str.contains("reverse_causation"))
-    if unflagged_protective.height:
-        assert rows["rank"].min() > unflagged_protective["rank"].max()
+        # the last tier holds reverse causation and rows shown at lag 0 (main lag not estimable)
+        last_tier = pl.col("flags").fill_null("").str.contains("reverse_causation|main_lag_not_estimable")
+        unflagged = drugs.filter((pl.col("direction") == row["direction"]) & ~last_tier)
+        assert row["rank"] > unflagged["rank"].max()
 
 
 def test_confirmation_with_nothing_added_agrees_with_the_screen(run):
     work, config, _, drugs, _ = run
     dwas = pl.read_parquet(work / "dwas.parquet")
-    code = drugs.filter(pl.col("atc_level") == 5).sort("rank")["atc_code"][0]
+    code = drugs.filter((pl.col("atc_level") == 5) & (pl.col("direction") == "protective")).sort("rank")["atc_code"][0]
     main_lag = float(config["candidates"]["main_lag_years"])
     prepared, _, _ = model_cohort(pl.read_parquet(work / "cohort.parquet"), config)
     exposures = pl.read_parquet(work / "exposure_5.parquet")
     fit = confirmation_fit(prepared, exposures, code, [], None, config, round(main_lag * 365.25), "aggregated")
     expected = dwas.filter((pl.col("atc_code") == code) & (pl.col("lag_years") == main_lag) & (pl.col("sex") == "all"))
     assert fit["log_hr_confirmation"] == pytest.approx(expected["log_hr"][0], abs=1e-6)
-    # The shipped ranking's lifelines confirmation (with additions) exists for the top classes.
-    assert drugs.filter(pl.col("hr_confirmation").is_not_null()).height == 2
+    # every candidate of the shipped ranking has its confirmation model
+    assert drugs.filter(pl.col("candidate") & pl.col("hr_confirmation").is_null()).height == 0
 
 
 def test_outputs_are_aggregate_and_documented(run):
@@ -133,6 +163,6 @@ def test_outputs_are_aggregate_and_documented(run):
         assert not ((numeric >= 1) & (numeric < min_cell)).any(), column
     assert "person_id" not in drugs.columns
     readme = (work / "README.md").read_text()
-    for column in ("evidence_score", "reverse_causation_suspected", "calibrated_p", "dose_trend_p", "pooled_hr", "i2"):
+    for column in ("evidence_supported", "also_seen_at", "reverse_causation_suspected", "calibrated_p", "dose_trend_p", "pooled_hr", "i2", "Empirical null per ATC level"):
         assert column in readme
     assert {"rank", "target", "action_type", "n_substances", "n_atc3_classes", "pooled_hr", "i2", "evidence_score"} <= set(mechanisms.columns)

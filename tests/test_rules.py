@@ -18,7 +18,8 @@ from repurpose.config import validate_config
 from repurpose.cox.engine import fit_efron
 from repurpose.cox.result import wald, wald_p_value
 from repurpose.cox.risk_set_table import aggregate_counting_process
-from repurpose.dwas.candidates import screen_evidence
+from repurpose.dwas.candidates import screen_evidence, shown_estimates
+from repurpose.dwas.signals import collapse_tree
 from repurpose.dwas.window import NEVER_EXPOSED, exposed_from, lag_days
 from repurpose.schemas import drug_ranking_columns
 
@@ -131,7 +132,9 @@ def test_screen_evidence_has_an_hr_for_each_screened_lag_and_no_other():
                          "status": "ok"})  # fmt: skip
     dwas = pl.DataFrame(rows)
     settings = config_with(lags_years=[0, 1, 3], candidates={"main_lag_years": 1})["candidates"]
-    evidence = screen_evidence(dwas, pl.DataFrame({"atc_code": ["N02BE"], "atc_level": [4]}), settings)
+    shown = shown_estimates(dwas, 1.0)
+    tree = collapse_tree(shown, settings["carrier_alpha"])
+    evidence = screen_evidence(dwas, shown.filter(pl.col("atc_code") == "N02BE"), tree, {}, {}, settings)
     assert [c for c in evidence.columns if c.startswith("hr_lag")] == ["hr_lag0", "hr_lag1", "hr_lag3"]
     assert evidence["hr_lag3"][0] == pytest.approx(np.exp(-0.4))
     assert evidence["hr"][0] == pytest.approx(np.exp(-0.4))

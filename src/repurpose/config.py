@@ -127,7 +127,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 def cross_key_mistakes(config: dict[str, Any]) -> list[str]:
     """Contradictions between keys the schema checks one by one (each names its keys): a window that ends
     before it starts, an age band that is empty, dispensings that start after follow-up ends, an extract
-    delivered before the study ends (follow-up would run past the data), a variable both stratum and covariate."""
+    delivered before the study ends (follow-up would run past the data), evidence resting on fewer cases than
+    may be released, a variable both stratum and covariate."""
     study, mistakes = config["study"], []
     if study["start"] >= study["end"]:
         mistakes.append(f"config key `study`: start {study['start']} must be before end {study['end']}")
@@ -157,6 +158,12 @@ def cross_key_mistakes(config: dict[str, Any]) -> list[str]:
             "the main lag must be one of the screened lags"
         )
     mistakes += disclosure_mistakes(config)
+    min_cases, min_cell = config["candidates"]["min_evidence_cases"], config["disclosure"]["min_cell"]
+    if min_cases < min_cell:
+        mistakes.append(
+            f"config keys `candidates.min_evidence_cases` ({min_cases}) and `disclosure.min_cell` ({min_cell}): "
+            "an evidence line must not rest on a count too small to release; set min_evidence_cases >= min_cell"
+        )
     overlap = set(config["screen"]["adjust"]["strata"]) & set(config["screen"]["adjust"]["covariates"])
     if overlap:
         mistakes.append(

@@ -111,15 +111,39 @@ def ranking_lags(lags_years: Iterable[float]) -> list[float]:
     return sorted({0.0, *(float(lag) for lag in lags_years)})
 
 
+EVIDENCE_LINES = (
+    "calibrated",
+    "lag_robust",
+    "dose_response",
+    "sex_consistent",
+    "class_consistent",
+    "confirmed",
+    "active_comparator",
+    "robust_to_confounding",
+    "mechanism",
+)
+"""The evidence lines of a drug signal: one `evidence_<line>` column each, valued `supported`, `against` or
+`not assessed: <why>` (`repurpose.dwas.evidence`)."""
+
+
 def drug_ranking_columns(config: dict[str, Any]) -> list[str]:
-    """Columns of drug_ranking.csv, in order: an HR per lag (and its separated estimate per lag > 0) and one
-    per cumulative-DDD category (below the first cut point, between cut points, above the last)."""
+    """Columns of drug_ranking.csv, in order (the contract the report reads; docs/schemas.md).
+
+    One row per independent signal (`repurpose.dwas.signals`): rank within direction, whether it passes the
+    threshold, the codes it covers, the lag of its estimate, the raw and the shrunken estimate, one column
+    per evidence line, the score (supported of assessed) and flags; then the detail: an HR per lag (and its
+    separated estimate per lag > 0) and one per cumulative-DDD category (below the first cut point, between
+    cut points, above the last).
+    """
     lags = ranking_lags(config["screen"]["lags_years"])
     n_dose_categories = len(config["screen"]["dose_cutpoints_ddd"]) + 1
     return [
-        "rank", "atc_code", "atc_name", "atc_level", "direction", "hr", "ci_lower", "ci_upper", "p_value",
-        "q_value", "calibrated_p", "calibrated_q", "calibrated_hr", "calibrated_ci_lower", "calibrated_ci_upper",
-        "n_exposed", "n_exposed_cases",
+        "rank", "direction", "candidate", "atc_code", "atc_name", "atc_level", "also_seen_at", "carried_by",
+        "lag_years", "hr", "ci_lower", "ci_upper", "p_value", "p_method", "q_value", "n_exposed", "n_exposed_cases",
+        "hr_shrunken", "ci_lower_shrunken", "ci_upper_shrunken",
+        *[f"evidence_{line}" for line in EVIDENCE_LINES], "evidence_supported", "evidence_assessed",
+        "flags", "targets",
+        "calibrated_p", "calibrated_q", "calibrated_hr", "calibrated_ci_lower", "calibrated_ci_upper",
         *[f"hr_lag{lag_label(lag)}" for lag in lags],
         *[f"hr_separated_lag{lag_label(lag)}" for lag in lags if lag > 0],
         "lag_retained_fraction", "lag_fade_p",
@@ -128,17 +152,5 @@ def drug_ranking_columns(config: dict[str, Any]) -> list[str]:
         "n_siblings", "sibling_agreement", "sibling_pooled_hr", "sibling_pooled_p",
         "hr_confirmation", "ci_lower_confirmation", "ci_upper_confirmation", "confirmation_adjusted_for",
         "hr_active_comparator", "ci_lower_active_comparator", "ci_upper_active_comparator",
-        "n_active_comparator", "n_active_comparator_cases", "e_value", "e_value_ci", "flags", "targets",
-        "evidence_score", "score_points",
+        "n_active_comparator", "n_active_comparator_cases", "e_value", "e_value_ci", "evidence_score",
     ]  # fmt: skip
-
-
-def ranking_inputs(config: dict[str, Any]) -> list[str]:
-    """Columns the score and ranking read (the ranking's columns before scoring, plus their helpers)."""
-    scored = ("rank", "evidence_score", "score_points", "flags")
-    return [c for c in drug_ranking_columns(config) if c not in scored] + [
-        "sibling_pooled_log_hr",
-        "lags_tested",
-        "mechanism_support",
-        "reverse_causation_suspected",
-    ]

@@ -40,16 +40,14 @@ from repurpose.dwas.calibration import (
     e_value_ci,
     fit_empirical_null,
 )
-from repurpose.dwas.person_models import healthcare_use, level_models, model_cohort
+from repurpose.dwas.evidence import AGAINST, SUPPORTED, order_rows, score_rows
+from repurpose.dwas.person_models import healthcare_use, level_models, likelihood_ratio_fit, model_cohort
+from repurpose.dwas.shrinkage import LevelPrior, fit_level_prior, shrink
+from repurpose.dwas.signals import SignalTree, collapse_tree
+from repurpose.dwas.window import lag_days
 from repurpose.meta import pool
 from repurpose.release.disclosure import DisclosurePolicy, for_display, release_ranking, release_screen
-from repurpose.schemas import (
-    RANKING_COUNT_COLUMNS,
-    drug_ranking_columns,
-    lag_label,
-    ranking_inputs,
-    ranking_lags,
-)
+from repurpose.schemas import RANKING_COUNT_COLUMNS, drug_ranking_columns, lag_label, ranking_lags
 from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
@@ -172,15 +170,30 @@ def fit_nulls(
         else:
             controls = rows.filter((pl.col("atc_level") == level) & ~(pl.col("q_value") < alpha))
         try:
-            nulls[level] = fit_empirical_null(controls["log_hr"].to_numpy(), controls["se"].to_numpy())
-            log.info(
-                "empirical null level %d: mu %.3f sigma %.3f from %d controls",
-                level, nulls[level].mu, nulls[level].sigma, nulls[level].n_controls,
-            )
+            null = nulls[level] = fit_empirical_null(controls["log_hr"].to_numpy(), controls["se"].to_numpy())
         except CalibrationError as error:
-            log.warning("level %d: no calibration (%s)", level, error)
+            log.warning("empirical null level %d: no calibration (%s)", level, error)
             nulls[level] = None
+            continue
+        for problem in null_problems(null):
+            log.warning("empirical null level %d: %s", level, problem)
+        log.info("empirical null level %d: mu %.3f sigma %.3f from %d controls", level, null.mu, null.sigma, null.n_controls)
     return nulls
+
+
+MIN_CONTROLS_WARNING = 20
+"""An empirical null fitted on fewer negative-control estimates than this is reported with a WARNING."""
+
+
+def null_problems(null: EmpiricalNull) -> list[str]:
+    """Why an empirical null should not be trusted (WARNING in the log and the README): sigma = 0 (the controls
+    scatter no more than their standard errors, so calibration changes nothing) or too few controls."""
+    problems = []
+    if null.sigma == 0:
+        problems.append("degenerate (sigma = 0): calibration changes nothing at this level")
+    if null.n_controls < MIN_CONTROLS_WARNING:
+        problems.append(f"rests on {null.n_controls} controls (fewer than {MIN_CONTROLS_WARNING})")
+    return problems
 
 
 def calibrated_q_values(dwas: pl.DataFrame, nulls: dict[int, EmpiricalNull | None], main_lag: float) -> dict[str, float]:
@@ -196,49 +209,70 @@ def calibrated_q_values(dwas: pl.DataFrame, nulls: dict[int, EmpiricalNull | Non
     return q_of
 
 
-def screen_evidence(dwas: pl.DataFrame, signals: pl.DataFrame, settings: dict[str, Any]) -> pl.DataFrame:
-    """Per signal class: main-lag estimate, lags, reverse-causation flag, sexes, siblings, calibration, E-values."""
+def shown_estimates(dwas: pl.DataFrame, main_lag: float) -> pl.DataFrame:
+    """Per fitted code, the both-sexes estimate the ranking shows: at the main lag, or at lag 0 when the main
+    lag is not estimable (then `main_lag_not_estimable` is true and `lag_years` says 0: never a silent fallback)."""
+    fitted = _fitted(dwas).filter(pl.col("sex") == "all")
+    main = fitted.filter(pl.col("lag_years") == main_lag)
+    zero = fitted.filter((pl.col("lag_years") == 0.0) & ~pl.col("atc_code").is_in(main["atc_code"].implode()))
+    return pl.concat(
+        [main.with_columns(main_lag_not_estimable=pl.lit(False)), zero.with_columns(main_lag_not_estimable=pl.lit(True))],
+        how="diagonal_relaxed",
+    ).sort("atc_level", "atc_code")
+
+
+def screen_evidence(
+    dwas: pl.DataFrame,
+    shown: pl.DataFrame,
+    tree: SignalTree,
+    nulls: dict[int, EmpiricalNull | None],
+    calibrated_q: dict[str, float],
+    settings: dict[str, Any],
+) -> pl.DataFrame:
+    """Per signal (a row of `shown`): its estimate and lag, the other lags, the sexes, the ATC siblings,
+    calibration and E-values, and the codes it covers."""
     main_lag = float(settings["main_lag_years"])
     fitted = _fitted(dwas)
-    index = {
-        (r["atc_code"], float(r["lag_years"]), r["sex"]): r for r in fitted.iter_rows(named=True)
-    }
-    all_rows = {(r["atc_code"], float(r["lag_years"]), r["sex"]): r for r in dwas.iter_rows(named=True)}
+    index = {(r["atc_code"], float(r["lag_years"]), r["sex"]): r for r in fitted.iter_rows(named=True)}
     lags = sorted({float(v) for v in dwas["lag_years"].unique().to_list()})
     codes_at_main = fitted.filter((pl.col("sex") == "all") & (pl.col("lag_years") == main_lag))["atc_code"].to_list()
-    nulls = fit_nulls(dwas, main_lag, settings["fdr_alpha"], settings["negative_controls"])
-    calibrated_q = calibrated_q_values(dwas, nulls, main_lag)
     out = []
-    for code, level in signals.iter_rows():
-        main = index.get((code, main_lag, "all")) or index.get((code, 0.0, "all"))
-        described = all_rows.get((code, main_lag, "all")) or all_rows.get((code, 0.0, "all")) or {}
-        row: dict[str, Any] = {"atc_code": code, "atc_name": described.get("atc_name"), "atc_level": level}
-        b = main["log_hr"] if main else float("nan")
-        se = main["se"] if main else float("nan")
+    for shown_row in shown.iter_rows(named=True):
+        code, level, lag = shown_row["atc_code"], int(shown_row["atc_level"]), float(shown_row["lag_years"])
+        b, se = shown_row["log_hr"], shown_row["se"]
         estimate = wald(b, se)
-        row.update(
-            hr=float(estimate.hr),
-            ci_lower=float(estimate.ci_lower),
-            ci_upper=float(estimate.ci_upper),
-            p_value=main["p_value"] if main else None,
-            q_value=main["q_value"] if main else None,
-            n_exposed=described.get("n_exposed"),
-            n_exposed_cases=described.get("n_exposed_cases"),
-            estimate_lag_years=main["lag_years"] if main else None,
-            log_hr=b,
-            se=se,
-        )
-        row["direction"] = "protective" if b < 0 else "harmful"
-        for lag in ranking_lags(lags):
-            fit = index.get((code, lag, "all"))
-            row[f"hr_lag{lag_label(lag)}"] = float(np.exp(fit["log_hr"])) if fit else None
-        for lag in lags:
-            fit = index.get((code, lag, "all"))
-            row[f"log_hr_lag{lag:g}"] = fit["log_hr"] if fit else None
-            row[f"se_lag{lag:g}"] = fit["se"] if fit else None
-        female, male = index.get((code, main_lag, "F")), index.get((code, main_lag, "M"))
+        row: dict[str, Any] = {
+            "atc_code": code,
+            "atc_name": shown_row.get("atc_name"),
+            "atc_level": level,
+            "also_seen_at": ";".join(tree.also_seen_at(code)),
+            "carried_by": ";".join(tree.carried_by.get(code, [])),
+            "lag_years": lag,
+            "main_lag_not_estimable": shown_row["main_lag_not_estimable"],
+            "hr": float(estimate.hr),
+            "ci_lower": float(estimate.ci_lower),
+            "ci_upper": float(estimate.ci_upper),
+            "p_value": shown_row["p_value"],
+            "p_method": "wald",
+            "q_value": shown_row["q_value"],
+            "n_exposed": shown_row.get("n_exposed"),
+            "n_exposed_cases": shown_row.get("n_exposed_cases"),
+            "log_hr": b,
+            "se": se,
+            "direction": "protective" if b < 0 else "harmful",
+        }
+        for each in lags:
+            fit = index.get((code, each, "all"))
+            row[f"hr_lag{lag_label(each)}"] = float(np.exp(fit["log_hr"])) if fit else None
+            row[f"log_hr_lag{each:g}"] = fit["log_hr"] if fit else None
+            row[f"se_lag{each:g}"] = fit["se"] if fit else None
+        lag_cases = [index[(code, each, "all")].get("n_exposed_cases") for each in lags if (code, each, "all") in index]
+        row["lag_min_exposed_cases"] = None if not lag_cases or None in lag_cases else min(lag_cases)
+        female, male = index.get((code, lag, "F")), index.get((code, lag, "M"))
         row["hr_F"] = float(np.exp(female["log_hr"])) if female else None
         row["hr_M"] = float(np.exp(male["log_hr"])) if male else None
+        row["n_exposed_cases_F"] = female.get("n_exposed_cases") if female else None
+        row["n_exposed_cases_M"] = male.get("n_exposed_cases") if male else None
         row["sex_heterogeneity_p"] = (
             float(wald_p_value(female["log_hr"] - male["log_hr"], np.hypot(female["se"], male["se"])))
             if female and male
@@ -246,17 +280,19 @@ def screen_evidence(dwas: pl.DataFrame, signals: pl.DataFrame, settings: dict[st
         )
         siblings = [index[(s, main_lag, "all")] for s in siblings_of(code, codes_at_main)]
         row["n_siblings"] = len(siblings)
-        if siblings and np.isfinite(b):
+        if siblings:
             sibling_b = np.array([s["log_hr"] for s in siblings])
             pooled = pool(sibling_b, np.array([s["se"] for s in siblings]), method=settings["meta_method"])
+            sibling_cases = [s.get("n_exposed_cases") for s in siblings]
             row.update(
                 sibling_agreement=float(np.mean(np.sign(sibling_b) == np.sign(b))),
                 sibling_pooled_hr=float(np.exp(pooled.estimate)),
                 sibling_pooled_log_hr=pooled.estimate,
                 sibling_pooled_p=pooled.p_value,
+                sibling_exposed_cases=None if None in sibling_cases else int(sum(sibling_cases)),
             )
         null = nulls.get(level)
-        if null is not None and main:
+        if null is not None and lag == main_lag:
             cal_b, cal_lo, cal_hi = calibrated_ci(np.array([b]), np.array([se]), null)
             row.update(
                 calibrated_p=float(calibrated_p_value(np.array([b]), np.array([se]), null)[0]),
@@ -271,104 +307,61 @@ def screen_evidence(dwas: pl.DataFrame, signals: pl.DataFrame, settings: dict[st
     return pl.DataFrame(out, infer_schema_length=None)
 
 
-
-# --------------------------------------------------------------------------------------------------
-# Score and ranking
-# --------------------------------------------------------------------------------------------------
-
-
-def _same_direction_significant(hr: Any, lo: Any, hi: Any, protective: bool) -> bool:
-    if hr is None or lo is None or hi is None or not np.isfinite(hr):
-        return False
-    return bool(hi < 1) if protective else bool(lo > 1)
-
-
-def _finite(value: Any) -> bool:
-    return value is not None and np.isfinite(value)
-
-
-def score_row(row: dict[str, Any], settings: dict[str, Any]) -> tuple[int, list[str], list[str]]:
-    """Points (one per supporting line of evidence; no weights) and flags (evidence against) of one class.
-
-    Points: calibrated (BH q of the calibrated p-values of the level < alpha); lag_robust (tested at >= 1 lag > 0, not flagged for
-    reverse causation, and the longest tested lag keeps >= the retained fraction); dose_response
-    (trend p < alpha, same direction); sex_consistent (F and M same direction, heterogeneity p >= alpha);
-    class_consistent (ATC siblings pooled same direction, p < alpha); confirmed (confirmation CI
-    excludes 1, same direction); active_comparator (its CI excludes 1, same direction);
-    robust_to_confounding (E-value of the CI limit >= `min_e_value`); mechanism (a target whose
-    pooled evidence has q < alpha across >= 2 ATC level-3 classes, same direction).
-    """
-    alpha = settings["fdr_alpha"]
-    protective = row["direction"] == "protective"
-    sign = -1 if protective else 1
-    points, flags = [], []
-    if _finite(row.get("calibrated_q")) and row["calibrated_q"] < alpha:
-        points.append("calibrated")
-    elif _finite(row.get("calibrated_q")):
-        flags.append("not_significant_after_calibration")
-    if row.get("reverse_causation_suspected"):
-        flags.append("reverse_causation_suspected")
-    elif row.get("lags_tested", 0) and _finite(row.get("lag_retained_fraction")):
-        if row["lag_retained_fraction"] >= settings["reverse_causation"]["max_retained_fraction"]:
-            points.append("lag_robust")
-    if not row.get("lags_tested", 0):
-        flags.append("lag_untestable")
-    if _finite(row.get("dose_trend_p")) and row["dose_trend_p"] < alpha:
-        if np.sign(np.log(row["dose_trend_hr"])) == sign:
-            points.append("dose_response")
+def add_shrinkage(evidence: pl.DataFrame, shown: pl.DataFrame) -> tuple[pl.DataFrame, dict[int, LevelPrior | None]]:
+    """Add `hr_shrunken`, its 95% limits and `shrunken_z` (repurpose.dwas.shrinkage), with the prior of each
+    ATC level fitted on every fitted code of the level at the main lag (signals and the codes they cover)."""
+    at_main = shown.filter(~pl.col("main_lag_not_estimable"))
+    priors: dict[int, LevelPrior | None] = {}
+    parts = []
+    for level in sorted(evidence["atc_level"].unique().to_list()):
+        level_rows = at_main.filter(pl.col("atc_level") == level)
+        prior = fit_level_prior(level_rows["log_hr"].to_numpy(), level_rows["se"].to_numpy())
+        priors[int(level)] = prior
+        if prior is None or prior.tau <= 0:
+            log.warning(
+                "ATC level %d: no spread of true effects beyond noise could be estimated (%s); its signals are "
+                "ordered by their raw z", level, "too few classes" if prior is None else "tau = 0",
+            )
         else:
-            flags.append("inverse_dose_response")
-    hr_f, hr_m = row.get("hr_F"), row.get("hr_M")
-    if _finite(hr_f) and _finite(hr_m):
-        same = np.sign(np.log(hr_f)) == sign and np.sign(np.log(hr_m)) == sign
-        if same and _finite(row.get("sex_heterogeneity_p")) and row["sex_heterogeneity_p"] >= alpha:
-            points.append("sex_consistent")
-        elif _finite(row.get("sex_heterogeneity_p")) and row["sex_heterogeneity_p"] < alpha:
-            flags.append("sex_heterogeneity")
-    if _finite(row.get("sibling_pooled_p")) and row["sibling_pooled_p"] < alpha:
-        if np.sign(row["sibling_pooled_log_hr"]) == sign:
-            points.append("class_consistent")
-        else:
-            flags.append("siblings_disagree")
-    if _finite(row.get("hr_confirmation")):
-        if _same_direction_significant(row["hr_confirmation"], row["ci_lower_confirmation"], row["ci_upper_confirmation"], protective):
-            points.append("confirmed")
-        elif np.sign(np.log(row["hr_confirmation"])) != sign or row["ci_lower_confirmation"] <= 1 <= row["ci_upper_confirmation"]:
-            flags.append("not_confirmed_after_adjustment")
-    if _finite(row.get("hr_active_comparator")):
-        if _same_direction_significant(
-            row["hr_active_comparator"], row["ci_lower_active_comparator"], row["ci_upper_active_comparator"], protective
-        ):
-            points.append("active_comparator")
-        elif np.sign(np.log(row["hr_active_comparator"])) != sign:
-            flags.append("active_comparator_disagrees")
-    if _finite(row.get("e_value_ci")) and row["e_value_ci"] >= settings["min_e_value"]:
-        points.append("robust_to_confounding")
-    if row.get("mechanism_support"):
-        points.append("mechanism")
-    return len(points), points, flags
-
-
-def rank_drugs(evidence: pl.DataFrame, settings: dict[str, Any]) -> pl.DataFrame:
-    """Score every class and rank: protective before harmful; within a direction classes suspected of
-    reverse causation after the others, then by evidence score (high first), then by calibrated p."""
-    scored = []
-    for row in evidence.iter_rows(named=True):
-        score, points, flags = score_row(row, settings)
-        scored.append({**row, "evidence_score": score, "score_points": ", ".join(points), "flags": ", ".join(flags)})
-    frame = pl.DataFrame(scored, infer_schema_length=None)
-    frame = frame.with_columns(
-        _p=pl.coalesce(pl.col("calibrated_p") if "calibrated_p" in frame.columns else pl.lit(None, pl.Float64), pl.col("p_value"))
-    )
-    return (
-        frame.sort(
-            [pl.col("direction") == "harmful", "reverse_causation_suspected", "evidence_score", "_p", "atc_code"],
-            descending=[False, False, True, False, False],
-            nulls_last=True,
+            log.info("ATC level %d: shrinkage prior mean %.3f tau %.3f from %d classes", level, prior.mean, prior.tau, prior.n_classes)
+        rows = evidence.filter(pl.col("atc_level") == level)
+        post = shrink(rows["log_hr"].to_numpy(), rows["se"].to_numpy(), prior)
+        parts.append(
+            rows.with_columns(
+                hr_shrunken=pl.Series(np.exp(post.log_hr)),
+                ci_lower_shrunken=pl.Series(np.exp(post.ci_lower)),
+                ci_upper_shrunken=pl.Series(np.exp(post.ci_upper)),
+                shrunken_z=pl.Series(post.z),
+            )
         )
-        .with_row_index("rank", offset=1)
-        .drop("_p")
-    )
+    return pl.concat(parts, how="diagonal_relaxed"), priors
+
+
+def mechanism_evidence(code: str, direction: str, mechanisms: pl.DataFrame | None, alpha: float) -> str | None:
+    """The `mechanism` line of a substance: None (not assessed) unless a target of it is shared with another
+    screened substance; supported when such a mechanism has q < alpha across >= 2 ATC level-3 classes on the
+    substance's side, else against."""
+    needed = {"substances", "n_substances", "q_value", "n_atc3_classes", "direction"}
+    if mechanisms is None or not mechanisms.height or not needed <= set(mechanisms.columns):
+        return None
+    mine = [
+        r for r in mechanisms.iter_rows(named=True)
+        if (r["n_substances"] or 0) >= 2 and code in {item.split(" ")[0] for item in (r["substances"] or "").split("; ")}
+    ]  # fmt: skip
+    if not mine:
+        return None
+    good = any(r["q_value"] is not None and r["q_value"] < alpha and r["n_atc3_classes"] >= 2 and r["direction"] == direction for r in mine)
+    return SUPPORTED if good else AGAINST
+
+
+def attach_targets(evidence: pl.DataFrame, matches: pl.DataFrame | None, mechanisms: pl.DataFrame | None, alpha: float) -> pl.DataFrame:
+    """Add `targets` (level-5 substances) and `mechanism_evidence` (the mechanism line, None when not assessed)."""
+    if matches is not None:
+        evidence = evidence.join(matches.select("atc_code", "targets"), on="atc_code", how="left")
+    else:
+        evidence = evidence.with_columns(targets=pl.lit(None, pl.String))
+    values = [mechanism_evidence(c, d, mechanisms, alpha) for c, d in evidence.select("atc_code", "direction").iter_rows()]
+    return evidence.with_columns(mechanism_evidence=pl.Series(values, dtype=pl.String))
 
 
 def _ensure_columns(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
@@ -376,21 +369,94 @@ def _ensure_columns(frame: pl.DataFrame, columns: list[str]) -> pl.DataFrame:
     return frame.with_columns([pl.lit(None, pl.Float64).alias(c) for c in missing]) if missing else frame
 
 
-def attach_targets(evidence: pl.DataFrame, matches: pl.DataFrame | None, mechanisms: pl.DataFrame | None, alpha: float) -> pl.DataFrame:
-    """Add `targets` (level-5 substances) and `mechanism_support` (a supported mechanism in the same direction)."""
-    if matches is None:
-        return evidence.with_columns(targets=pl.lit(None, pl.String), mechanism_support=pl.lit(False))
-    evidence = evidence.join(matches.select("atc_code", "targets"), on="atc_code", how="left")
-    supported: dict[str, set[str]] = {}
-    if mechanisms is not None and mechanisms.height:
-        good = mechanisms.filter((pl.col("q_value") < alpha) & (pl.col("n_atc3_classes") >= 2))
-        for row in good.iter_rows(named=True):
-            for item in (row["substances"] or "").split("; "):
-                supported.setdefault(item.split(" ")[0], set()).add(row["direction"])
-    return evidence.with_columns(
-        mechanism_support=pl.struct("atc_code", "direction").map_elements(
-            lambda r: r["direction"] in supported.get(r["atc_code"], set()), return_dtype=pl.Boolean
-        )
+LIKELIHOOD_RATIO_MAX_WALD_P = 0.2
+"""Sparse signals with a Wald p at or above this keep their Wald p and CI (see `sparse_likelihood_ratio`)."""
+
+
+def sparse_likelihood_ratio(
+    evidence: pl.DataFrame, exposure_paths: list[str], model: tuple[pl.DataFrame, np.ndarray, np.ndarray], settings: dict[str, Any]
+) -> pl.DataFrame:
+    """Replace the Wald p and CI of sparse signals (exposed cases below `small_numbers_cases`, or not counted)
+    by the likelihood-ratio p and the profile-likelihood CI of the same model (`likelihood_ratio_fit`).
+
+    Only signals with a Wald p below LIKELIHOOD_RATIO_MAX_WALD_P are refitted (each refit reads the whole
+    cohort): where Wald already finds nothing, the LR test changes no decision and the order uses the
+    shrunken estimate anyway."""
+    prepared, stratum, covariates = model
+    sparse = pl.col("n_exposed_cases").is_null() | (pl.col("n_exposed_cases") < settings["small_numbers_cases"])
+    sparse_codes = set(evidence.filter(sparse & (pl.col("p_value") < LIKELIHOOD_RATIO_MAX_WALD_P))["atc_code"].to_list())
+    lag_of = dict(zip(evidence["atc_code"].to_list(), evidence["lag_years"].to_list(), strict=True))
+    found = []
+    for path in exposure_paths:
+        if not sparse_codes:
+            break
+        exposures = pl.read_parquet(path, columns=["person_id", "atc_code", "exposure_start_age_days"])
+        for code in sorted(sparse_codes & set(exposures["atc_code"].unique().to_list())):
+            fit = likelihood_ratio_fit(prepared, stratum, covariates, exposures, code, lag_days(lag_of[code]))
+            if fit:
+                found.append({"atc_code": code, **fit})
+    if not found:
+        return evidence
+    lr = pl.DataFrame(found)
+    log.info("%d sparse signals: likelihood-ratio p and profile-likelihood CI instead of Wald", lr.height)
+    joined = evidence.join(lr, on="atc_code", how="left")
+    has = pl.col("lr_p_value").is_not_null()
+    return joined.with_columns(
+        p_value=pl.when(has).then("lr_p_value").otherwise("p_value"),
+        ci_lower=pl.when(has).then("lr_ci_lower").otherwise("ci_lower"),
+        ci_upper=pl.when(has).then("lr_ci_upper").otherwise("ci_upper"),
+        p_method=pl.when(has).then(pl.lit("likelihood ratio")).otherwise("p_method"),
+    ).drop("lr_log_hr", "lr_p_value", "lr_ci_lower", "lr_ci_upper")
+
+
+def level_q_values(dwas: pl.DataFrame, evidence: pl.DataFrame, main_lag: float) -> pl.DataFrame:
+    """BH q of the main-lag rows within each ATC level (both sexes), with the signals' p as shown (likelihood
+    ratio where it replaced Wald); rows shown at lag 0 keep the screen's q."""
+    family = _fitted(dwas).filter((pl.col("sex") == "all") & (pl.col("lag_years") == main_lag)).select("atc_code", "atc_level", "p_value")
+    shown_p = evidence.filter(pl.col("lag_years") == main_lag).select("atc_code", shown_p="p_value")
+    family = family.join(shown_p, on="atc_code", how="left").with_columns(p=pl.coalesce("shown_p", "p_value"))
+    q_of: dict[str, float] = {}
+    for level in family["atc_level"].unique().to_list():
+        rows = family.filter(pl.col("atc_level") == level)
+        q_of.update(zip(rows["atc_code"].to_list(), stats.false_discovery_control(rows["p"].to_numpy(), method="bh").tolist(), strict=True))
+    new_q = evidence["atc_code"].replace_strict(q_of, default=None, return_dtype=pl.Float64)
+    return evidence.with_columns(q_value=pl.when(pl.col("lag_years") == main_lag).then(new_q).otherwise("q_value"))
+
+
+def person_level_evidence(
+    config: dict[str, Any],
+    evidence: pl.DataFrame,
+    exposure_paths: list[str],
+    model: tuple[pl.DataFrame, np.ndarray, np.ndarray],
+    hcu: pl.DataFrame | None,
+) -> pl.DataFrame:
+    """Dose-response, separated lags, active comparator and confirmation for the candidate signals (the
+    confirmation for the first `confirmation.max_classes` of them by screen p); the others say why not."""
+    settings = config["candidates"]
+    prepared, stratum, covariates = model
+    candidates = evidence.filter("candidate").sort("p_value", "atc_code")
+    confirm_set = set(candidates["atc_code"].to_list()[: settings["confirmation"]["max_classes"]])
+    parts = []
+    for path in exposure_paths:
+        exposures = pl.read_parquet(path)
+        present = set(exposures["atc_code"].unique().to_list())
+        level_codes = [c for c in candidates["atc_code"].to_list() if c in present]
+        if level_codes:
+            parts.append(
+                level_models(config, prepared, stratum, covariates, exposures, level_codes, [c for c in level_codes if c in confirm_set], hcu)
+            )
+    reason = pl.when(~pl.col("candidate")).then(pl.lit("not a candidate (person-level models are fitted for candidates)"))
+    evidence = evidence.with_columns(person_level_reason=reason.otherwise(pl.lit(None, pl.String)))
+    if not parts:
+        return evidence
+    joined = evidence.join(pl.concat(parts, how="diagonal_relaxed"), on="atc_code", how="left")
+    adjusted = pl.col("confirmation_adjusted_for") if "confirmation_adjusted_for" in joined.columns else pl.lit(None, pl.String)
+    return joined.with_columns(
+        confirmation_reason=pl.when(pl.col("candidate") & ~pl.col("atc_code").is_in(list(confirm_set)))
+        .then(pl.lit("beyond candidates.confirmation.max_classes"))
+        .when(adjusted.str.contains("not estimable"))
+        .then(pl.lit("confirmation model did not converge"))
+        .otherwise(pl.lit(None, pl.String))
     )
 
 
@@ -409,56 +475,59 @@ def run_candidates(
 ) -> pl.DataFrame:
     """Build the drug ranking (and the results README) from the screen, exposures and mechanism outputs.
 
-    `cohort=None` (a pooled federated run, no person-level data): the ranking uses the screen table
-    alone and the person-level evidence columns (dose-response, confirmation, active comparator) stay empty.
+    Every estimable signal is ranked (docs/methods.md "Drug ranking"); `candidate` marks those passing the
+    threshold, and only they get the person-level models. `cohort=None` (a pooled federated run, no
+    person-level data): the person-level lines say `not assessed` and p-values stay Wald.
     `prescriptions` are the validated prescription part files (for health-care use), None to leave it out.
     """
     dwas_path, cohort_path, exposure_paths, matches_path, mechanisms_path = dwas, cohort, exposures, matches, mechanisms
     ranking_path, readme_path = ranking, readme
     settings = config["candidates"]
-    columns, inputs = drug_ranking_columns(config), ranking_inputs(config)
+    columns = drug_ranking_columns(config)
     started = time.perf_counter()
     dwas = pl.read_parquet(dwas_path)
     lags = sorted({float(v) for v in dwas["lag_years"].unique().to_list()})
-    if float(settings["main_lag_years"]) not in lags:
+    main_lag = float(settings["main_lag_years"])
+    if main_lag not in lags:
         raise ValueError(
             f"candidates.main_lag_years = {settings['main_lag_years']} is not a screened lag "
             f"(screen.lags_years: {lags}); set it to one of them."
         )
-    signals = select_signals(dwas, settings["fdr_alpha"], settings["main_lag_years"])
-    log.info("%d signal classes at q < %g (lag 0 or %g)", signals.height, settings["fdr_alpha"], settings["main_lag_years"])
-    evidence = screen_evidence(dwas, signals, settings) if signals.height else pl.DataFrame({"atc_code": []}, schema={"atc_code": pl.String})
+    shown = shown_estimates(dwas, main_lag)
+    tree = collapse_tree(shown.filter(~pl.col("main_lag_not_estimable")), settings["carrier_alpha"])
+    signals = shown.filter(pl.col("atc_code").is_in([c for c, s in tree.signal_of.items() if s == c]) | pl.col("main_lag_not_estimable"))
+    log.info("%d fitted codes collapse into %d signals", shown.height, signals.height)
+    nulls = fit_nulls(dwas, main_lag, settings["fdr_alpha"], settings["negative_controls"])
+    evidence = empty_evidence()
+    if signals.height:
+        evidence = screen_evidence(dwas, signals, tree, nulls, calibrated_q_values(dwas, nulls, main_lag), settings)
+        evidence, priors = add_shrinkage(evidence, shown)
+    model = None
     if signals.height and cohort_path is not None:
-        cohort = pl.read_parquet(cohort_path)
-        prepared, stratum, covariates = model_cohort(cohort, config)
+        model = model_cohort(pl.read_parquet(cohort_path), config)
+        evidence = level_q_values(dwas, sparse_likelihood_ratio(evidence, exposure_paths, model, settings), main_lag)
+    if signals.height:
+        lag0_hits = set(select_signals(dwas.filter(pl.col("lag_years") == 0.0), settings["fdr_alpha"], 0.0)["atc_code"].to_list())
+        evidence = evidence.with_columns(
+            candidate=(pl.col("q_value") < settings["fdr_alpha"]).fill_null(False) | pl.col("atc_code").is_in(list(lag0_hits))
+        )
+        log.info("%d of %d signals are candidates (q < %g at lag 0 or %g)", int(evidence["candidate"].sum()), evidence.height, settings["fdr_alpha"], main_lag)
+    if model is not None and evidence.height:
         hcu = None
         if settings["confirmation"]["healthcare_use"] and prescriptions:
             hcu = healthcare_use(config, prescriptions, cohort_path)
-        # Confirmation models are costly: fit them for the first classes of a provisional ranking.
-        provisional = rank_drugs(_ensure_columns(flag_reverse_causation(evidence, settings, lags), inputs), settings)
-        confirm_set = set(provisional["atc_code"].to_list()[: settings["confirmation"]["max_classes"]])
-        parts = []
-        for path in exposure_paths:
-            exposures = pl.read_parquet(path)
-            level_codes = [c for c in signals["atc_code"].to_list() if c in set(exposures["atc_code"].unique().to_list())]
-            if not level_codes:
-                continue
-            parts.append(
-                level_models(
-                    config, prepared, stratum, covariates, exposures, level_codes,
-                    [c for c in level_codes if c in confirm_set], hcu,
-                )
-            )
-        if parts:
-            evidence = evidence.join(pl.concat(parts, how="diagonal_relaxed"), on="atc_code", how="left")
+        evidence = person_level_evidence(config, evidence, exposure_paths, model, hcu)
+    elif evidence.height:
+        evidence = evidence.with_columns(person_level_reason=pl.lit("no person-level data (pooled run)"))
     matches = pl.read_csv(matches_path) if matches_path and Path(matches_path).exists() else None
     mechanisms = pl.read_csv(mechanisms_path) if mechanisms_path and Path(mechanisms_path).exists() else None
     if evidence.height:
         evidence = flag_reverse_causation(evidence, settings, lags)
         evidence = attach_targets(evidence, matches, mechanisms, settings["fdr_alpha"])
-        ranking = rank_drugs(_ensure_columns(evidence, inputs), settings)
+        scored = order_rows(score_rows(_ensure_columns(evidence, columns), settings))
+        ranking = scored.with_columns(evidence_score=pl.col("evidence_supported"))
     else:
-        ranking = _ensure_columns(evidence, columns)
+        ranking = evidence
     ranking = _ensure_columns(ranking, columns).select(columns)
     # Released like the screen (the same rows hidden: release is deterministic); counts rounded.
     policy = DisclosurePolicy.from_config(config, main_lag_years=settings["main_lag_years"])
@@ -467,26 +536,25 @@ def run_candidates(
     )
     for_display(released, RANKING_COUNT_COLUMNS, policy.min_cell).write_csv(ranking_path)
     if readme_path is not None:
-        text = candidates_readme(config)
-        if matches is not None and matches.height:
-            n_matched = int(matches["matched"].sum())
-            text += (
-                f"\nTarget mapping of this run: {n_matched} of {matches.height} screened level-5 substances "
-                f"matched by INN ({100 * n_matched / matches.height:.1f}%); the unmatched are listed in "
-                "`substance_targets.csv` (matched = false).\n"
-            )
-        Path(readme_path).write_text(text, encoding="utf-8")
-    log.info("drug ranking: %d classes in %.1f s", ranking.height, time.perf_counter() - started)
+        Path(readme_path).write_text(candidates_readme(config, nulls, matches), encoding="utf-8")
+    log.info("drug ranking: %d signals in %.1f s", ranking.height, time.perf_counter() - started)
     return released
 
 
-def candidates_readme(config: dict[str, Any]) -> str:
-    """The README written next to the rankings: every column and the exact score rules of this run."""
+def empty_evidence() -> pl.DataFrame:
+    return pl.DataFrame(schema={"atc_code": pl.String, "atc_level": pl.Int8, "direction": pl.String})
+
+
+def candidates_readme(
+    config: dict[str, Any], nulls: dict[int, EmpiricalNull | None] | None = None, matches: pl.DataFrame | None = None
+) -> str:
+    """The README written next to the rankings: every column, the exact rules of this run, and the empirical
+    null of each ATC level (with its warnings)."""
     s = config["candidates"]
     cuts = [float(c) for c in config["screen"]["dose_cutpoints_ddd"]]
     dose_labels = [f"<{cuts[0]:g} DDD"] + [f"{a:g}-{b:g} DDD" for a, b in zip(cuts[:-1], cuts[1:], strict=True)] + [f">={cuts[-1]:g} DDD"]
     template = resources.files("repurpose").joinpath(README_TEMPLATE).read_text(encoding="utf-8")
-    return template.format(
+    text = template.format(
         run_label=config.get("run_label", ""),
         config_hash=config_hash(config),
         version=__version__,
@@ -503,4 +571,34 @@ def candidates_readme(config: dict[str, Any]) -> str:
         max_adjustment=s["confirmation"]["max_adjustment_classes"],
         engine=s["confirmation"]["engine"],
         min_cell=config["disclosure"]["min_cell"],
+        min_cases=s["min_evidence_cases"],
+        small_cases=s["small_numbers_cases"],
+        carrier_alpha=s["carrier_alpha"],
     )
+    text += "\n" + empirical_null_table(nulls or {})
+    if matches is not None and matches.height:
+        n_matched = int(matches["matched"].sum())
+        text += (
+            f"\nTarget mapping of this run: {n_matched} of {matches.height} screened level-5 substances "
+            f"matched by INN ({100 * n_matched / matches.height:.1f}%); the unmatched are listed in "
+            "`substance_targets.csv` (matched = false).\n"
+        )
+    return text
+
+
+def empirical_null_table(nulls: dict[int, EmpiricalNull | None]) -> str:
+    """The empirical null of each ATC level as a Markdown table (`atc_level, mu, sigma, n_controls, warning`)
+    that the report can read back and plot."""
+    lines = [
+        "## Empirical null per ATC level (main lag)",
+        "",
+        "| atc_level | mu | sigma | n_controls | warning |",
+        "|---|---|---|---|---|",
+    ]
+    for level, null in sorted(nulls.items()):
+        if null is None:
+            lines.append(f"| {level} |  |  |  | WARNING: no empirical null (too few controls); not calibrated |")
+        else:
+            warning = "; ".join(f"WARNING: {p}" for p in null_problems(null))
+            lines.append(f"| {level} | {null.mu:.4f} | {null.sigma:.4f} | {null.n_controls} | {warning} |")
+    return "\n".join(lines) + "\n"

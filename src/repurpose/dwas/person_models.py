@@ -20,11 +20,11 @@ import numpy as np
 import polars as pl
 from lifelines import CoxTimeVaryingFitter
 from lifelines.exceptions import ConvergenceError
-from scipy import sparse
+from scipy import optimize, sparse, stats
 from sklearn.linear_model import LogisticRegression
 
 from repurpose.atc import atc_parent
-from repurpose.cox.engine import fit_efron
+from repurpose.cox.engine import efron_log_likelihood, fit_efron
 from repurpose.cox.result import wald
 from repurpose.cox.risk_set_table import aggregate_counting_process
 from repurpose.duck import connect, sql_literal
@@ -120,7 +120,7 @@ def dose_response(
     dummies = (category[:, None] == np.arange(1, n_cat)[None, :]).astype(np.float64)
     trend = np.column_stack([(category >= 1).astype(np.float64), np.maximum(category - 1, 0).astype(np.float64)])
     extra = covariates[person]
-    result: dict[str, float] = {}
+    result: dict[str, float] = {"dose_exposed_cases": float(np.sum(event & (category >= 1)))}
     coef, se, _ = _fit_columns(start, stop, event, np.column_stack([dummies, extra]), stratum[person])
     for k in range(n_cat - 1):
         result[f"hr_dose_{k + 1}"] = wald_floats(coef[k], se[k])[0]
@@ -231,7 +231,12 @@ def active_comparator(
     )
     n_cand = int(both["candidate"].sum())
     n_cases = int((both["candidate"] & both["event"]).sum())
-    result = {"n_active_comparator": both.height - n_cand, "n_active_comparator_cases": int((~both["candidate"] & both["event"]).sum()), "comparator_classes": ",".join(comparators)}
+    result = {
+        "n_active_comparator": both.height - n_cand,
+        "n_active_comparator_cases": int((~both["candidate"] & both["event"]).sum()),
+        "n_active_comparator_candidate_cases": n_cases,
+        "comparator_classes": ",".join(comparators),
+    }
     if n_cand == 0 or n_cand == both.height or n_cases == 0 or result["n_active_comparator_cases"] == 0:
         return result
     rows = both["cohort_row"].to_numpy()
@@ -470,3 +475,67 @@ def level_models(
         rows.append(row)
     return pl.DataFrame(rows, infer_schema_length=None)
 
+
+
+def likelihood_ratio_fit(
+    prepared: pl.DataFrame,
+    stratum: np.ndarray,
+    covariates: np.ndarray,
+    exposures: pl.DataFrame,
+    code: str,
+    lag_in_days: int,
+    *,
+    level: float = 0.95,
+) -> dict[str, float]:
+    """The screen's model of one class (exposed from start + lag, its strata and covariates) with the
+    likelihood-ratio p-value and the profile-likelihood CI of the exposure coefficient, for sparse classes.
+
+    Why: with few exposed cases the Wald interval and p lean on a quadratic log-likelihood that is far from
+    quadratic. LR statistic = 2 (loglik(b_hat) - loglik(0)) of the exposure (covariates refitted at 0 when
+    there are any); the CI holds every b with 2 (loglik(b_hat) - loglik(b)) <= chi2_1(level), the covariates
+    fixed at their fitted values when there are none to profile over (exposure-only model: exact).
+    Returns {} when the model is not estimable (say, no exposed case).
+    """
+    rows = exposures.filter(pl.col("atc_code") == code)
+    entry = prepared["entry_age_days"].cast(pl.Int64).to_numpy()
+    exit_ = prepared["exit_age_days"].cast(pl.Int64).to_numpy()
+    start_age = class_ages(prepared, rows, ["exposure_start_age_days"])[0]
+    person, start, stop, category = segments(entry, exit_, [exposed_from(entry, start_age, lag_in_days)])
+    event = prepared["event"].to_numpy()[person] & (stop == exit_[person])
+    design = np.column_stack([(category == 1).astype(np.float64), covariates[person]])
+    if design[:, 0].max() == design[:, 0].min() or not np.any(event & (category == 1)):
+        return {}
+    table = aggregate_counting_process(start, stop, event, design, strata=stratum[person])
+    fit = fit_efron(table)
+    if fit.status[0] != "ok":
+        return {}
+    coef = fit.coef[0].copy()
+    loglik_hat = float(fit.loglik[0])
+    if design.shape[1] > 1:
+        reduced = fit_efron(aggregate_counting_process(start, stop, event, design[:, 1:], strata=stratum[person]))
+        loglik_null = float(reduced.loglik[0])
+    else:
+        loglik_null = float(fit.loglik_null[0])
+    statistic = max(2.0 * (loglik_hat - loglik_null), 0.0)
+    critical = float(stats.chi2.ppf(level, 1))
+
+    def deviance_gap(b: float) -> float:
+        beta = coef.copy()
+        beta[0] = b
+        return 2.0 * (loglik_hat - float(efron_log_likelihood(table, beta).loglik[0])) - critical
+
+    b_hat, width = float(coef[0]), 4.0 * max(float(fit.se[0, 0]), 0.1)
+    limits = []
+    for direction in (-1.0, 1.0):
+        far = b_hat + direction * width
+        for _ in range(6):  # widen until the deviance crosses the critical value
+            if deviance_gap(far) > 0:
+                break
+            far = b_hat + direction * (abs(far - b_hat) * 2)
+        limits.append(float(optimize.brentq(deviance_gap, min(b_hat, far), max(b_hat, far))) if deviance_gap(far) > 0 else float("nan"))
+    return {
+        "lr_log_hr": b_hat,
+        "lr_p_value": float(stats.chi2.sf(statistic, 1)),
+        "lr_ci_lower": float(np.exp(limits[0])),
+        "lr_ci_upper": float(np.exp(limits[1])),
+    }

@@ -213,7 +213,8 @@ def _null_where(frame: pl.DataFrame, columns: Iterable[str], mask: list[bool]) -
 
 
 MAIN_ESTIMATE_COLUMNS = (
-    "hr", "ci_lower", "ci_upper", "p_value", "q_value", "calibrated_p", "calibrated_q", "calibrated_hr",
+    "hr", "ci_lower", "ci_upper", "p_value", "q_value", "hr_shrunken", "ci_lower_shrunken", "ci_upper_shrunken",
+    "calibrated_p", "calibrated_q", "calibrated_hr",
     "calibrated_ci_lower", "calibrated_ci_upper", "e_value", "e_value_ci", "n_exposed", "n_exposed_cases",
     "hr_confirmation", "ci_lower_confirmation", "ci_upper_confirmation",
 )  # fmt: skip

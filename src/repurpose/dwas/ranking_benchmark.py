@@ -1,0 +1,131 @@
+"""How well a drug ranking recovers planted truth: average precision of planted causal protective substances
+and null substances in the top 20, for three orderings of the same run's level-5 substances.
+
+Used by `benchmarks/bench_ranking.py` and the slow recovery test; nothing here is read by the pipeline.
+The orderings (every level-5 substance of the screen; substances an ordering leaves out go to the bottom
+in code order, the same for every ordering):
+
+- `screen_z_order`: the plain Wald z of the both-sexes screen estimate at the main lag, most protective first;
+- `previous_order`: the ranking before issue 19, reproduced on this run's evidence: only classes with q <
+  alpha (Wald, lag 0 or main lag) are listed; protective before harmful, rows suspected of reverse
+  causation after the others, then the old points score (one per supporting line, no minimum of cases),
+  then the calibrated p;
+- `ranking_order`: the drug ranking's protective list by rank, then its harmful list from the weakest to
+  the strongest harmful signal.
+
+Planted truth comes from the simulator's ground_truth.json (`roles`), so nothing here depends on which
+substances a simulator plants.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+PROTECTIVE_ROLES = ("causal_protective", "mechanism")
+"""Roles of the simulator's ground truth that count as true protective substances."""
+
+
+def average_precision(is_positive: list[bool]) -> float:
+    """Mean over positives of the precision at each positive's position (positives never listed count 0)."""
+    hits, precisions = 0, []
+    for k, positive in enumerate(is_positive, start=1):
+        if positive:
+            hits += 1
+            precisions.append(hits / k)
+    return float(np.mean(precisions)) if precisions else 0.0
+
+
+def complete(order: list[str], substances: list[str]) -> list[str]:
+    """`order` (level-5 codes) followed by the substances it leaves out, in code order."""
+    listed = [c for c in dict.fromkeys(order) if c in set(substances)]
+    return listed + sorted(set(substances) - set(listed))
+
+
+def screen_z_order(dwas: pl.DataFrame, main_lag: float) -> list[str]:
+    """Level-5 substances by the z of their both-sexes main-lag estimate, most protective first."""
+    rows = dwas.filter(
+        (pl.col("atc_level") == 5) & (pl.col("sex") == "all") & (pl.col("lag_years") == main_lag) & (pl.col("status") == "ok")
+        & pl.col("se").is_finite() & (pl.col("se") > 0)
+    )  # fmt: skip
+    return rows.with_columns(z=pl.col("log_hr") / pl.col("se")).sort("z", "atc_code")["atc_code"].to_list()
+
+
+def previous_points(row: dict[str, Any], settings: dict[str, Any]) -> int:
+    """The old score (before issue 19) of one row: one point per supporting line, without a minimum of cases."""
+    alpha, protective = settings["fdr_alpha"], row["direction"] == "protective"
+    sign = -1 if protective else 1
+
+    def finite(name: str) -> bool:
+        value = row.get(name)
+        return value is not None and bool(np.isfinite(value))
+
+    def side(hr: str, lo: str, hi: str) -> bool:
+        return finite(hr) and finite(lo) and finite(hi) and (row[hi] < 1 if protective else row[lo] > 1)
+
+    points = 0
+    points += finite("calibrated_q") and row["calibrated_q"] < alpha
+    points += bool(not row.get("reverse_causation_suspected") and finite("lag_retained_fraction")
+                   and row["lag_retained_fraction"] >= settings["reverse_causation"]["max_retained_fraction"])  # fmt: skip
+    points += finite("dose_trend_p") and row["dose_trend_p"] < alpha and finite("dose_trend_hr") and np.sign(np.log(row["dose_trend_hr"])) == sign
+    points += bool(finite("hr_F") and finite("hr_M") and np.sign(np.log(row["hr_F"])) == sign and np.sign(np.log(row["hr_M"])) == sign
+                   and finite("sex_heterogeneity_p") and row["sex_heterogeneity_p"] >= alpha)  # fmt: skip
+    points += bool(finite("sibling_pooled_p") and row["sibling_pooled_p"] < alpha and finite("sibling_pooled_hr")
+                   and np.sign(np.log(row["sibling_pooled_hr"])) == sign)  # fmt: skip
+    points += side("hr_confirmation", "ci_lower_confirmation", "ci_upper_confirmation")
+    points += side("hr_active_comparator", "ci_lower_active_comparator", "ci_upper_active_comparator")
+    points += finite("e_value_ci") and row["e_value_ci"] >= settings["min_e_value"]
+    points += row.get("evidence_mechanism") == "supported"
+    return int(points)
+
+
+def previous_order(dwas: pl.DataFrame, ranking: pl.DataFrame, settings: dict[str, Any]) -> list[str]:
+    """Level-5 substances in the order of the ranking before issue 19 (module docstring)."""
+    main_lag = float(settings["main_lag_years"])
+    hits = dwas.filter(
+        (pl.col("sex") == "all") & pl.col("lag_years").is_in([0.0, main_lag]) & (pl.col("q_value") < settings["fdr_alpha"])
+        & (pl.col("status") == "ok") & (pl.col("atc_level") == 5)
+    )["atc_code"].unique().to_list()  # fmt: skip
+    rows = ranking.filter(pl.col("atc_code").is_in(hits))
+    rows = rows.with_columns(
+        _points=pl.Series([previous_points(r, settings) for r in rows.iter_rows(named=True)], dtype=pl.Int64),
+        _rc=pl.col("flags").fill_null("").str.contains("reverse_causation_suspected"),
+        _p=pl.coalesce("calibrated_p", "p_value"),
+    )
+    ordered = rows.sort([pl.col("direction") == "harmful", "_rc", "_points", "_p", "atc_code"], descending=[False, False, True, False, False], nulls_last=True)
+    return ordered["atc_code"].to_list()
+
+
+def ranking_order(ranking: pl.DataFrame) -> list[str]:
+    """Level-5 codes of the drug ranking: the protective list by rank, then the harmful list weakest first."""
+    protective = ranking.filter(pl.col("direction") == "protective").sort("rank")["atc_code"].to_list()
+    harmful = ranking.filter(pl.col("direction") == "harmful").sort("rank", descending=True)["atc_code"].to_list()
+    return protective + harmful
+
+
+def recovery(order: list[str], roles: dict[str, str], *, top: int = 20) -> dict[str, float]:
+    """Average precision of the planted protective substances, and null substances in the top `top`."""
+    substances = sorted(roles)
+    full = complete(order, substances)
+    positives = [roles[c] in PROTECTIVE_ROLES for c in full]
+    return {
+        "average_precision": average_precision(positives),
+        "nulls_in_top": sum(roles[c] == "null" for c in full[:top]),
+        "n_substances": len(full),
+        "n_positive": sum(positives),
+    }
+
+
+def compare_orderings(dwas: pl.DataFrame, ranking: pl.DataFrame, truth: dict[str, Any], settings: dict[str, Any]) -> pl.DataFrame:
+    """One row per ordering (previous, screen_z, new) with its average precision and nulls in the top 20,
+    over the level-5 substances that the screen fitted at any lag (the others have nothing to rank)."""
+    fitted = set(dwas.filter((pl.col("atc_level") == 5) & (pl.col("status") == "ok"))["atc_code"].to_list())
+    roles = {code: s["role"] for code, s in truth["substances"].items() if code in fitted}
+    orderings = {
+        "previous (q < alpha classes, points score)": previous_order(dwas, ranking, settings),
+        "screen z at the main lag": screen_z_order(dwas, float(settings["main_lag_years"])),
+        "new (signals, tiers, shrunken z)": ranking_order(ranking),
+    }
+    return pl.DataFrame([{"ordering": name, **recovery(order, roles)} for name, order in orderings.items()])
