@@ -7,10 +7,10 @@ because each drug has its own indication and prescribers. Substances are mapped 
 substances: targets hit by exactly the same substances are one row (TLR7;TLR9), a target with one
 substance is that drug's property, not a mechanism. A substance counts as support only when its own
 main-lag estimate rests on enough exposed cases and is not flagged for reverse causation. The
-supporting substances are pooled by a random-effects model with a weakly informative half-normal
-prior on tau (posterior by quadrature; fixed effect, Cochran's Q and I^2 shown beside it), and the
-mechanisms are ranked within direction by points: significant, agreement across ATC level-3 classes,
-consistency (docs/methods.md, Mechanisms).
+supporting substances are pooled by fixed-effect inverse variance (the test of "these drugs have no
+effect") with Cochran's Q and I^2, and by a random-effects model with a weakly informative half-normal
+prior on tau shown beside it (the mechanism's average effect); mechanisms are ranked within direction
+by points: significant, agreement across ATC level-3 classes, consistency (docs/methods.md, Mechanisms).
 """
 
 from __future__ import annotations
@@ -52,11 +52,11 @@ MECHANISM_COLUMNS = [
     "ci_upper",
     "p_value",
     "q_value",
+    "re_hr",
+    "re_ci_lower",
+    "re_ci_upper",
+    "re_p_value",
     "tau",
-    "fe_hr",
-    "fe_ci_lower",
-    "fe_ci_upper",
-    "fe_p_value",
     "q_heterogeneity",
     "q_heterogeneity_p",
     "i2",
@@ -64,8 +64,9 @@ MECHANISM_COLUMNS = [
     "score_points",
 ]
 """Columns of mechanism_ranking.csv (docs/methods.md, Mechanisms). `n_atc3_classes` counts the ATC level-3
-classes of the agreeing supporting substances; `pooled_*` is the random-effects estimate, `fe_*` the
-fixed-effect one; `q_heterogeneity`, `i2` are Cochran's Q and Higgins' I^2 of the supporting substances."""
+classes of the agreeing supporting substances; `pooled_hr`, its CI, p and BH q are the fixed-effect estimate
+over the supporting substances, `re_*` and `tau` the random-effects one (half-normal prior on tau), and
+`q_heterogeneity`, `i2` Cochran's Q and Higgins' I^2."""
 
 
 def normalise_name(name: pl.Expr) -> pl.Expr:
@@ -253,7 +254,7 @@ def rank_mechanisms(substances: pl.DataFrame, mapping: pl.DataFrame, settings: d
 
     `substances`: `substance_support` rows. A mechanism's direction is that of its pooled estimate; its
     rank orders by points (more first), then the pooled p-value. Mechanisms with fewer than two supporting
-    substances are listed (with why) after those with two or more, with no pooled estimate.
+    substances are listed (with why in `not_counted`) after those with two or more, earn no point and no q.
     """
     by_code = {r["atc_code"]: r for r in substances.iter_rows(named=True)}
     rows = []
@@ -267,8 +268,8 @@ def rank_mechanisms(substances: pl.DataFrame, mapping: pl.DataFrame, settings: d
             "not_counted": "; ".join(f"{m['atc_code']}: {m['not_counted']}" for m in members if m["not_counted"]) or None,
         }  # fmt: skip
         nan = float("nan")
-        row.update(pooled_hr=nan, ci_lower=nan, ci_upper=nan, p_value=nan, tau=nan, fe_hr=nan, fe_ci_lower=nan,
-                   fe_ci_upper=nan, fe_p_value=nan, q_heterogeneity=nan, q_heterogeneity_p=nan, i2=nan)  # fmt: skip
+        row.update(pooled_hr=nan, ci_lower=nan, ci_upper=nan, p_value=nan, re_hr=nan, re_ci_lower=nan, re_ci_upper=nan,
+                   re_p_value=nan, tau=nan, q_heterogeneity=nan, q_heterogeneity_p=nan, i2=nan)  # fmt: skip
         direction, agreeing = None, []
         if support:
             b = np.array([m["log_hr"] for m in support])
@@ -276,11 +277,11 @@ def rank_mechanisms(substances: pl.DataFrame, mapping: pl.DataFrame, settings: d
             bayes = pool_half_normal(b, se, float(settings["mechanisms"]["tau_prior_scale"]))
             fixed = pool(b, se, method="FE")
             q, q_p, i2 = cochran_q(b, se)
-            direction = "protective" if bayes.estimate < 0 else "harmful"
-            agreeing = [m for m in support if np.sign(m["log_hr"]) == np.sign(bayes.estimate)]
-            row.update(pooled_hr=np.exp(bayes.estimate), ci_lower=np.exp(bayes.ci_lower), ci_upper=np.exp(bayes.ci_upper),
-                       p_value=bayes.p_value, tau=bayes.tau, fe_hr=np.exp(fixed.estimate), fe_ci_lower=np.exp(fixed.ci_lower),
-                       fe_ci_upper=np.exp(fixed.ci_upper), fe_p_value=fixed.p_value, q_heterogeneity=q,
+            direction = "protective" if fixed.estimate < 0 else "harmful"
+            agreeing = [m for m in support if np.sign(m["log_hr"]) == np.sign(fixed.estimate)]
+            row.update(pooled_hr=np.exp(fixed.estimate), ci_lower=np.exp(fixed.ci_lower), ci_upper=np.exp(fixed.ci_upper),
+                       p_value=fixed.p_value, re_hr=np.exp(bayes.estimate), re_ci_lower=np.exp(bayes.ci_lower),
+                       re_ci_upper=np.exp(bayes.ci_upper), re_p_value=bayes.p_value, tau=bayes.tau, q_heterogeneity=q,
                        q_heterogeneity_p=q_p, i2=i2)  # fmt: skip
         else:
             direction = "protective" if np.mean([m["log_hr"] for m in members]) < 0 else "harmful"
