@@ -341,7 +341,7 @@ def run_mechanisms(
     support = substance_support(dwas, settings)
     ranking = rank_mechanisms(support, mapping, settings)
     ranking.write_csv(ranking_path)
-    single = mapping.filter(pl.col("atc_code").is_in(support["atc_code"])).group_by("target", "action_type").len()
+    single = mapping.filter(pl.col("atc_code").is_in(support["atc_code"].implode())).group_by("target", "action_type").len()
     log.info(
         "mechanisms: %d with >= 2 substances ranked (%d with >= 2 supporting); %d single-substance targets left with their drug",
         ranking.height, int((ranking["n_supporting"] >= 2).sum()) if ranking.height else 0, int((single["len"] == 1).sum()),
