@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -12,15 +13,23 @@ import pytest
 from scipy import integrate, stats
 
 from repurpose.config import validate_config
+from repurpose.dwas.exposure import build_exposures, build_substance_exposures
 from repurpose.dwas.mechanisms import (
     MECHANISM_COLUMNS,
     map_substances,
     pool_half_normal,
     rank_mechanisms,
     read_drug_targets,
+    run_mechanisms,
     substance_support,
 )
+from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.meta import pool
+from repurpose.registry.cohort import run_cohort
+from repurpose.registry.ingest import validate_extracts
+from repurpose.study_config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def settings(**mechanisms):
@@ -168,13 +177,52 @@ def test_cross_class_agreement_ranks_first_within_direction():
     assert frame.filter(pl.col("direction") == "harmful")[["target", "rank"]].rows() == [("G3", 1)]
 
 
+@pytest.fixture(scope="module")
+def simulated_mechanisms(tmp_path_factory, registries_200k):
+    """The 200,000-person simulation (conftest) screened at ATC level 5 with the default lags, then the
+    mechanism stage: (config, screen, ranking, planted mechanism)."""
+    work = tmp_path_factory.mktemp("mechanisms")
+    config = load_config(REPO / "config/config.yaml")
+    config["screen"]["atc_levels"] = [5]
+    for name in ("population", "ms_registry"):
+        config["inputs"][name]["path"] = str(registries_200k / f"{name}.parquet")
+    config["inputs"]["prescriptions"]["path"] = str(registries_200k / "prescriptions")
+    config["resources"]["tmpdir"] = str(work / "tmp")
+    validate_extracts(config, results_dir=work)
+    cohort = work / "cohort.parquet"
+    run_cohort(config, population=work / "validated/population.parquet", ms_registry=work / "validated/ms_registry.parquet",
+               cohort=cohort, flow=work / "flow.json")  # fmt: skip
+    prescriptions = sorted(str(p) for p in (work / "validated/prescriptions").glob("*.parquet"))
+    build_substance_exposures(config, prescriptions=prescriptions, cohort=cohort, substances=work / "substances.parquet")
+    build_exposures(config, prescriptions=prescriptions, cohort=cohort, level=5, exposure=work / "exposure_5.parquet",
+                    substances=work / "substances.parquet")  # fmt: skip
+    screen_level(config, cohort=cohort, exposure=work / "exposure_5.parquet", level=5, part=work / "part_5.parquet")
+    gather_screen(config, parts=[str(work / "part_5.parquet")], dwas=work / "dwas.parquet", dwas_csv=work / "dwas.csv")
+    run_mechanisms(config, dwas=work / "dwas.parquet", ranking=work / "mechanisms.csv", matches=work / "targets.csv")
+    truth = json.loads((registries_200k / "ground_truth.json").read_text())["mechanism"]
+    return config, pl.read_parquet(work / "dwas.parquet"), pl.read_csv(work / "mechanisms.csv", infer_schema_length=None), truth
+
+
 @pytest.mark.slow
-def test_demo_ranks_the_planted_mechanism_first_and_no_single_substance_target(demo_run):
-    truth = json.loads((demo_run / "simulated/ground_truth.json").read_text())["mechanism"]
-    ranking = pl.read_csv(demo_run / "candidates/mechanism_ranking.csv")
-    assert (ranking["n_substances"] >= 2).all()
-    assert ranking.select("target", "action_type").is_unique().all()
-    top = ranking.filter(pl.col("direction") == "protective").sort("rank").row(0, named=True)
-    print(f"\nplanted {truth['gene']} {truth['action_type']}; first protective mechanism {top['target']} "
-          f"(pooled HR {top['pooled_hr']:.2f}, {top['n_supporting']} of {top['n_substances']} substances support, score {top['evidence_score']})")  # fmt: skip
+def test_simulation_ranks_the_planted_mechanism_first_and_only_multi_drug_mechanisms(simulated_mechanisms):
+    config, dwas, ranking, truth = simulated_mechanisms
+    protective = ranking.filter(pl.col("direction") == "protective").sort("rank")
+    top = protective.row(0, named=True)
+    print(f"\nplanted {truth['gene']} {truth['action_type']}; {ranking.height} mechanisms; first protective {top['target']} "
+          f"{top['action_type']}: pooled HR {top['pooled_hr']:.2f} ({top['ci_lower']:.2f}-{top['ci_upper']:.2f}), "
+          f"{top['n_supporting']} of {top['n_substances']} substances support, {top['n_atc3_classes']} level-3 classes, "
+          f"I2 {top['i2']:.2f}, score {top['evidence_score']}")  # fmt: skip
     assert truth["gene"] in top["target"].split(";") and top["action_type"] == truth["action_type"]
+    assert (ranking["n_substances"] >= 2).all() and ranking["substances"].is_unique().all()
+    for direction in ("protective", "harmful"):
+        assert ranking.filter(pl.col("direction") == direction)["rank"].to_list() == list(
+            range(1, ranking.filter(pl.col("direction") == direction).height + 1))
+    # no substance below the case minimum at the main lag counts as support
+    minimum = config["candidates"]["mechanisms"]["min_exposed_cases"]
+    main = dwas.filter((pl.col("sex") == "all") & (pl.col("lag_years") == config["candidates"]["main_lag_years"]))
+    sparse = set(main.filter(~(pl.col("n_exposed_cases") >= minimum).fill_null(True))["atc_code"])
+    for row in ranking.iter_rows(named=True):
+        listed = [item.split(" ")[0] for item in row["substances"].split("; ")]
+        not_counted = {item.split(":")[0] for item in (row["not_counted"] or "").split("; ") if item}
+        assert row["n_supporting"] == len(listed) - len(not_counted)
+        assert sparse & set(listed) <= not_counted
