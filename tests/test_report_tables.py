@@ -23,26 +23,28 @@ from repurpose.release.report_tables import (
 def ranking() -> pl.DataFrame:
     """A hand-built drug ranking in the contract's layout: two protective and one harmful signal, one not a candidate."""
     return pl.DataFrame({
-        "rank": [1, 2, 1, 3], "direction": ["protective", "protective", "harmful", "protective"],
-        "candidate": [True, True, True, False], "atc_code": ["P01BA02", "R03AC", "L04AB04", "A02BC01"],
-        "atc_name": ["hydroxychloroquine", "beta-2 agonists", "infliximab", "omeprazole"], "atc_level": [5, 4, 5, 5],
-        "also_seen_at": ["P01;P01B;P01BA", None, "L04AB", None], "lag_years": [2.0, 2.0, 0.0, 2.0],
-        "hr": [0.5, 0.7, 2.0, 0.95], "ci_lower": [0.3, 0.55, 1.4, 0.8], "ci_upper": [0.83, 0.89, 2.9, 1.1],
-        "n_exposed_cases": ["25", "40", "<5", "60"], "evidence_calibrated": ["supported", "supported", "against", "against"],
-        "evidence_confirmed": ["not assessed: no confirmation model", "supported", "supported", "against"],
-        "evidence_supported": [1, 2, 1, 0], "evidence_assessed": [1, 2, 2, 2], "flags": ["", "", "small_numbers", ""],
+        "rank": [1, 2, 1, 3, 4], "direction": ["protective", "protective", "harmful", "protective", "protective"],
+        "candidate": [True, True, True, False, True], "atc_code": ["P01BA02", "R03AC", "L04AB04", "A02BC01", "P01BA"],
+        "atc_name": ["hydroxychloroquine", "beta-2 agonists", "infliximab", "omeprazole", "aminoquinolines"],
+        "atc_level": [5, 4, 5, 5, 4], "also_seen_at": ["P01;P01B", None, "L04AB", None, None],
+        "lag_years": [2.0, 2.0, 0.0, 2.0, 2.0], "hr": [0.5, 0.7, 2.0, 0.95, 0.6], "ci_lower": [0.3, 0.55, 1.4, 0.8, 0.4],
+        "ci_upper": [0.83, 0.89, 2.9, 1.1, 0.9], "n_exposed_cases": ["25", "40", "<5", "60", "30"],
+        "evidence_calibrated": ["supported", "supported", "against", "against", "supported"],
+        "evidence_confirmed": ["not assessed: no confirmation model", "supported", "supported", "against", "supported"],
+        "evidence_supported": [1, 2, 1, 0, 2], "evidence_assessed": [1, 2, 2, 2, 2], "flags": ["", "", "small_numbers", "", ""],
     })  # fmt: skip
 
 
 def test_key_findings_show_candidates_by_direction_with_lag_evidence_and_flags():
     drugs = ranking()
     rows = signal_findings(drugs, drugs, main_lag=2.0, alpha=0.05)
-    assert [(r["direction"], r["code"]) for r in rows] == [("protective", "P01BA02"), ("protective", "R03AC"), ("harmful", "L04AB04")]
-    first, harmful = rows[0], rows[2]
+    assert [(r["direction"], r["code"]) for r in rows] == [("protective", "P01BA02"), ("protective", "R03AC"),
+                                                           ("protective", "P01BA"), ("harmful", "L04AB04")]  # fmt: skip
+    first, harmful = rows[0], rows[3]
     assert first["hr"] == "0.50 (0.30-0.83)" and first["lag"] == "2" and first["cases"] == "25"
     assert first["evidence"] == [("calibrated", "supported", "supported"),
                                  ("confirmed", "not-assessed", "not assessed (no confirmation model)")]  # fmt: skip
-    assert first["score"] == "1 of 1 assessed" and "also seen at P01;P01B;P01BA" in first["detail"]
+    assert first["score"] == "1 of 1 assessed" and "also seen at P01;P01B" in first["detail"]
     assert harmful["lag"] == "0" and harmful["cases"] == "<5" and harmful["flags"] == ["small numbers"]
 
 
@@ -94,7 +96,7 @@ def test_planted_truth_counts_found_missed_and_false_positives():
     }, "mechanism": {"gene": "ADRB2", "action_type": "AGONIST", "planted_hr": 0.65}}  # fmt: skip
     table = planted_truth(truth, signals, mechs, drugs)
     status = {r["item"]: r["status"] for r in table["rows"]}
-    assert status["P01BA02 hydroxychloroquine"] == "found: protective rank 1"
+    assert status["P01BA02 hydroxychloroquine"] == "found: protective rank 1"  # itself; its class P01BA is no false positive
     assert status["R03AC02 salbutamol"] == "found: protective rank 2 (as class R03AC)"
     assert status["A02BC01 omeprazole"] == "missed: ranked protective 3, not a candidate"
     assert status["D10BA01 isotretinoin"] == "missed: not ranked"

@@ -182,7 +182,8 @@ def planted_truth(
 
     A planted substance (planted HR not 1) is found when a key signal in its direction is the substance
     or an ATC class of level 3 or deeper that contains it; a planted mechanism when a key mechanism in its
-    direction lists its gene. A key signal or mechanism that finds nothing planted is a false positive,
+    direction lists its gene (the substance's own signal is named, else the deepest such class). A key
+    signal or mechanism that contains nothing planted in its direction is a false positive,
     with the role the simulator gave it (null, prodromal, confounded...)."""
     substances = truth.get("substances", {})
     planted = {code: s for code, s in substances.items() if number(s.get("planted_hr")) not in (None, 1.0)}
@@ -194,9 +195,10 @@ def planted_truth(
     rows, used = [], set()
     for code, s in sorted(planted.items()):
         direction = _direction(float(s["planted_hr"]))
-        hit = next((g for g in signals if g["direction"] == direction and covers(g, code)), None)
+        covering = [g for g in signals if g["direction"] == direction and covers(g, code)]
+        used.update(g["anchor"] for g in covering)  # a class over a planted substance is no false positive
+        hit = min(covering, key=lambda g: (g["code"] != code, -len(g["code"])), default=None)  # itself, else the deepest class
         if hit is not None:
-            used.add(hit["anchor"])
             status = f"found: {hit['direction']} rank {hit['rank']}" + ("" if hit["code"] == code else f" (as class {hit['code']})")
         elif code in ranked:
             r = ranked[code]
