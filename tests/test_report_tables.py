@@ -148,3 +148,5 @@ def test_screen_table_data_keeps_every_row_and_suppressed_counts_as_text():
     assert {r[cases] for r in rows} == {"<5", "12"} and table["numeric"][cases]
     direction = table["keys"].index("direction")
     assert {r[direction] for r in rows} <= {"protective", "harmful", None}
+    skipped = screen_table(frame.with_columns(hr=pl.lit(float("nan")), p_value=pl.lit(None, pl.Float64), status=pl.lit("skipped")))
+    assert {r[direction] for r in json.loads(skipped["json"])} == {None}  # not estimated has no direction

@@ -229,14 +229,17 @@ def planted_truth(
 
 
 def screen_table(shown: pl.DataFrame) -> dict[str, Any]:
-    """The whole screen (every class x lag x sex) for the searchable table: headers, which columns are
+    """The whole screen (every class x lag x sex, smallest p first) for the searchable table: headers, which columns are
     numeric, and the rows as compact JSON (counts are display text: a suppressed `<5` sorts as missing).
     `shown` is the released screen with its counts as display text."""
+    estimated = pl.col("hr").is_finite().fill_null(False)
     frame = shown.with_columns(
-        direction=pl.when(pl.col("hr") < 1).then(pl.lit("protective")).when(pl.col("hr") > 1).then(pl.lit("harmful")),
-    )
+        direction=pl.when(estimated & (pl.col("hr") < 1)).then(pl.lit("protective"))
+        .when(estimated & (pl.col("hr") > 1)).then(pl.lit("harmful")),
+    )  # fmt: skip
     columns = [c for c, _ in SCREEN_TABLE_COLUMNS if c in frame.columns]
-    frame = frame.select(columns).sort("atc_level", "atc_code", "lag_years", "sex")
+    order = pl.col("p_value").fill_nan(None) if "p_value" in frame.columns else pl.lit(None)
+    frame = frame.sort(order, "atc_level", "atc_code", "lag_years", "sex", nulls_last=True).select(columns)
     numeric = [frame[c].dtype.is_numeric() or c.startswith("n_") for c in columns]
     rows = []
     for row in frame.iter_rows():
