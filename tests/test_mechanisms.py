@@ -226,3 +226,11 @@ def test_simulation_ranks_the_planted_mechanism_first_and_only_multi_drug_mechan
         not_counted = {item.split(":")[0] for item in (row["not_counted"] or "").split("; ") if item}
         assert row["n_supporting"] == len(listed) - len(not_counted)
         assert sparse & set(listed) <= not_counted
+
+
+def test_agreement_among_null_estimates_earns_no_point():
+    rows = substances(["A01AA01", "B01AA01", "C01AA01"], [0.97, 0.98, 0.99], [0.2, 0.2, 0.2])
+    frame = rank_mechanisms(rows, mapping([("A01AA01", "G1"), ("B01AA01", "G1"), ("C01AA01", "G1")]), settings())
+    row = frame.row(0, named=True)
+    assert (row["n_agreeing"], row["n_atc3_classes"], row["i2"]) == (3, 3, 0.0)  # agreeing, diverse, homogeneous ...
+    assert row["evidence_score"] == 0 and row["score_points"] == ""  # ... but not significant: no point

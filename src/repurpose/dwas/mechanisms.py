@@ -208,14 +208,13 @@ def mechanism_score(
     q_value: float, n_agreeing: int, n_atc3_classes: int, q_heterogeneity_p: float, i2: float, settings: dict[str, Any]
 ) -> list[str]:
     """Points (one each, no weights), earned only by mechanisms with at least two agreeing supporting
-    substances: `significant` (pooled q below alpha), `replicated_across_atc3_classes` (the agreeing
-    substances span >= 2 ATC level-3 classes) and `consistent` (Cochran's Q test does not reject at
-    alpha and I^2 is at most `max_i2`)."""
-    if n_agreeing < 2:
+    substances and a pooled q below alpha (`significant`); only those can add `replicated_across_atc3_classes`
+    (the agreeing substances span >= 2 ATC level-3 classes) and `consistent` (Cochran's Q test does not
+    reject at alpha and I^2 is at most `max_i2`), since agreement and homogeneity of null estimates prove
+    nothing."""
+    if n_agreeing < 2 or not (np.isfinite(q_value) and q_value < settings["fdr_alpha"]):
         return []
-    points = []
-    if np.isfinite(q_value) and q_value < settings["fdr_alpha"]:
-        points.append("significant")
+    points = ["significant"]
     if n_atc3_classes >= 2:
         points.append("replicated_across_atc3_classes")
     if not (q_heterogeneity_p < settings["fdr_alpha"]) and np.isfinite(i2) and i2 <= settings["max_i2"]:
