@@ -10,7 +10,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from repurpose.release.report import DRUG_COLUMNS, MECHANISM_COLUMNS, SCREEN_COUNTS
+from repurpose.release.report import MECHANISM_COLUMNS, SCREEN_COUNTS, drug_columns
 
 
 def write_fake_candidates(dwas_parquet: str | Path, out_dir: str | Path, n: int = 15) -> tuple[Path, Path]:
@@ -21,35 +21,43 @@ def write_fake_candidates(dwas_parquet: str | Path, out_dir: str | Path, n: int 
     main = dwas.filter((pl.col("sex") == "all") & (pl.col("lag_years") == 0) & pl.col("p_value").is_finite())
     top = main.sort("p_value").head(n)
     targets = ["ADRB2", "HMGCR", "VDR"]
-    drugs = top.with_row_index("rank", offset=1).select(
-        "rank", "atc_code", "atc_name", "atc_level",
-        pl.when(pl.col("hr") < 1).then(pl.lit("protective")).otherwise(pl.lit("harmful")).alias("direction"),
-        "hr", "ci_lower", "ci_upper", "q_value",
-        (pl.col("p_value") * 3).clip(upper_bound=1).alias("calibrated_p"),
-        (pl.col("hr") * 1.02).alias("hr_lag5"), (pl.col("hr") * 1.05).alias("hr_lag10"),
-        pl.lit(0.01).alias("dose_trend_p"), (pl.col("hr") * 0.97).alias("hr_F"), (pl.col("hr") * 1.04).alias("hr_M"),
-        (pl.col("hr") * 1.01).alias("hr_confirmation"), (pl.col("hr") * 1.08).alias("hr_active_comparator"),
-        pl.lit(2.1).alias("e_value"), pl.lit("").alias("flags"),
-        pl.Series("targets", [targets[i % 3] for i in range(top.height)]),
-        (10 - pl.col("p_value").rank()).alias("evidence_score"),
-    )  # fmt: skip
-    assert drugs.columns == DRUG_COLUMNS
-    # optional columns of the full ranking (docs/schemas.md), used when present
-    drugs = drugs.with_columns(
-        pl.col("hr").alias("hr_dose_1"), (pl.col("hr") * 1.2).alias("hr_dose_2"), (pl.col("hr") * 1.4).alias("hr_dose_3"),
-        (pl.col("hr") * 0.95).alias("ci_lower_confirmation"), (pl.col("hr") * 1.07).alias("ci_upper_confirmation"),
-        pl.col("hr").alias("calibrated_hr"), pl.col("ci_lower").alias("calibrated_ci_lower"),
-        (pl.col("ci_upper") * 1.2).alias("calibrated_ci_upper"),
+    direction = pl.when(pl.col("hr") < 1).then(pl.lit("protective")).otherwise(pl.lit("harmful"))
+    lines = ["evidence_calibrated", "evidence_lag_robust", "evidence_confirmed"]
+    drugs = top.with_columns(direction=direction).with_columns(
+        rank=pl.col("p_value").rank("ordinal").over("direction").cast(pl.Int64)
+    ).select(
+        "rank", "direction", (pl.col("rank") <= 4).alias("candidate"), "atc_code", "atc_name", "atc_level",
+        pl.col("atc_code").str.slice(0, 3).alias("also_seen_at"), pl.col("lag_years"),
+        "hr", "ci_lower", "ci_upper", "p_value", "q_value", (pl.col("hr") ** 0.8).alias("hr_shrunken"),
         pl.Series("n_exposed", [3] + [40] * (top.height - 1)),  # a small count the report must suppress
+        pl.lit(12).alias("n_exposed_cases"), pl.lit(2).alias("evidence_supported"), pl.lit(3).alias("evidence_assessed"),
+        pl.lit("small_numbers").alias("flags"), pl.Series("targets", [targets[i % 3] for i in range(top.height)]),
+        pl.col("hr").alias("hr_lag0"), (pl.col("hr") * 1.02).alias("hr_lag5"), (pl.col("hr") * 0.97).alias("hr_F"),
+        (pl.col("hr") * 1.04).alias("hr_M"),
+    ).sort("direction", "rank", descending=[True, False])  # fmt: skip
+    assert drugs.columns == drug_columns([0.0, 5.0], 0.0)
+    drugs = drugs.with_columns(
+        pl.lit("supported").alias(lines[0]), pl.lit("against").alias(lines[1]),
+        pl.lit("not assessed: fewer than 10 exposed cases in the confirmation model").alias(lines[2]),
+        pl.col("hr").alias("hr_dose_1"), (pl.col("hr") * 1.2).alias("hr_dose_2"), (pl.col("hr") * 1.4).alias("hr_dose_3"),
+        (pl.col("hr") * 0.7).alias("ci_lower_dose_1"), (pl.col("hr") * 1.4).alias("ci_upper_dose_1"),
+        pl.lit(3).alias("n_exposed_cases_dose_1"), pl.lit(40).alias("n_exposed_dose_1"),
+        pl.lit(0.01).alias("dose_trend_p"), (pl.col("hr") * 1.01).alias("hr_confirmation"),
+        (pl.col("hr") * 0.95).alias("ci_lower_confirmation"), (pl.col("hr") * 1.07).alias("ci_upper_confirmation"),
     )  # fmt: skip
     mechanisms = pl.DataFrame({
-        "rank": [1, 2, 3], "target": targets, "target_name": ["beta-2 adrenergic receptor", "HMG-CoA reductase",
-                                                             "vitamin D receptor"],
-        "action_type": ["AGONIST", "INHIBITOR", "AGONIST"], "n_substances": [4, 3, 2], "n_atc3_classes": [2, 1, 1],
-        "substances": ["salbutamol;terbutaline", "simvastatin;atorvastatin", "calcitriol"],
-        "pooled_hr": [0.7, 0.9, 1.1], "ci_lower": [0.55, 0.7, 0.8], "ci_upper": [0.89, 1.15, 1.5],
-        "p_value": [0.003, 0.4, 0.6], "q_value": [0.01, 0.6, 0.6], "i2": [0.0, 12.5, 40.0],
-        "evidence_score": [3, 1, 0],
+        "rank": [1, 2, 1], "direction": ["protective", "protective", "harmful"], "target": ["ADRB2", "HMGCR", "TLR7;TLR9"],
+        "target_name": ["beta-2 adrenergic receptor", "HMG-CoA reductase", "Toll-like receptors 7 and 9"],
+        "action_type": ["AGONIST", "INHIBITOR", "ANTAGONIST"], "n_substances": [4, 3, 2], "n_supporting": [4, 2, 1],
+        "n_atc3_classes": [2, 1, 1],
+        "substances": ["R03AC02 salbutamol 0.70 (0.50-0.98); R03AC03 terbutaline 0.72 (0.50-1.03)",
+                       "C10AA01 simvastatin 0.9 (0.7-1.2); C10AA05 atorvastatin 0.9 (0.7-1.2)",
+                       "P01BA01 chloroquine 1.3 (0.8-2.0); P01BA02 hydroxychloroquine 1.4 (0.9-2.2)"],
+        "not_counted": [None, "C10AA07: fewer than 10 exposed cases", "P01BA01: reverse causation suspected"],
+        "pooled_hr": [0.7, 0.9, 1.4], "ci_lower": [0.55, 0.7, 0.9], "ci_upper": [0.89, 1.15, 2.2],
+        "p_value": [0.003, 0.4, 0.1], "q_value": [0.01, 0.6, None], "re_hr": [0.71, 0.9, 1.4], "re_ci_lower": [0.5, 0.6, 0.8],
+        "re_ci_upper": [0.99, 1.3, 2.4], "tau": [0.1, 0.2, 0.0], "i2": [0.0, 0.12, 0.0], "q_heterogeneity_p": [0.9, 0.3, None],
+        "evidence_score": [3, 1, 0], "score_points": ["significant, replicated_across_atc3_classes, consistent", "consistent", ""],
     })  # fmt: skip
     assert mechanisms.columns == MECHANISM_COLUMNS
     drugs_path, mechanisms_path = out_dir / "drug_ranking.csv", out_dir / "mechanism_ranking.csv"

@@ -153,7 +153,7 @@ def test_summary_tables_suppress_small_counts_and_their_complements(built):
 def test_drug_wide_plot_labels_do_not_overlap_with_1000_classes():
     import matplotlib.pyplot as plt
 
-    from repurpose.release.report import _place_labels
+    from repurpose.release.report_figures import _place_labels
 
     fig, ax = plt.subplots(figsize=(11, 4.2))
     x = np.arange(1000)

@@ -8,11 +8,13 @@ with apt-get when running as root, and otherwise skips with the reason.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
+import polars as pl
 import pytest
 from headless import Browser, find_chromium
 from report_fakes import write_fake_results
@@ -52,10 +54,18 @@ def report(tmp_path_factory) -> Path:
     results = tmp_path_factory.mktemp("browser_results")
     paths = write_fake_results(results)
     config = load_config(REPO / "config/config.yaml")
+    drugs = pl.read_csv(paths["drugs"])
+    found, missed = drugs.filter(pl.col("candidate"))["atc_code"][0], drugs.filter(~pl.col("candidate"))["atc_code"][0]
+    truth = results / "simulated/ground_truth.json"  # a simulated run: one planted effect found, one missed
+    truth.parent.mkdir(parents=True)
+    truth.write_text(json.dumps({"substances": {
+        found: {"atc_name": "found", "role": "causal_protective", "planted_hr": 0.6},
+        missed: {"atc_name": "missed", "role": "causal_harmful", "planted_hr": 1.8},
+    }, "mechanism": {"gene": "ADRB2", "action_type": "AGONIST", "planted_hr": 0.65}}))  # fmt: skip
     return build_report(
         config, validation=paths["validation"], flow=paths["flow"], dwas=paths["dwas"], exposure=paths["exposure"],
         drugs=paths["drugs"], mechanisms=paths["mechanisms"], html=results / "report/index.html",
-        tables={name: results / f"report/tables/{name}.csv" for name in REPORT_TABLES},
+        tables={name: results / f"report/tables/{name}.csv" for name in REPORT_TABLES}, ground_truth=truth,
     )  # fmt: skip
 
 
@@ -101,8 +111,9 @@ def test_reviewer_opens_sorts_and_filters_the_report(chromium, report):
         assert [float(v) for v in column_values(page, "drug-table", hr_col)] == sorted(ascending, reverse=True)
 
         # sort the mechanism table by target (text) and filter the drug table
-        page.click("#mechanism-table th:nth-child(2)")
-        targets = column_values(page, "mechanism-table", 1)
+        target_col = page.evaluate("Array.from(document.querySelectorAll('#mechanism-table th')).map(h => h.textContent)").index("target")
+        page.click(f"#mechanism-table th:nth-child({target_col + 1})")
+        targets = column_values(page, "mechanism-table", target_col)
         assert targets == sorted(targets)
         page.evaluate("const f = document.querySelector('input.filter[data-table=\"drug-table\"]');"
                       "f.value = 'N06'; f.dispatchEvent(new Event('input'))")  # fmt: skip
@@ -117,3 +128,47 @@ def test_reviewer_opens_sorts_and_filters_the_report(chromium, report):
         page.evaluate("document.getElementById('candidates').scrollIntoView()")
         page.screenshot(SCREENSHOTS / "browser_check_evidence.png")
     assert (SCREENSHOTS / "browser_check_top.png").stat().st_size > 10_000
+
+
+def test_first_screen_shows_the_key_findings(chromium, report):
+    """At a laptop's 1366 x 800 the page opens on the key-findings table: its header and first finding are
+    inside the first screen and not covered by anything (the element at their centre belongs to the table)."""
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with Browser(chromium, width=1366, height=800) as page:
+        page.open(report.resolve().as_uri())
+        seen = page.evaluate("""(() => {
+            const table = document.getElementById('key-findings-table');
+            const row = table.querySelector('tr.finding');
+            const box = row.getBoundingClientRect(), head = table.tHead.getBoundingClientRect();
+            const at = document.elementFromPoint(box.left + 20, (box.top + box.bottom) / 2);
+            return {head: head.top, bottom: box.bottom, height: window.innerHeight, inside: table.contains(at),
+                    text: row.textContent, banner: !!document.getElementById('simulated-banner'),
+                    headers: Array.from(table.tHead.rows[0].cells).map(c => c.textContent)};
+        })()""")
+        page.screenshot(SCREENSHOTS / "browser_first_screen.png")
+    assert 0 <= seen["head"] and seen["bottom"] <= seen["height"] and seen["inside"], seen
+    assert seen["headers"] == ["Rank", "Signal", "Lag (years)", "HR (95% CI)", "Exposed cases", "Evidence", "Score", "Flags"]
+    assert "supported" in seen["text"] and "against" in seen["text"] and "not assessed (fewer than 10" in seen["text"]
+    assert seen["banner"]
+    assert (SCREENSHOTS / "browser_first_screen.png").stat().st_size > 10_000
+
+
+def test_whole_screen_table_filters_sorts_and_keeps_suppressed_cells_last(chromium, report):
+    with Browser(chromium, width=1366, height=800) as page:
+        page.open(report.resolve().as_uri())
+        headers = page.evaluate("Array.from(document.querySelectorAll('#screen-table th')).map(h => h.textContent)")
+        cases = headers.index("Exposed cases")
+        page.evaluate("const s = document.getElementById('st-level'); s.value = '5'; s.dispatchEvent(new Event('change'));"
+                      "const d = document.getElementById('st-direction'); d.value = 'protective'; d.dispatchEvent(new Event('change'))")  # fmt: skip
+        rows = page.evaluate("Array.from(document.querySelectorAll('#screen-table tbody tr')).map(r => Array.from(r.cells).map(c => c.textContent))")
+        assert rows and all(r[2] == "5" and r[5] == "protective" for r in rows)
+        page.click(f"#screen-table th:nth-child({cases + 1})")
+        page.click(f"#screen-table th:nth-child({cases + 1})")  # descending: missing and suppressed still last
+        values = page.evaluate(f"Array.from(document.querySelectorAll('#screen-table tbody tr')).map(r => r.cells[{cases}].textContent)")
+        numbers = [v for v in values if v.isdigit()]
+        assert numbers == sorted(numbers, key=int, reverse=True)
+        assert values[: len(numbers)] == numbers  # every suppressed ("<5") or empty cell after the numbers
+        page.evaluate("document.querySelector('#screen-table').parentElement.scrollLeft = 400")
+        first = page.evaluate("(() => { const c = document.querySelector('#screen-table tbody td'); const box = c.getBoundingClientRect();"
+                              " return [getComputedStyle(c).position, box.left - c.closest('.scroll').getBoundingClientRect().left]; })()")  # fmt: skip
+        assert first[0] == "sticky" and abs(first[1]) < 2

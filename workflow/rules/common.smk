@@ -78,6 +78,13 @@ def pooled_file(name):
     return [path] if POOLED and os.path.isfile(path) else []
 
 
+def simulated_truth():
+    """The simulator's planted truth when the study reads the simulated registries (the demo), else nothing."""
+    path = config["inputs"]["prescriptions"].get("path") or ""
+    simulated = not POOLED and os.path.normpath(path) == os.path.normpath(PATHS.simulated_prescriptions_dir())
+    return [PATHS.simulated("ground_truth.json")] if simulated else []
+
+
 def optional(files):
     """The one path of an optional named input, or None when it is absent (an empty list in Snakemake)."""
     return files if isinstance(files, str) else (files[0] if len(files) else None)

@@ -11,6 +11,7 @@ rule report:
         meta=pooled_file("meta.parquet"),
         site_summaries=pooled_file("site_summaries.csv"),
         sites_table=pooled_file("sites.csv"),
+        ground_truth=simulated_truth(),
     output:
         html=PATHS.report_html(),
         provenance_json=PATHS.report_provenance(),

@@ -1,41 +1,36 @@
 """The reviewer's report: one self-contained HTML page (`results/report/index.html`) that opens offline.
 
-It shows the study summary (cohort flow, validation, exposure prevalence), the drug-wide screen
-(Manhattan-style and volcano plots per ATC level and lag), the evidence for the top candidates (forest
-plots across lags, sex strata and models), the drug and mechanism rankings as sortable, filterable
-tables, and methods and provenance. Every count passes `repurpose.release.disclosure.suppress_small_counts`
-before it is drawn or written; person-level inputs (the exposure table) are only ever aggregated.
-The candidate files are optional: when absent, the report says so and shows the top screen hits.
+It leads with the answer: a key-findings table (one row per independent signal that is a candidate, and
+per significant mechanism, with the HR at its stated lag, exposed cases, every evidence line in plain
+words and the flags), calibration warnings, and for a simulated run the planted truth (found, missed,
+false positives); a glossary follows, since the page is mailed alone. Then the study summary (cohort
+flow, validation, exposure prevalence), the drug-wide screen (plots per ATC level and lag, and the
+whole screen as a searchable table), forest plots with counts for the top signals of both directions,
+dose-response, the calibration plot per level, the rankings, and methods and provenance. Every count
+passes `repurpose.release.disclosure.suppress_small_counts` before it is drawn or written; person-level
+inputs (the exposure table) are only ever aggregated. The candidate files are optional: when absent, the
+report says so and shows the top screen hits. Figures are in `report_figures`, page tables in
+`report_tables`.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import logging
-import math
-import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from html import escape
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-import matplotlib.ticker
+import polars as pl
+import yaml
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-import yaml  # noqa: E402
-from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
-
-from repurpose.atc import load_atc_names  # noqa: E402
-from repurpose.layout import REPORT_TABLES  # noqa: E402
-from repurpose.release.disclosure import (  # noqa: E402
+from repurpose.atc import load_atc_names
+from repurpose.layout import REPORT_TABLES
+from repurpose.release.disclosure import (
     SCREEN_RULES,
     DisclosurePolicy,
     Partition,
@@ -46,46 +41,61 @@ from repurpose.release.disclosure import (  # noqa: E402
     release_linked,
     suppress_small_counts,
 )
-from repurpose.release.provenance import provenance, without_times  # noqa: E402
-from repurpose.schemas import lag_label  # noqa: E402
-from repurpose.stages import ALL_DESIGN, stage  # noqa: E402
+from repurpose.release.provenance import provenance, without_times
+from repurpose.release.report_figures import (
+    calibration_panel,
+    dose_figure,
+    fitted_rows,
+    flow_diagram,
+    forest_figure,
+    forest_rows,
+    manhattan_figure,
+    site_forest_rows,
+    volcano_figure,
+)
+from repurpose.release.report_tables import (
+    SiteEvidence,
+    cell_text,
+    drug_anchor,
+    is_candidate,
+    mechanism_anchor,
+    mechanism_findings,
+    number,
+    planted_truth,
+    screen_table,
+    signal_findings,
+)
+from repurpose.schemas import lag_label
+from repurpose.stages import ALL_DESIGN, stage
 
 log = logging.getLogger(__name__)
 
-NUMERIC_FACTS = ("dose_trend_p", "calibrated_p", "e_value")
+NUMERIC_FACTS = ("dose_trend_p", "calibrated_p", "e_value", "hr_shrunken")
 SUMMARY_PARTITION = Partition(by=("table",), part_column="item", total_value="total")
 SCREEN_COUNTS = ("n_persons", "n_exposed", "n_cases", "n_exposed_cases")
 
 
 def drug_columns(lags: list[float], main_lag: float) -> list[str]:
-    """The drug ranking's columns the report reads: the contract columns, with the HR at each screened lag
-    beyond the main lag (does the association survive setting recent use aside?)."""
-    later = [f"hr_lag{lag_label(lag)}" for lag in lags if lag > main_lag]
-    return ["rank", "atc_code", "atc_name", "atc_level", "direction", "hr", "ci_lower", "ci_upper", "q_value",
-            "calibrated_p", *later, "dose_trend_p", "hr_F", "hr_M", "hr_confirmation",
-            "hr_active_comparator", "e_value", "flags", "targets", "evidence_score"]  # fmt: skip
+    """The drug ranking's columns the report reads (the contract with the ranking): one row per signal, its
+    rank within direction, whether it is a candidate, the codes it covers, the lag of its estimate, the
+    raw and shrunken HR, counts, the evidence tally, flags and targets, and the HR at every configured lag
+    and by sex."""
+    lag_columns = [f"hr_lag{lag_label(lag)}" for lag in lags]
+    return ["rank", "direction", "candidate", "atc_code", "atc_name", "atc_level", "also_seen_at", "lag_years",
+            "hr", "ci_lower", "ci_upper", "p_value", "q_value", "hr_shrunken", "n_exposed", "n_exposed_cases",
+            "evidence_supported", "evidence_assessed", "flags", "targets", *lag_columns, "hr_F", "hr_M"]  # fmt: skip
 
 
 def drug_table_columns(columns: list[str]) -> list[str]:
-    """The drug table of the page: the contract columns plus p and the exposed counts (the CSV has every column)."""
-    return [*columns[:8], "p_value", *columns[8:], "n_exposed", "n_exposed_cases"]
+    """The drug table of the page: the contract columns (the CSV has every column, evidence lines included)."""
+    return list(columns)
 
 
 DRUG_COLUMNS = drug_columns([0.0, 2.0, 5.0, 10.0], 2.0)  # with the default lags and main lag
-MECHANISM_COLUMNS = ["rank", "target", "target_name", "action_type", "n_substances", "n_atc3_classes", "substances",
-                     "pooled_hr", "ci_lower", "ci_upper", "p_value", "q_value", "i2", "evidence_score"]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class SiteEvidence:
-    """Aggregates of a federated (pooled) run, used in place of the person-level inputs of a single site:
-    per-site fits (site_fits.parquet), the meta-analyses (meta.parquet), per-site flow and validation
-    counts (site_summaries.csv: site, summary, table, item, n) and the sites' manifest fields (sites.csv)."""
-
-    site_fits: pl.DataFrame
-    meta: pl.DataFrame
-    summaries: pl.DataFrame | None = None
-    sites: pl.DataFrame | None = None
+MECHANISM_COLUMNS = ["rank", "direction", "target", "target_name", "action_type", "n_substances", "n_supporting",
+                     "n_atc3_classes", "substances", "not_counted", "pooled_hr", "ci_lower", "ci_upper", "p_value",
+                     "q_value", "re_hr", "re_ci_lower", "re_ci_upper", "tau", "i2", "q_heterogeneity_p",
+                     "evidence_score", "score_points"]  # fmt: skip
 
 
 def read_site_evidence(
@@ -105,13 +115,6 @@ def template_dir() -> Path:
     """The report's templates and captions: package data (`workflow/report` links to them)."""
     return Path(str(resources.files("repurpose").joinpath("data/report")))
 
-
-def figure_png(fig: plt.Figure) -> str:
-    """A figure as a base64 PNG data URI (self-contained page), closing the figure."""
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 # ---------------------------------------------------------------- summary tables (all disclosure-controlled)
@@ -229,197 +232,7 @@ def flow_figure(flow: pl.DataFrame, min_cell: int) -> str:
     """The cohort flow as a vertical box diagram with the exclusions on the side."""
     steps = flow.filter(pl.col("table") == "flow")
     shown = for_display(steps, ["n"], min_cell)["n"].to_list()
-    items = steps["item"].to_list()
-    excluded = [(i, n) for i, n in zip(items, shown, strict=True) if i.startswith("excluded")]
-    fig, ax = plt.subplots(figsize=(7.5, 1.1 + 0.55 * len(excluded)))
-    ax.set_axis_off()
-    height = 1.0 + 0.55 * len(excluded)
-    box = {"boxstyle": "round,pad=0.4", "fc": "#eef3fb", "ec": "#345"}
-    ax.text(0.25, height - 0.2, f"Population\n{shown[0]} persons", ha="center", va="top", bbox=box, fontsize=10)
-    ax.text(0.25, 0.1, f"Cohort\n{shown[-1]} persons", ha="center", va="bottom", bbox=box, fontsize=10)
-    ax.annotate("", xy=(0.25, 0.62), xytext=(0.25, height - 0.75), arrowprops={"arrowstyle": "-|>", "color": "#345"})
-    for k, (item, n) in enumerate(excluded):
-        y = height - 0.85 - 0.55 * k
-        ax.annotate("", xy=(0.5, y), xytext=(0.25, y), arrowprops={"arrowstyle": "-|>", "color": "#a33"})
-        ax.text(0.52, y, f"{item.removeprefix('excluded: ')}: {n}", va="center", fontsize=9,
-                bbox={"boxstyle": "round,pad=0.3", "fc": "#fbeeee", "ec": "#a33"})  # fmt: skip
-    ax.set_xlim(0, 1.3)
-    ax.set_ylim(0, height)
-    return figure_png(fig)
-
-
-def _fitted(dwas: pl.DataFrame, level: int, lag: float, sex: str = "all") -> pl.DataFrame:
-    return dwas.filter(
-        (pl.col("atc_level") == level) & (pl.col("lag_years") == lag) & (pl.col("sex") == sex)
-        & pl.col("p_value").is_finite().fill_null(False) & pl.col("log_hr").is_finite().fill_null(False)
-    ).sort("atc_code")  # fmt: skip
-
-
-def _fdr_threshold(rows: pl.DataFrame, alpha: float) -> float | None:
-    """The largest p with q < alpha: above it on -log10 scale is a discovery; None when there is none."""
-    hits = rows.filter(pl.col("q_value") < alpha)
-    return float(hits["p_value"].max()) if hits.height else None
-
-
-def _place_labels(ax: plt.Axes, points: list[tuple[float, float, str]]) -> list[Any]:
-    """Label points in the given order, skipping any label that would overlap one already placed."""
-    fig = ax.figure
-    renderer = fig.canvas.get_renderer()
-    placed: list[Any] = []
-    axes_box = ax.get_window_extent(renderer)
-    for x, y, text in points:
-        for offset, align in (((4, 4), "left"), ((-4, 4), "right"), ((4, -10), "left"), ((-4, -10), "right")):
-            label = ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=7.5, ha=align,
-                                zorder=1, bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.6})  # fmt: skip
-            box = label.get_window_extent(renderer).expanded(1.06, 1.25)  # a little air between labels
-            inside = axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 and axes_box.y0 <= box.y0 and box.y1 <= axes_box.y1
-            if inside and not any(box.overlaps(other) for other in placed):
-                placed.append(box)
-                break
-            label.remove()
-    return placed
-
-
-def _empty_figure(fig: plt.Figure, ax: plt.Axes) -> str:
-    """A figure that says there is nothing to plot (no fitted class at this level and lag)."""
-    ax.text(0.5, 0.5, "no fitted class", ha="center", transform=ax.transAxes)
-    ax.set_axis_off()
-    return figure_png(fig)
-
-
-def manhattan_figure(rows: pl.DataFrame, alpha: float, n_labels: int, title: str) -> str:
-    """-log10 p of every fitted class, ordered and coloured by ATC anatomical group; FDR line; direction."""
-    fig, ax = plt.subplots(figsize=(11, 4.2))
-    if rows.height == 0:
-        return _empty_figure(fig, ax)
-    groups = rows["atc_code"].str.slice(0, 1).to_list()
-    y = -np.log10(np.clip(rows["p_value"].to_numpy(), 1e-300, 1))
-    x = np.arange(rows.height)
-    harmful = rows["hr"].to_numpy() >= 1
-    palette = plt.get_cmap("tab20").colors
-    letters = sorted(set(groups))
-    colours = np.array([palette[letters.index(g) % len(palette)] for g in groups])
-    ax.scatter(x[harmful], y[harmful], c=colours[harmful], marker="^", s=22, label="HR > 1 (harmful)", zorder=3)
-    ax.scatter(x[~harmful], y[~harmful], c=colours[~harmful], marker="v", s=22, label="HR < 1 (protective)", zorder=3)
-    ticks = [np.mean(x[np.array(groups) == g]) for g in letters]
-    ax.set_xticks(ticks, letters)
-    for k, g in enumerate(letters):
-        if k % 2:
-            span = x[np.array(groups) == g]
-            ax.axvspan(span.min() - 0.5, span.max() + 0.5, color="#f2f2f2", zorder=0)
-    threshold = _fdr_threshold(rows, alpha)
-    if threshold is not None:
-        ax.axhline(-math.log10(threshold), color="#c33", ls="--", lw=1, label=f"FDR q < {alpha:g}")
-    ax.set_xlim(-1, rows.height)
-    ax.set_ylim(0, max(y.max() * 1.2, 2))
-    ax.set_xlabel("ATC class, ordered by code and grouped by anatomical main group")
-    ax.set_ylabel("-log10 p")
-    ax.set_title(title, fontsize=11)
-    legend = ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False)
-    for handle in legend.legend_handles[:2]:  # the marker shape tells the direction; colours are groups
-        handle.set_color("#555")
-    order = np.argsort(-y)[:n_labels]
-    _place_labels(ax, [(float(x[i]), float(y[i]), rows["atc_code"][int(i)]) for i in order])
-    return figure_png(fig)
-
-
-def volcano_figure(rows: pl.DataFrame, alpha: float, n_labels: int, title: str) -> str:
-    """log HR against -log10 p; discoveries (q < alpha) in colour."""
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    if rows.height == 0:
-        return _empty_figure(fig, ax)
-    x = rows["log_hr"].to_numpy()
-    y = -np.log10(np.clip(rows["p_value"].to_numpy(), 1e-300, 1))
-    hit = (rows["q_value"] < alpha).fill_null(False).to_numpy()
-    ax.scatter(x[~hit], y[~hit], s=12, c="#9aa", label="not significant", zorder=3)
-    ax.scatter(x[hit & (x < 0)], y[hit & (x < 0)], s=18, c="#2a7", label=f"protective, q < {alpha:g}", zorder=3)
-    ax.scatter(x[hit & (x >= 0)], y[hit & (x >= 0)], s=18, c="#c33", label=f"harmful, q < {alpha:g}", zorder=3)
-    ax.axvline(0, color="#555", lw=0.8)
-    ax.set_ylim(0, max(y.max() * 1.2, 2))
-    ax.set_xlabel("log hazard ratio")
-    ax.set_ylabel("-log10 p")
-    ax.set_title(title, fontsize=11)
-    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, fontsize=8, frameon=False)
-    order = np.argsort(-y)[:n_labels]
-    _place_labels(ax, [(float(x[i]), float(y[i]), rows["atc_code"][int(i)]) for i in order])
-    return figure_png(fig)
-
-
-def _num(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
-def forest_rows(
-    dwas: pl.DataFrame, candidate: dict[str, Any], lags: list[float]
-) -> list[tuple[str, float | None, float | None, float | None]]:
-    """(label, hr, lower, upper) for one class: screen at each lag, each sex stratum, and the other models."""
-    code, level = candidate["atc_code"], int(candidate["atc_level"])
-    mine = dwas.filter((pl.col("atc_code") == code) & (pl.col("atc_level") == level))
-    rows: list[tuple[str, float | None, float | None, float | None]] = []
-    for lag in lags:
-        for sex in ("all", "F", "M"):
-            hit = mine.filter((pl.col("lag_years") == lag) & (pl.col("sex") == sex))
-            if hit.height and (sex == "all" or lag == lags[0]):
-                r = hit.row(0, named=True)
-                label = f"screen, lag {lag:g} y" + ("" if sex == "all" else f", {sex}")
-                rows.append((label, _num(r["hr"]), _num(r["ci_lower"]), _num(r["ci_upper"])))
-    for model, label in (("confirmation", "confirmation model"), ("active_comparator", "active comparator")):
-        if _num(candidate.get(f"hr_{model}")) is not None:
-            rows.append((label, _num(candidate[f"hr_{model}"]), _num(candidate.get(f"ci_lower_{model}")),
-                         _num(candidate.get(f"ci_upper_{model}"))))  # fmt: skip
-    calibrated_p = _num(candidate.get("calibrated_p"))
-    if _num(candidate.get("calibrated_hr")) is not None:
-        rows.append((f"calibrated (p = {calibrated_p:.2g})" if calibrated_p is not None else "calibrated",
-                     _num(candidate["calibrated_hr"]), _num(candidate.get("calibrated_ci_lower")),
-                     _num(candidate.get("calibrated_ci_upper"))))  # fmt: skip
-    elif calibrated_p is not None and _num(candidate.get("hr")) is not None:
-        rows.append((f"ranking estimate, calibrated p = {calibrated_p:.2g}", _num(candidate["hr"]),
-                     _num(candidate.get("ci_lower")), _num(candidate.get("ci_upper"))))  # fmt: skip
-    return rows
-
-
-def site_forest_rows(
-    sites: SiteEvidence, dwas: pl.DataFrame, candidate: dict[str, Any], main_lag: float, lags: list[float]
-) -> list[tuple[str, float | None, float | None, float | None]]:
-    """Per-site forest plot of one class in a pooled run: each site's HR at the main lag (both sexes),
-    the fixed-effect and REML random-effects meta-analyses, the ranking estimate (exact pooled Cox or
-    fixed effect), then the pooled estimate at each lag and by sex."""
-    code, level = candidate["atc_code"], int(candidate["atc_level"])
-
-    def at_main(frame: pl.DataFrame) -> pl.DataFrame:
-        return frame.filter((pl.col("atc_code") == code) & (pl.col("atc_level") == level)
-                            & (pl.col("lag_years") == main_lag) & (pl.col("sex") == "all"))  # fmt: skip
-
-    mine = at_main(sites.site_fits)
-    labels = sorted(sites.site_fits["site"].unique().to_list())
-    rows: list[tuple[str, float | None, float | None, float | None]] = []
-    for site in labels:
-        hit = mine.filter((pl.col("site") == site) & (pl.col("status") == "ok"))
-        r = hit.row(0, named=True) if hit.height else {}
-        rows.append((f"{site}, lag {main_lag:g} y", _num(r.get("hr")), _num(r.get("ci_lower")), _num(r.get("ci_upper"))))
-    pooled = at_main(sites.meta)
-    if pooled.height:
-        m = pooled.row(0, named=True)
-        rows.append((f"fixed effect ({m['k_sites']} sites)", _num(m.get("fe_hr")), _num(m.get("fe_ci_lower")), _num(m.get("fe_ci_upper"))))
-        i2 = _num(m.get("i2"))
-        rows.append(("random effects REML" + (f" (I2 {100 * i2:.0f}%)" if i2 is not None else ""),
-                     _num(m.get("reml_hr")), _num(m.get("reml_ci_lower")), _num(m.get("reml_ci_upper"))))  # fmt: skip
-    source_names = {"pooled_cox": "exact pooled Cox", "fixed_effect_meta": "pooled fixed effect"}
-    sources = {}
-    if "estimate_source" in dwas.columns:
-        mine_all = dwas.filter((pl.col("atc_code") == code) & (pl.col("atc_level") == level))
-        sources = {(float(r["lag_years"]), r["sex"]): r["estimate_source"] for r in mine_all.iter_rows(named=True)}
-    for label, hr, lo, hi in forest_rows(dwas, candidate, lags):
-        match = re.match(r"screen, lag ([0-9.]+) y(?:, (F|M))?$", label)
-        if match:
-            source = sources.get((float(match.group(1)), match.group(2) or "all"))
-            label = label.replace("screen", source_names.get(source, "pooled"))
-        rows.append((label, hr, lo, hi))
-    return rows
+    return flow_diagram(steps["item"].to_list(), shown)
 
 
 def site_summary_tables(summaries: pl.DataFrame | None, policy: DisclosurePolicy | int) -> tuple[pl.DataFrame, pl.DataFrame]:
@@ -447,77 +260,7 @@ def site_summary_tables(summaries: pl.DataFrame | None, policy: DisclosurePolicy
     return out[0], out[1]
 
 
-def dose_labels(cutpoints: list[float]) -> list[str]:
-    """Cumulative-DDD categories as the candidate ranking defines them (hr_dose_1 = below the first cut)."""
-    cuts = sorted(float(c) for c in cutpoints)
-    inner = [f"{a:g}-{b:g}" for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
-    return [f"<{cuts[0]:g} DDD", *[f"{label} DDD" for label in inner], f">={cuts[-1]:g} DDD"]
-
-
-def dose_figure(candidate: dict[str, Any], cutpoints: list[float]) -> str | None:
-    """HR per cumulative-DDD category vs unexposed (hr_dose_k of the ranking); None when absent."""
-    labels = dose_labels(cutpoints)
-    hrs = [_num(candidate.get(f"hr_dose_{k + 1}")) for k in range(len(labels))]
-    if all(h is None for h in hrs):
-        return None
-    fig, ax = plt.subplots(figsize=(4.2, 2.8))
-    points = [(k, h) for k, h in enumerate(hrs) if h is not None]
-    ax.plot([k for k, _ in points], [h for _, h in points], "o-", color="#345")
-    ax.axhline(1, color="#555", lw=0.8, ls="--")
-    ax.set_yscale("log")
-    _hr_axis(ax.yaxis, ax.set_ylim, [h for _, h in points])
-    ax.set_xticks(range(len(labels)), labels, fontsize=8)
-    ax.set_xlim(-0.5, len(labels) - 0.5)
-    ax.set_ylabel("HR vs unexposed")
-    trend = _num(candidate.get("dose_trend_p"))
-    ax.set_title("cumulative dose" + (f" (trend p = {trend:.2g})" if trend is not None else ""), fontsize=9)
-    return figure_png(fig)
-
-
-def _hr_axis(axis: Any, set_limits: Any, values: list[float]) -> None:
-    """A log hazard-ratio axis that includes 1, with plain-number ticks (0.5, 1, 2, ...)."""
-    values = values or [1.0]
-    low, high = min(min(values), 1.0) / 1.15, max(max(values), 1.0) * 1.15
-    set_limits(low, high)
-    ticks = [t for t in (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10, 20, 50) if low <= t <= high]
-    axis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
-    axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-
-
-def forest_figure(rows: list[tuple[str, float | None, float | None, float | None]], title: str) -> str:
-    """Hazard ratios with 95% CIs on a log axis, one line per estimate ("not estimable" when not fitted)."""
-    fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.1))
-    for k, (_label, hr, lo, hi) in enumerate(rows):
-        yk = len(rows) - 1 - k
-        if hr is None:
-            ax.text(1.02, yk, "not estimable", transform=ax.get_yaxis_transform(), va="center", fontsize=8, color="#777")
-            continue
-        if lo is not None and hi is not None:
-            ax.plot([lo, hi], [yk, yk], color="#345", lw=1.5)
-        ax.plot([hr], [yk], "s", color="#c33" if hr >= 1 else "#2a7", ms=6)
-        ci = f" ({lo:.2f}-{hi:.2f})" if lo is not None and hi is not None else ""
-        ax.text(1.02, yk, f"{hr:.2f}{ci}", transform=ax.get_yaxis_transform(), va="center", fontsize=8)
-    ax.axvline(1, color="#555", lw=0.8, ls="--")
-    ax.set_xscale("log")
-    _hr_axis(ax.xaxis, ax.set_xlim, [v for r in rows for v in r[1:] if v is not None])
-    ax.set_yticks(range(len(rows)), [r[0] for r in reversed(rows)], fontsize=8.5)
-    ax.set_xlabel("hazard ratio (log scale)")
-    ax.set_title(title, fontsize=10)
-    return figure_png(fig)
-
-
 # ---------------------------------------------------------------- tables for the page
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return ""
-        return f"{value:.3g}" if abs(value) < 1e-3 or abs(value) >= 1e4 else f"{value:.3f}".rstrip("0").rstrip(".")
-    return str(value)
 
 
 def read_candidates(path: str | Path | None, columns: list[str], min_cell: int) -> pl.DataFrame | None:
@@ -544,14 +287,26 @@ def html_table(
     shown = for_display(frame, counts, min_cell)
     rows = []
     for raw, text in zip(frame.iter_rows(named=True), shown.iter_rows(named=True), strict=True):
-        cells = [{"text": _cell(text[c]), "key": "" if raw[c] is None else str(raw[c]),
+        cells = [{"text": cell_text(text[c]), "key": "" if raw[c] is None else str(raw[c]),
                   "href": link(raw) if c in ("atc_code", "target") else None} for c in frame.columns]  # fmt: skip
         rows.append({"cells": cells, "href": link(raw)})
     return {"id": table_id, "columns": frame.columns, "rows": rows}
 
 
-def drug_anchor(row: dict[str, Any]) -> str:
-    return f"drug-{row['atc_code']}-{row['atc_level']}"
+def top_signals(drugs: pl.DataFrame | None, dwas: pl.DataFrame, lags: list[float], n_top: int, alpha: float) -> list[dict[str, Any]]:
+    """Rows that get a forest plot: the best-ranked candidates of each direction (half of `n_top` each, the
+    rest filled from the other direction), else the most significant screen classes at the first lag."""
+    if drugs is None:
+        main = dwas.filter((pl.col("sex") == "all") & (pl.col("lag_years") == lags[0]) & pl.col("p_value").is_not_null())
+        return main.sort("p_value").head(n_top).to_dicts()
+    pool = drugs.filter(is_candidate(drugs, alpha))
+    pool = pool if pool.height else drugs
+    if "direction" not in pool.columns:
+        return pool.sort("rank").head(n_top).to_dicts()
+    sides = [pool.filter(pl.col("direction") == d).sort("rank").to_dicts() for d in ("protective", "harmful")]
+    chosen = sides[0][: (n_top + 1) // 2] + sides[1][: n_top // 2]
+    rest = [r for r in sides[0] + sides[1] if r not in chosen]
+    return chosen + rest[: n_top - len(chosen)]
 
 
 # ---------------------------------------------------------------- the page
@@ -574,6 +329,7 @@ def build_report(
     meta: str | Path | None = None,
     site_summaries: str | Path | None = None,
     sites_table: str | Path | None = None,
+    ground_truth: str | Path | None = None,
 ) -> Path:
     """Write the report page, its disclosure-controlled summary tables (CSV: `tables`, name -> path, for
     REPORT_TABLES) and `provenance_json` (the run's times and input checksums; default beside the page), the one
@@ -583,7 +339,8 @@ def build_report(
     With `site_fits` and `meta` (a pooled, federated run) there are no person-level inputs: `validation`,
     `flow` and `exposure` are None, the summary shows the sites' flow and validation counts (summed and
     per site; `site_summaries`, `sites_table`), exposure prevalence is not available, and each top candidate
-    gets a per-site forest plot.
+    gets a per-site forest plot. `ground_truth` (the simulator's ground_truth.json, given when the study
+    reads simulated registries) adds the simulated-data banner and the planted-truth table.
     """
     validation_json, flow_json, dwas_parquet, exposure_parquet = validation, flow, dwas, exposure
     drug_ranking_csv, mechanism_ranking_csv, html_path = drugs, mechanisms, html
@@ -629,7 +386,7 @@ def build_report(
     screen_plots = []
     for level in levels:
         for lag in lags:
-            rows = _fitted(dwas, level, lag)
+            rows = fitted_rows(dwas, level, lag)
             n_classes = dwas.filter((pl.col("atc_level") == level) & (pl.col("lag_years") == lag)
                                     & (pl.col("sex") == "all")).height  # fmt: skip
             title = f"ATC level {level}, lag {lag:g} years: {rows.height} of {n_classes} classes fitted"
@@ -640,27 +397,40 @@ def build_report(
                 "volcano": volcano_figure(rows, alpha, n_labels, f"Volcano: level {level}, lag {lag:g} y"),
             })  # fmt: skip
 
-    main_lag = float(config.get("candidates", {}).get("main_lag_years", lags[0]))
+    candidate_settings = config.get("candidates", {})
+    main_lag = float(candidate_settings.get("main_lag_years", lags[0]))
+    main_lag = main_lag if main_lag in lags else lags[0]
     shown_drug_columns = drug_columns(lags, main_lag)
     drugs = read_candidates(drug_ranking_csv, shown_drug_columns, min_cell)
     mechanisms = read_candidates(mechanism_ranking_csv, MECHANISM_COLUMNS, min_cell)
+    dwas_shown = for_display(dwas, SCREEN_COUNTS, min_cell)
+    signals, mechanism_rows = [], []
     if drugs is not None:
-        top = drugs.sort("rank").head(n_top).to_dicts()
-    else:
-        main = dwas.filter((pl.col("sex") == "all") & (pl.col("lag_years") == lags[0]) & pl.col("p_value").is_not_null())
-        top = main.sort("p_value").head(n_top).to_dicts()
+        counts = [c for c in person_count_columns(drugs.columns) if drugs[c].dtype.is_numeric()]
+        signals = signal_findings(drugs, for_display(drugs, counts, min_cell), main_lag, alpha)
+    if mechanisms is not None and mechanisms.height:
+        mechanism_rows = mechanism_findings(mechanisms, main_lag, alpha)
+    truth = json.loads(Path(ground_truth).read_text()) if ground_truth is not None and Path(ground_truth).is_file() else None
+    planted = planted_truth(truth, signals, mechanism_rows, drugs) if truth is not None else None
+    calibration = [
+        calibration_panel(dwas, level, main_lag, float(candidate_settings.get("fdr_alpha", alpha)),
+                          list(candidate_settings.get("negative_controls", [])), int(settings.get("min_negative_controls", 20)))
+        for level in levels
+    ]  # fmt: skip
+    top = top_signals(drugs, dwas, lags, n_top, alpha)
     evidence = []
     for candidate in top:
         if sites is None:
-            rows = forest_rows(dwas, candidate, lags)
+            rows = forest_rows(dwas_shown, candidate, lags, main_lag)
         else:
-            rows = site_forest_rows(sites, dwas, candidate, main_lag if main_lag in lags else lags[0], lags)
+            rows = site_forest_rows(sites, dwas_shown, candidate, main_lag, lags)
         if rows:
             title = f"{candidate['atc_code']} {candidate.get('atc_name') or ''} (level {candidate['atc_level']})"
             evidence.append({"anchor": drug_anchor(candidate), "title": title, "figure": forest_figure(rows, title),
-                             "dose": dose_figure(candidate, config["screen"]["dose_cutpoints_ddd"]),
-                             "facts": {k: _cell(_num(candidate.get(k)) if k in NUMERIC_FACTS else candidate.get(k)) or "none"
-                                       for k in ("dose_trend_p", "calibrated_p", "e_value", "flags", "targets")
+                             "direction": candidate.get("direction") or ("protective" if (number(candidate.get("hr")) or 1) < 1 else "harmful"),
+                             "dose": dose_figure(candidate, config["screen"]["dose_cutpoints_ddd"], min_cell),
+                             "facts": {k: cell_text(number(candidate.get(k)) if k in NUMERIC_FACTS else candidate.get(k)) or "none"
+                                       for k in ("hr_shrunken", "also_seen_at", "dose_trend_p", "calibrated_p", "e_value", "flags", "targets")
                                        if k in candidate}})  # fmt: skip
     with_figure = {e["anchor"] for e in evidence}
     other_drugs = []
@@ -670,21 +440,23 @@ def build_report(
                 screen_rows = dwas.filter((pl.col("atc_code") == row["atc_code"]) & (pl.col("sex") == "all")
                                           & (pl.col("atc_level") == row["atc_level"])).sort("lag_years")  # fmt: skip
                 other_drugs.append({"anchor": drug_anchor(row), "title": f"{row['atc_code']} {row.get('atc_name') or ''}",
-                                    "lags": [(f"{r['lag_years']:g}", _cell(r["hr"]), _cell(r["ci_lower"]), _cell(r["ci_upper"]),
-                                              _cell(r["p_value"])) for r in screen_rows.to_dicts()]})  # fmt: skip
+                                    "lags": [(f"{r['lag_years']:g}", cell_text(r["hr"]), cell_text(r["ci_lower"]), cell_text(r["ci_upper"]),
+                                              cell_text(r["p_value"])) for r in screen_rows.to_dicts()]})  # fmt: skip
     mechanism_evidence = []
     if mechanisms is not None:
         for row in mechanisms.to_dicts():
             linked = []
             if drugs is not None and "targets" in drugs.columns:
-                hits = drugs.filter(pl.col("targets").cast(pl.String).str.contains(str(row["target"]), literal=True))
+                genes = str(row["target"]).split(";")
+                hits = drugs.filter(pl.any_horizontal([pl.col("targets").cast(pl.String).str.contains(g, literal=True) for g in genes]))
                 linked = [(drug_anchor(r), r["atc_code"], r.get("atc_name") or "") for r in hits.to_dicts()]
-            mechanism_evidence.append({"anchor": f"mech-{row['target']}", "title": f"{row['target']} {row.get('target_name') or ''}",
+            mechanism_evidence.append({"anchor": mechanism_anchor(row), "title": f"{row['target']} {row.get('target_name') or ''}",
                                        "substances": row.get("substances") or "", "drugs": linked,
-                                       "pooled": f"{_cell(row.get('pooled_hr'))} ({_cell(row.get('ci_lower'))}-{_cell(row.get('ci_upper'))})"})  # fmt: skip
+                                       "not_counted": row.get("not_counted") or "",
+                                       "pooled": f"{cell_text(row.get('pooled_hr'))} ({cell_text(row.get('ci_lower'))}-{cell_text(row.get('ci_upper'))})"})  # fmt: skip
 
     inputs = [p for p in (validation_json, flow_json, dwas_parquet, exposure_parquet) if p is not None] + [
-        p for p in (drug_ranking_csv, mechanism_ranking_csv) if p is not None and Path(p).is_file()
+        p for p in (drug_ranking_csv, mechanism_ranking_csv, ground_truth) if p is not None and Path(p).is_file()
     ]
     prov = provenance(config, inputs)
     hidden = dwas.filter(pl.col("status") == "suppressed").group_by("reason").len().sort("reason") if "status" in dwas.columns else None
@@ -696,17 +468,20 @@ def build_report(
     page = Environment(loader=FileSystemLoader(template_dir()), autoescape=select_autoescape(["html", "j2"]))
     captions = yaml.safe_load((template_dir() / "captions.yaml").read_text(encoding="utf-8"))
     text = page.get_template("report.html.j2").render(
-        config=config, run_label=config.get("run_label"), min_cell=min_cell, alpha=alpha,
+        config=config, run_label=config.get("run_label"), min_cell=min_cell, alpha=alpha, main_lag=f"{main_lag:g}",
         summary=summary, flow_figure=flow_figure(flow, min_cell) if (flow["table"] == "flow").any() else "",
         flow=for_display(flow, ["n"], min_cell).to_dicts(),
         validation=for_display(checks, ["n"], min_cell).to_dicts(),
         prevalence=for_display(prevalence, ["n_exposed", "n_persons"], min_cell).to_dicts(),
         screen_plots=screen_plots, levels=levels, lags=[f"{v:g}" for v in lags],
+        key_findings=signals + mechanism_rows, planted=planted, simulated=truth is not None,
+        calibration=calibration, calibration_warnings=[w for c in calibration for w in c["warnings"]],
+        screen_table=screen_table(dwas_shown),
         evidence=evidence, other_drugs=other_drugs, mechanism_evidence=mechanism_evidence,
         top_from_candidates=drugs is not None,
         drugs=None if drugs is None else html_table(drugs, "drug-table", drug_anchor, min_cell, drug_table_columns(shown_drug_columns)),
         mechanisms=None if mechanisms is None else html_table(
-            mechanisms, "mechanism-table", lambda r: f"mech-{r['target']}", min_cell, MECHANISM_COLUMNS),
+            mechanisms, "mechanism-table", mechanism_anchor, min_cell, MECHANISM_COLUMNS),
         drug_path=str(drug_ranking_csv), mechanism_path=str(mechanism_ranking_csv),
         provenance=without_times(prov), row_counts=row_counts, config_yaml=yaml.safe_dump(config, sort_keys=False),
         captions=captions,
@@ -738,8 +513,6 @@ def _pooled_flow_facts(flow: pl.DataFrame) -> dict[str, Any]:
 
 def _federation_notice(sites: SiteEvidence) -> str:
     """An HTML paragraph naming the pooled sites and saying what a pooled report does not contain."""
-    from html import escape
-
     listed = ", ".join(escape(str(s)) for s in sorted(sites.site_fits["site"].unique().to_list()))
     return (
         f'<p class="notice" id="federation">Pooled analysis of the site packages of {listed}: no person-level data '
