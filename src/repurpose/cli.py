@@ -59,7 +59,7 @@ def _site_package(args: argparse.Namespace) -> int:
     paths = results_layout(args.results)
     manifest = write_site_package(
         load_config(*args.config), dwas=paths.dwas(), flow=paths.cohort_flow(), validation=paths.validation_report(),
-        package=args.out or paths.site_package_dir(),
+        package=args.out or paths.site_package_dir(), run_provenance=[paths.report_provenance(), paths.site_package_manifest()],
     )
     print(json.dumps({"manifest": str(manifest)}, indent=2))
     return 0

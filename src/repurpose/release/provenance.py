@@ -21,6 +21,7 @@ from typing import Any
 
 from repurpose import __version__
 from repurpose.config import config_hash
+from repurpose.protocol import design_of_config
 
 PACKAGES = (
     "polars", "duckdb", "pyarrow", "numpy", "scipy", "pandas", "lifelines",
@@ -96,7 +97,7 @@ def git_commit(start: str | Path | None = None) -> str | None:
     return None
 
 
-TIME_KEYS = ("created_utc", "modified_utc", "run_id")
+TIME_KEYS = ("created_utc", "modified_utc", "run_id", "design")  # "design": kept out of the page, which echoes the config
 
 
 def new_run_id() -> str:
@@ -120,6 +121,7 @@ def provenance(config: dict[str, Any], inputs: list[str | Path]) -> dict[str, An
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "run_label": config.get("run_label"),
         "config_hash": config_hash(config),
+        "design": design_of_config(config),  # what the run's results were made with (checked by site packages)
         "git_commit": git_commit(),
         "python_executable": sys.executable,
         "packages": package_versions(),
