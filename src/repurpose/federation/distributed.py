@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -54,7 +55,8 @@ from repurpose.dwas.risk_sets import (
 from repurpose.federation.design import site_design
 from repurpose.layout import results_layout
 from repurpose.protocol import protocol_hash as design_hash
-from repurpose.schemas import FIT_KEYS, SCREEN_EXPOSURE_COLUMNS
+from repurpose.release.provenance import sha256_file
+from repurpose.schemas import FIT_KEYS, SCREEN_COUNT_COLUMNS, SCREEN_EXPOSURE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +73,11 @@ SITE_COLUMNS = (
 )
 RESPONSE_COLUMNS = (
     "fit_id", *KEY_COLUMNS, "round", "site_label", "protocol_hash", "design_names",
-    "has_events", "loglik", "score", "information",
+    "has_events", "refused", "loglik", "score", "information",
 )
+DEFAULT_MAX_ABS_LOG_HR = math.log(20.0)  # config federation.max_abs_log_hr
+DEFAULT_MAX_ROUNDS = 60  # config federation.max_rounds
+REFUSED_STATUS = "refused_by_site"
 RESULT_COLUMNS = (
     *KEY_COLUMNS, "log_hr", "se", "hr", "ci_lower", "ci_upper", "p_value", "n_rounds", "n_iter", "converged",
     "status", "loglik", "loglik_null", "design_names", "coefficients", "standard_errors", "protocol_hash",
@@ -91,6 +96,10 @@ class DistributedCoxError(ValueError):
 
 class ProtocolMismatchError(DistributedCoxError):
     """The round file was made for another protocol than the one this site runs."""
+
+
+class NotReleasedError(DistributedCoxError):
+    """The site has no released site package to check the round against."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -374,6 +383,108 @@ def read_site_inputs(config: dict[str, Any], results_dir: str | Path, levels: It
     return cohort, exposures
 
 
+def released_fits(package_dir: str | Path, own_hash: str | None) -> pl.DataFrame:
+    """The fits of the site's released package (key columns) with `released`: True where the package shows
+    every count of the fit (and its estimate, when the screen fitted it). Refuses a missing or altered
+    package, or one made for another protocol than the site's."""
+    package_dir = Path(package_dir)
+    manifest_path, fits_path = package_dir / "manifest.json", package_dir / "fits.parquet"
+    if not manifest_path.is_file() or not fits_path.is_file():
+        raise NotReleasedError(
+            f"{package_dir} holds no site package (manifest.json, fits.parquet): a site answers only fits it has "
+            "released; write its package first (`repurpose site-package` or the site_package rule)"
+        )
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    if manifest.get("files", {}).get("fits.parquet", {}).get("sha256") != sha256_file(fits_path):
+        raise NotReleasedError(f"{fits_path} differs from its manifest checksum: not the package the site released")
+    package_hash = manifest.get("protocol_hash")
+    if own_hash is not None and package_hash is not None and package_hash != own_hash:
+        raise ProtocolMismatchError(f"{package_dir} was released for protocol {package_hash}, the site runs {own_hash}")
+    fits = pl.read_parquet(fits_path)
+    shown = [pl.col(c).is_not_null() for c in SCREEN_COUNT_COLUMNS if c in fits.columns]
+    withheld = (pl.col("status") == "ok") & pl.col("log_hr").is_null() if {"status", "log_hr"} <= set(fits.columns) else pl.lit(False)
+    return fits.select(
+        pl.col("atc_code").cast(pl.String), pl.col("atc_level").cast(pl.Int64), pl.col("lag_years").cast(pl.Float64),
+        pl.col("sex").cast(pl.String), released=pl.all_horizontal(shown or [pl.lit(True)]) & ~withheld.fill_null(False),
+    )
+
+
+def fit_label(atc_code: str, atc_level: int, lag_years: float, sex: str) -> str:
+    """One fit as a ledger key: code|level|lag|sex."""
+    return f"{atc_code}|{int(atc_level)}|{float(lag_years):g}|{sex}"
+
+
+def read_ledger(path: str | Path) -> dict[str, Any]:
+    """The site's ledger: evaluations answered per fit, and one entry per answered round file."""
+    path = Path(path)
+    if not path.is_file():
+        return {"evaluations": {}, "rounds": []}
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _write_ledger(path: Path, ledger: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".json.partial")
+    partial.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    partial.replace(path)
+
+
+def site_limits(config: dict[str, Any]) -> tuple[float, int]:
+    """(max |coefficient|, max evaluations per fit) from config `federation` (defaults when absent)."""
+    settings = config.get("federation") or {}
+    return (float(settings.get("max_abs_log_hr", DEFAULT_MAX_ABS_LOG_HR)),
+            int(settings.get("max_rounds", DEFAULT_MAX_ROUNDS)))  # fmt: skip
+
+
+def refusals(
+    config: dict[str, Any],
+    todo: pl.DataFrame,
+    released: pl.DataFrame,
+    site_codes: dict[int, set[str]],
+    ledger: dict[str, Any],
+) -> list[str | None]:
+    """Per fit of the round, why the site refuses to evaluate it (None: answered). In this order: not in
+    the site's protocol (level, lag, sex); not released in its package (suppressed counts or estimate, or
+    absent from a package although the class exists at the site; a class the site does not have is answered,
+    with zeros, as its absence from the package already tells); a coefficient beyond federation.max_abs_log_hr;
+    the fit already evaluated federation.max_rounds times."""
+    screen = config["screen"]
+    levels = {int(v) for v in screen["atc_levels"]}
+    lags = {float(v) for v in screen["lags_years"]}
+    sexes = {str(v) for v in screen.get("sex_strata", ["all", "F", "M"])}
+    max_abs, max_rounds = site_limits(config)
+    shown = {fit_label(*k[:4]): bool(k[4]) for k in released.iter_rows()}
+    reasons: list[str | None] = []
+    for code, level, lag, sex, beta in todo.select(*KEY_COLUMNS, "beta").iter_rows():
+        key = fit_label(code, level, lag, sex)
+        if int(level) not in levels or float(lag) not in lags or sex not in sexes:
+            reasons.append("not in the site's protocol")
+        elif key in shown and not shown[key]:
+            reasons.append("suppressed in the site package")
+        elif key not in shown and code in site_codes.get(int(level), set()):
+            reasons.append("not in the site package")
+        elif not all(math.isfinite(b) and abs(b) <= max_abs for b in beta):
+            reasons.append(f"coefficient beyond +-{max_abs:.4g}")
+        elif int(ledger["evaluations"].get(key, 0)) >= max_rounds:
+            reasons.append(f"already evaluated {max_rounds} times")
+        else:
+            reasons.append(None)
+    return reasons
+
+
+def _zero_answers(fits: pl.DataFrame) -> pl.DataFrame:
+    """Zero log-likelihood, score and information for `fits` (the layout of `evaluate_site_fits`)."""
+    sizes = [len(b) for b in fits["beta"].to_list()]
+    return pl.DataFrame({
+        "fit_id": fits["fit_id"], **{c: fits[c] for c in KEY_COLUMNS},
+        "design_names": fits["design_names"].cast(pl.List(pl.String)),
+        "has_events": pl.Series([False] * fits.height, dtype=pl.Boolean),
+        "loglik": pl.Series([0.0] * fits.height, dtype=pl.Float64),
+        "score": pl.Series([[0.0] * k for k in sizes], dtype=pl.List(pl.Float64)),
+        "information": pl.Series([[0.0] * k * k for k in sizes], dtype=pl.List(pl.Float64)),
+    })  # fmt: skip
+
+
 def site_round(
     config: dict[str, Any],
     results_dir: str | Path,
@@ -382,13 +493,18 @@ def site_round(
     site_label: str,
     *,
     protocol_hash: str | None = None,
+    package: str | Path | None = None,
 ) -> Path:
-    """Evaluate every fit of the round file on this site's data; write out_dir/response_<NNN>_<site>.parquet.
+    """Evaluate the fits of the round file that the site would publish; write out_dir/response_<NNN>_<site>.parquet.
 
     The response holds per fit only the log partial likelihood, score vector and information matrix
-    (sums over the site's persons), a has_events flag and labels: nothing person-level, no counts.
-    A round whose protocol hash differs from the site's (`protocol_hash`, else `site_protocol_hash`)
-    is refused with ProtocolMismatchError.
+    (sums over the site's persons), a has_events flag, a `refused` flag and labels: nothing person-level,
+    no counts. A round whose protocol hash differs from the site's (`protocol_hash`, else
+    `site_protocol_hash`) is refused with ProtocolMismatchError. Each fit is answered only when the site's
+    protocol has it, its released site package (`package`, default results/site_package) shows its counts,
+    its coefficients lie within federation.max_abs_log_hr and the site's ledger
+    (results/site_rounds/ledger.json) has counted fewer than federation.max_rounds evaluations of it;
+    otherwise it is answered as refused (zeros, refused = true) and the coordinator stops that fit.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", site_label):
         raise DistributedCoxError(f"site_label must be letters, digits, '_', '.' or '-'; got {site_label!r}")
@@ -405,19 +521,41 @@ def site_round(
         )
     if round_hash is None or own_hash is None:
         log.info("round %d: protocol hash not checked (round %s, site %s)", number, round_hash, own_hash)
+    paths = results_layout(results_dir)
+    released = released_fits(package if package is not None else paths.site_package_dir(), own_hash)
+    ledger_path = Path(paths.site_round_ledger())
+    ledger = read_ledger(ledger_path)
     todo = round_frame.filter(pl.col("evaluate"))
-    cohort, exposures = read_site_inputs(config, results_dir, todo["atc_level"].unique().to_list())
-    evaluated = evaluate_site_fits(config, cohort, exposures, todo)
-    response = evaluated.with_columns(
-        round=pl.lit(number, pl.Int64),
-        site_label=pl.lit(site_label),
-        protocol_hash=pl.lit(round_hash, pl.String),
-    ).select(RESPONSE_COLUMNS)
+    configured = {int(v) for v in config["screen"]["atc_levels"]}
+    levels = sorted({int(v) for v in todo["atc_level"].unique().to_list()} & configured)
+    cohort, exposures = read_site_inputs(config, results_dir, levels)
+    site_codes = {level: set(frame["atc_code"].unique().to_list()) for level, frame in exposures.items()}
+    reasons = refusals(config, todo, released, site_codes, ledger)
+    answered = pl.Series([r is None for r in reasons])
+    asked = todo.filter(answered)
+    evaluated = evaluate_site_fits(config, cohort, exposures, asked) if asked.height else _zero_answers(asked)
+    refused = todo.filter(~answered)
+    zeros = _zero_answers(refused)
+    response = (
+        pl.concat([evaluated.with_columns(refused=pl.lit(False)), zeros.with_columns(refused=pl.lit(True))], how="vertical_relaxed")
+        .sort("fit_id")
+        .with_columns(round=pl.lit(number, pl.Int64), site_label=pl.lit(site_label), protocol_hash=pl.lit(round_hash, pl.String))
+        .select(RESPONSE_COLUMNS)
+    )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"response_{number:03d}_{site_label}.parquet"
+    for key in (fit_label(*row) for row in todo.filter(answered).select(KEY_COLUMNS).iter_rows()):
+        ledger["evaluations"][key] = int(ledger["evaluations"].get(key, 0)) + 1
+    ledger["rounds"].append({"round": number, "protocol_hash": round_hash, "round_sha256": sha256_file(round_path),
+                             "answered": int(answered.sum()), "refused": refused.height})  # fmt: skip
+    _write_ledger(ledger_path, ledger)  # counted before the answer exists: a crash never hands out an uncounted one
     response.write_parquet(path)
-    log.info("site %s round %d: %d fits evaluated -> %s", site_label, number, response.height, path)
+    by_reason: dict[str, int] = {}
+    for reason in reasons:
+        if reason is not None:
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+    log.info("site %s round %d: %d fits evaluated, refused %s -> %s", site_label, number, int(answered.sum()), by_reason, path)
     return path
 
 
@@ -465,6 +603,7 @@ def sum_responses(state: pl.DataFrame, response_paths: Iterable[str | Path]) -> 
     score = np.zeros((n, width))
     information = np.zeros((n, width, width))
     has_events = np.zeros(n, dtype=bool)
+    refused = np.zeros(n, dtype=bool)
     evaluated = state["evaluate"].to_numpy()
     sites: set[str] = set()
     position_of_fit = {fit: i for i, fit in enumerate(state["fit_id"].to_list())}
@@ -504,6 +643,7 @@ def sum_responses(state: pl.DataFrame, response_paths: Iterable[str | Path]) -> 
         score[rows] += _pad_vectors(response["score"].to_list(), width)
         information[rows] += _pad_matrices(response["information"].to_list(), width, identity=False)
         has_events[rows] |= response["has_events"].to_numpy()
+        refused[rows] |= response["refused"].to_numpy() if "refused" in response.columns else False
     padding = np.arange(width)[None, :] >= sizes[:, None]
     information[:, np.arange(width), np.arange(width)] += padding  # as _pad_matrices(identity=True)
     expected_sites = json.loads(state["sites"][0])
@@ -513,7 +653,7 @@ def sum_responses(state: pl.DataFrame, response_paths: Iterable[str | Path]) -> 
             "every site must answer every round (the pooled likelihood is the sum over all of them)"
         )
     return {"loglik": loglik, "score": score, "information": information, "has_events": has_events,
-            "sites": sorted(sites)}
+            "refused": refused, "sites": sorted(sites)}
 
 
 def _singular(information: np.ndarray) -> np.ndarray:
@@ -567,8 +707,14 @@ def coordinator_round(
     step = _pad_vectors(state["step"].to_list(), width)
     last_step = _pad_vectors(state["last_step"].to_list(), width)
 
+    # A fit any site refused (not released there, beyond its bounds, too many rounds) cannot be pooled exactly:
+    # it stops without an estimate (the meta-analysis of the released site estimates still covers it).
+    refused = state["evaluate"].to_numpy() & pooled["refused"]
+    status[refused], converged[refused] = REFUSED_STATUS, False
+    evaluate = state["evaluate"].to_numpy() & ~refused
+
     # Start point (beta = 0): null log-likelihood, no-event and identifiability checks, first Newton step.
-    starting = np.flatnonzero(state["evaluate"].to_numpy() & (phase == "start"))
+    starting = np.flatnonzero(evaluate & (phase == "start"))
     if starting.size:
         loglik_null[starting] = pooled["loglik"][starting]
         beta[starting] = trial[starting]
@@ -588,7 +734,7 @@ def coordinator_round(
         phase[moving] = "iterate"
 
     # Trial points: accept or halve, as in fit_efron's loop.
-    idx = np.flatnonzero(state["evaluate"].to_numpy() & (state["phase"].to_numpy() == "iterate"))
+    idx = np.flatnonzero(evaluate & (state["phase"].to_numpy() == "iterate"))
     if idx.size:
         new_loglik, new_score, new_info = (pooled[k][idx] for k in ("loglik", "score", "information"))
         newton = NewtonArrays(beta, trial, step, last_step, loglik, score, information, decrement, halvings, converged, n_iter)
@@ -616,6 +762,7 @@ def coordinator_round(
                 status[i], converged[i] = "separation", False
         trial[finished] = beta[finished]
 
+    phase[refused] = "done"
     active = phase != "done"
     log.info(
         "round %d: %d sites, %d fits evaluated, %d still iterating", number, len(pooled["sites"]),
@@ -662,7 +809,7 @@ def pooled_estimates(state: pl.DataFrame) -> pl.DataFrame:
     # The identity padding of the unused directions has variance 1: it never makes a fit look singular.
     _, se = variance_and_se(information, status, converged)
     se = np.where(np.arange(width)[None, :] < sizes[:, None], se, np.nan)
-    no_estimate = np.isin(status, ("no_events", "singular_information"))
+    no_estimate = np.isin(status, ("no_events", "singular_information", REFUSED_STATUS))
     beta[no_estimate] = np.nan
     se[no_estimate] = np.nan
     coef, coef_se = beta[:, 0], se[:, 0]
