@@ -4,11 +4,10 @@ and `repurpose pool-round`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import json
 
 import polars as pl
 
@@ -21,7 +20,6 @@ from repurpose.federation.distributed import (
     site_round,
     start_rounds,
 )
-
 from repurpose.layout import results_layout
 from repurpose.release.provenance import sha256_file
 

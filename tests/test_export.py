@@ -94,7 +94,7 @@ def test_a_dictionary_identifier_or_date_alias_is_refused(config, run):
 def test_a_text_column_of_iso_dates_is_refused_whatever_its_name(config, run):
     table = run["results"] / "report/tables/validation.csv"
     frame = pl.read_csv(table, infer_schema=False)
-    when = ["2011-03-0%d" % (1 + i % 9) if i == 2 else "later" for i in range(frame.height)]  # one date hidden in text
+    when = ["2011-03-04" if i == 2 else "later" for i in range(frame.height)]  # one date hidden in text
     _rewrite_keeping_mtime(table, frame.with_columns(pl.Series("when", when)))
     with pytest.raises(ExportRefused, match=r"validation.csv has column\(s\) of dates \['when'\]"):
         _export(config, run)

@@ -19,14 +19,8 @@ from test_distributed import LEVEL, ONLY_AT_A, STRATA, federation, write_site_re
 from test_screen import config_for
 
 from repurpose.dwas.screen import screen_exposures
-from repurpose.federation.distributed import (
-    REFUSED_STATUS,
-    NotReleasedError,
-    coordinator_round,
-    read_ledger,
-    site_round,
-    start_rounds,
-)
+from repurpose.federation.distributed import REFUSED_STATUS, coordinator_round, site_round, start_rounds
+from repurpose.federation.site_gate import NotReleasedError, read_ledger
 from repurpose.layout import results_layout
 
 LAGS = [0.0, 2.0]

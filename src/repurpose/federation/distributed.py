@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import re
 from collections.abc import Iterable
 from pathlib import Path
@@ -53,10 +52,18 @@ from repurpose.dwas.risk_sets import (
     total_counts,
 )
 from repurpose.federation.design import site_design
+from repurpose.federation.site_gate import (
+    PackageProtocolError,
+    fit_label,
+    read_ledger,
+    refusals,
+    released_fits,
+    write_ledger,
+)
 from repurpose.layout import results_layout
 from repurpose.protocol import protocol_hash as design_hash
 from repurpose.release.provenance import sha256_file
-from repurpose.schemas import FIT_KEYS, SCREEN_COUNT_COLUMNS, SCREEN_EXPOSURE_COLUMNS
+from repurpose.schemas import FIT_KEYS, SCREEN_EXPOSURE_COLUMNS
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +82,6 @@ RESPONSE_COLUMNS = (
     "fit_id", *KEY_COLUMNS, "round", "site_label", "protocol_hash", "design_names",
     "has_events", "refused", "loglik", "score", "information",
 )
-DEFAULT_MAX_ABS_LOG_HR = math.log(20.0)  # config federation.max_abs_log_hr
-DEFAULT_MAX_ROUNDS = 60  # config federation.max_rounds
 REFUSED_STATUS = "refused_by_site"
 RESULT_COLUMNS = (
     *KEY_COLUMNS, "log_hr", "se", "hr", "ci_lower", "ci_upper", "p_value", "n_rounds", "n_iter", "converged",
@@ -96,10 +101,6 @@ class DistributedCoxError(ValueError):
 
 class ProtocolMismatchError(DistributedCoxError):
     """The round file was made for another protocol than the one this site runs."""
-
-
-class NotReleasedError(DistributedCoxError):
-    """The site has no released site package to check the round against."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -383,95 +384,6 @@ def read_site_inputs(config: dict[str, Any], results_dir: str | Path, levels: It
     return cohort, exposures
 
 
-def released_fits(package_dir: str | Path, own_hash: str | None) -> pl.DataFrame:
-    """The fits of the site's released package (key columns) with `released`: True where the package shows
-    every count of the fit (and its estimate, when the screen fitted it). Refuses a missing or altered
-    package, or one made for another protocol than the site's."""
-    package_dir = Path(package_dir)
-    manifest_path, fits_path = package_dir / "manifest.json", package_dir / "fits.parquet"
-    if not manifest_path.is_file() or not fits_path.is_file():
-        raise NotReleasedError(
-            f"{package_dir} holds no site package (manifest.json, fits.parquet): a site answers only fits it has "
-            "released; write its package first (`repurpose site-package` or the site_package rule)"
-        )
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    if manifest.get("files", {}).get("fits.parquet", {}).get("sha256") != sha256_file(fits_path):
-        raise NotReleasedError(f"{fits_path} differs from its manifest checksum: not the package the site released")
-    package_hash = manifest.get("protocol_hash")
-    if own_hash is not None and package_hash is not None and package_hash != own_hash:
-        raise ProtocolMismatchError(f"{package_dir} was released for protocol {package_hash}, the site runs {own_hash}")
-    fits = pl.read_parquet(fits_path)
-    shown = [pl.col(c).is_not_null() for c in SCREEN_COUNT_COLUMNS if c in fits.columns]
-    withheld = (pl.col("status") == "ok") & pl.col("log_hr").is_null() if {"status", "log_hr"} <= set(fits.columns) else pl.lit(False)
-    return fits.select(
-        pl.col("atc_code").cast(pl.String), pl.col("atc_level").cast(pl.Int64), pl.col("lag_years").cast(pl.Float64),
-        pl.col("sex").cast(pl.String), released=pl.all_horizontal(shown or [pl.lit(True)]) & ~withheld.fill_null(False),
-    )
-
-
-def fit_label(atc_code: str, atc_level: int, lag_years: float, sex: str) -> str:
-    """One fit as a ledger key: code|level|lag|sex."""
-    return f"{atc_code}|{int(atc_level)}|{float(lag_years):g}|{sex}"
-
-
-def read_ledger(path: str | Path) -> dict[str, Any]:
-    """The site's ledger: evaluations answered per fit, and one entry per answered round file."""
-    path = Path(path)
-    if not path.is_file():
-        return {"evaluations": {}, "rounds": []}
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _write_ledger(path: Path, ledger: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_suffix(".json.partial")
-    partial.write_text(json.dumps(ledger, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    partial.replace(path)
-
-
-def site_limits(config: dict[str, Any]) -> tuple[float, int]:
-    """(max |coefficient|, max evaluations per fit) from config `federation` (defaults when absent)."""
-    settings = config.get("federation") or {}
-    return (float(settings.get("max_abs_log_hr", DEFAULT_MAX_ABS_LOG_HR)),
-            int(settings.get("max_rounds", DEFAULT_MAX_ROUNDS)))  # fmt: skip
-
-
-def refusals(
-    config: dict[str, Any],
-    todo: pl.DataFrame,
-    released: pl.DataFrame,
-    site_codes: dict[int, set[str]],
-    ledger: dict[str, Any],
-) -> list[str | None]:
-    """Per fit of the round, why the site refuses to evaluate it (None: answered). In this order: not in
-    the site's protocol (level, lag, sex); not released in its package (suppressed counts or estimate, or
-    absent from a package although the class exists at the site; a class the site does not have is answered,
-    with zeros, as its absence from the package already tells); a coefficient beyond federation.max_abs_log_hr;
-    the fit already evaluated federation.max_rounds times."""
-    screen = config["screen"]
-    levels = {int(v) for v in screen["atc_levels"]}
-    lags = {float(v) for v in screen["lags_years"]}
-    sexes = {str(v) for v in screen.get("sex_strata", ["all", "F", "M"])}
-    max_abs, max_rounds = site_limits(config)
-    shown = {fit_label(*k[:4]): bool(k[4]) for k in released.iter_rows()}
-    reasons: list[str | None] = []
-    for code, level, lag, sex, beta in todo.select(*KEY_COLUMNS, "beta").iter_rows():
-        key = fit_label(code, level, lag, sex)
-        if int(level) not in levels or float(lag) not in lags or sex not in sexes:
-            reasons.append("not in the site's protocol")
-        elif key in shown and not shown[key]:
-            reasons.append("suppressed in the site package")
-        elif key not in shown and code in site_codes.get(int(level), set()):
-            reasons.append("not in the site package")
-        elif not all(math.isfinite(b) and abs(b) <= max_abs for b in beta):
-            reasons.append(f"coefficient beyond +-{max_abs:.4g}")
-        elif int(ledger["evaluations"].get(key, 0)) >= max_rounds:
-            reasons.append(f"already evaluated {max_rounds} times")
-        else:
-            reasons.append(None)
-    return reasons
-
-
 def _zero_answers(fits: pl.DataFrame) -> pl.DataFrame:
     """Zero log-likelihood, score and information for `fits` (the layout of `evaluate_site_fits`)."""
     sizes = [len(b) for b in fits["beta"].to_list()]
@@ -522,7 +434,10 @@ def site_round(
     if round_hash is None or own_hash is None:
         log.info("round %d: protocol hash not checked (round %s, site %s)", number, round_hash, own_hash)
     paths = results_layout(results_dir)
-    released = released_fits(package if package is not None else paths.site_package_dir(), own_hash)
+    try:
+        released = released_fits(package if package is not None else paths.site_package_dir(), own_hash)
+    except PackageProtocolError as error:
+        raise ProtocolMismatchError(str(error)) from error
     ledger_path = Path(paths.site_round_ledger())
     ledger = read_ledger(ledger_path)
     todo = round_frame.filter(pl.col("evaluate"))
@@ -549,7 +464,7 @@ def site_round(
         ledger["evaluations"][key] = int(ledger["evaluations"].get(key, 0)) + 1
     ledger["rounds"].append({"round": number, "protocol_hash": round_hash, "round_sha256": sha256_file(round_path),
                              "answered": int(answered.sum()), "refused": refused.height})  # fmt: skip
-    _write_ledger(ledger_path, ledger)  # counted before the answer exists: a crash never hands out an uncounted one
+    write_ledger(ledger_path, ledger)  # counted before the answer exists: a crash never hands out an uncounted one
     response.write_parquet(path)
     by_reason: dict[str, int] = {}
     for reason in reasons:
