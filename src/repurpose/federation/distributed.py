@@ -52,6 +52,7 @@ from repurpose.dwas.risk_sets import (
     total_counts,
 )
 from repurpose.federation.design import site_design
+from repurpose.federation.secure_sum import SecureAggregationError, mask_response, response_totals
 from repurpose.federation.site_gate import (
     PackageProtocolError,
     fit_label,
@@ -80,7 +81,7 @@ SITE_COLUMNS = (
 )
 RESPONSE_COLUMNS = (
     "fit_id", *KEY_COLUMNS, "round", "site_label", "protocol_hash", "design_names",
-    "has_events", "refused", "loglik", "score", "information",
+    "has_events", "refused", "loglik", "score", "information", "masked", "peers",
 )
 REFUSED_STATUS = "refused_by_site"
 RESULT_COLUMNS = (
@@ -455,8 +456,13 @@ def site_round(
         pl.concat([evaluated.with_columns(refused=pl.lit(False)), zeros.with_columns(refused=pl.lit(True))], how="vertical_relaxed")
         .sort("fit_id")
         .with_columns(round=pl.lit(number, pl.Int64), site_label=pl.lit(site_label), protocol_hash=pl.lit(round_hash, pl.String))
-        .select(RESPONSE_COLUMNS)
     )
+    secure = (config.get("federation") or {}).get("secure_aggregation")
+    if secure:
+        response = mask_response(response, site_label, secure["peers"], secure["secrets_dir"], sha256_file(round_path))
+    else:
+        response = response.with_columns(masked=pl.lit(None, pl.List(pl.UInt64)), peers=pl.lit(None, pl.String))
+    response = response.select(RESPONSE_COLUMNS)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"response_{number:03d}_{site_label}.parquet"
@@ -523,6 +529,7 @@ def sum_responses(state: pl.DataFrame, response_paths: Iterable[str | Path]) -> 
     sites: set[str] = set()
     position_of_fit = {fit: i for i, fit in enumerate(state["fit_id"].to_list())}
     paths = list(response_paths)
+    secure_responses: list[pl.DataFrame] = []
     if not paths:
         raise DistributedCoxError(f"round {number}: no site responses given")
     for path in paths:
@@ -559,6 +566,18 @@ def sum_responses(state: pl.DataFrame, response_paths: Iterable[str | Path]) -> 
         information[rows] += _pad_matrices(response["information"].to_list(), width, identity=False)
         has_events[rows] |= response["has_events"].to_numpy()
         refused[rows] |= response["refused"].to_numpy() if "refused" in response.columns else False
+        if "masked" in response.columns and response["masked"].null_count() == 0:
+            secure_responses.append(response)
+    if secure_responses:
+        if len(secure_responses) != len(paths):
+            raise SecureAggregationError(f"round {number}: some sites masked their answers and some did not")
+        order = np.flatnonzero(evaluated)  # fit_id order = the round's row order
+        totals = response_totals(secure_responses, sizes[order].tolist())
+        for row, (events, fit_loglik, fit_score, fit_information) in zip(order, totals, strict=True):
+            k = sizes[row]
+            has_events[row], loglik[row] = events, fit_loglik
+            score[row, :k] = fit_score
+            information[row, :k, :k] = np.asarray(fit_information).reshape(k, k)
     padding = np.arange(width)[None, :] >= sizes[:, None]
     information[:, np.arange(width), np.arange(width)] += padding  # as _pad_matrices(identity=True)
     expected_sites = json.loads(state["sites"][0])
