@@ -20,6 +20,7 @@ from test_screen import config_for
 
 from repurpose.dwas.screen import screen_exposures
 from repurpose.federation.distributed import REFUSED_STATUS, coordinator_round, site_round, start_rounds
+from repurpose.federation.secure_sum import SecureAggregationError, decode, masked, write_pair_secret
 from repurpose.federation.site_gate import NotReleasedError, read_ledger
 from repurpose.layout import results_layout
 
@@ -195,3 +196,58 @@ def test_coordinator_stops_a_refused_fit(tmp_path):
     ).write_parquet(out)
     following = pl.read_parquet(coordinator_round(tmp_path / "rounds", [out]))
     assert following["status"].to_list() == [REFUSED_STATUS, ""] and following["evaluate"].to_list() == [False, True]
+
+
+# ---------------------------------------------------------------- secure aggregation
+
+
+def secure_config(config: dict, secrets_dir: Path, peers: list[str]) -> dict:
+    settings = {"max_abs_log_hr": math.log(20), "max_rounds": 60, "secure_aggregation": {"peers": peers, "secrets_dir": str(secrets_dir)}}
+    return {**config, "federation": settings}
+
+
+def test_secure_aggregation_pools_exactly_and_hides_each_site(sites, tmp_path):
+    labels = sorted(sites["dirs"])
+    secrets_dir = tmp_path / "secrets"  # in practice each site holds only its own pairs' files
+    for i, a in enumerate(labels):
+        for b in labels[i + 1:]:
+            write_pair_secret(secrets_dir, a, b)
+    fits = pl.DataFrame({"atc_code": ["A01", "B02", "C03", ONLY_AT_A], "atc_level": LEVEL, "lag_years": 0.0, "sex": "all"})
+    plain_dirs, secure_dirs = {}, {}
+    for site in labels:
+        plain_dirs[site] = fresh_site(sites, tmp_path / "plain", site)
+        secure_dirs[site] = fresh_site(sites, tmp_path / "secure", site)
+        write_release(plain_dirs[site], fits)
+        write_release(secure_dirs[site], fits)
+    plain = pl.read_parquet(run_rounds(
+        [site_runner(sites["config"], plain_dirs[s], tmp_path / "plain_x" / s, s) for s in labels], tmp_path / "plain_rounds", fits))
+    config = secure_config(sites["config"], secrets_dir, labels)
+    secure = pl.read_parquet(run_rounds(
+        [site_runner(config, secure_dirs[s], tmp_path / "secure_x" / s, s) for s in labels], tmp_path / "secure_rounds", fits))
+    assert secure["status"].to_list() == plain["status"].to_list() and (plain["status"] == "ok").sum() >= 3
+    assert np.nanmax(np.abs(secure["log_hr"].to_numpy() - plain["log_hr"].to_numpy())) <= 1e-9
+    assert np.nanmax(np.abs(secure["se"].to_numpy() - plain["se"].to_numpy())) <= 1e-9
+
+    # One site's masked answer to round 1 against its true (plain) answer to the same round file
+    first = tmp_path / "secure_rounds/round_001.parquet"
+    truth = pl.read_parquet(site_round(sites["config"], plain_dirs["site_a"], first, tmp_path / "truth", "site_a"))
+    answer = pl.read_parquet(tmp_path / "secure_x/site_a/response_001_site_a.parquet")
+    assert (answer["loglik"] == 0).all() and not answer["has_events"].any()  # nothing in the clear
+    words = np.concatenate([np.asarray(w, dtype=np.uint64) for w in answer["masked"].to_list()])
+    values = np.concatenate([[float(e), ll, *sc, *inf] for e, ll, sc, inf in
+                             truth.select("has_events", "loglik", "score", "information").iter_rows()])
+    assert words.size == values.size >= 12
+    assert np.all(np.abs(decode(words) - values) > 1e3)  # decoding one answer alone gives nothing near the truth
+    top_bits = (words >> np.uint64(60)).astype(int)  # uniform words: every top nibble about equally likely
+    assert len(set(top_bits.tolist())) >= min(8, words.size // 2)
+    # the same values under the next round's masks share nothing: the masks, not the values, set the words
+    other = masked(values, "site_a", labels, secrets_dir, "f" * 64)
+    assert not np.any(other == words)
+
+
+def test_secure_aggregation_needs_three_sites_and_every_pair_secret(tmp_path):
+    write_pair_secret(tmp_path, "a", "b")
+    with pytest.raises(SecureAggregationError, match="at least 3 sites"):
+        masked(np.ones(3), "a", ["a", "b"], tmp_path, "0" * 64)
+    with pytest.raises(SecureAggregationError, match="no secret shared with 'c'"):
+        masked(np.ones(3), "a", ["b", "c"], tmp_path, "0" * 64)
