@@ -84,7 +84,8 @@ def _pool_rank(args: argparse.Namespace) -> int:
 
 
 def _site_round(args: argparse.Namespace) -> int:
-    response = site_round(load_config(*args.config), args.results, args.round_file, args.out, args.site_label)
+    response = site_round(load_config(*args.config), args.results, args.round_file, args.out, args.site_label,
+                          package=args.package)
     print(json.dumps({"response": str(response)}, indent=2))
     return 0
 
@@ -171,6 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
     rounder.add_argument("--results", default="results", help="results directory with cohort/ and exposure/")
     rounder.add_argument("--out", default="results/site_rounds", help="where response_NNN_<site>.parquet is written")
     rounder.add_argument("--site-label", required=True, help="the site's name in the federation")
+    rounder.add_argument(
+        "--package", default=None,
+        help="the site's released package (default <results>/site_package): only fits it shows are answered",
+    )
     rounder.set_defaults(handler=_site_round)
 
     updater = commands.add_parser(
