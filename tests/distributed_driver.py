@@ -4,6 +4,7 @@ and `repurpose pool-round`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,8 +20,33 @@ from repurpose.federation.distributed import (
     site_round,
     start_rounds,
 )
+from repurpose.layout import results_layout
+from repurpose.release.provenance import sha256_file
 
 SiteRun = Callable[[Path], Path]
+
+
+def write_release(
+    results_dir: str | Path, fits: pl.DataFrame, *, protocol_hash: str | None = None, suppressed: pl.DataFrame | None = None
+) -> Path:
+    """A site package (fits.parquet + manifest.json) in which the site shows the counts of every fit of `fits`
+    but those in `suppressed` (key columns): what `site_round` checks a round against. Counts are placeholders
+    (10); the exchange tests are about what is answered, the package tests (test_federation.py) about its content."""
+    directory = Path(results_layout(results_dir).site_package_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    keys = fits.select("atc_code", "atc_level", "lag_years", "sex").unique()
+    hidden = pl.lit(False)
+    if suppressed is not None:
+        hidden = pl.struct(keys.columns).is_in(suppressed.select(keys.columns).to_struct().implode())
+    package = keys.with_columns(
+        [pl.when(hidden).then(None).otherwise(10).cast(pl.Int64).alias(c)
+         for c in ("n_persons", "n_exposed", "n_cases", "n_exposed_cases")],
+        status=pl.lit("ok"), log_hr=pl.lit(0.0),
+    )  # fmt: skip
+    package.write_parquet(directory / "fits.parquet")
+    manifest = {"protocol_hash": protocol_hash, "files": {"fits.parquet": {"sha256": sha256_file(directory / "fits.parquet")}}}
+    (directory / "manifest.json").write_text(json.dumps(manifest))
+    return directory
 
 
 def site_runner(

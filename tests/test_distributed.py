@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from distributed_driver import run_rounds, site_runner
+from distributed_driver import run_rounds, site_runner, write_release
 from lifelines import CoxTimeVaryingFitter
 from split_intervals import split_class_intervals
 from test_screen import config_for, synthetic_cohort, synthetic_exposures
@@ -123,8 +123,13 @@ def pooled_run(tmp_path_factory):
     cohort, exposures = federation(3000, 11)
     site_dirs = write_site_results(cohort, exposures, root)
     config = config_for(lags_years=LAGS, adjust={"strata": STRATA, "covariates": []})
+    # E05 (non-cases only) runs to separation, past |beta| = 8: these sites agree to be evaluated out to
+    # |beta| <= 12 so that every fit of the reference can be pooled (the default bound is log 20).
+    config = {**config, "federation": {"max_abs_log_hr": 12.0, "max_rounds": 60}}
     codes = sorted(exposures["atc_code"].unique().to_list()) + [NOWHERE]
     fits = all_fits(codes)
+    for d in site_dirs.values():
+        write_release(d, fits, protocol_hash="protocol-v1")
     runs = [site_runner(config, d, root / "exchange" / site, site, protocol_hash="protocol-v1")
             for site, d in site_dirs.items()]
     started = time.perf_counter()
@@ -274,6 +279,8 @@ def test_categorical_covariates_are_aligned_by_name_across_sites(tmp_path):
     prepared = prepare_cohort(cohort, 10)
     levels = {v: sorted(prepared[v].unique().to_list()) for v in covariates}
     fits = pl.DataFrame({"atc_code": ["A01", "B02", ONLY_AT_A], "atc_level": LEVEL, "lag_years": 0.0, "sex": "F"})
+    for d in site_dirs.values():
+        write_release(d, fits)
     runs = [site_runner(config, d, tmp_path / "exchange" / s, s) for s, d in site_dirs.items()]
     result = pl.read_parquet(run_rounds(runs, tmp_path / "rounds", fits, covariate_levels=levels))
     names = result["design_names"][0].to_list()
@@ -309,12 +316,15 @@ def test_site_checks_the_round_against_its_own_protocol_file(pooled_run, tmp_pat
     shared_hash = protocol.protocol_hash(protocol.read_protocol(protocol_file))
     site, results = next(iter(pooled_run["site_dirs"].items()))
     fits = pooled_run["fits"].filter(atc_code="A01")
+    package = write_release(tmp_path / "released", fits, protocol_hash=shared_hash)  # released under this protocol
     good = start_rounds(fits, tmp_path / "good", protocol_hash=shared_hash)
-    response = pl.read_parquet(site_round(site_config, results, good, tmp_path / "out", site))
+    response = pl.read_parquet(site_round(site_config, results, good, tmp_path / "out", site, package=package))
     assert (response["protocol_hash"] == shared_hash).all()
     bad = start_rounds(fits, tmp_path / "bad", protocol_hash="0" * 64)
     with pytest.raises(ProtocolMismatchError):
-        site_round(site_config, results, bad, tmp_path / "out", site)
+        site_round(site_config, results, bad, tmp_path / "out", site, package=package)
+    with pytest.raises(ProtocolMismatchError, match="was released for protocol protocol-v1"):
+        site_round(site_config, results, good, tmp_path / "out", site)  # its own package was made for another
 
 
 def test_every_site_must_answer_every_round(pooled_run, tmp_path):

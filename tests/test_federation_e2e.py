@@ -230,7 +230,10 @@ def test_a_package_made_under_another_protocol_is_refused(federation, tmp_path):
     from repurpose.federation.package import write_site_package
 
     results = federation["sites"]["denmark"] / "results"
-    write_site_package(config, dwas=results / "screen/dwas.parquet", flow=results / "cohort/flow.json",
+    # A package is built only from results made with its protocol: the rogue's screen has lags 0 and 5.
+    screen = pl.read_parquet(results / "screen/dwas.parquet")
+    screen.with_columns(lag_years=pl.when(pl.col("lag_years") == 2.0).then(5.0).otherwise(pl.col("lag_years"))).write_parquet(rogue / "dwas.parquet")
+    write_site_package(config, dwas=rogue / "dwas.parquet", flow=results / "cohort/flow.json",
                        validation=results / "validation/report.json", package=rogue / "site_package")  # fmt: skip
     with pytest.raises(PackageError, match=r"screen\.lags_years.*norway \[0\.0, 2\.0\].*rogue \[0\.0, 5\.0\]"):
         pool_packages([federation["sites"]["norway"] / "results/site_package", rogue / "site_package"], tmp_path / "p")

@@ -22,7 +22,7 @@ from repurpose.release.disclosure import (
     small_counts_left,
     suppress_small_counts,
 )
-from repurpose.release.export import ExportRefused, export_results
+from repurpose.release.export import ExportRefused, export_results, export_table
 from repurpose.release.provenance import file_record, git_commit, package_versions, provenance, sha256_file
 from repurpose.release.report import build_report, flow_table, prevalence_table, validation_table
 from repurpose.study_config import load_config
@@ -266,7 +266,7 @@ def test_export_resuppresses_a_table_written_without_disclosure_control(built, c
     raw = tmp_path / "raw.csv"
     pl.DataFrame({"atc_code": ["A", "A", "A"], "atc_level": [2] * 3, "lag_years": [0.0] * 3, "sex": ["all", "F", "M"],
                   "n_exposed": [30, 2, 28], "n_substances": [3, 1, 2]}).write_csv(raw)  # fmt: skip
-    export_results(config, results_dir=tmp_path, export_dir=tmp_path / "export", sources=[raw])
+    export_table(raw, tmp_path / "export/raw.csv", MIN_CELL)  # the per-table gate (export_results also needs a run)
     out = pl.read_csv(tmp_path / "export/raw.csv", infer_schema=False)
     assert out["n_exposed"].to_list() == ["30", "<5", "<5"]  # the small one and its complement
     assert out["n_substances"].to_list() == ["3", "1", "2"]  # counts of substances are not person counts

@@ -110,7 +110,7 @@ def _site_package(args: argparse.Namespace) -> int:
     paths = results_layout(args.results)
     manifest = write_site_package(
         load_config(*args.config), dwas=paths.dwas(), flow=paths.cohort_flow(), validation=paths.validation_report(),
-        package=args.out or paths.site_package_dir(),
+        package=args.out or paths.site_package_dir(), run_provenance=[paths.report_provenance(), paths.site_package_manifest()],
     )
     print(json.dumps({"manifest": str(manifest)}, indent=2))
     return 0
@@ -135,7 +135,8 @@ def _pool_rank(args: argparse.Namespace) -> int:
 
 
 def _site_round(args: argparse.Namespace) -> int:
-    response = site_round(load_config(*args.config), args.results, args.round_file, args.out, args.site_label)
+    response = site_round(load_config(*args.config), args.results, args.round_file, args.out, args.site_label,
+                          package=args.package)
     print(json.dumps({"response": str(response)}, indent=2))
     return 0
 
@@ -252,6 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     rounder.add_argument("--results", default="results", help="results directory with cohort/ and exposure/")
     rounder.add_argument("--out", default="results/site_rounds", help="where response_NNN_<site>.parquet is written")
     rounder.add_argument("--site-label", required=True, help="the site's name in the federation")
+    rounder.add_argument(
+        "--package", default=None,
+        help="the site's released package (default <results>/site_package): only fits it shows are answered",
+    )
     rounder.set_defaults(handler=_site_round)
 
     updater = commands.add_parser(

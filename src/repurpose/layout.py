@@ -152,6 +152,10 @@ class ResultsLayout:
     def site_package_fits(self) -> str:
         return self._path("site_package/fits.parquet")
 
+    def site_round_ledger(self) -> str:
+        """A site's ledger of the distributed-fit evaluations it answered (never leaves the site)."""
+        return self._path("site_rounds/ledger.json")
+
     # -- logs -------------------------------------------------------------------------------------------
     def log(self, name: str) -> str:
         return self._path(f"logs/{name}.log")

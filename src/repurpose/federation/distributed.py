@@ -52,8 +52,18 @@ from repurpose.dwas.risk_sets import (
     total_counts,
 )
 from repurpose.federation.design import site_design
+from repurpose.federation.secure_sum import SecureAggregationError, mask_response, response_totals
+from repurpose.federation.site_gate import (
+    PackageProtocolError,
+    fit_label,
+    read_ledger,
+    refusals,
+    released_fits,
+    write_ledger,
+)
 from repurpose.layout import results_layout
 from repurpose.protocol import protocol_hash as design_hash
+from repurpose.release.provenance import sha256_file
 from repurpose.schemas import FIT_KEYS, SCREEN_EXPOSURE_COLUMNS
 
 log = logging.getLogger(__name__)
@@ -71,8 +81,9 @@ SITE_COLUMNS = (
 )
 RESPONSE_COLUMNS = (
     "fit_id", *KEY_COLUMNS, "round", "site_label", "protocol_hash", "design_names",
-    "has_events", "loglik", "score", "information",
+    "has_events", "refused", "loglik", "score", "information", "masked", "peers",
 )
+REFUSED_STATUS = "refused_by_site"
 RESULT_COLUMNS = (
     *KEY_COLUMNS, "log_hr", "se", "hr", "ci_lower", "ci_upper", "p_value", "n_rounds", "n_iter", "converged",
     "status", "loglik", "loglik_null", "design_names", "coefficients", "standard_errors", "protocol_hash",
@@ -374,6 +385,19 @@ def read_site_inputs(config: dict[str, Any], results_dir: str | Path, levels: It
     return cohort, exposures
 
 
+def _zero_answers(fits: pl.DataFrame) -> pl.DataFrame:
+    """Zero log-likelihood, score and information for `fits` (the layout of `evaluate_site_fits`)."""
+    sizes = [len(b) for b in fits["beta"].to_list()]
+    return pl.DataFrame({
+        "fit_id": fits["fit_id"], **{c: fits[c] for c in KEY_COLUMNS},
+        "design_names": fits["design_names"].cast(pl.List(pl.String)),
+        "has_events": pl.Series([False] * fits.height, dtype=pl.Boolean),
+        "loglik": pl.Series([0.0] * fits.height, dtype=pl.Float64),
+        "score": pl.Series([[0.0] * k for k in sizes], dtype=pl.List(pl.Float64)),
+        "information": pl.Series([[0.0] * k * k for k in sizes], dtype=pl.List(pl.Float64)),
+    })  # fmt: skip
+
+
 def site_round(
     config: dict[str, Any],
     results_dir: str | Path,
@@ -382,13 +406,18 @@ def site_round(
     site_label: str,
     *,
     protocol_hash: str | None = None,
+    package: str | Path | None = None,
 ) -> Path:
-    """Evaluate every fit of the round file on this site's data; write out_dir/response_<NNN>_<site>.parquet.
+    """Evaluate the fits of the round file that the site would publish; write out_dir/response_<NNN>_<site>.parquet.
 
     The response holds per fit only the log partial likelihood, score vector and information matrix
-    (sums over the site's persons), a has_events flag and labels: nothing person-level, no counts.
-    A round whose protocol hash differs from the site's (`protocol_hash`, else `site_protocol_hash`)
-    is refused with ProtocolMismatchError.
+    (sums over the site's persons), a has_events flag, a `refused` flag and labels: nothing person-level,
+    no counts. A round whose protocol hash differs from the site's (`protocol_hash`, else
+    `site_protocol_hash`) is refused with ProtocolMismatchError. Each fit is answered only when the site's
+    protocol has it, its released site package (`package`, default results/site_package) shows its counts,
+    its coefficients lie within federation.max_abs_log_hr and the site's ledger
+    (results/site_rounds/ledger.json) has counted fewer than federation.max_rounds evaluations of it;
+    otherwise it is answered as refused (zeros, refused = true) and the coordinator stops that fit.
     """
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", site_label):
         raise DistributedCoxError(f"site_label must be letters, digits, '_', '.' or '-'; got {site_label!r}")
@@ -405,19 +434,49 @@ def site_round(
         )
     if round_hash is None or own_hash is None:
         log.info("round %d: protocol hash not checked (round %s, site %s)", number, round_hash, own_hash)
+    paths = results_layout(results_dir)
+    try:
+        released = released_fits(package if package is not None else paths.site_package_dir(), own_hash)
+    except PackageProtocolError as error:
+        raise ProtocolMismatchError(str(error)) from error
+    ledger_path = Path(paths.site_round_ledger())
+    ledger = read_ledger(ledger_path)
     todo = round_frame.filter(pl.col("evaluate"))
-    cohort, exposures = read_site_inputs(config, results_dir, todo["atc_level"].unique().to_list())
-    evaluated = evaluate_site_fits(config, cohort, exposures, todo)
-    response = evaluated.with_columns(
-        round=pl.lit(number, pl.Int64),
-        site_label=pl.lit(site_label),
-        protocol_hash=pl.lit(round_hash, pl.String),
-    ).select(RESPONSE_COLUMNS)
+    configured = {int(v) for v in config["screen"]["atc_levels"]}
+    levels = sorted({int(v) for v in todo["atc_level"].unique().to_list()} & configured)
+    cohort, exposures = read_site_inputs(config, results_dir, levels)
+    site_codes = {level: set(frame["atc_code"].unique().to_list()) for level, frame in exposures.items()}
+    reasons = refusals(config, todo, released, site_codes, ledger)
+    answered = pl.Series([r is None for r in reasons])
+    asked = todo.filter(answered)
+    evaluated = evaluate_site_fits(config, cohort, exposures, asked) if asked.height else _zero_answers(asked)
+    refused = todo.filter(~answered)
+    zeros = _zero_answers(refused)
+    response = (
+        pl.concat([evaluated.with_columns(refused=pl.lit(False)), zeros.with_columns(refused=pl.lit(True))], how="vertical_relaxed")
+        .sort("fit_id")
+        .with_columns(round=pl.lit(number, pl.Int64), site_label=pl.lit(site_label), protocol_hash=pl.lit(round_hash, pl.String))
+    )
+    secure = (config.get("federation") or {}).get("secure_aggregation")
+    if secure:
+        response = mask_response(response, site_label, secure["peers"], secure["secrets_dir"], sha256_file(round_path))
+    else:
+        response = response.with_columns(masked=pl.lit(None, pl.List(pl.UInt64)), peers=pl.lit(None, pl.String))
+    response = response.select(RESPONSE_COLUMNS)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"response_{number:03d}_{site_label}.parquet"
+    for key in (fit_label(*row) for row in todo.filter(answered).select(KEY_COLUMNS).iter_rows()):
+        ledger["evaluations"][key] = int(ledger["evaluations"].get(key, 0)) + 1
+    ledger["rounds"].append({"round": number, "protocol_hash": round_hash, "round_sha256": sha256_file(round_path),
+                             "answered": int(answered.sum()), "refused": refused.height})  # fmt: skip
+    write_ledger(ledger_path, ledger)  # counted before the answer exists: a crash never hands out an uncounted one
     response.write_parquet(path)
-    log.info("site %s round %d: %d fits evaluated -> %s", site_label, number, response.height, path)
+    by_reason: dict[str, int] = {}
+    for reason in reasons:
+        if reason is not None:
+            by_reason[reason] = by_reason.get(reason, 0) + 1
+    log.info("site %s round %d: %d fits evaluated, refused %s -> %s", site_label, number, int(answered.sum()), by_reason, path)
     return path
 
 
@@ -465,10 +524,12 @@ def sum_responses(state: pl.DataFrame, response_paths: Iterable[str | Path]) -> 
     score = np.zeros((n, width))
     information = np.zeros((n, width, width))
     has_events = np.zeros(n, dtype=bool)
+    refused = np.zeros(n, dtype=bool)
     evaluated = state["evaluate"].to_numpy()
     sites: set[str] = set()
     position_of_fit = {fit: i for i, fit in enumerate(state["fit_id"].to_list())}
     paths = list(response_paths)
+    secure_responses: list[pl.DataFrame] = []
     if not paths:
         raise DistributedCoxError(f"round {number}: no site responses given")
     for path in paths:
@@ -504,6 +565,19 @@ def sum_responses(state: pl.DataFrame, response_paths: Iterable[str | Path]) -> 
         score[rows] += _pad_vectors(response["score"].to_list(), width)
         information[rows] += _pad_matrices(response["information"].to_list(), width, identity=False)
         has_events[rows] |= response["has_events"].to_numpy()
+        refused[rows] |= response["refused"].to_numpy() if "refused" in response.columns else False
+        if "masked" in response.columns and response["masked"].null_count() == 0:
+            secure_responses.append(response)
+    if secure_responses:
+        if len(secure_responses) != len(paths):
+            raise SecureAggregationError(f"round {number}: some sites masked their answers and some did not")
+        order = np.flatnonzero(evaluated)  # fit_id order = the round's row order
+        totals = response_totals(secure_responses, sizes[order].tolist())
+        for row, (events, fit_loglik, fit_score, fit_information) in zip(order, totals, strict=True):
+            k = sizes[row]
+            has_events[row], loglik[row] = events, fit_loglik
+            score[row, :k] = fit_score
+            information[row, :k, :k] = np.asarray(fit_information).reshape(k, k)
     padding = np.arange(width)[None, :] >= sizes[:, None]
     information[:, np.arange(width), np.arange(width)] += padding  # as _pad_matrices(identity=True)
     expected_sites = json.loads(state["sites"][0])
@@ -513,7 +587,7 @@ def sum_responses(state: pl.DataFrame, response_paths: Iterable[str | Path]) -> 
             "every site must answer every round (the pooled likelihood is the sum over all of them)"
         )
     return {"loglik": loglik, "score": score, "information": information, "has_events": has_events,
-            "sites": sorted(sites)}
+            "refused": refused, "sites": sorted(sites)}
 
 
 def _singular(information: np.ndarray) -> np.ndarray:
@@ -567,8 +641,14 @@ def coordinator_round(
     step = _pad_vectors(state["step"].to_list(), width)
     last_step = _pad_vectors(state["last_step"].to_list(), width)
 
+    # A fit any site refused (not released there, beyond its bounds, too many rounds) cannot be pooled exactly:
+    # it stops without an estimate (the meta-analysis of the released site estimates still covers it).
+    refused = state["evaluate"].to_numpy() & pooled["refused"]
+    status[refused], converged[refused] = REFUSED_STATUS, False
+    evaluate = state["evaluate"].to_numpy() & ~refused
+
     # Start point (beta = 0): null log-likelihood, no-event and identifiability checks, first Newton step.
-    starting = np.flatnonzero(state["evaluate"].to_numpy() & (phase == "start"))
+    starting = np.flatnonzero(evaluate & (phase == "start"))
     if starting.size:
         loglik_null[starting] = pooled["loglik"][starting]
         beta[starting] = trial[starting]
@@ -588,7 +668,7 @@ def coordinator_round(
         phase[moving] = "iterate"
 
     # Trial points: accept or halve, as in fit_efron's loop.
-    idx = np.flatnonzero(state["evaluate"].to_numpy() & (state["phase"].to_numpy() == "iterate"))
+    idx = np.flatnonzero(evaluate & (state["phase"].to_numpy() == "iterate"))
     if idx.size:
         new_loglik, new_score, new_info = (pooled[k][idx] for k in ("loglik", "score", "information"))
         newton = NewtonArrays(beta, trial, step, last_step, loglik, score, information, decrement, halvings, converged, n_iter)
@@ -616,6 +696,7 @@ def coordinator_round(
                 status[i], converged[i] = "separation", False
         trial[finished] = beta[finished]
 
+    phase[refused] = "done"
     active = phase != "done"
     log.info(
         "round %d: %d sites, %d fits evaluated, %d still iterating", number, len(pooled["sites"]),
@@ -662,7 +743,7 @@ def pooled_estimates(state: pl.DataFrame) -> pl.DataFrame:
     # The identity padding of the unused directions has variance 1: it never makes a fit look singular.
     _, se = variance_and_se(information, status, converged)
     se = np.where(np.arange(width)[None, :] < sizes[:, None], se, np.nan)
-    no_estimate = np.isin(status, ("no_events", "singular_information"))
+    no_estimate = np.isin(status, ("no_events", "singular_information", REFUSED_STATUS))
     beta[no_estimate] = np.nan
     se[no_estimate] = np.nan
     coef, coef_se = beta[:, 0], se[:, 0]

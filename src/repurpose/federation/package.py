@@ -133,6 +133,66 @@ def _file_entry(path: Path, rows: int | None) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": path.stat().st_size, "rows": rows}
 
 
+def results_design_mismatches(design: dict[str, Any], fits: pl.DataFrame) -> list[str]:
+    """How the screen results differ from the protocol's design in what they show themselves: ATC levels and
+    lags (fits outside the protocol, and protocol fits missing from the results)."""
+    screen = design.get("screen", {})
+    mismatches = []
+    for column, key in (("atc_level", "atc_levels"), ("lag_years", "lags_years")):
+        if key not in screen:
+            continue
+        wanted = {float(v) for v in screen[key]}
+        found = {float(v) for v in fits[column].unique().drop_nulls().to_list()}
+        if found - wanted:
+            mismatches.append(f"screen.{key}: the results hold fits at {sorted(found - wanted)} outside the protocol's {sorted(wanted)}")
+        if wanted - found:
+            mismatches.append(f"screen.{key}: the protocol's {sorted(wanted - found)} are missing from the results")
+    return mismatches
+
+
+def design_hash_without_min_cell(design: dict[str, Any]) -> str:
+    """The protocol hash of a design without disclosure.min_cell (a site may suppress more than the protocol)."""
+    plain = json.loads(json.dumps(design, default=str))
+    plain.get("disclosure", {}).pop("min_cell", None)
+    return protocol_hash({k: v for k, v in plain.items() if v != {}})
+
+
+def _run_record_mismatches(design: dict[str, Any], screen_sha: str, record: dict[str, Any]) -> list[str] | None:
+    """Differences between the protocol and the run described by `record` (a report provenance.json or a
+    DAG-written package manifest); None when the record is not about this screen file."""
+    if "inputs" in record:  # the report's provenance: the full design of its config
+        if screen_sha not in {f.get("sha256") for f in record["inputs"]} or "design" not in record:
+            return None
+        differing = []
+        for key, protocol_value, run_value in design_differences(design, record["design"]):
+            if key == "disclosure.min_cell" and None not in (protocol_value, run_value) and run_value >= protocol_value:
+                continue  # a site may suppress more
+            differing.append(f"{key}: protocol {protocol_value!r}, results made with {run_value!r}")
+        return differing
+    results = record.get("results") or {}
+    if results.get("screen_sha256") != screen_sha:
+        return None
+    if results.get("design_hash") != design_hash_without_min_cell(design):
+        return [f"the run that made the results had design {results.get('design_hash')}, the protocol is "
+                f"{design_hash_without_min_cell(design)} (compare the configs' screen, study, validation and candidates keys)"]
+    return []
+
+
+def run_design_mismatches(design: dict[str, Any], dwas_path: Path, records: list[Path]) -> list[str]:
+    """How the run that made `dwas_path` differs from the protocol, by the first of `records` (written by
+    the run's own DAG: the report's provenance.json, the DAG's package manifest) that names this very screen
+    file by checksum; refuse when none does (no provenance, or the screen changed since)."""
+    screen_sha = sha256_file(dwas_path)
+    for path in records:
+        if path.is_file():
+            found = _run_record_mismatches(design, screen_sha, json.loads(path.read_text(encoding="utf-8")))
+            if found is not None:
+                return found
+    named = ", ".join(str(p) for p in records)
+    return [f"no record of the run that made {dwas_path} names it by checksum ({named}): its design cannot be "
+            "checked; run the pipeline to the report (or the site package) with the protocol's config first"]
+
+
 @stage(
     reads=("protocol", "site_label", "run_label", "disclosure", "inputs.atc_index", *DESIGN_BLOCKS),
     drop=tuple(NOT_DESIGN_KEYS),
@@ -144,19 +204,35 @@ def write_site_package(
     flow: str | Path | None,
     validation: str | Path | None,
     package: str | Path,
+    run_provenance: list[str | Path] | None = None,
 ) -> Path:
     """Write `out_dir` (results/site_package/): fits, summaries, protocol copy and manifest; return the manifest.
 
+    Built only from results made with the stamped protocol: the screen's ATC levels and lags must be the
+    protocol's, and with `run_provenance` (records written by the run's DAG: the report's provenance.json, the
+    package manifest; `repurpose site-package` always passes them, since its config need not be the one the
+    results were made with) the run that made this very screen file must have had the protocol's design.
+    Else PackageError names each setting. The manifest records the screen's checksum and the run's design
+    hash (`results`), so a later package from the same results can be checked against it.
     The fits pass `release_screen` (rows hidden whole over sex, lags and the ATC tree, counts rounded), the
     summaries the report's release; the written tables are checked again before the manifest is written.
     """
-    dwas_path, flow_json, validation_json, out_dir = dwas, flow, validation, Path(package)
+    dwas_path, flow_json, validation_json, out_dir = Path(dwas), flow, validation, Path(package)
     min_cell = int(config["disclosure"]["min_cell"])
     design = site_design(config)
     label = config.get("site_label") or config.get("run_label") or "site"
     policy = DisclosurePolicy.from_config(config, main_lag_years=config["candidates"]["main_lag_years"])
+    fits = pl.read_parquet(dwas_path)
+    mismatches = results_design_mismatches(design, fits)
+    if run_provenance is not None:
+        mismatches += run_design_mismatches(design, dwas_path, [Path(p) for p in run_provenance])
+    if mismatches:
+        raise PackageError(
+            f"{dwas_path} was not made with the protocol being stamped ({config.get('protocol') or 'the config'}); "
+            "no package written: " + "; ".join(mismatches)
+        )
     # The same release as the exported screen (idempotent on the released dwas.parquet the rule passes).
-    fits = release_screen(pl.read_parquet(dwas_path), policy)
+    fits = release_screen(fits, policy)
     fits = fits.select([c for c in FIT_COLUMNS if c in fits.columns]).sort(FIT_KEYS)
     check_aggregate(fits, "fits", COUNT_COLUMNS, min_cell)
     tables = summary_tables(flow_json, validation_json, policy)
@@ -185,6 +261,7 @@ def write_site_package(
         "atc_index_version": atc_index_version(config["inputs"].get("atc_index")),
         "min_cell": min_cell,
         "disclosure": policy.as_dict(),
+        "results": {"screen_sha256": sha256_file(dwas_path), "design_hash": design_hash_without_min_cell(design)},
         "files": files,
     }
     manifest_path = out_dir / "manifest.json"

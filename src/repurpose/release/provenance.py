@@ -2,7 +2,8 @@
 
 Usable by any stage, so that a row of a ranking can be traced to the run and the exact input files.
 Nothing here runs git or touches the network: the commit is read from the `.git` directory's files.
-Times (when the run was made, when each input was written) change from run to run, so they are kept apart
+Times (when the run was made, when each input was written) and the run identity (`run_id`, which the export
+gate stamps in its manifest) change from run to run, so they are kept apart
 (`without_times`): an output that embeds provenance stays the same bytes for the same inputs, and the
 times go to one provenance file.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import platform
 import sys
+import uuid
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
@@ -19,6 +21,7 @@ from typing import Any
 
 from repurpose import __version__
 from repurpose.config import config_hash
+from repurpose.protocol import design_of_config
 
 PACKAGES = (
     "polars", "duckdb", "pyarrow", "numpy", "scipy", "pandas", "lifelines",
@@ -94,12 +97,17 @@ def git_commit(start: str | Path | None = None) -> str | None:
     return None
 
 
-TIME_KEYS = ("created_utc", "modified_utc")
+TIME_KEYS = ("created_utc", "modified_utc", "run_id", "design")  # "design": kept out of the page, which echoes the config
+
+
+def new_run_id() -> str:
+    """A fresh identity for one execution of a stage (random, so two runs on the same inputs differ)."""
+    return uuid.uuid4().hex
 
 
 def without_times(record: dict[str, Any]) -> dict[str, Any]:
-    """A provenance record without its times (TIME_KEYS, at the top and in each input): what two runs on
-    the same inputs share."""
+    """A provenance record without its times and run identity (TIME_KEYS, at the top and in each input):
+    what two runs on the same inputs share."""
     kept = {k: v for k, v in record.items() if k not in TIME_KEYS}
     if "inputs" in kept:
         kept["inputs"] = [{k: v for k, v in f.items() if k not in TIME_KEYS} for f in kept["inputs"]]
@@ -109,9 +117,11 @@ def without_times(record: dict[str, Any]) -> dict[str, Any]:
 def provenance(config: dict[str, Any], inputs: list[str | Path]) -> dict[str, Any]:
     """Everything needed to trace an output back to its run: one dict, JSON-serialisable."""
     return {
+        "run_id": new_run_id(),
         "created_utc": datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S"),
         "run_label": config.get("run_label"),
         "config_hash": config_hash(config),
+        "design": design_of_config(config),  # what the run's results were made with (checked by site packages)
         "git_commit": git_commit(),
         "python_executable": sys.executable,
         "packages": package_versions(),
