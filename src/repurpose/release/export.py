@@ -280,6 +280,7 @@ def same_job_anchors(results_dir: str | Path) -> dict[str, str]:
 
     return {
         rel(paths.dwas_csv()): rel(paths.dwas()),
+        rel(paths.screen_disclosure()): rel(paths.dwas()),
         rel(paths.candidates_readme()): rel(paths.drug_ranking()),
         rel(paths.substance_targets()): rel(paths.mechanism_ranking()),
     }
