@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -649,3 +650,83 @@ def run_summary_attacks(release: Release, truth: Mapping[Cell, int]) -> dict[tup
     out = {("across tables", s): attack_summaries([c], truth, release.policy) for s, c in release.summaries.items()}
     out[("across tables", "union")] = attack_summaries(list(release.summaries.values()), truth, release.policy)
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The federation round as an oracle, and the export gate
+# --------------------------------------------------------------------------------------------------
+
+ROUND_BETAS = (-30.0, -12.0)  # at a very negative beta the exposure score is the number of exposed cases
+
+
+def craft_round(fits: pl.DataFrame, protocol_hash: str | None, beta: float, number: int) -> pl.DataFrame:
+    """A round file in the protocol's format asking for `fits` (KEYS) at exposure coefficient `beta`."""
+    keys = fits.select(KEYS).unique().sort(KEYS)
+    return keys.with_row_index("fit_id").with_columns(
+        pl.col("fit_id").cast(pl.Int64),
+        pl.col("atc_level").cast(pl.Int64),
+        pl.col("lag_years").cast(pl.Float64),
+        round=pl.lit(number, pl.Int64),
+        protocol_hash=pl.lit(protocol_hash, pl.String),
+        covariate_levels=pl.lit("{}"),
+        design_names=pl.lit(["exposed"], pl.List(pl.String)),
+        evaluate=pl.lit(True),
+        beta=pl.lit([beta], pl.List(pl.Float64)),
+        phase=pl.lit("start"),
+    )
+
+
+def hidden_fits(package_fits: pl.DataFrame, policy: Policy) -> pl.DataFrame:
+    """The fits of a site package whose exposed cases the site does not show exactly."""
+    rows = screen_rows(package_fits)
+    if rows is None:
+        return pl.DataFrame(schema={"atc_code": pl.String, "atc_level": pl.Int64, "lag_years": pl.Float64, "sex": pl.String})
+    k = knowledge(rows, policy, use_se=False)
+    return k.filter(pl.col("n_exposed_cases_lo") != pl.col("n_exposed_cases_hi")).select(KEYS)
+
+
+def oracle_recoveries(response: pl.DataFrame, truth: pl.DataFrame, policy: Policy) -> int:
+    """Fits whose returned exposure score, rounded, is their hidden exposed-case count (1 .. min_cell - 1)."""
+    if response.height == 0 or "score" not in response.columns:
+        return 0
+    answers = response.select(
+        pl.col("atc_code").cast(pl.String), pl.col("atc_level").cast(pl.Int64), pl.col("lag_years").cast(pl.Float64),
+        pl.col("sex").cast(pl.String), pl.col("score").list.first().round(0).cast(pl.Int64).alias("d"),
+    ).join(truth, on=KEYS, how="inner")
+    return int(answers.select(recovered(pl.col("d"), pl.col("d"), pl.col("n_exposed_cases_true"), policy.min_cell).sum()).item())
+
+
+def gate_plants(cohort: pl.DataFrame) -> dict[str, pl.DataFrame]:
+    """Files an attacker (or a careless analyst) leaves among the aggregate outputs, by results-relative path:
+    identifier and date aliases of the data dictionary as column names, a column of dates under an innocent
+    name, and a table with one row per person (no identifier column). Identifier values are row numbers."""
+    n = 40
+    rows = cohort.select([c for c, t in cohort.schema.items() if c in ("sex", "education", "event")]) \
+        .with_columns(pl.all().cast(pl.String))
+    return {
+        "candidates/planted_registry_ids.csv": pl.DataFrame({"pasient_lopenr": range(n), "n_exposed": [10] * n}),
+        "report/tables/planted_person_rows.csv": pl.DataFrame(
+            {"id": range(n), "birth_year": [1960] * n, "death_date": ["2010-05-01"] * n}),
+        "candidates/planted_dates.csv": pl.DataFrame({"when": ["2011-03-04"] * n, "n_exposed": [10] * n}),
+        "candidates/planted_one_row_per_person.csv": rows,
+    }
+
+
+def plant(results: Path, cohort: pl.DataFrame) -> list[str]:
+    """Write the planted files into `results` and a stale file from an earlier run (old mtime); their names."""
+    names = []
+    for name, frame in gate_plants(cohort).items():
+        path = results / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        frame.write_csv(path)
+        names.append(name)
+    stale = results / "report" / "tables" / "stale_from_earlier_run.csv"
+    pl.DataFrame({"table": ["flow"], "item": ["total"], "n": [12345]}).write_csv(stale)
+    old = 946_684_800  # 2000-01-01: long before this run
+    os.utime(stale, (old, old))
+    return [*names, stale.relative_to(results).as_posix()]
+
+
+def exported(export_dir: Path, names: Iterable[str]) -> int:
+    """How many of `names` (results-relative) reached the export folder."""
+    return sum((export_dir / name).is_file() for name in names)
