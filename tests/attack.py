@@ -730,3 +730,25 @@ def plant(results: Path, cohort: pl.DataFrame) -> list[str]:
 def exported(export_dir: Path, names: Iterable[str]) -> int:
     """How many of `names` (results-relative) reached the export folder."""
     return sum((export_dir / name).is_file() for name in names)
+
+
+def attack_active_comparator(ranking: pl.DataFrame, truth: Mapping[str, int | None], policy: Policy) -> int:
+    """Hidden comparator cases of a drug ranking row from its active-comparator CI: se^2 ~ 1/d_drug + 1/d_comp
+    with d_drug the drug's shown exposed cases (ignored when hidden)."""
+    needed = {"atc_code", "ci_lower_active_comparator", "ci_upper_active_comparator", "n_active_comparator_cases"}
+    if not needed <= set(ranking.columns):
+        return 0
+    hits = 0
+    lower, upper = as_float(ranking["ci_lower_active_comparator"]), as_float(ranking["ci_upper_active_comparator"])
+    shown = interval_columns(ranking.select(as_count(ranking["n_active_comparator_cases"])), ["n_active_comparator_cases"], policy.base)
+    drug = as_count(ranking["n_exposed_cases"]) if "n_exposed_cases" in ranking.columns else pl.Series([None] * ranking.height)
+    for code, lo, hi, s_lo, s_hi, d_drug in zip(ranking["atc_code"].to_list(), lower, upper, shown["n_active_comparator_cases_lo"],
+                                               shown["n_active_comparator_cases_hi"], drug, strict=True):  # fmt: skip
+        if lo is None or hi is None or not (0 < lo < hi) or (1 <= s_lo and s_hi <= policy.min_cell - 1):
+            continue
+        rest = (math.log(hi / lo) / (2 * Z975)) ** 2 - (1 / d_drug if d_drug else 0.0)
+        d = round(1 / rest) if rest > 0 else None
+        true = truth.get(code)
+        if d is not None and 1 <= d <= policy.min_cell - 1 and s_lo <= d <= s_hi and true == d:
+            hits += 1
+    return hits
