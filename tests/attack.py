@@ -368,6 +368,7 @@ SCREEN_ATTACKS = {
 # --------------------------------------------------------------------------------------------------
 
 Cell = tuple[str, str]  # (table, item)
+ITEM_ALIASES = {"read": "total", "rows read": "total"}  # how the report's HTML words a table's total
 
 
 def summary_truth(flow: Mapping[str, Any], validation: Mapping[str, Any]) -> dict[Cell, int]:
@@ -400,7 +401,7 @@ def summary_cells(frame: pl.DataFrame, policy: Policy, prefix: str = "") -> dict
     for table, item, n in zip(frame["table"].cast(pl.String).to_list(), frame["item"].cast(pl.String).to_list(), counts, strict=True):
         if prefix and not table.startswith(prefix):
             continue
-        table = table.removeprefix(prefix)
+        table, item = table.removeprefix(prefix), ITEM_ALIASES.get(item, item)
         out[(table, item)] = (0.0, math.inf) if n is None else (max(n - policy.base // 2, 0), n + (policy.base - 1) // 2)
     return out
 
@@ -423,6 +424,7 @@ def summary_equations(cells: Iterable[Cell]) -> list[list[tuple[int, Cell]]]:
     same = [
         (("events by sex", "total"), ("events by outcome source", "total")),
         (("events by sex", "total"), ("exit reasons", "outcome")),
+        (("events by sex", "total"), ("exit reasons", "ms")),
         (("exit reasons", "total"), ("flow", "in cohort")),
         (("population", "kept"), ("flow", "total")),
     ] + [((f"{t}", "rejected"), (f"{t} rejects", "total")) for t in tables if f"{t} rejects" in tables]
@@ -545,7 +547,7 @@ def normalise_columns(frame: pl.DataFrame) -> pl.DataFrame:
         "lag_years": ("lag", "lag (years)", "lag years"), "sex": ("sex",),
         "n_exposed": ("exposed", "n exposed"), "n_exposed_cases": ("exposed cases", "n exposed cases"),
         "n_cases": ("cases", "n cases"), "n_persons": ("persons", "n persons"),
-        "table": ("table",), "item": ("item", "step"), "n": ("n", "count", "persons / rows"),
+        "table": ("table", "extract"), "item": ("item", "step", "rows"), "n": ("n", "count", "persons / rows"),
     }  # fmt: skip
     rename = {}
     for column in frame.columns:
@@ -592,8 +594,7 @@ def read_release(export_dir: Path | None, report_dir: Path | None, package_dir: 
             continue
         for path in sorted(folder.rglob("*")):
             if path.suffix in (".csv", ".parquet") and "manifest" not in path.name:
-                group = "report tables" if "report" in path.parts else name
-                _add_table(release, f"{group}: {path.relative_to(folder).as_posix()}", read_table(path), main_lag)
+                _add_table(release, f"{name}: {path.relative_to(folder).as_posix()}", read_table(path), main_lag)
     if report_dir is not None:
         for path in sorted((report_dir / "tables").glob("*.csv")):
             _add_table(release, f"report tables: {path.name}", read_table(path), main_lag)
@@ -609,9 +610,9 @@ def read_release(export_dir: Path | None, report_dir: Path | None, package_dir: 
 def text_cells(text: str, policy: Policy) -> dict[Cell, tuple[float, float]]:
     """Flow facts written in the report's text (`8,000 persons in the population`, `123 events`)."""
     patterns = {
-        ("flow", "total"): r"([\d,]+)\s+(?:persons|people)\s+in\s+the\s+population",
-        ("flow", "in cohort"): r"([\d,]+)\s+(?:persons|people)\s+in\s+the\s+cohort",
-        ("events by sex", "total"): r"([\d,]+)\s+(?:events|cases)\b",
+        ("flow", "total"): r"(?:persons|people) in (?:the )?population:?\s+([\d,]+)\b",
+        ("flow", "in cohort"): r"(?:persons|people) in (?:the )?cohort:?\s+([\d,]+)\b",
+        ("events by sex", "total"): r"\(events\):?\s+([\d,]+)\b",
     }
     out: dict[Cell, tuple[float, float]] = {}
     for cell, pattern in patterns.items():
