@@ -25,13 +25,15 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 DEMO_PERSONS = 8000
 
 
-def run_snakemake(workdir: Path, *config_files: Path, targets: tuple[str, ...] = (), cores: int = 2) -> None:
+def run_snakemake(
+    workdir: Path, *config_files: Path, targets: tuple[str, ...] = (), cores: int = 2, timeout: int = 1200
+) -> None:
     """Run the workflow in `workdir` (results under workdir/results); fail with the tail of its output."""
     command = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", str(cores), "--quiet", "progress"]
     if config_files:
         command += ["--configfile", *map(str, config_files)]
     command += list(targets)
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
 
@@ -90,5 +92,5 @@ def run_200k(tmp_path_factory, registries_200k) -> tuple[Path, tuple[Path, ...]]
         "screen": {"atc_levels": list(RUN_200K_LEVELS)},
         "candidates": {"confirmation": {"max_classes": 2}},
     }))  # fmt: skip
-    run_snakemake(workdir, overrides)
+    run_snakemake(workdir, overrides, timeout=3600)
     return workdir / "results", (REPO / "config" / "config.yaml", overrides)
