@@ -417,7 +417,7 @@ def summary_equations(cells: Iterable[Cell]) -> list[list[tuple[int, Cell]]]:
     for table, items in tables.items():
         if (table, "total") in cells:
             parts = [c for c in items if c[1] != "total"]
-            if table in {t.removesuffix(" rejects") for t in tables} and not table.endswith(" rejects"):
+            if table in {t.removesuffix(" rejects") for t in tables if t.endswith(" rejects")}:
                 parts = [c for c in parts if c[1] in ("kept", "rejected")]
             if parts:
                 equations.append([(1, (table, "total"))] + [(-1, c) for c in parts])

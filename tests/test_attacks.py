@@ -11,6 +11,7 @@ recovered cells per attack and source is printed (`pytest -s`, the CI log); each
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import subprocess
 import sys
@@ -25,8 +26,6 @@ from repurpose.dwas.person_models import active_comparator, model_cohort
 from repurpose.dwas.window import lag_days
 from repurpose.layout import results_layout
 from repurpose.study_config import load_config
-
-pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
 REPURPOSE = [sys.executable, "-m", "repurpose.cli"]
@@ -169,6 +168,7 @@ def recovered(scene: Scene, prefix: str) -> dict[str, int]:
     return {f"{a} / {s}": n for (a, s), n in scene.recovered.items() if a.startswith(prefix) and n}
 
 
+@pytest.mark.slow
 def test_the_release_is_checked_against_the_truth(scene):
     """Every released screen row and summary cell has its internal truth, so a zero below is no blind spot."""
     assert scene.release.screens, "no released screen table found"
@@ -181,46 +181,139 @@ def test_the_release_is_checked_against_the_truth(scene):
         assert not unknown, f"{source}: released cells without internal truth {unknown[:5]}"
 
 
+@pytest.mark.slow
 def test_no_small_count_is_shown(scene):
     assert recovered(scene, "shown small counts") == {}
 
 
+@pytest.mark.slow
 def test_nothing_recovered_within_a_row(scene):
     assert recovered(scene, "within a row") == {}
 
 
+@pytest.mark.slow
 def test_nothing_recovered_across_lags(scene):
     assert recovered(scene, "across lags") == {}
 
 
+@pytest.mark.slow
 def test_nothing_recovered_across_sex(scene):
     assert recovered(scene, "across sex") == {}
 
 
+@pytest.mark.slow
 def test_nothing_recovered_across_the_atc_tree(scene):
     assert recovered(scene, "across the ATC tree") == {}
 
 
+@pytest.mark.slow
 def test_nothing_recovered_by_se_inversion(scene):
     assert recovered(scene, "SE inversion") == {}
 
 
+@pytest.mark.slow
 def test_nothing_recovered_across_tables(scene):
     assert recovered(scene, "across tables") == {}
 
 
+@pytest.mark.slow
 def test_nothing_recovered_from_the_union_of_release_report_and_site_package(scene):
     union = {k: n for k, n in scene.recovered.items() if k[1] == "union" and n}
     assert union == {}
 
 
+@pytest.mark.slow
 def test_nothing_recovered_from_the_active_comparator(scene):
     assert recovered(scene, "active comparator") == {}
 
 
+@pytest.mark.slow
 def test_the_federation_round_is_no_oracle(scene):
     assert recovered(scene, "federation round") == {}
 
 
+@pytest.mark.slow
 def test_the_export_gate_lets_nothing_planted_through(scene):
     assert recovered(scene, "export gate") == {}
+
+
+# -- the attacks themselves, on hand-made releases (fast) ------------------------------------------------
+
+
+def screen_frame(rows: list[tuple]) -> pl.DataFrame:
+    """Released screen rows (atc_code, level, lag, sex, n_persons, n_exposed, n_cases, n_exposed_cases, se)."""
+    columns = [*attack.KEYS, *attack.COUNTS, "se"]
+    frame = pl.DataFrame(rows, schema=columns, orient="row")
+    return attack.screen_rows(frame.with_columns(pl.col("se").cast(pl.Float64)))
+
+
+def truth_of(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.select(*attack.KEYS, *[pl.col(c).alias(f"{c}_true") for c in attack.COUNTS])
+
+
+def test_a_rounded_count_is_an_interval_and_a_hidden_one_is_unbounded():
+    frame = pl.DataFrame({"n": [10, 0, None]}, schema={"n": pl.Int64})
+    five = attack.interval_columns(frame, ["n"], 5)
+    assert five["n_lo"].to_list() == [8, 0, 0] and five["n_hi"].to_list() == [12, 2, attack.INF]
+    exact = attack.interval_columns(frame, ["n"], 1)
+    assert exact["n_lo"].to_list()[:2] == [10, 0] and exact["n_hi"].to_list()[:2] == [10, 0]
+    assert attack.as_count(pl.Series("n", ["<5", " 1,234", "7", ""])).to_list() == [None, 1234, 7, None]
+
+
+def test_se_inversion_recovers_the_exposed_cases_of_a_hand_calculation():
+    # d = 3 exposed of n = 100 cases: se^2 = 1/3 + 1/97
+    assert attack.invert_se(math.sqrt(1 / 3 + 1 / 97), 100) == 3
+    assert attack.invert_se(math.sqrt(1 / 4), None) == 4
+    hidden = screen_frame([("R03", 3, 0.0, "all", 1000, 60, 100, None, math.sqrt(1 / 3 + 1 / 97))])
+    truth = truth_of(hidden.with_columns(n_exposed_cases=pl.lit(3, pl.Int64)))
+    assert attack.attack_se_inversion(hidden, truth, attack.Policy(5)) == 1
+    wrong = truth.with_columns(n_exposed_cases_true=pl.lit(9, pl.Int64))
+    assert attack.attack_se_inversion(hidden, wrong, attack.Policy(5)) == 0  # a guess the truth denies is no recovery
+
+
+def test_differencing_across_lags_sex_tree_and_within_rows_on_the_issues_examples():
+    policy = attack.Policy(5)
+    released = screen_frame([
+        ("R03", 3, 0.0, "F", 500, 60, 50, 23, None), ("R03", 3, 2.0, "F", 500, 57, 50, 19, None),
+        ("N05CF", 4, 0.0, "all", 900, 9, 90, 6, None), ("N05CF01", 5, 0.0, "all", 900, 5, 90, 5, None),
+        ("N05CF02", 5, 0.0, "all", 900, None, 90, None, None),
+        ("A10", 2, 0.0, "all", 900, 30, 90, 27, None),
+    ])  # fmt: skip
+    truth = truth_of(released.with_columns(
+        n_exposed=pl.when(pl.col("atc_code") == "N05CF02").then(4).otherwise(pl.col("n_exposed")),
+        n_exposed_cases=pl.when(pl.col("atc_code") == "N05CF02").then(1).otherwise(pl.col("n_exposed_cases")),
+    ))
+    k = attack.knowledge(released, policy, use_se=False)
+    # 23 - 19 exposed cases and 60 - 57 exposed lost between lags; non-cases 37 vs 38 differ by 1
+    assert attack.attack_across_lags(k, truth, policy) == 3
+    # N05CF 9 - 5 = N05CF02 4 exposed, 6 - 5 = 1 exposed case; and parent - shown child = 4 and 1 again
+    assert attack.attack_across_tree(k, truth, policy) == 4
+    # 30 exposed, 27 exposed cases: 3 exposed non-cases (A10); N05CF: 9 - 6 = 3; N05CF01: 5 - 5 = 0
+    assert attack.attack_within_row(k, truth, policy) == 2
+    sexes = screen_frame([
+        ("C10", 3, 0.0, "all", 900, 40, 90, 12, None), ("C10", 3, 0.0, "F", 500, 38, 50, 9, None),
+        ("C10", 3, 0.0, "M", 400, None, 40, None, None),
+    ])  # fmt: skip
+    truth = truth_of(sexes.with_columns(pl.col("n_exposed").fill_null(2), pl.col("n_exposed_cases").fill_null(3)))
+    assert attack.attack_across_sex(attack.knowledge(sexes, policy, use_se=False), truth, policy) == 2
+    rounded = attack.knowledge(sexes, attack.Policy(5, base=5), use_se=False)
+    assert attack.attack_across_sex(rounded, truth, attack.Policy(5, base=5)) == 0  # 40 - 38 within +-4
+
+
+def test_the_linear_system_of_flow_and_validation_finds_the_issues_hidden_cells():
+    policy = attack.Policy(5)
+    flow = {"persons_in_population": 19_997, "excluded": {"not_of_age": 2_000, "prevalent_ms_at_entry": 97},
+            "persons_in_cohort": 17_900, "events": 300, "events_by_sex": {"F": 210, "M": 90},
+            "events_by_outcome_source": {"onset": 290, "diagnosis": 10},
+            "exit_reasons": {"death": 1_000, "emigration": 3, "outcome": 300, "study_end": 16_597}}  # fmt: skip
+    validation = {"extracts": {"population": {"rows_read": 20_000, "rows_kept": 19_997, "rows_rejected": 3,
+                                              "rejected_by_reason": {"duplicate_person": 3}}}}  # fmt: skip
+    truth = attack.summary_truth(flow, validation)
+    hidden = {("population", "rejected"), ("population rejects", "total"), ("population rejects", "duplicate_person"),
+              ("exit reasons", "emigration"), ("exit reasons", "outcome"), ("population", "kept")}  # fmt: skip
+    rows = [(t, i, None if (t, i) in hidden else n) for (t, i), n in truth.items()]
+    released = pl.DataFrame(rows, schema={"table": pl.String, "item": pl.String, "n": pl.Int64}, orient="row")
+    cells = attack.summary_cells(released, policy)
+    # rejects: 20,000 read - 19,997 in the flow; emigration: 17,900 - 1,000 - 300 (events) - 16,597
+    assert attack.attack_summaries([cells], truth, policy) == 4
+    assert attack.attack_summaries([attack.summary_cells(released, attack.Policy(5, base=5))], truth, policy) == 0
