@@ -713,43 +713,66 @@ def gate_plants(cohort: pl.DataFrame) -> dict[str, pl.DataFrame]:
     }
 
 
-def plant(results: Path, cohort: pl.DataFrame) -> list[str]:
-    """Write the planted files into `results` and a stale file from an earlier run (old mtime); their names."""
-    names = []
-    for name, frame in gate_plants(cohort).items():
+def plant(results: Path, cohort: pl.DataFrame) -> tuple[dict[str, pl.DataFrame], list[str]]:
+    """Write the planted files into `results` and a stale file from an earlier run (old mtime): the planted
+    tables by name, and the stale file's name."""
+    planted = gate_plants(cohort)
+    for name, frame in planted.items():
         path = results / name
         path.parent.mkdir(parents=True, exist_ok=True)
         frame.write_csv(path)
-        names.append(name)
     stale = results / "report" / "tables" / "stale_from_earlier_run.csv"
     pl.DataFrame({"table": ["flow"], "item": ["total"], "n": [12345]}).write_csv(stale)
     old = 946_684_800  # 2000-01-01: long before this run
     os.utime(stale, (old, old))
-    return [*names, stale.relative_to(results).as_posix()]
+    return planted, [stale.relative_to(results).as_posix()]
 
 
-def exported(export_dir: Path, names: Iterable[str]) -> int:
-    """How many of `names` (results-relative) reached the export folder."""
-    return sum((export_dir / name).is_file() for name in names)
+def _has_dates(column: pl.Series) -> bool:
+    """The column holds dates (typed, or text that parses as ISO dates)."""
+    if column.dtype.is_temporal():
+        return True
+    try:
+        return column.cast(pl.String).str.to_date(strict=False).drop_nulls().len() > 0
+    except pl.exceptions.PolarsError:
+        return False
+
+
+def _still_disclosive(exported_file: Path, planted: pl.DataFrame, stale: bool) -> bool:
+    """The exported copy still holds what made the planted file unsafe: a planted identifier/date column,
+    a column of dates, one row per planted person (or, for the stale file, anything at all)."""
+    if stale:
+        return True
+    frame = read_table(exported_file)
+    if set(frame.columns) & {"pasient_lopenr", "id", "birth_year", "death_date", "when"}:
+        return True
+    if any(_has_dates(frame[c]) for c in frame.columns):
+        return True
+    return planted.height > 40 and frame.height >= planted.height
+
+
+def exported(export_dir: Path, planted: Mapping[str, pl.DataFrame], stale: Iterable[str]) -> int:
+    """How many planted files (results-relative names) reached the export folder still disclosive."""
+    stale = set(stale)
+    found = 0
+    for name in [*planted, *stale]:
+        path = export_dir / name
+        if path.is_file() and _still_disclosive(path, planted.get(name, pl.DataFrame()), name in stale):
+            found += 1
+    return found
 
 
 def attack_active_comparator(ranking: pl.DataFrame, truth: Mapping[str, int | None], policy: Policy) -> int:
-    """Hidden comparator cases of a drug ranking row from its active-comparator CI: se^2 ~ 1/d_drug + 1/d_comp
-    with d_drug the drug's shown exposed cases (ignored when hidden)."""
+    """Active-comparator estimates released from 1 .. min_cell - 1 comparator cases (the issue's finding):
+    a shown HR/CI with its comparator-case count hidden, whose true count (`truth`, recomputed on the
+    person-level data) is small. The CI width then pins se^2 ~ 1/d_drug + 1/d_comp on a small cell."""
     needed = {"atc_code", "ci_lower_active_comparator", "ci_upper_active_comparator", "n_active_comparator_cases"}
     if not needed <= set(ranking.columns):
         return 0
-    hits = 0
     lower, upper = as_float(ranking["ci_lower_active_comparator"]), as_float(ranking["ci_upper_active_comparator"])
-    shown = interval_columns(ranking.select(as_count(ranking["n_active_comparator_cases"])), ["n_active_comparator_cases"], policy.base)
-    drug = as_count(ranking["n_exposed_cases"]) if "n_exposed_cases" in ranking.columns else pl.Series([None] * ranking.height)
-    for code, lo, hi, s_lo, s_hi, d_drug in zip(ranking["atc_code"].to_list(), lower, upper, shown["n_active_comparator_cases_lo"],
-                                               shown["n_active_comparator_cases_hi"], drug, strict=True):  # fmt: skip
-        if lo is None or hi is None or not (0 < lo < hi) or (1 <= s_lo and s_hi <= policy.min_cell - 1):
-            continue
-        rest = (math.log(hi / lo) / (2 * Z975)) ** 2 - (1 / d_drug if d_drug else 0.0)
-        d = round(1 / rest) if rest > 0 else None
+    hits = 0
+    for code, lo, hi in zip(ranking["atc_code"].to_list(), lower, upper, strict=True):
         true = truth.get(code)
-        if d is not None and 1 <= d <= policy.min_cell - 1 and s_lo <= d <= s_hi and true == d:
+        if lo is not None and hi is not None and 0 < lo < hi and true is not None and 1 <= true <= policy.min_cell - 1:
             hits += 1
     return hits

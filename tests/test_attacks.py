@@ -82,7 +82,7 @@ def comparator_attack(scene: Scene) -> None:
     the active-comparator model recomputed on the person-level data (the truth is in no internal file)."""
     path = scene.results / "export" / "candidates" / "drug_ranking.csv"
     if not path.is_file():
-        scene.recovered[("active comparator", "export: drug ranking")] = 0
+        scene.recovered[("active comparator", "export: drug ranking (estimates on small cells)")] = 0
         return
     ranking = attack.read_table(path)
     ci = attack.as_float(ranking["ci_lower_active_comparator"]) if "ci_lower_active_comparator" in ranking.columns else None
@@ -100,7 +100,7 @@ def comparator_attack(scene: Scene) -> None:
                 found = active_comparator(prepared, stratum, covariates, exposures, code, codes, main_lag)
                 truth[code] = found["n_active_comparator_cases"]
         scene.notes.append(f"active comparator: {asked.height} ranking rows show an HR with hidden comparator cases")
-    scene.recovered[("active comparator", "export: drug ranking")] = attack.attack_active_comparator(
+    scene.recovered[("active comparator", "export: drug ranking (estimates on small cells)")] = attack.attack_active_comparator(
         ranking, truth, scene.release.policy)
 
 
@@ -110,12 +110,12 @@ def export_gate(scene: Scene) -> None:
     copy = scene.work / "gate_results"
     shutil.copytree(scene.results, copy, ignore=shutil.ignore_patterns("simulated", "tmp", "export"))
     cohort = pl.read_parquet(copy / "cohort" / "cohort.parquet")
-    planted = attack.plant(copy, cohort)
+    planted, stale = attack.plant(copy, cohort)
     out = copy / "export"
     answer = cli("export", "--config", *scene.config_files, "--results", copy, "--out", out)
-    through = attack.exported(out, planted) if answer.returncode == 0 else 0
+    through = attack.exported(out, planted, stale) if answer.returncode == 0 else 0
     scene.recovered[("export gate", "planted files exported")] = through
-    scene.notes.append(f"export gate: {len(planted)} files planted, exit code {answer.returncode}")
+    scene.notes.append(f"export gate: {len(planted) + len(stale)} files planted, exit code {answer.returncode}")
 
 
 def attack_scene(name: str, results: Path, config_files: tuple[Path, ...], work: Path, betas: tuple[float, ...]) -> Scene:
