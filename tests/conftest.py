@@ -4,7 +4,8 @@ made once per session and read by several modules (never written to: copy what a
 Simulations per slow session: the demo's (8,000 persons, inside `demo_run`), `registries_24k` (24,000
 persons, seed 7: federation and incremental runs) and `registries_200k` (200,000 persons, seed 7: screen
 and candidate recovery), where there were five before (3,000, 24,000, 100,000 and 200,000 persons besides
-the demo).
+the demo). `run_200k` is the one full Snakemake run on `registries_200k` (ATC levels 4 and 5), shared by the
+candidate-recovery tests and the attacker suite.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 DEMO_PERSONS = 8000
 
 
-def run_snakemake(workdir: Path, *config_files: Path, targets: tuple[str, ...] = (), cores: int = 2) -> None:
+def run_snakemake(
+    workdir: Path, *config_files: Path, targets: tuple[str, ...] = (), cores: int = 2, timeout: int = 1200
+) -> None:
     """Run the workflow in `workdir` (results under workdir/results); fail with the tail of its output."""
     command = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", str(cores), "--quiet", "progress"]
     if config_files:
         command += ["--configfile", *map(str, config_files)]
     command += list(targets)
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
 
 
@@ -71,3 +74,22 @@ def registries_24k(simulation) -> Path:
 def registries_200k(simulation) -> Path:
     """200,000 simulated persons (seed 7, about 2,600 incident MS cases): the recovery tests of screen and candidates."""
     return simulation(200_000, 7)
+
+
+RUN_200K_LEVELS = (4, 5)
+
+
+@pytest.fixture(scope="session")
+def run_200k(tmp_path_factory, registries_200k) -> tuple[Path, tuple[Path, ...]]:
+    """The whole DAG (validate -> ... -> report -> export) on `registries_200k` at ATC levels 4 and 5 with two
+    confirmation models, run once per session: (results directory, the config files of the run)."""
+    workdir = tmp_path_factory.mktemp("run_200k")
+    overrides = workdir / "run_200k.yaml"
+    inputs = {name: {"path": str(registries_200k / f"{name}.parquet")} for name in ("population", "ms_registry")}
+    inputs["prescriptions"] = {"path": str(registries_200k / "prescriptions")}
+    overrides.write_text(yaml.safe_dump({
+        "inputs": inputs,
+        "screen": {"atc_levels": list(RUN_200K_LEVELS)},
+    }))  # fmt: skip
+    run_snakemake(workdir, overrides, timeout=3600)
+    return workdir / "results", (REPO / "config" / "config.yaml", overrides)

@@ -2,8 +2,9 @@
 here depends on which substances or target the simulator plants).
 
 The shared simulated population of 200,000 persons (seed 7; conftest's `registries_200k`, also read by
-test_recovery) goes through validate -> cohort -> exposure -> screen at ATC levels 4 and 5, then
-mechanisms and candidates (the aggregated confirmation engine, the default, for every candidate).
+test_recovery) goes through the whole DAG once per session (conftest's `run_200k`, shared with the attacker
+suite test_attacks): validate -> cohort -> exposure -> screen at ATC levels 4 and 5, then mechanisms and
+candidates (the aggregated confirmation engine, the default, for every candidate), report and export.
 The drug ranking is compared with the plain screen z and with the ranking before issue 19 on the same run
 (`repurpose.dwas.ranking_benchmark`; the figures are printed).
 """
@@ -16,14 +17,9 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from repurpose.dwas.candidates import run_candidates
-from repurpose.dwas.exposure import build_exposures, build_substance_exposures
-from repurpose.dwas.mechanisms import run_mechanisms
 from repurpose.dwas.person_models import confirmation_fit, model_cohort
 from repurpose.dwas.ranking_benchmark import PROTECTIVE_ROLES, average_precision, compare_orderings
-from repurpose.dwas.screen import gather_screen, screen_level
-from repurpose.registry.cohort import run_cohort
-from repurpose.registry.ingest import validate_extracts
+from repurpose.layout import results_layout
 from repurpose.study_config import load_config
 
 pytestmark = pytest.mark.slow
@@ -33,39 +29,17 @@ LEVELS = (4, 5)
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, registries_200k):
-    work = tmp_path_factory.mktemp("candidates")
-    simulated = registries_200k
-    config = load_config(REPO / "config/config.yaml")
-    config["screen"]["atc_levels"] = list(LEVELS)
-    for name in ("population", "ms_registry"):
-        config["inputs"][name]["path"] = str(simulated / f"{name}.parquet")
-    config["inputs"]["prescriptions"]["path"] = str(simulated / "prescriptions")
-    config["resources"]["tmpdir"] = str(work / "tmp")
-    validate_extracts(config, results_dir=work)
-    run_cohort(config, population=work / "validated/population.parquet", ms_registry=work / "validated/ms_registry.parquet",
-               cohort=work / "cohort.parquet", flow=work / "flow.json")
-    prescriptions = sorted(str(p) for p in (work / "validated/prescriptions").glob("*.parquet"))
-    cohort = work / "cohort.parquet"
-    parts = []
-    build_substance_exposures(config, prescriptions=prescriptions, cohort=cohort, substances=work / "substances.parquet")
-    for level in LEVELS:
-        build_exposures(config, prescriptions=prescriptions, cohort=cohort, level=level,
-                        exposure=work / f"exposure_{level}.parquet", substances=work / "substances.parquet")
-        screen_level(config, cohort=cohort, exposure=work / f"exposure_{level}.parquet", level=level,
-                     part=work / f"part_{level}.parquet")
-        parts.append(str(work / f"part_{level}.parquet"))
-    gather_screen(config, parts=parts, fits=work / "fits.parquet", dwas=work / "dwas.parquet", dwas_csv=work / "dwas.csv")
-    run_mechanisms(config, dwas=work / "dwas.parquet", ranking=work / "mechanisms.csv", matches=work / "targets.csv")
-    run_candidates(
-        config, dwas=work / "fits.parquet", cohort=cohort, exposures=[str(work / f"exposure_{level}.parquet") for level in LEVELS],
-        prescriptions=prescriptions, matches=work / "targets.csv", mechanisms=work / "mechanisms.csv",
-        ranking=work / "drugs.csv", readme=work / "README.md",
-    )
-    truth = json.loads((simulated / "ground_truth.json").read_text())
+def run(run_200k, registries_200k):
+    """The shared full run on the 200,000 simulated persons (conftest's `run_200k`, ATC levels 4 and 5): (its
+    results layout, config, ground truth, drug ranking with the planted roles, mechanism ranking)."""
+    results, config_files = run_200k
+    config = load_config(*config_files)
+    assert config["screen"]["atc_levels"] == list(LEVELS)
+    paths = results_layout(results)
+    truth = json.loads((registries_200k / "ground_truth.json").read_text())
     roles = pl.DataFrame([{"atc_code": code, "role": s["role"]} for code, s in truth["substances"].items()])
-    drugs = pl.read_csv(work / "drugs.csv", infer_schema_length=None)
-    return work, config, truth, drugs.join(roles, on="atc_code", how="left"), pl.read_csv(work / "mechanisms.csv")
+    drugs = pl.read_csv(paths.drug_ranking(), infer_schema_length=None)
+    return paths, config, truth, drugs.join(roles, on="atc_code", how="left"), pl.read_csv(paths.mechanism_ranking())
 
 
 def test_planted_mechanism_ranks_first_among_protective_mechanisms(run):
@@ -116,8 +90,8 @@ def test_no_evidence_point_comes_from_a_fit_below_the_minimum_of_cases(run):
 
 
 def test_the_ranking_beats_the_screen_z_and_the_previous_ranking(run):
-    work, config, truth, drugs, _ = run
-    table = compare_orderings(pl.read_parquet(work / "dwas.parquet"), drugs.drop("role"), truth, config["candidates"])
+    paths, config, truth, drugs, _ = run
+    table = compare_orderings(pl.read_parquet(paths.screen_fits()), drugs.drop("role"), truth, config["candidates"])
     with pl.Config(fmt_str_lengths=60, tbl_width_chars=140):
         print(f"\n{table}")
     previous, screen_z, new = (table.row(i, named=True) for i in range(3))
@@ -140,12 +114,12 @@ def test_prodromal_substances_are_flagged_and_never_protective_candidates(run):
 
 
 def test_confirmation_with_nothing_added_agrees_with_the_screen(run):
-    work, config, _, drugs, _ = run
-    dwas = pl.read_parquet(work / "dwas.parquet")
+    paths, config, _, drugs, _ = run
+    dwas = pl.read_parquet(paths.screen_fits())
     code = drugs.filter((pl.col("atc_level") == 5) & (pl.col("direction") == "protective")).sort("rank")["atc_code"][0]
     main_lag = float(config["candidates"]["main_lag_years"])
-    prepared, _, _ = model_cohort(pl.read_parquet(work / "cohort.parquet"), config)
-    exposures = pl.read_parquet(work / "exposure_5.parquet")
+    prepared, _, _ = model_cohort(pl.read_parquet(paths.cohort()), config)
+    exposures = pl.read_parquet(paths.exposure(5))
     fit = confirmation_fit(prepared, exposures, code, [], None, config, round(main_lag * 365.25), "aggregated")
     expected = dwas.filter((pl.col("atc_code") == code) & (pl.col("lag_years") == main_lag) & (pl.col("sex") == "all"))
     assert fit["log_hr_confirmation"] == pytest.approx(expected["log_hr"][0], abs=1e-6)
@@ -154,15 +128,15 @@ def test_confirmation_with_nothing_added_agrees_with_the_screen(run):
 
 
 def test_outputs_are_aggregate_and_documented(run):
-    work, config, _, _, mechanisms = run
+    paths, config, _, _, mechanisms = run
     min_cell = config["disclosure"]["min_cell"]
-    drugs = pl.read_csv(work / "drugs.csv", infer_schema=False)
+    drugs = pl.read_csv(paths.drug_ranking(), infer_schema=False)
     for column in ("n_exposed", "n_exposed_cases", "n_active_comparator", "n_active_comparator_cases"):
         values = drugs[column].drop_nulls()
         numeric = values.filter(values != f"<{min_cell}").cast(pl.Int64)
         assert not ((numeric >= 1) & (numeric < min_cell)).any(), column
     assert "person_id" not in drugs.columns
-    readme = (work / "README.md").read_text()
+    readme = Path(paths.candidates_readme()).read_text()
     for column in ("evidence_supported", "also_seen_at", "reverse_causation_suspected", "calibrated_p", "dose_trend_p", "pooled_hr", "i2", "Empirical null per ATC level"):
         assert column in readme
     assert {"rank", "target", "action_type", "n_substances", "n_atc3_classes", "pooled_hr", "i2", "evidence_score"} <= set(mechanisms.columns)
