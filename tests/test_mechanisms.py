@@ -13,20 +13,16 @@ import pytest
 from scipy import integrate, stats
 
 from repurpose.config import validate_config
-from repurpose.dwas.exposure import build_exposures, build_substance_exposures
 from repurpose.dwas.mechanisms import (
     MECHANISM_COLUMNS,
     map_substances,
     pool_half_normal,
     rank_mechanisms,
     read_drug_targets,
-    run_mechanisms,
     substance_support,
 )
-from repurpose.dwas.screen import gather_screen, screen_level
+from repurpose.layout import results_layout
 from repurpose.meta import pool
-from repurpose.registry.cohort import run_cohort
-from repurpose.registry.ingest import validate_extracts
 from repurpose.study_config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -178,29 +174,14 @@ def test_cross_class_agreement_ranks_first_within_direction():
 
 
 @pytest.fixture(scope="module")
-def simulated_mechanisms(tmp_path_factory, registries_200k):
-    """The 200,000-person simulation (conftest) screened at ATC level 5 with the default lags, then the
-    mechanism stage: (config, screen, ranking, planted mechanism)."""
-    work = tmp_path_factory.mktemp("mechanisms")
-    config = load_config(REPO / "config/config.yaml")
-    config["screen"]["atc_levels"] = [5]
-    for name in ("population", "ms_registry"):
-        config["inputs"][name]["path"] = str(registries_200k / f"{name}.parquet")
-    config["inputs"]["prescriptions"]["path"] = str(registries_200k / "prescriptions")
-    config["resources"]["tmpdir"] = str(work / "tmp")
-    validate_extracts(config, results_dir=work)
-    cohort = work / "cohort.parquet"
-    run_cohort(config, population=work / "validated/population.parquet", ms_registry=work / "validated/ms_registry.parquet",
-               cohort=cohort, flow=work / "flow.json")  # fmt: skip
-    prescriptions = sorted(str(p) for p in (work / "validated/prescriptions").glob("*.parquet"))
-    build_substance_exposures(config, prescriptions=prescriptions, cohort=cohort, substances=work / "substances.parquet")
-    build_exposures(config, prescriptions=prescriptions, cohort=cohort, level=5, exposure=work / "exposure_5.parquet",
-                    substances=work / "substances.parquet")  # fmt: skip
-    screen_level(config, cohort=cohort, exposure=work / "exposure_5.parquet", level=5, part=work / "part_5.parquet")
-    gather_screen(config, parts=[str(work / "part_5.parquet")], dwas=work / "dwas.parquet", dwas_csv=work / "dwas.csv")
-    run_mechanisms(config, dwas=work / "dwas.parquet", ranking=work / "mechanisms.csv", matches=work / "targets.csv")
+def simulated_mechanisms(run_200k, registries_200k):
+    """The shared full run on the 200,000-person simulation (conftest's `run_200k`): (config, released screen,
+    mechanism ranking, planted mechanism)."""
+    results, config_files = run_200k
+    paths = results_layout(results)
     truth = json.loads((registries_200k / "ground_truth.json").read_text())["mechanism"]
-    return config, pl.read_parquet(work / "dwas.parquet"), pl.read_csv(work / "mechanisms.csv", infer_schema_length=None), truth
+    ranking = pl.read_csv(paths.mechanism_ranking(), infer_schema_length=None)
+    return load_config(*config_files), pl.read_parquet(paths.dwas()), ranking, truth
 
 
 @pytest.mark.slow

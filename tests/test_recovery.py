@@ -1,7 +1,7 @@
 """The screen recovers the simulator's planted truth and rejects what is not there.
 
 One simulated population of 200,000 persons (about 2,600 incident MS cases; conftest's
-`registries_200k`, shared with test_candidates_recovery) goes through
+`registries_200k`) goes through the shared full run (conftest's `run_200k`, also read by test_candidates_recovery):
 validate -> cohort -> exposure -> screen; the roles of substances are read from ground_truth.json,
 so nothing here depends on which substances the simulator happened to plant.
 """
@@ -15,11 +15,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from repurpose.dwas.exposure import build_exposures
-from repurpose.dwas.screen import gather_screen, screen_level
-from repurpose.registry.cohort import run_cohort
-from repurpose.registry.ingest import validate_extracts
-from repurpose.study_config import load_config
+from repurpose.layout import results_layout
 
 pytestmark = pytest.mark.slow
 
@@ -28,25 +24,11 @@ CAUSAL = ("causal_protective", "causal_harmful", "mechanism")
 
 
 @pytest.fixture(scope="module")
-def screened(tmp_path_factory, registries_200k) -> tuple[pl.DataFrame, dict]:
-    work = tmp_path_factory.mktemp("recovery")
-    simulated = registries_200k
-    config = load_config(REPO / "config/config.yaml")
-    config["screen"]["atc_levels"] = [5]
-    config["inputs"]["population"]["path"] = str(simulated / "population.parquet")
-    config["inputs"]["ms_registry"]["path"] = str(simulated / "ms_registry.parquet")
-    config["inputs"]["prescriptions"]["path"] = str(simulated / "prescriptions")
-    config["resources"]["tmpdir"] = str(work / "tmp")
-    validate_extracts(config, results_dir=work)
-    run_cohort(config, population=work / "validated/population.parquet", ms_registry=work / "validated/ms_registry.parquet",
-               cohort=work / "cohort.parquet", flow=work / "flow.json")
-    prescriptions = sorted(str(p) for p in (work / "validated/prescriptions").glob("*.parquet"))
-    build_exposures(config, prescriptions=prescriptions, cohort=work / "cohort.parquet", level=5, exposure=work / "exposure_5.parquet")
-    screen_level(config, cohort=work / "cohort.parquet", exposure=work / "exposure_5.parquet", level=5, part=work / "part_5.parquet")
-    gather_screen(config, parts=[str(work / "part_5.parquet")], fits=work / "fits.parquet", dwas=work / "dwas.parquet",
-                  dwas_csv=work / "dwas.csv")
-    dwas = pl.read_parquet(work / "fits.parquet")  # the exact fits: the released table hides rows with small cells
-    truth = json.loads((simulated / "ground_truth.json").read_text())
+def screened(run_200k, registries_200k) -> tuple[pl.DataFrame, dict]:
+    """The exact level-5 fits of the shared full run (the released table hides rows with small cells)."""
+    results, _ = run_200k
+    dwas = pl.read_parquet(results_layout(results).screen_fits()).filter(pl.col("atc_level") == 5)
+    truth = json.loads((registries_200k / "ground_truth.json").read_text())
     roles = pl.DataFrame([{"atc_code": code, "role": s["role"], "planted_hr": s["planted_hr"]} for code, s in truth["substances"].items()])
     return dwas.filter(pl.col("sex") == "all").join(roles, on="atc_code"), truth
 
