@@ -133,13 +133,16 @@ def interval_columns(frame: pl.DataFrame, columns: Iterable[str], base: int) -> 
 def screen_rows(frame: pl.DataFrame, *, main_lag: float | None = None) -> pl.DataFrame | None:
     """A released table with the screen's keys, as KEYS + COUNTS + se (null where not shown), or None.
 
-    A drug ranking (no lag/sex columns) describes the both-sexes fit at the main lag."""
+    A drug ranking (no sex column) describes the both-sexes fit at its row's `lag_years` (at the main lag when
+    it has no such column, as before issue 19)."""
     if not {"atc_code", "atc_level"} <= set(frame.columns):
         return None
-    if "lag_years" not in frame.columns or "sex" not in frame.columns:
+    if "lag_years" not in frame.columns:  # an older drug ranking: every row at the main lag
         if main_lag is None:
             return None
-        frame = frame.with_columns(lag_years=pl.lit(main_lag), sex=pl.lit("all"))
+        frame = frame.with_columns(lag_years=pl.lit(main_lag))
+    if "sex" not in frame.columns:  # a drug ranking: the both-sexes fit at the lag its row states
+        frame = frame.with_columns(sex=pl.lit("all"))
     out = frame.select(
         pl.col("atc_code").cast(pl.String),
         as_count(frame["atc_level"]).alias("atc_level"),

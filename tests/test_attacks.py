@@ -66,7 +66,7 @@ def federation_oracle(scene: Scene, package: Path, betas: tuple[float, ...]) -> 
         attack.craft_round(hidden, manifest.get("protocol_hash"), beta, 1).write_parquet(path)
         out = scene.work / f"answers_{i}"
         answer = cli("site-round", path, "--config", *scene.config_files, "--results", scene.results,
-                     "--out", out, "--site-label", "attacked")  # fmt: skip
+                     "--package", package, "--out", out, "--site-label", "attacked")  # fmt: skip
         source = f"round at beta={beta:g}"
         if answer.returncode != 0 or not out.is_dir():
             scene.recovered[("federation round", source)] = 0

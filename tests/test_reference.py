@@ -44,5 +44,7 @@ def test_rankings_equal_the_reference(demo_run, name):
     ours = pl.read_csv(demo_run / "candidates" / name, infer_schema=False)
     reference = pl.read_csv(REFERENCE / name, infer_schema=False)
     assert ours.columns == reference.columns
-    assert ours.height == reference.height > 0
+    # At 8,000 persons no target has two substances with enough exposed cases: the mechanism ranking is
+    # empty (the 200k tests check its content); the other two must not be.
+    assert ours.height == reference.height and (reference.height > 0 or name == "mechanism_ranking.csv")
     assert ours.equals(reference)
