@@ -21,7 +21,7 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from repurpose.dwas.calibration import CalibrationError, fit_empirical_null  # noqa: E402
-from repurpose.release.report_tables import SiteEvidence  # noqa: E402
+from repurpose.release.report_tables import SiteEvidence, number  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -150,14 +150,6 @@ def volcano_figure(rows: pl.DataFrame, alpha: float, n_labels: int, title: str) 
     return figure_png(fig)
 
 
-def _num(value: Any) -> float | None:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def _counts_label(row: dict[str, Any]) -> str:
     """" [n 2957, cases 13]" from a screen row whose counts are display text (suppressed as "<5")."""
     n, cases = row.get("n_exposed"), row.get("n_exposed_cases")
@@ -182,19 +174,19 @@ def forest_rows(
             if hit.height and (sex == "all" or lag == main_lag):
                 r = hit.row(0, named=True)
                 label = f"screen, lag {lag:g} y" + ("" if sex == "all" else f", {sex}") + _counts_label(r)
-                rows.append((label, _num(r["hr"]), _num(r["ci_lower"]), _num(r["ci_upper"])))
+                rows.append((label, number(r["hr"]), number(r["ci_lower"]), number(r["ci_upper"])))
     for model, label in (("confirmation", "confirmation model"), ("active_comparator", "active comparator")):
-        if _num(candidate.get(f"hr_{model}")) is not None:
-            rows.append((label, _num(candidate[f"hr_{model}"]), _num(candidate.get(f"ci_lower_{model}")),
-                         _num(candidate.get(f"ci_upper_{model}"))))  # fmt: skip
-    calibrated_p = _num(candidate.get("calibrated_p"))
-    if _num(candidate.get("calibrated_hr")) is not None:
+        if number(candidate.get(f"hr_{model}")) is not None:
+            rows.append((label, number(candidate[f"hr_{model}"]), number(candidate.get(f"ci_lower_{model}")),
+                         number(candidate.get(f"ci_upper_{model}"))))  # fmt: skip
+    calibrated_p = number(candidate.get("calibrated_p"))
+    if number(candidate.get("calibrated_hr")) is not None:
         rows.append((f"calibrated (p = {calibrated_p:.2g})" if calibrated_p is not None else "calibrated",
-                     _num(candidate["calibrated_hr"]), _num(candidate.get("calibrated_ci_lower")),
-                     _num(candidate.get("calibrated_ci_upper"))))  # fmt: skip
-    elif calibrated_p is not None and _num(candidate.get("hr")) is not None:
-        rows.append((f"ranking estimate, calibrated p = {calibrated_p:.2g}", _num(candidate["hr"]),
-                     _num(candidate.get("ci_lower")), _num(candidate.get("ci_upper"))))  # fmt: skip
+                     number(candidate["calibrated_hr"]), number(candidate.get("calibrated_ci_lower")),
+                     number(candidate.get("calibrated_ci_upper"))))  # fmt: skip
+    elif calibrated_p is not None and number(candidate.get("hr")) is not None:
+        rows.append((f"ranking estimate, calibrated p = {calibrated_p:.2g}", number(candidate["hr"]),
+                     number(candidate.get("ci_lower")), number(candidate.get("ci_upper"))))  # fmt: skip
     return rows
 
 
@@ -216,14 +208,14 @@ def site_forest_rows(
     for site in labels:
         hit = mine.filter((pl.col("site") == site) & (pl.col("status") == "ok"))
         r = hit.row(0, named=True) if hit.height else {}
-        rows.append((f"{site}, lag {main_lag:g} y", _num(r.get("hr")), _num(r.get("ci_lower")), _num(r.get("ci_upper"))))
+        rows.append((f"{site}, lag {main_lag:g} y", number(r.get("hr")), number(r.get("ci_lower")), number(r.get("ci_upper"))))
     pooled = at_main(sites.meta)
     if pooled.height:
         m = pooled.row(0, named=True)
-        rows.append((f"fixed effect ({m['k_sites']} sites)", _num(m.get("fe_hr")), _num(m.get("fe_ci_lower")), _num(m.get("fe_ci_upper"))))
-        i2 = _num(m.get("i2"))
+        rows.append((f"fixed effect ({m['k_sites']} sites)", number(m.get("fe_hr")), number(m.get("fe_ci_lower")), number(m.get("fe_ci_upper"))))
+        i2 = number(m.get("i2"))
         rows.append(("random effects REML" + (f" (I2 {100 * i2:.0f}%)" if i2 is not None else ""),
-                     _num(m.get("reml_hr")), _num(m.get("reml_ci_lower")), _num(m.get("reml_ci_upper"))))  # fmt: skip
+                     number(m.get("reml_hr")), number(m.get("reml_ci_lower")), number(m.get("reml_ci_upper"))))  # fmt: skip
     source_names = {"pooled_cox": "exact pooled Cox", "fixed_effect_meta": "pooled fixed effect"}
     sources = {}
     if "estimate_source" in dwas.columns:
@@ -251,11 +243,11 @@ def dose_figure(candidate: dict[str, Any], cutpoints: list[float], min_cell: int
     `n_exposed_cases_dose_k`) where the ranking holds them; None when it holds no dose estimate."""
     labels = dose_labels(cutpoints)
     k_range = range(1, len(labels) + 1)
-    hrs = [_num(candidate.get(f"hr_dose_{k}")) for k in k_range]
+    hrs = [number(candidate.get(f"hr_dose_{k}")) for k in k_range]
     if all(h is None for h in hrs):
         return None
-    lows = [_num(candidate.get(f"ci_lower_dose_{k}")) for k in k_range]
-    highs = [_num(candidate.get(f"ci_upper_dose_{k}")) for k in k_range]
+    lows = [number(candidate.get(f"ci_lower_dose_{k}")) for k in k_range]
+    highs = [number(candidate.get(f"ci_upper_dose_{k}")) for k in k_range]
     fig, ax = plt.subplots(figsize=(5.2, 3.2))
     ax.plot([0], [1.0], "D", color="#777", ms=6)
     values = [1.0]
@@ -286,7 +278,7 @@ def dose_figure(candidate: dict[str, Any], cutpoints: list[float], min_cell: int
     ax.set_xticks(range(len(ticks)), ticks, fontsize=7.5)
     ax.set_xlim(-0.5, len(ticks) - 0.5)
     ax.set_ylabel("HR vs unexposed (95% CI)")
-    trend = _num(candidate.get("dose_trend_p"))
+    trend = number(candidate.get("dose_trend_p"))
     ax.set_title("cumulative dose" + (f" (trend p = {trend:.2g})" if trend is not None else ""), fontsize=9)
     return figure_png(fig)
 
