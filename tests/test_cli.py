@@ -107,3 +107,16 @@ def test_status_reads_the_latest_run_log(tmp_path, capsys):
     (tmp_path / ".snakemake/log/2026-12-06T080000.000000.snakemake.log").write_text(RUN_LOG)
     assert main(["status", "--directory", str(tmp_path)]) == 0
     assert capsys.readouterr().out.startswith("1 of 4 jobs done; running: cohort;")
+
+
+def test_every_subcommand_has_an_example_and_states_its_defaults(capsys):
+    from repurpose.cli import EXAMPLES, build_parser
+
+    commands = build_parser()._subparsers._group_actions[0].choices
+    assert set(commands) == set(EXAMPLES)
+    for name, command in commands.items():
+        text = command.format_help()
+        assert f"example:\n  {EXAMPLES[name]}" in text, name
+        assert EXAMPLES[name].startswith(f"repurpose {name}"), name
+    assert "(default: 50000)" in commands["simulate"].format_help()
+    assert "(default: 2)" in commands["run"].format_help()

@@ -150,6 +150,32 @@ def _pool_round(args: argparse.Namespace) -> int:
     return 0
 
 
+EXAMPLES = {
+    "run": "repurpose run my_study.yaml --cores 8            # on a cluster: --profile workflow/profiles/slurm",
+    "status": "repurpose status --directory /projects/ms-dwas",
+    "check-config": "repurpose check-config my_study.yaml",
+    "simulate": "repurpose simulate --out sim --n-persons 200000 --seed 7",
+    "validate": "repurpose validate --config my_study.yaml --results results",
+    "export": "repurpose export --config my_study.yaml --results results --out results/export",
+    "site-package": "repurpose site-package --config site.yaml --results results",
+    "pool": "repurpose pool norway/site_package denmark/site_package sweden/site_package --out pooled",
+    "pool-rank": "repurpose pool-rank pooled --config centre.yaml",
+    "site-round": "repurpose site-round round_001.parquet --config site.yaml --site-label norway",
+    "pool-round": "repurpose pool-round pooled/rounds responses/response_001_*.parquet",
+}
+"""One example per subcommand, shown at the end of its --help."""
+
+
+class HelpWithDefaults(argparse.RawDescriptionHelpFormatter):
+    """Help that states each option's default where it has one (not for flags or empty defaults)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and "%(default)" not in text and action.default not in (None, False, [], argparse.SUPPRESS):
+            text += " (default: %(default)s)"
+        return text
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="repurpose", description=__doc__)
     parser.add_argument("--version", action="version", version=f"repurpose {__version__}")
@@ -158,10 +184,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser(
         "run", help="check the study config, then run the whole pipeline (wraps Snakemake)",
         description="Check the study config, then run the pipeline with Snakemake. Outputs go to results/ under "
-        "the working directory (--directory). Example: repurpose run my_study.yaml --cores 8",
+        "the working directory (--directory).",
     )
     run.add_argument("configs", nargs="*", help="study config files (later override earlier), merged over the demo config")
-    run.add_argument("--cores", type=int, default=2, help="cores Snakemake may use at once (default: %(default)s)")
+    run.add_argument("--cores", type=int, default=2, help="cores Snakemake may use at once")
     run.add_argument("--profile", default=None, help="Snakemake profile folder, e.g. workflow/profiles/slurm for a cluster")
     run.add_argument("--directory", default=None, help="working directory (results/ is written there)")
     run.add_argument("--dry-run", action="store_true", help="list the jobs that would run; run nothing")
@@ -172,28 +198,28 @@ def build_parser() -> argparse.ArgumentParser:
     status = commands.add_parser(
         "status", help="one line on the latest run: jobs done, running or failed, time left",
         description="Read the latest Snakemake log of the working directory and print the run's state. "
-        "Example (while `repurpose run` works in another terminal): repurpose status",
+        "Use it while `repurpose run` works in another terminal.",
     )
-    status.add_argument("--directory", default=".", help="working directory of the run (default: %(default)s)")
+    status.add_argument("--directory", default=".", help="working directory of the run")
     status.set_defaults(handler=_status)
 
     check = commands.add_parser(
         "check-config", help="print the merged study config and every problem in it, before any job runs",
         description="Merge the study config files over the demo config, validate them (schema and cross-key "
-        "rules) and print the result. Example: repurpose check-config my_study.yaml",
+        "rules) and print the result.",
     )
     check.add_argument("configs", nargs="+", help="study config files (later override earlier)")
     check.set_defaults(handler=_check_config)
 
     sim = commands.add_parser("simulate", help="write simulated registries with planted truth")
     sim.add_argument("--out", required=True, help="output directory")
-    sim.add_argument("--n-persons", type=int, default=50_000)
-    sim.add_argument("--seed", type=int, default=2024)
+    sim.add_argument("--n-persons", type=int, default=50_000, help="persons in the simulated population")
+    sim.add_argument("--seed", type=int, default=2024, help="random seed: the same seed gives the same registries")
     sim.add_argument(
         "--corrupt-rows", type=int, default=0, help="invalid rows to inject (exercises validation)"
     )
-    sim.add_argument("--study-start", default="2004-01-01")
-    sim.add_argument("--study-end", default="2023-12-31")
+    sim.add_argument("--study-start", default="2004-01-01", help="first day of the simulated prescription register")
+    sim.add_argument("--study-end", default="2023-12-31", help="last day of follow-up")
     sim.add_argument(
         "--native", help="also write registry-native CSV extracts (Norwegian headers, ';', Latin-1) here"
     )
@@ -203,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument(
         "--config", nargs="+", default=["config/config.yaml"], help="config files, later override earlier"
     )
-    val.add_argument("--results", default="results")
+    val.add_argument("--results", default="results", help="results directory the validated files go to")
     val.set_defaults(handler=_validate)
 
     exp = commands.add_parser(
@@ -212,8 +238,8 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument(
         "--config", nargs="+", default=["config/config.yaml"], help="config files, later override earlier"
     )
-    exp.add_argument("--results", default="results")
-    exp.add_argument("--out", default="results/export")
+    exp.add_argument("--results", default="results", help="results directory of the finished run")
+    exp.add_argument("--out", default="results/export", help="export folder (rebuilt from scratch)")
     exp.add_argument("--include", nargs="*", default=[], help="extra files to export (person-level ones are refused)")
     exp.set_defaults(handler=_export)
 
@@ -266,6 +292,9 @@ def build_parser() -> argparse.ArgumentParser:
     updater.add_argument("responses", nargs="+", help="the sites' response_NNN_<site>.parquet files of the latest round")
     updater.add_argument("--result", default=None, help="pooled Cox result file (default <rounds_dir>/../cox.parquet)")
     updater.set_defaults(handler=_pool_round)
+    for name, command in commands.choices.items():
+        command.formatter_class = HelpWithDefaults
+        command.epilog = f"example:\n  {EXAMPLES[name]}"
     return parser
 
 
