@@ -56,6 +56,8 @@ def federation_oracle(scene: Scene, package: Path, betas: tuple[float, ...]) -> 
     """Crafted rounds (the package's protocol hash, the fits whose exposed cases the site hides) answered by
     `repurpose site-round`: fits whose returned score is their hidden small count."""
     manifest = json.loads((package / "manifest.json").read_text())
+    ledger_dir = scene.results / "site_rounds"  # the site's round ledger; removed after, as the run was shared
+    ledger_existed = ledger_dir.exists()
     fits = attack.read_table(package / "fits.parquet")
     hidden = attack.hidden_fits(fits, scene.release.policy)
     scene.notes.append(f"federation: {hidden.height} fits hidden by the site package asked for")
@@ -75,6 +77,8 @@ def federation_oracle(scene: Scene, package: Path, betas: tuple[float, ...]) -> 
         responses = [pl.read_parquet(p) for p in sorted(out.glob("*.parquet"))]
         response = pl.concat(responses) if responses else pl.DataFrame()
         scene.recovered[("federation round", source)] = attack.oracle_recoveries(response, scene.truth, scene.release.policy)
+    if not ledger_existed:
+        shutil.rmtree(ledger_dir, ignore_errors=True)
 
 
 def comparator_attack(scene: Scene) -> None:
