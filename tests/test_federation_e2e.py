@@ -225,6 +225,7 @@ def test_a_package_made_under_another_protocol_is_refused(federation, tmp_path):
     shutil.copytree(federation["sites"]["denmark"] / "results/site_package", rogue / "site_package")
     config = load_config(federation["sites"]["denmark"] / "site.yaml")
     config["screen"]["lags_years"] = [0.0, 5.0]
+    config["candidates"]["main_lag_years"] = 5.0  # a consistent design of its own, only not the protocol's
     config["protocol"] = None
     config["site_label"] = "rogue"
     from repurpose.federation.package import write_site_package
@@ -270,7 +271,10 @@ def test_distributed_pooled_cox_equals_the_single_dataset_cox_stratified_by_site
     config = load_config(federation["sites"]["norway"] / "site.yaml")
     cox = pl.read_parquet(federation["cox"])
     ok = cox.filter(pl.col("status").is_in(["ok", "converged"]) & pl.col("log_hr").is_finite())
-    assert ok.height > 20
+    # A site answers only fits its released package shows (issue 15): at 24,000 persons split 50/30/20, 12 of
+    # the 106 pooled fits are shown at all three sites; the others are refused by a site and get no estimate.
+    assert ok.height >= 10
+    assert cox.filter(~pl.col("status").is_in(["ok", "converged"]))["status"].unique().to_list() in ([], ["refused_by_site"])
     compared = 0
     for level in exposures:
         reference = screen_exposures(combined, pl.concat(exposures[level], how="vertical_relaxed"), config, level)
@@ -279,7 +283,7 @@ def test_distributed_pooled_cox_equals_the_single_dataset_cox_stratified_by_site
         if joined.height:
             assert (joined["log_hr"] - joined["ref"]).abs().max() < 1e-6
             compared += joined.height
-    assert compared > 20
+    assert compared >= 10
 
 
 def test_round_and_response_files_hold_nothing_person_level_and_no_count(federation):

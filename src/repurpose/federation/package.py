@@ -300,7 +300,10 @@ def read_site_package(path: str | Path) -> SitePackage:
         file = path / name
         if not file.is_file() or sha256_file(file) != entry["sha256"]:
             raise PackageError(f"{path}: {name} is missing or differs from its manifest checksum")
-    design = normalise_design(yaml.safe_load((path / "protocol.yaml").read_text(encoding="utf-8")) or {})
+    try:
+        design = normalise_design(yaml.safe_load((path / "protocol.yaml").read_text(encoding="utf-8")) or {})
+    except ProtocolError as error:
+        raise PackageError(f"{path}: its protocol.yaml is not a valid protocol ({error})") from None
     if protocol_hash(design) != manifest["protocol_hash"]:
         raise PackageError(f"{path}: protocol.yaml does not match the protocol hash of the manifest")
     min_cell = int(manifest["min_cell"])
