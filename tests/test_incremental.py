@@ -110,7 +110,7 @@ def test_new_atc_level_runs_only_that_level(completed_run, tmp_path):
 def test_changed_screen_setting_reruns_the_screen_not_the_exposures(completed_run, tmp_path):
     workdir, config, _ = completed_run
     settings = yaml.safe_load(config.read_text())
-    settings["screen"]["lags_years"] = [0, 5]
+    settings["screen"]["lags_years"] = [0, 2, 5]  # the main lag (2) stays screened
     changed = tmp_path / "lags.yaml"
     changed.write_text(yaml.safe_dump(settings))
     jobs = planned_jobs(workdir, changed)
