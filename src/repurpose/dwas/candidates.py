@@ -390,8 +390,15 @@ def sparse_likelihood_ratio(
     for path in exposure_paths:
         if not sparse_codes:
             break
-        exposures = pl.read_parquet(path, columns=["person_id", "atc_code", "exposure_start_age_days"])
-        for code in sorted(sparse_codes & set(exposures["atc_code"].unique().to_list())):
+        # Only the sparse classes' rows: a level's file holds every class, and at national scale reading it
+        # whole for a few refits costs minutes.
+        exposures = (
+            pl.scan_parquet(path)
+            .select("person_id", "atc_code", "exposure_start_age_days")
+            .filter(pl.col("atc_code").is_in(sorted(sparse_codes)))
+            .collect()
+        )
+        for code in sorted(set(exposures["atc_code"].unique().to_list())):
             fit = likelihood_ratio_fit(prepared, stratum, covariates, exposures, code, lag_days(lag_of[code]))
             if fit:
                 found.append({"atc_code": code, **fit})
