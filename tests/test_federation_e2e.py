@@ -22,6 +22,7 @@ import numpy as np
 import polars as pl
 import pytest
 import yaml
+from conftest import SNAKEMAKE_THREADED
 
 from repurpose.federation.package import PackageError, pool_packages, rank_pooled
 from repurpose.release.disclosure import small_counts_left
@@ -63,7 +64,7 @@ def run_sites(runs: list[tuple[Path, Path]], target: str) -> None:
     """Run each site's DAG (workdir, config file) to `target`, the three sites side by side on one core each."""
     processes = []
     for workdir, config_file in runs:
-        command = [str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "1", "--quiet",
+        command = [str(SNAKEMAKE), *SNAKEMAKE_THREADED, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "1", "--quiet",
                    "progress", "--configfile", str(config_file), "--", target]  # fmt: skip
         processes.append(subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     for process in processes:

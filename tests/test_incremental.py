@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SNAKEMAKE_THREADED
 
 from repurpose.atc import ANATOMICAL_GROUPS
 
@@ -24,7 +25,7 @@ TARGET = "results/screen/dwas.parquet"
 
 
 def snakemake(workdir: Path, config: Path, *extra: str) -> str:
-    command = [str(SNAKEMAKE), TARGET, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *extra]
+    command = [str(SNAKEMAKE), TARGET, *SNAKEMAKE_THREADED, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *extra]
     command += ["--configfile", str(config)]  # last: it takes every argument after it
     completed = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]

@@ -25,6 +25,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 import yaml
+from conftest import SNAKEMAKE_THREADED
 from polars.testing import assert_frame_equal
 
 pytestmark = pytest.mark.slow
@@ -104,7 +105,7 @@ def runs(cluster, tmp_path_factory) -> dict[str, Path]:
     )
     # The local reference run meanwhile: the SLURM run mostly waits for job start-up and polling.
     local = start_snakemake(
-        workdirs["local"], "--profile", str(REPO / "workflow/profiles/local"), "--cores", "2"
+        workdirs["local"], "--profile", str(REPO / "workflow/profiles/local"), "--cores", "2", *SNAKEMAKE_THREADED
     )
     try:
         finish(local, workdirs["local"])

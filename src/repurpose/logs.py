@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,7 +15,11 @@ FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 @contextmanager
 def log_to(path: str | Path | None, level: int = logging.INFO) -> Iterator[logging.Logger]:
-    """Within the block, write `repurpose.*` log records to `path` (and nowhere if None)."""
+    """Within the block, write `repurpose.*` log records of the calling thread to `path` (and nowhere if None).
+
+    Only the calling thread's records: Snakemake run with `--force-use-threads` runs several jobs as threads of
+    one process, and each job's log must hold its own records, not its neighbours'.
+    """
     logger = logging.getLogger("repurpose")
     logger.setLevel(level)
     handler: logging.Handler = logging.NullHandler()
@@ -22,6 +27,8 @@ def log_to(path: str | Path | None, level: int = logging.INFO) -> Iterator[loggi
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(path, mode="w", encoding="utf-8")
         handler.setFormatter(logging.Formatter(FORMAT))
+    owner = threading.get_ident()
+    handler.addFilter(lambda record: record.thread == owner)
     logger.addHandler(handler)
     try:
         yield logger

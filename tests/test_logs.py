@@ -1,0 +1,30 @@
+"""Each stage's log holds its own records, also when Snakemake runs jobs as threads of one process."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from repurpose.logs import run_logged
+
+
+def test_jobs_running_as_threads_each_log_only_their_own_records(tmp_path):
+    log = logging.getLogger("repurpose.dwas.screen")
+    both_started = threading.Barrier(2)
+
+    def stage(name: str) -> None:
+        both_started.wait(timeout=10)  # both handlers are attached before either logs
+        for step in range(50):
+            log.info("%s step %d", name, step)
+
+    threads = [
+        threading.Thread(target=run_logged, args=(tmp_path / f"{name}.log", stage, name)) for name in ("a", "b")
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    for name, other in (("a", "b"), ("b", "a")):
+        lines = (tmp_path / f"{name}.log").read_text().splitlines()
+        assert len(lines) == 50 and all(f" {name} step " in line for line in lines), (name, lines[:3])
+        assert not any(f" {other} step " in line for line in lines)
