@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from repurpose.logs import run_logged
+from repurpose.logs import Progress, run_logged
 
 
 def test_jobs_running_as_threads_each_log_only_their_own_records(tmp_path):
@@ -28,3 +28,15 @@ def test_jobs_running_as_threads_each_log_only_their_own_records(tmp_path):
         lines = (tmp_path / f"{name}.log").read_text().splitlines()
         assert len(lines) == 50 and all(f" {name} step " in line for line in lines), (name, lines[:3])
         assert not any(f" {other} step " in line for line in lines)
+
+
+def test_progress_says_i_of_n_and_the_time_left(caplog):
+    clock = iter([100.0, 104.0, 110.0])
+    with caplog.at_level(logging.INFO, logger="repurpose"):
+        progress = Progress(logging.getLogger("repurpose.dwas.candidates"), "models", 3, clock=lambda: next(clock))
+        progress.step_done("R03AC02")
+        progress.step_done("A11CC05")
+    assert [record.getMessage() for record in caplog.records] == [
+        "models: 1 of 3 done (R03AC02) after 4 s, about 8 s left",  # 4 s per step so far, 2 steps left
+        "models: 2 of 3 done (A11CC05) after 10 s, about 5 s left",
+    ]

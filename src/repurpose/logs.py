@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,3 +45,24 @@ def run_logged(path: str | Path, function: Callable[..., T], *args: object, **kw
     """Call `function(*args, **kwargs)` with its log records routed to `path`: the one line a Snakemake rule runs."""
     with log_to(path):
         return function(*args, **kwargs)
+
+
+class Progress:
+    """Log "i of n" with the time spent and the time left (extrapolated from the mean step) as steps finish,
+    so a long loop of a stage (the candidates' person-level models) says how far it is."""
+
+    def __init__(
+        self, logger: logging.Logger, label: str, total: int, clock: Callable[[], float] = time.perf_counter
+    ) -> None:
+        self.logger, self.label, self.total, self.clock = logger, label, total, clock
+        self.done_steps = 0
+        self.started = clock()
+
+    def step_done(self, name: str) -> None:
+        self.done_steps += 1
+        elapsed = self.clock() - self.started
+        left = elapsed / self.done_steps * (self.total - self.done_steps)
+        self.logger.info(
+            "%s: %d of %d done (%s) after %.0f s, about %.0f s left",
+            self.label, self.done_steps, self.total, name, elapsed, left,
+        )  # fmt: skip

@@ -45,6 +45,7 @@ from repurpose.dwas.person_models import healthcare_use, level_models, likelihoo
 from repurpose.dwas.shrinkage import LevelPrior, fit_level_prior, shrink
 from repurpose.dwas.signals import SignalTree, collapse_tree
 from repurpose.dwas.window import lag_days
+from repurpose.logs import Progress
 from repurpose.meta import pool
 from repurpose.release.disclosure import DisclosurePolicy, for_display, release_ranking, release_screen
 from repurpose.schemas import RANKING_COUNT_COLUMNS, drug_ranking_columns, lag_label, ranking_lags
@@ -443,6 +444,7 @@ def person_level_evidence(
     prepared, stratum, covariates = model
     candidates = evidence.filter("candidate").sort("p_value", "atc_code")
     confirm_set = set(candidates["atc_code"].to_list()[: settings["confirmation"]["max_classes"]])
+    progress = Progress(log, "person-level models of the candidates", candidates.height)
     parts = []
     for path in exposure_paths:
         exposures = pl.read_parquet(path)
@@ -450,7 +452,9 @@ def person_level_evidence(
         level_codes = [c for c in candidates["atc_code"].to_list() if c in present]
         if level_codes:
             parts.append(
-                level_models(config, prepared, stratum, covariates, exposures, level_codes, [c for c in level_codes if c in confirm_set], hcu)
+                level_models(
+                    config, prepared, stratum, covariates, exposures, level_codes, [c for c in level_codes if c in confirm_set], hcu, progress
+                )
             )
     reason = pl.when(~pl.col("candidate")).then(pl.lit("not a candidate (person-level models are fitted for candidates)"))
     evidence = evidence.with_columns(person_level_reason=reason.otherwise(pl.lit(None, pl.String)))

@@ -5,7 +5,7 @@ Owns the models that need the cohort and the exposure tables (not just the scree
 candidates of one ATC level at a time (`level_models`). They share the screen's strata and covariates
 (`repurpose.dwas.risk_sets`) and its exposure window (`repurpose.dwas.window`), so that with nothing added
 they reproduce the screen's estimate. Estimates are summarised by `repurpose.cox.result.wald`. May import
-`repurpose.cox`, the other `repurpose.dwas` modules of the screen, `repurpose.schemas` and DuckDB.
+`repurpose.cox`, the other `repurpose.dwas` modules of the screen, `repurpose.schemas`, `repurpose.logs` and DuckDB.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from repurpose.duck import connect, sql_literal
 from repurpose.dwas.exposure import prescription_source
 from repurpose.dwas.risk_sets import cell_layout, prepare_cohort
 from repurpose.dwas.window import NEVER_EXPOSED, exposed_from, lag_days
+from repurpose.logs import Progress
 from repurpose.schemas import dose_column
 
 log = logging.getLogger(__name__)
@@ -451,8 +452,10 @@ def level_models(
     codes: list[str],
     confirm_codes: list[str],
     hcu: pl.DataFrame | None,
+    progress: Progress | None = None,
 ) -> pl.DataFrame:
-    """Dose-response, active comparator and (for `confirm_codes`) confirmation for the candidates of one level."""
+    """Dose-response, active comparator and (for `confirm_codes`) confirmation for the candidates of one level
+    (`progress` counts each finished candidate among all levels' candidates)."""
     settings = config["candidates"]
     main_lag_days = lag_days(settings["main_lag_years"])
     all_codes = sorted(exposures["atc_code"].unique().to_list())
@@ -472,6 +475,8 @@ def level_models(
                 )
             )
         log.info("%s: person-level models in %.1f s", code, time.perf_counter() - started)
+        if progress is not None:
+            progress.step_done(code)
         rows.append(row)
     return pl.DataFrame(rows, infer_schema_length=None)
 
