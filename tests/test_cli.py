@@ -58,10 +58,10 @@ def test_config_mistakes_are_one_message_without_traceback(tmp_path, capsys, tex
 
 def test_run_wraps_snakemake(tmp_path):
     """`repurpose run --dry-run` plans the whole DAG; the Snakefile itself refuses a bad config without a traceback."""
-    result = subprocess.run([sys.executable, "-m", "repurpose.cli", "run", "--dry-run", "--directory", str(tmp_path)],
-                            capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-m", "repurpose.cli", "run", "--dry-run", "--in-process", "--directory",
+                             str(tmp_path)], capture_output=True, text=True)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "export" in result.stdout and "--dry-run" in result.stderr
+    assert "export" in result.stdout and "--dry-run" in result.stderr and "--force-use-threads" in result.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("screen:\n  lagz: [0, 2]\n")
     direct = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile", str(WORKFLOW_SNAKEFILE), "-n",

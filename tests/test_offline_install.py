@@ -49,7 +49,7 @@ def test_a_fresh_environment_from_the_wheelhouse_alone_runs_the_pipeline(tmp_pat
     study = tmp_path / "small.yaml"
     study.write_text(yaml.safe_dump({"simulate": {"n_persons": 2000, "n_corrupt_rows": 0},
                                      "screen": {"atc_levels": [3], "lags_years": [0, 2], "sex_strata": ["all"]}}))
-    run = subprocess.run([str(fresh / "bin/repurpose"), "run", str(study), "--cores", "2",
+    run = subprocess.run([str(fresh / "bin/repurpose"), "run", str(study), "--cores", "2", "--in-process",
                           "--directory", str(tmp_path / "work")], env=offline, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
     assert (tmp_path / "work/results/export/manifest.csv").is_file()

@@ -53,6 +53,7 @@ def snakemake_command(args: argparse.Namespace) -> list[str]:
     command += ["--directory", args.directory] if args.directory else []
     command += ["--profile", args.profile] if args.profile else []
     command += ["--dry-run"] if args.dry_run else []
+    command += ["--force-use-threads"] if args.in_process else []
     return command + list(args.targets)
 
 
@@ -192,6 +193,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--directory", default=None, help="working directory (results/ is written there)")
     run.add_argument("--dry-run", action="store_true", help="list the jobs that would run; run nothing")
     run.add_argument("--unlock", action="store_true", help="remove the lock a crashed run left, then run")
+    run.add_argument(
+        "--in-process",
+        action="store_true",
+        help="run jobs as threads of one Snakemake process (no Python start-up per job: a demo or a small study; "
+        "a national run keeps one process per job, so one job's crash or memory cannot take the others down)",
+    )
     run.add_argument("--targets", nargs="*", default=[], help="rules or files to build (default: everything)")
     run.set_defaults(handler=_run)
 
