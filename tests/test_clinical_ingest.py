@@ -383,6 +383,7 @@ def test_the_export_gate_refuses_the_new_date_columns_and_still_allows_clinic_an
 
 # The workflow: a job of its own, only when configured
 def _dry_run(tmp_path: Path, extra: dict) -> str:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     config = tmp_path / "extra.yaml"
     config.write_text(json.dumps(extra))
     result = subprocess.run(

@@ -18,6 +18,7 @@ May import `repurpose.duck`, `repurpose.layout`, `repurpose.stages`, `repurpose.
 Outputs (see `docs/schemas.md`):
   validated/population.parquet, validated/ms_registry.parquet, validated/diagnoses.parquet (when configured),
   validated/prescriptions/<part>.parquet (one per source file, e.g. per delivery year; with dispense_year),
+  validated/<clinical extract>.parquet (when configured; repurpose.registry.clinical_ingest),
   validation/rejects/<extract>.parquet and rejects/prescriptions/<part>.parquet,
   validation/parts/*.json (per-job entries), validation/report.json, validation/report.md.
 """
