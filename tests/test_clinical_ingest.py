@@ -404,3 +404,56 @@ def test_the_workflow_validates_clinical_extracts_only_when_configured(tmp_path)
         (tmp_path / "clinical" / "results" / "simulated" / f"{name}.parquet").write_bytes(b"")
     plan = _dry_run(tmp_path / "clinical", clinical)
     assert re.search(r"validate_clinical\s+1", plan), plan
+
+
+def _snakemake(workdir: Path, config: Path, *extra: str) -> str:
+    command = [str(Path(sys.executable).parent / "snakemake"), "results/screen/dwas.parquet", "results/validation/report.json",
+               "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *extra, "--configfile", str(config)]  # fmt: skip
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed.stdout + completed.stderr
+
+
+def _planned(workdir: Path, config: Path) -> dict[str, int]:
+    output = _snakemake(workdir, config, "-n")
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:", 1)[1]
+    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, re.M) if rule != "total"}
+
+
+@pytest.mark.slow
+def test_adding_clinical_extracts_to_a_finished_run_reruns_only_the_validation(tmp_path, simulation):
+    simulated = simulation(8000, 5)
+    study = {"inputs": {"population": str(simulated / "population.parquet"),
+                        "prescriptions": str(simulated / "prescriptions"),
+                        "ms_registry": str(simulated / "ms_registry.parquet")},
+             "screen": {"atc_levels": [2], "lags_years": [0], "sex_strata": ["all"], "split_by": "level"},
+             "candidates": {"main_lag_years": 0}}  # fmt: skip
+    config = tmp_path / "study.yaml"
+    config.write_text(json.dumps(study))
+    _snakemake(tmp_path, config)
+    # Hand-made extracts for the validated MS patients: dimethyl fumarate from 30 days after diagnosis, ongoing,
+    # and a relapse at onset (where the registry has one).
+    registry = pl.read_parquet(tmp_path / "results" / "validated" / "ms_registry.parquet").unique("person_id")
+    treatments = registry.select(
+        "person_id", treatment_atc_code=pl.lit("L04AX07"), start_date=pl.col("diagnosis_date") + pl.duration(days=30),
+        stop_date=pl.lit(None, pl.Date), stop_reason=pl.lit(None, pl.String), clinic_id=pl.lit("C1"),
+    )  # fmt: skip
+    relapses = registry.filter(pl.col("onset_date").is_not_null()).select("person_id", relapse_date="onset_date")
+    treatments.write_parquet(tmp_path / "ms_treatments.parquet")
+    relapses.write_parquet(tmp_path / "ms_relapses.parquet")
+    study["inputs"] |= {"ms_treatments": str(tmp_path / "ms_treatments.parquet"),
+                        "ms_relapses": str(tmp_path / "ms_relapses.parquet")}  # fmt: skip
+    config.write_text(json.dumps(study))
+    assert _planned(tmp_path, config) == {"validate_clinical": 1, "validate": 1}
+    _snakemake(tmp_path, config)
+    assert _planned(tmp_path, config) == {}
+    report = json.loads((tmp_path / "results" / "validation" / "report.json").read_text())
+    population = pl.read_parquet(tmp_path / "results" / "validated" / "population.parquet")
+    died_first = treatments.join(population, on="person_id").filter(pl.col("start_date") > pl.col("death_date")).height
+    assert report["extracts"]["ms_treatments"]["rows_read"] == treatments.height > 0
+    assert report["extracts"]["ms_treatments"]["rejected_by_reason"] == ({"start_date_after_death": died_first} if died_first else {})
+    assert report["extracts"]["ms_relapses"]["rows_kept"] == relapses.height > 0
+    kept = pl.read_parquet(tmp_path / "results" / "validated" / "ms_treatments.parquet")
+    assert kept.schema["person_id"] == pl.Int64 and kept.height == treatments.height - died_first
