@@ -244,6 +244,12 @@ def test_other_drugs_of_one_person_may_overlap(tmp_path):
     assert report["extracts"]["ms_treatments"]["rows_rejected"] == 0
 
 
+def test_dates_after_emigration_are_kept(tmp_path):
+    # Person 4 emigrated on 2014-01-01 (their last emigration): a spell recorded after it is no error.
+    report = run(tmp_path, sick_leave=[*SICK_LEAVE, "4,2015-01-01,2015-02-01,100"])
+    assert report["extracts"]["sick_leave"]["rows_kept"] == len(SICK_LEAVE)
+
+
 def test_stop_reason_and_course_are_read_case_insensitively_and_stored_in_the_dictionary_spelling(tmp_path):
     registry = [MS_REGISTRY[0], "1,2010-01-01,2011-02-03,cis,2.5,C1,no", "2,,2012-01-01,Unknown,,C2,dk"]
     run(tmp_path, ms_registry=registry, ms_treatments=[*TREATMENTS, "1,l04aa23,2014-01-01,2014-06-01,Adverse_Event,"])
