@@ -112,7 +112,7 @@ BAD_ROWS = [
     ("ms_registry", "2,2010-01-01,,RR,2", "missing_diagnosis_date"),
     ("ms_registry", "2,2010-01-01,31/12/2011,RR,2", "unparseable_diagnosis_date"),
     ("ms_registry", "2,early,2011-01-01,RR,2", "unparseable_onset_date"),
-    ("ms_registry", "2,2010-01-01,2011-01-01,XX,2", "invalid_ms_course"),
+    ("ms_registry", "2,2010-01-01,2011-01-01,XX,2", "invalid_ms_course_at_diagnosis"),  # an old `ms_course` column
     ("ms_registry", "2,2010-01-01,2011-01-01,RR,2.25", "edss_at_diagnosis_not_in_steps_of_0.5"),
     ("ms_registry", "2,2010-01-01,2011-01-01,RR,11", "edss_at_diagnosis_out_of_range"),
     ("ms_registry", "2,2010-01-01,2011-01-01,RR,-1", "negative_edss_at_diagnosis"),

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from repurpose.registry.dictionary import CLINICAL_EXTRACTS
 from repurpose.registry.outcome import outcome_config_errors
 
 
@@ -127,7 +128,8 @@ def validate_config(config: dict[str, Any]) -> dict[str, Any]:
 def cross_key_mistakes(config: dict[str, Any]) -> list[str]:
     """Contradictions between keys the schema checks one by one (each names its keys): a window that ends
     before it starts, an age band that is empty, dispensings that start after follow-up ends, an extract
-    delivered before the study ends (follow-up would run past the data), evidence resting on fewer cases than
+    (the MS registry's clinical extracts included) delivered before the study ends (follow-up would run past
+    the data), evidence resting on fewer cases than
     may be released, a variable both stratum and covariate."""
     study, mistakes = config["study"], []
     if study["start"] >= study["end"]:
@@ -143,7 +145,9 @@ def cross_key_mistakes(config: dict[str, Any]) -> list[str]:
             f"config keys `validation.dispensings_from` ({dispensings_from}) and `study.end` ({study['end']}): "
             "the first valid dispensing date must not lie after the end of follow-up"
         )
-    for extract in ("population", "prescriptions", "ms_registry"):
+    # A clinical extract delivered before the study ends would show treatments stopped later as ongoing.
+    clinical = [name for name in CLINICAL_EXTRACTS if config["inputs"].get(name)]
+    for extract in ("population", "prescriptions", "ms_registry", *clinical):
         delivered = config["inputs"][extract].get("delivery_date")
         if delivered is not None and delivered < study["end"]:
             mistakes.append(

@@ -71,6 +71,10 @@ class ResultsLayout:
     def prescriptions_report(self, part: str = "{part}") -> str:
         return self._path(f"validation/parts/prescriptions_{part}.json")
 
+    def clinical_report(self) -> str:
+        """Report part of the MS registry's clinical extracts (validate_clinical), when any is configured."""
+        return self._path("validation/parts/clinical.json")
+
     def validation_report(self) -> str:
         return self._path("validation/report.json")
 

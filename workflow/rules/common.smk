@@ -11,6 +11,7 @@ from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.federation.package import pooled_screen, write_site_package
 from repurpose.layout import REPORT_TABLES, results_layout
 from repurpose.logs import run_logged
+from repurpose.registry.clinical_ingest import clinical_outputs, configured_clinical_extracts, validate_clinical
 from repurpose.registry.cohort import run_cohort
 from repurpose.registry.ingest import merge_validation_reports, validate_prescription_part, validate_registers
 from repurpose.registry.outcome import outcome_definition
@@ -60,6 +61,10 @@ DIAGNOSES = {"diagnoses": extract_path("diagnoses")} if config["inputs"].get("di
 VALIDATED_DIAGNOSES = (
     {"diagnoses": PATHS.validated("diagnoses"), "diagnoses_rejects": PATHS.rejects("diagnoses")} if DIAGNOSES else {}
 )
+# The optional clinical extracts of the MS registry (treatments, relapses, EDSS) and sick leave: validated by
+# their own job (validate_clinical) only when configured, so adding them reruns nothing of the screen.
+CLINICAL = [] if POOLED else configured_clinical_extracts(config)
+CLINICAL_REPORT = {"clinical": PATHS.clinical_report()} if CLINICAL else {}
 OUTCOME_INPUTS = {
     "ms_registry": {},
     "diagnoses": {"diagnoses": PATHS.validated("diagnoses")},

@@ -1,5 +1,6 @@
 # Validate the registry extracts against the data dictionary: the registers first, then each prescription
-# part (one job per delivered file, so a new yearly file is validated alone), then one report.
+# part (one job per delivered file, so a new yearly file is validated alone) and the clinical extracts when
+# configured, then one report.
 rule validate_registers:
     input:
         population=extract_path("population"),
@@ -46,10 +47,44 @@ rule validate_prescriptions:
         run_logged(log[0], validate_prescription_part, config, **input, **output)
 
 
+if CLINICAL:
+
+    # The MS registry's clinical extracts (and sick leave), checked against the validated population and MS
+    # registry: a job of its own, so configuring them reruns nothing of the screen.
+    rule validate_clinical:
+        input:
+            population=rules.validate_registers.output.population,
+            ms_registry=rules.validate_registers.output.ms_registry,
+            registers=rules.validate_registers.output.report,
+            sources=[extract_path(name) for name in CLINICAL],
+        output:
+            report=PATHS.clinical_report(),
+            **clinical_outputs(PATHS, CLINICAL),
+        params:
+            settings=rerun_settings(validate_clinical, config),
+        log:
+            PATHS.log("validate_clinical"),
+        threads: THREADS
+        resources:
+            mem_mb=MEM_MB,
+            runtime=30,
+        run:
+            run_logged(
+                log[0],
+                validate_clinical,
+                config,
+                population=input.population,
+                ms_registry=input.ms_registry,
+                registers=input.registers,
+                **output,
+            )
+
+
 rule validate:
     input:
         registers=rules.validate_registers.output.report,
         parts=expand(PATHS.prescriptions_report(), part=PRESCRIPTION_PARTS),
+        **CLINICAL_REPORT,
     output:
         report=PATHS.validation_report(),
         summary=PATHS.validation_summary(),

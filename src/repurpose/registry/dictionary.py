@@ -9,7 +9,11 @@ from typing import Any
 
 import yaml
 
-EXTRACTS = ("population", "prescriptions", "ms_registry", "diagnoses")
+EXTRACTS = (
+    "population", "prescriptions", "ms_registry", "diagnoses", "ms_treatments", "ms_relapses", "ms_edss", "sick_leave",
+)
+# The optional clinical extracts of the MS registry (and sick leave), validated by their own stage.
+CLINICAL_EXTRACTS = ("ms_treatments", "ms_relapses", "ms_edss", "sick_leave")
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,9 @@ class ColumnSpec:
     max: float | None = None
     step: float | None = None
     aliases: tuple[str, ...] = ()
+    # Canonical names this column had before a rename: a column map key or source column of that name still
+    # means this column, so old extracts and configs read unchanged.
+    former_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -39,7 +46,7 @@ class ExtractSpec:
 
     def column(self, name: str) -> ColumnSpec:
         for spec in self.columns:
-            if spec.name == name:
+            if spec.name == name or name in spec.former_names:
                 return spec
         raise KeyError(f"{self.extract} has no column {name!r}")
 
@@ -56,6 +63,7 @@ def _column(raw: dict[str, Any]) -> ColumnSpec:
         max=raw.get("max"),
         step=raw.get("step"),
         aliases=tuple(raw.get("aliases", ())),
+        former_names=tuple(raw.get("former_names", ())),
     )
 
 

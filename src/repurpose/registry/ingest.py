@@ -12,11 +12,13 @@ Reading an extract (source files, CSV dialect, column map, typed columns, column
 files, the stage functions and the validation report.
 
 May import `repurpose.duck`, `repurpose.layout`, `repurpose.stages`, `repurpose.registry.dictionary`,
-`repurpose.registry.reader` and `repurpose.registry.outcome`.
+`repurpose.registry.reader`, `repurpose.registry.labelled`, `repurpose.registry.clinical_ingest` and
+`repurpose.registry.outcome`.
 
 Outputs (see `docs/schemas.md`):
   validated/population.parquet, validated/ms_registry.parquet, validated/diagnoses.parquet (when configured),
   validated/prescriptions/<part>.parquet (one per source file, e.g. per delivery year; with dispense_year),
+  validated/<clinical extract>.parquet (when configured; repurpose.registry.clinical_ingest),
   validation/rejects/<extract>.parquet and rejects/prescriptions/<part>.parquet,
   validation/parts/*.json (per-job entries), validation/report.json, validation/report.md.
 """
@@ -32,9 +34,21 @@ from typing import Any
 
 import duckdb
 
-from repurpose.duck import connect, execute_with_progress, sql_literal
+from repurpose.duck import sql_literal
 from repurpose.layout import results_layout
+from repurpose.registry.clinical_ingest import (
+    clinical_outputs,
+    configured_clinical_extracts,
+    validate_clinical,
+)
 from repurpose.registry.dictionary import load_extract_spec
+from repurpose.registry.labelled import (
+    birth_floor,
+    check_shared_persons,
+    load_clean_population,
+    ordered_connection,
+    write_extract,
+)
 from repurpose.registry.outcome import ICD10_CODE_REGEX, normalised_icd10_sql
 from repurpose.registry.reader import (
     SQL_TYPES,
@@ -42,16 +56,11 @@ from repurpose.registry.reader import (
     ExtractError,
     ExtractReader,
     csv_problem,
-    masked_examples,
     prescription_parts,
 )
 from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
-
-def _birth_floor(alias: str) -> str:
-    """Earliest possible birth date of a population row (SQL)."""
-    return f"make_date({alias}.birth_year, coalesce({alias}.birth_month, 1), 1)"
 
 
 def extract_checks(
@@ -63,8 +72,8 @@ def extract_checks(
         return [
             Check("duplicate_person_id", "count(*) OVER (PARTITION BY t.person_id) > 1"),
             Check("birth_year_after_study_end", f"t.birth_year > year(DATE {end})"),
-            Check("death_before_birth", f"t.death_date < {_birth_floor('t')}"),
-            Check("emigration_before_birth", f"t.emigration_date < {_birth_floor('t')}"),
+            Check("death_before_birth", f"t.death_date < {birth_floor('t')}"),
+            Check("emigration_before_birth", f"t.emigration_date < {birth_floor('t')}"),
         ], ""
     join = "LEFT JOIN clean_population p ON t.person_id = p.person_id"
     if extract == "prescriptions":
@@ -75,92 +84,19 @@ def extract_checks(
                 "dispense_date_out_of_window",
                 f"t.dispense_date < DATE {start} OR t.dispense_date > DATE {end}",
             ),
-            Check("dispensed_before_birth", f"t.dispense_date < {_birth_floor('p')}"),
+            Check("dispensed_before_birth", f"t.dispense_date < {birth_floor('p')}"),
             Check("dispensed_after_death", "t.dispense_date > p.death_date"),
         ], join
     # Several rows of one patient are kept: the cohort resolves them (repurpose.registry.outcome), so a
     # duplicated patient stays a case; they are counted in the report (`registry_duplicates`).
     return [
         Check("unknown_person", "p.person_id IS NULL"),
-        Check("diagnosis_before_birth", f"t.diagnosis_date < {_birth_floor('p')}"),
-        Check("onset_before_birth", f"t.onset_date < {_birth_floor('p')}"),
+        Check("diagnosis_before_birth", f"t.diagnosis_date < {birth_floor('p')}"),
+        Check("onset_before_birth", f"t.onset_date < {birth_floor('p')}"),
         Check("onset_after_diagnosis", "t.onset_date > t.diagnosis_date"),
         Check("onset_after_death", "t.onset_date > p.death_date"),
         Check("diagnosis_after_death", "t.diagnosis_date > p.death_date"),
     ], join
-
-
-def _write_extract(
-    con: duckdb.DuckDBPyConnection,
-    reader: ExtractReader,
-    clean_path: Path,
-    rejects_path: Path,
-    progress_seconds: float = 30.0,
-) -> dict[str, Any]:
-    """Write the clean and rejected rows of the labelled view of one extract; return its report entry.
-
-    Every file comes out in the same row order run after run: the registers and all rejects sorted by every
-    column (small), the dispensings in the order of their source file (the connection preserves insertion
-    order; a sort of a national yearly file would cost more than the validation itself)."""
-    canonical = ", ".join(c.name for c in reader.spec.columns)
-    labelled = f"labelled_{reader.extract}"
-    if reader.extract == "prescriptions":
-        n_kept = execute_with_progress(
-            con,
-            f"COPY (SELECT {canonical}, year(dispense_date) AS dispense_year FROM {labelled} WHERE reject_reason IS NULL) "
-            f"TO {sql_literal(str(clean_path))} (FORMAT parquet, COMPRESSION zstd)",
-            f"validating prescriptions {reader.file_label}",
-            interval_seconds=progress_seconds,
-        )[0][0]
-    else:
-        n_kept = con.execute(
-            f"COPY (SELECT {canonical} FROM {labelled} WHERE reject_reason IS NULL ORDER BY ALL) "
-            f"TO {sql_literal(str(clean_path))} (FORMAT parquet, COMPRESSION zstd)"
-        ).fetchone()[0]
-    raw_columns = ", ".join(f"raw_{c.name} AS {c.name}" for c in reader.spec.columns)
-    con.execute(
-        f"COPY (SELECT reject_reason, {raw_columns} FROM {labelled} WHERE reject_reason IS NOT NULL ORDER BY ALL) "
-        f"TO {sql_literal(str(rejects_path))} (FORMAT parquet)"
-    )
-    by_reason = dict(
-        con.execute(
-            f"SELECT reject_reason, count(*) FROM read_parquet({sql_literal(str(rejects_path))}) GROUP BY 1 ORDER BY 2 DESC, 1"
-        ).fetchall()
-    )
-    n_rejected = int(sum(by_reason.values()))
-    ignored = sorted(set(reader.source_types) - {s for s in reader.mapping.values() if s})
-    return {
-        "files": [{"name": f.name, "bytes": f.stat().st_size} for f in reader.sources.files],
-        "format": reader.sources.kind,
-        "column_map": {k: v for k, v in reader.mapping.items() if v is not None},
-        "missing_optional_columns": [k for k, v in reader.mapping.items() if v is None],
-        "ignored_source_columns": ignored,
-        "rows_read": int(n_kept) + n_rejected,
-        "rows_kept": int(n_kept),
-        "rows_rejected": n_rejected,
-        "rejected_by_reason": {k: int(v) for k, v in by_reason.items()},
-    }
-
-
-def _check_overlap(
-    con: duckdb.DuckDBPyConnection, reader: ExtractReader, population_label: str, sample_rows: int = 100_000
-) -> None:
-    """Stop when no row of an extract's leading sample matches a person of the population: a wrong id
-    column or extract (a sample, so a national yearly file is not read once more just for this check)."""
-    n_rows, n_matched = con.execute(
-        f"SELECT count(*), count(p.person_id) FROM (SELECT person_id FROM labelled_{reader.extract} LIMIT {sample_rows}) t "
-        f"LEFT JOIN clean_population p ON t.person_id = p.person_id"
-    ).fetchone()
-    if n_rows > 0 and n_matched == 0:
-        ours = masked_examples(
-            con, f"SELECT raw_person_id FROM labelled_{reader.extract} WHERE raw_person_id IS NOT NULL", "id"
-        )
-        theirs = masked_examples(con, "SELECT person_id FROM clean_population", "id")
-        raise ExtractError(
-            f"{reader.extract}: no person in {reader.file_label} (column `{reader.mapping['person_id']}`) is in the "
-            f"population extract {population_label}; check inputs.{reader.extract}.columns.person_id and that "
-            f"both extracts come from the same linkage. Examples (masked): {ours} vs population {theirs}"
-        )
 
 
 def write_unusable_registry_persons(con: duckdb.DuckDBPyConnection, path: Path) -> int:
@@ -174,19 +110,6 @@ def write_unusable_registry_persons(con: duckdb.DuckDBPyConnection, path: Path) 
         f"TO {sql_literal(str(path))} (FORMAT parquet)"
     )
     return int(con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(str(path))})").fetchone()[0])
-
-
-def _ordered_connection(config: dict[str, Any]) -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection that keeps the source order of rows, so a validated part is the same bytes every run."""
-    con = connect(config.get("resources"))
-    con.execute("SET preserve_insertion_order = true")
-    return con
-
-
-def _load_clean_population(con: duckdb.DuckDBPyConnection, population_path: str | Path) -> None:
-    con.execute(
-        f"CREATE OR REPLACE TEMP TABLE clean_population AS SELECT * FROM read_parquet({sql_literal(str(population_path))})"
-    )
 
 
 def _validate_one(
@@ -214,12 +137,12 @@ def _validate_one(
             f"{csv_problem(error) if reader.sources.kind == 'csv' else str(error).splitlines()[0]}"
         ) from error
     if name != "population":
-        _check_overlap(con, reader, population_label)
+        check_shared_persons(con, reader, population_label)
     log.info("validating %s from %s", name, reader.file_label)
     started = time.perf_counter()
     clean_path.parent.mkdir(parents=True, exist_ok=True)
     rejects_path.parent.mkdir(parents=True, exist_ok=True)
-    entry = _write_extract(con, reader, clean_path, rejects_path, config.get("resources", {}).get("progress_seconds", 30))
+    entry = write_extract(con, reader, clean_path, rejects_path, config.get("resources", {}).get("progress_seconds", 30))
     seconds = time.perf_counter() - started
     log.info(
         "%s %s: %d rows read, %d kept, %d rejected in %.1f s (%.0f rows/s) %s",
@@ -255,7 +178,7 @@ def validate_registers(
     registry without a usable row stops the run (every person would be followed as MS-free).
     """
     population_path, registers_path = Path(population), Path(report)
-    con = _ordered_connection(config)
+    con = ordered_connection(config)
     inputs = config["inputs"]
     population_reader = ExtractReader(con, "population", inputs["population"])
     registry_reader = ExtractReader(con, "ms_registry", inputs["ms_registry"])
@@ -268,7 +191,7 @@ def validate_registers(
     if entry["rows_kept"] == 0:
         raise ExtractError(f"population: no valid row in {population_reader.file_label}; see {population_rejects}")
     result["extracts"]["population"] = entry
-    _load_clean_population(con, population_path)
+    load_clean_population(con, population_path)
     entry = _validate_one(
         con, registry_reader, config, person_id_type, Path(ms_registry), Path(ms_registry_rejects),
         population_reader.file_label,
@@ -347,7 +270,7 @@ def diagnosis_checks(study: dict[str, Any]) -> tuple[list[Check], str]:
         Check("unknown_person", "p.person_id IS NULL"),
         Check(
             "diagnosis_date_out_of_range",
-            f"t.diagnosis_date < {_birth_floor('p')} OR t.diagnosis_date > DATE {end}",
+            f"t.diagnosis_date < {birth_floor('p')} OR t.diagnosis_date > DATE {end}",
         ),
         Check(
             "malformed_icd10_code",
@@ -381,10 +304,10 @@ def validate_diagnoses(
         con.execute(f"CREATE OR REPLACE TEMP TABLE labelled_diagnoses AS {normalised}")
     except duckdb.Error as error:
         raise ExtractError(f"diagnoses: cannot read {reader.file_label}: {str(error).splitlines()[0]}") from error
-    _check_overlap(con, reader, population_label)
+    check_shared_persons(con, reader, population_label)
     clean_path.parent.mkdir(parents=True, exist_ok=True)
     rejects_path.parent.mkdir(parents=True, exist_ok=True)
-    entry = _write_extract(con, reader, clean_path, rejects_path)
+    entry = write_extract(con, reader, clean_path, rejects_path)
     log.info(
         "diagnoses %s: %d rows read, %d kept, %d rejected %s",
         reader.file_label, entry["rows_read"], entry["rows_kept"], entry["rows_rejected"], entry["rejected_by_reason"],
@@ -404,8 +327,8 @@ def validate_prescription_part(
     report: str | Path,
 ) -> dict[str, Any]:
     """Validate one file of the prescription extract against the clean population; write its report entry."""
-    con = _ordered_connection(config)
-    _load_clean_population(con, population)
+    con = ordered_connection(config)
+    load_clean_population(con, population)
     part_path = Path(part)
     person_id_type = json.loads(Path(registers).read_text())["person_id_type"]
     if part_path.stat().st_size == 0:
@@ -430,8 +353,10 @@ def merge_validation_reports(
     parts: list[str] | list[Path],
     report: str | Path,
     summary: str | Path,
+    clinical: str | Path | None = None,
 ) -> dict[str, Any]:
-    """One validation report: the registers' entries and the prescription parts summed (with a per-part list)."""
+    """One validation report: the registers' entries, the prescription parts summed (with a per-part list) and
+    the clinical extracts' entries when any is configured (`clinical`, the report part of validate_clinical)."""
     report_path, summary_path = report, summary
     report = json.loads(Path(registers).read_text())
     parts = [json.loads(Path(p).read_text()) for p in parts]
@@ -460,6 +385,8 @@ def merge_validation_reports(
             for part in parts
         ],
     }
+    if clinical is not None:
+        report["extracts"].update(json.loads(Path(clinical).read_text())["extracts"])
     Path(report_path).write_text(json.dumps(report, indent=2))
     Path(summary_path).write_text(render_report_markdown(report))
     return report
@@ -467,7 +394,8 @@ def merge_validation_reports(
 
 def validate_extracts(config: dict[str, Any], *, results_dir: str | Path) -> dict[str, Any]:
     """Validate the extracts of `config['inputs']` in one call, into `results_dir` laid out as the DAG's
-    (the DAG runs the same steps as jobs): registers, then each prescription part, then the merged report."""
+    (the DAG runs the same steps as jobs): registers, then each prescription part, then the clinical extracts
+    when any is configured, then the merged report."""
     paths = results_layout(results_dir)
     for stale in (Path(paths.validated_prescriptions("x")).parent, Path(paths.prescription_rejects("x")).parent):
         if stale.exists():
@@ -495,12 +423,23 @@ def validate_extracts(config: dict[str, Any], *, results_dir: str | Path) -> dic
             report=paths.prescriptions_report(name),
         )
         part_reports.append(paths.prescriptions_report(name))
+    clinical = configured_clinical_extracts(config)
+    if clinical:
+        validate_clinical(
+            config,
+            population=paths.validated("population"),
+            ms_registry=paths.validated("ms_registry"),
+            registers=paths.registers_report(),
+            report=paths.clinical_report(),
+            **clinical_outputs(paths, clinical),
+        )
     return merge_validation_reports(
         config,
         registers=paths.registers_report(),
         parts=part_reports,
         report=paths.validation_report(),
         summary=paths.validation_summary(),
+        clinical=paths.clinical_report() if clinical else None,
     )
 
 

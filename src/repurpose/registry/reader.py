@@ -27,7 +27,7 @@ from repurpose.registry.dictionary import ColumnSpec, ExtractSpec, load_extract_
 SOURCE_SUFFIXES = (".parquet", ".csv", ".txt", ".tsv")
 # Stored type of each dictionary type but `id` (the run's person_id type); `year()` of a date is BIGINT.
 SQL_TYPES = {"date": "DATE", "int": "INTEGER", "float": "DOUBLE", "sex": "VARCHAR",
-             "category": "VARCHAR", "atc5": "VARCHAR", "string": "VARCHAR"}
+             "category": "VARCHAR", "atc5": "VARCHAR", "country": "VARCHAR", "string": "VARCHAR"}
 # The population's integer identifier columns that are kept as integers (BIGINT holds them all).
 INTEGER_ID_SOURCE_TYPES = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "UTINYINT", "USMALLINT", "UINTEGER")
 # A text identifier links to an integer one only when it is that integer's own decimal text.
@@ -265,6 +265,7 @@ def map_columns(
 ) -> dict[str, str | None]:
     """Canonical name -> source name; raise ExtractError for a missing required column or a column the map
     names that is not in the file (an optional column is absent only when the map does not name it)."""
+    column_map = _renamed_keys(spec, column_map)
     unknown = sorted(set(column_map) - {c.name for c in spec.columns})
     if unknown:
         raise ExtractError(
@@ -274,6 +275,9 @@ def map_columns(
     mapping: dict[str, str | None] = {}
     for column in spec.columns:
         source = column_map.get(column.name, column.name)
+        if source not in source_columns and column.name not in column_map:
+            # An extract written before a rename names the column by its former canonical name.
+            source = next((name for name in column.former_names if name in source_columns), source)
         if source in source_columns:
             mapping[column.name] = source
         elif column.name in column_map:
@@ -291,6 +295,21 @@ def map_columns(
         else:
             mapping[column.name] = None
     return mapping
+
+
+def _renamed_keys(spec: ExtractSpec, column_map: dict[str, str]) -> dict[str, str]:
+    """The column map with keys that are a column's former canonical name (`ms_course`) under its new name."""
+    renamed = {former: c.name for c in spec.columns for former in c.former_names}
+    out: dict[str, str] = {}
+    for key, source in column_map.items():
+        name = renamed.get(key, key)
+        if name in out:
+            raise ExtractError(
+                f"{spec.extract}: the column map sets `{name}` twice (inputs.{spec.extract}.columns.{name} and its "
+                f"former name); keep only `{name}`"
+            )
+        out[name] = source
+    return out
 
 
 def _as_text(expr: str) -> str:
@@ -338,7 +357,11 @@ def _typed_expression(
     if column.type == "sex":
         cases = " ".join(f"WHEN {sql_literal(k)} THEN {sql_literal(v)}" for k, v in column.codes.items())
         return f"(CASE regexp_replace({text}, '\\.0$', '') {cases} ELSE NULL END)"
-    if column.type in ("category", "atc5"):
+    if column.type == "category" and any(value != value.upper() for value in column.allowed):
+        # Read case-insensitively, stored in the dictionary's spelling (`Adverse_Event` -> adverse_event).
+        cases = " ".join(f"WHEN {sql_literal(a.upper())} THEN {sql_literal(a)}" for a in column.allowed)
+        return f"(CASE upper({text}) {cases} ELSE upper({text}) END)"
+    if column.type in ("category", "atc5", "country"):
         return f"upper({text})"
     return text  # plain strings (identifiers: ExtractReader.person_id)
 
@@ -374,6 +397,8 @@ def column_checks(
     if column.type == "category" and column.allowed:
         allowed = ", ".join(sql_literal(a) for a in column.allowed)
         checks.append(Check(f"invalid_{name}", f"{typed} IS NOT NULL AND {typed} NOT IN ({allowed})"))
+    if column.type == "country":
+        checks.append(Check(f"invalid_{name}", f"{typed} IS NOT NULL AND NOT regexp_full_match({typed}, '[A-Z]{{2}}')"))
     if column.type == "atc5":
         checks.append(
             Check(
