@@ -47,7 +47,7 @@ def read_drug_dispensings(
             f"FROM read_parquet([{files}], union_by_name = true) d SEMI JOIN new_users u ON d.person_id = u.person_id "
             f"WHERE d.atc_code IN ({in_codes})"
         )
-        return pl.from_arrow(con.execute(sql).arrow()).with_columns(pl.col("dispense_date").cast(pl.Date))
+        return con.sql(sql).pl().with_columns(pl.col("dispense_date").cast(pl.Date))
     finally:
         con.close()
 
