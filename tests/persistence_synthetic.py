@@ -99,9 +99,10 @@ def generate(
     }).with_columns(pl.col("onset_date").alias("diagnosis_date"))  # fmt: skip
     drug = pl.DataFrame({
         "person_id": person, "treatment_atc_code": DRUG, "start_date": start,
-        "stop_date": np.where(stopped, stop, np.datetime64("NaT")), "stop_reason": np.where(stopped, reason, None),
+        "stop_date": np.where(stopped, stop, np.datetime64("NaT")), "stop_reason": np.where(stopped, reason, ""),
         "clinic_id": np.array(clinics)[clinic_of],
-    }).with_columns(pl.col("start_date").cast(pl.Date), pl.col("stop_date").cast(pl.Date))  # fmt: skip
+    }).with_columns(pl.col("start_date").cast(pl.Date), pl.col("stop_date").cast(pl.Date),
+                    pl.col("stop_reason").replace("", None))  # fmt: skip
     prior_rows = pl.DataFrame({
         "person_id": person[prior], "treatment_atc_code": "L03AB07",
         "start_date": start[prior] - np.timedelta64(700, "D"), "stop_date": start[prior] - np.timedelta64(10, "D"),

@@ -7,7 +7,9 @@ control limits around 1 at 95% and 99.8% (Spiegelhalter 2005, "Funnel plots for 
 performance", Stat Med 24:1185):
 
 - z_i = (O_i - E_i) / sqrt(E_i) (Poisson variance of O/E is 1/E);
-- overdispersion from the z-scores winsorised at the 10th and 90th percentiles: phi = mean(z_w^2);
+- overdispersion from the z-scores winsorised at the 10th and 90th percentiles: phi = mean(z_w^2), then
+  re-estimated (not winsorised) from the clinics inside the 99.8% limits until that set is stable
+  (`robust_overdispersion`: the outliers do not widen the limits that judge them);
 - `additive` (default): tau^2 = max(0, (k phi - (k - 1)) / (sum w - sum w^2 / sum w)), w_i = E_i, and limits
   1 +/- z_p sqrt(1/E + tau^2); `multiplicative`: limits 1 +/- z_p sqrt(phi / E) when phi > 1; `none`: Poisson;
 - a clinic is an outlier only outside the adjusted 99.8% limits, an alert outside the adjusted 95% limits.
@@ -60,6 +62,8 @@ def z_scores(observed: np.ndarray, expected: np.ndarray) -> np.ndarray:
 
 def winsorise(values: np.ndarray, share: float = 0.1) -> np.ndarray:
     """Values clipped to their `share` and 1 - `share` quantiles (numpy's linear interpolation)."""
+    if share <= 0:
+        return values
     low, high = np.quantile(values, [share, 1 - share])
     return np.clip(values, low, high)
 
@@ -78,6 +82,31 @@ def overdispersion(observed: np.ndarray, expected: np.ndarray, method: str = "ad
     return Overdispersion(phi=phi, tau2=tau2, method=method)
 
 
+def robust_overdispersion(observed: np.ndarray, expected: np.ndarray, method: str = "additive",
+                          level: float = 0.998, max_iterations: int = 20) -> tuple[Overdispersion, np.ndarray]:  # fmt: skip
+    """Overdispersion estimated without the outliers it is meant to judge, and the outlier flags.
+
+    Starts from the winsorised estimate; then, until the set of clinics outside the `level` limits stops
+    changing, re-estimates phi and tau^2 (not winsorised) from the clinics inside them. Winsorising alone at
+    10% clips true between-clinic spread as much as outliers and leaves the limits too narrow when many
+    clinics differ a little; the plain moment estimate over all clinics lets a few gross outliers widen the
+    limits for everyone. Returns the estimate and a boolean array (True = outside the limits)."""
+    observed, expected = np.asarray(observed, float), np.asarray(expected, float)
+    spread = overdispersion(observed, expected, method)
+    outside = np.zeros(len(observed), bool)
+    for _ in range(max_iterations):
+        lower, upper = funnel_limits(expected, level, spread)
+        ratio = observed / expected
+        now = (ratio < lower) | (ratio > upper)
+        if np.array_equal(now, outside) and _ > 0:
+            break
+        outside = now
+        if (~outside).sum() < 3:
+            break
+        spread = overdispersion(observed[~outside], expected[~outside], method, share=0.0)
+    return spread, outside
+
+
 def funnel_limits(expected: np.ndarray | float, level: float, spread: Overdispersion) -> tuple[np.ndarray, np.ndarray]:
     """Lower and upper control limits of O/E at `level` (two-sided) for clinics of size `expected`."""
     expected = np.asarray(expected, float)
@@ -94,7 +123,7 @@ def funnel_limits(expected: np.ndarray | float, level: float, spread: Overdisper
 def funnel_table(clinics: Sequence[str], observed: np.ndarray, expected: np.ndarray, method: str) -> tuple[pl.DataFrame, Overdispersion]:
     """Per clinic: O, E, O/E, z, the adjusted 95% and 99.8% limits and the flags (module doc)."""
     observed, expected = np.asarray(observed, float), np.asarray(expected, float)
-    spread = overdispersion(observed, expected, method)
+    spread, _ = robust_overdispersion(observed, expected, method)
     lo95, hi95 = funnel_limits(expected, 0.95, spread)
     lo998, hi998 = funnel_limits(expected, 0.998, spread)
     ratio = observed / expected

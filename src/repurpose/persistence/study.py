@@ -115,7 +115,8 @@ def new_users_of(
 
 
 def analyse(users: pl.DataFrame, settings: Mapping[str, Any], policy: DisclosurePolicy) -> dict[str, pl.DataFrame]:
-    """Every released table of the study from the new-user table."""
+    """Every released table of the study from the new-user table, and `funnel_exact` (the funnel before
+    disclosure control: internal, for tests and checks; never written)."""
     horizons = [int(h) for h in settings["horizons_months"]]
     funnel_horizon = float(settings["funnel_horizon_months"])
     sizes = dict(users.group_by("clinic_id").len().iter_rows())
@@ -180,7 +181,8 @@ def analyse(users: pl.DataFrame, settings: Mapping[str, Any], policy: Disclosure
     clinic_rows = clinic_table(users, per_clinic, funnel, summaries, policy)
     agreement = agreement_table(users, funnel_horizon * DAYS_PER_MONTH, int(settings["agreement_days"]), policy)
     return {"survival": survival, "curves": curves, "reasons": reasons, "cox": cox_table, "clinics": clinic_rows,
-            "variance": pl.DataFrame([variance]), "agreement": agreement}  # fmt: skip
+            "variance": pl.DataFrame([variance]), "agreement": agreement,
+            "funnel_exact": funnel}  # fmt: skip (funnel_exact: exact counts, internal; never written)
 
 
 def reason_table(users: pl.DataFrame, months: np.ndarray, horizons: Sequence[int], policy: DisclosurePolicy) -> pl.DataFrame:
@@ -243,7 +245,8 @@ def clinic_table(users: pl.DataFrame, per_clinic: pl.DataFrame, funnel: pl.DataF
     rows = rows.with_columns(pl.col("observed_stops").cast(pl.Int64).alias("n_stopped_within_horizon")).drop("observed_stops")
     counts = ["n_new_users", "n_stopped", "n_stopped_within_horizon", *reason_columns]
     estimates = ["ratio", "z", f"persistence_{horizon_key}m", "expected_stops"]
-    released = release_clinic_table(rows, counts, policy, {c: ["n_stopped_within_horizon", "n_stopped"] for c in estimates})
+    # O/E, z and the persistence at the horizon are functions of the stops within the horizon (O = ratio x E)
+    released = release_clinic_table(rows, counts, policy, {c: ["n_stopped_within_horizon"] for c in estimates})
     return released.with_columns(pl.when(pl.col("ratio").is_null()).then(None).otherwise(pl.col("funnel")).alias("funnel"))
 
 
