@@ -17,6 +17,7 @@ from repurpose.persistence.clinics import (
     funnel_table,
     overdispersion,
     q_profile_ci,
+    robust_overdispersion,
 )
 from repurpose.persistence.dispensing import cohen_kappa, gap_rule_stops
 from repurpose.persistence.newusers import new_users
@@ -230,3 +231,20 @@ def test_new_users_case_mix_and_registry_stop():
     assert two["stopped"] == 0 and two["end_date"] == D(2020, 6, 1)  # censored at death
     assert two["clinic_id"] == "B" and two["country"] == "unknown" and two["edss"] == 1.0
     assert two["age_years"] == pytest.approx((D(2019, 6, 1) - D(1990, 7, 1)).days / 365.25)
+
+
+def test_robust_overdispersion_is_the_moment_estimate_of_the_clinics_in_control():
+    rng = np.random.default_rng(9)
+    expected = rng.uniform(20, 120, 30)
+    observed = rng.poisson(expected * np.exp(rng.normal(0, 0.2, 30))).astype(float)
+    observed[:2] = expected[:2] * 3  # two gross outliers
+    spread, outside = robust_overdispersion(observed, expected, "additive")
+    assert outside[:2].all() and outside.sum() < 5
+    inside = ~outside
+    z = (observed[inside] - expected[inside]) / np.sqrt(expected[inside])
+    k, w = inside.sum(), expected[inside]
+    tau2 = max(0.0, (k * np.mean(z**2) - (k - 1)) / (w.sum() - (w**2).sum() / w.sum()))
+    assert spread.tau2 == pytest.approx(tau2, rel=1e-12)
+    lower, upper = funnel_limits(expected, 0.998, spread)
+    ratio = observed / expected
+    assert np.array_equal(outside, (ratio < lower) | (ratio > upper))

@@ -37,6 +37,8 @@ def test_planted_outliers_are_flagged_and_no_other_clinic(planted):
     released = tables["clinics"].filter(pl.col("funnel").is_not_null()).select("clinic_id", "funnel")
     exact = dict(funnel.select("clinic_id", "funnel").iter_rows())
     assert released.height > 30 and all(exact[c] == f for c, f in released.iter_rows())
+    # disclosure control does not hide the planted outliers (the complementary cell is taken from a clinic in control)
+    assert set(released.filter(pl.col("funnel") == "outlier")["clinic_id"].to_list()) == set(synthetic.outliers)
 
 
 def test_between_clinic_variance_covers_the_planted_one(planted):
@@ -73,6 +75,12 @@ def test_released_clinic_table_hides_small_clinics_and_small_counts(planted):
     exact = users.filter(pl.col("clinic_id").is_in(shown["clinic_id"].to_list()).not_())
     assert exact.height == 0 or exact.height >= POLICY.min_cell
     assert small_counts_left(tables["survival"], ["n_new_users", "n_stopped"], POLICY.min_cell) == {}
+    # the attack: a single hidden clinic cell in a column whose total is shown would be the total minus the rest
+    parts = clinics.filter(pl.col("clinic_id") != "all clinics")
+    total = clinics.filter(pl.col("clinic_id") == "all clinics").row(0, named=True)
+    for column in counts:
+        hidden = parts[column].null_count()
+        assert hidden != 1 or total[column] is None, column
 
 
 def test_stage_writes_every_output_and_the_agreement(tmp_path):

@@ -194,6 +194,7 @@ def release_clinic_table(table: pl.DataFrame, count_columns: Sequence[str], poli
                          derived: dict[str, Sequence[str]]) -> pl.DataFrame:  # fmt: skip
     """The clinic table (one row per shown clinic and one `all clinics` row) as released: small counts and the
     cells that would reveal one hidden, counts rounded; `derived` columns hidden with their counts."""
+    table = _protect_outliers(table, count_columns, policy)
     complements = [("n_new_users", c) for c in count_columns if c != "n_new_users"]
     partition = Partition(by=("_table",), part_column="clinic_id", total_value=ALL_CLINICS)
     released = release_counts(
@@ -201,3 +202,27 @@ def release_clinic_table(table: pl.DataFrame, count_columns: Sequence[str], poli
         complements=complements, partitions=[partition], derived=derived,
     )  # fmt: skip
     return released.drop("_table")
+
+
+def _protect_outliers(table: pl.DataFrame, count_columns: Sequence[str], policy: DisclosurePolicy) -> pl.DataFrame:
+    """The complementary cell chosen before `release_counts` would choose it: where exactly one clinic row's count
+    is small, the smallest non-zero count of a clinic in control (or of "other clinics") is hidden with it, so
+    that the secondary suppression (which takes the smallest count) does not hide an outlier clinic's count,
+    often the smallest when it keeps its patients on the drug."""
+    parts = pl.col("clinic_id") != ALL_CLINICS
+    preferred = (pl.col("funnel") == "in control") | (pl.col("clinic_id") == OTHER_CLINICS)
+    if "funnel" not in table.columns:
+        return table
+    for column in count_columns:
+        values = table[column].to_list()
+        is_part = table.select(parts).to_series().to_list()
+        prefer = table.select(preferred.fill_null(False)).to_series().to_list()
+        small = [i for i, v in enumerate(values) if is_part[i] and policy.is_small(v)]
+        if len(small) != 1:
+            continue
+        candidates = [i for i, v in enumerate(values) if is_part[i] and prefer[i] and i not in small and v and v > 0]
+        if candidates:
+            victim = min(candidates, key=lambda i: values[i])
+            values[small[0]] = values[victim] = None
+            table = table.with_columns(pl.Series(column, values, dtype=table.schema[column]))
+    return table

@@ -229,7 +229,8 @@ def clinic_table(users: pl.DataFrame, per_clinic: pl.DataFrame, funnel: pl.DataF
         .pivot(on="stop_reason", index="clinic_group", values="len")
     )  # fmt: skip
     rows = per_clinic.select(pl.col("clinic_group").alias("clinic_id"), pl.col("n").cast(pl.Int64).alias("n_new_users"),
-                             pl.col("o").cast(pl.Int64).alias("n_stopped"))  # fmt: skip
+                             pl.col("o").cast(pl.Int64).alias("n_stopped"),
+                             pl.col("o_h").cast(pl.Int64).alias("n_stopped_within_horizon"))  # fmt: skip
     rows = rows.join(by_reason.rename({"clinic_group": "clinic_id"}), on="clinic_id", how="left")
     reason_columns = [f"n_stopped_{r}" for r in STOP_REASONS]
     rows = rows.rename({r: f"n_stopped_{r}" for r in STOP_REASONS if r in rows.columns})
@@ -241,8 +242,7 @@ def clinic_table(users: pl.DataFrame, per_clinic: pl.DataFrame, funnel: pl.DataF
     persistence = [(c, summaries[("clinic" if c != ALL_CLINICS else "overall", c)].persistence[horizon_key][0])
                    for c in rows["clinic_id"].to_list()]  # fmt: skip
     rows = rows.join(pl.DataFrame(persistence, schema={"clinic_id": pl.String, f"persistence_{horizon_key}m": pl.Float64}, orient="row"), on="clinic_id")
-    rows = rows.join(funnel.rename({"clinic_id": "clinic_id"}), on="clinic_id", how="left")
-    rows = rows.with_columns(pl.col("observed_stops").cast(pl.Int64).alias("n_stopped_within_horizon")).drop("observed_stops")
+    rows = rows.join(funnel.drop("observed_stops"), on="clinic_id", how="left")
     counts = ["n_new_users", "n_stopped", "n_stopped_within_horizon", *reason_columns]
     estimates = ["ratio", "z", f"persistence_{horizon_key}m", "expected_stops"]
     # O/E, z and the persistence at the horizon are functions of the stops within the horizon (O = ratio x E)
