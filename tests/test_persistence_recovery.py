@@ -101,3 +101,16 @@ def test_stage_writes_every_output_and_the_agreement(tmp_path):
         frame = pl.read_csv(outputs[name])
         assert "person_id" not in frame.columns
         assert small_counts_left(frame, [c for c in frame.columns if c.startswith("n_")], 5) == {}
+
+
+def test_bad_inputs_fail_naming_the_file_and_column(tmp_path):
+    synthetic = generate(n_clinics=3, size_range=(20, 30), seed=2)
+    inputs = synthetic.write(tmp_path / "in")
+    outputs = {name: str(tmp_path / f"{name}.csv") for name in ("survival", "curves", "reasons", "cox", "clinics", "variance", "agreement")}
+    paths = dict(inputs, new_users=str(tmp_path / "u.parquet"), html=str(tmp_path / "p.html"), **outputs)
+    synthetic.ms_edss.drop("edss").write_parquet(inputs["ms_edss"])
+    with pytest.raises(ValueError, match=r"ms_edss.parquet \(ms_edss\) lacks the column\(s\) edss"):
+        run_persistence(study_config(), **paths)
+    synthetic.ms_edss.write_parquet(inputs["ms_edss"])
+    with pytest.raises(ValueError, match="no new user of N07XX09"):
+        run_persistence(study_config(drug="N07XX09"), **paths)

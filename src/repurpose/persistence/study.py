@@ -102,16 +102,49 @@ def run_persistence(
     return {"n_new_users": users.height, "seconds": seconds}
 
 
+# The columns each validated input must hold (the shared contract of issue 16; others are optional).
+REQUIRED_COLUMNS = {
+    "population": ("person_id", "sex", "birth_year"),
+    "ms_registry": ("person_id",),
+    "ms_treatments": ("person_id", "treatment_atc_code", "start_date", "stop_date"),
+    "ms_relapses": ("person_id", "relapse_date"),
+    "ms_edss": ("person_id", "visit_date", "edss"),
+}
+
+
+def _checked(name: str, path: str | Path | None, frame: pl.DataFrame | pl.LazyFrame | None) -> None:
+    """Fail with the file and the missing columns when a validated input lacks a required column."""
+    if frame is None:
+        return
+    columns = frame.collect_schema().names()
+    missing = [c for c in REQUIRED_COLUMNS[name] if c not in columns]
+    if missing:
+        raise ValueError(
+            f"persistence study: {path} ({name}) lacks the column(s) {', '.join(missing)}; it must be the validated "
+            f"extract (data_dictionary/{name}.yaml)"
+        )
+
+
 def new_users_of(
     settings: Mapping[str, Any], codes: Sequence[str], study_end: date, *, population: str, ms_registry: str,
     ms_treatments: str, ms_relapses: str | None, ms_edss: str | None,
 ) -> pl.DataFrame:
-    """The new-user table from the validated files."""
-    return new_users(
-        pl.read_parquet(ms_treatments), pl.read_parquet(ms_registry),
-        pl.scan_parquet(population).join(pl.read_parquet(ms_treatments).select("person_id").unique().lazy(), on="person_id").collect(),
-        _read(ms_relapses), _read(ms_edss), codes, study_end,
-    )  # fmt: skip
+    """The new-user table from the validated files (the population read for the treated persons only)."""
+    treatments, registry = pl.read_parquet(ms_treatments), pl.read_parquet(ms_registry)
+    people = pl.scan_parquet(population)
+    relapses, edss = _read(ms_relapses), _read(ms_edss)
+    for name, path, frame in (("population", population, people), ("ms_registry", ms_registry, registry),
+                              ("ms_treatments", ms_treatments, treatments), ("ms_relapses", ms_relapses, relapses),
+                              ("ms_edss", ms_edss, edss)):  # fmt: skip
+        _checked(name, path, frame)
+    people = people.join(treatments.select("person_id").unique().lazy(), on="person_id").collect()
+    users = new_users(treatments, registry, people, relapses, edss, codes, study_end)
+    if users.height == 0:
+        raise ValueError(
+            f"persistence study: no new user of {', '.join(codes)} with follow-up in {ms_treatments} "
+            "(column treatment_atc_code); check persistence.drug"
+        )
+    return users
 
 
 def analyse(users: pl.DataFrame, settings: Mapping[str, Any], policy: DisclosurePolicy) -> dict[str, pl.DataFrame]:
