@@ -21,6 +21,7 @@ from repurpose.persistence.clinics import (
 )
 from repurpose.persistence.dispensing import cohen_kappa, gap_rule_stops
 from repurpose.persistence.newusers import new_users
+from repurpose.persistence.study import reason_table
 from repurpose.persistence.survival import (
     aalen_johansen,
     cif_at,
@@ -248,3 +249,17 @@ def test_robust_overdispersion_is_the_moment_estimate_of_the_clinics_in_control(
     lower, upper = funnel_limits(expected, 0.998, spread)
     ratio = observed / expected
     assert np.array_equal(outside, (ratio < lower) | (ratio > upper))
+
+
+def test_reason_table_hides_a_second_reason_when_one_is_small():
+    counts = {"adverse_event": 100, "lack_of_efficacy": 50, "pregnancy": 3, "patient_wish": 20, "other": 10, "unknown": 7}
+    reasons = [r for r, n in counts.items() for _ in range(n)] + [None] * 60
+    rng = np.random.default_rng(1)
+    users = pl.DataFrame({"stopped": [int(r is not None) for r in reasons], "stop_reason": reasons})
+    table = reason_table(users, rng.uniform(0, 24, len(reasons)), [12, 24], DisclosurePolicy(5, 5))
+    at = dict(table.filter(pl.col("month") == 24.0).select("stop_reason", "n_stopped").iter_rows())
+    # pregnancy (3) is small; all stops (190) minus the other shown reasons would reveal it: the smallest other goes
+    assert at["pregnancy"] is None and at["unknown"] is None
+    assert at["any reason"] == 190 and at["adverse_event"] == 100 and at["other"] == 10
+    hidden = table.filter(pl.col("n_stopped").is_null())
+    assert hidden["cumulative_incidence"].null_count() == hidden.height

@@ -43,7 +43,7 @@ def curves_figure(curves: pl.DataFrame, kind: str, title: str) -> str | None:
 
 def reasons_figure(reasons: pl.DataFrame) -> str | None:
     """Cumulative incidence of stopping by reason (Aalen-Johansen), stacked."""
-    shown = reasons.filter(pl.col("cumulative_incidence").is_not_null())
+    shown = reasons.filter(pl.col("cumulative_incidence").is_not_null() & (pl.col("stop_reason") != "any reason"))
     if shown.height == 0:
         return None
     fig, ax = plt.subplots(figsize=(7, 4))

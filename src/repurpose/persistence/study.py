@@ -41,6 +41,7 @@ from repurpose.release.policy import DisclosurePolicy
 from repurpose.stages import stage
 
 log = logging.getLogger(__name__)
+ANY_REASON = "any reason"
 
 
 def _read(path: str | Path | None) -> pl.DataFrame | None:
@@ -226,13 +227,16 @@ def reason_table(users: pl.DataFrame, months: np.ndarray, horizons: Sequence[int
                          .otherwise(0)).to_series().to_numpy()  # fmt: skip
     times, cif = aalen_johansen(months, cause, list(code.values()))
     rows = []
-    for reason, k in code.items():
-        n = int(np.sum(cause == k))
-        for month in range(0, max(horizons) + 1):
-            rows.append((reason, n, float(month), float(cif_at(times, cif, month)[k - 1])))
+    for month in range(0, max(horizons) + 1):
+        at = cif_at(times, cif, month)
+        for reason, k in code.items():
+            rows.append((reason, int(np.sum(cause == k)), float(month), float(at[k - 1])))
+        rows.append((ANY_REASON, int(np.sum(cause > 0)), float(month), float(at.sum())))
     frame = pl.DataFrame(rows, schema={"stop_reason": pl.String, "n_stopped": pl.Int64, "month": pl.Float64,
                                        "cumulative_incidence": pl.Float64}, orient="row")  # fmt: skip
-    return release_counts(frame, ["n_stopped"], policy, derived={"cumulative_incidence": ["n_stopped"]})
+    # the reasons add up to all stops (also in the survival table): one hidden reason would be the difference
+    reasons = Partition(by=("month",), part_column="stop_reason", total_value=ANY_REASON)
+    return release_counts(frame, ["n_stopped"], policy, partitions=[reasons], derived={"cumulative_incidence": ["n_stopped"]})
 
 
 def clinic_cox_table(users: pl.DataFrame, design: Any, months: np.ndarray, stopped: np.ndarray) -> pl.DataFrame:
