@@ -21,7 +21,7 @@ from repurpose.persistence.clinics import (
 )
 from repurpose.persistence.dispensing import cohen_kappa, gap_rule_stops
 from repurpose.persistence.newusers import new_users
-from repurpose.persistence.study import reason_table
+from repurpose.persistence.study import reason_table, release_breakdowns
 from repurpose.persistence.survival import (
     aalen_johansen,
     cif_at,
@@ -263,3 +263,19 @@ def test_reason_table_hides_a_second_reason_when_one_is_small():
     assert at["any reason"] == 190 and at["adverse_event"] == 100 and at["other"] == 10
     hidden = table.filter(pl.col("n_stopped").is_null())
     assert hidden["cumulative_incidence"].null_count() == hidden.height
+
+
+def test_breakdowns_are_released_with_the_overall_row_as_their_total():
+    frame = pl.DataFrame({
+        "group_type": ["overall", "country", "country", "country", "clinic", "clinic"],
+        "group": ["all clinics", "NO", "DK", "SE", "A", "B"],
+        "n_new_users": [120, 60, 57, 3, 70, 50],
+        "estimate": [0.5, 0.4, 0.6, 0.9, 0.5, 0.5],
+    })  # fmt: skip
+    out = release_breakdowns(frame, ["n_new_users"], DisclosurePolicy(5, 1), by=("group_type",),
+                             derived={"estimate": ["n_new_users"]})  # fmt: skip
+    shown = {(t, g): n for t, g, n, _ in out.iter_rows()}
+    # SE (3) is small; overall - NO - DK would reveal it, so DK (the smaller other) is hidden too
+    assert shown[("country", "SE")] is None and shown[("country", "DK")] is None and shown[("country", "NO")] == 60
+    assert shown[("overall", "all clinics")] == 120 and shown[("clinic", "A")] == 70
+    assert out.filter(pl.col("group") == "DK")["estimate"].item() is None

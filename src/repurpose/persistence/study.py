@@ -194,19 +194,13 @@ def analyse(users: pl.DataFrame, settings: Mapping[str, Any], policy: Disclosure
                 curve_frames.append(km_curve(fitter, grid).with_columns(pl.lit(kind).alias("group_type"), pl.lit(value).alias("group")))
     survival = pl.DataFrame(survival_rows)
     estimates = [c for c in survival.columns if c.startswith("persistence_") or c == "median_months"]
-    parts = [Partition(by=("group_type",), part_column="group", total_value=ALL_CLINICS)]
-    # each breakdown is released with the overall row as its total, so no group is the total minus the others
-    overall = survival.filter(pl.col("group_type") == "overall")
-    released = [
-        release_counts(pl.concat([overall.with_columns(pl.lit(kind).alias("group_type")), survival.filter(pl.col("group_type") == kind)]),
-                       ["n_new_users", "n_stopped"], policy, complements=[("n_new_users", "n_stopped")], partitions=parts,
-                       derived={c: ["n_new_users", "n_stopped"] for c in estimates})
-        for kind in ("country", "clinic")
-    ]
-    survival = pl.concat([released[0].head(1).with_columns(pl.lit("overall").alias("group_type")),
-                          *[frame.slice(1) for frame in released]])  # fmt: skip
-    curves = release_counts(pl.concat(curve_frames).select("group_type", "group", "month", "persistence", "lower", "upper", "n_at_risk"),
-                            ["n_at_risk"], policy, derived={c: ["n_at_risk"] for c in ("persistence", "lower", "upper")})  # fmt: skip
+    survival = release_breakdowns(survival, ["n_new_users", "n_stopped"], policy, by=("group_type",),
+                                  complements=[("n_new_users", "n_stopped")],
+                                  derived={c: ["n_new_users", "n_stopped"] for c in estimates})  # fmt: skip
+    curves = release_breakdowns(
+        pl.concat(curve_frames).select("group_type", "group", "month", "persistence", "lower", "upper", "n_at_risk"),
+        ["n_at_risk"], policy, by=("group_type", "month"), derived={c: ["n_at_risk"] for c in ("persistence", "lower", "upper")},
+    )  # fmt: skip
     curves = curves.join(survival.select("group_type", "group", "n_stopped"), on=["group_type", "group"], how="left")
     curves = curves.filter(pl.col("n_stopped").is_not_null()).drop("n_stopped")
 
@@ -217,6 +211,29 @@ def analyse(users: pl.DataFrame, settings: Mapping[str, Any], policy: Disclosure
     return {"survival": survival, "curves": curves, "reasons": reasons, "cox": cox_table, "clinics": clinic_rows,
             "variance": pl.DataFrame([variance]), "agreement": agreement,
             "funnel_exact": funnel}  # fmt: skip (funnel_exact: exact counts, internal; never written)
+
+
+def release_breakdowns(
+    frame: pl.DataFrame, counts: Sequence[str], policy: DisclosurePolicy, *, by: tuple[str, ...],
+    complements: Sequence[tuple[str, str]] = (), derived: Mapping[str, Sequence[str]] | None = None,
+) -> pl.DataFrame:
+    """A table of the overall group and its breakdowns (group_type country, clinic) as released: each breakdown
+    together with the overall rows as its total (within `by`), so no group is the overall minus the others."""
+    overall = frame.filter(pl.col("group_type") == "overall")
+    partition = Partition(by=by, part_column="group", total_value=ALL_CLINICS)
+    released = []
+    for kind in ("country", "clinic"):
+        both = pl.concat([overall.with_columns(pl.lit(kind).alias("group_type")), frame.filter(pl.col("group_type") == kind)])
+        out = release_counts(both, counts, policy, complements=complements, partitions=[partition], derived=derived)
+        released.append(out.with_columns(pl.when(pl.col("group") == ALL_CLINICS).then(pl.lit("overall"))
+                                         .otherwise(pl.col("group_type")).alias("group_type")))  # fmt: skip
+    # the overall rows: a cell hidden in either breakdown's release is hidden (both see the same exact counts,
+    # so in practice they hide the same cells: the small numbers at risk in the tail)
+    first = released[0].filter(pl.col("group_type") == "overall")
+    second = released[1].filter(pl.col("group_type") == "overall")
+    hidden = [*counts, *(derived or {})]
+    overall = first.with_columns([pl.when(second[c].is_null()).then(None).otherwise(pl.col(c)).alias(c) for c in hidden])
+    return pl.concat([overall, *[r.filter(pl.col("group_type") != "overall") for r in released]])
 
 
 def reason_table(users: pl.DataFrame, months: np.ndarray, horizons: Sequence[int], policy: DisclosurePolicy) -> pl.DataFrame:
