@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from datetime import date
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import polars as pl
 import pytest
 from lifelines import AalenJohansenFitter, CoxPHFitter, KaplanMeierFitter
+from scipy import stats
 
+from repurpose.config import cross_key_mistakes
 from repurpose.persistence.clinics import (
     OTHER_CLINICS,
     disclosed_clinics,
@@ -30,6 +33,7 @@ from repurpose.persistence.survival import (
     kaplan_meier,
 )
 from repurpose.release.policy import DisclosurePolicy
+from repurpose.study_config import load_config
 
 D = date
 
@@ -183,8 +187,6 @@ def test_q_profile_ci_by_definition():
         w = 1 / (se**2 + t)
         return float(np.sum(w * (y - np.sum(w * y) / np.sum(w)) ** 2))
 
-    from scipy import stats
-
     assert q(upper) == pytest.approx(stats.chi2.ppf(0.025, 29), abs=1e-6)
     assert lower == 0.0 or q(lower) == pytest.approx(stats.chi2.ppf(0.975, 29), abs=1e-6)
     assert lower < 0.09 < upper
@@ -279,3 +281,11 @@ def test_breakdowns_are_released_with_the_overall_row_as_their_total():
     assert shown[("country", "SE")] is None and shown[("country", "DK")] is None and shown[("country", "NO")] == 60
     assert shown[("overall", "all clinics")] == 120 and shown[("clinic", "A")] == 70
     assert out.filter(pl.col("group") == "DK")["estimate"].item() is None
+
+
+def test_config_defaults_and_the_min_clinic_size_check():
+    config = load_config(Path(__file__).resolve().parents[1] / "config" / "config.yaml")
+    assert config["persistence"]["drug"] == ["L04AX07"] and config["persistence"]["horizons_months"] == [12, 24]
+    assert not [m for m in cross_key_mistakes(config) if "min_clinic_size" in m]
+    config["persistence"]["min_clinic_size"] = config["disclosure"]["min_cell"] - 1
+    assert [m for m in cross_key_mistakes(config) if "persistence.min_clinic_size" in m]

@@ -1,7 +1,8 @@
 """The persistence study's stage function: new users -> both stop definitions -> drug survival, reasons, the
 Cox model by clinic, between-clinic variance, the funnel -> released tables and the report page.
 
-Imports the package's `persistence` modules, `layout`-free top level (`stages`) and `release` (policy).
+Imports the other `persistence` modules, the top level (`stages`) and `release` (the disclosure policy and
+`release_counts`).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def run_persistence(
     )  # fmt: skip
     log.info("%d new users of %s", users.height, ", ".join(codes))
     if prescriptions:
-        dispensings = read_drug_dispensings(prescriptions, codes, users, config.get("resources"), Path(new_users).parent / "tmp")
+        dispensings = read_drug_dispensings(prescriptions, codes, users, config.get("resources"), Path(new_users).parents[1] / "tmp")
         stops = gap_rule_stops(
             users, dispensings, grace_days=float(settings["grace_days"]), ddd_per_day=settings["ddd_per_day"],
             lookback_days=int(settings["lookback_days"]),

@@ -9,7 +9,7 @@ lifelines' `AalenJohansenFitter` breaks tied times by random jitter (tests check
 data). Stopping by clinic adjusted for case mix is lifelines' `CoxPHFitter` (Efron ties); the same model
 without clinic gives each patient's expected number of stops (`expected_stops`), the basis of the funnel plot.
 
-Imports nothing of the package.
+Imports `persistence.newusers` (the month length) only.
 """
 
 from __future__ import annotations
