@@ -93,7 +93,13 @@ def new_users(
     study end; stopped = 0). A stop date after the end of follow-up is censored there. Starts after
     `study_end` or at or after death/emigration are left out (no follow-up)."""
     codes = list(codes)
-    treatments = treatments.with_columns(pl.col("treatment_atc_code").str.strip_chars().str.to_uppercase())
+    # text columns as plain strings whatever the validated dtype (categorical, large_string)
+    treatments = treatments.with_columns(
+        pl.col("treatment_atc_code").cast(pl.String).str.strip_chars().str.to_uppercase(),
+        *[pl.col(c).cast(pl.String) for c in ("stop_reason", "clinic_id") if c in treatments.columns],
+    )
+    registry = registry.with_columns([pl.col(c).cast(pl.String) for c in ("clinic_id", "country") if c in registry.columns])
+    population = population.with_columns(pl.col("sex").cast(pl.String))
     first = (
         treatments.filter(pl.col("treatment_atc_code").is_in(codes))
         .sort("person_id", "start_date", "treatment_atc_code")
