@@ -30,6 +30,7 @@ from repurpose.persistence.survival import (
     cif_at,
     expected_stops,
     fit_cox,
+    fit_status,
     kaplan_meier,
 )
 from repurpose.release.policy import DisclosurePolicy
@@ -289,3 +290,15 @@ def test_config_defaults_and_the_min_clinic_size_check():
     assert not [m for m in cross_key_mistakes(config) if "min_clinic_size" in m]
     config["persistence"]["min_clinic_size"] = config["disclosure"]["min_cell"] - 1
     assert [m for m in cross_key_mistakes(config) if "persistence.min_clinic_size" in m]
+
+
+def test_a_clinic_without_stops_gets_a_penalised_fit_with_its_status():
+    months, cause, x = _survival_data(seed=8)
+    stopped = (cause > 0).astype(int)
+    clinic = (np.arange(len(months)) < 30).astype(float)
+    stopped[clinic == 1] = 0  # the first clinic never stops: its unpenalised coefficient diverges
+    design = pd.DataFrame({"a": x[:, 0], "clinic=X": clinic})
+    fitter = fit_cox(design, months, stopped)
+    assert fit_status(fitter).startswith("converged with ridge penalty")
+    assert fitter.params_["clinic=X"] < -2 and np.isfinite(fitter.params_).all()
+    assert fit_status(fit_cox(design[["a"]], months, stopped)) == "converged"

@@ -33,6 +33,7 @@ from repurpose.persistence.survival import (
     design_matrix,
     expected_stops,
     fit_cox,
+    fit_status,
     kaplan_meier,
     km_curve,
     months_of,
@@ -272,7 +273,8 @@ def clinic_cox_table(users: pl.DataFrame, design: Any, months: np.ndarray, stopp
         "hr": s["exp(coef)"].to_numpy(), "hr_lower": s["exp(coef) lower 95%"].to_numpy(),
         "hr_upper": s["exp(coef) upper 95%"].to_numpy(), "p_value": s["p"].to_numpy(),
     })  # fmt: skip
-    return table.with_columns(pl.lit(f"clinic={reference}").alias("reference"))
+    return table.with_columns(pl.lit(f"clinic={reference}").alias("reference"), pl.lit(fit_status(fitter)).alias("status"),
+                              pl.lit(int(fitter.event_observed.sum())).alias("n_events"), pl.lit(len(months)).alias("n_at_risk"))  # fmt: skip
 
 
 def clinic_table(users: pl.DataFrame, per_clinic: pl.DataFrame, funnel: pl.DataFrame, summaries: dict,

@@ -14,6 +14,7 @@ Imports `persistence.newusers` (the month length) only.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,6 +22,7 @@ import numpy as np
 import pandas as pd
 import polars as pl
 from lifelines import CoxPHFitter, KaplanMeierFitter
+from lifelines.exceptions import ConvergenceError, ConvergenceWarning
 
 from repurpose.persistence.newusers import DAYS_PER_MONTH
 
@@ -124,12 +126,30 @@ def design_matrix(users: pl.DataFrame, covariates: Sequence[str]) -> pd.DataFram
     return frame.drop(columns=constant)
 
 
+RIDGE_PENALTY = 0.01
+
+
 def fit_cox(design: pd.DataFrame, months: np.ndarray, stopped: np.ndarray) -> CoxPHFitter:
-    """CoxPHFitter of stopping on the design (Efron ties, no penalty)."""
+    """CoxPHFitter of stopping on the design (Efron ties, no penalty). When Newton's method does not converge
+    (a clinic without stops: its coefficient runs to minus infinity) the model is refitted with a small ridge
+    penalty (`RIDGE_PENALTY`); `fit_status(fitter)` says which."""
     frame = design.copy()
     frame["_months"] = months
     frame["_stopped"] = stopped
-    return CoxPHFitter().fit(frame, duration_col="_months", event_col="_stopped")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        try:
+            fitter = CoxPHFitter().fit(frame, duration_col="_months", event_col="_stopped")
+            if not any(issubclass(w.category, ConvergenceWarning) for w in caught):
+                return fitter
+        except ConvergenceError:
+            pass
+        return CoxPHFitter(penalizer=RIDGE_PENALTY).fit(frame, duration_col="_months", event_col="_stopped")
+
+
+def fit_status(fitter: CoxPHFitter) -> str:
+    """`converged` or the penalty the fit needed to converge."""
+    return "converged" if not fitter.penalizer else f"converged with ridge penalty {fitter.penalizer:g}"
 
 
 def expected_stops(fitter: CoxPHFitter, design: pd.DataFrame, months: np.ndarray, horizon: float) -> np.ndarray:
