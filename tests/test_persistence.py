@@ -22,9 +22,9 @@ from repurpose.persistence.clinics import (
     q_profile_ci,
     robust_overdispersion,
 )
-from repurpose.persistence.dispensing import cohen_kappa, gap_rule_stops
+from repurpose.persistence.dispensing import agreement_rows, cohen_kappa, gap_rule_stops
 from repurpose.persistence.newusers import new_users
-from repurpose.persistence.study import reason_table, release_breakdowns
+from repurpose.persistence.study import agreement_table, reason_table, release_breakdowns
 from repurpose.persistence.survival import (
     aalen_johansen,
     cif_at,
@@ -302,3 +302,24 @@ def test_a_clinic_without_stops_gets_a_penalised_fit_with_its_status():
     assert fit_status(fitter).startswith("converged with ridge penalty")
     assert fitter.params_["clinic=X"] < -2 and np.isfinite(fitter.params_).all()
     assert fit_status(fit_cox(design[["a"]], months, stopped)) == "converged"
+
+
+def test_agreement_table_by_hand_and_its_small_cells():
+    # 40 users with dispensings: 20 stopped by both, 12 by neither, 6 by the registry only, 2 by dispensings only
+    stopped = [1] * 20 + [0] * 12 + [1] * 6 + [0] * 2
+    dispensing = [1] * 20 + [0] * 12 + [0] * 6 + [1] * 2
+    users = pl.DataFrame({
+        "n_dispensings": [3] * 40, "stopped": stopped, "time_days": [100.0] * 40,
+        "dispensing_stopped": dispensing, "dispensing_time_days": [100.0 + 10 * (i % 20) for i in range(40)],
+    })  # fmt: skip
+    table = dict(agreement_table(users, 730.0, 90, DisclosurePolicy(5, 1)).iter_rows())
+    # observed agreement 32/40; expected 26/40 * 22/40 + 14/40 * 18/40; dispensings-only (2) is small, so the
+    # smallest other cell (registry only, 6) is hidden with it and the kappa with them
+    assert table["n_stopped_dispensing_only"] == "<5" and table["n_stopped_registry_only"] == "<5"
+    assert table["n_stopped_both"] == "20" and table["kappa_stopped_within_horizon"] == "hidden"
+    rows = dict(agreement_rows(users, horizon_days=730.0, within_days=90))
+    expected = 26 / 40 * 22 / 40 + 14 / 40 * 18 / 40
+    assert rows["kappa_stopped_within_horizon"] == pytest.approx((32 / 40 - expected) / (1 - expected), abs=1e-12)
+    # both stopped: differences 0, 10, ..., 190 days (the first 20); within 90 days: 10 of 20
+    assert rows["share_stop_dates_within_days"] == pytest.approx(0.5)
+    assert rows["median_difference_days_dispensing_minus_registry"] == pytest.approx(95.0)

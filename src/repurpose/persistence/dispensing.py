@@ -13,7 +13,7 @@ dispensing just before the registry's start date belongs to the same course).
 The prescription parts are national-scale: DuckDB reads only the drug's rows of the new users
 (`read_parquet` filtered on atc_code, semi-joined to the new users), never every dispensing.
 
-Imports the top level (`duck`) only.
+Imports the top level (`duck`) and `persistence.newusers` (the month length).
 """
 
 from __future__ import annotations
@@ -25,8 +25,10 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from lifelines import KaplanMeierFitter
 
 from repurpose.duck import connect, sql_literal
+from repurpose.persistence.newusers import DAYS_PER_MONTH
 
 
 def read_drug_dispensings(
@@ -128,23 +130,33 @@ def cohen_kappa(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def agreement_rows(users: pl.DataFrame, *, horizon_days: float, within_days: int) -> list[tuple[str, float | int | None]]:
-    """How the two definitions agree among new users with at least one dispensing: kappa of stopped within the
-    horizon, the share of both-stopped users whose stop dates lie within `within_days`, and counts."""
+    """How the two definitions agree among new users with at least one dispensing: the 2x2 table of stopped
+    within the horizon by each (both, registry only, dispensings only, neither; `n_new_users_with_dispensings`
+    its total), Cohen's kappa, the share of patients stopped by both (any time) whose stop dates lie within
+    `within_days`, the median difference of those stop times, and the Kaplan-Meier median months on drug by
+    each definition with their difference."""
     both = users.filter(pl.col("n_dispensings") > 0)
     if both.height == 0:
         return [("n_new_users_with_dispensings", 0)]
     reg = ((both["stopped"] == 1) & (both["time_days"] <= horizon_days)).to_numpy()
     dis = ((both["dispensing_stopped"] == 1) & (both["dispensing_time_days"] <= horizon_days)).to_numpy()
     stopped_both = both.filter((pl.col("stopped") == 1) & (pl.col("dispensing_stopped") == 1))
-    close = (stopped_both["time_days"] - stopped_both["dispensing_time_days"]).abs() <= within_days
+    difference = stopped_both["dispensing_time_days"] - stopped_both["time_days"]
+    medians = {}
+    for name, time, event in (("registry", "time_days", "stopped"), ("dispensing", "dispensing_time_days", "dispensing_stopped")):
+        median = KaplanMeierFitter().fit(both[time].to_numpy() / DAYS_PER_MONTH, both[event].to_numpy()).median_survival_time_
+        medians[name] = float(median) if np.isfinite(median) else None
+    median_gap = None if None in medians.values() else medians["dispensing"] - medians["registry"]
     return [
         ("n_new_users_with_dispensings", both.height),
-        ("n_stopped_registry", int(reg.sum())),
-        ("n_stopped_dispensing", int(dis.sum())),
         ("n_stopped_both", int((reg & dis).sum())),
+        ("n_stopped_registry_only", int((reg & ~dis).sum())),
+        ("n_stopped_dispensing_only", int((~reg & dis).sum())),
         ("n_stopped_neither", int((~reg & ~dis).sum())),
         ("kappa_stopped_within_horizon", cohen_kappa(reg, dis)),
-        ("share_stop_dates_within_days", float(close.mean()) if stopped_both.height else None),
-        ("median_difference_days_dispensing_minus_registry",
-         float((stopped_both["dispensing_time_days"] - stopped_both["time_days"]).median()) if stopped_both.height else None),
+        ("share_stop_dates_within_days", float((difference.abs() <= within_days).mean()) if stopped_both.height else None),
+        ("median_difference_days_dispensing_minus_registry", float(difference.median()) if stopped_both.height else None),
+        ("km_median_months_registry", medians["registry"]),
+        ("km_median_months_dispensing", medians["dispensing"]),
+        ("km_median_months_difference_dispensing_minus_registry", median_gap),
     ]  # fmt: skip

@@ -314,7 +314,9 @@ def agreement_table(users: pl.DataFrame, horizon_days: float, within_days: int, 
         return pl.DataFrame({"item": ["dispensing definition"], "value": ["not assessed: no prescription parts given"]})
     rows = agreement_rows(users, horizon_days=horizon_days, within_days=within_days)
     counts = pl.DataFrame([(k, v) for k, v in rows if k.startswith("n_")], schema={"item": pl.String, "n": pl.Int64}, orient="row")
-    released = release_counts(counts.with_columns(pl.lit("a").alias("t")), ["n"], policy).drop("t")
+    # the four cells add up to the total: one small cell is never the total minus the others
+    cells = Partition(by=("t",), part_column="item", total_value="n_new_users_with_dispensings")
+    released = release_counts(counts.with_columns(pl.lit("a").alias("t")), ["n"], policy, partitions=[cells]).drop("t")
     hidden = released["n"].null_count() > 0
     values = [(k, "<" + str(policy.min_cell) if v is None else str(v)) for k, v in released.iter_rows()]
     values += [(k, "hidden" if hidden or v is None else f"{v:.6g}") for k, v in rows if not k.startswith("n_")]
