@@ -114,3 +114,16 @@ def test_bad_inputs_fail_naming_the_file_and_column(tmp_path):
     synthetic.ms_edss.write_parquet(inputs["ms_edss"])
     with pytest.raises(ValueError, match="no new user of N07XX09"):
         run_persistence(study_config(drug="N07XX09"), **paths)
+
+
+def test_cox_estimates_of_hidden_clinic_groups_are_hidden(planted):
+    _, _, tables = planted
+    survival = tables["survival"].filter(pl.col("group_type") == "clinic")
+    hidden = survival.filter(pl.col("n_stopped").is_null() | pl.col("n_new_users").is_null())["group"].to_list()
+    assert hidden  # the merged small clinics, and the clinics whose stops complement them
+    cox = tables["cox"]
+    for group in hidden:
+        row = cox.filter(pl.col("term") == f"clinic={group}")
+        assert row.height == 0 or (row["hr"].item() is None and row["status"].item().startswith("hidden"))
+    shown = cox.filter(pl.col("term").str.starts_with("clinic=") & pl.col("hr").is_not_null())
+    assert shown.height >= 30 and (cox["n_events"] % 5 == 0).all()

@@ -207,7 +207,7 @@ def analyse(users: pl.DataFrame, settings: Mapping[str, Any], policy: Disclosure
     curves = curves.filter(pl.col("n_stopped").is_not_null()).drop("n_stopped")
 
     reasons = reason_table(users, months, horizons, policy)
-    cox_table = clinic_cox_table(users, design, months, stopped)
+    cox_table = release_cox(clinic_cox_table(users, design, months, stopped), survival, policy)
     clinic_rows = clinic_table(users, per_clinic, funnel, summaries, policy)
     agreement = agreement_table(users, funnel_horizon * DAYS_PER_MONTH, int(settings["agreement_days"]), policy)
     return {"survival": survival, "curves": curves, "reasons": reasons, "cox": cox_table, "clinics": clinic_rows,
@@ -275,6 +275,18 @@ def clinic_cox_table(users: pl.DataFrame, design: Any, months: np.ndarray, stopp
     })  # fmt: skip
     return table.with_columns(pl.lit(f"clinic={reference}").alias("reference"), pl.lit(fit_status(fitter)).alias("status"),
                               pl.lit(int(fitter.event_observed.sum())).alias("n_events"), pl.lit(len(months)).alias("n_at_risk"))  # fmt: skip
+
+
+def release_cox(table: pl.DataFrame, survival: pl.DataFrame, policy: DisclosurePolicy) -> pl.DataFrame:
+    """The Cox table as released: a clinic group's estimate is hidden whole where its new users or stops are
+    hidden in the released survival table (an estimate from few stops reveals them); counts rounded."""
+    clinics = survival.filter(pl.col("group_type") == "clinic")
+    hidden = clinics.filter(pl.col("n_new_users").is_null() | pl.col("n_stopped").is_null())["group"].to_list()
+    hide = pl.col("term").is_in([f"clinic={c}" for c in hidden])
+    estimates = ["log_hr", "se", "hr", "hr_lower", "hr_upper", "p_value"]
+    out = table.with_columns([pl.when(hide).then(None).otherwise(pl.col(c)).alias(c) for c in estimates])
+    out = out.with_columns(pl.when(hide).then(pl.lit("hidden: too few patients or stops")).otherwise(pl.col("status")).alias("status"))
+    return out.with_columns([pl.col(c).map_elements(policy.round_count, return_dtype=pl.Int64) for c in ("n_events", "n_at_risk")])
 
 
 def clinic_table(users: pl.DataFrame, per_clinic: pl.DataFrame, funnel: pl.DataFrame, summaries: dict,
