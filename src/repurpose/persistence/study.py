@@ -19,6 +19,7 @@ import polars as pl
 
 from repurpose.persistence.clinics import (
     ALL_CLINICS,
+    OTHER_CLINICS,
     between_clinic_variance,
     disclosed_clinics,
     funnel_table,
@@ -172,10 +173,11 @@ def analyse(users: pl.DataFrame, settings: Mapping[str, Any], policy: Disclosure
             pl.Series("e", expected_all),
         ).group_by("clinic_group").agg(pl.all().sum(), pl.len().alias("n")).sort("clinic_group")
     )  # fmt: skip
-    real = per_clinic.filter(pl.col("e_h") > 0)
+    # the funnel and the variance compare clinics: the merged small clinics are not one, so they are left out
+    real = per_clinic.filter((pl.col("e_h") > 0) & (pl.col("clinic_group") != OTHER_CLINICS))
     funnel, spread = funnel_table(real["clinic_group"].to_list(), real["o_h"].to_numpy(), real["e_h"].to_numpy(),
                                   settings["funnel_overdispersion"])  # fmt: skip
-    variance = between_clinic_variance(per_clinic["o"].to_numpy(), per_clinic["e"].to_numpy())
+    variance = between_clinic_variance(real["o"].to_numpy(), real["e"].to_numpy())
     variance.update({"funnel_overdispersion": spread.method, "funnel_phi": spread.phi, "funnel_tau2": spread.tau2,
                      "n_clinic_groups": per_clinic.height})  # fmt: skip
 
