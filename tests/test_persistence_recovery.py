@@ -68,6 +68,9 @@ def test_released_clinic_table_hides_small_clinics_and_small_counts(planted):
     clinics = tables["clinics"]
     tiny = [c for c, n in users.group_by("clinic_id").len().iter_rows() if n < 10]
     assert tiny and not set(tiny) & set(clinics["clinic_id"].to_list())
+    assert "other clinics" in clinics["clinic_id"].to_list()
+    assert "other clinics" not in tables["funnel_exact"]["clinic_id"].to_list()
+    assert tables["variance"]["k_clinics"].item() == 40
     counts = [c for c in clinics.columns if c.startswith("n_")]
     assert small_counts_left(clinics, counts, POLICY.min_cell) == {}
     # the "other clinics" row is the total minus the shown clinics: never a small count
