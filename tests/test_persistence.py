@@ -32,6 +32,7 @@ from repurpose.persistence.survival import (
     fit_cox,
     fit_status,
     kaplan_meier,
+    km_curve,
 )
 from repurpose.release.policy import DisclosurePolicy
 from repurpose.study_config import load_config
@@ -107,13 +108,17 @@ def _survival_data(seed: int = 3, n: int = 400, ties: bool = False) -> tuple[np.
 def test_kaplan_meier_equals_lifelines():
     months, cause, _ = _survival_data(ties=True)
     stopped = (cause > 0).astype(int)
-    summary, _ = kaplan_meier("all", months, stopped, [12, 24])
+    summary, fitter = kaplan_meier("all", months, stopped, [12, 24])
     reference = KaplanMeierFitter().fit(months, stopped)
     for h in (12, 24):
         expected = float(reference.survival_function_at_times(h).iloc[0])
         assert summary.persistence[h][0] == pytest.approx(expected, abs=1e-6)
         ci = reference.confidence_interval_survival_function_
         assert summary.persistence[h][1] == pytest.approx(float(ci[ci.index <= h].iloc[-1, 0]), abs=1e-6)
+        assert summary.persistence[h][2] == pytest.approx(float(ci[ci.index <= h].iloc[-1, 1]), abs=1e-6)
+    curve = km_curve(fitter, [0.0, 6.0, 12.0])
+    assert curve["n_at_risk"].to_list() == [int(np.sum(months >= t)) for t in (0.0, 6.0, 12.0)]
+    assert curve["persistence"][2] == pytest.approx(float(reference.survival_function_at_times(12.0).iloc[0]), abs=1e-6)
     assert summary.median_months == pytest.approx(float(reference.median_survival_time_), abs=1e-6)
     assert summary.n_stopped == stopped.sum()
 
