@@ -35,6 +35,11 @@ else:
     include: "workflow/rules/screen.smk"
     include: "workflow/rules/federation.smk"
 
+    # The persistence study runs only when the MS registry's treatment table is delivered.
+    if config["inputs"].get("ms_treatments"):
+
+        include: "workflow/rules/persistence.smk"
+
 
 include: "workflow/rules/candidates.smk"
 include: "workflow/rules/report.smk"

@@ -162,6 +162,12 @@ def cross_key_mistakes(config: dict[str, Any]) -> list[str]:
             "the main lag must be one of the screened lags"
         )
     mistakes += disclosure_mistakes(config)
+    min_clinic = config.get("persistence", {}).get("min_clinic_size", config["disclosure"]["min_cell"])
+    if min_clinic < config["disclosure"]["min_cell"]:
+        mistakes.append(
+            f"config keys `persistence.min_clinic_size` ({min_clinic}) and `disclosure.min_cell` "
+            f"({config['disclosure']['min_cell']}): a clinic shown alone must hold at least min_cell new users"
+        )
     min_cases, min_cell = config["candidates"]["min_evidence_cases"], config["disclosure"]["min_cell"]
     if min_cases < min_cell:
         mistakes.append(

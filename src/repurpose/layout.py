@@ -18,6 +18,7 @@ DEFAULT_ROOT = "results"
 # The workflow of this source checkout (src/repurpose/layout.py -> the repository root's Snakefile).
 WORKFLOW_SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
 REPORT_TABLES = ("cohort_flow", "validation", "exposure_prevalence")
+PERSISTENCE_TABLES = ("survival", "curves", "reasons", "cox", "clinics", "variance", "agreement")
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,19 @@ class ResultsLayout:
     def export_manifest(self) -> str:
         return self._path("export/manifest.csv")
 
+    # -- persistence study (issue 16) -------------------------------------------------------------------
+    def persistence_new_users(self) -> str:
+        """The new users with both stop definitions and their case mix (person-level: never exported)."""
+        return self._path("persistence/new_users.parquet")
+
+    def persistence_table(self, name: str = "{name}") -> str:
+        """A released table of the persistence study: survival, curves, reasons, cox, clinics, variance, agreement."""
+        return self._path(f"persistence/{name}.csv")
+
+    def persistence_html(self) -> str:
+        """The persistence study's report page."""
+        return self._path("report/persistence.html")
+
     # -- federation (site side) ---------------------------------------------------------------------------
     def site_package_dir(self) -> str:
         return self._path("site_package")
@@ -175,6 +189,8 @@ AGGREGATE_OUTPUTS: tuple[str, ...] = (
     "candidates/README.md",
     "report/index.html",
     "report/tables/*.csv",
+    "persistence/*.csv",
+    "report/persistence.html",
 )
 PERSON_LEVEL: tuple[str, ...] = (
     "simulated/*",
@@ -187,6 +203,7 @@ PERSON_LEVEL: tuple[str, ...] = (
     "tmp/*",
     "logs/*",
     "*/ground_truth_persons.parquet",
+    "persistence/new_users.parquet",
 )
 
 
