@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
+from conftest import SNAKEMAKE_THREADED
 
 from repurpose.config import ConfigError, validate_config
 from repurpose.registry.clinical_ingest import overlapping_episodes
@@ -414,7 +415,7 @@ def test_the_workflow_validates_clinical_extracts_only_when_configured(tmp_path)
 
 def _snakemake(workdir: Path, config: Path, *extra: str) -> str:
     command = [str(Path(sys.executable).parent / "snakemake"), "results/screen/dwas.parquet", "results/validation/report.json",
-               "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *extra, "--configfile", str(config)]  # fmt: skip
+               *SNAKEMAKE_THREADED, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *extra, "--configfile", str(config)]  # fmt: skip
     completed = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return completed.stdout + completed.stderr
