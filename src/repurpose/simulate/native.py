@@ -26,7 +26,7 @@ NATIVE_COLUMNS: dict[str, dict[str, str]] = {
     },
     "ms_registry": {
         "person_id": "løpenr", "onset_date": "debutdato", "diagnosis_date": "diagnosedato",
-        "ms_course": "forløp", "edss_at_diagnosis": "edss_ved_diagnose",
+        "ms_course_at_diagnosis": "forløp", "edss_at_diagnosis": "edss_ved_diagnose",
     },
 }
 # fmt: on
