@@ -124,7 +124,7 @@ FIRST_SUPPLY_DAYS = 30
 """Days of supply of the first dispensing of an episode (a starter pack)."""
 REFILL_TIMING = (0.80, 1.05)
 """A refill comes after uniform(low, high) times the previous supply (patients refill a little early)."""
-LATE_REFILL_SHARE = 0.04
+LATE_REFILL_SHARE = 0.02
 """Share of refills collected late (a lapse in adherence): uniform(30, 120) days added to the interval."""
 LATE_REFILL_EXTRA_DAYS = (30, 120)
 DDD_PER_DAY = 1.0

@@ -279,7 +279,7 @@ def simulate_course(
             * np.exp(np.where(on_drug, drugs.log_progression_hr[drug_index], 0.0))
         )
         steps_up = rng.poisson(progression * span_years) * diagnosed + worsening
-        edss = np.minimum(edss + 0.5 * steps_up, EDSS_MAX)
+        edss = np.minimum(edss + 0.5 * steps_up, np.maximum(EDSS_MAX, edss))  # (the registry has a few 10s)
 
         # EDSS visits
         due = active & (next_visit < span_end) & (next_visit >= patients.diagnosis_day)
@@ -290,7 +290,7 @@ def simulate_course(
                 day != patients.diagnosis_day[due_index]
             )
             sign = np.where(rng.random(len(due_index)) < 0.5, -0.5, 0.5)
-            observed = np.clip(edss[due_index] + error * sign, 0.0, EDSS_MAX)
+            observed = np.clip(edss[due_index] + error * sign, 0.0, np.maximum(EDSS_MAX, edss[due_index]))
             visits.add(patient=due_index, day=day, edss=observed)
             early_years = (day - patients.diagnosis_day[due_index]) < 2 * DAYS_PER_YEAR
             interval = np.where(early_years, 182.0, 365.0) * rng.uniform(0.8, 1.25, len(due_index))

@@ -2,7 +2,7 @@
 tables (ms_treatments, ms_relapses, ms_edss, sick_leave), the registry's clinical columns and the truth.
 
 Owns: the dispensings of the pharmacy-dispensed therapies (a 30-day starter supply, then 90-day refills
-collected after uniform(0.80, 1.05) times the previous supply, 4% of refills late by 30-120 days, the
+collected after uniform(0.80, 1.05) times the previous supply, 2% of refills late by 30-120 days, the
 last one before the registry's stop date; ddd = days of supply, reimbursement code G35; only inside the
 study window, like the prescription register), the clinical tables in the canonical columns of the data
 dictionary, and ground_truth.json's `clinical` key. The infusion therapies (natalizumab, alemtuzumab,
