@@ -12,6 +12,7 @@ its constants in `clinical_model`. Imports numpy, pyarrow and the simulator's mo
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,12 @@ CLINICAL_FILES: dict[str, str] = {
 }
 """Extract name -> file written beside ms_registry.parquet."""
 UNKNOWN_REASON_CODE = len(STOP_REASONS)
+
+
+def simulated_clinical_files(clinical: Mapping[str, Any] | None) -> dict[str, str]:
+    """Extract name -> file name of the clinical extracts the simulator writes with these `simulate.clinical`
+    settings (none when disabled), known before it runs (the rule's outputs)."""
+    return dict(CLINICAL_FILES) if ClinicalSettings.from_config(clinical).enabled else {}
 
 
 @dataclass
