@@ -313,20 +313,26 @@ def _simulate_chunk(
         parkinson=parkinson,
         clinical=clinical,
     )
-    if clinical is not None:
-        dispensings = Dispensings.concat([dispensings, clinical.dispensings])
-
-    person_id = chunk.person_id[dispensings.person]
+    # added rows (the DMT dispensings, the invalid rows) in one concatenation; DMT codes never tie with
+    # another row in the written order (own ATC dictionary entries), so every other row keeps its place
+    parts, person_ids = [dispensings], [chunk.person_id[dispensings.person]]
+    if clinical is not None and len(clinical.dispensings):
+        parts.append(clinical.dispensings)
+        person_ids.append(chunk.person_id[clinical.dispensings.person])
     if len(corrupt.host):
-        bad_rows = Dispensings(
-            person=corrupt.host - chunk_start,
-            day=corrupt.day,
-            substance=corrupt.substance,
-            ddd=corrupt.ddd,
-            reimbursement=np.full(len(corrupt.host), -1, dtype=np.int64),
+        parts.append(
+            Dispensings(
+                person=corrupt.host - chunk_start,
+                day=corrupt.day,
+                substance=corrupt.substance,
+                ddd=corrupt.ddd,
+                reimbursement=np.full(len(corrupt.host), -1, dtype=np.int64),
+            )
         )
-        dispensings = Dispensings.concat([dispensings, bad_rows])
-        person_id = np.concatenate([person_id, corrupt.person_id])
+        person_ids.append(corrupt.person_id)
+    if len(parts) > 1:
+        dispensings = Dispensings.concat(parts)
+    person_id = np.concatenate(person_ids) if len(person_ids) > 1 else person_ids[0]
     dispensings.person_id = person_id
     # unknown-person rows carry an id just above their host's, so they sort right after the host
     person_rank = 2 * dispensings.person + (person_id != chunk.person_id[dispensings.person])
