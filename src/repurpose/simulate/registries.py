@@ -43,6 +43,10 @@ The model the data follow exactly:
   resident on or before study end; onset is missing for ~10%.
 * Diagnosis records (`diagnoses.parquet`, patient-registry style): the registry's patients have a G35
   record on their diagnosis date and follow-up visits after it, kept inside the window (`diagnoses`).
+* MS clinical data (`clinical`, on by default; `disease_course` documents the model): each registry patient's
+  clinic and country, relapses, EDSS visits, treatment episodes with reason-specific stops (planted clinic
+  effects), sick leave, and the dispensings of the pharmacy-dispensed MS therapies after diagnosis. Drawn on
+  streams of their own and added after everything above, so nothing above changes.
 * Optional second outcome (`parkinson={"enabled": True}`): a Parkinson-like disease with its own hazard,
   planted substances, prodrome, G20 records and levodopa proxy (`parkinson`); off by default, and then
   nothing above changes.
