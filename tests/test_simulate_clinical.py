@@ -12,9 +12,12 @@ import numpy as np
 import polars as pl
 import pytest
 
-from repurpose.simulate import simulate_registries
+from repurpose.layout import results_layout
+from repurpose.simulate import simulate_registries, simulated_clinical_files
 from repurpose.simulate.clinical_model import DRUGS, STOP_REASONS, ClinicalSettings
+from repurpose.study_config import merge_over_defaults
 
+REPO = Path(__file__).resolve().parents[1]
 STUDY_START = date(2004, 1, 1)
 STUDY_END = date(2023, 12, 31)
 N_PERSONS = 30_000
@@ -434,3 +437,28 @@ def test_gap_based_stop_agrees_with_the_registry_stop_for_most_episodes(runs: di
     assert false_stop.height < 0.35 * running.height
     truth = truth_of(out)["clinical"]["dispensings"]
     assert set(truth["pharmacy_drugs"]) == PHARMACY and truth["refill_supply_days"] == 90
+
+
+# --------------------------------------------------------------------------------------------------
+# The demo's wiring
+# --------------------------------------------------------------------------------------------------
+
+
+def test_the_demo_reads_the_simulated_clinical_extracts_and_a_study_with_its_own_registers_does_not() -> None:
+    demo = merge_over_defaults({}, REPO / "config" / "config.yaml")
+    files = simulated_clinical_files(demo["simulate"]["clinical"])
+    assert set(files) == set(CLINICAL_FILES)
+    for name, file in files.items():
+        assert demo["inputs"][name]["path"] == results_layout().simulated(file)
+    own = {name: {"path": f"/data/{name}"} for name in ("population", "prescriptions", "ms_registry")}
+    study = merge_over_defaults({"inputs": own}, REPO / "config" / "config.yaml")
+    assert not set(CLINICAL_FILES) & set(study["inputs"])
+    off = merge_over_defaults({"simulate": {"clinical": {"enabled": False}}}, REPO / "config" / "config.yaml")
+    assert (
+        not set(CLINICAL_FILES) & set(off["inputs"])
+        and simulated_clinical_files(off["simulate"]["clinical"]) == {}
+    )
+    # a demo run may still point an extract elsewhere
+    mine = merge_over_defaults({"inputs": {"ms_edss": {"path": "edss.csv"}}}, REPO / "config" / "config.yaml")
+    assert mine["inputs"]["ms_edss"]["path"] == "edss.csv"
+    assert mine["inputs"]["ms_treatments"]["path"] == results_layout().simulated("ms_treatments.parquet")
