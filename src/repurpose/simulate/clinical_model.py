@@ -34,9 +34,9 @@ COURSES_AT_DIAGNOSIS = ("RR", "SP", "PP", "CIS", "unknown")
 
 BASELINE_STOP_HAZARD_PER_YEAR: dict[str, float] = {
     "adverse_event": 0.08,
-    "lack_of_efficacy": 0.03,
+    "lack_of_efficacy": 0.02,
     "pregnancy": 0.06,
-    "patient_wish": 0.05,
+    "patient_wish": 0.04,
     "other": 0.02,
 }
 """Reason-specific hazards of stopping (per year on drug) for a reference patient: ordinary drug, clinic
@@ -45,8 +45,9 @@ log HR 0, after the first half year, no relapse on drug in the last 12 months; p
 ADVERSE_EVENT_EARLY_FACTOR = 2.5
 """Adverse-event hazard multiplier in the first `ADVERSE_EVENT_EARLY_YEARS` on a drug."""
 ADVERSE_EVENT_EARLY_YEARS = 0.5
-LACK_OF_EFFICACY_LOG_HR_PER_RELAPSE = 0.8
-"""log HR of stopping for lack of efficacy per relapse on the drug in the last 12 months."""
+LACK_OF_EFFICACY_LOG_HR_PER_RELAPSE = 2.3
+"""log HR of stopping for lack of efficacy per relapse on the drug in the last 12 months (HR 10: a relapse on
+a drug usually leads to a switch within months; the baseline stands for activity on MRI, not simulated)."""
 LACK_OF_EFFICACY_HIGH_EFFICACY_FACTOR = 0.5
 """Lack-of-efficacy hazard multiplier on a high-efficacy drug (a neurologist escalates less from it)."""
 PREGNANCY_AGE_FACTORS: tuple[tuple[float, float, float], ...] = ((18, 25, 0.5), (25, 35, 1.0), (35, 45, 0.5))
@@ -93,7 +94,7 @@ DRUGS: tuple[Drug, ...] = (
     Drug("L03AB08", "interferon beta-1b", "1996-01-01", True, False, 0.70, 0.85, 1.3, 0.3),
     Drug("L03AX13", "glatiramer acetate", "1996-01-01", True, False, 0.70, 0.85, 1.0, 0.7),
     Drug("L04AA31", "teriflunomide", "2013-09-01", True, False, 0.70, 0.75, 1.1, 0.6),
-    Drug("L04AX07", "dimethyl fumarate", "2013-06-01", True, False, 0.50, 0.75, 1.4, 1.4),
+    Drug("L04AX07", "dimethyl fumarate", "2013-06-01", True, False, 0.50, 0.75, 1.2, 1.4),
     Drug("L04AA27", "fingolimod", "2011-06-01", True, True, 0.45, 0.70, 0.9, 0.4),
     Drug("L04AA23", "natalizumab", "2006-09-01", False, True, 0.30, 0.60, 0.6, -0.3),
     Drug("L04AA34", "alemtuzumab", "2014-01-01", False, True, 0.30, 0.55, 0.8, -1.2),

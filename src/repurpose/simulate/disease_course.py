@@ -30,7 +30,7 @@ emigration or the extraction date = study end), per patient:
   after a stop for lack of efficacy (escalation), + 1.5 for the drug stopped for a pregnancy.
 * Discontinuation: competing reasons with hazards (per year) `BASELINE_STOP_HAZARD_PER_YEAR[reason]`
   times: adverse events x the drug's factor x 2.5 in the first half year; lack of efficacy
-  x exp(0.8 * relapses on the drug in the last 12 months) x 0.5 on a high-efficacy drug; pregnancy only
+  x exp(2.3 * relapses on the drug in the last 12 months) x 0.5 on a high-efficacy drug; pregnancy only
   for women 18-44 (x 1 at 25-34, 0.5 otherwise); `other` x 4 on natalizumab after two years (JCV); and
   every reason x exp(clinic log HR) (u_c ~ N(0, tau^2), plus the outlier clinics' planted extra effect).
   After a stop, a later start follows with a reason-specific probability and delay (`RESTART`). A share
