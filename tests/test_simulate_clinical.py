@@ -464,3 +464,40 @@ def test_the_demo_reads_the_simulated_clinical_extracts_and_a_study_with_its_own
     mine = merge_over_defaults({"inputs": {"ms_edss": {"path": "edss.csv"}}}, REPO / "config" / "config.yaml")
     assert mine["inputs"]["ms_edss"]["path"] == "edss.csv"
     assert mine["inputs"]["ms_treatments"]["path"] == results_layout().simulated("ms_treatments.parquet")
+
+
+def test_ground_truth_declares_the_clinical_model(runs: dict[str, Path]) -> None:
+    out = runs["on"]
+    truth = truth_of(out)["clinical"]
+    clinics = truth["clinics"]["per_clinic"]
+    registry = read(out, "ms_registry")
+    counted = dict(registry.group_by("clinic_id").len().iter_rows())
+    # every valid registry patient is counted at their clinic (the invalid rows are not patients)
+    assert sum(c["n_patients"] for c in clinics.values()) == truth["counts"]["patients"]
+    corrupt = truth_of(out)["corrupt_rows"]
+    assert registry.height - truth["counts"]["patients"] == (
+        corrupt["ms_registry_unknown_person"] + corrupt["diagnosis_before_birth"]
+    )
+    assert all(counted.get(k, 0) >= v["n_patients"] for k, v in clinics.items())
+    for clinic in clinics.values():
+        assert clinic["log_hr"] == pytest.approx(clinic["random_log_hr"] + clinic["outlier_log_hr"], abs=2e-6)
+    assert sorted(np.exp([clinics[c]["outlier_log_hr"] for c in truth["clinics"]["outlier_clinic_ids"]])) == (
+        pytest.approx([0.5, 2.0])
+    )
+    assert set(truth["discontinuation"]["baseline_hazard_per_year"]) == set(STOP_REASONS)
+    assert {code: d["relapse_rate_ratio"] for code, d in truth["drugs"].items()} == {
+        d.atc_code: d.relapse_rate_ratio for d in DRUGS
+    }
+    assert all(d["progression_hr"] < 1 for d in truth["drugs"].values())
+    high = [d["progression_hr"] for d in truth["drugs"].values() if d["high_efficacy"]]
+    low = [d["progression_hr"] for d in truth["drugs"].values() if not d["high_efficacy"]]
+    assert max(high) < min(low)  # planted: lower progression on the high-efficacy drugs
+    assert set(truth["dispensings"]["pharmacy_drugs"]) == PHARMACY
+    assert set(truth["dispensings"]["infusion_drugs"]) == ALL_DRUGS - PHARMACY
+    counts = truth["counts"]
+    for name, key in (
+        ("ms_relapses", "relapses"),
+        ("ms_edss", "edss_visits"),
+        ("sick_leave", "sick_leave_episodes"),
+    ):
+        assert read(out, name).height == counts[key], name
