@@ -172,6 +172,11 @@ def test_tables_follow_the_contract(runs: dict[str, Path]) -> None:
     assert with_onset.height == relapses.height
     assert with_onset.filter(pl.col("relapse_date") <= pl.col("onset_date")).height == 0
     assert relapses["relapse_date"].max() <= STUDY_END
+    # distinct relapses are at least 30 days apart (so no duplicate rows)
+    separation = relapses.sort("person_id", "relapse_date").select(
+        (pl.col("relapse_date") - pl.col("relapse_date").shift(1)).over("person_id").dt.total_days()
+    )
+    assert separation.to_series().drop_nulls().min() >= 30
 
     edss = read(out, "ms_edss")
     assert dict(edss.schema) == {"person_id": pl.Int64, "visit_date": pl.Date, "edss": pl.Float64}

@@ -11,7 +11,8 @@ emigration or the extraction date = study end), per patient:
   CIS, and 4% of all as `unknown` (they are simulated as their underlying course).
 * Disease activity: a patient frailty F ~ Gamma(2, 1/2) (mean 1) multiplies the relapse rate, and
   sqrt(F) the progression hazard.
-* Relapses: a Poisson process from onset with rate per year
+* Relapses: a Poisson process from onset (at most one per 30-day step, and none within 30 days of the
+  previous one: new symptoms within 30 days are the same relapse) with rate per year
   `RELAPSE_RATE_AT_ONSET * exp(-RELAPSE_DECLINE_PER_YEAR * years since onset)
   * RELAPSE_RATE_RATIO_PER_DECADE ** ((age - 30) / 10) * F * course factor * RR(drug)`, where RR(drug) is
   the drug's planted relapse rate ratio while a drug is taken (`clinical_model.DRUGS`).
@@ -76,6 +77,7 @@ RECORDS_FROM_YEARS_BEFORE_STUDY = 10
 RELAPSE_RATE_AT_ONSET = 0.9
 RELAPSE_DECLINE_PER_YEAR = 0.08
 RELAPSE_RATE_RATIO_PER_DECADE = 0.8
+RELAPSE_MIN_SEPARATION_DAYS = 30
 RELAPSE_COURSE_FACTOR = (1.0, 0.35, 0.05)  # RR (and CIS), SP, PP
 PROGRESSION_RATE = (0.18, 0.6, 0.7)  # EDSS half-steps per year, RR, SP, PP
 PROGRESSION_LOG_HR_PER_YEAR_OF_AGE = 0.02
@@ -222,6 +224,7 @@ def simulate_course(
         np.where(patients.edss_known, patients.diagnosis_day, patients.diagnosis_day + 182),
     )
     leave_until = np.full(n, -1, dtype=np.int64)
+    last_relapse = np.full(n, -NEVER, dtype=np.int64)
     cumulative_relapses = np.zeros((n, n_steps + 1), dtype=np.int32)
 
     relapses, visits, leaves = _Records(), _Records(), _Records()
@@ -262,14 +265,16 @@ def simulate_course(
             * np.array(RELAPSE_COURSE_FACTOR)[course]
             * np.exp(np.where(on_drug, drugs.log_relapse_rr[drug_index], 0.0))
         )
-        n_relapses = rng.poisson(rate * span_years)
-        who = np.repeat(np.arange(n), n_relapses)
-        days = span_start[who] + np.floor(rng.random(len(who)) * (span_end - span_start)[who]).astype(
-            np.int64
-        )
-        relapses.add(patient=who, day=days)
-        first_relapse = np.full(n, NEVER, dtype=np.int64)
-        np.minimum.at(first_relapse, who, days)
+        # at most one relapse in a step, and none within RELAPSE_MIN_SEPARATION_DAYS of the previous one
+        # (new symptoms within 30 days belong to the same relapse)
+        relapse_day = span_start + np.floor(rng.random(n) * (span_end - span_start)).astype(np.int64)
+        relapsed = active & (rng.random(n) < -np.expm1(-rate * span_years))
+        relapsed &= relapse_day - last_relapse >= RELAPSE_MIN_SEPARATION_DAYS
+        n_relapses = relapsed.astype(np.int64)
+        who = np.flatnonzero(relapsed)
+        relapses.add(patient=who, day=relapse_day[who])
+        last_relapse[who] = relapse_day[who]
+        first_relapse = np.where(relapsed, relapse_day, NEVER)
         cumulative_relapses[:, step + 1] = cumulative_relapses[:, step] + n_relapses
         worsening = rng.binomial(n_relapses, RELAPSE_WORSENING_PROBABILITY) * diagnosed
         progression = (

@@ -57,6 +57,7 @@ from repurpose.simulate.disease_course import (
     RECORDS_FROM_YEARS_BEFORE_STUDY,
     RELAPSE_COURSE_FACTOR,
     RELAPSE_DECLINE_PER_YEAR,
+    RELAPSE_MIN_SEPARATION_DAYS,
     RELAPSE_RATE_AT_ONSET,
     RELAPSE_RATE_RATIO_PER_DECADE,
     RELAPSE_WORSENING_PROBABILITY,
@@ -414,6 +415,8 @@ def clinical_truth(
         },
         "disease_course": {
             "relapse_rate_at_onset_per_year": RELAPSE_RATE_AT_ONSET,
+            "relapse_min_separation_days": RELAPSE_MIN_SEPARATION_DAYS,
+            "relapse_steps": "30-day steps, at most one relapse in a step (probability 1 - exp(-rate * step))",
             "relapse_decline_per_year_since_onset": RELAPSE_DECLINE_PER_YEAR,
             "relapse_rate_ratio_per_decade_of_age_over_30": RELAPSE_RATE_RATIO_PER_DECADE,
             "relapse_course_factor": dict(zip(("RR", "SP", "PP"), RELAPSE_COURSE_FACTOR, strict=True)),
