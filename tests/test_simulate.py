@@ -45,7 +45,9 @@ MS_REGISTRY_SCHEMA = {
     "person_id": pl.Int64,
     "onset_date": pl.Date,
     "diagnosis_date": pl.Date,
-    "ms_course": pl.Utf8,
+    "clinic_id": pl.Utf8,
+    "country": pl.Utf8,
+    "ms_course_at_diagnosis": pl.Utf8,
     "edss_at_diagnosis": pl.Float64,
 }
 
@@ -152,7 +154,9 @@ def test_prescription_files_schema_order_and_validity(simulated: tuple[Path, dic
     files = sorted((out / "prescriptions").glob("*.parquet"))
     assert [f.name for f in files] == [f"dispensings_{year}.parquet" for year in range(2004, 2024)]
     level5 = load_builtin_catalog().filter(pl.col("atc_level") == 5)
-    catalog_codes = set(level5["atc_code"]) - set(NOT_SIMULATED)
+    # the MS treatments dispensed at pharmacies appear only as the clinical data's DMT rows (test_simulate_clinical)
+    dmt_codes = set(truth_of(out)["clinical"]["dispensings"]["pharmacy_drugs"])
+    catalog_codes = (set(level5["atc_code"]) - set(NOT_SIMULATED)) | dmt_codes
     population = pl.read_parquet(out / "population.parquet")
     total = 0
     for year, path in zip(range(2004, 2024), files, strict=True):
@@ -162,7 +166,7 @@ def test_prescription_files_schema_order_and_validity(simulated: tuple[Path, dic
         assert (part["dispense_date"].dt.year() == year).all()
         total += part.height
     dispensings = read_prescriptions(out)
-    assert total == summary["dispensings"] == summary["dispensings_valid"]
+    assert total - summary["clinical"]["dmt_dispensings"] == summary["dispensings"] == summary["dispensings_valid"]
     assert set(dispensings["atc_code"].unique()) <= catalog_codes
     assert (dispensings["ddd"] > 0).all()
     assert dispensings["person_id"].is_in(population["person_id"].implode()).all()
@@ -206,9 +210,10 @@ def test_ms_registry_schema_and_values(simulated: tuple[Path, dict[str, Any]]) -
     assert (registry["onset_date"].drop_nulls() <= registry.drop_nulls("onset_date")["diagnosis_date"]).all()
     assert 0.06 < registry["onset_date"].null_count() / registry.height < 0.14
     assert (registry["onset_date"] < STUDY_START).sum() > 0  # prevalent patients are listed
-    courses = registry["ms_course"].value_counts(normalize=True)
-    share = dict(zip(courses["ms_course"], courses["proportion"], strict=True))
-    assert set(share) == {"RR", "SP", "PP"} and 0.78 < share["RR"] < 0.92 and share["SP"] > share["PP"]
+    courses = registry["ms_course_at_diagnosis"].value_counts(normalize=True)
+    share = dict(zip(courses["ms_course_at_diagnosis"], courses["proportion"], strict=True))
+    assert set(share) == {"RR", "SP", "PP", "CIS", "unknown"}  # CIS and unknown: the clinical data's refinement
+    assert 0.78 < share["RR"] + share["CIS"] + share["unknown"] < 0.95 and share["SP"] > share["PP"]
     edss = registry["edss_at_diagnosis"].drop_nulls()
     assert edss.is_between(0, 10).all() and ((edss * 2) % 1 == 0).all()
     assert 0 < registry["edss_at_diagnosis"].null_count() < 0.15 * registry.height
@@ -502,7 +507,8 @@ def test_corrupt_rows_are_injected_as_recorded(corrupted: tuple[Path, dict[str, 
     )
     outside = dispensings.filter(~pl.col("dispense_date").is_between(STUDY_START, STUDY_END))
     assert outside.height == recorded["dispense_date_outside_window"]
-    assert dispensings.height == summary["dispensings"]
+    # the MS clinical data's DMT dispensings are counted apart (ground_truth.json clinical.counts)
+    assert dispensings.height == summary["dispensings"] + summary["clinical"]["dmt_dispensings"]
     assert summary["dispensings"] - summary["dispensings_valid"] == sum(
         recorded[kind] for kind in CORRUPT_KINDS[:4]
     )
@@ -572,7 +578,9 @@ def test_native_writer_round_trip(corrupted: tuple[Path, dict[str, Any]], tmp_pa
     registry = _read_native(tmp_path / "native" / "ms_registry.csv", "ms_registry").select(
         pl.col("person_id").cast(pl.Int64),
         *dates("onset_date", "diagnosis_date"),
-        "ms_course",
+        "clinic_id",
+        "country",
+        "ms_course_at_diagnosis",
         pl.col("edss_at_diagnosis").cast(pl.Float64),
     )
     assert registry.equals(pl.read_parquet(out / "ms_registry.parquet"))

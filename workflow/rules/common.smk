@@ -18,7 +18,7 @@ from repurpose.registry.outcome import outcome_definition
 from repurpose.registry.reader import prescription_parts
 from repurpose.release.export import export_results
 from repurpose.release.report import build_report
-from repurpose.simulate import simulate_registries, simulated_prescription_files
+from repurpose.simulate import simulate_registries, simulated_clinical_files, simulated_prescription_files
 from repurpose.stages import rerun_settings
 
 PATHS = results_layout()

@@ -9,6 +9,10 @@ rule simulate:
         ms_registry=PATHS.simulated("ms_registry.parquet"),
         diagnoses=PATHS.simulated("diagnoses.parquet"),
         truth=PATHS.simulated("ground_truth.json"),
+        **{
+            name: PATHS.simulated(file)
+            for name, file in simulated_clinical_files(config["simulate"].get("clinical")).items()
+        },
     params:
         settings=config["simulate"],
         window={"study_start": config["study"]["start"], "study_end": config["study"]["end"]},

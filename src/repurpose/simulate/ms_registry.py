@@ -109,7 +109,7 @@ def ms_registry_table(
             "person_id": pa.array(person_id[order], type=pa.int64()),
             "onset_date": date_array(onset_day[order], onset_known[order]),
             "diagnosis_date": date_array(diagnosis_day[order]),
-            "ms_course": pa.array(course_names[course[order]], type=pa.string()),
+            "ms_course_at_diagnosis": pa.array(course_names[course[order]], type=pa.string()),
             "edss_at_diagnosis": pa.array(edss[order], type=pa.float64(), mask=~edss_known[order]),
         }
     )

@@ -26,7 +26,8 @@ NATIVE_COLUMNS: dict[str, dict[str, str]] = {
     },
     "ms_registry": {
         "person_id": "løpenr", "onset_date": "debutdato", "diagnosis_date": "diagnosedato",
-        "ms_course": "forløp", "edss_at_diagnosis": "edss_ved_diagnose",
+        "clinic_id": "klinikk", "country": "land", "ms_course_at_diagnosis": "forløp",
+        "edss_at_diagnosis": "edss_ved_diagnose",
     },
 }
 # fmt: on
@@ -50,7 +51,9 @@ def _write_native_csv(frames: Iterable[pl.DataFrame], path: Path) -> None:
 def _to_native(frame: pl.DataFrame, extract: str) -> pl.DataFrame:
     if extract == "population":
         frame = frame.with_columns(pl.col("sex").replace_strict(NATIVE_SEX_CODES, return_dtype=pl.Int8))
-    return frame.select(list(NATIVE_COLUMNS[extract])).rename(NATIVE_COLUMNS[extract])
+    # optional columns (the MS registry's clinic and country) are copied when the extract has them
+    names = {c: n for c, n in NATIVE_COLUMNS[extract].items() if c in frame.columns}
+    return frame.select(list(names)).rename(names)
 
 
 def write_native_extracts(canonical_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
@@ -84,6 +87,12 @@ def write_native_extracts(canonical_dir: str | Path, out_dir: str | Path) -> dic
             _with_header_if_empty(frames, "prescriptions"), out / "prescriptions" / f"resepter_{year}.csv"
         )
 
+    # the column maps name only the columns written (the registry's clinic columns are optional)
+    registry_columns = set(pq.read_schema(source / "ms_registry.parquet").names)
+    maps = {
+        extract: {c: n for c, n in columns.items() if extract != "ms_registry" or c in registry_columns}
+        for extract, columns in NATIVE_COLUMNS.items()
+    }
     paths = {
         "population": str(out / "population.csv"),
         "prescriptions": str(out / "prescriptions"),
@@ -94,14 +103,14 @@ def write_native_extracts(canonical_dir: str | Path, out_dir: str | Path) -> dic
         "sep": NATIVE_SEPARATOR,
         "encoding": NATIVE_ENCODING,
         "sex_codes": {str(code): sex for sex, code in NATIVE_SEX_CODES.items()},
-        "columns": {extract: dict(columns) for extract, columns in NATIVE_COLUMNS.items()},
+        "columns": maps,
         "inputs": {
             extract: {
                 "path": paths[extract],
                 "sep": NATIVE_SEPARATOR,
                 "encoding": NATIVE_ENCODING,
                 "date_format": NATIVE_DATE_FORMAT,
-                "columns": dict(NATIVE_COLUMNS[extract]),
+                "columns": dict(maps[extract]),
             }
             for extract in NATIVE_COLUMNS
         },

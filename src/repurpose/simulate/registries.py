@@ -43,6 +43,10 @@ The model the data follow exactly:
   resident on or before study end; onset is missing for ~10%.
 * Diagnosis records (`diagnoses.parquet`, patient-registry style): the registry's patients have a G35
   record on their diagnosis date and follow-up visits after it, kept inside the window (`diagnoses`).
+* MS clinical data (`clinical`, on by default; `disease_course` documents the model): each registry patient's
+  clinic and country, relapses, EDSS visits, treatment episodes with reason-specific stops (planted clinic
+  effects), sick leave, and the dispensings of the pharmacy-dispensed MS therapies after diagnosis. Drawn on
+  streams of their own and added after everything above, so nothing above changes.
 * Optional second outcome (`parkinson={"enabled": True}`): a Parkinson-like disease with its own hazard,
   planted substances, prodrome, G20 records and levodopa proxy (`parkinson`); off by default, and then
   nothing above changes.
@@ -69,6 +73,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from repurpose.atc import load_builtin_catalog
+from repurpose.simulate.clinical_model import (
+    CLINICAL_STREAM,
+    CLINICS_STREAM,
+    MS_REIMBURSEMENT_CODE,
+    ClinicalSettings,
+    Clinics,
+    DrugTable,
+)
 from repurpose.simulate.corrupt import (
     MALFORMED_ATC_CODES,
     CorruptPlan,
@@ -88,6 +100,16 @@ from repurpose.simulate.diagnoses import (
 )
 from repurpose.simulate.ground_truth import ground_truth, truth_persons_table
 from repurpose.simulate.ms_registry import ms_registry_rows, ms_registry_table
+from repurpose.simulate.ms_treatments import (
+    ClinicalChunk,
+    ClinicalModel,
+    add_registry_columns,
+    clinical_tables,
+    clinical_truth,
+    remove_clinical_tables,
+    simulate_clinical_chunk,
+    write_clinical_tables,
+)
 from repurpose.simulate.native import write_native_extracts
 from repurpose.simulate.onset import (
     DEFAULT_BASELINE_INCIDENCE_PER_100K,
@@ -141,13 +163,35 @@ class _SimulationModel:
     atc_dictionary: pa.Array
     reimbursement_dictionary: pa.Array
     parkinson: ParkinsonModel | None
+    clinical: ClinicalModel | None
 
     @staticmethod
     def build(
-        study: StudyWindow, baseline_incidence_per_100k: float, parkinson: ParkinsonSettings
+        study: StudyWindow,
+        baseline_incidence_per_100k: float,
+        parkinson: ParkinsonSettings,
+        clinical: ClinicalSettings,
+        clinics_rng: np.random.Generator,
     ) -> _SimulationModel:
         substances = build_substance_table(load_builtin_catalog(), study)
         horizon_days = int(round(ONSET_HORIZON_AFTER_STUDY_END_YEARS * DAYS_PER_YEAR))
+        atc_codes = substances.codes + list(MALFORMED_ATC_CODES)
+        reimbursement_codes = substances.reimbursement_codes or [""]
+        clinical_model = None
+        if clinical.enabled:
+            drugs = DrugTable.build()
+            pharmacy = np.flatnonzero(drugs.pharmacy)
+            clinical_model = ClinicalModel(
+                settings=clinical,
+                drugs=drugs,
+                clinics=Clinics.draw(clinical, clinics_rng),
+                pharmacy_drugs=pharmacy,
+                atc_offset=len(atc_codes),
+                reimbursement_index=len(reimbursement_codes),
+            )
+            # the DMT codes and G35 come after every existing entry, so existing rows keep their values
+            atc_codes = atc_codes + [drugs.codes[d] for d in pharmacy]
+            reimbursement_codes = reimbursement_codes + [MS_REIMBURSEMENT_CODE]
         return _SimulationModel(
             study=study,
             substances=substances,
@@ -157,19 +201,22 @@ class _SimulationModel:
             baseline_per_day=baseline_hazard_per_day(baseline_incidence_per_100k),
             log_sex_factor=np.log(np.array([SEX_HAZARD_FACTOR["F"], SEX_HAZARD_FACTOR["M"]])),
             hazard_horizon_day=study.end_day + 1 + horizon_days,
-            atc_dictionary=pa.array(substances.codes + list(MALFORMED_ATC_CODES), type=pa.string()),
-            reimbursement_dictionary=pa.array(substances.reimbursement_codes or [""], type=pa.string()),
+            atc_dictionary=pa.array(atc_codes, type=pa.string()),
+            reimbursement_dictionary=pa.array(reimbursement_codes, type=pa.string()),
             parkinson=ParkinsonModel.build(parkinson, substances, study) if parkinson.enabled else None,
+            clinical=clinical_model,
         )
 
 
 @dataclass
 class _ChunkStreams:
-    """The random streams of one chunk: MS draws, the G35 records, the Parkinson-like outcome."""
+    """The random streams of one chunk: MS draws, the G35 records, the Parkinson-like outcome, the clinical
+    course (each on its own stream, so enabling one changes none of the others' draws)."""
 
     ms: np.random.Generator
     ms_records: np.random.Generator
     parkinson: np.random.Generator
+    clinical: np.random.Generator
 
     @staticmethod
     def of(seed: int, chunk_index: int) -> _ChunkStreams:
@@ -177,6 +224,7 @@ class _ChunkStreams:
             ms=np.random.default_rng([seed, 2, chunk_index]),
             ms_records=np.random.default_rng([seed, MS_RECORDS_STREAM, chunk_index]),
             parkinson=np.random.default_rng([seed, PARKINSON_STREAM, chunk_index]),
+            clinical=np.random.default_rng([seed, CLINICAL_STREAM, chunk_index]),
         )
 
 
@@ -192,6 +240,7 @@ class _ChunkResult:
     n_prodromal_extra: int
     ms_records: DiagnosisRecords  # G35 records of the chunk's registry patients
     parkinson: ParkinsonChunk | None  # None when the Parkinson-like outcome is disabled
+    clinical: ClinicalChunk | None  # None when the clinical data are disabled
 
 
 def _simulate_chunk(
@@ -206,7 +255,8 @@ def _simulate_chunk(
 
     The optional Parkinson-like outcome follows from the same exposure history on its own stream, and its
     dispensings are appended after the MS rows (ties in the written order keep generation order), so
-    it only adds rows.
+    it only adds rows. The clinical course of the registry patients comes last, on its own stream; its
+    DMT dispensings (pharmacy drugs, after diagnosis) are added rows too, left out of the chunk's counts.
     """
     rng = rngs.ms
     study, substances = model.study, model.substances
@@ -230,6 +280,9 @@ def _simulate_chunk(
     )
     prodromal = prodromal_dispensings(chunk, substances, rng, study, onset_day)
     registry = ms_registry_rows(chunk, rng, study, onset_day)
+    clinical = None
+    if model.clinical is not None:
+        clinical = simulate_clinical_chunk(model.clinical, chunk, chunk_start, registry, rngs.clinical, study)
     registry["person"] = registry["person"] + chunk_start
 
     dispensings = Dispensings.concat([dispensings, prodromal])
@@ -262,19 +315,28 @@ def _simulate_chunk(
         n_prodromal_extra=len(prodromal),
         ms_records=ms_records,
         parkinson=parkinson,
+        clinical=clinical,
     )
-
-    person_id = chunk.person_id[dispensings.person]
+    # added rows (the DMT dispensings, the invalid rows) in one concatenation; DMT codes never tie with
+    # another row in the written order (own ATC dictionary entries), so every other row keeps its place
+    parts, person_ids = [dispensings], [chunk.person_id[dispensings.person]]
+    if clinical is not None and len(clinical.dispensings):
+        parts.append(clinical.dispensings)
+        person_ids.append(chunk.person_id[clinical.dispensings.person])
     if len(corrupt.host):
-        bad_rows = Dispensings(
-            person=corrupt.host - chunk_start,
-            day=corrupt.day,
-            substance=corrupt.substance,
-            ddd=corrupt.ddd,
-            reimbursement=np.full(len(corrupt.host), -1, dtype=np.int64),
+        parts.append(
+            Dispensings(
+                person=corrupt.host - chunk_start,
+                day=corrupt.day,
+                substance=corrupt.substance,
+                ddd=corrupt.ddd,
+                reimbursement=np.full(len(corrupt.host), -1, dtype=np.int64),
+            )
         )
-        dispensings = Dispensings.concat([dispensings, bad_rows])
-        person_id = np.concatenate([person_id, corrupt.person_id])
+        person_ids.append(corrupt.person_id)
+    if len(parts) > 1:
+        dispensings = Dispensings.concat(parts)
+    person_id = np.concatenate(person_ids) if len(person_ids) > 1 else person_ids[0]
     dispensings.person_id = person_id
     # unknown-person rows carry an id just above their host's, so they sort right after the host
     person_rank = 2 * dispensings.person + (person_id != chunk.person_id[dispensings.person])
@@ -300,6 +362,7 @@ def simulate_registries(
     n_corrupt_rows: int = 0,
     chunk_size: int = 200_000,
     parkinson: Mapping[str, Any] | None = None,
+    clinical: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write simulated population, prescription, MS registry and diagnosis extracts plus the planted truth.
 
@@ -309,6 +372,11 @@ def simulate_registries(
     under `out_dir`, and returns the summary counts also stored in ground_truth.json. `parkinson` is the
     `simulate.parkinson` config section (`enabled`, `baseline_incidence_per_100k`); when enabled,
     ground_truth.json gains a `parkinson` key and `ground_truth_parkinson_persons.parquet` is written.
+    `clinical` is the `simulate.clinical` section (None = defaults, enabled): the MS registry gains
+    `clinic_id` and `country`, `ms_treatments.parquet`, `ms_relapses.parquet`, `ms_edss.parquet` and
+    `sick_leave.parquet` are written, the pharmacy-dispensed DMTs are added to the prescription files and
+    ground_truth.json gains a `clinical` key (repurpose.simulate.disease_course). Every other output is the
+    same with the clinical data on or off.
     """
     started = time.perf_counter()
     if n_persons < 1:
@@ -316,6 +384,7 @@ def simulate_registries(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     parkinson_settings = ParkinsonSettings.from_config(parkinson)
+    clinical_settings = ClinicalSettings.from_config(clinical)
     study = StudyWindow.from_iso(study_start, study_end)
     if study.end_day <= study.start_day:
         raise ValueError(f"study_start {study_start} must be before study_end {study_end}")
@@ -325,7 +394,10 @@ def simulate_registries(
     for stale in prescriptions_dir.glob("dispensings_*.parquet"):
         stale.unlink()
 
-    model = _SimulationModel.build(study, baseline_incidence_per_100k, parkinson_settings)
+    clinics_rng = np.random.default_rng([seed, CLINICS_STREAM])
+    model = _SimulationModel.build(
+        study, baseline_incidence_per_100k, parkinson_settings, clinical_settings, clinics_rng
+    )
     substances = model.substances
 
     population = simulate_population(n_persons, np.random.default_rng([seed, 0]), study)
@@ -369,6 +441,16 @@ def simulate_registries(
     registry_table, corrupt_ms_ids = ms_registry_table(
         population, registry, corrupt_rng, study, corrupt_counts
     )
+    clinical_parts = [result.clinical for result in results if result.clinical is not None]
+    tables = None
+    if model.clinical is not None:
+        registry_table = add_registry_columns(
+            registry_table, model.clinical, population, clinical_parts, clinics_rng
+        )
+        tables = clinical_tables(model.clinical, population, clinical_parts)
+        write_clinical_tables(out, tables)
+    else:
+        remove_clinical_tables(out)
     pq.write_table(registry_table, out / "ms_registry.parquet")
     pq.write_table(truth_persons_table(population, onset_day), out / "ground_truth_persons.parquet")
     records = [result.ms_records for result in results]
@@ -430,6 +512,8 @@ def simulate_registries(
             n_exposed,
             _parkinson_counts(population, study, diagnosis_day, parkinson_parts),
         )
+    if model.clinical is not None and tables is not None:
+        truth["clinical"] = clinical_truth(model.clinical, population, clinical_parts, tables)
     (out / "ground_truth.json").write_text(
         json.dumps(truth, indent=2, ensure_ascii=False) + "\n", encoding="utf-8"
     )
@@ -438,6 +522,7 @@ def simulate_registries(
         "corrupt_rows_by_kind": corrupt_counts,
         "diagnosis_records": int(sum(len(part) for part in records)),
         **({"parkinson": truth["parkinson"]["counts"]} if "parkinson" in truth else {}),
+        **({"clinical": truth["clinical"]["counts"]} if "clinical" in truth else {}),
         "out_dir": str(out),
         "seconds": round(time.perf_counter() - started, 2),
     }
