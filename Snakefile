@@ -36,7 +36,7 @@ else:
     include: "workflow/rules/federation.smk"
 
     # The persistence study runs only when the MS registry's treatment table is delivered.
-    if config["inputs"].get("ms_treatments"):
+    if PERSISTENCE:
 
         include: "workflow/rules/persistence.smk"
 

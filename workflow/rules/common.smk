@@ -9,7 +9,7 @@ from repurpose.dwas.exposure import build_exposures, build_substance_exposures
 from repurpose.dwas.mechanisms import run_mechanisms
 from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.federation.package import pooled_screen, write_site_package
-from repurpose.layout import REPORT_TABLES, results_layout
+from repurpose.layout import PERSISTENCE_TABLES, REPORT_TABLES, results_layout
 from repurpose.logs import run_logged
 from repurpose.registry.clinical_ingest import clinical_outputs, configured_clinical_extracts, validate_clinical
 from repurpose.registry.cohort import run_cohort
@@ -93,6 +93,13 @@ def simulated_truth():
 def optional(files):
     """The one path of an optional named input, or None when it is absent (an empty list in Snakemake)."""
     return files if isinstance(files, str) else (files[0] if len(files) else None)
+
+
+# The persistence study runs when the MS registry's treatment table is delivered (workflow/rules/persistence.smk).
+PERSISTENCE = not POOLED and bool(config["inputs"].get("ms_treatments"))
+PERSISTENCE_RELEASED = (
+    [PATHS.persistence_html(), *[PATHS.persistence_table(name) for name in PERSISTENCE_TABLES]] if PERSISTENCE else []
+)
 
 
 def stage_inputs(named, lists=()):

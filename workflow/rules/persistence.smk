@@ -2,7 +2,6 @@
 # Included by the Snakefile only when inputs.ms_treatments is configured; its validated clinical extracts come
 # from the validation rules. Relapses and EDSS are optional inputs; the prescription parts give the dispensing
 # definition of stopping.
-from repurpose.layout import PERSISTENCE_TABLES
 from repurpose.persistence import run_persistence
 
 PERSISTENCE_OPTIONAL = {
@@ -33,4 +32,4 @@ rule persistence:
         run_logged(log[0], run_persistence, config, **stage_inputs(input, ["prescriptions"]), **output)
 
 
-FINAL_TARGETS.extend([PATHS.persistence_html(), *[PATHS.persistence_table(name) for name in PERSISTENCE_TABLES]])
+FINAL_TARGETS.extend(PERSISTENCE_RELEASED)

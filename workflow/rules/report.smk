@@ -12,6 +12,7 @@ rule report:
         site_summaries=pooled_file("site_summaries.csv"),
         sites_table=pooled_file("sites.csv"),
         ground_truth=simulated_truth(),
+        persistence=PERSISTENCE_RELEASED[:1],
     output:
         html=PATHS.report_html(),
         provenance_json=PATHS.report_provenance(),
@@ -39,6 +40,7 @@ rule export:
             PATHS.drug_ranking(),
             PATHS.candidates_readme(),
             PATHS.mechanism_ranking(),
+            *PERSISTENCE_RELEASED,
         ],
     output:
         manifest=PATHS.export_manifest(),

@@ -45,7 +45,7 @@ from typing import Any
 
 import polars as pl
 
-from repurpose.layout import AGGREGATE_OUTPUTS, PERSON_LEVEL, results_layout
+from repurpose.layout import AGGREGATE_OUTPUTS, PERSISTENCE_TABLES, PERSON_LEVEL, results_layout
 from repurpose.registry.dictionary import EXTRACTS, load_extract_spec
 from repurpose.release.disclosure import (
     SCREEN_RULES,
@@ -283,6 +283,7 @@ def same_job_anchors(results_dir: str | Path) -> dict[str, str]:
         rel(paths.screen_disclosure()): rel(paths.dwas()),
         rel(paths.candidates_readme()): rel(paths.drug_ranking()),
         rel(paths.substance_targets()): rel(paths.mechanism_ranking()),
+        **{rel(paths.persistence_table(name)): rel(paths.persistence_html()) for name in PERSISTENCE_TABLES},
     }
 
 
