@@ -403,7 +403,10 @@ def _dry_run(tmp_path: Path, extra: dict) -> str:
 
 
 def test_the_workflow_validates_clinical_extracts_only_when_configured(tmp_path):
-    assert "validate_clinical" not in _dry_run(tmp_path / "plain", {})
+    # The demo reads the simulated clinical extracts by default; without them (as a study without a treatment
+    # table) there is no clinical job.
+    assert re.search(r"validate_clinical\s+1", _dry_run(tmp_path / "demo", {}))
+    assert "validate_clinical" not in _dry_run(tmp_path / "plain", {"simulate": {"clinical": {"enabled": False}}})
     clinical = {"inputs": {"ms_treatments": "results/simulated/ms_treatments.parquet",
                            "ms_edss": {"path": "results/simulated/ms_edss.parquet"}}}  # fmt: skip
     (tmp_path / "clinical" / "results" / "simulated").mkdir(parents=True)

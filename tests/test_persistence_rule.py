@@ -23,8 +23,13 @@ def _dry_run(directory, *configfiles):
     return subprocess.run(command, capture_output=True, text=True)
 
 
-def test_the_demo_dag_has_no_persistence_job(tmp_path):
-    result = _dry_run(tmp_path)
+def test_a_study_without_a_treatment_table_has_no_persistence_job(tmp_path):
+    demo = _dry_run(tmp_path)
+    assert demo.returncode == 0, demo.stderr[-2000:]
+    assert "rule persistence:" in demo.stdout  # the demo reads the simulated treatment table
+    plain = tmp_path / "no_clinical.yaml"
+    plain.write_text(yaml.safe_dump({"simulate": {"clinical": {"enabled": False}}}))
+    result = _dry_run(tmp_path, plain)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "rule export:" in result.stdout and "rule persistence:" not in result.stdout
 
