@@ -87,11 +87,13 @@ RUN_200K_LEVELS = (4, 5)
 
 @pytest.fixture(scope="session")
 def run_200k(tmp_path_factory, registries_200k) -> tuple[Path, tuple[Path, ...]]:
-    """The whole DAG (validate -> ... -> report -> export) on `registries_200k` at ATC levels 4 and 5 with the
-    default candidates settings, run once per session: (results directory, the config files of the run)."""
+    """The whole DAG (validate -> ... -> report -> export, and the persistence study on the clinical extracts)
+    on `registries_200k` at ATC levels 4 and 5 with the default candidates settings, run once per session:
+    (results directory, the config files of the run)."""
     workdir = tmp_path_factory.mktemp("run_200k")
     overrides = workdir / "run_200k.yaml"
-    inputs = {name: {"path": str(registries_200k / f"{name}.parquet")} for name in ("population", "ms_registry")}
+    registers = ("population", "ms_registry", "ms_treatments", "ms_relapses", "ms_edss", "sick_leave")
+    inputs = {name: {"path": str(registries_200k / f"{name}.parquet")} for name in registers}
     inputs["prescriptions"] = {"path": str(registries_200k / "prescriptions")}
     overrides.write_text(yaml.safe_dump({
         "inputs": inputs,

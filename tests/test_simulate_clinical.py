@@ -14,7 +14,13 @@ import pytest
 
 from repurpose.layout import results_layout
 from repurpose.simulate import simulate_registries, simulated_clinical_files
-from repurpose.simulate.clinical_model import DRUGS, STOP_REASONS, ClinicalSettings
+from repurpose.simulate.clinical_model import (
+    DEFAULT_CLINIC_LOG_HR_SD,
+    DEFAULT_OUTLIER_HAZARD_RATIOS,
+    DRUGS,
+    STOP_REASONS,
+    ClinicalSettings,
+)
 from repurpose.study_config import merge_over_defaults
 
 REPO = Path(__file__).resolve().parents[1]
@@ -271,7 +277,7 @@ def test_outlier_clinics_have_the_planted_crude_stop_rates(runs: dict[str, Path]
         np.argsort(np.argsort([rate[c] for c in codes])),
     )
     assert np.corrcoef(*ranks)[0, 1] > 0.6
-    assert truth["tau"] == 0.3 and len(truth["outlier_clinic_ids"]) == 2
+    assert truth["tau"] == DEFAULT_CLINIC_LOG_HR_SD and len(truth["outlier_clinic_ids"]) == 2
 
 
 def test_reasons_follow_their_planted_hazards(runs: dict[str, Path]) -> None:
@@ -485,9 +491,10 @@ def test_ground_truth_declares_the_clinical_model(runs: dict[str, Path]) -> None
     )
     assert all(counted.get(k, 0) >= v["n_patients"] for k, v in clinics.items())
     for clinic in clinics.values():
-        assert clinic["log_hr"] == pytest.approx(clinic["random_log_hr"] + clinic["outlier_log_hr"], abs=2e-6)
+        own = clinic["outlier_log_hr"] or clinic["random_log_hr"]  # an outlier's planted HR replaces its draw
+        assert clinic["log_hr"] == pytest.approx(own, abs=2e-6)
     assert sorted(np.exp([clinics[c]["outlier_log_hr"] for c in truth["clinics"]["outlier_clinic_ids"]])) == (
-        pytest.approx([0.5, 2.0])
+        pytest.approx(sorted(DEFAULT_OUTLIER_HAZARD_RATIOS))
     )
     assert set(truth["discontinuation"]["baseline_hazard_per_year"]) == set(STOP_REASONS)
     assert {code: d["relapse_rate_ratio"] for code, d in truth["drugs"].items()} == {

@@ -8,8 +8,8 @@ performance", Stat Med 24:1185):
 
 - z_i = (O_i - E_i) / sqrt(E_i) (Poisson variance of O/E is 1/E);
 - overdispersion from the z-scores winsorised at the 10th and 90th percentiles: phi = mean(z_w^2), then
-  re-estimated (not winsorised) from the clinics inside the 99.8% limits until that set is stable
-  (`robust_overdispersion`: the outliers do not widen the limits that judge them);
+  re-estimated (not winsorised) from the clinics inside the 99.8% limits, about their own pooled O/E, until
+  that set is stable (`robust_overdispersion`: the outliers do not widen the limits that judge them);
 - `additive` (default): tau^2 = max(0, (k phi - (k - 1)) / (sum w - sum w^2 / sum w)), w_i = E_i, and limits
   1 +/- z_p sqrt(1/E + tau^2); `multiplicative`: limits 1 +/- z_p sqrt(phi / E) when phi > 1; `none`: Poisson;
 - a clinic is an outlier only outside the adjusted 99.8% limits, an alert outside the adjusted 95% limits.
@@ -86,24 +86,27 @@ def robust_overdispersion(observed: np.ndarray, expected: np.ndarray, method: st
                           level: float = 0.998, max_iterations: int = 20) -> tuple[Overdispersion, np.ndarray]:  # fmt: skip
     """Overdispersion estimated without the outliers it is meant to judge, and the outlier flags.
 
-    Starts from the winsorised estimate; then, until the set of clinics outside the `level` limits stops
-    changing, re-estimates phi and tau^2 (not winsorised) from the clinics inside them. Winsorising alone at
-    10% clips true between-clinic spread as much as outliers and leaves the limits too narrow when many
-    clinics differ a little; the plain moment estimate over all clinics lets a few gross outliers widen the
-    limits for everyone. Returns the estimate and a boolean array (True = outside the limits)."""
+    Starts from the winsorised estimate; then, while clinics lie outside the `level` limits and that set keeps
+    changing, re-estimates phi and tau^2 (not winsorised) from the clinics inside them, about their own pooled
+    O/E (with a large outlier left out the others' O/E is no longer 1, and that shift is not spread). When no
+    clinic is left outside, the last estimate stands: it never falls back to the plain estimate over all
+    clinics, which lets the outliers widen the limits that judge them. Winsorising alone at 10% clips true
+    between-clinic spread as much as outliers and leaves the limits too narrow when many clinics differ a
+    little. Returns the estimate and a boolean array (True = outside the limits)."""
     observed, expected = np.asarray(observed, float), np.asarray(expected, float)
     spread = overdispersion(observed, expected, method)
     outside = np.zeros(len(observed), bool)
-    for _ in range(max_iterations):
+    for iteration in range(max_iterations):
         lower, upper = funnel_limits(expected, level, spread)
         ratio = observed / expected
         now = (ratio < lower) | (ratio > upper)
-        if np.array_equal(now, outside) and _ > 0:
+        if iteration > 0 and np.array_equal(now, outside):
             break
         outside = now
-        if (~outside).sum() < 3:
+        if not outside.any() or (~outside).sum() < 3:
             break
-        spread = overdispersion(observed[~outside], expected[~outside], method, share=0.0)
+        centre = observed[~outside].sum() / expected[~outside].sum()
+        spread = overdispersion(observed[~outside], centre * expected[~outside], method, share=0.0)
     return spread, outside
 
 

@@ -67,8 +67,8 @@ RESTART_DELAY_LOG_SD = 0.6
 MIN_SWITCH_DAYS = 14
 
 DEFAULT_CLINICS_PER_COUNTRY: dict[str, int] = {"NO": 8, "DK": 6}
-DEFAULT_CLINIC_LOG_HR_SD = 0.3
-DEFAULT_OUTLIER_HAZARD_RATIOS: tuple[float, ...] = (2.0, 0.5)
+DEFAULT_CLINIC_LOG_HR_SD = 0.2
+DEFAULT_OUTLIER_HAZARD_RATIOS: tuple[float, ...] = (2.5, 0.4)
 DEFAULT_UNKNOWN_STOP_REASON_SHARE = 0.08
 CLINIC_SIZE_LOG_SD = 0.7
 """Clinic sizes (shares of the patients) are proportional to lognormal(0, CLINIC_SIZE_LOG_SD) weights."""
@@ -187,14 +187,18 @@ class Clinics:
     ids: list[str]
     country: np.ndarray  # str per clinic
     size_share: np.ndarray  # probability that a patient is followed at the clinic
-    random_log_hr: np.ndarray  # u_c ~ N(0, tau^2)
-    outlier_log_hr: np.ndarray  # log of the planted extra HR (0 for ordinary clinics)
+    random_log_hr: np.ndarray  # u_c ~ N(0, tau^2) (drawn for every clinic; an outlier's is not used)
+    outlier_log_hr: np.ndarray  # log of an outlier clinic's planted HR (0 for ordinary clinics)
     outliers: list[str]
 
     @property
     def log_hr(self) -> np.ndarray:
-        """Each clinic's planted log HR of stopping (every reason): u_c + the outlier's extra effect."""
-        return self.random_log_hr + self.outlier_log_hr
+        """Each clinic's planted log HR of stopping (every reason): u_c, or an outlier's own planted log HR.
+
+        An outlier's effect replaces its draw from the between-clinic distribution rather than adding to it:
+        an outlier is a clinic outside that distribution, which a draw plus an extra effect need not be (a
+        draw of -0.5 tau plus log 2 is an ordinary clinic)."""
+        return np.where(self.outlier_log_hr != 0, self.outlier_log_hr, self.random_log_hr)
 
     @staticmethod
     def draw(settings: ClinicalSettings, rng: np.random.Generator) -> Clinics:
