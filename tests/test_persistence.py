@@ -15,6 +15,7 @@ from scipy import stats
 from repurpose.config import cross_key_mistakes
 from repurpose.persistence.clinics import (
     OTHER_CLINICS,
+    between_clinic_variance,
     disclosed_clinics,
     funnel_limits,
     funnel_table,
@@ -329,3 +330,13 @@ def test_agreement_table_by_hand_and_its_small_cells():
     # both stopped: differences 0, 10, ..., 190 days (the first 20); within 90 days: 10 of 20
     assert rows["share_stop_dates_within_days"] == pytest.approx(0.5)
     assert rows["median_difference_days_dispensing_minus_registry"] == pytest.approx(95.0)
+
+
+@pytest.mark.parametrize("n_clinics", [0, 1, 2])
+def test_too_few_clinics_are_shown_but_not_judged(n_clinics):
+    observed, expected = np.array([12.0, 30.0][:n_clinics]), np.array([10.0, 20.0][:n_clinics])
+    frame, spread = funnel_table([f"C{i}" for i in range(n_clinics)], observed, expected, "additive")
+    assert frame.height == n_clinics and np.isnan(spread.tau2)
+    assert all(flag.startswith("not assessed") for flag in frame["funnel"].to_list())
+    variance = between_clinic_variance(observed, expected)
+    assert variance["k_clinics"] == n_clinics and (np.isnan(variance["tau2"]) if n_clinics < 2 else variance["tau2"] >= 0)

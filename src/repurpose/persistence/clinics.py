@@ -43,6 +43,8 @@ from repurpose.release.policy import DisclosurePolicy
 OTHER_CLINICS = "other clinics"
 ALL_CLINICS = "all clinics"
 OVERDISPERSION = ("additive", "multiplicative", "none")
+MIN_FUNNEL_CLINICS = 3
+"""Fewer clinics give no between-clinic spread to estimate: the funnel then shows them without a judgement."""
 
 
 @dataclass(frozen=True)
@@ -126,6 +128,15 @@ def funnel_limits(expected: np.ndarray | float, level: float, spread: Overdisper
 def funnel_table(clinics: Sequence[str], observed: np.ndarray, expected: np.ndarray, method: str) -> tuple[pl.DataFrame, Overdispersion]:
     """Per clinic: O, E, O/E, z, the adjusted 95% and 99.8% limits and the flags (module doc)."""
     observed, expected = np.asarray(observed, float), np.asarray(expected, float)
+    if len(observed) < MIN_FUNNEL_CLINICS:  # no spread between clinics to estimate: shown, never judged
+        nothing = np.full(len(observed), np.nan)
+        frame = pl.DataFrame({
+            "clinic_id": list(clinics), "observed_stops": observed, "expected_stops": expected,
+            "ratio": observed / expected, "z": z_scores(observed, expected), "lower_95": nothing, "upper_95": nothing,
+            "lower_998": nothing, "upper_998": nothing,
+            "funnel": [f"not assessed: fewer than {MIN_FUNNEL_CLINICS} clinics"] * len(observed),
+        }, schema_overrides={"clinic_id": pl.String, "funnel": pl.String})  # fmt: skip
+        return frame, Overdispersion(phi=float("nan"), tau2=float("nan"), method=method)
     spread, _ = robust_overdispersion(observed, expected, method)
     lo95, hi95 = funnel_limits(expected, 0.95, spread)
     lo998, hi998 = funnel_limits(expected, 0.998, spread)
@@ -172,6 +183,10 @@ def between_clinic_variance(observed_all: np.ndarray, expected_all: np.ndarray) 
     left out (their log ratio is undefined)."""
     observed_all, expected_all = np.asarray(observed_all, float), np.asarray(expected_all, float)
     keep = observed_all > 0
+    if keep.sum() < 2:
+        nan = float("nan")
+        return {"method": "not estimable: fewer than 2 clinics with a stop", "k_clinics": int(keep.sum()), "tau2": nan,
+                "tau2_lower": nan, "tau2_upper": nan, "tau": nan, "i2": nan, "q": nan, "q_p_value": nan}  # fmt: skip
     y = np.log(observed_all[keep] / expected_all[keep])
     se = 1.0 / np.sqrt(observed_all[keep])
     result = pool(y, se, method="REML")
