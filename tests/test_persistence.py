@@ -34,6 +34,7 @@ from repurpose.persistence.survival import (
     fit_status,
     kaplan_meier,
     km_curve,
+    released_curve,
 )
 from repurpose.release.policy import DisclosurePolicy
 from repurpose.study_config import load_config
@@ -266,13 +267,40 @@ def test_reason_table_hides_a_second_reason_when_one_is_small():
     reasons = [r for r, n in counts.items() for _ in range(n)] + [None] * 60
     rng = np.random.default_rng(1)
     users = pl.DataFrame({"stopped": [int(r is not None) for r in reasons], "stop_reason": reasons})
-    table = reason_table(users, rng.uniform(0, 24, len(reasons)), [12, 24], DisclosurePolicy(5, 5))
+    table = reason_table(users, rng.uniform(0, 24, len(reasons)), [24], DisclosurePolicy(5, 5))
     at = dict(table.filter(pl.col("month") == 24.0).select("stop_reason", "n_stopped").iter_rows())
     # pregnancy (3) is small; all stops (190) minus the other shown reasons would reveal it: the smallest other goes
     assert at["pregnancy"] is None and at["unknown"] is None
     assert at["any reason"] == 190 and at["adverse_event"] == 100 and at["other"] == 10
     hidden = table.filter(pl.col("n_stopped").is_null())
     assert hidden["cumulative_incidence"].null_count() == hidden.height
+
+
+def test_reason_table_hides_a_reason_with_few_new_stops_since_the_previous_horizon():
+    # adverse events: 40 by 12 months, 3 more by 24 (the 24-month value minus the 12-month one would show 3)
+    months = np.array([6.0] * 40 + [18.0] * 3 + [6.0] * 30 + [18.0] * 30 + [30.0] * 20)
+    reasons = ["adverse_event"] * 43 + ["patient_wish"] * 60 + [None] * 20
+    users = pl.DataFrame({"stopped": [int(r is not None) for r in reasons], "stop_reason": reasons})
+    table = reason_table(users, months, [12, 24], DisclosurePolicy(5, 5))
+    value = {(r, m): (n, ci) for r, n, m, ci in table.select("stop_reason", "n_stopped", "month", "cumulative_incidence").iter_rows()}
+    assert value[("adverse_event", 12.0)][0] == 40 and value[("adverse_event", 24.0)] == (None, None)
+    assert value[("patient_wish", 12.0)][0] == 30 and value[("any reason", 24.0)][0] == 105  # 103 rounded to 5
+    # with adverse events hidden, patient wish (all stops minus it) would give them by subtraction: hidden too
+    assert value[("patient_wish", 24.0)] == (None, None)
+
+
+def test_released_curve_moves_only_in_steps_of_the_minimum_cell():
+    months = np.array([1.5, 2.5, 2.5, 3.5, 5.5, 6.5, 6.5, 7.5, 8.5, 9.5, 12.0] + [20.0] * 30)
+    stopped = np.array([1] * 10 + [0] * 31)
+    _, fitter = kaplan_meier("all", months, stopped, [12])
+    exact = km_curve(fitter, np.arange(0, 13, 1.0))
+    released = released_curve(exact, months[stopped == 1], 5)
+    # 5 stops by month 6 (the first step), 10 by month 10: the curve is 1 before, then the exact value at each step
+    assert released["persistence"].to_list()[:6] == [1.0] * 6
+    assert released["persistence"][6] == exact["persistence"][6] == released["persistence"][9] != exact["persistence"][9]
+    assert released["persistence"][10] == exact["persistence"][10] == released["persistence"][12]
+    steps = np.flatnonzero(np.diff(released["persistence"].to_numpy()) != 0) + 1
+    assert steps.tolist() == [6, 10]
 
 
 def test_breakdowns_are_released_with_the_overall_row_as_their_total():

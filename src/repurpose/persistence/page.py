@@ -42,18 +42,21 @@ def curves_figure(curves: pl.DataFrame, kind: str, title: str) -> str | None:
 
 
 def reasons_figure(reasons: pl.DataFrame) -> str | None:
-    """Cumulative incidence of stopping by reason (Aalen-Johansen), stacked."""
+    """Cumulative incidence of stopping by reason (Aalen-Johansen) at each released horizon, as grouped bars
+    (a hidden value has no bar)."""
     shown = reasons.filter(pl.col("cumulative_incidence").is_not_null() & (pl.col("stop_reason") != "any reason"))
     if shown.height == 0:
         return None
+    months = sorted(reasons["month"].unique().to_list())
+    names = list(dict.fromkeys(reasons.filter(pl.col("stop_reason") != "any reason")["stop_reason"].to_list()))
+    value = {(r, m): ci for r, m, ci in shown.select("stop_reason", "month", "cumulative_incidence").iter_rows()}
     fig, ax = plt.subplots(figsize=(7, 4))
-    months = sorted(shown["month"].unique().to_list())
-    stack, labels = [], []
-    for (reason,), part in shown.group_by("stop_reason", maintain_order=True):
-        stack.append(part.sort("month")["cumulative_incidence"].to_numpy())
-        labels.append(str(reason))
-    ax.stackplot(months, *stack, labels=labels, step="post", alpha=0.8)
-    ax.set(xlabel="months since first start", ylabel="cumulative incidence of stopping", title="Why patients stop")
+    width = 0.8 / max(len(names), 1)
+    for k, reason in enumerate(names):
+        xs = [i + k * width for i, m in enumerate(months) if (reason, m) in value]
+        ax.bar(xs, [value[(reason, m)] for m in months if (reason, m) in value], width=width, label=reason)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(months))], [f"{m:g} months" for m in months])
+    ax.set(ylabel="cumulative incidence of stopping", title="Why patients stop (hidden values have no bar)")
     ax.legend(fontsize=7, loc="upper left")
     return figure_png(fig)
 

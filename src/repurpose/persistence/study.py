@@ -38,6 +38,7 @@ from repurpose.persistence.survival import (
     kaplan_meier,
     km_curve,
     months_of,
+    released_curve,
 )
 from repurpose.release.disclosure import Partition, release_counts
 from repurpose.release.policy import DisclosurePolicy
@@ -197,12 +198,16 @@ def analyse(users: pl.DataFrame, settings: Mapping[str, Any], policy: Disclosure
             summaries[(kind, value)] = summary
             row = {"group_type": kind, "group": value, "n_new_users": summary.n, "n_stopped": summary.n_stopped,
                    "median_months": summary.median_months}  # fmt: skip
-            for h, (estimate, lower, upper) in summary.persistence.items():
-                row |= {f"persistence_{h}m": estimate, f"persistence_{h}m_lower": lower, f"persistence_{h}m_upper": upper}
+            # the released persistence at each horizon is the released curve's (steps of >= min_cell stops)
+            grid = np.arange(0, max(horizons) + 1, 1.0)
+            curve = released_curve(km_curve(fitter, grid), months[mask][stopped[mask] == 1], policy.min_cell)
+            for h in horizons:
+                at = curve.filter(pl.col("month") == float(h)).row(0, named=True)
+                row |= {f"persistence_{h}m": at["persistence"], f"persistence_{h}m_lower": at["lower"],
+                        f"persistence_{h}m_upper": at["upper"]}  # fmt: skip
             survival_rows.append(row)
             if kind != "clinic" or value in set(groups.values()):
-                grid = np.arange(0, max(horizons) + 1, 1.0)
-                curve_frames.append(km_curve(fitter, grid).with_columns(pl.lit(kind).alias("group_type"), pl.lit(value).alias("group")))
+                curve_frames.append(curve.with_columns(pl.lit(kind).alias("group_type"), pl.lit(value).alias("group")))
     survival = pl.DataFrame(survival_rows)
     estimates = [c for c in survival.columns if c.startswith("persistence_") or c == "median_months"]
     survival = release_breakdowns(survival, ["n_new_users", "n_stopped"], policy, by=("group_type",),
@@ -217,7 +222,8 @@ def analyse(users: pl.DataFrame, settings: Mapping[str, Any], policy: Disclosure
 
     reasons = reason_table(users, months, horizons, policy)
     cox_table = release_cox(clinic_cox_table(users, design, months, stopped), survival, policy)
-    clinic_rows = clinic_table(users, per_clinic, funnel, summaries, policy)
+    released_survival = {(row["group_type"], row["group"]): row for row in survival_rows}
+    clinic_rows = clinic_table(users, per_clinic, funnel, summaries, released_survival, policy)
     agreement = agreement_table(users, funnel_horizon * DAYS_PER_MONTH, int(settings["agreement_days"]), policy)
     return {"survival": survival, "curves": curves, "reasons": reasons, "cox": cox_table, "clinics": clinic_rows,
             "variance": pl.DataFrame(variances), "agreement": agreement,
@@ -248,20 +254,27 @@ def release_breakdowns(
 
 
 def reason_table(users: pl.DataFrame, months: np.ndarray, horizons: Sequence[int], policy: DisclosurePolicy) -> pl.DataFrame:
-    """Cumulative incidence of stopping by reason (Aalen-Johansen, the other reasons competing) at each month
-    up to the last horizon, with the stops per reason (reasons with 1 to min_cell - 1 stops hidden)."""
+    """Cumulative incidence of stopping by reason (Aalen-Johansen, the other reasons competing) at the horizons,
+    with the stops of each reason by then. Released at the horizons only (a monthly curve would show each
+    month's few stops); a reason's value is hidden where its stops by the horizon, or its new stops since the
+    previous horizon, number 1 to min_cell - 1, and with one reason hidden another is (they add up to all stops)."""
     code = {r: k + 1 for k, r in enumerate(STOP_REASONS)}
     cause = users.select(pl.when(pl.col("stopped") == 1).then(pl.col("stop_reason").replace_strict(code, default=len(code)))
                          .otherwise(0)).to_series().to_numpy()  # fmt: skip
     times, cif = aalen_johansen(months, cause, list(code.values()))
     rows = []
-    for month in range(0, max(horizons) + 1):
+    for month in sorted(horizons):
         at = cif_at(times, cif, month)
+        by_then = (months <= month) & (cause > 0)
         for reason, k in code.items():
-            rows.append((reason, int(np.sum(cause == k)), float(month), float(at[k - 1])))
-        rows.append((ANY_REASON, int(np.sum(cause > 0)), float(month), float(at.sum())))
+            rows.append((reason, int(np.sum(by_then & (cause == k))), float(month), float(at[k - 1])))
+        rows.append((ANY_REASON, int(np.sum(by_then)), float(month), float(at.sum())))
     frame = pl.DataFrame(rows, schema={"stop_reason": pl.String, "n_stopped": pl.Int64, "month": pl.Float64,
                                        "cumulative_incidence": pl.Float64}, orient="row")  # fmt: skip
+    new_since = pl.col("n_stopped") - pl.col("n_stopped").shift(1).over("stop_reason", order_by="month").fill_null(0)
+    small_step = new_since.is_between(1, policy.min_cell - 1)
+    frame = frame.with_columns(pl.when(small_step).then(None).otherwise(pl.col("cumulative_incidence")).alias("cumulative_incidence"),
+                               pl.when(small_step).then(None).otherwise(pl.col("n_stopped")).alias("n_stopped"))  # fmt: skip
     # the reasons add up to all stops (also in the survival table): one hidden reason would be the difference
     reasons = Partition(by=("month",), part_column="stop_reason", total_value=ANY_REASON)
     return release_counts(frame, ["n_stopped"], policy, partitions=[reasons], derived={"cumulative_incidence": ["n_stopped"]})
@@ -299,7 +312,7 @@ def release_cox(table: pl.DataFrame, survival: pl.DataFrame, policy: DisclosureP
 
 
 def clinic_table(users: pl.DataFrame, per_clinic: pl.DataFrame, funnel: pl.DataFrame, summaries: dict,
-                 policy: DisclosurePolicy) -> pl.DataFrame:  # fmt: skip
+                 released_survival: dict, policy: DisclosurePolicy) -> pl.DataFrame:  # fmt: skip
     """One row per shown clinic group and an `all clinics` row: new users, stops by reason, persistence,
     the funnel's O/E with its limits and flag; released (clinics.release_clinic_table)."""
     by_reason = (
@@ -317,7 +330,8 @@ def clinic_table(users: pl.DataFrame, per_clinic: pl.DataFrame, funnel: pl.DataF
     total = rows.select(pl.lit(ALL_CLINICS).alias("clinic_id"), pl.exclude("clinic_id").sum())
     rows = pl.concat([rows, total])
     horizon_key = max(next(iter(summaries.values())).persistence)
-    persistence = [(c, summaries[("clinic" if c != ALL_CLINICS else "overall", c)].persistence[horizon_key][0])
+    # the released curve's value (steps of >= min_cell stops), never the exact one beside it
+    persistence = [(c, released_survival[("clinic" if c != ALL_CLINICS else "overall", c)][f"persistence_{horizon_key}m"])
                    for c in rows["clinic_id"].to_list()]  # fmt: skip
     rows = rows.join(pl.DataFrame(persistence, schema={"clinic_id": pl.String, f"persistence_{horizon_key}m": pl.Float64}, orient="row"), on="clinic_id")
     rows = rows.join(funnel.drop("observed_stops"), on="clinic_id", how="left")

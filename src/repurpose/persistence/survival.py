@@ -8,6 +8,7 @@ CIF_k(t) = sum over event times t_j <= t of S(t_j-) d_kj / n_j, computed here in
 lifelines' `AalenJohansenFitter` breaks tied times by random jitter (tests check the two agree on untied
 data). Stopping by clinic adjusted for case mix is lifelines' `CoxPHFitter` (Efron ties); the same model
 without clinic gives each patient's expected number of stops (`expected_stops`), the basis of the funnel plot.
+Released curves move only in steps of at least min_cell events (`released_steps`, `released_curve`).
 
 Imports `persistence.newusers` (the month length) only.
 """
@@ -70,6 +71,32 @@ def km_curve(fitter: KaplanMeierFitter, grid_months: Sequence[float]) -> pl.Data
         rows.append((float(t), s, lower, upper, at_risk))
     return pl.DataFrame(rows, schema={"month": pl.Float64, "persistence": pl.Float64, "lower": pl.Float64,
                                       "upper": pl.Float64, "n_at_risk": pl.Int64}, orient="row")  # fmt: skip
+
+
+def released_steps(event_months: np.ndarray, grid_months: Sequence[float], min_cell: int) -> np.ndarray:
+    """For each grid month, the grid position whose value a released curve shows there (-1: the start, before
+    any event). A released curve moves only at a grid month where at least `min_cell` events have happened
+    since its last move, so that no step, and no difference of two released points, rests on fewer than
+    min_cell events (a Kaplan-Meier drop of 1 - d/n with n shown reveals d)."""
+    cumulative = np.searchsorted(np.sort(np.asarray(event_months, float)), np.asarray(grid_months, float), side="right")
+    shown, last, at_last = np.empty(len(cumulative), np.int64), -1, 0
+    for i, events in enumerate(cumulative):
+        if events - at_last >= min_cell:
+            last, at_last = i, int(events)
+        shown[i] = last
+    return shown
+
+
+def released_curve(curve: pl.DataFrame, event_months: np.ndarray, min_cell: int) -> pl.DataFrame:
+    """A `km_curve` frame as released: each month shows the values of its released step (`released_steps`),
+    the start's (persistence 1, no one stopped) before the first; the number at risk is the step's too."""
+    shown = released_steps(event_months, curve["month"].to_numpy(), min_cell)
+    start = {"persistence": 1.0, "lower": 1.0, "upper": 1.0, "n_at_risk": curve["n_at_risk"][0]}
+    columns = {}
+    for name, value in start.items():
+        values = curve[name].to_numpy()
+        columns[name] = pl.Series(name, np.where(shown >= 0, values[np.maximum(shown, 0)], value), dtype=curve.schema[name])
+    return curve.with_columns(**columns)
 
 
 def aalen_johansen(months: np.ndarray, cause: np.ndarray, causes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
