@@ -53,7 +53,7 @@ SWEDEN_NAMES = {
     "prescriptions": {"person_id": "lopnr_se", "dispense_date": "edatum", "atc_code": "atc_se", "ddd": "antal_ddd",
                       "reimbursement_code": "formanstyp"},
     "ms_registry": {"person_id": "lopnr_se", "onset_date": "debut_datum", "diagnosis_date": "diagnos_datum",
-                    "ms_course": "forlopp", "edss_at_diagnosis": "edss_vid_diagnos"},
+                    "ms_course_at_diagnosis": "forlopp", "edss_at_diagnosis": "edss_vid_diagnos"},
 }  # fmt: skip
 DENMARK_NAMES = {
     extract: {canonical: f"dk_{canonical.upper()}" for canonical in names} for extract, names in SWEDEN_NAMES.items()

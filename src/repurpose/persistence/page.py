@@ -75,7 +75,7 @@ def funnel_figure(clinics: pl.DataFrame, spread: Overdispersion, horizon: float)
         ax.plot(grid, lower, "k" + style, linewidth=0.8, label=f"{level:.1%} limits")
         ax.plot(grid, upper, "k" + style, linewidth=0.8)
     colours = {"outlier": "tab:red", "alert": "tab:orange", "in control": "tab:blue"}
-    for flag, part in rows.group_by("funnel"):
+    for flag, part in rows.sort("clinic_id").group_by("funnel", maintain_order=True):
         ax.scatter(part["expected_stops"], part["ratio"], s=18, color=colours.get(flag[0], "grey"), label=str(flag[0]))
     for row in rows.filter(pl.col("funnel") == "outlier").iter_rows(named=True):
         ax.annotate(str(row["clinic_id"]), (row["expected_stops"], row["ratio"]), fontsize=7)

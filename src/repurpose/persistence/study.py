@@ -95,6 +95,7 @@ def run_persistence(
             lookback_days=int(settings["lookback_days"]),
         )  # fmt: skip
         users = users.join(stops.drop("start_date", "censor_date", strict=False), on="person_id", how="left")
+    users = users.sort("person_id")  # joins do not keep row order; the analysis sums in this order
     Path(new_users).parent.mkdir(parents=True, exist_ok=True)
     users.write_parquet(new_users)
     tables = analyse(users, settings, policy)
@@ -327,6 +328,7 @@ def clinic_table(users: pl.DataFrame, per_clinic: pl.DataFrame, funnel: pl.DataF
     rows = rows.rename({r: f"n_stopped_{r}" for r in STOP_REASONS if r in rows.columns})
     rows = rows.with_columns([pl.col(c).fill_null(0).cast(pl.Int64) if c in rows.columns else pl.lit(0, pl.Int64).alias(c)
                               for c in reason_columns])  # fmt: skip
+    rows = rows.select([c for c in rows.columns if c not in reason_columns] + reason_columns)  # the pivot's order varies
     total = rows.select(pl.lit(ALL_CLINICS).alias("clinic_id"), pl.exclude("clinic_id").sum())
     rows = pl.concat([rows, total])
     horizon_key = max(next(iter(summaries.values())).persistence)
