@@ -204,6 +204,8 @@ def analyse(users: pl.DataFrame, settings: Mapping[str, Any], policy: Disclosure
             curve = released_curve(km_curve(fitter, grid), months[mask][stopped[mask] == 1], policy.min_cell)
             for h in horizons:
                 at = curve.filter(pl.col("month") == float(h)).row(0, named=True)
+                if at["persistence"] == 1.0 and np.any(stopped[mask] == 1) and months[mask][stopped[mask] == 1].min() <= h:
+                    at = {"persistence": None, "lower": None, "upper": None}  # stopped, but too few to show a step
                 row |= {f"persistence_{h}m": at["persistence"], f"persistence_{h}m_lower": at["lower"],
                         f"persistence_{h}m_upper": at["upper"]}  # fmt: skip
             survival_rows.append(row)
