@@ -10,6 +10,7 @@ candidate-recovery tests and the attacker suite.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -26,21 +27,42 @@ DEMO_PERSONS = 8000
 SNAKEMAKE_THREADED = ("--force-use-threads",)
 
 
-def run_snakemake(
-    workdir: Path, *config_files: Path, targets: tuple[str, ...] = (), cores: int = 2, timeout: int = 1200
-) -> None:
-    """Run the workflow in `workdir` (results under workdir/results); fail with the tail of its output.
+def snakemake_output(
+    workdir: Path, *config_files: Path, targets: tuple[str, ...] = (), extra: tuple[str, ...] = (), cores: int = 2,
+    timeout: int = 1200,
+) -> str:
+    """Run the workflow in `workdir` (results under workdir/results) to `targets` (default: everything) and
+    return its output; fail with the tail of it.
 
     Jobs run as threads of the one Snakemake process (`--force-use-threads`, as `make run` does): the outputs
     are the same bytes, and a job does not pay a new Python process that parses the workflow and imports the
     package (several seconds each, about 40 jobs per run).
     """
-    command = [str(SNAKEMAKE), *SNAKEMAKE_THREADED, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", str(cores), "--quiet", "progress"]
+    command = [str(SNAKEMAKE), *targets, *SNAKEMAKE_THREADED, "-s", str(REPO / "Snakefile"), "-d", str(workdir),
+               "--cores", str(cores), *extra]  # fmt: skip
     if config_files:
-        command += ["--configfile", *map(str, config_files)]
-    command += list(targets)
+        command += ["--configfile", *map(str, config_files)]  # last: it takes every argument after it
     completed = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed.stdout + completed.stderr
+
+
+def run_snakemake(
+    workdir: Path, *config_files: Path, targets: tuple[str, ...] = (), cores: int = 2, timeout: int = 1200
+) -> None:
+    """`snakemake_output` without the job-by-job output."""
+    snakemake_output(workdir, *config_files, targets=targets, extra=("--quiet", "progress"), cores=cores, timeout=timeout)
+
+
+def planned_jobs(workdir: Path, *config_files: Path, targets: tuple[str, ...] = ()) -> dict[str, int]:
+    """Rule -> number of jobs Snakemake would run now to `targets` (its dry-run job table; empty when up to date)."""
+    output = snakemake_output(workdir, *config_files, targets=targets, extra=("-n",))
+    if "Nothing to be done" in output:
+        return {}
+    table = output.split("Job stats:", 1)[1]
+    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", table, re.M))
+    jobs.pop("total", None)
+    return {rule: int(n) for rule, n in jobs.items()}
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 import pytest
-from conftest import SNAKEMAKE_THREADED
+from conftest import planned_jobs, snakemake_output
 
 from repurpose.config import ConfigError, validate_config
 from repurpose.registry.clinical_ingest import overlapping_episodes
@@ -416,20 +416,7 @@ def test_the_workflow_validates_clinical_extracts_only_when_configured(tmp_path)
     assert re.search(r"validate_clinical\s+1", plan), plan
 
 
-def _snakemake(workdir: Path, config: Path, *extra: str) -> str:
-    command = [str(Path(sys.executable).parent / "snakemake"), "results/screen/dwas.parquet", "results/validation/report.json",
-               *SNAKEMAKE_THREADED, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *extra, "--configfile", str(config)]  # fmt: skip
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=1200)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return completed.stdout + completed.stderr
-
-
-def _planned(workdir: Path, config: Path) -> dict[str, int]:
-    output = _snakemake(workdir, config, "-n")
-    if "Nothing to be done" in output:
-        return {}
-    table = output.split("Job stats:", 1)[1]
-    return {rule: int(n) for rule, n in re.findall(r"^(\w+)\s+(\d+)$", table, re.M) if rule != "total"}
+CLINICAL_RUN_TARGETS = ("results/screen/dwas.parquet", "results/validation/report.json")
 
 
 @pytest.mark.slow
@@ -442,7 +429,7 @@ def test_adding_clinical_extracts_to_a_finished_run_reruns_only_the_validation(t
              "candidates": {"main_lag_years": 0}}  # fmt: skip
     config = tmp_path / "study.yaml"
     config.write_text(json.dumps(study))
-    _snakemake(tmp_path, config)
+    snakemake_output(tmp_path, config, targets=CLINICAL_RUN_TARGETS)
     # Hand-made extracts for the validated MS patients: dimethyl fumarate from 30 days after diagnosis, ongoing,
     # and a relapse at onset (where the registry has one).
     registry = pl.read_parquet(tmp_path / "results" / "validated" / "ms_registry.parquet").unique("person_id")
@@ -456,9 +443,9 @@ def test_adding_clinical_extracts_to_a_finished_run_reruns_only_the_validation(t
     study["inputs"] |= {"ms_treatments": str(tmp_path / "ms_treatments.parquet"),
                         "ms_relapses": str(tmp_path / "ms_relapses.parquet")}  # fmt: skip
     config.write_text(json.dumps(study))
-    assert _planned(tmp_path, config) == {"validate_clinical": 1, "validate": 1}
-    _snakemake(tmp_path, config)
-    assert _planned(tmp_path, config) == {}
+    assert planned_jobs(tmp_path, config, targets=CLINICAL_RUN_TARGETS) == {"validate_clinical": 1, "validate": 1}
+    snakemake_output(tmp_path, config, targets=CLINICAL_RUN_TARGETS)
+    assert planned_jobs(tmp_path, config, targets=CLINICAL_RUN_TARGETS) == {}
     report = json.loads((tmp_path / "results" / "validation" / "report.json").read_text())
     population = pl.read_parquet(tmp_path / "results" / "validated" / "population.parquet")
     died_first = treatments.join(population, on="person_id").filter(pl.col("start_date") > pl.col("death_date")).height

@@ -5,42 +5,28 @@ Checked the way a user would: complete a small run, change one thing, and read S
 
 from __future__ import annotations
 
-import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import SNAKEMAKE_THREADED
+from conftest import planned_jobs as planned_to
+from conftest import snakemake_output
 
 from repurpose.atc import ANATOMICAL_GROUPS
 
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[1]
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 TARGET = "results/screen/dwas.parquet"
 
 
-def snakemake(workdir: Path, config: Path, *extra: str) -> str:
-    command = [str(SNAKEMAKE), TARGET, *SNAKEMAKE_THREADED, "-s", str(REPO / "Snakefile"), "-d", str(workdir), "--cores", "2", *extra]
-    command += ["--configfile", str(config)]  # last: it takes every argument after it
-    completed = subprocess.run(command, capture_output=True, text=True, timeout=900)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    return completed.stdout + completed.stderr
+def snakemake(workdir: Path, config: Path) -> str:
+    return snakemake_output(workdir, config, targets=(TARGET,))
 
 
 def planned_jobs(workdir: Path, config: Path) -> dict[str, int]:
-    """Rule -> number of jobs Snakemake would run now (its dry-run job table; empty when up to date)."""
-    output = snakemake(workdir, config, "-n")
-    if "Nothing to be done" in output:
-        return {}
-    table = output.split("Job stats:", 1)[1]
-    jobs = dict(re.findall(r"^(\w+)\s+(\d+)$", table, re.M))
-    jobs.pop("total", None)
-    return {rule: int(n) for rule, n in jobs.items()}
+    """Rule -> number of jobs Snakemake would run now to the screen."""
+    return planned_to(workdir, config, targets=(TARGET,))
 
 
 def write_config(path: Path, delivery: Path, levels: list[int]) -> Path:
