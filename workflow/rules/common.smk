@@ -10,6 +10,7 @@ from repurpose.dwas.mechanisms import run_mechanisms
 from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.federation.package import pooled_screen, write_site_package
 from repurpose.layout import PERSISTENCE_TABLES, REPORT_TABLES, results_layout
+from repurpose.persistence.pooled import SITE_TABLES as PERSISTENCE_POOLED_TABLES
 from repurpose.logs import run_logged
 from repurpose.registry.clinical_ingest import clinical_outputs, configured_clinical_extracts, validate_clinical
 from repurpose.registry.cohort import run_cohort
@@ -100,6 +101,8 @@ PERSISTENCE = not POOLED and bool(config["inputs"].get("ms_treatments"))
 PERSISTENCE_RELEASED = (
     [PATHS.persistence_html(), *[PATHS.persistence_table(name) for name in PERSISTENCE_TABLES]] if PERSISTENCE else []
 )
+# The persistence tables a site package carries for the coordinating centre (repurpose.persistence.pooled).
+PERSISTENCE_SITE_TABLES = PERSISTENCE_POOLED_TABLES if PERSISTENCE else ()
 
 
 def stage_inputs(named, lists=()):

@@ -15,7 +15,8 @@ Several registries run one analysis without person-level data crossing a border 
    Cox where it converged, else the fixed-effect meta-analysis) and runs the mechanism and candidate
    rankings and the report on it, with a per-site forest plot for each top candidate.
 
-Nothing person-level is read at the coordinating centre: only the packages.
+Nothing person-level is read at the coordinating centre: only the packages. A package may also carry the
+persistence study's released tables; the centre pools them with `repurpose.persistence.pooled`.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from repurpose.federation.design import site_design
 from repurpose.federation.distributed import start_rounds
 from repurpose.layout import DEFAULT_ROOT, WORKFLOW_SNAKEFILE, results_layout
 from repurpose.meta import pool
+from repurpose.persistence.pooled import pool_persistence, read_site_tables
 from repurpose.protocol import (
     DESIGN_BLOCKS,
     NOT_DESIGN_KEYS,
@@ -205,6 +207,10 @@ def write_site_package(
     validation: str | Path | None,
     package: str | Path,
     run_provenance: list[str | Path] | None = None,
+    persistence_survival: str | Path | None = None,
+    persistence_reasons: str | Path | None = None,
+    persistence_clinics: str | Path | None = None,
+    persistence_variance: str | Path | None = None,
 ) -> Path:
     """Write `out_dir` (results/site_package/): fits, summaries, protocol copy and manifest; return the manifest.
 
@@ -216,6 +222,8 @@ def write_site_package(
     hash (`results`), so a later package from the same results can be checked against it.
     The fits pass `release_screen` (rows hidden whole over sex, lags and the ATC tree, counts rounded), the
     summaries the report's release; the written tables are checked again before the manifest is written.
+    The persistence study's released survival, reasons, clinics and variance tables (`persistence_*`, all or
+    none) travel as they were released at the site, for `repurpose.persistence.pooled`.
     """
     dwas_path, flow_json, validation_json, out_dir = Path(dwas), flow, validation, Path(package)
     min_cell = int(config["disclosure"]["min_cell"])
@@ -238,6 +246,14 @@ def write_site_package(
     tables = summary_tables(flow_json, validation_json, policy)
     for name, table in tables.items():
         check_aggregate(table, name, ["n"], min_cell)
+    persistence = {"survival": persistence_survival, "reasons": persistence_reasons, "clinics": persistence_clinics,
+                   "variance": persistence_variance}  # fmt: skip
+    if any(persistence.values()) and not all(persistence.values()):
+        raise PackageError("the persistence study's tables travel all together or not at all: "
+                           + ", ".join(f"persistence_{n}" for n, p in persistence.items() if not p) + " missing")  # fmt: skip
+    persistence_tables = {n: pl.read_csv(p, infer_schema_length=None) for n, p in persistence.items() if p}
+    for name, table in persistence_tables.items():
+        check_aggregate(table, f"persistence {name}", persistence_counts(table), min_cell)
 
     if out_dir.exists():
         shutil.rmtree(out_dir)  # rebuilt whole: nothing stale rides along
@@ -250,6 +266,9 @@ def write_site_package(
     for name, table in tables.items():
         for_display(table, ["n"], min_cell).write_csv(out_dir / f"{name}.csv")
         files[f"{name}.csv"] = _file_entry(out_dir / f"{name}.csv", table.height)
+    for name, table in persistence_tables.items():
+        shutil.copyfile(persistence[name], out_dir / f"persistence_{name}.csv")  # the very bytes the site released
+        files[f"persistence_{name}.csv"] = _file_entry(out_dir / f"persistence_{name}.csv", table.height)
     (out_dir / "protocol.yaml").write_text(protocol_yaml(design), encoding="utf-8")
     files["protocol.yaml"] = _file_entry(out_dir / "protocol.yaml", None)
     manifest = {
@@ -285,6 +304,7 @@ class SitePackage:
     design: dict[str, Any]
     fits: pl.DataFrame
     summaries: dict[str, pl.DataFrame]
+    persistence: dict[str, pl.DataFrame] | None = None
 
 
 def read_site_package(path: str | Path) -> SitePackage:
@@ -315,7 +335,15 @@ def read_site_package(path: str | Path) -> SitePackage:
             table = parse_display(pl.read_csv(path / f"{name}.csv", infer_schema=False), ["n"])
             check_aggregate(table, f"{path}/{name}.csv", ["n"], min_cell)
             summaries[name] = table
-    return SitePackage(path, str(manifest["site_label"]), manifest, design, fits, summaries)
+    persistence = read_site_tables(path)
+    for name, table in (persistence or {}).items():
+        check_aggregate(table, f"{path}/persistence_{name}.csv", persistence_counts(table), min_cell)
+    return SitePackage(path, str(manifest["site_label"]), manifest, design, fits, summaries, persistence)
+
+
+def persistence_counts(table: pl.DataFrame) -> list[str]:
+    """The person-count columns of a persistence table (`n_new_users`, `n_stopped`, `n_stopped_*`, `n_at_risk`)."""
+    return [c for c in table.columns if c in ("n_new_users", "n_at_risk") or c.startswith("n_stopped")]
 
 
 def check_compatible(packages: list[SitePackage], *, allow_version_mismatch: bool = False) -> list[str]:
@@ -460,6 +488,12 @@ def pool_packages(
         "protocol_hash": protocol_hash(design), "warnings": warnings, "meta": str(out_dir / "meta.parquet"),
         "rounds": None,
     }  # fmt: skip
+    with_persistence = [p for p in packages if p.persistence is not None]
+    if len(with_persistence) >= 2:
+        result["persistence"] = pool_persistence({p.label: p.persistence for p in with_persistence}, out_dir)
+    if 0 < len(with_persistence) < len(packages):
+        warnings.append("persistence pooled over the sites whose packages carry it: "
+                        + ", ".join(p.label for p in with_persistence))  # fmt: skip
     if start_distributed:
         result["rounds"] = start_distributed_rounds(meta, out_dir / "rounds", protocol_hash(design))
     log.info("pooled %d sites: %d fits, %d with an estimate", len(packages), result["fits"], result["pooled_fits"])

@@ -165,9 +165,7 @@ def analyse(users: pl.DataFrame, settings: Mapping[str, Any], policy: Disclosure
     stopped = users["stopped"].to_numpy().astype(int)
 
     design = design_matrix(users, settings["adjust"])
-    case_mix = fit_cox(design, months, stopped)
-    expected_h = expected_stops(case_mix, design, months, funnel_horizon)
-    expected_all = expected_stops(case_mix, design, months, np.inf)
+    expected_h, expected_all = case_mix_expected(users, settings, months, stopped, funnel_horizon)
     stopped_h = ((stopped == 1) & (months <= funnel_horizon)).astype(float)
     per_clinic = (
         users.select("clinic_group").with_columns(
@@ -231,6 +229,22 @@ def analyse(users: pl.DataFrame, settings: Mapping[str, Any], policy: Disclosure
     return {"survival": survival, "curves": curves, "reasons": reasons, "cox": cox_table, "clinics": clinic_rows,
             "variance": pl.DataFrame(variances), "agreement": agreement,
             "funnel_exact": funnel}  # fmt: skip (funnel_exact: exact counts, internal; never written)
+
+
+def case_mix_expected(users: pl.DataFrame, settings: Mapping[str, Any], months: np.ndarray, stopped: np.ndarray,
+                      horizon: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """Each patient's expected stops up to the horizon and over the whole follow-up under the case-mix model:
+    one model for all patients, or with `case_mix_by_country` one per country (its own baseline hazard and
+    coefficients: the model a federation of country sites fits exactly, each site its own)."""
+    expected_h, expected_all = np.zeros(users.height), np.zeros(users.height)
+    countries = users["country"].to_numpy() if settings.get("case_mix_by_country") else np.zeros(users.height)
+    for country in np.unique(countries):
+        mask = countries == country
+        design = design_matrix(users.filter(pl.Series(mask)), settings["adjust"])
+        model = fit_cox(design, months[mask], stopped[mask])
+        expected_h[mask] = expected_stops(model, design, months[mask], horizon)
+        expected_all[mask] = expected_stops(model, design, months[mask], np.inf)
+    return expected_h, expected_all
 
 
 def release_breakdowns(
@@ -324,7 +338,8 @@ def clinic_table(users: pl.DataFrame, per_clinic: pl.DataFrame, funnel: pl.DataF
     )  # fmt: skip
     rows = per_clinic.select(pl.col("clinic_group").alias("clinic_id"), pl.col("n").cast(pl.Int64).alias("n_new_users"),
                              pl.col("o").cast(pl.Int64).alias("n_stopped"),
-                             pl.col("o_h").cast(pl.Int64).alias("n_stopped_within_horizon"))  # fmt: skip
+                             pl.col("o_h").cast(pl.Int64).alias("n_stopped_within_horizon"),
+                             pl.col("e").alias("expected_stops_all"))  # fmt: skip
     rows = rows.join(by_reason.rename({"clinic_group": "clinic_id"}), on="clinic_id", how="left")
     reason_columns = [f"n_stopped_{r}" for r in STOP_REASONS]
     rows = rows.rename({r: f"n_stopped_{r}" for r in STOP_REASONS if r in rows.columns})
@@ -342,7 +357,9 @@ def clinic_table(users: pl.DataFrame, per_clinic: pl.DataFrame, funnel: pl.DataF
     counts = ["n_new_users", "n_stopped", "n_stopped_within_horizon", *reason_columns]
     estimates = ["ratio", "z", f"persistence_{horizon_key}m", "expected_stops"]
     # O/E, z and the persistence at the horizon are functions of the stops within the horizon (O = ratio x E)
-    released = release_clinic_table(rows, counts, policy, {c: ["n_stopped_within_horizon"] for c in estimates})
+    # E over the whole follow-up goes with the stops over it (the between-clinic variance uses both)
+    derived = {c: ["n_stopped_within_horizon"] for c in estimates} | {"expected_stops_all": ["n_stopped"]}
+    released = release_clinic_table(rows, counts, policy, derived)
     return released.with_columns(pl.when(pl.col("ratio").is_null()).then(None).otherwise(pl.col("funnel")).alias("funnel"))
 
 
