@@ -341,3 +341,18 @@ def test_a_hidden_total_is_not_the_sum_of_shown_parts():
                          schema={"table": pl.String, "item": pl.String, "n": pl.Int64})  # fmt: skip
     out = suppress_small_counts(frame, ["n"], 5, partitions=[Partition(("table",), "item", "total")])
     assert out["n"].to_list() == [None, None, 52]
+
+
+def test_an_unreleased_part_is_hidden_first_when_a_second_cell_must_go():
+    """total = within + after, `after` never released: with the total hidden, hiding `after` protects it (the
+    reader cannot add the parts), so `within` stays shown; without the declaration the smaller part goes."""
+    frame = pl.DataFrame({"table": ["t"] * 3, "item": ["total", "within", "after"], "n": [None, 38, 46]},
+                         schema_overrides={"n": pl.Int64})  # fmt: skip
+    plain = suppress_small_counts(frame, ["n"], 5, partitions=[Partition(("table",), "item", "total")])
+    assert plain["n"].to_list() == [None, None, 46]
+    declared = suppress_small_counts(frame, ["n"], 5, partitions=[Partition(("table",), "item", "total", ("after",))])
+    assert declared["n"].to_list() == [None, 38, None]
+    # a small unreleased part still takes a shown part with it when the total is shown
+    small = frame.with_columns(pl.Series("n", [41, 38, 3]))
+    out = suppress_small_counts(small, ["n"], 5, partitions=[Partition(("table",), "item", "total", ("after",))])
+    assert out["n"].to_list() == [41, None, None]

@@ -8,7 +8,12 @@ import json
 import numpy as np
 import polars as pl
 import pytest
+from attack import Policy
+from test_persistence_attacks import countries, recoveries, truth_cells
 
+from repurpose.federation.package import persistence_counts
+from repurpose.persistence.pooled import SITE_TABLES, pool_clinics
+from repurpose.persistence.study import analyse
 from repurpose.release.disclosure import small_counts_left
 from repurpose.release.policy import DisclosurePolicy
 from repurpose.study_config import load_config
@@ -65,3 +70,46 @@ def test_persistence_and_reasons_are_plausible_and_released(study):
         counts = [c for c in table.columns if c.startswith("n_")]
         assert not small_counts_left(table, counts, policy.min_cell), name
     assert np.isfinite(tables["variance"]["tau2"].to_numpy()).all()
+
+
+def test_two_country_sites_pool_to_the_pooled_data_funnel(study, tmp_path):
+    """Norway and Denmark of the simulator as two sites: each analyses its own new users and releases its
+    tables; the centre's pooled funnel equals the pooled-data analysis with the case mix within country, and
+    flags no clinic that is not a planted outlier."""
+    results, config, truth, _ = study
+    users = pl.read_parquet(results / "persistence" / "new_users.parquet")
+    settings = {**config["persistence"], "case_mix_by_country": True}
+    policy = DisclosurePolicy.from_config(config)
+    sites = {}
+    for country in sorted(users["country"].unique().to_list()):
+        released = analyse(users.filter(pl.col("country") == country), settings, policy)
+        sites[country] = {}
+        for name in SITE_TABLES:  # as the site writes them and the centre reads them
+            released[name].write_csv(tmp_path / f"{country}_{name}.csv", float_precision=6)
+            sites[country][name] = pl.read_csv(tmp_path / f"{country}_{name}.csv", infer_schema_length=None)
+            assert not small_counts_left(sites[country][name], persistence_counts(sites[country][name]), policy.min_cell)
+    assert len(sites) == 2
+    funnel, variance = pool_clinics(sites)
+    exact = analyse(users, settings, policy)["funnel_exact"].join(funnel.select("clinic_id"), on="clinic_id").sort("clinic_id")
+    federated = funnel.sort("clinic_id")
+    print(f"{federated.height} clinics pooled from {sorted(sites)}; flagged "
+          f"{federated.filter(pl.col('funnel') == 'outlier')['clinic_id'].to_list()}; planted {truth['outlier_clinic_ids']}; "
+          f"tau2 all clinics {variance['tau2'][0]:.3f}")  # fmt: skip
+    assert federated["clinic_id"].to_list() == exact["clinic_id"].to_list() and federated.height >= 8
+    np.testing.assert_allclose(federated["ratio"].to_numpy(), exact["ratio"].to_numpy(), rtol=1e-5)
+    flagged = set(federated.filter(pl.col("funnel") == "outlier")["clinic_id"].to_list())
+    assert flagged <= set(truth["outlier_clinic_ids"])
+
+
+def test_the_released_persistence_tables_give_no_small_count_to_an_attacker(study):
+    """tests/test_persistence_attacks.py's attacker on the written tables of the 200,000-person run."""
+    results, config, _, _ = study
+    users = pl.read_parquet(results / "persistence" / "new_users.parquet")
+    tables = {name: pl.read_csv(results / "persistence" / f"{name}.csv", infer_schema_length=None)
+              for name in ("survival", "curves", "reasons", "cox", "clinics", "agreement")}  # fmt: skip
+    tables["agreement"] = tables["agreement"].with_columns(pl.col("value").cast(pl.String))
+    policy = DisclosurePolicy.from_config(config)
+    found = recoveries(tables, truth_cells(users, config["persistence"], policy), Policy(policy.min_cell, policy.rounding_base),
+                       float(config["persistence"]["funnel_horizon_months"]), countries(users))  # fmt: skip
+    print(f"persistence release of the 200k run: {len(found)} small cells recovered")
+    assert found == []

@@ -20,8 +20,8 @@ clinics' log(O/E) over all stops (standard error 1/sqrt(O)), with its Q-profile 
 Disclosure: a clinic with fewer new users than `min_clinic_size` (never below the release policy's min_cell) is
 merged into "other clinics"; when that group would hold 1 to min_cell - 1 patients the smallest shown clinics
 join it until it holds at least min_cell, so that subtracting the shown clinics from the total never reveals a
-small count. The counts of the clinic table then go through `release_counts` (small cells hidden, the
-complement of stops among users and the clinic rows' sum to the total checked, counts rounded), and the ratios
+small count. The counts of the clinic table are then released as one structure (`release_clinic_table`: small
+cells hidden and every cell that would reveal one by a row's or a column's sum, counts rounded), and the ratios
 of a row whose stops are hidden are hidden with them (O = ratio x E).
 
 Imports the top level (`meta`) and `release` (the disclosure policy and functions).
@@ -37,7 +37,7 @@ import polars as pl
 from scipy import optimize, stats
 
 from repurpose.meta import pool
-from repurpose.release.disclosure import Partition, release_counts
+from repurpose.release.disclosure import Partition, release_linked
 from repurpose.release.policy import DisclosurePolicy
 
 OTHER_CLINICS = "other clinics"
@@ -208,18 +208,124 @@ def disclosed_clinics(sizes: dict[str, int], min_clinic_size: int, policy: Discl
     return {c: (c if c in shown else OTHER_CLINICS) for c in sizes}
 
 
+REASON_PREFIX = "n_stopped_"
+
+
 def release_clinic_table(table: pl.DataFrame, count_columns: Sequence[str], policy: DisclosurePolicy,
-                         derived: dict[str, Sequence[str]]) -> pl.DataFrame:  # fmt: skip
-    """The clinic table (one row per shown clinic and one `all clinics` row) as released: small counts and the
-    cells that would reveal one hidden, counts rounded; `derived` columns hidden with their counts."""
+                         derived: dict[str, Sequence[str]],
+                         by_country: pl.DataFrame | None = None) -> tuple[pl.DataFrame, pl.DataFrame | None]:  # fmt: skip
+    """The clinic table (one row per shown clinic and one `all clinics` row) as released, and the countries'
+    new users and stops released in the same structure: small counts and the cells that would reveal one
+    hidden, counts rounded; `derived` columns hidden with their counts.
+
+    One structure (`release_linked`) in which every sum a reader can form is a partition: the clinic rows
+    add up to `all clinics` in every column; within a row, stops plus those still on the drug make the new
+    users, stops within the horizon plus later stops make all stops, and the stops by reason make all stops;
+    the countries add up to all clinics, and a country is its clinics (a reader knows which clinic is where)
+    plus its unreleased share of any group spanning countries ("other clinics"). `by_country` holds the exact
+    n_new_users and n_stopped per (clinic_id, country); the countries come back as (country, n_new_users,
+    n_stopped). A count that appears in several places (a row's stops in its three row partitions, a clinic of
+    one country in the country's partition) is hidden everywhere once hidden anywhere."""
     table = _protect_outliers(table, count_columns, policy)
-    complements = [("n_new_users", c) for c in count_columns if c != "n_new_users"]
-    partition = Partition(by=("_table",), part_column="clinic_id", total_value=ALL_CLINICS)
-    released = release_counts(
-        table.with_columns(pl.lit("clinics").alias("_table")), count_columns, policy,
-        complements=complements, partitions=[partition], derived=derived,
-    )  # fmt: skip
-    return released.drop("_table")
+    # Few stops after the horizon: the row's stops over all follow-up go, not those within the horizon (the
+    # funnel's O), which the generic rule would take as the smaller part.
+    later = pl.col("n_stopped") - pl.col("n_stopped_within_horizon")
+    table = table.with_columns(pl.when((later >= 1) & (later < policy.min_cell)).then(None).otherwise(pl.col("n_stopped")).alias("n_stopped"))
+    reasons = [c for c in count_columns if c.startswith(REASON_PREFIX) and c != "n_stopped_within_horizon"]
+    users = {"total": pl.col("n_new_users"), "stopped": pl.col("n_stopped"), "not stopped": pl.col("n_new_users") - pl.col("n_stopped")}
+    families: dict[str, dict[str, pl.Expr]] = {
+        "users": users,
+        "horizon": {"total": pl.col("n_stopped"), "within": pl.col("n_stopped_within_horizon"),
+                    "after": pl.col("n_stopped") - pl.col("n_stopped_within_horizon")},
+        "reasons": {"total": pl.col("n_stopped"), **{c.removeprefix(REASON_PREFIX): pl.col(c) for c in reasons}},
+    }  # fmt: skip
+    columns = {("users", "total"): "n_new_users", ("users", "stopped"): "n_stopped",
+               ("horizon", "within"): "n_stopped_within_horizon",
+               **{("reasons", c.removeprefix(REASON_PREFIX)): c for c in reasons}}  # fmt: skip
+
+    def rows(frame: pl.DataFrame, level: str, part: pl.Expr, chosen: dict[str, dict[str, pl.Expr]]) -> list[pl.DataFrame]:
+        return [frame.select(pl.lit(family).alias("family"), pl.lit(level).alias("level"), part.alias("part"),
+                             pl.lit(item).alias("item"), value.cast(pl.Int64).alias("n"))
+                for family, items in chosen.items() for item, value in items.items()]  # fmt: skip
+
+    group = pl.when(pl.col("clinic_id") == ALL_CLINICS).then(pl.lit(TOTAL)).otherwise(pl.col("clinic_id"))
+    long = rows(table, "clinic", group, families)
+    links: list[list[tuple[str, str]]] = [
+        [(f"{f}|clinic|{c}", i) for f, i in (("users", "stopped"), ("horizon", "total"), ("reasons", "total"))]
+        for c in [TOTAL if c == ALL_CLINICS else c for c in table["clinic_id"]]
+    ]  # fmt: skip
+    unreleased = ["not stopped", "after"]
+    if by_country is not None:
+        long, links, split_names = _country_rows(by_country, long, links, rows, users)
+        unreleased += split_names
+    frame = pl.concat(long).with_columns((pl.col("family") + "|" + pl.col("level") + "|" + pl.col("part")).alias("table"))
+    partitions = [Partition(by=("family", "level", "part"), part_column="item", total_value="total",
+                            unreleased_parts=("not stopped", "after")),
+                  Partition(by=("family", "level", "item"), part_column="part", total_value=TOTAL,
+                            unreleased_parts=tuple(unreleased))]  # fmt: skip
+    released = release_linked(frame, policy, partitions=partitions, links=links)
+    values = {(f, lv, p, i): n for f, lv, p, i, n in released.select("family", "level", "part", "item", "n").iter_rows()}
+    keys = [TOTAL if c == ALL_CLINICS else c for c in table["clinic_id"]]
+    out = table.with_columns([
+        pl.Series(column, [values[(family, "clinic", k, item)] for k in keys], dtype=pl.Int64)
+        for (family, item), column in columns.items()
+    ])  # fmt: skip
+    for column, sources in derived.items():
+        hidden = pl.any_horizontal([pl.col(s).is_null() for s in sources])
+        out = out.with_columns(pl.when(hidden).then(None).otherwise(pl.col(column)).alias(column))
+    countries = None
+    if by_country is not None:
+        names = sorted(by_country["country"].unique().to_list())
+        countries = pl.DataFrame({"country": names,
+                                  "n_new_users": [values[("users", "country", c, "total")] for c in names],
+                                  "n_stopped": [values[("users", "country", c, "stopped")] for c in names]},
+                                 schema_overrides={"n_new_users": pl.Int64, "n_stopped": pl.Int64})  # fmt: skip
+    return out, countries
+
+
+TOTAL = "(total)"
+"""The part name of a partition's total row in the long release table."""
+
+
+def _country_rows(by_country: pl.DataFrame, long: list[pl.DataFrame], links: list, rows, users: dict) -> tuple[list, list, list[str]]:  # noqa: ANN001
+    """The country levels of the clinic release (users family only: the countries show new users and stops):
+    `country` (the countries and the total), `in <country>` (its clinic groups and its total) and `split
+    <group>` for a group spanning countries (its unreleased per-country shares and the group's total)."""
+    exact = by_country.group_by("clinic_id", "country").agg(pl.col("n_new_users", "n_stopped").sum())
+    spans = exact.group_by("clinic_id").agg(pl.col("country").n_unique().alias("k"))
+    mixed = set(spans.filter(pl.col("k") > 1)["clinic_id"].to_list())
+    share = pl.col("clinic_id") + " in " + pl.col("country")
+    part = pl.when(pl.col("clinic_id").is_in(list(mixed))).then(share).otherwise(pl.col("clinic_id"))
+    countries = exact.group_by("country").agg(pl.col("n_new_users", "n_stopped").sum())
+    total = countries.select(pl.col("n_new_users", "n_stopped").sum())
+    with_total = pl.concat([countries.with_columns(pl.col("country").alias("part")),
+                            total.with_columns(pl.lit(TOTAL).alias("part"))], how="diagonal")  # fmt: skip
+    chosen = {"users": users}
+    long = [*long, *rows(with_total, "country", pl.col("part"), chosen)]
+    for item in ("total", "stopped", "not stopped"):
+        links.append([(f"users|clinic|{TOTAL}", item), (f"users|country|{TOTAL}", item)])
+    split_names: list[str] = []
+    for country in countries["country"].to_list():
+        inside = exact.filter(pl.col("country") == country).with_columns(part.alias("part"))
+        inside = pl.concat([inside, countries.filter(pl.col("country") == country).with_columns(pl.lit(TOTAL).alias("part"))],
+                           how="diagonal")  # fmt: skip
+        long.extend(rows(inside, f"in {country}", pl.col("part"), chosen))
+        for item in ("total", "stopped", "not stopped"):
+            links.append([(f"users|country|{country}", item), (f"users|in {country}|{TOTAL}", item)])
+            for name, clinic in inside.filter(pl.col("part") != TOTAL).select("part", "clinic_id").iter_rows():
+                if clinic in mixed:
+                    links.append([(f"users|in {country}|{name}", item), (f"users|split {clinic}|{name}", item)])
+                    split_names.append(name)
+                else:
+                    links.append([(f"users|in {country}|{name}", item), (f"users|clinic|{name}", item)])
+    for clinic in sorted(mixed):
+        shares = exact.filter(pl.col("clinic_id") == clinic).with_columns(share.alias("part"))
+        long.extend(rows(shares, f"split {clinic}", pl.col("part"), chosen))
+        whole = exact.filter(pl.col("clinic_id") == clinic).select(pl.col("n_new_users", "n_stopped").sum()).with_columns(pl.lit(TOTAL).alias("part"))
+        long.extend(rows(whole, f"split {clinic}", pl.col("part"), chosen))
+        for item in ("total", "stopped", "not stopped"):
+            links.append([(f"users|split {clinic}|{TOTAL}", item), (f"users|clinic|{clinic}", item)])
+    return long, links, sorted(set(split_names))
 
 
 def _protect_outliers(table: pl.DataFrame, count_columns: Sequence[str], policy: DisclosurePolicy) -> pl.DataFrame:

@@ -218,13 +218,15 @@ def analyse(users: pl.DataFrame, settings: Mapping[str, Any], policy: Disclosure
         pl.concat(curve_frames).select("group_type", "group", "month", "persistence", "lower", "upper", "n_at_risk"),
         ["n_at_risk"], policy, by=("group_type", "month"), derived={c: ["n_at_risk"] for c in ("persistence", "lower", "upper")},
     )  # fmt: skip
-    curves = curves.join(survival.select("group_type", "group", "n_stopped"), on=["group_type", "group"], how="left")
-    curves = curves.filter(pl.col("n_stopped").is_not_null()).drop("n_stopped")
+    released_survival = {(row["group_type"], row["group"]): row for row in survival_rows}
+    clinic_rows, country_rows = clinic_table(users, per_clinic, funnel, summaries, released_survival, policy)
+    survival = with_released_counts(survival, clinic_rows, country_rows, estimates)
+    # a curve is shown for a group whose new users and stops are shown (its month-0 number at risk is the first)
+    shown = survival.filter(pl.col("n_new_users").is_not_null() & pl.col("n_stopped").is_not_null())
+    curves = curves.join(shown.select("group_type", "group"), on=["group_type", "group"], how="semi")
 
     reasons = reason_table(users, months, horizons, policy)
     cox_table = release_cox(clinic_cox_table(users, design, months, stopped), survival, policy)
-    released_survival = {(row["group_type"], row["group"]): row for row in survival_rows}
-    clinic_rows = clinic_table(users, per_clinic, funnel, summaries, released_survival, policy)
     agreement = agreement_table(users, funnel_horizon * DAYS_PER_MONTH, int(settings["agreement_days"]), policy)
     return {"survival": survival, "curves": curves, "reasons": reasons, "cox": cox_table, "clinics": clinic_rows,
             "variance": pl.DataFrame(variances), "agreement": agreement,
@@ -245,6 +247,26 @@ def case_mix_expected(users: pl.DataFrame, settings: Mapping[str, Any], months: 
         expected_h[mask] = expected_stops(model, design, months[mask], horizon)
         expected_all[mask] = expected_stops(model, design, months[mask], np.inf)
     return expected_h, expected_all
+
+
+def with_released_counts(survival: pl.DataFrame, clinics: pl.DataFrame, countries: pl.DataFrame,
+                         estimates: Sequence[str]) -> pl.DataFrame:  # fmt: skip
+    """The survival table with its clinic and country rows' counts as the clinic release shows them (the one
+    release of the clinic- and country-level counts: a count hidden there is hidden here, and the row's
+    estimates with it)."""
+    released = pl.concat([
+        clinics.select(pl.when(pl.col("clinic_id") == ALL_CLINICS).then(pl.lit("overall")).otherwise(pl.lit("clinic")).alias("group_type"),
+                       pl.col("clinic_id").alias("group"), "n_new_users", "n_stopped"),
+        countries.select(pl.lit("country").alias("group_type"), pl.col("country").alias("group"), "n_new_users", "n_stopped"),
+    ]).rename({"n_new_users": "_users", "n_stopped": "_stopped"})  # fmt: skip
+    out = survival.join(released, on=["group_type", "group"], how="left")
+    replaced = pl.col("group_type").is_in(["overall", "clinic", "country"])
+    out = out.with_columns(
+        pl.when(replaced).then(pl.col("_users")).otherwise(pl.col("n_new_users")).alias("n_new_users"),
+        pl.when(replaced).then(pl.col("_stopped")).otherwise(pl.col("n_stopped")).alias("n_stopped"),
+    ).drop("_users", "_stopped")  # fmt: skip
+    hidden = pl.col("n_new_users").is_null() | pl.col("n_stopped").is_null()
+    return out.with_columns([pl.when(hidden).then(None).otherwise(pl.col(c)).alias(c) for c in estimates])
 
 
 def release_breakdowns(
@@ -329,9 +351,10 @@ def release_cox(table: pl.DataFrame, survival: pl.DataFrame, policy: DisclosureP
 
 
 def clinic_table(users: pl.DataFrame, per_clinic: pl.DataFrame, funnel: pl.DataFrame, summaries: dict,
-                 released_survival: dict, policy: DisclosurePolicy) -> pl.DataFrame:  # fmt: skip
+                 released_survival: dict, policy: DisclosurePolicy) -> tuple[pl.DataFrame, pl.DataFrame | None]:  # fmt: skip
     """One row per shown clinic group and an `all clinics` row: new users, stops by reason, persistence,
-    the funnel's O/E with its limits and flag; released (clinics.release_clinic_table)."""
+    the funnel's O/E with its limits and flag; released (clinics.release_clinic_table) with the countries'
+    new users and stops (country, n_new_users, n_stopped) in the same structure."""
     by_reason = (
         users.filter(pl.col("stopped") == 1).group_by("clinic_group", "stop_reason").len()
         .pivot(on="stop_reason", index="clinic_group", values="len")
@@ -359,8 +382,11 @@ def clinic_table(users: pl.DataFrame, per_clinic: pl.DataFrame, funnel: pl.DataF
     # O/E, z and the persistence at the horizon are functions of the stops within the horizon (O = ratio x E)
     # E over the whole follow-up goes with the stops over it (the between-clinic variance uses both)
     derived = {c: ["n_stopped_within_horizon"] for c in estimates} | {"expected_stops_all": ["n_stopped"]}
-    released = release_clinic_table(rows, counts, policy, derived)
-    return released.with_columns(pl.when(pl.col("ratio").is_null()).then(None).otherwise(pl.col("funnel")).alias("funnel"))
+    by_country = users.group_by(pl.col("clinic_group").alias("clinic_id"), "country").agg(
+        pl.len().cast(pl.Int64).alias("n_new_users"), pl.col("stopped").sum().cast(pl.Int64).alias("n_stopped"))  # fmt: skip
+    released, countries = release_clinic_table(rows, counts, policy, derived, by_country)
+    released = released.with_columns(pl.when(pl.col("ratio").is_null()).then(None).otherwise(pl.col("funnel")).alias("funnel"))
+    return released, countries
 
 
 def agreement_table(users: pl.DataFrame, horizon_days: float, within_days: int, policy: DisclosurePolicy) -> pl.DataFrame:

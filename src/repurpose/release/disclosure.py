@@ -31,6 +31,7 @@ from typing import Any
 
 import polars as pl
 
+from repurpose.release.audit import Equation, pinned_rows
 from repurpose.release.policy import DisclosurePolicy, round_counts, round_person_years
 from repurpose.release.screen_release import release_ranking, release_screen, release_summary
 
@@ -58,11 +59,15 @@ NON_PERSON_COUNTS = frozenset({"n_iter", "n_substances", "n_atc3_classes", "n_cl
 
 @dataclass(frozen=True)
 class Partition:
-    """Rows of one group (same values of `by`) where the `total_value` row is the sum of the others."""
+    """Rows of one group (same values of `by`) where the `total_value` row is the sum of the others.
+
+    `unreleased_parts` are parts the caller never releases (a complement kept only so that its smallness is
+    checked): when a second cell must be hidden, one of them goes first, at no cost to what is shown."""
 
     by: tuple[str, ...]
     part_column: str
     total_value: str
+    unreleased_parts: tuple[str, ...] = ()
 
 
 # The screen's sex strata: F + M = all within each class x level x lag.
@@ -112,16 +117,20 @@ def _suppress_across_rows(frame: pl.DataFrame, partition: Partition, count_colum
         total = totals[0]
         for c in count_columns:
             shown = columns[c]
+
+            def victim_order(i: int, shown: list = shown) -> tuple[bool, float]:
+                return roles[i] not in partition.unreleased_parts, shown[i]
+
             hidden = [i for i in parts if shown[i] is None]  # suppressed here or upstream (or missing: safe side)
             if shown[total] is None and not hidden:  # a hidden total is the sum of its shown parts
                 others = [i for i in parts if shown[i] is not None and shown[i] > 0]
                 if others:
-                    shown[min(others, key=lambda i: shown[i])] = None
+                    shown[min(others, key=victim_order)] = None
                 continue
             if shown[total] is None or len(hidden) != 1:
                 continue
             others = [i for i in parts if shown[i] is not None and shown[i] > 0]
-            victim = min(others, key=lambda i: shown[i]) if others else total
+            victim = min(others, key=victim_order) if others else total
             shown[victim] = None
     return frame.with_columns([pl.Series(c, v, dtype=frame.schema[c]) for c, v in columns.items()])
 
@@ -240,11 +249,15 @@ def release_linked(
 
     `links` are groups of rows that hold the same count in different sub-tables (the validation's accepted
     persons and the cohort flow's total; the events and the exit reason `outcome`): hiding one hides all of
-    them, and the partitions are applied again until nothing changes. Then every count is rounded.
+    them, and the partitions are applied again until nothing changes. Then every count is rounded, and the
+    result is audited (`repurpose.release.audit`): while a reader who adds and subtracts every partition and
+    link would pin a small count, one more cell beside it is hidden and the whole is released again.
     """
     keys = [tuple(k) for k in frame.select(key).iter_rows()]
     position = {k: i for i, k in enumerate(keys)}
     groups = [[position[k] for k in group if k in position] for group in links]
+    exact = frame[count_column].to_list()
+    unreleased, equations = _structure(frame, partitions, groups)
     out = frame
     while True:
         out = suppress_small_counts(out, [count_column], policy.min_cell, partitions=partitions)
@@ -255,6 +268,45 @@ def release_linked(
                 for i in rows:
                     values[i] = None
                 changed = True
+        if not changed:  # the audit: a reader adding and subtracting every released sum pins no small count
+            rounded = round_counts(out, [count_column], policy.rounding_base)[count_column].to_list()
+            pinned = pinned_rows(exact, rounded, unreleased, equations, policy.min_cell, policy.rounding_base)
+            if not pinned:
+                return round_counts(out, [count_column], policy.rounding_base)
+            values = _hide_one_more(values, pinned, equations, unreleased)
         out = out.with_columns(pl.Series(count_column, values, dtype=frame.schema[count_column]))
-        if not changed:
-            return round_counts(out, [count_column], policy.rounding_base)
+
+
+def _structure(frame: pl.DataFrame, partitions: Sequence[Partition],
+               groups: Sequence[Sequence[int]]) -> tuple[list[bool], list[Equation]]:  # fmt: skip
+    """Which rows are never released (a partition's `unreleased_parts`) and the equations a reader knows:
+    each partition group's total minus its parts is zero, and linked rows are equal."""
+    unreleased = [False] * frame.height
+    equations: list[Equation] = []
+    for partition in partitions:
+        if partition.part_column not in frame.columns or not all(c in frame.columns for c in partition.by):
+            continue
+        roles = frame[partition.part_column].cast(pl.String).to_list()
+        for i, role in enumerate(roles):
+            unreleased[i] = unreleased[i] or role in partition.unreleased_parts
+        by_group = frame.select(list(partition.by)).with_row_index("_row").group_by(list(partition.by), maintain_order=True).agg("_row")
+        for rows in by_group["_row"].to_list():
+            totals = [i for i in rows if roles[i] == partition.total_value]
+            if len(totals) == 1 and len(rows) > 1:
+                equations.append([(1, totals[0])] + [(-1, i) for i in rows if i != totals[0]])
+    equations += [[(1, rows[0]), (-1, other)] for rows in groups for other in rows[1:]]
+    return unreleased, equations
+
+
+def _hide_one_more(values: list, pinned: Sequence[int], equations: Sequence[Equation], unreleased: Sequence[bool]) -> list:
+    """Hide, for the first pinned row, the smallest shown positive count that shares an equation with it."""
+    row = pinned[0]
+    candidates = {i for equation in equations if any(r == row for _, r in equation) for _, i in equation}
+    shown = [i for i in candidates if i != row and not unreleased[i] and values[i] is not None and values[i] > 0]
+    if not shown:  # nothing left to hide beside it: hide every shown count of its equations
+        shown = [i for i in candidates if values[i] is not None]
+        for i in shown:
+            values[i] = None
+        return values
+    values[min(shown, key=lambda i: values[i])] = None
+    return values
