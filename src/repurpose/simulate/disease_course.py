@@ -27,7 +27,8 @@ emigration or the extraction date = study end), per patient:
   (median 90 days from 2008, 180 before). At a start the drug is drawn among those available on that day
   (not used before; anti-CD20 only for PP) with log preference = base + country + era (the interferons and
   glatiramer lose `OLDER_DRUGS_DECLINE_PER_YEAR` a year after 2012) + for high-efficacy drugs
-  0.8 * activity (relapses in the last 24 months + 0.4 (EDSS - 2)): confounding by indication, + 1.5
+  0.8 * activity (relapses in the last 24 months before the start day + 0.4 (EDSS at the start of the
+  step - 2): only what could be known that day): confounding by indication, + 1.5
   after a stop for lack of efficacy (escalation), + 1.5 for the drug stopped for a pregnancy.
 * Discontinuation: competing reasons with hazards (per year) `BASELINE_STOP_HAZARD_PER_YEAR[reason]`
   times: adverse events x the drug's factor x 2.5 in the first half year; lack of efficacy
@@ -255,6 +256,7 @@ def simulate_course(
         diagnosed = patients.diagnosis_day < d0
         at_diagnosis = (patients.diagnosis_day >= d0) & (patients.diagnosis_day < d1)
         edss = np.where(at_diagnosis, patients.edss_at_diagnosis, edss)
+        edss_at_step_start = edss  # what a neurologist deciding a start in this step can know
 
         # relapses
         rate = (
@@ -363,8 +365,13 @@ def simulate_course(
             available &= ~progressive_primary[:, None] | drugs.progressive_ok[None, :]
             later = (drugs.available_day[None, :] > start_day[:, None]) & ~used[s]
             later &= ~progressive_primary[:, None] | drugs.progressive_ok[None, :]
-            relapses_24m = cumulative_relapses[s, step + 1] - cumulative_relapses[s, max(step - 23, 0)]
-            activity = relapses_24m + 0.4 * (edss[s] - 2.0)
+            # the activity known on the start day: relapses before it (this step's only if dated earlier) and
+            # the EDSS before this step's worsening
+            relapses_24m = (
+                cumulative_relapses[s, step] - cumulative_relapses[s, max(step - 23, 0)]
+                + (first_relapse[s] < start_day)
+            )
+            activity = relapses_24m + 0.4 * (edss_at_step_start[s] - 2.0)
             year = year_of_day(start_day)
             score = (
                 drugs.choice_log_weight[None, :]
