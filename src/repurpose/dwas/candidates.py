@@ -621,6 +621,11 @@ def candidates_readme(
         min_cases=s["min_evidence_cases"],
         small_cases=s["small_numbers_cases"],
         carrier_alpha=s["carrier_alpha"],
+        replication=(
+            f"on: halves by a keyed hash of {s['replication']['group_column'] or 'person_id'}, seed {s['replication']['seed']}"
+            if s["replication"]["enabled"]
+            else "off in this run: candidates.replication.enabled"
+        ),
     )
     text += "\n" + empirical_null_table(nulls or {})
     if matches is not None and matches.height:
