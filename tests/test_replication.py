@@ -231,3 +231,5 @@ def test_the_stage_with_replication_on_hides_small_halves(demo_run, tmp_path):
     # Shown only when both halves have at least min_cell (= min_evidence_cases here) exposed cases.
     assert not any("half below" in v for v in shown["evidence_replication"].to_list())
     assert shown["hr"].null_count() == 0
+    small = drugs.filter(pl.col("evidence_replication").str.contains("half below"))
+    assert small.height >= 1 and small["hr_replication"].null_count() == small.height  # the demo has small halves
