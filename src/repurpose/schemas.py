@@ -121,6 +121,7 @@ EVIDENCE_LINES = (
     "active_comparator",
     "robust_to_confounding",
     "mechanism",
+    "replication",
 )
 """The evidence lines of a drug signal: one `evidence_<line>` column each, valued `supported`, `against` or
 `not assessed: <why>` (`repurpose.dwas.evidence`)."""
@@ -139,8 +140,8 @@ def drug_ranking_columns(config: dict[str, Any]) -> list[str]:
     n_dose_categories = len(config["screen"]["dose_cutpoints_ddd"]) + 1
     return [
         "rank", "direction", "candidate", "atc_code", "atc_name", "atc_level", "also_seen_at", "carried_by",
-        "lag_years", "hr", "ci_lower", "ci_upper", "p_value", "p_method", "q_value", "n_exposed", "n_exposed_cases",
-        "hr_shrunken", "ci_lower_shrunken", "ci_upper_shrunken",
+        "lag_years", "hr", "ci_lower", "ci_upper", "p_value", "p_method", "q_value", "tree_q", "tree_rejected",
+        "n_exposed", "n_exposed_cases", "hr_shrunken", "ci_lower_shrunken", "ci_upper_shrunken",
         *[f"evidence_{line}" for line in EVIDENCE_LINES], "evidence_supported", "evidence_assessed",
         "flags", "targets",
         "calibrated_p", "calibrated_q", "calibrated_hr", "calibrated_ci_lower", "calibrated_ci_upper",
@@ -152,5 +153,7 @@ def drug_ranking_columns(config: dict[str, Any]) -> list[str]:
         "n_siblings", "sibling_agreement", "sibling_pooled_hr", "sibling_pooled_p",
         "hr_confirmation", "ci_lower_confirmation", "ci_upper_confirmation", "confirmation_adjusted_for",
         "hr_active_comparator", "ci_lower_active_comparator", "ci_upper_active_comparator",
-        "n_active_comparator", "n_active_comparator_cases", "e_value", "e_value_ci", "evidence_score",
+        "n_active_comparator", "n_active_comparator_cases", "e_value", "e_value_ci",
+        "hr_replication", "ci_lower_replication", "ci_upper_replication", "p_replication",
+        "evidence_score",
     ]  # fmt: skip

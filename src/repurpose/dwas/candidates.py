@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from functools import partial
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -42,8 +43,10 @@ from repurpose.dwas.calibration import (
 )
 from repurpose.dwas.evidence import AGAINST, SUPPORTED, order_rows, score_rows
 from repurpose.dwas.person_models import healthcare_use, level_models, likelihood_ratio_fit, model_cohort
+from repurpose.dwas.replication import hide_replication, replication_fits, replication_hidden, split_halves
 from repurpose.dwas.shrinkage import LevelPrior, fit_level_prior, shrink
 from repurpose.dwas.signals import SignalTree, collapse_tree
+from repurpose.dwas.tree_fdr import hierarchical_fdr
 from repurpose.dwas.window import lag_days
 from repurpose.logs import Progress
 from repurpose.meta import pool
@@ -431,6 +434,26 @@ def level_q_values(dwas: pl.DataFrame, evidence: pl.DataFrame, main_lag: float) 
     return evidence.with_columns(q_value=pl.when(pl.col("lag_years") == main_lag).then(new_q).otherwise("q_value"))
 
 
+def tree_q_values(dwas: pl.DataFrame, evidence: pl.DataFrame, main_lag: float, alpha: float) -> pl.DataFrame:
+    """Add `tree_q` and `tree_rejected`: Yekutieli's hierarchical FDR over every fitted code of the screened ATC
+    tree at the main lag (both sexes), with the p-values the level q-values use (`level_q_values`); rows shown at
+    lag 0 are not in the main-lag tree and get none (`repurpose.dwas.tree_fdr`)."""
+    family = _fitted(dwas).filter((pl.col("sex") == "all") & (pl.col("lag_years") == main_lag)).select("atc_code", "p_value")
+    shown_p = evidence.filter(pl.col("lag_years") == main_lag).select("atc_code", shown_p="p_value")
+    family = family.join(shown_p, on="atc_code", how="left").with_columns(p=pl.coalesce("shown_p", "p_value"))
+    family = family.filter(pl.col("p").is_finite())
+    if not family.height:
+        return evidence.with_columns(tree_q=pl.lit(None, pl.Float64), tree_rejected=pl.lit(None, pl.Boolean))
+    test = hierarchical_fdr(family["atc_code"].to_list(), family["p"].to_numpy()).frame().select("atc_code", "tree_q")
+    main = pl.col("lag_years") == main_lag
+    return (
+        evidence.drop([c for c in ("tree_q", "tree_rejected") if c in evidence.columns])
+        .join(test, on="atc_code", how="left")
+        .with_columns(tree_q=pl.when(main).then("tree_q").otherwise(None))
+        .with_columns(tree_rejected=pl.col("tree_q") < alpha)
+    )
+
+
 def person_level_evidence(
     config: dict[str, Any],
     evidence: pl.DataFrame,
@@ -442,6 +465,7 @@ def person_level_evidence(
     confirmation for the first `confirmation.max_classes` of them by screen p); the others say why not."""
     settings = config["candidates"]
     prepared, stratum, covariates = model
+    half = split_halves(prepared, settings["replication"]) if settings["replication"]["enabled"] else None
     candidates = evidence.filter("candidate").sort("p_value", "atc_code")
     confirm_set = set(candidates["atc_code"].to_list()[: settings["confirmation"]["max_classes"]])
     progress = Progress(log, "person-level models of the candidates", candidates.height)
@@ -451,10 +475,15 @@ def person_level_evidence(
         present = set(exposures["atc_code"].unique().to_list())
         level_codes = [c for c in candidates["atc_code"].to_list() if c in present]
         if level_codes:
+            replicate = None
+            if half is not None:
+                replicate = partial(
+                    replication_fits, prepared=prepared, half=half, exposures=exposures, hcu=hcu, config=config,
+                    lag_in_days=lag_days(settings["main_lag_years"]),
+                )  # fmt: skip
+            confirm_codes = [c for c in level_codes if c in confirm_set]
             parts.append(
-                level_models(
-                    config, prepared, stratum, covariates, exposures, level_codes, [c for c in level_codes if c in confirm_set], hcu, progress
-                )
+                level_models(config, prepared, stratum, covariates, exposures, level_codes, confirm_codes, hcu, progress, replicate)
             )
     reason = pl.when(~pl.col("candidate")).then(pl.lit("not a candidate (person-level models are fitted for candidates)"))
     evidence = evidence.with_columns(person_level_reason=reason.otherwise(pl.lit(None, pl.String)))
@@ -518,6 +547,7 @@ def run_candidates(
         model = model_cohort(pl.read_parquet(cohort_path), config)
         evidence = level_q_values(dwas, sparse_likelihood_ratio(evidence, exposure_paths, model, settings), main_lag)
     if signals.height:
+        evidence = tree_q_values(dwas, evidence, main_lag, settings["fdr_alpha"])
         lag0_hits = set(select_signals(dwas.filter(pl.col("lag_years") == 0.0), settings["fdr_alpha"], 0.0)["atc_code"].to_list())
         evidence = evidence.with_columns(
             candidate=(pl.col("q_value") < settings["fdr_alpha"]).fill_null(False) | pl.col("atc_code").is_in(list(lag0_hits))
@@ -539,11 +569,17 @@ def run_candidates(
         ranking = scored.with_columns(evidence_score=pl.col("evidence_supported"))
     else:
         ranking = evidence
-    ranking = _ensure_columns(ranking, columns).select(columns)
-    # Released like the screen (the same rows hidden: release is deterministic); counts rounded.
+    # Released like the screen (the same rows hidden: release is deterministic); counts rounded. The replication
+    # estimate (a subset's) and the tree q (from the main p) are hidden with the main estimate, and the
+    # replication estimate also by the halves' own counts (decided on the exact counts, before they are dropped).
     policy = DisclosurePolicy.from_config(config, main_lag_years=settings["main_lag_years"])
+    hide_halves = replication_hidden(ranking, policy)
+    ranking = _ensure_columns(ranking, columns).select(columns)
     released = release_ranking(
         ranking, release_screen(dwas, policy), policy, lags=ranking_lags(lags), count_columns=RANKING_COUNT_COLUMNS
+    )
+    released = hide_replication(released, hide_halves).with_columns(
+        [pl.when(pl.col("hr").is_null()).then(None).otherwise(pl.col(c)).alias(c) for c in ("tree_q", "tree_rejected")]
     )
     for_display(released, RANKING_COUNT_COLUMNS, policy.min_cell).write_csv(ranking_path)
     if readme_path is not None:
@@ -585,6 +621,11 @@ def candidates_readme(
         min_cases=s["min_evidence_cases"],
         small_cases=s["small_numbers_cases"],
         carrier_alpha=s["carrier_alpha"],
+        replication=(
+            f"on: halves by a keyed hash of {s['replication']['group_column'] or 'person_id'}, seed {s['replication']['seed']}"
+            if s["replication"]["enabled"]
+            else "off in this run: candidates.replication.enabled"
+        ),
     )
     text += "\n" + empirical_null_table(nulls or {})
     if matches is not None and matches.height:

@@ -156,7 +156,33 @@ def evidence_lines(row: dict[str, Any], settings: dict[str, Any]) -> dict[str, s
         out["mechanism"] = _not_assessed("a class, not a substance (targets are mapped to substances)")
     else:
         out["mechanism"] = _not_assessed("no target shared with another screened substance")
+    out["replication"] = replication_line(row, settings)
     return out
+
+
+def replication_line(row: dict[str, Any], settings: dict[str, Any]) -> str:
+    """The split-sample `replication` line (`repurpose.dwas.replication`): supported when the discovery half's
+    estimate lies on the row's side of 1 and the held-out half's estimate lies on it with p < alpha; against
+    otherwise; not assessed when off, not fitted in the halves, or either half has fewer than the minimum of
+    exposed cases."""
+    if not settings.get("replication", {}).get("enabled"):
+        return _not_assessed("split-sample replication is off (candidates.replication.enabled)")
+    if row.get("person_level_reason"):
+        return _not_assessed(row["person_level_reason"])
+    if row.get("replication_n_exposed_cases") is None:
+        return _not_assessed(f"not fitted in the halves ({row.get('confirmation_reason') or 'no confirmation model'})")
+    minimum = settings["min_evidence_cases"]
+    reason = _few("exposed cases in the discovery half", _count(row.get("discovery_n_exposed_cases")), minimum) or _few(
+        "exposed cases in the held-out half", _count(row.get("replication_n_exposed_cases")), minimum
+    )
+    if reason:
+        return reason
+    if not (_finite(row.get("log_hr_discovery")) and _finite(row.get("hr_replication")) and _finite(row.get("p_replication"))):
+        return _not_assessed("the model is not estimable in a half")
+    sign = -1 if row["direction"] == "protective" else 1
+    discovery_side = np.sign(row["log_hr_discovery"]) == sign
+    held_out_side = np.sign(np.log(row["hr_replication"])) == sign
+    return SUPPORTED if discovery_side and held_out_side and row["p_replication"] < settings["fdr_alpha"] else AGAINST
 
 
 def flags_of(row: dict[str, Any], lines: dict[str, str], settings: dict[str, Any]) -> list[str]:
@@ -183,6 +209,9 @@ def flags_of(row: dict[str, Any], lines: dict[str, str], settings: dict[str, Any
         flags.append("sex_heterogeneity")
     if lines["class_consistent"] == AGAINST and _finite(row.get("sibling_pooled_p")) and row["sibling_pooled_p"] < settings["fdr_alpha"]:
         flags.append("siblings_disagree")
+    if lines["replication"] == AGAINST and _finite(row.get("p_replication")) and row["p_replication"] < settings["fdr_alpha"]:
+        if np.sign(np.log(row["hr_replication"])) != sign:
+            flags.append("replication_disagrees")
     if lines["active_comparator"] == AGAINST and _finite(row.get("hr_active_comparator")):
         if np.sign(np.log(row["hr_active_comparator"])) != sign:
             flags.append("active_comparator_disagrees")

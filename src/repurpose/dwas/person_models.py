@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -453,9 +454,12 @@ def level_models(
     confirm_codes: list[str],
     hcu: pl.DataFrame | None,
     progress: Progress | None = None,
+    replicate: Callable[[str, list[str]], dict[str, Any]] | None = None,
 ) -> pl.DataFrame:
     """Dose-response, active comparator and (for `confirm_codes`) confirmation for the candidates of one level
-    (`progress` counts each finished candidate among all levels' candidates)."""
+    (`progress` counts each finished candidate among all levels' candidates). `replicate(code, proxy classes)`,
+    when given, refits the confirmation model of each confirmed code in the split halves
+    (`repurpose.dwas.replication`) with the same proxy classes; its columns join the row."""
     settings = config["candidates"]
     main_lag_days = lag_days(settings["main_lag_years"])
     all_codes = sorted(exposures["atc_code"].unique().to_list())
@@ -474,6 +478,8 @@ def level_models(
                     prepared, exposures, code, proxies[code], hcu, config, main_lag_days, settings["confirmation"]["engine"]
                 )
             )
+            if replicate is not None:
+                row.update(replicate(code, proxies[code]))
         log.info("%s: person-level models in %.1f s", code, time.perf_counter() - started)
         if progress is not None:
             progress.step_done(code)
