@@ -123,7 +123,7 @@ def test_site_packages_carry_the_released_tables_and_the_centre_pools_them(two_c
     for country in sites:
         paths = {name: str(tmp_path / f"{country}_{name}.csv") for name in SITE_TABLES}
         packages.append(make_package(tmp_path, protocol_file, country, {"N02BE01": (-0.2, 0.1)}, persistence=paths))
-    assert read_site_package(packages[0]).persistence["clinics"].height == sites["DK"]["clinics"].height
+    assert read_site_package(packages[0]).studies["persistence"]["clinics"].height == sites["DK"]["clinics"].height
     summary = pool_packages(packages, tmp_path / "pooled", start_distributed=False)
     clinics = pl.read_csv(summary["persistence"]["clinics"])
     assert clinics.height == pool_clinics(sites)[0].height and set(clinics["site"].to_list()) == {"DK", "NO"}

@@ -27,7 +27,8 @@ import math
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,8 @@ from repurpose.federation.design import site_design
 from repurpose.federation.distributed import start_rounds
 from repurpose.layout import DEFAULT_ROOT, WORKFLOW_SNAKEFILE, results_layout
 from repurpose.meta import pool
-from repurpose.persistence.pooled import pool_persistence, read_site_tables
+from repurpose.persistence.pooled import SITE_TABLES as PERSISTENCE_SITE_TABLES
+from repurpose.persistence.pooled import pool_persistence
 from repurpose.protocol import (
     DESIGN_BLOCKS,
     NOT_DESIGN_KEYS,
@@ -60,6 +62,7 @@ from repurpose.release.disclosure import (
     DisclosurePolicy,
     for_display,
     parse_display,
+    person_count_columns,
     release_screen,
     small_counts_left,
     suppress_small_counts,
@@ -207,10 +210,7 @@ def write_site_package(
     validation: str | Path | None,
     package: str | Path,
     run_provenance: list[str | Path] | None = None,
-    persistence_survival: str | Path | None = None,
-    persistence_reasons: str | Path | None = None,
-    persistence_clinics: str | Path | None = None,
-    persistence_variance: str | Path | None = None,
+    **study_tables: str | Path | None,
 ) -> Path:
     """Write `out_dir` (results/site_package/): fits, summaries, protocol copy and manifest; return the manifest.
 
@@ -222,8 +222,8 @@ def write_site_package(
     hash (`results`), so a later package from the same results can be checked against it.
     The fits pass `release_screen` (rows hidden whole over sex, lags and the ATC tree, counts rounded), the
     summaries the report's release; the written tables are checked again before the manifest is written.
-    The persistence study's released survival, reasons, clinics and variance tables (`persistence_*`, all or
-    none) travel as they were released at the site, for `repurpose.persistence.pooled`.
+    `study_tables` (`<study>_<table>` = path, for the studies of `SITE_STUDIES`: all of a study's tables or
+    none) travel as they were released at the site, for the study's pooling at the centre.
     """
     dwas_path, flow_json, validation_json, out_dir = Path(dwas), flow, validation, Path(package)
     min_cell = int(config["disclosure"]["min_cell"])
@@ -246,14 +246,7 @@ def write_site_package(
     tables = summary_tables(flow_json, validation_json, policy)
     for name, table in tables.items():
         check_aggregate(table, name, ["n"], min_cell)
-    persistence = {"survival": persistence_survival, "reasons": persistence_reasons, "clinics": persistence_clinics,
-                   "variance": persistence_variance}  # fmt: skip
-    if any(persistence.values()) and not all(persistence.values()):
-        raise PackageError("the persistence study's tables travel all together or not at all: "
-                           + ", ".join(f"persistence_{n}" for n, p in persistence.items() if not p) + " missing")  # fmt: skip
-    persistence_tables = {n: pl.read_csv(p, infer_schema_length=None) for n, p in persistence.items() if p}
-    for name, table in persistence_tables.items():
-        check_aggregate(table, f"persistence {name}", persistence_counts(table), min_cell)
+    study_files = checked_study_tables(study_tables, min_cell)
 
     if out_dir.exists():
         shutil.rmtree(out_dir)  # rebuilt whole: nothing stale rides along
@@ -266,9 +259,9 @@ def write_site_package(
     for name, table in tables.items():
         for_display(table, ["n"], min_cell).write_csv(out_dir / f"{name}.csv")
         files[f"{name}.csv"] = _file_entry(out_dir / f"{name}.csv", table.height)
-    for name, table in persistence_tables.items():
-        shutil.copyfile(persistence[name], out_dir / f"persistence_{name}.csv")  # the very bytes the site released
-        files[f"persistence_{name}.csv"] = _file_entry(out_dir / f"persistence_{name}.csv", table.height)
+    for name, (source, rows) in study_files.items():
+        shutil.copyfile(source, out_dir / f"{name}.csv")  # the very bytes the site released
+        files[f"{name}.csv"] = _file_entry(out_dir / f"{name}.csv", rows)
     (out_dir / "protocol.yaml").write_text(protocol_yaml(design), encoding="utf-8")
     files["protocol.yaml"] = _file_entry(out_dir / "protocol.yaml", None)
     manifest = {
@@ -304,7 +297,7 @@ class SitePackage:
     design: dict[str, Any]
     fits: pl.DataFrame
     summaries: dict[str, pl.DataFrame]
-    persistence: dict[str, pl.DataFrame] | None = None
+    studies: dict[str, dict[str, pl.DataFrame]] = field(default_factory=dict)
 
 
 def read_site_package(path: str | Path) -> SitePackage:
@@ -335,15 +328,53 @@ def read_site_package(path: str | Path) -> SitePackage:
             table = parse_display(pl.read_csv(path / f"{name}.csv", infer_schema=False), ["n"])
             check_aggregate(table, f"{path}/{name}.csv", ["n"], min_cell)
             summaries[name] = table
-    persistence = read_site_tables(path)
-    for name, table in (persistence or {}).items():
-        check_aggregate(table, f"{path}/persistence_{name}.csv", persistence_counts(table), min_cell)
-    return SitePackage(path, str(manifest["site_label"]), manifest, design, fits, summaries, persistence)
+    studies = {}
+    for study in SITE_STUDIES:
+        names = [f"{study.name}_{t}.csv" for t in study.tables]
+        present = [n for n in names if n in manifest["files"]]
+        if present and len(present) != len(names):
+            raise PackageError(f"{path}: the {study.name} tables travel together; the package lacks "
+                               + ", ".join(sorted(set(names) - set(present))))  # fmt: skip
+        if present:
+            tables = {t: pl.read_csv(path / f"{study.name}_{t}.csv", infer_schema_length=None) for t in study.tables}
+            for t, table in tables.items():
+                check_aggregate(table, f"{path}/{study.name}_{t}.csv", person_count_columns(table.columns), min_cell)
+            studies[study.name] = tables
+    return SitePackage(path, str(manifest["site_label"]), manifest, design, fits, summaries, studies)
 
 
-def persistence_counts(table: pl.DataFrame) -> list[str]:
-    """The person-count columns of a persistence table (`n_new_users`, `n_stopped`, `n_stopped_*`, `n_at_risk`)."""
-    return [c for c in table.columns if c in ("n_new_users", "n_at_risk") or c.startswith("n_stopped")]
+@dataclass(frozen=True)
+class SiteStudy:
+    """A study beside the screen whose released tables a site package may carry, and its pooling."""
+
+    name: str
+    tables: tuple[str, ...]
+    pool: Callable[[Mapping[str, Mapping[str, pl.DataFrame]], Path], dict[str, str]]
+
+
+SITE_STUDIES = (SiteStudy("persistence", PERSISTENCE_SITE_TABLES, pool_persistence),)
+"""The studies whose released tables travel in a site package (`<study>_<table>.csv`) and their pooling."""
+
+
+def checked_study_tables(paths: Mapping[str, str | Path | None], min_cell: int) -> dict[str, tuple[Path, int]]:
+    """The study tables to put in a package (`<study>_<table>` -> (path, rows)): all of a study's tables or none,
+    each refused (PackageError) when it holds an identifier, a date or a count from 1 to min_cell - 1."""
+    known = {f"{study.name}_{t}": study for study in SITE_STUDIES for t in study.tables}
+    unknown = sorted(set(paths) - set(known))
+    if unknown:
+        raise PackageError(f"not a table of a study a site package carries: {', '.join(unknown)}")
+    out: dict[str, tuple[Path, int]] = {}
+    for study in SITE_STUDIES:
+        given = {f"{study.name}_{t}": paths.get(f"{study.name}_{t}") for t in study.tables}
+        if any(given.values()) and not all(given.values()):
+            raise PackageError(f"the {study.name} study's tables travel all together or not at all: "
+                               + ", ".join(n for n, p in given.items() if not p) + " missing")  # fmt: skip
+        for name, path in given.items():
+            if path:
+                table = pl.read_csv(path, infer_schema_length=None)
+                check_aggregate(table, name, person_count_columns(table.columns), min_cell)
+                out[name] = (Path(path), table.height)
+    return out
 
 
 def check_compatible(packages: list[SitePackage], *, allow_version_mismatch: bool = False) -> list[str]:
@@ -368,10 +399,10 @@ def check_compatible(packages: list[SitePackage], *, allow_version_mismatch: boo
     if problems:
         raise PackageError("the site packages were made with different protocols; they cannot be pooled:\n" + "\n".join(problems))
     warnings = []
-    for field in ("atc_index_version", "pipeline_version"):
-        values = {p.label: p.manifest.get(field) for p in packages}
+    for setting in ("atc_index_version", "pipeline_version"):
+        values = {p.label: p.manifest.get(setting) for p in packages}
         if len(set(values.values())) > 1:
-            message = f"{field} differs between sites: {values}"
+            message = f"{setting} differs between sites: {values}"
             if not allow_version_mismatch:
                 raise PackageError(message + " (pass --allow-version-mismatch to pool anyway)")
             warnings.append(message)
@@ -488,12 +519,13 @@ def pool_packages(
         "protocol_hash": protocol_hash(design), "warnings": warnings, "meta": str(out_dir / "meta.parquet"),
         "rounds": None,
     }  # fmt: skip
-    with_persistence = [p for p in packages if p.persistence is not None]
-    if len(with_persistence) >= 2:
-        result["persistence"] = pool_persistence({p.label: p.persistence for p in with_persistence}, out_dir)
-    if 0 < len(with_persistence) < len(packages):
-        warnings.append("persistence pooled over the sites whose packages carry it: "
-                        + ", ".join(p.label for p in with_persistence))  # fmt: skip
+    for study in SITE_STUDIES:
+        carrying = [p for p in packages if study.name in p.studies]
+        if len(carrying) >= 2:
+            result[study.name] = study.pool({p.label: p.studies[study.name] for p in carrying}, out_dir)
+        if 0 < len(carrying) < len(packages):
+            warnings.append(f"{study.name} pooled over the sites whose packages carry it: "
+                            + ", ".join(p.label for p in carrying))  # fmt: skip
     if start_distributed:
         result["rounds"] = start_distributed_rounds(meta, out_dir / "rounds", protocol_hash(design))
     log.info("pooled %d sites: %d fits, %d with an estimate", len(packages), result["fits"], result["pooled_fits"])

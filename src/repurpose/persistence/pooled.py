@@ -143,17 +143,6 @@ def pool_reasons(sites: Mapping[str, Mapping[str, pl.DataFrame]],
     return pl.concat([stacked.select(columns), pl.DataFrame(rows).select(columns)], how="vertical_relaxed")
 
 
-def read_site_tables(folder: Path, prefix: str = "persistence_") -> dict[str, pl.DataFrame] | None:
-    """A site package's persistence tables (`<prefix><name>.csv`), or None when it carries none."""
-    paths = {name: folder / f"{prefix}{name}.csv" for name in SITE_TABLES}
-    if not any(p.is_file() for p in paths.values()):
-        return None
-    missing = [str(p.name) for p in paths.values() if not p.is_file()]
-    if missing:
-        raise PooledPersistenceError(f"{folder}: the site package lacks {', '.join(missing)}")
-    return {name: pl.read_csv(path, infer_schema_length=None) for name, path in paths.items()}
-
-
 def pool_persistence(sites: Mapping[str, Mapping[str, pl.DataFrame]], out_dir: str | Path) -> dict[str, str]:
     """Pool the sites' released persistence tables into `out_dir`/persistence_{clinics,variance,survival,
     reasons}.csv; return the written paths by name."""

@@ -54,7 +54,7 @@ __all__ = [
 ]
 
 # Columns named n_* that count drug classes or iterations, not persons or events.
-NON_PERSON_COUNTS = frozenset({"n_iter", "n_substances", "n_atc3_classes", "n_classes", "n_targets"})
+NON_PERSON_COUNTS = frozenset({"n_iter", "n_substances", "n_atc3_classes", "n_classes", "n_targets", "n_clinic_groups"})
 
 
 @dataclass(frozen=True)
