@@ -1,0 +1,1 @@
+"""Target trial emulation of early high-efficacy therapy versus escalation on MS registry data (issue 17)."""
