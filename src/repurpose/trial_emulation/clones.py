@@ -206,7 +206,7 @@ def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None) ->
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
-            model = LogisticRegression(penalty=None, solver="lbfgs", max_iter=500, tol=1e-8)
+            model = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=500, tol=1e-8)
             model.fit(clones.model_x[rows], y, sample_weight=w)
         p[rows] = model.predict_proba(clones.model_x[rows])[:, 1]
     return p
