@@ -8,7 +8,13 @@ import pandas as pd
 import pytest
 from lifelines import CoxTimeVaryingFitter, KaplanMeierFitter
 
-from repurpose.trial_emulation.estimators import SurvivalRows, fit_cox, kaplan_meier, survival_at, weighted_rate
+from repurpose.trial_emulation.estimators import (
+    SurvivalRows,
+    fit_cox,
+    kaplan_meier,
+    survival_at,
+    weighted_rate,
+)
 
 
 def _random_rows(seed: int, n: int = 400) -> pd.DataFrame:
@@ -22,7 +28,7 @@ def _random_rows(seed: int, n: int = 400) -> pd.DataFrame:
         event = bool(rng.random() < 0.6)
         cuts = sorted(set(rng.choice([10.5, 20.5, 30.5], size=rng.integers(0, 3), replace=False)) - {end})
         bounds = [0.0, *[c for c in cuts if c < end], end]
-        for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        for k, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
             rows.append({"id": person, "arm": arm, "start": a, "stop": b, "event": event and k == len(bounds) - 2,
                          "w": float(rng.uniform(0.5, 3.0))})
     # one long censored person per arm: lifelines' weighted curve does not reach 0 where everyone at risk dies

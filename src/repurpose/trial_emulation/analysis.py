@@ -24,7 +24,13 @@ from threadpoolctl import threadpool_limits
 
 from repurpose.persistence.newusers import DAYS_PER_YEAR
 from repurpose.trial_emulation.clones import Clones, WeightFit, fit_censoring_models, weights_from
-from repurpose.trial_emulation.estimators import SurvivalRows, fit_cox, kaplan_meier, survival_at, weighted_rate
+from repurpose.trial_emulation.estimators import (
+    SurvivalRows,
+    fit_cox,
+    kaplan_meier,
+    survival_at,
+    weighted_rate,
+)
 from repurpose.trial_emulation.protocol import TrialProtocol
 
 EMULATION = "emulation"
@@ -215,8 +221,8 @@ def bootstrap(data: TrialData, replicates: int, workers: int, grid_days: np.ndar
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
             parts = list(pool.map(_replicates, chunks))
         by_index = {}
-        for chunk, part in zip(chunks, parts):
-            by_index.update(zip(chunk, part))
+        for chunk, part in zip(chunks, parts, strict=True):
+            by_index.update(zip(chunk, part, strict=True))
         return [by_index[i] for i in range(replicates)]
     finally:
         _WORKER_DATA, _WORKER_GRID = None, None

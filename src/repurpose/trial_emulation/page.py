@@ -69,11 +69,11 @@ def _rows(frame: pl.DataFrame, min_cell: int) -> tuple[list[str], list[list[str]
 def write_page(tables: Mapping[str, pl.DataFrame], protocol: TrialProtocol, policy: DisclosurePolicy,
                html: str | Path) -> None:  # fmt: skip
     """Render report/trial_emulation.html from the released tables."""
-    outcomes = list(dict.fromkeys(tables["curves"]["outcome"].to_list()))
-    figures = [(OUTCOME_LABELS.get(o, o), curves_figure(tables["curves"], o)) for o in outcomes]
-    estimates = tables["estimates"].with_columns(
-        pl.col("outcome").replace_strict(OUTCOME_LABELS, default=pl.col("outcome")).alias("outcome")
-    )
+    curves, estimates = tables["curves"], tables["estimates"]
+    outcomes = list(dict.fromkeys(curves["outcome"].to_list())) if "outcome" in curves.columns else []
+    figures = [(OUTCOME_LABELS.get(o, o), curves_figure(curves, o)) for o in outcomes]
+    if "outcome" in estimates.columns:
+        estimates = estimates.with_columns(pl.col("outcome").replace_strict(OUTCOME_LABELS, default=pl.col("outcome")))
     sections = {
         "target_trial": _rows(tables["target_trial"], policy.min_cell),
         "flow": _rows(tables["flow"], policy.min_cell),

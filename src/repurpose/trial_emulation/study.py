@@ -22,7 +22,6 @@ from repurpose.stages import stage
 from repurpose.trial_emulation import outcomes
 from repurpose.trial_emulation.analysis import (
     CURVE_STEP_DAYS,
-    EMULATION,
     bootstrap,
     build_trial_data,
     estimates,
@@ -45,6 +44,16 @@ from repurpose.trial_emulation.release import (
 )
 
 log = logging.getLogger(__name__)
+
+
+class NotEstimable(ValueError):
+    """The emulation cannot be estimated (no eligible person, or one strategy never started): the stage writes
+    its tables empty and the page says why, so the rest of the run goes on."""
+
+    def __init__(self, message: str, flow: list[tuple[str, int]]) -> None:
+        super().__init__(message)
+        self.flow = flow
+
 TIME_TO_EVENT = ("confirmed_worsening", "first_relapse")
 REQUIRED_COLUMNS = {
     "population": ("person_id", "sex", "birth_year"),
@@ -134,11 +143,19 @@ def run_trial_emulation(
         ("population", population), ("ms_registry", ms_registry), ("ms_treatments", ms_treatments),
         ("ms_relapses", ms_relapses), ("ms_edss", ms_edss))}  # fmt: skip
     leave = read_validated("sick_leave", sick_leave) if sick_leave else None
-    result = emulate(protocol, frames, leave, workers=_workers(config))
-    log.info("trial emulation: %d eligible persons, %d bootstrap replicates", result["baseline"].height, protocol.bootstrap_replicates)
     Path(cohort).parent.mkdir(parents=True, exist_ok=True)
-    result["baseline"].write_parquet(cohort)
-    released = release_all(result, protocol, policy)
+    try:
+        result = emulate(protocol, frames, leave, workers=_workers(config))
+    except NotEstimable as error:
+        log.warning("trial emulation not estimable: %s", error)
+        released = not_estimable_tables(error, policy, protocol)
+        pl.DataFrame().write_parquet(cohort)
+        n_eligible = 0
+    else:
+        n_eligible = result["baseline"].height
+        log.info("trial emulation: %d eligible persons, %d bootstrap replicates", n_eligible, protocol.bootstrap_replicates)
+        result["baseline"].write_parquet(cohort)
+        released = release_all(result, protocol, policy)
     for name, path in (("estimates", estimates_csv), ("curves", curves), ("balance", balance), ("weights", weights),
                        ("positivity", positivity_csv), ("counts", counts)):  # fmt: skip
         Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -149,7 +166,7 @@ def run_trial_emulation(
     write_page(released, protocol, policy, html)
     seconds = time.perf_counter() - started
     log.info("trial emulation done in %.1f s", seconds)
-    return {"n_eligible": result["baseline"].height, "seconds": seconds}
+    return {"n_eligible": n_eligible, "seconds": seconds}
 
 
 ESTIMAND = (
@@ -172,8 +189,12 @@ def emulate(protocol: TrialProtocol, frames: Mapping[str, pl.DataFrame], sick_le
     baseline, flow = eligible_cohort(protocol, registry=frames["ms_registry"], population=frames["population"],
                                      treatments=frames["ms_treatments"], edss=frames["ms_edss"],
                                      relapses=frames["ms_relapses"])  # fmt: skip
-    if baseline.height == 0:
-        raise ValueError("trial emulation: no eligible person (see the flow: " + "; ".join(f"{s}: {n}" for s, n in flow) + ")")
+    first = baseline.filter(pl.col("first_start_day") <= protocol.grace_days)["first_class"]
+    if baseline.height == 0 or not (first == HIGH_EFFICACY).any() or (first == HIGH_EFFICACY).all():
+        raise NotEstimable(
+            f"no eligible person started each strategy within {protocol.grace_days} days (flow: "
+            + "; ".join(f"{step}: {n}" for step, n in flow) + ")", flow
+        )  # fmt: skip
     covariates = grace_covariates(baseline, relapses=frames["ms_relapses"], edss=frames["ms_edss"],
                                   n_intervals=protocol.n_grace_intervals, interval_days=protocol.interval_days)  # fmt: skip
     clones = build_clones(baseline, covariates, protocol)
@@ -214,6 +235,13 @@ def release_all(result: Mapping[str, Any], protocol: TrialProtocol, policy: Disc
         "flow": release_flow(result["flow"], policy),
         "target_trial": target_trial_table(protocol),
     }  # fmt: skip
+
+
+def not_estimable_tables(error: NotEstimable, policy: DisclosurePolicy, protocol: TrialProtocol) -> dict[str, pl.DataFrame]:
+    """The released tables of an emulation that cannot be estimated: the flow, and one row saying why."""
+    why = pl.DataFrame({"status": [f"not estimable: {str(error).split(' (flow')[0]}"]})
+    return {name: why for name in ("estimates", "curves", "balance", "weights", "positivity", "counts")} | {
+        "flow": release_flow(error.flow, policy), "target_trial": target_trial_table(protocol)}
 
 
 def hidden_outcomes(counts: pl.DataFrame, policy: DisclosurePolicy) -> set[tuple[str, str]]:
