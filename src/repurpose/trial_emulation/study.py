@@ -19,7 +19,6 @@ import polars as pl
 
 from repurpose.release.policy import DisclosurePolicy
 from repurpose.stages import stage
-from repurpose.trial_emulation import outcomes
 from repurpose.trial_emulation.analysis import (
     CURVE_STEP_DAYS,
     bootstrap,
@@ -32,6 +31,12 @@ from repurpose.trial_emulation.analysis import (
 from repurpose.trial_emulation.clones import build_clones
 from repurpose.trial_emulation.cohort import eligible_cohort, grace_covariates
 from repurpose.trial_emulation.diagnostics import balance_table, count_table, positivity, weight_summary
+from repurpose.trial_emulation.outcomes import (
+    confirmed_worsening,
+    first_relapse,
+    relapse_times,
+    sick_leave_days,
+)
 from repurpose.trial_emulation.page import write_page
 from repurpose.trial_emulation.protocol import HIGH_EFFICACY, TrialProtocol, target_trial_table
 from repurpose.trial_emulation.release import (
@@ -79,7 +84,7 @@ def read_validated(name: str, path: str | Path) -> pl.DataFrame:
 
 def outcome_days(protocol: TrialProtocol, baseline: pl.DataFrame, relapses: pl.DataFrame, edss: pl.DataFrame,
                  sick_leave: pl.DataFrame | None) -> dict[str, Any]:  # fmt: skip
-    """The outcomes of `repurpose.trial_emulation.outcomes` as arrays in the baseline's person order: event days
+    """The outcomes of `trial_emulation.outcomes` as arrays in the baseline's person order: event days
     (nan: none), relapse (person index, day) pairs, and sick-leave days per person x interval."""
     follow = baseline.select("person_id", "time_zero", "end_date")
     index = baseline.select("person_id").with_row_index("index")
@@ -90,20 +95,20 @@ def outcome_days(protocol: TrialProtocol, baseline: pl.DataFrame, relapses: pl.D
 
     event_days = {}
     if "confirmed_worsening" in protocol.outcomes:
-        worsening = outcomes.confirmed_worsening(edss, relapses, follow, confirmation_days=protocol.confirmation_days,
+        worsening = confirmed_worsening(edss, relapses, follow, confirmation_days=protocol.confirmation_days,
                                                  baseline_window_days=protocol.baseline_edss_window_days)  # fmt: skip
         event_days["confirmed_worsening"] = days(worsening, "worsening_date")
-    first = days(outcomes.first_relapse(relapses, follow), "relapse_date")
+    first = days(first_relapse(relapses, follow), "relapse_date")
     if "first_relapse" in protocol.outcomes:
         event_days["first_relapse"] = first
     if protocol.negative_control_outcome == "death":
         event_days["death"] = baseline["death_day"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     count_days, amounts, first_days = {}, {}, {"relapse_rate": first}
     if "relapse_rate" in protocol.outcomes:
-        times = outcomes.relapse_times(relapses, follow).join(index, on="person_id")
+        times = relapse_times(relapses, follow).join(index, on="person_id")
         count_days["relapse_rate"] = (times["index"].to_numpy(), times["days_from_time_zero"].to_numpy().astype(float))
     if "sick_leave" in protocol.outcomes and sick_leave is not None:
-        leave = outcomes.sick_leave_days(sick_leave, follow, interval_days=protocol.interval_days, horizon_days=protocol.max_days)
+        leave = sick_leave_days(sick_leave, follow, interval_days=protocol.interval_days, horizon_days=protocol.max_days)
         leave = leave.join(index, on="person_id")
         n_intervals = -(-protocol.max_days // protocol.interval_days)
         table = np.zeros((baseline.height, n_intervals))
