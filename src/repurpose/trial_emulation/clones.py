@@ -43,6 +43,7 @@ class Clones:
     arm a belongs to person c mod n), the censoring model's long format and the estimation rows."""
 
     n_persons: int
+    n_intervals: int  # intervals of the grace period (the last one ends on its last day)
     arm: np.ndarray  # per clone
     person: np.ndarray  # per clone
     stop: np.ndarray  # per clone: day the clone's follow-up ends (censoring or end of follow-up)
@@ -144,7 +145,7 @@ def build_clones(baseline: pl.DataFrame, grace_covariates: pl.DataFrame, protoco
     x = np.hstack([base_x[model_person], varying[model_person, model_k], _dummies(model_k, k_max)])
     order = np.lexsort((np.concatenate(e_start), np.concatenate(e_clone)))
     return Clones(
-        n_persons=n, arm=np.concatenate(arms), person=np.concatenate(persons), stop=np.concatenate(stops),
+        n_persons=n, n_intervals=k_max, arm=np.concatenate(arms), person=np.concatenate(persons), stop=np.concatenate(stops),
         censored=np.concatenate(censored_all), model_clone=model_clone, model_interval=model_k,
         model_deviates=np.concatenate(m_dev), model_x=x, row_clone=np.concatenate(e_clone)[order],
         row_start=np.concatenate(e_start)[order], row_stop=np.concatenate(e_stop)[order],
@@ -191,24 +192,28 @@ class WeightFit:
 
 
 def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None) -> np.ndarray:
-    """P(deviation in the interval) for every model row: one unpenalised pooled logistic model per arm, rows
-    weighted by the person's frequency (bootstrap; 1 otherwise)."""
+    """P(deviation in the interval) for every model row, rows weighted by the person's frequency (bootstrap; 1
+    otherwise). Per arm two unpenalised pooled logistic models: one of the intervals before the last (deviation
+    = the other strategy's therapy started first) and one of the last interval (deviation = the strategy not
+    started by the end of the grace period), as the two events differ and so may their covariate effects."""
     p = np.zeros(len(clones.model_clone))
     arm = clones.arm[clones.model_clone]
     person = clones.person[clones.model_clone]
+    last = clones.model_interval == clones.n_intervals - 1
     for a in (0, 1):
-        rows = arm == a
-        y = clones.model_deviates[rows]
-        w = None if frequency is None else frequency[person[rows]].astype(float)
-        used = y if w is None else y[w > 0]
-        if used.size == 0 or used.all() or not used.any():
-            p[rows] = float(np.average(y, weights=w)) if used.size else 0.0
-            continue
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=500, tol=1e-8)
-            model.fit(clones.model_x[rows], y, sample_weight=w)
-        p[rows] = model.predict_proba(clones.model_x[rows])[:, 1]
+        for part in (~last, last):
+            rows = (arm == a) & part
+            y = clones.model_deviates[rows]
+            w = None if frequency is None else frequency[person[rows]].astype(float)
+            used = y if w is None else y[w > 0]
+            if used.size == 0 or used.all() or not used.any():
+                p[rows] = float(np.average(y, weights=w)) if used.size else 0.0
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=500, tol=1e-8)
+                model.fit(clones.model_x[rows], y, sample_weight=w)
+            p[rows] = model.predict_proba(clones.model_x[rows])[:, 1]
     return p
 
 
