@@ -14,6 +14,7 @@ Imports numpy, polars, threadpoolctl (scikit-learn's), and the package's `trial_
 from __future__ import annotations
 
 import multiprocessing
+import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -239,7 +240,8 @@ def percentile_intervals(point: Mapping, replicates: Sequence[Mapping], level: f
             out[key] = (np.full_like(np.asarray(value, float), np.nan),) * 2
             continue
         ok = np.sum(~np.isnan(values), axis=0) >= len(replicates) / 2
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-nan column: no interval, said by nan
             lower = np.where(ok, np.nanquantile(values, alpha, axis=0), np.nan)
             upper = np.where(ok, np.nanquantile(values, 1 - alpha, axis=0), np.nan)
         out[key] = (lower, upper)
