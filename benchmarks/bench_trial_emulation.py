@@ -59,7 +59,7 @@ def main() -> None:
         t0 = time.perf_counter()
         result = run_trial_emulation(
             config, **{name: str(registries / f"{name}.parquet") for name in EXTRACTS}, cohort=f"{folder}/cohort.parquet",
-            protocol_json=f"{folder}/protocol.json", html=f"{folder}/trial_emulation.html", **outputs,
+            html=f"{folder}/trial_emulation.html", **outputs,
         )  # fmt: skip
         seconds = time.perf_counter() - t0
         n_persons = pl.scan_parquet(registries / "population.parquet").select(pl.len()).collect().item()

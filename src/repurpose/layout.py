@@ -19,7 +19,7 @@ DEFAULT_ROOT = "results"
 WORKFLOW_SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
 REPORT_TABLES = ("cohort_flow", "validation", "exposure_prevalence")
 PERSISTENCE_TABLES = ("survival", "curves", "reasons", "cox", "clinics", "variance", "agreement")
-TRIAL_EMULATION_TABLES = ("estimates", "curves", "balance", "weights", "positivity", "counts")
+TRIAL_EMULATION_TABLES = ("target_trial", "flow", "estimates", "curves", "balance", "weights", "positivity", "counts")
 
 
 @dataclass(frozen=True)
@@ -167,12 +167,9 @@ class ResultsLayout:
         return self._path("trial_emulation/cohort.parquet")
 
     def trial_emulation_table(self, name: str = "{name}") -> str:
-        """A released table of the emulation: estimates, curves, balance, weights, positivity, counts."""
+        """A released table of the emulation: target_trial (the protocol as run), flow (eligibility), estimates,
+        curves, balance, weights, positivity, counts."""
         return self._path(f"trial_emulation/{name}.csv")
-
-    def trial_emulation_protocol(self) -> str:
-        """The protocol as run (the target-trial table), the released eligibility flow and the estimand."""
-        return self._path("trial_emulation/protocol.json")
 
     def trial_emulation_html(self) -> str:
         """The trial emulation's report page."""
@@ -210,7 +207,6 @@ AGGREGATE_OUTPUTS: tuple[str, ...] = (
     "persistence/*.csv",
     "report/persistence.html",
     "trial_emulation/*.csv",
-    "trial_emulation/protocol.json",
     "report/trial_emulation.html",
 )
 PERSON_LEVEL: tuple[str, ...] = (

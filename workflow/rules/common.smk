@@ -107,8 +107,7 @@ TRIAL_EMULATION = (
     and all(config["inputs"].get(name) for name in ("ms_treatments", "ms_relapses", "ms_edss"))
 )
 TRIAL_EMULATION_RELEASED = (
-    [PATHS.trial_emulation_html(), PATHS.trial_emulation_protocol(),
-     *[PATHS.trial_emulation_table(name) for name in TRIAL_EMULATION_TABLES]] if TRIAL_EMULATION else []
+    [PATHS.trial_emulation_html(), *[PATHS.trial_emulation_table(name) for name in TRIAL_EMULATION_TABLES]] if TRIAL_EMULATION else []
 )
 
 

@@ -16,13 +16,14 @@ rule trial_emulation:
         **TRIAL_EMULATION_OPTIONAL,
     output:
         cohort=PATHS.trial_emulation_cohort(),
+        target_trial=PATHS.trial_emulation_table("target_trial"),
+        flow=PATHS.trial_emulation_table("flow"),
         estimates_csv=PATHS.trial_emulation_table("estimates"),
         curves=PATHS.trial_emulation_table("curves"),
         balance=PATHS.trial_emulation_table("balance"),
         weights=PATHS.trial_emulation_table("weights"),
         positivity_csv=PATHS.trial_emulation_table("positivity"),
         counts=PATHS.trial_emulation_table("counts"),
-        protocol_json=PATHS.trial_emulation_protocol(),
         html=PATHS.trial_emulation_html(),
     params:
         settings=rerun_settings(run_trial_emulation, config),

@@ -291,7 +291,6 @@ def same_job_anchors(results_dir: str | Path) -> dict[str, str]:
         rel(paths.substance_targets()): rel(paths.mechanism_ranking()),
         **{rel(paths.persistence_table(name)): rel(paths.persistence_html()) for name in PERSISTENCE_TABLES},
         **{rel(paths.trial_emulation_table(name)): rel(paths.trial_emulation_html()) for name in TRIAL_EMULATION_TABLES},
-        rel(paths.trial_emulation_protocol()): rel(paths.trial_emulation_html()),
     }
 
 

@@ -136,7 +136,9 @@ def target_trial_table(protocol: TrialProtocol) -> pl.DataFrame:
          f"To the first of the outcome, {p.max_years:g} years, death, emigration, study end ({p.study_end}), or the "
          "clone's censoring"),
         ("Causal contrast", "Per-protocol effect of starting each strategy",
-         "Per-protocol (initiation) effect by clone-censor-weight; the naive as-started comparison beside it"),
+         "Per-protocol effect of the initiation strategies (first therapy's class within the grace period, later "
+         "treatment as in practice) by clone-censor-weight; beside it the naive comparison: those who started a "
+         "therapy within the grace period grouped by its class, unweighted, followed from time zero"),
         ("Statistical analysis", "Risks, hazard ratio, rate ratios",
          f"Weighted Kaplan-Meier risks at {', '.join(f'{h:g}' for h in p.horizons_years)} years, risk differences and "
          f"ratios, weighted Cox hazard ratio, weighted Poisson rate ratios; pooled logistic censoring models per "

@@ -6,7 +6,6 @@ Imports the other `trial_emulation` modules, the top level (`stages`) and `relea
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -130,13 +129,14 @@ def run_trial_emulation(
     ms_edss: str,
     sick_leave: str | None = None,
     cohort: str,
+    target_trial: str,
+    flow: str,
     estimates_csv: str,
     curves: str,
     balance: str,
     weights: str,
     positivity_csv: str,
     counts: str,
-    protocol_json: str,
     html: str,
 ) -> dict[str, Any]:
     """Run the emulation (docs/methods.md, "Trial emulation: design and estimation") and write the person-level
@@ -161,25 +161,14 @@ def run_trial_emulation(
         log.info("trial emulation: %d eligible persons, %d bootstrap replicates", n_eligible, protocol.bootstrap_replicates)
         result["baseline"].write_parquet(cohort)
         released = release_all(result, protocol, policy)
-    for name, path in (("estimates", estimates_csv), ("curves", curves), ("balance", balance), ("weights", weights),
+    for name, path in (("target_trial", target_trial), ("flow", flow), ("estimates", estimates_csv), ("curves", curves), ("balance", balance), ("weights", weights),
                        ("positivity", positivity_csv), ("counts", counts)):  # fmt: skip
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         released[name].write_csv(path, float_precision=6)
-    document = {"target_trial": target_trial_table(protocol).to_dicts(), "flow": released["flow"].to_dicts(),
-                "disclosure": policy.as_dict(), "estimand": ESTIMAND}  # fmt: skip
-    Path(protocol_json).write_text(json.dumps(document, indent=2, default=str) + "\n", encoding="utf-8")
     write_page(released, protocol, policy, html)
     seconds = time.perf_counter() - started
     log.info("trial emulation done in %.1f s", seconds)
     return {"n_eligible": n_eligible, "seconds": seconds}
-
-
-ESTIMAND = (
-    "Per-protocol effect of the initiation strategies: start a high-efficacy therapy first, or a moderate-efficacy "
-    "therapy first, within the grace period after time zero, later switches following practice (clone-censor-weight). "
-    "The naive comparison groups the persons who started a therapy within the grace period by its class, unweighted, "
-    "followed from time zero without censoring at later switches."
-)
 
 
 def _workers(config: Mapping[str, Any]) -> int:
