@@ -16,7 +16,9 @@ counterfactual replicates) for the 5-year risk difference and the hazard ratio (
 truth's Cox model) in every seed; the naive as-started comparison must miss it (interval not covering) for
 the risk difference or the hazard ratio in every seed. Nothing is tuned to the simulator: the protocol is the
 default one but for the window (from the first high-efficacy drug's availability, so both strategies are
-possible) and the 5-year follow-up. The figures are printed.
+possible), the 5-year follow-up, and fingolimod counted as high-efficacy, as the simulator's drug classes
+(`clinical_model.DRUGS`, whose flag the counterfactual forcing uses) count it: the strategies compared must be
+the truth's. The figures are printed.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ def test_emulation_covers_the_planted_effect_and_the_naive_comparison_does_not(s
     patients = registry_patients(config)
     study = validate_config({"inputs": INPUTS, "trial_emulation": {
         "diagnosis_from": str(FIRST_HIGH_EFFICACY_DAY), "diagnosis_to": str(STUDY_END), "max_years": 5,
-        "horizons_years": [5], "bootstrap_replicates": BOOTSTRAP, "seed": seed,
+        "horizons_years": [5], "bootstrap_replicates": BOOTSTRAP, "seed": seed, "fingolimod_is_high_efficacy": True,
         "outcomes": ["confirmed_worsening"]}})  # fmt: skip
     protocol = TrialProtocol.from_config(study)
     true_rd, true_hr = planted_cdw(config, patients, protocol.grace_days)
