@@ -22,8 +22,9 @@ BASELINE_COLUMNS = (
     "edss", "relapses_1y", "relapses_2y", "calendar_year", "clinic_id", "country", "first_start_day", "first_class",
 )  # fmt: skip
 """Columns of the baseline table: `followup_days` = days from time zero to the end of follow-up (death, emigration,
-the day after study end, or max_years; an outcome on day d counts when 0 < d <= followup_days); `end_date` =
-time_zero + followup_days; `death_day` = days to death when it ends follow-up; `first_start_day` = days from time
+the day after study end, or max_years; an outcome on day d counts when 0 < d <= followup_days); `end_date` = the
+first day not followed in the registry (death, emigration, the day after study end; not cut at max_years), the end
+the outcome definitions see, so that a worsening before the end of follow-up may be confirmed at a visit after it; `death_day` = days to death when it ends follow-up; `first_start_day` = days from time
 zero to the first disease-modifying therapy (null: none in follow-up); `first_class` high_efficacy or moderate."""
 COVARIATES = ("female", "age_years", "disease_duration_years", "edss", "relapses_1y", "relapses_2y", "calendar_year")
 TIME_VARYING = ("relapses_12m", "relapses_24m", "edss_latest")
@@ -87,7 +88,7 @@ def eligible_cohort(
     people = with_relapse_count(people, relapses, at="time_zero", window_days=730, name="relapses_2y")
     death_day = (pl.col("death_date") - pl.col("time_zero")).dt.total_days()
     out = people.with_columns(
-        (pl.col("time_zero") + pl.duration(days=pl.col("followup_days"))).alias("end_date"),
+        ends.alias("end_date"),
         pl.when(death_day <= pl.col("followup_days")).then(death_day).otherwise(None).alias("death_day"),
         (pl.col("sex") == "F").cast(pl.Float64).alias("female"),
         ((pl.col("time_zero") - pl.coalesce("onset_date", "diagnosis_date")).dt.total_days() / DAYS_PER_YEAR)
