@@ -7,6 +7,8 @@ from datetime import date
 import polars as pl
 
 from repurpose.config import validate_config
+from repurpose.layout import TRIAL_EMULATION_TABLES
+from repurpose.trial_emulation import run_trial_emulation
 from repurpose.trial_emulation.cohort import eligible_cohort, grace_covariates
 from repurpose.trial_emulation.protocol import TrialProtocol, target_trial_table
 
@@ -94,3 +96,19 @@ def test_the_target_trial_table_echoes_the_protocol():
     table = target_trial_table(protocol(grace_days=90))
     assert table["component"].to_list()[:4] == ["Eligibility", "Treatment strategies", "Assignment", "Time zero"]
     assert "day 90 " in table.filter(pl.col("component") == "Grace period")["emulation"].item()
+
+
+def test_an_emulation_without_a_high_efficacy_start_writes_why_and_does_not_fail(tmp_path):
+    paths = {}
+    frames = {"population": POPULATION.with_columns(pl.col("birth_month").cast(pl.Int8)), "ms_registry": REGISTRY,
+              "ms_treatments": TREATMENTS.filter(pl.col("person_id") != 1), "ms_relapses": RELAPSES, "ms_edss": EDSS}  # fmt: skip
+    for name, frame in frames.items():
+        paths[name] = str(tmp_path / f"{name}.parquet")
+        frame.write_parquet(paths[name])
+    outputs = {f"{n}_csv" if n in ("estimates", "positivity") else n: str(tmp_path / f"{n}.csv") for n in TRIAL_EMULATION_TABLES}
+    config = validate_config({"inputs": INPUTS, "trial_emulation": {"bootstrap_replicates": 2}})
+    result = run_trial_emulation(config, **paths, cohort=str(tmp_path / "cohort.parquet"), html=str(tmp_path / "page.html"), **outputs)
+    assert result["n_eligible"] == 0
+    assert pl.read_csv(tmp_path / "estimates.csv")["status"][0].startswith("not estimable: no eligible person started each strategy")
+    assert pl.read_csv(tmp_path / "flow.csv")["step"][0] == "MS registry patients with a diagnosis date"
+    assert "The target trial and its emulation" in (tmp_path / "page.html").read_text()
