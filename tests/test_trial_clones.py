@@ -18,7 +18,7 @@ INPUTS = {"population": {"path": "p"}, "prescriptions": {"path": "p"}, "ms_regis
 
 
 def protocol(**trial) -> TrialProtocol:
-    return TrialProtocol.from_config(validate_config({"inputs": INPUTS, "trial_emulation": trial}))
+    return TrialProtocol.from_config(validate_config({"inputs": INPUTS, "trial_emulation": {"interval_days": 30, **trial}}))
 
 
 # (first start day, class, follow-up days) of hand-made persons; grace 180 days, intervals of 30

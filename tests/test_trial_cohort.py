@@ -16,7 +16,7 @@ INPUTS = {"population": {"path": "p"}, "prescriptions": {"path": "p"}, "ms_regis
 
 
 def protocol(**trial) -> TrialProtocol:
-    return TrialProtocol.from_config(validate_config({"inputs": INPUTS, "trial_emulation": trial}))
+    return TrialProtocol.from_config(validate_config({"inputs": INPUTS, "trial_emulation": {"interval_days": 30, **trial}}))
 
 
 D = date(2015, 3, 1)
