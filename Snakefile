@@ -40,6 +40,11 @@ else:
 
         include: "workflow/rules/persistence.smk"
 
+    # The trial emulation runs only when the treatments, relapses and EDSS are delivered.
+    if TRIAL_EMULATION:
+
+        include: "workflow/rules/trial_emulation.smk"
+
 
 include: "workflow/rules/candidates.smk"
 include: "workflow/rules/report.smk"

@@ -168,6 +168,7 @@ def cross_key_mistakes(config: dict[str, Any]) -> list[str]:
             f"config keys `persistence.min_clinic_size` ({min_clinic}) and `disclosure.min_cell` "
             f"({config['disclosure']['min_cell']}): a clinic shown alone must hold at least min_cell new users"
         )
+    mistakes += trial_emulation_mistakes(config)
     min_cases, min_cell = config["candidates"]["min_evidence_cases"], config["disclosure"]["min_cell"]
     if min_cases < min_cell:
         mistakes.append(
@@ -178,6 +179,38 @@ def cross_key_mistakes(config: dict[str, Any]) -> list[str]:
     if overlap:
         mistakes.append(
             f"config key `screen.adjust`: {sorted(overlap)} are both strata and covariates; choose one for each"
+        )
+    return mistakes
+
+
+def trial_emulation_mistakes(config: dict[str, Any]) -> list[str]:
+    """Contradictions within the trial emulation's protocol: an empty age band or diagnosis window, a horizon
+    past the end of follow-up, a grace period as long as follow-up."""
+    trial, study, mistakes = config.get("trial_emulation", {}), config["study"], []
+    if not trial:
+        return mistakes
+    if trial["min_age"] >= trial["max_age"]:
+        mistakes.append(
+            f"config keys `trial_emulation.min_age` ({trial['min_age']}) and `trial_emulation.max_age` "
+            f"({trial['max_age']}): min_age must be below max_age, or no one is eligible"
+        )
+    start = trial.get("diagnosis_from") or study["start"]
+    end = trial.get("diagnosis_to") or study["end"]
+    if str(start) > str(end):
+        mistakes.append(
+            f"config keys `trial_emulation.diagnosis_from` ({start}) and `trial_emulation.diagnosis_to` ({end}) "
+            "(null = the study window): the diagnosis window ends before it starts"
+        )
+    late = [h for h in trial["horizons_years"] if float(h) > float(trial["max_years"])]
+    if late:
+        mistakes.append(
+            f"config keys `trial_emulation.horizons_years` ({late}) and `trial_emulation.max_years` "
+            f"({trial['max_years']}): a horizon lies beyond the end of follow-up"
+        )
+    if trial["grace_days"] >= float(trial["max_years"]) * 365.25:
+        mistakes.append(
+            f"config keys `trial_emulation.grace_days` ({trial['grace_days']}) and `trial_emulation.max_years` "
+            f"({trial['max_years']}): the grace period must end before follow-up does"
         )
     return mistakes
 

@@ -19,6 +19,7 @@ DEFAULT_ROOT = "results"
 WORKFLOW_SNAKEFILE = Path(__file__).resolve().parents[2] / "Snakefile"
 REPORT_TABLES = ("cohort_flow", "validation", "exposure_prevalence")
 PERSISTENCE_TABLES = ("survival", "curves", "reasons", "cox", "clinics", "variance", "agreement")
+TRIAL_EMULATION_TABLES = ("target_trial", "flow", "estimates", "curves", "balance", "weights", "positivity", "counts")
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,20 @@ class ResultsLayout:
         """The persistence study's report page."""
         return self._path("report/persistence.html")
 
+    # -- trial emulation (issue 17) -----------------------------------------------------------------
+    def trial_emulation_cohort(self) -> str:
+        """The eligible persons with time zero, follow-up, baseline covariates and first therapy (person-level)."""
+        return self._path("trial_emulation/cohort.parquet")
+
+    def trial_emulation_table(self, name: str = "{name}") -> str:
+        """A released table of the emulation: target_trial (the protocol as run), flow (eligibility), estimates,
+        curves, balance, weights, positivity, counts."""
+        return self._path(f"trial_emulation/{name}.csv")
+
+    def trial_emulation_html(self) -> str:
+        """The trial emulation's report page."""
+        return self._path("report/trial_emulation.html")
+
     # -- federation (site side) ---------------------------------------------------------------------------
     def site_package_dir(self) -> str:
         return self._path("site_package")
@@ -191,6 +206,8 @@ AGGREGATE_OUTPUTS: tuple[str, ...] = (
     "report/tables/*.csv",
     "persistence/*.csv",
     "report/persistence.html",
+    "trial_emulation/*.csv",
+    "report/trial_emulation.html",
 )
 PERSON_LEVEL: tuple[str, ...] = (
     "simulated/*",
@@ -204,6 +221,7 @@ PERSON_LEVEL: tuple[str, ...] = (
     "logs/*",
     "*/ground_truth_persons.parquet",
     "persistence/new_users.parquet",
+    "trial_emulation/cohort.parquet",
 )
 
 

@@ -9,7 +9,7 @@ from repurpose.dwas.exposure import build_exposures, build_substance_exposures
 from repurpose.dwas.mechanisms import run_mechanisms
 from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.federation.package import pooled_screen, write_site_package
-from repurpose.layout import PERSISTENCE_TABLES, REPORT_TABLES, results_layout
+from repurpose.layout import PERSISTENCE_TABLES, REPORT_TABLES, TRIAL_EMULATION_TABLES, results_layout
 from repurpose.persistence.pooled import SITE_TABLES as PERSISTENCE_POOLED_TABLES
 from repurpose.logs import run_logged
 from repurpose.registry.clinical_ingest import clinical_outputs, configured_clinical_extracts, validate_clinical
@@ -103,6 +103,15 @@ PERSISTENCE_RELEASED = (
 )
 # The persistence tables a site package carries for the coordinating centre (repurpose.persistence.pooled).
 PERSISTENCE_SITE_TABLES = PERSISTENCE_POOLED_TABLES if PERSISTENCE else ()
+# The trial emulation runs when enabled and the treatments, relapses and EDSS are delivered (trial_emulation.smk).
+TRIAL_EMULATION = (
+    not POOLED
+    and config.get("trial_emulation", {}).get("enabled", True)
+    and all(config["inputs"].get(name) for name in ("ms_treatments", "ms_relapses", "ms_edss"))
+)
+TRIAL_EMULATION_RELEASED = (
+    [PATHS.trial_emulation_html(), *[PATHS.trial_emulation_table(name) for name in TRIAL_EMULATION_TABLES]] if TRIAL_EMULATION else []
+)
 
 
 def stage_inputs(named, lists=()):

@@ -13,6 +13,7 @@ rule report:
         sites_table=pooled_file("sites.csv"),
         ground_truth=simulated_truth(),
         persistence=PERSISTENCE_RELEASED[:1],
+        trial_emulation=TRIAL_EMULATION_RELEASED[:1],
     output:
         html=PATHS.report_html(),
         provenance_json=PATHS.report_provenance(),
@@ -41,6 +42,7 @@ rule export:
             PATHS.candidates_readme(),
             PATHS.mechanism_ranking(),
             *PERSISTENCE_RELEASED,
+            *TRIAL_EMULATION_RELEASED,
         ],
     output:
         manifest=PATHS.export_manifest(),

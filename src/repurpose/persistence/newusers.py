@@ -7,7 +7,7 @@ of study end, death and emigration. The case mix at time zero (age, sex, disease
 score within a year before start, relapses in the year before start, calendar year, prior disease-modifying
 therapy, clinic, country) comes from the registry tables and the population register.
 
-Imports nothing of the package.
+Imports `repurpose.case_mix` (the case-mix columns it shares with the trial emulation).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from datetime import date
 
 import polars as pl
+
+from repurpose.case_mix import birth_date, with_last_edss, with_relapse_count
 
 DAYS_PER_MONTH = 365.25 / 12
 DAYS_PER_YEAR = 365.25
@@ -69,13 +71,6 @@ def as_codes(drug: str | Sequence[str]) -> list[str]:
     """`persistence.drug` (one code or a list) as a sorted list of upper-case codes."""
     codes = [drug] if isinstance(drug, str) else list(drug)
     return sorted({str(c).strip().upper() for c in codes})
-
-
-def _birth_date() -> pl.Expr:
-    """Birth date: the 15th of the birth month (1 July when the month is missing)."""
-    month = pl.col("birth_month").fill_null(7)
-    day = pl.when(pl.col("birth_month").is_null()).then(1).otherwise(15)
-    return pl.date(pl.col("birth_year"), month, day)
 
 
 def new_users(
@@ -141,7 +136,7 @@ def new_users(
         pl.when(stopped).then(pl.col("stop_reason").fill_null("unknown")).otherwise(None).alias("stop_reason"),
         pl.coalesce("clinic_id", "registry_clinic_id").fill_null(NO_CLINIC).alias("clinic_id"),
         pl.col("country").fill_null(NO_COUNTRY),
-        ((pl.col("start_date") - _birth_date()).dt.total_days() / DAYS_PER_YEAR).alias("age_years"),
+        ((pl.col("start_date") - birth_date()).dt.total_days() / DAYS_PER_YEAR).alias("age_years"),
         ((pl.col("start_date") - onset).dt.total_days() / DAYS_PER_YEAR).alias("disease_duration_years"),
         pl.col("start_date").dt.year().alias("calendar_year"),
         pl.col("prior_code").map_elements(dmt_class, return_dtype=pl.String).fill_null("naive").alias("prior_dmt"),
@@ -150,34 +145,6 @@ def new_users(
         pl.max_horizontal((pl.col("end_date") - pl.col("start_date")).dt.total_days().cast(pl.Float64), pl.lit(0.5))
         .alias("time_days")
     )
-    out = _with_edss(out, edss)
-    out = _with_relapses(out, relapses)
+    out = with_last_edss(out, edss, at="start_date", window_days=365)  # the last score within a year before start
+    out = with_relapse_count(out, relapses, at="start_date", window_days=365, name="relapses_prior_year")
     return out.select(NEW_USER_COLUMNS).sort("start_date", "person_id")
-
-
-def _with_edss(out: pl.DataFrame, edss: pl.DataFrame | None) -> pl.DataFrame:
-    """The last EDSS score within the year before start (the start day counts); null when none."""
-    if edss is None or edss.height == 0:
-        return out.with_columns(pl.lit(None, pl.Float64).alias("edss"))
-    visits = (
-        edss.join(out.select("person_id", "start_date"), on="person_id")
-        .filter((pl.col("visit_date") <= pl.col("start_date")) & (pl.col("visit_date") > pl.col("start_date") - pl.duration(days=365)))
-        .sort("person_id", "visit_date")
-        .group_by("person_id", maintain_order=True)
-        .last()
-        .select("person_id", pl.col("edss").cast(pl.Float64))
-    )  # fmt: skip
-    return out.join(visits, on="person_id", how="left")
-
-
-def _with_relapses(out: pl.DataFrame, relapses: pl.DataFrame | None) -> pl.DataFrame:
-    """Relapses in the year before start (start day excluded)."""
-    if relapses is None or relapses.height == 0:
-        return out.with_columns(pl.lit(0, pl.Int64).alias("relapses_prior_year"))
-    counts = (
-        relapses.join(out.select("person_id", "start_date"), on="person_id")
-        .filter((pl.col("relapse_date") < pl.col("start_date")) & (pl.col("relapse_date") >= pl.col("start_date") - pl.duration(days=365)))
-        .group_by("person_id")
-        .agg(pl.len().cast(pl.Int64).alias("relapses_prior_year"))
-    )  # fmt: skip
-    return out.join(counts, on="person_id", how="left").with_columns(pl.col("relapses_prior_year").fill_null(0))

@@ -45,7 +45,13 @@ from typing import Any
 
 import polars as pl
 
-from repurpose.layout import AGGREGATE_OUTPUTS, PERSISTENCE_TABLES, PERSON_LEVEL, results_layout
+from repurpose.layout import (
+    AGGREGATE_OUTPUTS,
+    PERSISTENCE_TABLES,
+    PERSON_LEVEL,
+    TRIAL_EMULATION_TABLES,
+    results_layout,
+)
 from repurpose.registry.dictionary import EXTRACTS, load_extract_spec
 from repurpose.release.disclosure import (
     SCREEN_RULES,
@@ -284,6 +290,7 @@ def same_job_anchors(results_dir: str | Path) -> dict[str, str]:
         rel(paths.candidates_readme()): rel(paths.drug_ranking()),
         rel(paths.substance_targets()): rel(paths.mechanism_ranking()),
         **{rel(paths.persistence_table(name)): rel(paths.persistence_html()) for name in PERSISTENCE_TABLES},
+        **{rel(paths.trial_emulation_table(name)): rel(paths.trial_emulation_html()) for name in TRIAL_EMULATION_TABLES},
     }
 
 

@@ -332,6 +332,7 @@ def build_report(
     sites_table: str | Path | None = None,
     ground_truth: str | Path | None = None,
     persistence: str | Path | None = None,
+    trial_emulation: str | Path | None = None,
 ) -> Path:
     """Write the report page, its disclosure-controlled summary tables (CSV: `tables`, name -> path, for
     REPORT_TABLES) and `provenance_json` (the run's times and input checksums; default beside the page), the one
@@ -343,7 +344,8 @@ def build_report(
     per site; `site_summaries`, `sites_table`), exposure prevalence is not available, and each top candidate
     gets a per-site forest plot. `ground_truth` (the simulator's ground_truth.json, given when the study
     reads simulated registries) adds the simulated-data banner and the planted-truth table. `persistence` (the
-    persistence study's page, when the study runs) is linked from the navigation by its path beside this page.
+    persistence study's page, when the study runs) and `trial_emulation` (the trial emulation's page) are linked
+    from the navigation by their paths beside this page.
     """
     validation_json, flow_json, dwas_parquet, exposure_parquet = validation, flow, dwas, exposure
     drug_ranking_csv, mechanism_ranking_csv, html_path = drugs, mechanisms, html
@@ -459,7 +461,7 @@ def build_report(
                                        "pooled": f"{cell_text(row.get('pooled_hr'))} ({cell_text(row.get('ci_lower'))}-{cell_text(row.get('ci_upper'))})"})  # fmt: skip
 
     inputs = [p for p in (validation_json, flow_json, dwas_parquet, exposure_parquet) if p is not None] + [
-        p for p in (drug_ranking_csv, mechanism_ranking_csv, ground_truth, persistence) if p is not None and Path(p).is_file()
+        p for p in (drug_ranking_csv, mechanism_ranking_csv, ground_truth, persistence, trial_emulation) if p is not None and Path(p).is_file()
     ]
     prov = provenance(config, inputs)
     hidden = dwas.filter(pl.col("status") == "suppressed").group_by("reason").len().sort("reason") if "status" in dwas.columns else None
@@ -489,6 +491,7 @@ def build_report(
         provenance=without_times(prov), row_counts=row_counts, config_yaml=yaml.safe_dump(config, sort_keys=False),
         captions=captions,
         persistence_page=None if persistence is None else os.path.relpath(persistence, Path(html_path).parent),
+        trial_emulation_page=None if trial_emulation is None else os.path.relpath(trial_emulation, Path(html_path).parent),
     )  # fmt: skip
     if sites is not None:
         text = text.replace('<h2 id="summary">Study summary</h2>', '<h2 id="summary">Study summary</h2>\n' + _federation_notice(sites), 1)

@@ -43,6 +43,15 @@ emigration or the extraction date = study end), per patient:
 
 Steps are 30 days: the drug, EDSS and counts at a step's start apply for the whole step. Imports numpy
 and the simulator's `dates` and `clinical_model`.
+
+Counterfactual mode (`FirstTherapyForcing`, used by `counterfactual`): the same patients (clinic, recorded
+course, frailty, ever treated, natural delay to the first start: the simulator's own draws) with the first
+therapy forced: the delay capped at `grace_days` after diagnosis, and the first drug drawn by the same
+preference model but only among the available drugs of one class (high-efficacy or not, `Drug.high_efficacy`;
+fingolimod counts as high-efficacy). When no drug of the class is available yet (a high-efficacy first start
+before natalizumab, 2006-09-01) the start waits for the first one; a primary progressive patient (anti-CD20
+only) forced to a moderate first drug is never treated. Everything else follows the model above, drawn from
+the forcing's own stream from the first 30-day step on. Without forcing nothing changes (same draws).
 """
 
 from __future__ import annotations
@@ -101,6 +110,17 @@ SICK_LEAVE_MAX_DAYS = 365
 SICK_LEAVE_PARTIAL_SHARE = (0.2, 0.45)  # at a relapse, otherwise
 
 COURSE_LABELS = np.array(["RR", "SP", "PP", "CIS", "unknown"])
+
+
+@dataclass(frozen=True)
+class FirstTherapyForcing:
+    """The counterfactual first therapy (module docstring): the class of the first drug, the grace period
+    from diagnosis, and the stream of everything from the first step on (the patients' set-up keeps the
+    simulator's stream, so they are the same patients)."""
+
+    high_efficacy: bool
+    grace_days: int
+    course_rng: np.random.Generator
 
 
 @dataclass
@@ -174,8 +194,10 @@ def simulate_course(
     drugs: DrugTable,
     rng: np.random.Generator,
     study: StudyWindow,
+    forcing: FirstTherapyForcing | None = None,
 ) -> ClinicalCourse:
-    """The clinical records of one chunk's registry patients (see the module docstring for the model)."""
+    """The clinical records of one chunk's registry patients (see the module docstring for the model);
+    `forcing` gives the counterfactual first therapy (None: the simulator's registry)."""
     n, n_drugs = len(patients.person), len(drugs.codes)
     records_from = study.start_day - int(round(RECORDS_FROM_YEARS_BEFORE_STUDY * DAYS_PER_YEAR))
     n_steps = max(int(np.ceil((study.end_day + 1 - records_from) / STEP_DAYS)), 1)
@@ -201,6 +223,8 @@ def simulate_course(
     )
     median_delay = np.where(patients.diagnosis_day < first_available, 2 * DAYS_PER_YEAR, median_delay)
     delay = np.maximum(np.ceil(_lognormal_days(rng, median_delay, FIRST_START_LOG_SD, n)), 1).astype(np.int64)
+    if forcing is not None:
+        delay = np.minimum(delay, forcing.grace_days)
     next_start = np.where(treated, np.maximum(patients.diagnosis_day, first_available) + delay, NEVER)
 
     # state
@@ -227,6 +251,10 @@ def simulate_course(
     leave_until = np.full(n, -1, dtype=np.int64)
     last_relapse = np.full(n, -NEVER, dtype=np.int64)
     cumulative_relapses = np.zeros((n, n_steps + 1), dtype=np.int32)
+    ever_started = np.zeros(n, dtype=bool)
+    if forcing is not None:
+        rng = forcing.course_rng
+        first_class = drugs.high_efficacy == forcing.high_efficacy
 
     relapses, visits, leaves = _Records(), _Records(), _Records()
     ep_patient: list[np.ndarray] = []
@@ -365,6 +393,10 @@ def simulate_course(
             available &= ~progressive_primary[:, None] | drugs.progressive_ok[None, :]
             later = (drugs.available_day[None, :] > start_day[:, None]) & ~used[s]
             later &= ~progressive_primary[:, None] | drugs.progressive_ok[None, :]
+            if forcing is not None:
+                forced = ever_started[s][:, None] | first_class[None, :]  # the class binds the first start only
+                available &= forced
+                later &= forced
             # the activity known on the start day: relapses before it (this step's only if dated earlier) and
             # the EDSS before this step's worsening
             relapses_24m = (
@@ -401,6 +433,7 @@ def simulate_course(
                 ep_drug.append(chosen)
                 ep_start.append(start_day[can_start])
                 next_start[go] = NEVER
+                ever_started[go] = True
                 escalate[go] = False
                 resume_drug[go] = -1
 

@@ -154,6 +154,14 @@ def pharmacy_dispensings(
     )
 
 
+def recorded_reasons(settings: ClinicalSettings, course: ClinicalCourse, rng: np.random.Generator) -> np.ndarray:
+    """Per episode the recorded stop reason (index into STOP_REASONS + unknown, -1 ongoing): the true reason,
+    or unknown for a share of the stops drawn independently of the reason."""
+    stopped = course.episode_reason >= 0
+    masked = stopped & (rng.random(len(stopped)) < settings.unknown_stop_reason_share)
+    return np.where(masked, UNKNOWN_REASON_CODE, course.episode_reason)
+
+
 def simulate_clinical_chunk(
     model: ClinicalModel,
     chunk: Population,
@@ -178,9 +186,7 @@ def simulate_clinical_chunk(
         edss_known=registry["edss_known"],
     )
     course = simulate_course(patients, model.clinics, model.drugs, rng, study)
-    stopped = course.episode_reason >= 0
-    masked = stopped & (rng.random(len(stopped)) < model.settings.unknown_stop_reason_share)
-    reason_recorded = np.where(masked, UNKNOWN_REASON_CODE, course.episode_reason)
+    reason_recorded = recorded_reasons(model.settings, course, rng)
     patient, day, position, supply = pharmacy_dispensings(model, course, end_day, rng, study)
     dispensings = Dispensings(
         person=person[patient],

@@ -1,0 +1,269 @@
+"""Clone, censor, weight: each eligible person cloned into both strategies, censored at deviation, and weighted
+by the inverse probability of remaining uncensored (one pooled multinomial model of the first start per interval).
+
+Rules (docs/methods.md, "Trial emulation: design and estimation"), with s the day of the first disease-modifying
+therapy (days from time zero) and g the grace period:
+
+* high-efficacy clone: censored at s when the first therapy is moderate-efficacy and s <= g; at g when no therapy
+  started by then; never when the first therapy is high-efficacy with s <= g (it complies from s on);
+* escalation clone: the same with the classes swapped;
+* a clone whose follow-up ends (death, emigration, study end) before it is censored is not censored.
+
+The censoring model's long format has one row per clone and grace interval k while the clone is still at risk
+of censoring (neither censored nor complying before the interval starts): interval k covers days
+[b_k, b_{k+1}) with b_k = min(k x interval_days, g), the last one [b_{K-1}, g]. The row's outcome is deviation
+within the interval. The cumulative weight after interval k is W_k = prod_{j<=k} 1 / P(no deviation in j);
+a clone's time in (b_k, b_{k+1}] carries W_{k-1} (W_{-1} = 1), and its time after it stopped being at risk of
+censoring carries its last W. So the estimation rows are at most K + 1 per clone.
+
+Imports numpy, polars, scikit-learn and the package's `trial_emulation.cohort` and `protocol`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+
+from repurpose.trial_emulation.cohort import COVARIATES, TIME_VARYING
+from repurpose.trial_emulation.protocol import ESCALATION, HIGH_EFFICACY, STRATEGIES, TrialProtocol
+
+MIN_CLINIC_PERSONS = 50
+"""A clinic with fewer eligible persons enters the censoring model as its country (too few for its own term)."""
+NEVER = np.inf
+
+
+@dataclass
+class Clones:
+    """Both clones of every person: arrays indexed by clone (arm 1 = high-efficacy, 0 = escalation; clone c of
+    arm a belongs to person c mod n), the censoring model's long format and the estimation rows."""
+
+    n_persons: int
+    n_intervals: int  # intervals of the grace period (the last one ends on its last day)
+    arm: np.ndarray  # per clone
+    person: np.ndarray  # per clone
+    stop: np.ndarray  # per clone: day the clone's follow-up ends (censoring or end of follow-up)
+    censored: np.ndarray  # per clone: censored at `stop` for deviating from its strategy
+    # censoring model long format (rows = clone x interval at risk of censoring)
+    model_clone: np.ndarray
+    model_interval: np.ndarray
+    model_deviates: np.ndarray
+    model_start: np.ndarray  # the therapy started in the interval: 0 none, 1 high-efficacy, 2 moderate
+    model_x: np.ndarray  # design matrix (standardised covariates, interval dummies)
+    # estimation rows: (start, stop] of a clone with the cumulative weight of model row `weight_row` (-1: 1)
+    row_clone: np.ndarray
+    row_start: np.ndarray
+    row_stop: np.ndarray
+    row_weight_row: np.ndarray
+    final_weight_row: np.ndarray  # per clone: the model row of its last weight (-1: never at risk)
+
+    @property
+    def n_clones(self) -> int:
+        return len(self.arm)
+
+
+def censoring_days(first_day: np.ndarray, first_high: np.ndarray, followup: np.ndarray, grace: int,
+                   high_arm: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """Per person, for the clone of one arm: (stop day, censored, complying day or inf) under the module rules.
+    `first_day` is nan for persons never treated in follow-up."""
+    started = ~np.isnan(first_day) & (first_day <= grace)
+    own = started & (first_high == high_arm)
+    other = started & (first_high != high_arm)
+    censor = np.where(other, first_day, np.where(own, NEVER, float(grace)))
+    complies = np.where(own, first_day, NEVER)
+    censored = censor < followup
+    stop = np.where(censored, censor, followup).astype(float)
+    return stop, censored, complies
+
+
+def interval_of(day: np.ndarray, interval_days: int, n_intervals: int) -> np.ndarray:
+    """The grace interval holding a day (the last interval holds the grace period's last day)."""
+    return np.minimum(np.floor_divide(day, interval_days), n_intervals - 1).astype(np.int64)
+
+
+def build_clones(baseline: pl.DataFrame, grace_covariates: pl.DataFrame, protocol: TrialProtocol) -> Clones:
+    """Clones, their censoring, the censoring model's rows and the estimation rows (module doc)."""
+    n, grace, width, k_max = baseline.height, protocol.grace_days, protocol.interval_days, protocol.n_grace_intervals
+    followup = baseline["followup_days"].to_numpy().astype(float)
+    first_day = baseline["first_start_day"].cast(pl.Float64).fill_null(np.nan).to_numpy()
+    first_high = (baseline["first_class"] == HIGH_EFFICACY).fill_null(False).to_numpy()
+    base_x = baseline_design(baseline)
+    varying = (grace_covariates.sort("person_id", "interval").select(TIME_VARYING)
+               .with_columns(pl.col("edss_latest").fill_null(pl.col("edss_latest").mean()))).to_numpy().astype(float)  # fmt: skip
+    varying = varying.reshape(n, k_max, len(TIME_VARYING))
+    bounds = np.minimum(np.arange(k_max + 1) * width, grace).astype(float)
+    arms, persons, stops, censored_all = [], [], [], []
+    started = ~np.isnan(first_day) & (first_day <= grace)
+    start_interval = np.where(started, interval_of(np.nan_to_num(first_day), width, k_max), -1)
+    start_class = np.where(first_high, 1, 2)
+    m_start, m_clone, m_k, m_dev, e_clone, e_start, e_stop, e_wrow, final_row = [], [], [], [], [], [], [], [], []
+    n_model = 0
+    for a, strategy in enumerate(STRATEGIES):
+        high = strategy == HIGH_EFFICACY
+        arm_value = 1 if high else 0
+        stop, censored, complies = censoring_days(first_day, first_high, followup, grace, high)
+        clone = np.arange(n) + a * n
+        # intervals at risk of censoring: k = 0 .. last (inclusive)
+        end_risk = np.minimum(np.where(censored, stop, np.minimum(complies, followup)), followup)
+        last = interval_of(np.maximum(np.where(censored | (complies <= followup), end_risk, end_risk - 1), 0), width, k_max)
+        at_risk_any = (end_risk > 0) | censored | (complies == 0)
+        last = np.where(at_risk_any, last, -1)
+        counts = last + 1
+        rows_person = np.repeat(np.arange(n), counts)
+        rows_k = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+        deviates = censored[rows_person] & (rows_k == last[rows_person])
+        m_clone.append(clone[rows_person])
+        m_k.append(rows_k)
+        m_dev.append(deviates)
+        m_start.append(np.where(start_interval[rows_person] == rows_k, start_class[rows_person], 0))
+        model_index = n_model + np.arange(counts.sum())
+        first_model_row = n_model + np.cumsum(counts) - counts
+        n_model += int(counts.sum())
+        # estimation rows: interval k (b_k, b_{k+1}] carries W_{k-1}; after the last at-risk interval, W_last
+        k_rows = rows_k
+        start = bounds[k_rows]
+        stop_k = np.minimum(bounds[k_rows + 1], stop[rows_person])
+        keep = stop_k > start
+        e_clone.append(clone[rows_person][keep])
+        e_start.append(start[keep])
+        e_stop.append(stop_k[keep])
+        e_wrow.append(np.where(k_rows == 0, -1, model_index - 1)[keep])
+        tail_start = np.where(last >= 0, bounds[np.maximum(last, 0) + 1], 0.0)
+        tail = stop > tail_start
+        e_clone.append(clone[tail])
+        e_start.append(tail_start[tail])
+        e_stop.append(stop[tail])
+        last_row = np.where(last >= 0, first_model_row + last, -1)
+        e_wrow.append(last_row[tail])
+        final_row.append(last_row)
+        arms.append(np.full(n, arm_value, np.int8))
+        persons.append(np.arange(n))
+        stops.append(stop)
+        censored_all.append(censored)
+    model_clone = np.concatenate(m_clone)
+    model_k = np.concatenate(m_k)
+    model_person = model_clone % n
+    x = np.hstack([base_x[model_person], varying[model_person, model_k], _dummies(model_k, k_max)])
+    order = np.lexsort((np.concatenate(e_start), np.concatenate(e_clone)))
+    return Clones(
+        n_persons=n, n_intervals=k_max, arm=np.concatenate(arms), person=np.concatenate(persons), stop=np.concatenate(stops),
+        censored=np.concatenate(censored_all), model_clone=model_clone, model_interval=model_k,
+        model_deviates=np.concatenate(m_dev), model_start=np.concatenate(m_start), model_x=x, row_clone=np.concatenate(e_clone)[order],
+        row_start=np.concatenate(e_start)[order], row_stop=np.concatenate(e_stop)[order],
+        row_weight_row=np.concatenate(e_wrow)[order], final_weight_row=np.concatenate(final_row),
+    )  # fmt: skip
+
+
+def _dummies(k: np.ndarray, n_levels: int) -> np.ndarray:
+    """Indicators of levels 1 .. n_levels - 1 (level 0 the reference)."""
+    return (k[:, None] == np.arange(1, n_levels)[None, :]).astype(float)
+
+
+def clinic_groups(baseline: pl.DataFrame) -> pl.Series:
+    """The clinic term of the censoring model: the clinic, or its country when the clinic has fewer than
+    MIN_CLINIC_PERSONS eligible persons."""
+    sizes = baseline.group_by("clinic_id").len()
+    big = set(sizes.filter(pl.col("len") >= MIN_CLINIC_PERSONS)["clinic_id"].to_list())
+    return baseline.select(pl.when(pl.col("clinic_id").is_in(list(big))).then(pl.col("clinic_id"))
+                           .otherwise(pl.lit("country ") + pl.col("country"))).to_series()  # fmt: skip
+
+
+def baseline_design(baseline: pl.DataFrame) -> np.ndarray:
+    """Baseline covariates (COVARIATES, standardised) and clinic-group indicators (the largest group the
+    reference), one row per person."""
+    x = baseline.select(COVARIATES).to_numpy().astype(float)
+    sd = x.std(axis=0)
+    x = (x - x.mean(axis=0)) / np.where(sd > 0, sd, 1.0)
+    groups = clinic_groups(baseline)
+    levels = groups.value_counts(sort=True)[groups.name].to_list()
+    codes = groups.replace_strict({g: i for i, g in enumerate(levels)}, return_dtype=pl.Int64).to_numpy()
+    return np.hstack([x, _dummies(codes, len(levels))])
+
+
+@dataclass
+class WeightFit:
+    """The censoring models' fitted probabilities and the resulting weights."""
+
+    p_deviate: np.ndarray  # per model row
+    cumulative: np.ndarray  # per model row: W_k, truncated
+    row_weight: np.ndarray  # per estimation row
+    final_weight: np.ndarray  # per clone (1 for clones never at risk of censoring)
+    truncation: float  # the cap applied (inf = none)
+    n_truncated: int  # clones whose final weight was capped
+
+
+def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None) -> np.ndarray:
+    """P(deviation in the interval) for every model row, from one unpenalised multinomial logistic model of the
+    therapy started in an interval (none, high-efficacy, moderate) on the person-intervals still untreated at
+    the interval's start (the same rows in both arms), rows weighted by the person's frequency (bootstrap; 1
+    otherwise). Both arms' deviations come from that one start process: in an interval before the last, the
+    high-efficacy clone deviates when a moderate therapy starts (and the escalation clone when a high-efficacy
+    one does); in the last interval a clone deviates unless its own strategy's therapy starts."""
+    n_rows = len(clones.model_clone)
+    first_arm = clones.arm[clones.model_clone] == clones.arm[0]
+    rows = np.flatnonzero(first_arm)  # one arm's rows: every untreated person-interval once
+    y = clones.model_start[rows]
+    w = None if frequency is None else frequency[clones.person[clones.model_clone[rows]]].astype(float)
+    present = np.unique(y if w is None else y[w > 0])
+    probability = np.zeros((len(rows), 3))
+    if len(present) == 1:
+        probability[:, present[0]] = 1.0
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=500, tol=1e-8)
+            keep = slice(None) if w is None else w > 0
+            model.fit(clones.model_x[rows][keep], y[keep], sample_weight=None if w is None else w[keep])
+        probability[:, model.classes_] = model.predict_proba(clones.model_x[rows])
+    # the other arm's rows are the same person-intervals in the same order
+    by_row = np.zeros((n_rows, 3))
+    by_row[rows] = probability
+    by_row[np.flatnonzero(~first_arm)] = probability
+    last = clones.model_interval == clones.n_intervals - 1
+    high_arm = clones.arm[clones.model_clone] == 1
+    own = np.where(high_arm, by_row[:, 1], by_row[:, 2])
+    other = np.where(high_arm, by_row[:, 2], by_row[:, 1])
+    return np.where(last, 1.0 - own, other)
+
+
+def weights_from(clones: Clones, p_deviate: np.ndarray, percentile: float,
+                 frequency: np.ndarray | None = None) -> WeightFit:  # fmt: skip
+    """Cumulative inverse-probability-of-censoring weights from the fitted deviation probabilities, truncated at
+    `percentile` of the final weights of the clones never censored (frequency-weighted in a bootstrap)."""
+    log_inv = -np.log(np.clip(1.0 - p_deviate, 1e-12, None))
+    cum = np.cumsum(log_inv)
+    starts = np.r_[True, clones.model_clone[1:] != clones.model_clone[:-1]]
+    offset = np.maximum.accumulate(np.where(starts, np.arange(len(cum)), 0))
+    before = np.where(offset > 0, cum[offset - 1], 0.0)
+    cumulative = np.exp(cum - before) if len(cum) else cum
+    final = np.where(clones.final_weight_row >= 0, cumulative[np.maximum(clones.final_weight_row, 0)] if len(cum) else 1.0, 1.0)
+    cap, n_capped = np.inf, 0
+    if percentile < 100:
+        kept = ~clones.censored
+        freq = np.ones(clones.n_persons) if frequency is None else frequency.astype(float)
+        cap = weighted_percentile(final[kept], freq[clones.person[kept]], percentile)
+        n_capped = int(np.sum(kept & (final > cap)))
+        cumulative = np.minimum(cumulative, cap)
+        final = np.minimum(final, cap)
+    row_weight = np.where(clones.row_weight_row >= 0, cumulative[np.maximum(clones.row_weight_row, 0)] if len(cum) else 1.0, 1.0)
+    return WeightFit(p_deviate, cumulative, row_weight, final, cap, n_capped)
+
+
+def weighted_percentile(values: np.ndarray, weights: np.ndarray, percentile: float) -> float:
+    """The smallest value whose weighted cumulative share reaches `percentile` / 100 (inverted CDF)."""
+    keep = weights > 0
+    values, weights = values[keep], weights[keep]
+    if values.size == 0:
+        return np.inf
+    order = np.argsort(values, kind="stable")
+    share = np.cumsum(weights[order]) / weights.sum()
+    return float(values[order][min(np.searchsorted(share, percentile / 100.0 - 1e-12), len(values) - 1)])
+
+
+def strategy_label(arm: int) -> str:
+    """The strategy of an arm code (1 high-efficacy, 0 escalation)."""
+    return HIGH_EFFICACY if arm == 1 else ESCALATION
