@@ -83,9 +83,9 @@ def fake_dwas(rows: list[dict]) -> pl.DataFrame:
 
 
 def make_package(tmp_path, protocol_file, label: str, estimates: dict[str, tuple[float, float]],
-                 persistence: dict[str, str] | None = None, **config_extra):  # fmt: skip
+                 studies: dict[str, dict[str, str]] | None = None, **config_extra):  # fmt: skip
     """A site package with one fitted row per (code, lag) from `estimates` {code: (log_hr, se)}, both lags, and
-    the persistence tables {name: csv path} when given."""
+    the released tables of the studies beside the screen {study: {table: csv path}} when given."""
     config = site_config(tmp_path, protocol_file, label, **config_extra)
     rows = [{"atc_code": code, "lag": lag, "log_hr": b, "se": se} for code, (b, se) in estimates.items() for lag in (0, 2)]
     dwas = tmp_path / f"{label}_dwas.parquet"
@@ -95,7 +95,7 @@ def make_package(tmp_path, protocol_file, label: str, estimates: dict[str, tuple
     flow_path = tmp_path / f"{label}_flow.json"
     flow_path.write_text(json.dumps(flow))
     write_site_package(config, dwas=dwas, flow=flow_path, validation=None, package=tmp_path / label,
-                       **{f"persistence_{name}": path for name, path in (persistence or {}).items()})  # fmt: skip
+                       **{f"{study}_{name}": path for study, tables in (studies or {}).items() for name, path in tables.items()})  # fmt: skip
     return tmp_path / label
 
 

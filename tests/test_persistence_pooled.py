@@ -122,7 +122,7 @@ def test_site_packages_carry_the_released_tables_and_the_centre_pools_them(two_c
     packages = []
     for country in sites:
         paths = {name: str(tmp_path / f"{country}_{name}.csv") for name in SITE_TABLES}
-        packages.append(make_package(tmp_path, protocol_file, country, {"N02BE01": (-0.2, 0.1)}, persistence=paths))
+        packages.append(make_package(tmp_path, protocol_file, country, {"N02BE01": (-0.2, 0.1)}, studies={"persistence": paths}))
     assert read_site_package(packages[0]).studies["persistence"]["clinics"].height == sites["DK"]["clinics"].height
     summary = pool_packages(packages, tmp_path / "pooled", start_distributed=False)
     clinics = pl.read_csv(summary["persistence"]["clinics"])
@@ -133,9 +133,9 @@ def test_site_packages_carry_the_released_tables_and_the_centre_pools_them(two_c
     tampered.write_csv(tmp_path / "tampered.csv")
     with pytest.raises(PackageError, match="small counts"):
         make_package(tmp_path, protocol_file, "XX", {"N02BE01": (-0.2, 0.1)},
-                     persistence={**{n: str(tmp_path / f"NO_{n}.csv") for n in SITE_TABLES}, "clinics": str(tmp_path / "tampered.csv")})  # fmt: skip
+                     studies={"persistence": {**{n: str(tmp_path / f"NO_{n}.csv") for n in SITE_TABLES}, "clinics": str(tmp_path / "tampered.csv")}})  # fmt: skip
     tampered.write_csv(packages[1] / "persistence_clinics.csv")
     with pytest.raises(PackageError, match="differs from its manifest"):
         read_site_package(packages[1])
     with pytest.raises(PackageError, match="all together"):
-        make_package(tmp_path, protocol_file, "YY", {"N02BE01": (-0.2, 0.1)}, persistence={"clinics": str(tmp_path / "NO_clinics.csv")})
+        make_package(tmp_path, protocol_file, "YY", {"N02BE01": (-0.2, 0.1)}, studies={"persistence": {"clinics": str(tmp_path / "NO_clinics.csv")}})

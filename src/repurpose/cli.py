@@ -7,16 +7,14 @@ import json
 import logging
 import subprocess
 import sys
-from pathlib import Path
 
 import yaml
 
 from repurpose import __version__
 from repurpose.config import ConfigError, deep_update
 from repurpose.federation.distributed import coordinator_round, result_path_for, site_round
-from repurpose.federation.package import pool_packages, rank_pooled, write_site_package
+from repurpose.federation.package import pool_packages, rank_pooled, released_study_tables, write_site_package
 from repurpose.layout import WORKFLOW_SNAKEFILE, results_layout
-from repurpose.persistence.pooled import SITE_TABLES as PERSISTENCE_SITE_TABLES
 from repurpose.registry.ingest import validate_extracts
 from repurpose.release.export import collect_sources, export_results
 from repurpose.run_status import run_status_line
@@ -114,8 +112,7 @@ def _site_package(args: argparse.Namespace) -> int:
     manifest = write_site_package(
         load_config(*args.config), dwas=paths.dwas(), flow=paths.cohort_flow(), validation=paths.validation_report(),
         package=args.out or paths.site_package_dir(), run_provenance=[paths.report_provenance(), paths.site_package_manifest()],
-        **{f"persistence_{name}": paths.persistence_table(name) for name in PERSISTENCE_SITE_TABLES
-           if Path(paths.persistence_table(name)).is_file()},
+        **released_study_tables(paths),
     )
     print(json.dumps({"manifest": str(manifest)}, indent=2))
     return 0

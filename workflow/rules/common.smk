@@ -11,6 +11,7 @@ from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.federation.package import pooled_screen, write_site_package
 from repurpose.layout import PERSISTENCE_TABLES, REPORT_TABLES, TRIAL_EMULATION_TABLES, results_layout
 from repurpose.persistence.pooled import SITE_TABLES as PERSISTENCE_POOLED_TABLES
+from repurpose.trial_emulation.pooled import SITE_TABLES as TRIAL_POOLED_TABLES
 from repurpose.logs import run_logged
 from repurpose.registry.clinical_ingest import clinical_outputs, configured_clinical_extracts, validate_clinical
 from repurpose.registry.cohort import run_cohort
@@ -101,8 +102,6 @@ PERSISTENCE = not POOLED and bool(config["inputs"].get("ms_treatments"))
 PERSISTENCE_RELEASED = (
     [PATHS.persistence_html(), *[PATHS.persistence_table(name) for name in PERSISTENCE_TABLES]] if PERSISTENCE else []
 )
-# The persistence tables a site package carries for the coordinating centre (repurpose.persistence.pooled).
-PERSISTENCE_SITE_TABLES = PERSISTENCE_POOLED_TABLES if PERSISTENCE else ()
 # The trial emulation runs when enabled and the treatments, relapses and EDSS are delivered (trial_emulation.smk).
 TRIAL_EMULATION = (
     not POOLED
@@ -112,6 +111,11 @@ TRIAL_EMULATION = (
 TRIAL_EMULATION_RELEASED = (
     [PATHS.trial_emulation_html(), *[PATHS.trial_emulation_table(name) for name in TRIAL_EMULATION_TABLES]] if TRIAL_EMULATION else []
 )
+# The released tables a site package carries for the coordinating centre (repurpose.federation.package SITE_STUDIES).
+SITE_STUDY_TABLES = {
+    **({f"persistence_{name}": PATHS.persistence_table(name) for name in PERSISTENCE_POOLED_TABLES} if PERSISTENCE else {}),
+    **({f"trial_emulation_{name}": PATHS.trial_emulation_table(name) for name in TRIAL_POOLED_TABLES} if TRIAL_EMULATION else {}),
+}
 
 
 def stage_inputs(named, lists=()):

@@ -4,7 +4,7 @@ rule site_package:
         dwas=rules.screen_gather.output.dwas,
         flow=rules.cohort.output.flow,
         validation=rules.validate.output.report,
-        **{f"persistence_{name}": PATHS.persistence_table(name) for name in PERSISTENCE_SITE_TABLES},
+        **SITE_STUDY_TABLES,
     output:
         manifest=PATHS.site_package_manifest(),
         fits=PATHS.site_package_fits(),

@@ -16,7 +16,8 @@ Several registries run one analysis without person-level data crossing a border 
    rankings and the report on it, with a per-site forest plot for each top candidate.
 
 Nothing person-level is read at the coordinating centre: only the packages. A package may also carry the
-persistence study's released tables; the centre pools them with `repurpose.persistence.pooled`.
+persistence study's and the trial emulation's released tables; the centre pools them
+(`repurpose.persistence.pooled`, `repurpose.trial_emulation.pooled`).
 """
 
 from __future__ import annotations
@@ -72,6 +73,8 @@ from repurpose.release.provenance import sha256_file
 from repurpose.release.report import released_summaries
 from repurpose.schemas import FIT_KEYS, SCREEN_COLUMNS, SCREEN_COUNT_COLUMNS
 from repurpose.stages import stage
+from repurpose.trial_emulation.pooled import SITE_TABLES as TRIAL_SITE_TABLES
+from repurpose.trial_emulation.pooled import pool_trial_emulation
 
 log = logging.getLogger(__name__)
 
@@ -352,8 +355,23 @@ class SiteStudy:
     pool: Callable[[Mapping[str, Mapping[str, pl.DataFrame]], Path], dict[str, str]]
 
 
-SITE_STUDIES = (SiteStudy("persistence", PERSISTENCE_SITE_TABLES, pool_persistence),)
+SITE_STUDIES = (
+    SiteStudy("persistence", PERSISTENCE_SITE_TABLES, pool_persistence),
+    SiteStudy("trial_emulation", TRIAL_SITE_TABLES, pool_trial_emulation),
+)
 """The studies whose released tables travel in a site package (`<study>_<table>.csv`) and their pooling."""
+
+
+def released_study_tables(paths: Any) -> dict[str, str]:
+    """The study tables a finished run wrote (`<study>_<table>` -> path under the results layout `paths`), for
+    `repurpose site-package` after a run: a study whose tables are all there."""
+    located = {"persistence": paths.persistence_table, "trial_emulation": paths.trial_emulation_table}
+    out: dict[str, str] = {}
+    for study in SITE_STUDIES:
+        found = {f"{study.name}_{t}": located[study.name](t) for t in study.tables}
+        if all(Path(p).is_file() for p in found.values()):
+            out |= found
+    return out
 
 
 def checked_study_tables(paths: Mapping[str, str | Path | None], min_cell: int) -> dict[str, tuple[Path, int]]:
