@@ -1,5 +1,5 @@
 """Clone, censor, weight: each eligible person cloned into both strategies, censored at deviation, and weighted
-by the inverse probability of remaining uncensored (one pooled multinomial model of the first start per interval).
+by the inverse probability of remaining uncensored (pooled logistic models per interval and arm).
 
 Rules (docs/methods.md, "Trial emulation: design and estimation"), with s the day of the first disease-modifying
 therapy (days from time zero) and g the grace period:
@@ -52,7 +52,6 @@ class Clones:
     model_clone: np.ndarray
     model_interval: np.ndarray
     model_deviates: np.ndarray
-    model_start: np.ndarray  # the therapy started in the interval: 0 none, 1 high-efficacy, 2 moderate
     model_x: np.ndarray  # design matrix (standardised covariates, interval dummies)
     # estimation rows: (start, stop] of a clone with the cumulative weight of model row `weight_row` (-1: 1)
     row_clone: np.ndarray
@@ -97,10 +96,7 @@ def build_clones(baseline: pl.DataFrame, grace_covariates: pl.DataFrame, protoco
     varying = varying.reshape(n, k_max, len(TIME_VARYING))
     bounds = np.minimum(np.arange(k_max + 1) * width, grace).astype(float)
     arms, persons, stops, censored_all = [], [], [], []
-    started = ~np.isnan(first_day) & (first_day <= grace)
-    start_interval = np.where(started, interval_of(np.nan_to_num(first_day), width, k_max), -1)
-    start_class = np.where(first_high, 1, 2)
-    m_start, m_clone, m_k, m_dev, e_clone, e_start, e_stop, e_wrow, final_row = [], [], [], [], [], [], [], [], []
+    m_clone, m_k, m_dev, e_clone, e_start, e_stop, e_wrow, final_row = [], [], [], [], [], [], [], []
     n_model = 0
     for a, strategy in enumerate(STRATEGIES):
         high = strategy == HIGH_EFFICACY
@@ -119,7 +115,6 @@ def build_clones(baseline: pl.DataFrame, grace_covariates: pl.DataFrame, protoco
         m_clone.append(clone[rows_person])
         m_k.append(rows_k)
         m_dev.append(deviates)
-        m_start.append(np.where(start_interval[rows_person] == rows_k, start_class[rows_person], 0))
         model_index = n_model + np.arange(counts.sum())
         first_model_row = n_model + np.cumsum(counts) - counts
         n_model += int(counts.sum())
@@ -152,7 +147,7 @@ def build_clones(baseline: pl.DataFrame, grace_covariates: pl.DataFrame, protoco
     return Clones(
         n_persons=n, n_intervals=k_max, arm=np.concatenate(arms), person=np.concatenate(persons), stop=np.concatenate(stops),
         censored=np.concatenate(censored_all), model_clone=model_clone, model_interval=model_k,
-        model_deviates=np.concatenate(m_dev), model_start=np.concatenate(m_start), model_x=x, row_clone=np.concatenate(e_clone)[order],
+        model_deviates=np.concatenate(m_dev), model_x=x, row_clone=np.concatenate(e_clone)[order],
         row_start=np.concatenate(e_start)[order], row_stop=np.concatenate(e_stop)[order],
         row_weight_row=np.concatenate(e_wrow)[order], final_weight_row=np.concatenate(final_row),
     )  # fmt: skip
@@ -197,37 +192,29 @@ class WeightFit:
 
 
 def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None) -> np.ndarray:
-    """P(deviation in the interval) for every model row, from one unpenalised multinomial logistic model of the
-    therapy started in an interval (none, high-efficacy, moderate) on the person-intervals still untreated at
-    the interval's start (the same rows in both arms), rows weighted by the person's frequency (bootstrap; 1
-    otherwise). Both arms' deviations come from that one start process: in an interval before the last, the
-    high-efficacy clone deviates when a moderate therapy starts (and the escalation clone when a high-efficacy
-    one does); in the last interval a clone deviates unless its own strategy's therapy starts."""
-    n_rows = len(clones.model_clone)
-    first_arm = clones.arm[clones.model_clone] == clones.arm[0]
-    rows = np.flatnonzero(first_arm)  # one arm's rows: every untreated person-interval once
-    y = clones.model_start[rows]
-    w = None if frequency is None else frequency[clones.person[clones.model_clone[rows]]].astype(float)
-    present = np.unique(y if w is None else y[w > 0])
-    probability = np.zeros((len(rows), 3))
-    if len(present) == 1:
-        probability[:, present[0]] = 1.0
-    else:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            model = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=500, tol=1e-8)
-            keep = slice(None) if w is None else w > 0
-            model.fit(clones.model_x[rows][keep], y[keep], sample_weight=None if w is None else w[keep])
-        probability[:, model.classes_] = model.predict_proba(clones.model_x[rows])
-    # the other arm's rows are the same person-intervals in the same order
-    by_row = np.zeros((n_rows, 3))
-    by_row[rows] = probability
-    by_row[np.flatnonzero(~first_arm)] = probability
+    """P(deviation in the interval) for every model row, rows weighted by the person's frequency (bootstrap; 1
+    otherwise). Per arm two unpenalised pooled logistic models: one of the intervals before the last (deviation
+    = the other strategy's therapy started first) and one of the last interval (deviation = the strategy not
+    started by the end of the grace period), as the two events differ and so may their covariate effects."""
+    p = np.zeros(len(clones.model_clone))
+    arm = clones.arm[clones.model_clone]
+    person = clones.person[clones.model_clone]
     last = clones.model_interval == clones.n_intervals - 1
-    high_arm = clones.arm[clones.model_clone] == 1
-    own = np.where(high_arm, by_row[:, 1], by_row[:, 2])
-    other = np.where(high_arm, by_row[:, 2], by_row[:, 1])
-    return np.where(last, 1.0 - own, other)
+    for a in (0, 1):
+        for part in (~last, last):
+            rows = (arm == a) & part
+            y = clones.model_deviates[rows]
+            w = None if frequency is None else frequency[person[rows]].astype(float)
+            used = y if w is None else y[w > 0]
+            if used.size == 0 or used.all() or not used.any():
+                p[rows] = float(np.average(y, weights=w)) if used.size else 0.0
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                model = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=500, tol=1e-8)
+                model.fit(clones.model_x[rows], y, sample_weight=w)
+            p[rows] = model.predict_proba(clones.model_x[rows])[:, 1]
+    return p
 
 
 def weights_from(clones: Clones, p_deviate: np.ndarray, percentile: float,

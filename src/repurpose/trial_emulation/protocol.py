@@ -141,7 +141,7 @@ def target_trial_table(protocol: TrialProtocol) -> pl.DataFrame:
          "therapy within the grace period grouped by its class, unweighted, followed from time zero"),
         ("Statistical analysis", "Risks, hazard ratio, rate ratios",
          f"Weighted Kaplan-Meier risks at {', '.join(f'{h:g}' for h in p.horizons_years)} years, risk differences and "
-         f"ratios, weighted Cox hazard ratio, weighted Poisson rate ratios; pooled multinomial model of the first start per "
+         f"ratios, weighted Cox hazard ratio, weighted Poisson rate ratios; pooled logistic censoring models per "
          f"{p.interval_days}-day interval, weights truncated at the {p.weight_truncation_percentile:g}th percentile; "
          f"95% percentile CIs from {p.bootstrap_replicates} bootstrap replicates (seed {p.seed})"),
     ]  # fmt: skip
