@@ -18,10 +18,10 @@ the risk difference or the hazard ratio in every seed. Nothing is tuned to the s
 default one but for the window (from the first high-efficacy drug's availability, so both strategies are
 possible), the 5-year follow-up, and fingolimod counted as high-efficacy, as the simulator's drug classes
 (`clinical_model.DRUGS`, whose flag the counterfactual forcing uses) count it: the strategies compared must be
-the truth's. The figures are printed. With the default 30-day grace intervals no seed meets it (strict expected
-failures with their figures and cause in KNOWN_FAILURES: they fail the run if they start to pass); with 10-day
-intervals and one multinomial start model seed 21 met it (docs/methods.md), but that model was too slow for
-the bootstrap at national scale and is not in this version.
+the truth's. The figures are printed. Measured 2026-12-06 with the default protocol (10-day grace intervals)
+after the simulator's start-day fix (a first therapy's choice saw relapses dated after the start before; with
+it and 30-day intervals no seed met the criterion): see KNOWN_FAILURES for any seed that does not (strict: it
+fails the run if it starts to pass) and docs/methods.md for the figures.
 """
 
 from __future__ import annotations
@@ -78,22 +78,7 @@ def planted_cdw(config: dict, patients, grace_days: int) -> tuple[float, float]:
     return float(np.mean(differences)), float(np.exp(np.mean(log_hrs)))
 
 
-SIMULATOR_LEAK = (
-    "the simulator's first-therapy choice counts the relapses of the whole current 30-day step "
-    "(disease_course.py: relapses_24m from cumulative_relapses[s, step + 1]), including relapses dated after the "
-    "start, a confounder no registry analysis can adjust for (first high-efficacy starts have twice the relapses of "
-    "moderate ones in the 30 days after the start, the same 30-60 days after); the weights upweight the "
-    "'unexpected' high-efficacy starts it drives, pushing the emulation towards harm"
-)
-KNOWN_FAILURES = {
-    21: "measured 2026-12-06: planted RD -0.0569, HR 0.730; emulation RD -0.001 (-0.052, +0.049), HR 1.038 (0.769, "
-        "1.418) miss it; naive misses too. Cause: " + SIMULATOR_LEAK,
-    22: "measured 2026-12-06: planted RD -0.0485, HR 0.769; emulation RD +0.009 (-0.048, +0.053), HR 1.135 (0.825, "
-        "1.429) miss it; naive misses too. Cause: " + SIMULATOR_LEAK,
-    23: "measured 2026-12-06: planted RD -0.0488, HR 0.768; emulation RD -0.020 (-0.081, +0.032) and HR 0.878 (0.641, "
-        "1.155) cover it, but so does the naive comparison (RD -0.025 (-0.057, +0.006), HR 0.887 (0.756, 1.038)): "
-        "the naive comparison is only mildly confounded on this registry",
-}  # fmt: skip
+KNOWN_FAILURES: dict[int, str] = {}
 
 
 @pytest.mark.parametrize("seed", [
