@@ -84,3 +84,9 @@ def test_cox_without_events_in_an_arm_is_flagged_not_nan_silently():
     rows = SurvivalRows.build([1, 0, 0], [0, 0, 0], [2, 3, 4], [False, True, True])
     fit = fit_cox(rows.tables(np.ones(3)))
     assert not fit.converged and np.isnan(fit.log_hr)
+
+
+def test_survival_without_any_event_is_one():
+    """A small registry where an outcome never happens: S = 1 at every time (not an index error)."""
+    assert survival_at(np.array([]), np.array([]), 365.0) == 1.0
+    assert (survival_at(np.array([]), np.array([]), np.array([0.0, 730.0])) == 1.0).all()

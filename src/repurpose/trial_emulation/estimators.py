@@ -78,7 +78,9 @@ def kaplan_meier(n: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 
 def survival_at(times: np.ndarray, survival: np.ndarray, at: float | np.ndarray) -> np.ndarray:
-    """The step function S at `at` (S = 1 before the first event time)."""
+    """The step function S at `at` (S = 1 before the first event time, and everywhere without an event)."""
+    if len(survival) == 0:
+        return np.ones_like(np.asarray(at, dtype=float))
     index = np.searchsorted(times, at, "right") - 1
     return np.where(index >= 0, survival[np.maximum(index, 0)], 1.0)
 
