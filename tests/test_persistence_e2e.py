@@ -61,7 +61,7 @@ def test_persistence_and_reasons_are_plausible_and_released(study):
             assert incidence["any reason"] == pytest.approx(1 - overall["persistence_24m"], abs=0.02)
         shown = [v for reason, v in incidence.items() if reason != "any reason" and v is not None]
         hidden = [reason for reason, v in incidence.items() if v is None]
-        assert sum(shown) <= incidence["any reason"] + 1e-9 and len(hidden) != 1  # never one hidden reason alone
+        assert sum(shown) <= incidence["any reason"] + 1e-5 and len(hidden) != 1  # (csv: 6 decimals each) never one hidden reason alone
         if not hidden:
             assert sum(shown) == pytest.approx(incidence["any reason"], abs=1e-9)
     policy = DisclosurePolicy.from_config(config)
