@@ -63,7 +63,7 @@ def test_persistence_and_reasons_are_plausible_and_released(study):
         hidden = [reason for reason, v in incidence.items() if v is None]
         assert sum(shown) <= incidence["any reason"] + 1e-5 and len(hidden) != 1  # (csv: 6 decimals each) never one hidden reason alone
         if not hidden:
-            assert sum(shown) == pytest.approx(incidence["any reason"], abs=1e-9)
+            assert sum(shown) == pytest.approx(incidence["any reason"], abs=1e-5)
     policy = DisclosurePolicy.from_config(config)
     for name, table in tables.items():
         counts = [c for c in table.columns if c.startswith("n_")]
