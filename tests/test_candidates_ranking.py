@@ -18,11 +18,18 @@ from test_candidates import config_for, synthetic
 from repurpose.config import ConfigError, validate_config
 from repurpose.cox.result import wald_p_value
 from repurpose.dwas.calibration import EmpiricalNull
-from repurpose.dwas.candidates import fit_nulls, null_problems, run_candidates, shown_estimates
+from repurpose.dwas.candidates import (
+    fit_nulls,
+    level_groups,
+    null_problems,
+    run_candidates,
+    shown_estimates,
+    targets_of,
+)
 from repurpose.dwas.evidence import evidence_lines, flags_of, order_rows, score_rows, tier
 from repurpose.dwas.person_models import likelihood_ratio_fit, model_cohort, split_time_varying
-from repurpose.dwas.ranking_benchmark import average_precision, complete, recovery
-from repurpose.dwas.shrinkage import LevelPrior, fit_level_prior, shrink
+from repurpose.dwas.ranking_benchmark import average_precision, recovery, split_listed
+from repurpose.dwas.shrinkage import Groups, LevelPrior, fit_level_prior, shrink
 from repurpose.dwas.signals import collapse_tree
 from repurpose.schemas import EVIDENCE_LINES, drug_ranking_columns
 
@@ -197,6 +204,70 @@ def test_level_prior_recovers_the_spread_of_true_effects():
     assert fit_level_prior(b[:3], se[:3]) is None
 
 
+def test_groups_drop_singletons_merge_identical_sets_and_scale_by_the_number_of_groups():
+    groups = Groups.of(4, {"target": [["T1", "T2"], ["T1", "T2", "T3"], ["T4"], []], "class": [["A"], ["A"], ["B"], ["B"]]})
+    target, _ = Groups(4, {"target": groups.loadings["target"]}).matrix()
+    # T1 and T2 hit the same two substances: one group; T3 and T4 have one substance each: none
+    assert target.shape == (4, 1) and target[:, 0].tolist() == [1.0, 1.0, 0.0, 0.0]
+    assert groups.n_groups("class") == 2
+    several = Groups.of(3, {"target": [["T1", "T2"], ["T1"], ["T2"]]}).loadings["target"]
+    assert several[0] == pytest.approx([1 / np.sqrt(2)] * 2) and (np.sum(several**2, axis=1) == pytest.approx(1.0))
+
+
+def test_substances_borrow_from_their_parent_class_and_the_targets_the_mechanisms_stage_matched():
+    matches = pl.DataFrame({
+        "atc_code": ["R03AC02", "R03AC03", "R03CC02", "N02BE01"],
+        "targets": ["ADRB2 (AGONIST)", "ADRB1 (AGONIST); ADRB2 (AGONIST)", "ADRB2 (AGONIST)", None],
+    })  # fmt: skip
+    targets = targets_of(matches)
+    assert targets["R03AC03"] == ["ADRB1 (AGONIST)", "ADRB2 (AGONIST)"] and "N02BE01" not in targets
+    codes = ["R03AC02", "R03AC03", "R03CC02", "N02BE01", "N02BE05"]
+    groups = level_groups(codes, 5, targets)
+    assert groups.loadings["class"][:, 0].tolist() == [1, 1, 0, 0, 0]  # R03AC; N02BE is the second group
+    assert (groups.loadings["target"][:3, 0] > 0).all() and groups.n_groups("target") == 1
+    assert "target" not in level_groups(["R03A", "R03B"], 3, targets).loadings
+
+
+def test_hierarchical_posterior_equals_the_dense_matrix_formula():
+    rng = np.random.default_rng(5)
+    n = 12
+    b, se = rng.normal(0, 0.4, n), rng.uniform(0.1, 0.5, n)
+    groups = Groups.of(n, {"class": [[f"C{i // 3}"] for i in range(n)], "target": [["T"] if i in (0, 4, 8) else [] for i in range(n)]})
+    prior = LevelPrior(mean=0.05, tau=0.2, n_classes=n, tau_group={"class": 0.3, "target": 0.25})
+    post = shrink(b, se, prior, groups)
+    z_class, z_target = groups.loadings["class"], groups.loadings["target"]
+    g = 0.3**2 * z_class @ z_class.T + 0.25**2 * z_target @ z_target.T + 0.2**2 * np.eye(n)  # Cov(theta)
+    v = g + np.diag(se**2)
+    mean = 0.05 + g @ np.linalg.solve(v, b - 0.05)
+    var = np.diag(g - g @ np.linalg.solve(v, g))
+    assert post.log_hr == pytest.approx(mean, abs=1e-12) and post.sd == pytest.approx(np.sqrt(var), abs=1e-12)
+    # tau = 0: a row with a group is its group's posterior; a row without is left raw
+    flat = shrink(b, se, LevelPrior(0.0, 0.0, n, tau_group={"target": 0.3}), groups)
+    assert flat.log_hr[0] == pytest.approx(flat.log_hr[4]) and flat.log_hr[1] == b[1] and flat.sd[1] == se[1]
+
+
+def test_tree_prior_recovers_its_variances_and_borrowing_orders_agreeing_substances_first():
+    rng = np.random.default_rng(17)
+    n_classes, per_class = 150, 4
+    n = n_classes * per_class
+    parent = np.repeat(np.arange(n_classes), per_class)
+    se = rng.uniform(0.05, 0.3, n)
+    theta = 0.02 + rng.normal(0, 0.25, n_classes)[parent] + rng.normal(0, 0.1, n)
+    b = theta + rng.normal(0, se)
+    groups = Groups.of(n, {"class": [[f"C{p}"] for p in parent]})
+    prior = fit_level_prior(b, se, groups)
+    assert prior.mean == pytest.approx(0.02, abs=0.05)
+    assert prior.group_sd("class") == pytest.approx(0.25, abs=0.04) and prior.tau == pytest.approx(0.1, abs=0.04)
+    # the same weak estimate (z = -1.5) ranks higher beside three siblings that agree than beside three at 1
+    b2, se2 = np.array([-0.3, -0.4, -0.4, -0.4, -0.3, 0.0, 0.0, 0.0]), np.array([0.2, 0.1, 0.1, 0.1, 0.2, 0.1, 0.1, 0.1])
+    two = Groups.of(8, {"class": [["A"]] * 4 + [["B"]] * 4})
+    post = shrink(b2, se2, LevelPrior(0.0, 0.1, 8, tau_group={"class": 0.25}), two)
+    assert post.z[0] < post.z[4] < 0
+    # without groups the plain normal-normal model (same likelihood as before the hierarchy)
+    plain = fit_level_prior(b, se)
+    assert plain.tau_group == {} and plain.tau == pytest.approx(np.sqrt(0.25**2 + 0.1**2), abs=0.05)
+
+
 def test_likelihood_ratio_p_equals_lifelines_and_the_profile_ci_brackets_the_estimate():
     cohort, exposures = synthetic(n=600, seed=5)
     config = config_for()
@@ -283,11 +354,18 @@ def test_a_study_with_lags_0_1_3_runs_through_candidates(tmp_path):
     assert "| atc_level | mu | sigma | n_controls | warning |" in readme
 
 
-def test_average_precision_by_hand_and_unlisted_substances_go_last():
+def test_average_precision_by_hand_and_unlisted_substances_are_ties_at_the_bottom():
     assert average_precision([True, False, True, False]) == pytest.approx((1 + 2 / 3) / 2)
-    assert complete(["B", "X", "A"], ["A", "B", "C", "D"]) == ["B", "A", "C", "D"]
-    measured = recovery(["P2", "N1", "P1"], {"P1": "causal_protective", "P2": "mechanism", "N1": "null", "N2": "null"}, top=2)
+    assert split_listed(["B", "X", "A"], ["A", "B", "C", "D"]) == (["B", "A"], ["C", "D"])
+    roles = {"P1": "causal_protective", "P2": "mechanism", "N1": "null", "N2": "null"}
+    measured = recovery(["P2", "N1", "P1"], roles, top=2)
     assert measured["average_precision"] == pytest.approx((1 + 2 / 3) / 2) and measured["nulls_in_top"] == 1
+    # P1 left out with N2 and N1: each of the 3 slots after P2 equally likely, so AP = (1 + E[2 / (1 + position)]) / 2
+    partial = recovery(["P2"], roles, top=2)
+    assert partial["nulls_in_top"] == pytest.approx(2 / 3)
+    assert partial["average_precision"] == pytest.approx((1 + (2 / 2 + 2 / 3 + 2 / 4) / 3) / 2, abs=0.01)
+    # code order would have put N1 and N2 before P1 every time; ties are not decided by the alphabet
+    assert recovery(["P2"], {**roles, "A1": "null"}, top=2)["nulls_in_top"] == pytest.approx(3 / 4)
 
 
 @pytest.mark.slow

@@ -44,7 +44,7 @@ from repurpose.dwas.calibration import (
 from repurpose.dwas.evidence import AGAINST, SUPPORTED, order_rows, score_rows
 from repurpose.dwas.person_models import healthcare_use, level_models, likelihood_ratio_fit, model_cohort
 from repurpose.dwas.replication import hide_replication, replication_fits, replication_hidden, split_halves
-from repurpose.dwas.shrinkage import LevelPrior, fit_level_prior, shrink
+from repurpose.dwas.shrinkage import Groups, LevelPrior, Shrunken, fit_level_prior, shrink
 from repurpose.dwas.signals import SignalTree, collapse_tree
 from repurpose.dwas.tree_fdr import hierarchical_fdr
 from repurpose.dwas.window import lag_days
@@ -311,31 +311,63 @@ def screen_evidence(
     return pl.DataFrame(out, infer_schema_length=None)
 
 
-def add_shrinkage(evidence: pl.DataFrame, shown: pl.DataFrame) -> tuple[pl.DataFrame, dict[int, LevelPrior | None]]:
-    """Add `hr_shrunken`, its 95% limits and `shrunken_z` (repurpose.dwas.shrinkage), with the prior of each
-    ATC level fitted on every fitted code of the level at the main lag (signals and the codes they cover)."""
+def level_groups(codes: list[str], level: int, targets: dict[str, list[str]]) -> Groups:
+    """What the codes of one ATC level borrow from (repurpose.dwas.shrinkage): their parent class one level
+    up, and for substances (level 5) the drug targets (with action) they share."""
+    labels: dict[str, list[list[str]]] = {}
+    if level > 1:
+        labels["class"] = [[atc_parent(code, level - 1)] for code in codes]
+    if level == 5 and targets:
+        labels["target"] = [targets.get(code, []) for code in codes]
+    return Groups.of(len(codes), labels)
+
+
+def add_shrinkage(
+    evidence: pl.DataFrame, shown: pl.DataFrame, targets: dict[str, list[str]]
+) -> tuple[pl.DataFrame, dict[int, LevelPrior | None]]:
+    """Add `hr_shrunken`, its 95% limits and `shrunken_z` (repurpose.dwas.shrinkage): per ATC level, the prior
+    is fitted on every fitted code of the level at the main lag (signals and the codes they cover), borrowing
+    from parent classes and shared `targets` (substance -> targets), and each signal's posterior uses all of
+    them. A signal shown at lag 0 (main lag not estimable) is shrunken with the level's own variance only:
+    its estimate is of another lag than its relatives'."""
     at_main = shown.filter(~pl.col("main_lag_not_estimable"))
     priors: dict[int, LevelPrior | None] = {}
     parts = []
     for level in sorted(evidence["atc_level"].unique().to_list()):
         level_rows = at_main.filter(pl.col("atc_level") == level)
-        prior = fit_level_prior(level_rows["log_hr"].to_numpy(), level_rows["se"].to_numpy())
+        codes = level_rows["atc_code"].to_list()
+        groups = level_groups(codes, int(level), targets)
+        b, se = level_rows["log_hr"].to_numpy(), level_rows["se"].to_numpy()
+        prior = fit_level_prior(b, se, groups)
         priors[int(level)] = prior
-        if prior is None or prior.tau <= 0:
+        if prior is None or (prior.tau <= 0 and not any(prior.tau_group.values())):
             log.warning(
                 "ATC level %d: no spread of true effects beyond noise could be estimated (%s); its signals are "
-                "ordered by their raw z", level, "too few classes" if prior is None else "tau = 0",
+                "ordered by their raw z", level, "too few classes" if prior is None else "all prior variances 0",
             )
         else:
-            log.info("ATC level %d: shrinkage prior mean %.3f tau %.3f from %d classes", level, prior.mean, prior.tau, prior.n_classes)
+            log.info(
+                "ATC level %d: shrinkage prior from %d classes: mean %.3f, own sd %.3f, %s", level, prior.n_classes,
+                prior.mean, prior.tau, ", ".join(f"{kind} sd {sd:.3f} over {prior.n_groups[kind]} shared groups" for kind, sd in prior.tau_group.items()) or "no shared groups",
+            )  # fmt: skip
+        post = shrink(b, se, prior, groups)
+        by_code = dict(zip(codes, range(len(codes)), strict=True))
         rows = evidence.filter(pl.col("atc_level") == level)
-        post = shrink(rows["log_hr"].to_numpy(), rows["se"].to_numpy(), prior)
+        other_lag = [code not in by_code for code in rows["atc_code"].to_list()]
+        alone = shrink(rows["log_hr"].to_numpy(), rows["se"].to_numpy(), prior) if any(other_lag) else None
+        picked = [
+            (alone, i) if other else (post, by_code[code]) for i, (code, other) in enumerate(zip(rows["atc_code"].to_list(), other_lag, strict=True))
+        ]  # fmt: skip
+
+        def column(name: str, picked: list[tuple[Shrunken | None, int]] = picked) -> np.ndarray:
+            return np.array([getattr(source, name)[i] for source, i in picked], dtype=np.float64)
+
         parts.append(
             rows.with_columns(
-                hr_shrunken=pl.Series(np.exp(post.log_hr)),
-                ci_lower_shrunken=pl.Series(np.exp(post.ci_lower)),
-                ci_upper_shrunken=pl.Series(np.exp(post.ci_upper)),
-                shrunken_z=pl.Series(post.z),
+                hr_shrunken=pl.Series(np.exp(column("log_hr"))),
+                ci_lower_shrunken=pl.Series(np.exp(column("ci_lower"))),
+                ci_upper_shrunken=pl.Series(np.exp(column("ci_upper"))),
+                shrunken_z=pl.Series(column("z")),
             )
         )
     return pl.concat(parts, how="diagonal_relaxed"), priors
@@ -356,6 +388,18 @@ def mechanism_evidence(code: str, direction: str, mechanisms: pl.DataFrame | Non
         return None
     good = any(r["q_value"] is not None and r["q_value"] < alpha and r["n_atc3_classes"] >= 2 and r["direction"] == direction for r in mine)
     return SUPPORTED if good else AGAINST
+
+
+TARGET_SEPARATOR = "; "
+"""Separator of a substance's targets in the mechanisms stage's `targets` column ("GENE (ACTION); ...")."""
+
+
+def targets_of(matches: pl.DataFrame | None) -> dict[str, list[str]]:
+    """Substance -> its targets with action ("ADRB2 (AGONIST)"), from the mechanisms stage's match table."""
+    if matches is None:
+        return {}
+    rows = matches.filter(pl.col("targets").is_not_null()).select("atc_code", "targets").iter_rows()
+    return {code: [t for t in str(targets).split(TARGET_SEPARATOR) if t] for code, targets in rows}
 
 
 def attach_targets(evidence: pl.DataFrame, matches: pl.DataFrame | None, mechanisms: pl.DataFrame | None, alpha: float) -> pl.DataFrame:
@@ -538,10 +582,11 @@ def run_candidates(
     signals = shown.filter(pl.col("atc_code").is_in([c for c, s in tree.signal_of.items() if s == c]) | pl.col("main_lag_not_estimable"))
     log.info("%d fitted codes collapse into %d signals", shown.height, signals.height)
     nulls = fit_nulls(dwas, main_lag, settings["fdr_alpha"], settings["negative_controls"])
+    matches = pl.read_csv(matches_path) if matches_path and Path(matches_path).exists() else None
     evidence = empty_evidence()
     if signals.height:
         evidence = screen_evidence(dwas, signals, tree, nulls, calibrated_q_values(dwas, nulls, main_lag), settings)
-        evidence, priors = add_shrinkage(evidence, shown)
+        evidence, _ = add_shrinkage(evidence, shown, targets_of(matches))
     model = None
     if signals.height and cohort_path is not None:
         model = model_cohort(pl.read_parquet(cohort_path), config)
@@ -560,7 +605,6 @@ def run_candidates(
         evidence = person_level_evidence(config, evidence, exposure_paths, model, hcu)
     elif evidence.height:
         evidence = evidence.with_columns(person_level_reason=pl.lit("no person-level data (pooled run)"))
-    matches = pl.read_csv(matches_path) if matches_path and Path(matches_path).exists() else None
     mechanisms = pl.read_csv(mechanisms_path) if mechanisms_path and Path(mechanisms_path).exists() else None
     if evidence.height:
         evidence = flag_reverse_causation(evidence, settings, lags)

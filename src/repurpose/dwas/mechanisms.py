@@ -26,7 +26,7 @@ import polars as pl
 from scipy import optimize, stats
 
 from repurpose.atc import atc_parent, load_atc_names
-from repurpose.dwas.candidates import reverse_causation_suspected
+from repurpose.dwas.candidates import TARGET_SEPARATOR, reverse_causation_suspected
 from repurpose.meta import cochran_q, pool
 from repurpose.stages import stage
 
@@ -113,7 +113,7 @@ def map_substances(substances: pl.DataFrame, targets: pl.DataFrame) -> tuple[pl.
     matches = keyed.join(
         mapping.group_by("atc_code").agg(
             n_targets=pl.len(),
-            targets=pl.concat_str(pl.col("target"), pl.lit(" ("), pl.col("action_type"), pl.lit(")")).sort().str.join("; "),
+            targets=pl.concat_str(pl.col("target"), pl.lit(" ("), pl.col("action_type"), pl.lit(")")).sort().str.join(TARGET_SEPARATOR),
         ),
         on="atc_code",
         how="left",
