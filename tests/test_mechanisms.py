@@ -15,6 +15,7 @@ from scipy import integrate, stats
 from repurpose.config import validate_config
 from repurpose.dwas.mechanisms import (
     MECHANISM_COLUMNS,
+    leave_one_out_p,
     map_substances,
     pool_half_normal,
     rank_mechanisms,
@@ -171,6 +172,23 @@ def test_cross_class_agreement_ranks_first_within_direction():
     assert top["n_atc3_classes"] == 2 and top["score_points"] == "significant, replicated_across_atc3_classes, consistent"
     assert protective.row(1, named=True)["p_value"] < top["p_value"]  # G2 (one level-3 class) is stronger but less diverse
     assert frame.filter(pl.col("direction") == "harmful")[["target", "rank"]].rows() == [("G3", 1)]
+
+
+def test_leave_one_out_p_by_hand_and_a_mechanism_carried_by_one_drug_ranks_below_agreeing_drugs():
+    b, se = np.log([0.6, 0.95, 0.95]), np.array([0.1, 0.1, 0.1])
+    # leaving out the strong drug leaves log(0.95) on se 0.1 / sqrt(2); leaving out a weak one keeps the strong one
+    rest = np.log(0.95) / (0.1 / np.sqrt(2))
+    assert leave_one_out_p(b, se) == pytest.approx(2 * stats.norm.sf(abs(rest)))
+    assert np.isnan(leave_one_out_p(b[:1], se[:1]))
+    assert leave_one_out_p(np.log([0.5, 1.2]), se[:2]) == 1.0  # without the strong drug the rest point the other way
+    # G1: one drug at 0.5 and two at 1.0 (pooled p smaller); G2: three drugs at 0.8 (every drug agrees); no points
+    rows = substances(["A01AA01", "A01AA02", "A01AA03", "B01AA01", "B01AA02", "B01AA03"],
+                      [0.5, 1.0, 1.0, 0.8, 0.8, 0.8], [0.15, 0.3, 0.3, 0.25, 0.25, 0.25])  # fmt: skip
+    targets = mapping([("A01AA01", "G1"), ("A01AA02", "G1"), ("A01AA03", "G1"), ("B01AA01", "G2"), ("B01AA02", "G2"), ("B01AA03", "G2")])
+    frame = rank_mechanisms(rows, targets, settings()).filter(pl.col("direction") == "protective")
+    g1, g2 = (frame.filter(pl.col("target") == t).row(0, named=True) for t in ("G1", "G2"))
+    assert g1["p_value"] < g2["p_value"] and g1["evidence_score"] == g2["evidence_score"] == 0
+    assert g2["p_leave_one_out"] < g1["p_leave_one_out"] and frame["target"].to_list() == ["G2", "G1"]
 
 
 @pytest.fixture(scope="module")

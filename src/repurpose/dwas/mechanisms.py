@@ -52,6 +52,7 @@ MECHANISM_COLUMNS = [
     "ci_upper",
     "p_value",
     "q_value",
+    "p_leave_one_out",
     "re_hr",
     "re_ci_lower",
     "re_ci_upper",
@@ -222,6 +223,22 @@ def mechanism_score(
     return points
 
 
+def leave_one_out_p(log_hr: np.ndarray, se: np.ndarray) -> float:
+    """The largest fixed-effect pooled p over leaving out one substance at a time: how much evidence is left
+    when the mechanism loses its most convincing drug (a mechanism carried by one drug is that drug's
+    effect). NaN with fewer than two substances. The pooled direction must stay: a leave-one-out estimate
+    on the other side counts as p = 1."""
+    if log_hr.size < 2:
+        return float("nan")
+    side = np.sign(pool(log_hr, se, method="FE").estimate)
+    worst = 0.0
+    for left_out in range(log_hr.size):
+        keep = np.arange(log_hr.size) != left_out
+        rest = pool(log_hr[keep], se[keep], method="FE")
+        worst = max(worst, rest.p_value if np.sign(rest.estimate) == side else 1.0)
+    return float(worst)
+
+
 def _hr_text(row: dict[str, Any]) -> str:
     return f"{row['atc_code']} {row['atc_name']} {row['hr']:.2f} ({row['ci_lower']:.2f}-{row['ci_upper']:.2f})"
 
@@ -252,7 +269,7 @@ def rank_mechanisms(substances: pl.DataFrame, mapping: pl.DataFrame, settings: d
     """Pool each mechanism's supporting substances and rank within direction (file order: protective, then harmful).
 
     `substances`: `substance_support` rows. A mechanism's direction is that of its pooled estimate; its
-    rank orders by points (more first), then the pooled p-value. Mechanisms with fewer than two supporting
+    rank orders by points (more first), then the leave-one-out p (`leave_one_out_p`), then the pooled p. Mechanisms with fewer than two supporting
     substances are listed (with why in `not_counted`) after those with two or more, earn no point and no q.
     """
     by_code = {r["atc_code"]: r for r in substances.iter_rows(named=True)}
@@ -267,7 +284,7 @@ def rank_mechanisms(substances: pl.DataFrame, mapping: pl.DataFrame, settings: d
             "not_counted": "; ".join(f"{m['atc_code']}: {m['not_counted']}" for m in members if m["not_counted"]) or None,
         }  # fmt: skip
         nan = float("nan")
-        row.update(pooled_hr=nan, ci_lower=nan, ci_upper=nan, p_value=nan, re_hr=nan, re_ci_lower=nan, re_ci_upper=nan,
+        row.update(pooled_hr=nan, ci_lower=nan, ci_upper=nan, p_value=nan, p_leave_one_out=nan, re_hr=nan, re_ci_lower=nan, re_ci_upper=nan,
                    re_p_value=nan, tau=nan, q_heterogeneity=nan, q_heterogeneity_p=nan, i2=nan)  # fmt: skip
         direction, agreeing = None, []
         if support:
@@ -279,7 +296,7 @@ def rank_mechanisms(substances: pl.DataFrame, mapping: pl.DataFrame, settings: d
             direction = "protective" if fixed.estimate < 0 else "harmful"
             agreeing = [m for m in support if np.sign(m["log_hr"]) == np.sign(fixed.estimate)]
             row.update(pooled_hr=np.exp(fixed.estimate), ci_lower=np.exp(fixed.ci_lower), ci_upper=np.exp(fixed.ci_upper),
-                       p_value=fixed.p_value, re_hr=np.exp(bayes.estimate), re_ci_lower=np.exp(bayes.ci_lower),
+                       p_value=fixed.p_value, p_leave_one_out=leave_one_out_p(b, se), re_hr=np.exp(bayes.estimate), re_ci_lower=np.exp(bayes.ci_lower),
                        re_ci_upper=np.exp(bayes.ci_upper), re_p_value=bayes.p_value, tau=bayes.tau, q_heterogeneity=q,
                        q_heterogeneity_p=q_p, i2=i2)  # fmt: skip
         else:
@@ -305,8 +322,9 @@ def rank_mechanisms(substances: pl.DataFrame, mapping: pl.DataFrame, settings: d
         score_points=pl.Series([", ".join(x) for x in points], dtype=pl.String),
     )
     frame = frame.sort(
-        [pl.col("direction") == "harmful", pl.col("n_supporting") >= 2, "evidence_score", pl.col("p_value").fill_nan(None), "target"],
-        descending=[False, True, True, False, False], nulls_last=True,
+        [pl.col("direction") == "harmful", pl.col("n_supporting") >= 2, "evidence_score",
+         pl.col("p_leave_one_out").fill_nan(None), pl.col("p_value").fill_nan(None), "target"],
+        descending=[False, True, True, False, False, False], nulls_last=True,
     )  # fmt: skip
     frame = frame.with_columns(rank=pl.int_range(1, pl.len() + 1).over("direction"))
     return frame.select(MECHANISM_COLUMNS)

@@ -94,7 +94,7 @@ def drug_table_columns(columns: list[str]) -> list[str]:
 
 DRUG_COLUMNS = drug_columns([0.0, 2.0, 5.0, 10.0], 2.0)  # with the default lags and main lag
 MECHANISM_COLUMNS = ["rank", "direction", "target", "target_name", "action_type", "n_substances", "n_supporting",
-                     "n_atc3_classes", "substances", "not_counted", "pooled_hr", "ci_lower", "ci_upper", "p_value",
+                     "n_atc3_classes", "substances", "not_counted", "pooled_hr", "ci_lower", "ci_upper", "p_value", "p_leave_one_out",
                      "q_value", "re_hr", "re_ci_lower", "re_ci_upper", "tau", "i2", "q_heterogeneity_p",
                      "evidence_score", "score_points"]  # fmt: skip
 
