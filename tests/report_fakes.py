@@ -55,7 +55,7 @@ def write_fake_candidates(dwas_parquet: str | Path, out_dir: str | Path, n: int 
                        "P01BA01 chloroquine 1.3 (0.8-2.0); P01BA02 hydroxychloroquine 1.4 (0.9-2.2)"],
         "not_counted": [None, "C10AA07: fewer than 10 exposed cases", "P01BA01: reverse causation suspected"],
         "pooled_hr": [0.7, 0.9, 1.4], "ci_lower": [0.55, 0.7, 0.9], "ci_upper": [0.89, 1.15, 2.2],
-        "p_value": [0.003, 0.4, 0.1], "q_value": [0.01, 0.6, None], "re_hr": [0.71, 0.9, 1.4], "re_ci_lower": [0.5, 0.6, 0.8],
+        "p_value": [0.003, 0.4, 0.1], "p_leave_one_out": [0.02, 0.6, None], "q_value": [0.01, 0.6, None], "re_hr": [0.71, 0.9, 1.4], "re_ci_lower": [0.5, 0.6, 0.8],
         "re_ci_upper": [0.99, 1.3, 2.4], "tau": [0.1, 0.2, 0.0], "i2": [0.0, 0.12, 0.0], "q_heterogeneity_p": [0.9, 0.3, None],
         "evidence_score": [3, 1, 0], "score_points": ["significant, replicated_across_atc3_classes, consistent", "consistent", ""],
     })  # fmt: skip

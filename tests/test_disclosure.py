@@ -16,6 +16,7 @@ from repurpose.release.disclosure import (
     DisclosurePolicy,
     Partition,
     disclosure_table,
+    mask_counts_in_text,
     release_counts,
     release_ranking,
     release_screen,
@@ -356,3 +357,15 @@ def test_an_unreleased_part_is_hidden_first_when_a_second_cell_must_go():
     small = frame.with_columns(pl.Series("n", [41, 38, 3]))
     out = suppress_small_counts(small, ["n"], 5, partitions=[Partition(("table",), "item", "total", ("after",))])
     assert out["n"].to_list() == [41, None, None]
+
+
+def test_counts_in_free_text_are_released_like_table_counts():
+    policy = DisclosurePolicy(min_cell=5, rounding_base=5)
+    assert mask_counts_in_text("3 persons of the population; 4 of 8000 cases; n = 2", policy) == (
+        "<5 persons of the population; <5 of about 8,000 cases; n = <5"
+    )
+    # an exact count >= min_cell beside rounded tables would let a reader subtract: it is rounded like them
+    assert mask_counts_in_text("1234 persons, 7 rows rejected, 0 persons", policy) == "about 1,235 persons, about 5 rows rejected, 0 persons"
+    # numbers that count no persons or records stay: ATC levels, classes, lags, estimates
+    kept = "ATC level 2: 3 of 40 classes at lag 5; HR 1.5 cases"
+    assert mask_counts_in_text(kept, policy) == kept

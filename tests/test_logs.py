@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from repurpose.logs import Progress, run_logged
+from repurpose.logs import Progress, log_to, run_logged, stage_warnings
 
 
 def test_jobs_running_as_threads_each_log_only_their_own_records(tmp_path):
@@ -40,3 +40,17 @@ def test_progress_says_i_of_n_and_the_time_left(caplog):
         "models: 1 of 3 done (R03AC02) after 4 s, about 8 s left",  # 4 s per step so far, 2 steps left
         "models: 2 of 3 done (A11CC05) after 10 s, about 5 s left",
     ]
+
+
+def test_stage_warnings_reads_warning_lines_of_each_stage_log_once(tmp_path):
+    with log_to(tmp_path / "b_stage.log"):
+        log = logging.getLogger("repurpose.test")
+        log.info("fine")
+        log.warning("level %d: degenerate", 4)
+        log.warning("level %d: degenerate", 4)
+        log.error("not a warning")
+    with log_to(tmp_path / "a_stage.log"):
+        logging.getLogger("repurpose.test").warning("first stage\nsecond line of it")
+    with log_to(tmp_path / "report.log"):
+        logging.getLogger("repurpose.test").warning("skipped")
+    assert stage_warnings(tmp_path, skip=("report",)) == [("a_stage", "first stage"), ("b_stage", "level 4: degenerate")]

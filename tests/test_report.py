@@ -42,10 +42,19 @@ def built(tmp_path_factory, config) -> dict[str, Path]:
     """A fake results tree with the report built on it (about 5 s)."""
     results = tmp_path_factory.mktemp("results")
     paths = write_fake_results(results)
+    logs = results / "logs"
+    logs.mkdir()
+    (logs / "validate_registers.log").write_text(
+        "2026-01-01 10:00:00,001 INFO repurpose.registry.ingest: read 8000 rows\n"
+        "2026-01-01 10:00:01,002 WARNING repurpose.registry.ingest: ms_registry: 3 persons of the population have only rejected rows\n"
+        "2026-01-01 10:00:02,003 WARNING repurpose.registry.ingest: ms_registry: 1234 persons lack a birth date\n"
+    )  # fmt: skip
+    (logs / "candidates.log").write_text("2026-01-01 10:01:00,000 WARNING repurpose.dwas.candidates: empirical null level 4: degenerate (sigma = 0)\n" * 2)
+    (logs / "export.log").write_text("2026-01-01 09:00:00,000 WARNING repurpose.release.export: an old export's warning\n")
     paths["html"] = build_report(
         config, validation=paths["validation"], flow=paths["flow"], dwas=paths["dwas"], exposure=paths["exposure"],
         drugs=paths["drugs"], mechanisms=paths["mechanisms"], html=results / "report/index.html",
-        tables={name: results / f"report/tables/{name}.csv" for name in REPORT_TABLES},
+        tables={name: results / f"report/tables/{name}.csv" for name in REPORT_TABLES}, run_logs=logs,
     )  # fmt: skip
     paths["results"] = results
     return paths
@@ -191,6 +200,18 @@ def test_report_shows_no_small_count_and_no_person_id(built):
     cells = re.findall(r"<td[^>]*>(\d+)</td><td[^>]*>(\d+)</td><td[^>]*>(?:\d+(?:\.\d+)?)?</td></tr>", text)
     assert cells  # the prevalence rows
     assert all(not (1 <= int(n) < MIN_CELL) for pair in cells for n in pair)
+
+
+def test_the_run_warnings_are_in_the_report_with_person_counts_as_released_counts(built):
+    text = built["html"].read_text()
+    assert "the run logged 3 warnings" in text
+    rows = re.findall(r"<tr><td>(\w+)</td><td>(.*?)</td></tr>", re.search(r'id="run-warnings-table">(.*?)</table>', text, re.S).group(1))
+    assert rows == [
+        ("candidates", "empirical null level 4: degenerate (sigma = 0)"),  # once, though logged twice; level 4 is no count
+        ("validate_registers", "ms_registry: &lt;5 persons of the population have only rejected rows"),
+        ("validate_registers", "ms_registry: about 1,235 persons lack a birth date"),  # rounded like the flow table
+    ]
+    assert "old export" not in text  # the export runs after the report: its log is an earlier run's
 
 
 def test_report_without_candidate_files_says_so(tmp_path, config):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +13,8 @@ from typing import TypeVar
 
 T = TypeVar("T")
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+WARNING_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ WARNING (?P<logger>\S+): (?P<message>.*)$")
+"""A WARNING record's first line in a stage log written with FORMAT."""
 
 
 @contextmanager
@@ -45,6 +48,20 @@ def run_logged(path: str | Path, function: Callable[..., T], *args: object, **kw
     """Call `function(*args, **kwargs)` with its log records routed to `path`: the one line a Snakemake rule runs."""
     with log_to(path):
         return function(*args, **kwargs)
+
+
+def stage_warnings(log_dir: str | Path, *, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
+    """Every WARNING of the stage logs in `log_dir` (except the stems in `skip`) as (stage, message), in
+    stage order and then in log order, each distinct message of a stage once (the time stamp dropped)."""
+    found: list[tuple[str, str]] = []
+    for path in sorted(Path(log_dir).glob("*.log")):
+        if path.stem in skip:
+            continue
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            match = WARNING_LINE.match(line)
+            if match and (path.stem, match["message"]) not in found:
+                found.append((path.stem, match["message"]))
+    return found
 
 
 class Progress:

@@ -347,13 +347,13 @@ def run_mechanisms(
     )
     mapping, matches = map_substances(substances, read_drug_targets(config["inputs"].get("drug_targets")))
     n_matched = int(matches["matched"].sum())
-    log.info(
-        "targets: %d of %d screened substances matched by INN (%.1f%%); unmatched: %s",
-        n_matched,
-        matches.height,
-        100 * n_matched / max(matches.height, 1),
-        ", ".join(matches.filter(~pl.col("matched"))["atc_code"].to_list()[:50]),
-    )
+    unmatched = matches.filter(~pl.col("matched"))["atc_code"].to_list()
+    log.info("targets: %d of %d screened substances matched by INN (%.1f%%)", n_matched, matches.height, 100 * n_matched / max(matches.height, 1))
+    if unmatched:
+        log.warning(
+            "targets: %d of %d screened substances have no drug-target match by INN and cannot support a mechanism "
+            "(all listed in %s; the first: %s)", len(unmatched), matches.height, Path(matches_path).name, ", ".join(unmatched[:10]),
+        )  # fmt: skip
     matches.write_csv(matches_path)
     support = substance_support(dwas, settings)
     ranking = rank_mechanisms(support, mapping, settings)

@@ -25,6 +25,7 @@ marker, so that the marker itself tells nothing.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,7 @@ __all__ = [
     "SCREEN_RULES",
     "disclosure_table",
     "for_display",
+    "mask_counts_in_text",
     "parse_display",
     "release_counts",
     "release_linked",
@@ -180,6 +182,28 @@ def for_display(frame: pl.DataFrame, count_columns: Iterable[str], min_cell: int
     return frame.with_columns(
         [pl.col(c).cast(pl.String).fill_null(f"<{min_cell}").alias(c) for c in count_columns if c in frame.columns]
     )
+
+
+COUNT_NOUNS = r"(?:persons?|people|patients?|individuals?|cases?|users?|controls?|events?|rows?|deaths?|eligible|clones?)"
+"""Words after which a number in free text (a log message) counts persons or their records."""
+
+
+def mask_counts_in_text(text: str, policy: DisclosurePolicy) -> str:
+    """Free text (a run's warning) with every count of persons or records (a number followed, possibly after
+    "of the ..." words, by a COUNT_NOUNS word, or "n = k") released as a table's count would be: below the
+    minimum cell as `<min_cell`, otherwise rounded to the policy's base ("about 1,235"), so that no exact count
+    sits beside the rounded tables. 0 stays, and numbers that count other things (ATC levels, classes, lags) stay."""
+
+    def masked(match: re.Match[str]) -> str:
+        value = int(match["n"].replace(",", ""))
+        if value == 0:
+            return match[0]
+        shown = f"<{policy.min_cell}" if policy.is_small(value) else f"about {policy.round_count(value):,}"
+        return match[0].replace(match["n"], shown, 1)
+
+    counted = re.compile(rf"(?<![\w.,])(?P<n>\d{{1,3}}(?:,\d{{3}})+|\d+)(?![\d.,]\d)(?=(?:\s+of\s+\S+)?(?:\s+\w+){{0,2}}?\s+{COUNT_NOUNS}\b)", re.IGNORECASE)
+    text = counted.sub(masked, text)
+    return re.compile(r"\bn\s*=\s*(?P<n>\d+)\b", re.IGNORECASE).sub(masked, text)
 
 
 def small_counts_left(frame: pl.DataFrame, count_columns: Iterable[str], min_cell: int) -> dict[str, int]:

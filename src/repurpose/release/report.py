@@ -31,11 +31,13 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from repurpose.atc import load_atc_names
 from repurpose.layout import REPORT_TABLES
+from repurpose.logs import stage_warnings
 from repurpose.release.disclosure import (
     SCREEN_RULES,
     DisclosurePolicy,
     Partition,
     for_display,
+    mask_counts_in_text,
     parse_display,
     person_count_columns,
     release_counts,
@@ -313,6 +315,10 @@ def top_signals(drugs: pl.DataFrame | None, dwas: pl.DataFrame, lags: list[float
 # ---------------------------------------------------------------- the page
 
 
+LATER_STAGES = ("report", "export")
+"""Stage logs the report does not read warnings from: its own and the export's (written after it)."""
+
+
 @stage(reads=(ALL_DESIGN,))
 def build_report(
     config: dict[str, Any],
@@ -333,6 +339,7 @@ def build_report(
     ground_truth: str | Path | None = None,
     persistence: str | Path | None = None,
     trial_emulation: str | Path | None = None,
+    run_logs: str | Path | None = None,
 ) -> Path:
     """Write the report page, its disclosure-controlled summary tables (CSV: `tables`, name -> path, for
     REPORT_TABLES) and `provenance_json` (the run's times and input checksums; default beside the page), the one
@@ -345,7 +352,8 @@ def build_report(
     gets a per-site forest plot. `ground_truth` (the simulator's ground_truth.json, given when the study
     reads simulated registries) adds the simulated-data banner and the planted-truth table. `persistence` (the
     persistence study's page, when the study runs) and `trial_emulation` (the trial emulation's page) are linked
-    from the navigation by their paths beside this page.
+    from the navigation by their paths beside this page. `run_logs` (the stage logs' folder) adds every
+    WARNING of the stages before the report, with counts of persons below the minimum cell masked.
     """
     validation_json, flow_json, dwas_parquet, exposure_parquet = validation, flow, dwas, exposure
     drug_ranking_csv, mechanism_ranking_csv, html_path = drugs, mechanisms, html
@@ -481,6 +489,9 @@ def build_report(
         screen_plots=screen_plots, levels=levels, lags=[f"{v:g}" for v in lags],
         key_findings=signals + mechanism_rows, planted=planted, simulated=truth is not None,
         calibration=calibration, calibration_warnings=[w for c in calibration for w in c["warnings"]],
+        run_warnings=[] if run_logs is None else [
+            (stage, mask_counts_in_text(message, policy)) for stage, message in stage_warnings(run_logs, skip=LATER_STAGES)
+        ],
         screen_table=screen_table(dwas_shown),
         evidence=evidence, other_drugs=other_drugs, mechanism_evidence=mechanism_evidence,
         top_from_candidates=drugs is not None,
