@@ -21,6 +21,7 @@ from repurpose.release.disclosure import (
     release_screen,
     release_summary,
     suppress_small_counts,
+    text_rows,
 )
 from repurpose.release.policy import round_counts
 from repurpose.release.report import released_summaries
@@ -356,3 +357,11 @@ def test_an_unreleased_part_is_hidden_first_when_a_second_cell_must_go():
     small = frame.with_columns(pl.Series("n", [41, 38, 3]))
     out = suppress_small_counts(small, ["n"], 5, partitions=[Partition(("table",), "item", "total", ("after",))])
     assert out["n"].to_list() == [41, None, None]
+
+
+def test_text_rows_mark_suppressed_counts_and_hidden_estimates():
+    frame = pl.DataFrame({"n_events": [12, None], "estimate": [0.123456, None], "label": ["a", "b"]})
+    header, rows = text_rows(frame, 5)
+    assert header == ["n_events", "estimate", "label"]
+    assert rows == [["12", "0.123", "a"], ["<5", "<5", "b"]]  # one marker for every suppressed cell
+    assert text_rows(frame, 5, "hidden")[1] == [["12", "0.123", "a"], ["<5", "hidden", "b"]]
