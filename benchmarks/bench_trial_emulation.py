@@ -67,8 +67,9 @@ def main() -> None:
         estimates = pl.read_csv(f"{folder}/estimates.csv")
         primary = estimates.filter((pl.col("outcome") == "confirmed_worsening") & pl.col("measure").is_in(["risk_difference_5y", "hazard_ratio"]))
         print(f"persons {n_persons:,}; MS patients {n_ms:,}; eligible {result['n_eligible']:,}; replicates {args.replicates}")
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         print(f"simulation {generated:.1f} s; trial emulation {seconds:.1f} s ({args.threads} threads, "
-              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores)")  # fmt: skip
+              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores; load average {load})")  # fmt: skip
         print(json.dumps(primary.to_dicts(), indent=1))
 
 

@@ -22,6 +22,7 @@ from repurpose.release.disclosure import (
     release_screen,
     release_summary,
     suppress_small_counts,
+    text_rows,
 )
 from repurpose.release.policy import round_counts
 from repurpose.release.report import released_summaries
@@ -369,3 +370,11 @@ def test_counts_in_free_text_are_released_like_table_counts():
     # numbers that count no persons or records stay: ATC levels, classes, lags, estimates
     kept = "ATC level 2: 3 of 40 classes at lag 5; HR 1.5 cases"
     assert mask_counts_in_text(kept, policy) == kept
+
+
+def test_text_rows_mark_suppressed_counts_and_hidden_estimates():
+    frame = pl.DataFrame({"n_events": [12, None], "estimate": [0.123456, None], "label": ["a", "b"]})
+    header, rows = text_rows(frame, 5)
+    assert header == ["n_events", "estimate", "label"]
+    assert rows == [["12", "0.123", "a"], ["<5", "<5", "b"]]  # one marker for every suppressed cell
+    assert text_rows(frame, 5, "hidden")[1] == [["12", "0.123", "a"], ["<5", "hidden", "b"]]

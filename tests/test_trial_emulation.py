@@ -3,12 +3,14 @@ disclosure control of the released tables, and the stage on a small simulated re
 
 from __future__ import annotations
 
+import warnings
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pytest
+from sklearn.linear_model import LogisticRegression
 
 from repurpose.config import validate_config
 from repurpose.layout import TRIAL_EMULATION_TABLES
@@ -22,7 +24,7 @@ from repurpose.trial_emulation.analysis import (
     fit_weights,
     percentile_intervals,
 )
-from repurpose.trial_emulation.clones import build_clones
+from repurpose.trial_emulation.clones import build_clones, weights_from
 from repurpose.trial_emulation.cohort import BASELINE_COLUMNS, TIME_VARYING
 from repurpose.trial_emulation.protocol import TrialProtocol
 from repurpose.trial_emulation.release import coarsened_steps, release_counts_table, release_flow
@@ -82,6 +84,48 @@ def test_bootstrap_is_reproducible_by_seed_whatever_the_number_of_workers():
     other = bootstrap(synthetic_trial(400, 1, protocol(seed=6)), 4, workers=1)
     assert [r[key] for r in other] != [r[key] for r in one]
     assert len({r[key] for r in one}) == 4  # the replicates differ from each other
+
+
+def sklearn_censoring_probabilities(clones, frequency=None, **solver) -> np.ndarray:
+    """The censoring models as fitted before the Newton path: scikit-learn's unpenalised logistic model per arm and
+    part of the grace period, the frequencies as sample weights (zeros included)."""
+    p = np.zeros(len(clones.model_clone))
+    arm, person = clones.arm[clones.model_clone], clones.person[clones.model_clone]
+    last = clones.model_interval == clones.n_intervals - 1
+    for a in (0, 1):
+        for part in (~last, last):
+            rows = (arm == a) & part
+            w = None if frequency is None else frequency[person[rows]].astype(float)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # newton-cg's line search at the optimum
+                model = LogisticRegression(C=np.inf, **solver).fit(clones.model_x[rows], clones.model_deviates[rows], sample_weight=w)
+            p[rows] = model.predict_proba(clones.model_x[rows])[:, 1]
+    return p
+
+
+def assert_same_estimates(got: dict, expected: dict, atol: float) -> None:
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        np.testing.assert_allclose(got[key], value, rtol=0, atol=atol, err_msg=str(key))
+
+
+def test_the_newton_path_and_its_warm_started_replicates_equal_the_scikit_learn_fits():
+    p = protocol(seed=5)
+    data = synthetic_trial(400, 1, p)
+    grid = np.array([0.0, 365.0, 730.0, 1826.0])
+    fit = fit_weights(data)
+    point = estimates(data, fit, grid_days=grid)
+    converged = {"solver": "newton-cg", "tol": 1e-12, "max_iter": 1000}
+    shipped = {"solver": "lbfgs", "tol": 1e-8, "max_iter": 500}  # the settings before: stops at gradient 1e-8
+    reference = weights_from(data.clones, sklearn_censoring_probabilities(data.clones, **converged), p.weight_truncation_percentile)
+    assert_same_estimates(point, estimates(data, reference, grid_days=grid), 1e-8)
+    replicates = bootstrap(data, 3, workers=1, grid_days=grid, start=fit.coefs)
+    n = data.clones.n_persons
+    for b, replicate in enumerate(replicates):
+        frequency = np.random.default_rng([p.seed, b]).multinomial(n, np.full(n, 1.0 / n))
+        before = weights_from(data.clones, sklearn_censoring_probabilities(data.clones, frequency, **shipped),
+                              p.weight_truncation_percentile, frequency)  # fmt: skip
+        assert_same_estimates(replicate, estimates(data, before, frequency, grid), 1e-6)
 
 
 def test_point_estimates_and_percentile_intervals_are_consistent():

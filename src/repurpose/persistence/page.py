@@ -1,7 +1,7 @@
 """The persistence study's report page (report/persistence.html): curves, reasons, the funnel plot and the
 clinic table, all drawn from the released tables only (nothing person-level reaches the page).
 
-Imports `release` (the figure helper) and the `persistence.clinics` names.
+Imports `release` (the figure helper, the text rows) and the `persistence.clinics` names.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import polars as pl  # noqa: E402
 from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
 
 from repurpose.persistence.clinics import Overdispersion, funnel_limits  # noqa: E402
+from repurpose.release.disclosure import text_rows  # noqa: E402
 from repurpose.release.policy import DisclosurePolicy  # noqa: E402
 from repurpose.release.report import template_dir  # noqa: E402
 from repurpose.release.report_figures import figure_png  # noqa: E402
@@ -86,22 +87,6 @@ def funnel_figure(clinics: pl.DataFrame, spread: Overdispersion, horizon: float)
     return figure_png(fig)
 
 
-def _rows(frame: pl.DataFrame, min_cell: int) -> tuple[list[str], list[list[str]]]:
-    """A table as header and text rows (hidden cells shown as <min_cell, numbers to 3 significant digits)."""
-    text = []
-    for row in frame.iter_rows():
-        cells = []
-        for value in row:
-            if value is None:
-                cells.append(f"<{min_cell}")
-            elif isinstance(value, float):
-                cells.append(f"{value:.3g}")
-            else:
-                cells.append(str(value))
-        text.append(cells)
-    return frame.columns, text
-
-
 def write_page(tables: Mapping[str, pl.DataFrame], settings: Mapping[str, Any], codes: Sequence[str],
                policy: DisclosurePolicy, html: str | Path) -> None:  # fmt: skip
     """Render report/persistence.html from the released tables."""
@@ -117,12 +102,12 @@ def write_page(tables: Mapping[str, pl.DataFrame], settings: Mapping[str, Any], 
     }
     reason_at = tables["reasons"].filter(pl.col("month").is_in([float(h) for h in settings["horizons_months"]]))
     sections = {
-        "survival": _rows(tables["survival"], policy.min_cell),
-        "reasons": _rows(reason_at, policy.min_cell),
-        "clinics": _rows(tables["clinics"], policy.min_cell),
-        "cox": _rows(tables["cox"], policy.min_cell),
-        "variance": _rows(tables["variance"], policy.min_cell),
-        "agreement": _rows(tables["agreement"], policy.min_cell),
+        "survival": text_rows(tables["survival"], policy.min_cell),
+        "reasons": text_rows(reason_at, policy.min_cell),
+        "clinics": text_rows(tables["clinics"], policy.min_cell),
+        "cox": text_rows(tables["cox"], policy.min_cell),
+        "variance": text_rows(tables["variance"], policy.min_cell),
+        "agreement": text_rows(tables["agreement"], policy.min_cell),
     }
     protocol = [(key, str(value)) for key, value in sorted(settings.items())]
     env = Environment(loader=FileSystemLoader(template_dir()), autoescape=select_autoescape(["html", "j2"]))

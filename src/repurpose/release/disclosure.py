@@ -19,8 +19,8 @@ prevalence, report summaries) go through `release_counts`: `suppress_small_count
 4. derived columns (`derived={column: [counts]}`): a percentage, person-years or any value computed
    from a count is nulled wherever one of its counts is suppressed.
 Steps 2-3 repeat until nothing changes. Suppressed cells are null in Parquet and shown as `<min_cell`
-in CSV and HTML (`for_display`) whether hidden for being small or for revealing a small cell: one
-marker, so that the marker itself tells nothing.
+in CSV and HTML (`for_display`; `text_rows` for a report page's tables) whether hidden for being small or
+for revealing a small cell: one marker, so that the marker itself tells nothing.
 """
 
 from __future__ import annotations
@@ -204,6 +204,24 @@ def mask_counts_in_text(text: str, policy: DisclosurePolicy) -> str:
     counted = re.compile(rf"(?<![\w.,])(?P<n>\d{{1,3}}(?:,\d{{3}})+|\d+)(?![\d.,]\d)(?=(?:\s+of\s+\S+)?(?:\s+\w+){{0,2}}?\s+{COUNT_NOUNS}\b)", re.IGNORECASE)
     text = counted.sub(masked, text)
     return re.compile(r"\bn\s*=\s*(?P<n>\d+)\b", re.IGNORECASE).sub(masked, text)
+
+
+def text_rows(frame: pl.DataFrame, min_cell: int, hidden: str | None = None) -> tuple[list[str], list[list[str]]]:
+    """A released table as header and text rows for a report page: numbers to 3 significant digits, a suppressed
+    cell (null) as `<min_cell`; with `hidden`, a null outside the count columns (`n_*`: an estimate hidden with
+    its row, not a small count) as that word instead."""
+    text = []
+    for row in frame.iter_rows():
+        cells = []
+        for column, value in zip(frame.columns, row, strict=True):
+            if value is None:
+                cells.append(f"<{min_cell}" if hidden is None or column.startswith("n_") else hidden)
+            elif isinstance(value, float):
+                cells.append(f"{value:.3g}")
+            else:
+                cells.append(str(value))
+        text.append(cells)
+    return frame.columns, text
 
 
 def small_counts_left(frame: pl.DataFrame, count_columns: Iterable[str], min_cell: int) -> dict[str, int]:

@@ -183,17 +183,7 @@ def _tables(
         rng = np.random.default_rng([seed, CLINICAL_STREAM, chunk.index])
         registry, persons = chunk.registry, chunk.persons
         person = registry["person"]
-        course_patients = PatientInput(
-            person=person,
-            birth_day=persons.birth_day[person],
-            is_female=~persons.is_male[person],
-            onset_day=registry["onset_day"],
-            diagnosis_day=registry["diagnosis_day"],
-            end_day=persons.exit_day(study)[person],
-            course=registry["course"],
-            edss_at_diagnosis=registry["edss"],
-            edss_known=registry["edss_known"],
-        )
+        course_patients = PatientInput.from_registry(registry, persons, study)
         first = None
         if forcing is not None:
             course_rng = np.random.default_rng([seed, COUNTERFACTUAL_STREAM, chunk.index, replicate])

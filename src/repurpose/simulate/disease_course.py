@@ -42,7 +42,7 @@ emigration or the extraction date = study end), per patient:
   year (median 30 * (1 + 0.3 EDSS) days, capped at a year; 100% or a partial grade 20-80%).
 
 Steps are 30 days: the drug, EDSS and counts at a step's start apply for the whole step. Imports numpy
-and the simulator's `dates` and `clinical_model`.
+and the simulator's `dates`, `clinical_model` and `population`.
 
 Counterfactual mode (`FirstTherapyForcing`, used by `counterfactual`): the same patients (clinic, recorded
 course, frailty, ever treated, natural delay to the first start: the simulator's own draws) with the first
@@ -56,6 +56,7 @@ the forcing's own stream from the first 30-day step on. Without forcing nothing 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,6 +81,7 @@ from repurpose.simulate.clinical_model import (
     DrugTable,
 )
 from repurpose.simulate.dates import DAYS_PER_YEAR, NEVER, StudyWindow, year_of_day
+from repurpose.simulate.population import Population
 
 STEP_DAYS = 30
 RECORDS_FROM_YEARS_BEFORE_STUDY = 10
@@ -136,6 +138,24 @@ class PatientInput:
     course: np.ndarray  # 0 RR, 1 SP, 2 PP
     edss_at_diagnosis: np.ndarray
     edss_known: np.ndarray
+
+    @classmethod
+    def from_registry(cls, registry: Mapping[str, np.ndarray], persons: Population, study: StudyWindow) -> PatientInput:
+        """The chunk's registry patients from its MS registry rows (`ms_registry.ms_registry_rows`: person local to
+        the chunk, onset, diagnosis, course, EDSS) and its population: the one place the simulator and its
+        counterfactual runs (`counterfactual`) take the same patients from."""
+        person = registry["person"]
+        return cls(
+            person=person,
+            birth_day=persons.birth_day[person],
+            is_female=~persons.is_male[person],
+            onset_day=registry["onset_day"],
+            diagnosis_day=registry["diagnosis_day"],
+            end_day=persons.exit_day(study)[person],
+            course=registry["course"],
+            edss_at_diagnosis=registry["edss"],
+            edss_known=registry["edss_known"],
+        )
 
 
 @dataclass

@@ -173,21 +173,10 @@ def simulate_clinical_chunk(
     """The clinical course of the chunk's registry patients (`registry["person"]` local to the chunk) and
     the DMT dispensings to add to the chunk's prescription rows."""
     person = registry["person"]
-    end_day = chunk.exit_day(study)[person]
-    patients = PatientInput(
-        person=person,
-        birth_day=chunk.birth_day[person],
-        is_female=~chunk.is_male[person],
-        onset_day=registry["onset_day"],
-        diagnosis_day=registry["diagnosis_day"],
-        end_day=end_day,
-        course=registry["course"],
-        edss_at_diagnosis=registry["edss"],
-        edss_known=registry["edss_known"],
-    )
+    patients = PatientInput.from_registry(registry, chunk, study)
     course = simulate_course(patients, model.clinics, model.drugs, rng, study)
     reason_recorded = recorded_reasons(model.settings, course, rng)
-    patient, day, position, supply = pharmacy_dispensings(model, course, end_day, rng, study)
+    patient, day, position, supply = pharmacy_dispensings(model, course, patients.end_day, rng, study)
     dispensings = Dispensings(
         person=person[patient],
         day=day,

@@ -4,9 +4,11 @@ naive as-started comparison, and the nonparametric bootstrap.
 A bootstrap replicate resamples persons (both clones together) as multinomial frequencies: the censoring models
 are refitted with the frequencies as sample weights, and every estimator weights a row by frequency x inverse
 probability of censoring, which equals duplicating the drawn persons (the Efron tie count aside: a person drawn
-twice is one tied row of weight 2). The row structure is built once (`TrialData`), so a replicate is two
-logistic fits and a few cumulative sums. Replicates run in worker processes (fork), each with its own random
-stream `default_rng([seed, replicate])`, so the result does not depend on the number of workers.
+twice is one tied row of weight 2). The row structure and the censoring models' designs are built once
+(`TrialData`, `Clones.censoring_models`), so a replicate is four logistic fits (Newton steps started from the
+point estimate's coefficients, on the persons drawn) and a few cumulative sums. Replicates run in worker processes
+(fork, one BLAS thread each), each with its own random stream `default_rng([seed, replicate])`, so the result
+does not depend on the number of workers.
 
 Imports numpy, polars, threadpoolctl (scikit-learn's), and the package's `trial_emulation` modules.
 """
@@ -185,14 +187,17 @@ def estimates(data: TrialData, fit: WeightFit, frequency: np.ndarray | None = No
     return out
 
 
-def fit_weights(data: TrialData, frequency: np.ndarray | None = None) -> WeightFit:
-    """Censoring models fitted (with bootstrap frequencies) and the truncated cumulative weights."""
-    p = fit_censoring_models(data.clones, frequency)
-    return weights_from(data.clones, p, data.protocol.weight_truncation_percentile, frequency)
+def fit_weights(data: TrialData, frequency: np.ndarray | None = None,
+                start: tuple[np.ndarray | None, ...] = ()) -> WeightFit:  # fmt: skip
+    """Censoring models fitted (with bootstrap frequencies, from `start` coefficients) and the truncated
+    cumulative weights."""
+    fit = fit_censoring_models(data.clones, frequency, start)
+    return weights_from(data.clones, fit.p_deviate, data.protocol.weight_truncation_percentile, frequency, fit.coefs)
 
 
 _WORKER_DATA: TrialData | None = None
 _WORKER_GRID: np.ndarray | None = None
+_WORKER_START: tuple[np.ndarray | None, ...] = ()
 
 
 def _replicate(index: int) -> dict:
@@ -203,7 +208,7 @@ def _replicate(index: int) -> dict:
     n = data.clones.n_persons
     frequency = rng.multinomial(n, np.full(n, 1.0 / n))
     with threadpool_limits(1):
-        fit = fit_weights(data, frequency)
+        fit = fit_weights(data, frequency, _WORKER_START)
         return estimates(data, fit, frequency, _WORKER_GRID)
 
 
@@ -211,10 +216,13 @@ def _replicates(indices: Sequence[int]) -> list[dict]:
     return [_replicate(i) for i in indices]
 
 
-def bootstrap(data: TrialData, replicates: int, workers: int, grid_days: np.ndarray | None = None) -> list[dict]:
-    """`replicates` bootstrap replicates' estimates, in replicate order, over `workers` processes."""
-    global _WORKER_DATA, _WORKER_GRID
-    _WORKER_DATA, _WORKER_GRID = data, grid_days
+def bootstrap(data: TrialData, replicates: int, workers: int, grid_days: np.ndarray | None = None,
+              start: tuple[np.ndarray | None, ...] = ()) -> list[dict]:  # fmt: skip
+    """`replicates` bootstrap replicates' estimates, in replicate order, over `workers` processes; the censoring
+    models start from `start` (the point estimate's coefficients: fewer Newton steps, the same maximum)."""
+    global _WORKER_DATA, _WORKER_GRID, _WORKER_START
+    _WORKER_DATA, _WORKER_GRID, _WORKER_START = data, grid_days, start
+    data.clones.censoring_models  # built once before the fork, shared by every worker  # noqa: B018
     try:
         if workers <= 1 or replicates < 2:
             return _replicates(range(replicates))
@@ -226,7 +234,7 @@ def bootstrap(data: TrialData, replicates: int, workers: int, grid_days: np.ndar
             by_index.update(zip(chunk, part, strict=True))
         return [by_index[i] for i in range(replicates)]
     finally:
-        _WORKER_DATA, _WORKER_GRID = None, None
+        _WORKER_DATA, _WORKER_GRID, _WORKER_START = None, None, ()
 
 
 def percentile_intervals(point: Mapping, replicates: Sequence[Mapping], level: float = 0.95) -> dict:

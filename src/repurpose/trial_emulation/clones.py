@@ -16,20 +16,19 @@ within the interval. The cumulative weight after interval k is W_k = prod_{j<=k}
 a clone's time in (b_k, b_{k+1}] carries W_{k-1} (W_{-1} = 1), and its time after it stopped being at risk of
 censoring carries its last W. So the estimation rows are at most K + 1 per clone.
 
-Imports numpy, polars, scikit-learn and the package's `trial_emulation.cohort` and `protocol`.
+Imports numpy, polars and the package's `trial_emulation.cohort`, `logistic` and `protocol`.
 """
 
 from __future__ import annotations
 
-import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import polars as pl
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 
 from repurpose.trial_emulation.cohort import COVARIATES, TIME_VARYING
+from repurpose.trial_emulation.logistic import fit_logistic, probabilities, with_intercept
 from repurpose.trial_emulation.protocol import ESCALATION, HIGH_EFFICACY, STRATEGIES, TrialProtocol
 
 MIN_CLINIC_PERSONS = 50
@@ -63,6 +62,11 @@ class Clones:
     @property
     def n_clones(self) -> int:
         return len(self.arm)
+
+    @cached_property
+    def censoring_models(self) -> tuple[CensoringModel, ...]:
+        """The censoring models' rows and designs (built on first use, then shared by every bootstrap replicate)."""
+        return censoring_models(self)
 
 
 def censoring_days(first_day: np.ndarray, first_high: np.ndarray, followup: np.ndarray, grace: int,
@@ -189,36 +193,68 @@ class WeightFit:
     final_weight: np.ndarray  # per clone (1 for clones never at risk of censoring)
     truncation: float  # the cap applied (inf = none)
     n_truncated: int  # clones whose final weight was capped
+    coefs: tuple[np.ndarray | None, ...] = field(default=())  # the censoring models' (a bootstrap's warm start)
 
 
-def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None) -> np.ndarray:
+@dataclass(frozen=True)
+class CensoringModel:
+    """The rows of one censoring model (arm x part of the grace period) with their fixed design, built once."""
+
+    rows: np.ndarray  # model rows (indices into the long format)
+    person: np.ndarray  # per row: the person (whose bootstrap frequency weights it)
+    x1: np.ndarray  # design with the intercept column
+    deviates: np.ndarray
+
+
+@dataclass(frozen=True)
+class CensoringFit:
+    """P(deviation in the interval) per model row and each model's coefficients (None: not a logistic fit)."""
+
+    p_deviate: np.ndarray
+    coefs: tuple[np.ndarray | None, ...]
+
+
+def censoring_models(clones: Clones) -> tuple[CensoringModel, ...]:
+    """Per arm (0, 1) the model of the intervals before the last and the model of the last interval (see
+    `fit_censoring_models`)."""
+    arm = clones.arm[clones.model_clone]
+    last = clones.model_interval == clones.n_intervals - 1
+    models = []
+    for a in (0, 1):
+        for part in (~last, last):
+            rows = np.flatnonzero((arm == a) & part)
+            models.append(CensoringModel(rows, clones.person[clones.model_clone[rows]], with_intercept(clones.model_x[rows]),
+                                         clones.model_deviates[rows]))  # fmt: skip
+    return tuple(models)
+
+
+def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None,
+                         start: tuple[np.ndarray | None, ...] = ()) -> CensoringFit:  # fmt: skip
     """P(deviation in the interval) for every model row, rows weighted by the person's frequency (bootstrap; 1
     otherwise). Per arm two unpenalised pooled logistic models: one of the intervals before the last (deviation
     = the other strategy's therapy started first) and one of the last interval (deviation = the strategy not
-    started by the end of the grace period), as the two events differ and so may their covariate effects."""
+    started by the end of the grace period), as the two events differ and so may their covariate effects.
+    Fitted by Newton-Raphson (`trial_emulation.logistic`) from `start` (the point estimate's coefficients in a
+    bootstrap replicate) on the rows of positive frequency."""
     p = np.zeros(len(clones.model_clone))
-    arm = clones.arm[clones.model_clone]
-    person = clones.person[clones.model_clone]
-    last = clones.model_interval == clones.n_intervals - 1
-    for a in (0, 1):
-        for part in (~last, last):
-            rows = (arm == a) & part
-            y = clones.model_deviates[rows]
-            w = None if frequency is None else frequency[person[rows]].astype(float)
-            used = y if w is None else y[w > 0]
-            if used.size == 0 or used.all() or not used.any():
-                p[rows] = float(np.average(y, weights=w)) if used.size else 0.0
-                continue
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                model = LogisticRegression(C=np.inf, solver="lbfgs", max_iter=500, tol=1e-8)
-                model.fit(clones.model_x[rows], y, sample_weight=w)
-            p[rows] = model.predict_proba(clones.model_x[rows])[:, 1]
-    return p
+    coefs: list[np.ndarray | None] = []
+    for j, model in enumerate(clones.censoring_models):
+        y = model.deviates
+        w = np.ones(len(y)) if frequency is None else frequency[model.person].astype(float)
+        used = y[w > 0]
+        if used.size == 0 or used.all() or not used.any():
+            p[model.rows] = float(np.average(y, weights=w)) if used.size else 0.0
+            coefs.append(None)
+            continue
+        keep = w > 0
+        fit = fit_logistic(model.x1[keep], y[keep], w[keep], start[j] if j < len(start) else None)
+        p[model.rows] = probabilities(model.x1, fit.coef)
+        coefs.append(fit.coef)
+    return CensoringFit(p, tuple(coefs))
 
 
-def weights_from(clones: Clones, p_deviate: np.ndarray, percentile: float,
-                 frequency: np.ndarray | None = None) -> WeightFit:  # fmt: skip
+def weights_from(clones: Clones, p_deviate: np.ndarray, percentile: float, frequency: np.ndarray | None = None,
+                 coefs: tuple[np.ndarray | None, ...] = ()) -> WeightFit:  # fmt: skip
     """Cumulative inverse-probability-of-censoring weights from the fitted deviation probabilities, truncated at
     `percentile` of the final weights of the clones never censored (frequency-weighted in a bootstrap)."""
     log_inv = -np.log(np.clip(1.0 - p_deviate, 1e-12, None))
@@ -237,7 +273,7 @@ def weights_from(clones: Clones, p_deviate: np.ndarray, percentile: float,
         cumulative = np.minimum(cumulative, cap)
         final = np.minimum(final, cap)
     row_weight = np.where(clones.row_weight_row >= 0, cumulative[np.maximum(clones.row_weight_row, 0)] if len(cum) else 1.0, 1.0)
-    return WeightFit(p_deviate, cumulative, row_weight, final, cap, n_capped)
+    return WeightFit(p_deviate, cumulative, row_weight, final, cap, n_capped, coefs)
 
 
 def weighted_percentile(values: np.ndarray, weights: np.ndarray, percentile: float) -> float:

@@ -2,7 +2,7 @@
 risk curves, estimates with CIs (emulation beside the naive comparison), balance, positivity and weights, all
 from the released tables only (nothing person-level reaches the page).
 
-Imports matplotlib, jinja2, `release` (the figure helper, the templates) and `trial_emulation.protocol`.
+Imports matplotlib, jinja2, `release` (the figure helper, the templates, the text rows) and `trial_emulation.protocol`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import polars as pl  # noqa: E402
 from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
 
+from repurpose.release.disclosure import text_rows  # noqa: E402
 from repurpose.release.policy import DisclosurePolicy  # noqa: E402
 from repurpose.release.report import template_dir  # noqa: E402
 from repurpose.release.report_figures import figure_png  # noqa: E402
@@ -50,22 +51,6 @@ def curves_figure(curves: pl.DataFrame, outcome: str) -> str | None:
     return figure_png(fig)
 
 
-def _rows(frame: pl.DataFrame, min_cell: int) -> tuple[list[str], list[list[str]]]:
-    """A table as header and text rows (hidden cells shown as <min_cell or 'hidden', numbers to 3 digits)."""
-    text = []
-    for row in frame.iter_rows(named=True):
-        cells = []
-        for column, value in row.items():
-            if value is None:
-                cells.append(f"<{min_cell}" if column.startswith("n_") else "hidden")
-            elif isinstance(value, float):
-                cells.append(f"{value:.3g}")
-            else:
-                cells.append(str(value))
-        text.append(cells)
-    return frame.columns, text
-
-
 def write_page(tables: Mapping[str, pl.DataFrame], protocol: TrialProtocol, policy: DisclosurePolicy,
                html: str | Path) -> None:  # fmt: skip
     """Render report/trial_emulation.html from the released tables."""
@@ -75,13 +60,13 @@ def write_page(tables: Mapping[str, pl.DataFrame], protocol: TrialProtocol, poli
     if "outcome" in estimates.columns:
         estimates = estimates.with_columns(pl.col("outcome").replace_strict(OUTCOME_LABELS, default=pl.col("outcome")))
     sections = {
-        "target_trial": _rows(tables["target_trial"], policy.min_cell),
-        "flow": _rows(tables["flow"], policy.min_cell),
-        "estimates": _rows(estimates, policy.min_cell),
-        "counts": _rows(tables["counts"], policy.min_cell),
-        "balance": _rows(tables["balance"], policy.min_cell),
-        "positivity": _rows(tables["positivity"], policy.min_cell),
-        "weights": _rows(tables["weights"], policy.min_cell),
+        "target_trial": text_rows(tables["target_trial"], policy.min_cell, "hidden"),
+        "flow": text_rows(tables["flow"], policy.min_cell, "hidden"),
+        "estimates": text_rows(estimates, policy.min_cell, "hidden"),
+        "counts": text_rows(tables["counts"], policy.min_cell, "hidden"),
+        "balance": text_rows(tables["balance"], policy.min_cell, "hidden"),
+        "positivity": text_rows(tables["positivity"], policy.min_cell, "hidden"),
+        "weights": text_rows(tables["weights"], policy.min_cell, "hidden"),
     }
     env = Environment(loader=FileSystemLoader(template_dir()), autoescape=select_autoescape(["html", "j2"]))
     text = env.get_template("trial_emulation.html.j2").render(
