@@ -53,6 +53,7 @@ __all__ = [
     "round_person_years",
     "small_counts_left",
     "suppress_small_counts",
+    "text_rows",
 ]
 
 # Columns named n_* that count drug classes or iterations, not persons or events.
