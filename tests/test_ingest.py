@@ -238,3 +238,50 @@ def test_person_identifiers_never_in_error_messages(tmp_path):
     with pytest.raises(ExtractError) as error:
         run(tmp_path, prescriptions=prescriptions)
     assert "123456789" not in str(error.value)
+
+
+def _as_parquet_part(csv_lines: list[str], directory: Path) -> str:
+    """The prescription rows of `csv_lines` as one Parquet part, every column text as delivered."""
+    directory.mkdir(parents=True, exist_ok=True)
+    header, *rows = csv_lines
+    frame = pl.DataFrame([row.split(",") for row in rows], schema=header.split(","), orient="row")
+    frame = frame.with_columns(pl.when(pl.all() == "").then(None).otherwise(pl.all()).name.keep())
+    frame.write_parquet(directory / "dispensings_all.parquet")
+    return str(directory)
+
+
+def test_a_parquet_part_is_labelled_as_the_same_rows_in_csv(tmp_path):
+    """A Parquet part is labelled on the fly (no materialised table, a second pass for its rejects): it keeps,
+    rejects and counts exactly what the same rows delivered as CSV give, reason by reason."""
+    bad_rows = [row for extract, row, _ in BAD_ROWS if extract == "prescriptions"]
+    lines = [*PRESCRIPTIONS, *bad_rows]
+    csv_dir, parquet_dir = tmp_path / "csv", tmp_path / "parquet"
+    from_csv = run(csv_dir, prescriptions=lines)["extracts"]["prescriptions"]
+    paths = write_extracts(parquet_dir / "in", prescriptions=lines)
+    paths["prescriptions"] = _as_parquet_part(lines, parquet_dir / "in" / "parts")
+    from_parquet = validate_extracts(make_config(paths, parquet_dir), results_dir=parquet_dir)["extracts"]["prescriptions"]
+    assert from_parquet["format"] == "parquet" and from_csv["format"] == "csv"
+    for key in ("rows_read", "rows_kept", "rows_rejected", "rejected_by_reason"):
+        assert from_parquet[key] == from_csv[key], key
+    assert from_parquet["rows_rejected"] == len(bad_rows)
+    rejects = [read_rejects(directory / "validation", "prescriptions").sort(pl.all()) for directory in (csv_dir, parquet_dir)]
+    assert rejects[1].equals(rejects[0])
+    kept = [pl.read_parquet(directory / "validated" / "prescriptions").sort("person_id") for directory in (csv_dir, parquet_dir)]
+    assert kept[1].drop("ddd").equals(kept[0].drop("ddd"))
+    assert kept[1]["ddd"].to_list() == kept[0]["ddd"].to_list()
+
+
+def test_a_parquet_part_without_rejects_skips_their_pass_with_the_same_empty_file(tmp_path):
+    """Every row kept (the count from the Parquet footers equals the clean rows): the rejects file is written
+    without a second pass, with the columns and types of a rejects file of a part that has rejects."""
+    paths = write_extracts(tmp_path / "in")
+    paths["prescriptions"] = _as_parquet_part(PRESCRIPTIONS, tmp_path / "in" / "parts")
+    entry = validate_extracts(make_config(paths, tmp_path), results_dir=tmp_path)["extracts"]["prescriptions"]
+    assert (entry["rows_read"], entry["rows_kept"], entry["rejected_by_reason"]) == (3, 3, {})
+    empty = pl.read_parquet(tmp_path / "validation" / "rejects" / "prescriptions" / "dispensings_all.parquet")
+    with_rejects = tmp_path / "with"
+    paths["prescriptions"] = _as_parquet_part([*PRESCRIPTIONS, "9,2005-01-10,N06AB06,30,"], with_rejects / "parts")
+    validate_extracts(make_config(paths, with_rejects), results_dir=with_rejects)
+    rejected = pl.read_parquet(with_rejects / "validation" / "rejects" / "prescriptions" / "dispensings_all.parquet")
+    assert empty.height == 0 and rejected["reject_reason"].to_list() == ["unknown_person"]
+    assert empty.schema == rejected.schema

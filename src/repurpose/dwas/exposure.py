@@ -39,23 +39,39 @@ SUBSTANCE_CODE_LENGTH = ATC_LEVEL_CODE_LENGTH[5]
 
 
 def _cohort_dispensings_sql(
-    prescriptions_source: str, cohort_path: str, code_length: int, excluded_atc_prefixes: Sequence[str] = ()
+    prescriptions_source: str,
+    cohort_path: str,
+    code_length: int,
+    excluded_atc_prefixes: Sequence[str] = (),
+    pairs: str | None = None,
 ) -> str:
     """CTEs `cohort` and `dispensings` (cohort members' dispensings up to exit, codes cut to `code_length`).
 
     Dispensings of `excluded_atc_prefixes` (the drugs of a drug-proxy outcome) are left out here, before any
-    window, so neither their class nor any parent class counts them.
+    window, so neither their class nor any parent class counts them. `pairs`, a SELECT of (person_id,
+    atc_code) pairs of cohort members at this code length, keeps only those pairs' dispensings (CTE `pairs`
+    with their exit dates): one join picks the pairs and applies the exit date, instead of a join with the
+    cohort and then a semi join with the pairs over every dispensing.
     """
     excluded = f" AND NOT {atc_prefix_sql('r.atc_code', excluded_atc_prefixes)}" if excluded_atc_prefixes else ""
-    return f"""
+    cohort = f"""
     cohort AS (
         SELECT person_id, birth_date, exit_date FROM read_parquet({sql_literal(cohort_path)})
-    ),
+    ),"""
+    if pairs is None:
+        within, on = "cohort", "r.person_id = c.person_id"
+    else:
+        cohort += f"""
+    pairs AS (
+        SELECT p.person_id, p.atc_code, c.exit_date FROM ({pairs}) p JOIN cohort c ON p.person_id = c.person_id
+    ),"""
+        within, on = "pairs", f"r.person_id = c.person_id AND substr(r.atc_code, 1, {code_length}) = c.atc_code"
+    return f"""{cohort}
     dispensings AS (
         SELECT r.person_id, substr(r.atc_code, 1, {code_length}) AS atc_code, r.dispense_date,
                coalesce(r.ddd, 0) AS ddd
         FROM read_parquet({prescriptions_source}, hive_partitioning = true) r
-        JOIN cohort c ON r.person_id = c.person_id
+        JOIN {within} c ON {on}
         WHERE r.dispense_date <= c.exit_date{excluded}
     )"""
 
@@ -128,11 +144,10 @@ def exposure_sql(
     )
     if may_mix:
         sources = f""",
-    {_cohort_dispensings_sql(prescriptions_source, cohort_path, code_length, excluded_atc_prefixes)},
-    mixed AS (SELECT person_id, atc_code FROM classes WHERE n_substances > 1),
+    {_cohort_dispensings_sql(prescriptions_source, cohort_path, code_length, excluded_atc_prefixes,
+                             pairs="SELECT person_id, atc_code FROM classes WHERE n_substances > 1")},
     mixed_milestones AS (
-        {_milestones_sql("(SELECT d.* FROM dispensings d SEMI JOIN mixed USING (person_id, atc_code))",
-                         min_dispensings, dose_cutpoints)}
+        {_milestones_sql("dispensings", min_dispensings, dose_cutpoints)}
     )"""
         mixed_join = "LEFT JOIN mixed_milestones m ON e.person_id = m.person_id AND e.atc_code = m.atc_code"
     else:

@@ -25,10 +25,12 @@ Outputs (see `docs/schemas.md`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +114,20 @@ def write_unusable_registry_persons(con: duckdb.DuckDBPyConnection, path: Path) 
     return int(con.execute(f"SELECT count(*) FROM read_parquet({sql_literal(str(path))})").fetchone()[0])
 
 
+@contextlib.contextmanager
+def _reading(reader: ExtractReader) -> Iterator[None]:
+    """Turn a DuckDB error while reading an extract's source into an ExtractError naming its file (and, for a
+    CSV file, the line and what is wrong with it, never its content)."""
+    try:
+        yield
+    except duckdb.Error as error:
+        raise ExtractError(
+            f"{reader.extract}: cannot read {reader.file_label}"
+            f"{f' with encoding {reader.sources.encoding}' if reader.sources.encoding else ''}: "
+            f"{csv_problem(error) if reader.sources.kind == 'csv' else str(error).splitlines()[0]}"
+        ) from error
+
+
 def _validate_one(
     con: duckdb.DuckDBPyConnection,
     reader: ExtractReader,
@@ -124,25 +140,26 @@ def _validate_one(
     """Label every row of one extract (or part) with its reject reason and write clean rows and rejects."""
     name = reader.extract
     checks, joins = extract_checks(name, config["study"], config["validation"])
-    # The rows are read and labelled once into a temporary table (spilled to resources.tmpdir beyond
-    # resources.memory_gb); the clean and the rejected rows are then written from it.
-    try:
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE labelled_{name} AS {reader.labelled_sql(person_id_type, checks, joins)}"
-        )
-    except duckdb.Error as error:
-        raise ExtractError(
-            f"{name}: cannot read {reader.file_label}"
-            f"{f' with encoding {reader.sources.encoding}' if reader.sources.encoding else ''}: "
-            f"{csv_problem(error) if reader.sources.kind == 'csv' else str(error).splitlines()[0]}"
-        ) from error
-    if name != "population":
-        check_shared_persons(con, reader, population_label)
-    log.info("validating %s from %s", name, reader.file_label)
+    # The registers and CSV files are labelled once into a temporary table (spilled to resources.tmpdir beyond
+    # resources.memory_gb) and written from it. A Parquet prescription part is labelled on the fly (a view):
+    # its clean rows stream from the source to the Parquet file in one pass, and its rejected rows (a few) are
+    # found by a second, filtered pass, skipped when the clean rows are all the source's rows (counted from the
+    # Parquet footers); materialising a national yearly file first cost more than labelling and writing it.
+    streamed = name == "prescriptions" and reader.sources.kind == "parquet"
+    labelled = reader.labelled_sql(person_id_type, checks, joins)
     started = time.perf_counter()
-    clean_path.parent.mkdir(parents=True, exist_ok=True)
-    rejects_path.parent.mkdir(parents=True, exist_ok=True)
-    entry = write_extract(con, reader, clean_path, rejects_path, config.get("resources", {}).get("progress_seconds", 30))
+    with _reading(reader):
+        con.execute(f"CREATE OR REPLACE TEMP {'VIEW' if streamed else 'TABLE'} labelled_{name} AS {labelled}")
+    with _reading(reader) if streamed else contextlib.nullcontext():
+        if name != "population":
+            check_shared_persons(con, reader, population_label)
+        log.info("validating %s from %s", name, reader.file_label)
+        clean_path.parent.mkdir(parents=True, exist_ok=True)
+        rejects_path.parent.mkdir(parents=True, exist_ok=True)
+        entry = write_extract(
+            con, reader, clean_path, rejects_path, config.get("resources", {}).get("progress_seconds", 30),
+            rows_in_source=reader.parquet_rows() if streamed else None,
+        )  # fmt: skip
     seconds = time.perf_counter() - started
     log.info(
         "%s %s: %d rows read, %d kept, %d rejected in %.1f s (%.0f rows/s) %s",

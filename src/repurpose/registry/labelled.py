@@ -32,12 +32,16 @@ def write_extract(
     clean_path: Path,
     rejects_path: Path,
     progress_seconds: float = 30.0,
+    *,
+    rows_in_source: int | None = None,
 ) -> dict[str, Any]:
-    """Write the clean and rejected rows of the labelled view of one extract; return its report entry.
+    """Write the clean and rejected rows of the labelled table or view of one extract; return its report entry.
 
     Every file comes out in the same row order run after run: the registers and all rejects sorted by every
     column (small), the dispensings in the order of their source file (the connection preserves insertion
-    order; a sort of a national yearly file would cost more than the validation itself)."""
+    order; a sort of a national yearly file would cost more than the validation itself). `rows_in_source`
+    (the source's row count when known without reading it) spares the pass for rejects when every row is kept.
+    """
     canonical = ", ".join(c.name for c in reader.spec.columns)
     labelled = f"labelled_{reader.extract}"
     if reader.extract == "prescriptions":
@@ -54,9 +58,10 @@ def write_extract(
             f"TO {sql_literal(str(clean_path))} (FORMAT parquet, COMPRESSION zstd)"
         ).fetchone()[0]
     raw_columns = ", ".join(f"raw_{c.name} AS {c.name}" for c in reader.spec.columns)
+    none_rejected = rows_in_source is not None and int(n_kept) == rows_in_source
     con.execute(
-        f"COPY (SELECT reject_reason, {raw_columns} FROM {labelled} WHERE reject_reason IS NOT NULL ORDER BY ALL) "
-        f"TO {sql_literal(str(rejects_path))} (FORMAT parquet)"
+        f"COPY (SELECT reject_reason, {raw_columns} FROM {labelled} WHERE reject_reason IS NOT NULL ORDER BY ALL"
+        f"{' LIMIT 0' if none_rejected else ''}) TO {sql_literal(str(rejects_path))} (FORMAT parquet)"
     )
     by_reason = dict(
         con.execute(

@@ -475,6 +475,13 @@ class ExtractReader:
             self.spec.column(name), text_source=text_source, decimal=self.decimal, delivery_date=self.delivery_date
         )
 
+    def parquet_rows(self) -> int:
+        """Rows of a Parquet extract, from the files' footers (no data is read)."""
+        if self.sources.kind != "parquet":
+            raise ValueError(f"{self.extract}: parquet_rows needs a Parquet extract, not {self.sources.kind}")
+        files = "[" + ", ".join(sql_literal(str(f)) for f in self.sources.files) + "]"
+        return int(self.con.execute(f"SELECT coalesce(sum(num_rows), 0) FROM parquet_file_metadata({files})").fetchone()[0])
+
     def fail_if_nothing_parses(self, sample_rows: int = 100_000) -> None:
         """Stop when a present column parses for no row of a leading sample: a wrong map or format, not bad rows.
 
