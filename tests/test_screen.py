@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 from lifelines import CoxTimeVaryingFitter
+from r_survival import r_survival_missing
 from split_intervals import split_class_intervals
 
 from repurpose.config import validate_config
@@ -267,3 +269,80 @@ def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypa
     np.testing.assert_allclose(whole["se"].to_numpy()[fitted], general["se"].to_numpy()[fitted], rtol=1e-9)
     assert chunked_by_risk_sets.equals(whole)
     assert chunked_by_rows.equals(whole)
+
+
+def test_covariate_path_equals_general_engine_and_blocks_change_nothing(monkeypatch):
+    """With covariates the screen counts exposed persons per (cell, risk set) and fits the classes of a
+    chunk together (`screen_covariates`, `repurpose.cox.categorical`); the general engine on the table
+    built by binary search (`screen_general`, `fit_efron`) gives the same estimates, and chunks of a few
+    risk sets or blocks of one fit give identical results."""
+    from repurpose.dwas import screen as screen_module
+
+    cohort = synthetic_cohort(1500, 9)
+    exposures = synthetic_exposures(cohort, 9)
+    config = config_for(adjust={"strata": ["birth_cohort"], "covariates": ["sex", "education"]}, lags_years=[0, 2, 5])
+    whole = screen_exposures(cohort, exposures, config, level=3)
+
+    monkeypatch.setattr(screen_module, "screen_covariates", screen_module.screen_general)
+    general = screen_exposures(cohort, exposures, config, level=3)
+    monkeypatch.undo()
+    monkeypatch.setattr(screen_module, "MAX_QUERIES_PER_CHUNK", 40)
+    chunked = screen_exposures(cohort, exposures, config, level=3)
+    monkeypatch.undo()
+    monkeypatch.setattr(screen_module, "MAX_DENSE_CELLS", 1)
+    one_fit_per_block = screen_exposures(cohort, exposures, config, level=3)
+
+    fitted = whole["status"] == "ok"
+    assert fitted.sum() >= 30
+    assert whole["status"].to_list() == general["status"].to_list()
+    for column in ("n_persons", "n_exposed", "n_cases", "n_exposed_cases"):
+        assert whole[column].to_list() == general[column].to_list(), column
+    np.testing.assert_allclose(whole["log_hr"].to_numpy()[fitted], general["log_hr"].to_numpy()[fitted], atol=1e-9)
+    np.testing.assert_allclose(whole["se"].to_numpy()[fitted], general["se"].to_numpy()[fitted], rtol=1e-9)
+    for other in (chunked, one_fit_per_block):
+        np.testing.assert_allclose(other["log_hr"].to_numpy()[fitted], whole["log_hr"].to_numpy()[fitted], atol=1e-12)
+        assert other.drop("log_hr", "se", "hr", "ci_lower", "ci_upper", "p_value").equals(
+            whole.drop("log_hr", "se", "hr", "ci_lower", "ci_upper", "p_value"))
+
+
+R_COXPH = """
+library(survival)
+args <- commandArgs(trailingOnly = TRUE)
+out <- NULL
+for (path in args[-1]) {
+  d <- read.csv(path, colClasses = c(education = "character"))
+  fit <- coxph(Surv(start, stop, event) ~ exposed + factor(sex) + factor(education), data = d, ties = "efron",
+               control = coxph.control(eps = 1e-12, iter.max = 100))
+  out <- rbind(out, data.frame(file = basename(path), coef = unname(coef(fit)["exposed"]),
+                               se = unname(sqrt(diag(vcov(fit)))[1])))
+}
+write.csv(out, args[1], row.names = FALSE)
+"""
+
+
+def test_covariate_screen_equals_r_coxph(tmp_path):
+    """The screen with `adjust.covariates: [sex, education]` is R's
+    `coxph(Surv(start, stop, event) ~ exposed + factor(sex) + factor(education))` on the split data of
+    each class, for several classes and lags."""
+    reason = r_survival_missing()
+    if reason:
+        pytest.skip(reason)
+    cohort = synthetic_cohort(1200, 10)
+    exposures = synthetic_exposures(cohort, 10)
+    config = config_for(adjust={"strata": [], "covariates": ["sex", "education"]}, sex_strata=["all"], lags_years=[0, 2, 5])
+    fitted = screen_exposures(cohort, exposures, config, level=3).filter(pl.col("status") == "ok")
+    assert fitted.height >= 10
+    prepared = prepare_cohort(cohort, 10).drop("entry", "exit")
+    paths = []
+    for i, row in enumerate(fitted.iter_rows(named=True)):
+        split = split_class_intervals(prepared, exposures.filter(pl.col("atc_code") == row["atc_code"]),
+                                      lag_days(row["lag_years"]))
+        paths.append(tmp_path / f"fit{i}.csv")
+        split.select("start", "stop", pl.col("event").cast(pl.Int8), "exposed", "sex", "education").write_csv(paths[-1])
+    script, output = tmp_path / "coxph.R", tmp_path / "r.csv"
+    script.write_text(R_COXPH)
+    subprocess.run(["Rscript", str(script), str(output), *map(str, paths)], check=True, capture_output=True, timeout=600)
+    r = pl.read_csv(output)
+    assert r["file"].to_list() == [p.name for p in paths]
+    np.testing.assert_allclose(fitted["log_hr"].to_numpy(), r["coef"].to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fitted["se"].to_numpy(), r["se"].to_numpy(), rtol=1e-6)

@@ -32,7 +32,13 @@ from repurpose.cox.engine import (
     start_newton,
 )
 from repurpose.cox.result import CoxFitResult
-from repurpose.cox.risk_set_table import CoxEngineError, RiskSetTable, RiskSetTableError, concatenated_ranges, segment_sums
+from repurpose.cox.risk_set_table import (
+    CoxEngineError,
+    RiskSetTable,
+    RiskSetTableError,
+    concatenated_ranges,
+    segment_sums,
+)
 
 __all__ = ["CellGrid", "covariates_only_coef", "fit_exposure_and_covariates"]
 
