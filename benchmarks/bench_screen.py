@@ -3,9 +3,13 @@
 Simulates N persons, then runs validate -> cohort -> exposure -> screen (all configured ATC levels, lags
 and sex strata), each stage in a fresh process so its peak memory is its own, and prints seconds and
 peak RSS per stage, fits per second, and the time per class of lifelines CoxTimeVaryingFitter on the
-explicitly split data of the same model for a sample of classes.
+explicitly split data of the same model for a sample of classes. Then the covariate-adjusted screen on the
+same exposures (`screen.adjust` with `--covariates` as categorical covariates and `--covariate-strata` as
+strata; the model `coxph(... ~ exposed + factor(sex) + factor(education) + strata(birth_cohort))`) and its
+time against the stratified screen's.
 
     .venv/bin/python benchmarks/bench_screen.py --n-persons 300000
+    .venv/bin/python benchmarks/bench_screen.py --n-persons 1000000 --levels 3 --lifelines-classes 0
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from typing import Any
 
 import polars as pl
 
-from repurpose.study_config import load_config
+from repurpose.study_config import SIMULATED_CLINICAL_EXTRACTS, load_config
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 
@@ -52,15 +56,16 @@ def _run_stage(name: str, config: dict[str, Any], work: Path, queue: mp.Queue) -
         for level in config["screen"]["atc_levels"]:
             build_exposures(config, prescriptions=prescriptions, cohort=cohort, level=level,
                             exposure=work / f"exposure_{level}.parquet", substances=work / "substances.parquet")
-    elif name == "screen":
+    elif name in ("screen", "screen_covariates"):
         from repurpose.dwas.screen import gather_screen, screen_level
 
+        suffix = "" if name == "screen" else "_covariates"
         parts = []
         for level in config["screen"]["atc_levels"]:
-            part = work / f"screen_{level}.parquet"
+            part = work / f"screen_{level}{suffix}.parquet"
             screen_level(config, cohort=work / "cohort.parquet", exposure=work / f"exposure_{level}.parquet", level=level, part=part)
             parts.append(str(part))
-        gather_screen(config, parts=parts, dwas=work / "dwas.parquet", dwas_csv=work / "dwas.csv")
+        gather_screen(config, parts=parts, dwas=work / f"dwas{suffix}.parquet", dwas_csv=work / f"dwas{suffix}.csv")
     queue.put((time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
@@ -115,6 +120,9 @@ def main() -> None:
     parser.add_argument("--work", default="results/bench")
     parser.add_argument("--lifelines-classes", type=int, default=3, help="classes timed with lifelines")
     parser.add_argument("--lifelines-level", type=int, default=4)
+    parser.add_argument("--levels", default=None, help="ATC levels to build and screen, e.g. 3 or 2,3 (default: the config's)")
+    parser.add_argument("--covariates", default="sex,education", help="covariates of the adjusted screen ('' to skip it)")
+    parser.add_argument("--covariate-strata", default="birth_cohort", help="strata of the adjusted screen")
     args = parser.parse_args()
 
     work = Path(args.work) / f"n{args.n_persons}"
@@ -125,7 +133,11 @@ def main() -> None:
     for name in ("population", "ms_registry"):
         config["inputs"][name]["path"] = str(work / "simulated" / f"{name}.parquet")
     config["inputs"]["prescriptions"]["path"] = str(work / "simulated" / "prescriptions")
+    for name in SIMULATED_CLINICAL_EXTRACTS:  # the demo's clinical extracts: not read by these stages
+        config["inputs"].pop(name, None)
     config["resources"]["tmpdir"] = str(work / "tmp")
+    if args.levels:
+        config["screen"]["atc_levels"] = [int(level) for level in args.levels.split(",")]
 
     timings: dict[str, tuple[float, float]] = {}
     for stage in ("simulate", "validate", "cohort", "exposure", "screen"):
@@ -146,11 +158,21 @@ def main() -> None:
     print(f"cohort + exposure + screen after validation: {after_validation:.1f} s; screen fits per second: "
           f"{n_fits / timings['screen'][0]:.0f}")
     print(f"peak RSS over stages: {max(t[1] for t in timings.values()):.0f} MB")
-    lifelines_s, ours_s, sample = lifelines_seconds_per_class(config, work, args.lifelines_level, args.lifelines_classes)
-    print(f"lifelines CTV per class (level {args.lifelines_level}, lag 0, both sexes; {', '.join(sample)}): {lifelines_s:.2f} s; "
-          f"ours on the same classes: {ours_s * 1000:.1f} ms; ratio {lifelines_s / ours_s:.0f}x")
-    print(f"ours per fit over the whole screen: {timings['screen'][0] / max(n_fits, 1) * 1000:.2f} ms; "
-          f"ratio to lifelines {lifelines_s / (timings['screen'][0] / max(n_fits, 1)):.0f}x")
+    if args.lifelines_classes and args.lifelines_level in config["screen"]["atc_levels"]:
+        lifelines_s, ours_s, sample = lifelines_seconds_per_class(config, work, args.lifelines_level, args.lifelines_classes)
+        print(f"lifelines CTV per class (level {args.lifelines_level}, lag 0, both sexes; {', '.join(sample)}): {lifelines_s:.2f} s; "
+              f"ours on the same classes: {ours_s * 1000:.1f} ms; ratio {lifelines_s / ours_s:.0f}x")
+        print(f"ours per fit over the whole screen: {timings['screen'][0] / max(n_fits, 1) * 1000:.2f} ms; "
+              f"ratio to lifelines {lifelines_s / (timings['screen'][0] / max(n_fits, 1)):.0f}x")
+    if args.covariates:
+        adjust = {"strata": [v for v in args.covariate_strata.split(",") if v], "covariates": args.covariates.split(",")}
+        adjusted = {**config, "screen": {**config["screen"], "adjust": adjust}}
+        seconds, peak_mb = run_stage("screen_covariates", adjusted, work)
+        fitted = int((pl.read_parquet(work / "dwas_covariates.parquet")["status"] != "skipped").sum())
+        print(f"stratified screen (strata {', '.join(config['screen']['adjust']['strata'])}): {timings['screen'][0]:.1f} s, "
+              f"{n_fits:,} fits; covariate-adjusted screen (strata {', '.join(adjust['strata']) or 'none'}; covariates "
+              f"{', '.join(adjust['covariates'])}): {seconds:.1f} s, {fitted:,} fits, peak RSS {peak_mb:.0f} MB; "
+              f"ratio {seconds / timings['screen'][0]:.2f}")
 
 
 if __name__ == "__main__":

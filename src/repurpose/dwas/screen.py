@@ -8,10 +8,13 @@ covariates (`screen.adjust`).
 Why it is fast and still exact: persons are grouped into *cells* (`repurpose.dwas.risk_sets`). At an event
 time t in stratum s, the Efron partial likelihood only needs, per cell and exposure state, the number at
 risk and the number of events at t. For a class, the exposed counts come from its sparse exposure table
-(with covariates, by binary search over sorted (class, cell, age) keys, `risk_sets.build_risk_sets`; with
-exposure the only covariate, the default, by a running sum over each stratum's event ages,
-`screen_binary`); unexposed counts are the cell totals minus the exposed ones. No person-interval table
-is built. Owns the screen's fitting, its result rows and q-values, and the stage functions `screen_level`
+by a running sum over each stratum's event ages (`count_exposed_chunk`): with exposure the only
+covariate, the default, per stratum (`screen_binary`, fitted by `repurpose.cox.binary`); with covariates,
+per cell at its stratum's event ages (`screen_covariates`, fitted by `repurpose.cox.categorical`).
+Unexposed counts are the cell totals minus the exposed ones. No person-interval table is built.
+`screen_general` (binary search over sorted keys, `risk_sets.build_risk_sets`, and the general engine
+`fit_efron`) is the reference the tests compare both with. Owns the screen's fitting, its result rows
+and q-values, and the stage functions `screen_level`
 and `gather_screen`. May import `repurpose.cox`, `repurpose.dwas.risk_sets` and `.window`, `repurpose.schemas`,
 `repurpose.release.disclosure` and `repurpose.atc`. See docs/methods.md and docs/cox_engine.md.
 """
@@ -145,8 +148,8 @@ def class_results(
 def screen_general(
     cohort: pl.DataFrame, exposures: pl.DataFrame, classes: list[str], screen: dict[str, Any], time_span: int
 ) -> Iterator[list[tuple[str, float, pl.DataFrame]]]:
-    """The screen with the general engine (covariates beside the exposure): per sex group and lag, a
-    (sex group, lag, part)."""
+    """The screen with the general engine (any covariates): per sex group and lag, a (sex group, lag, part).
+    The reference of `screen_binary` and `screen_covariates` in the tests (same model, slower)."""
     adjust, min_cases = screen["adjust"], screen["min_exposed_cases"]
     for sex_group in screen["sex_strata"]:
         layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
