@@ -65,7 +65,8 @@ def _run_stage(name: str, config: dict[str, Any], work: Path, queue: mp.Queue) -
             part = work / f"screen_{level}{suffix}.parquet"
             screen_level(config, cohort=work / "cohort.parquet", exposure=work / f"exposure_{level}.parquet", level=level, part=part)
             parts.append(str(part))
-        gather_screen(config, parts=parts, dwas=work / f"dwas{suffix}.parquet", dwas_csv=work / f"dwas{suffix}.csv")
+        gather_screen(config, parts=parts, fits=work / f"fits{suffix}.parquet", dwas=work / f"dwas{suffix}.parquet",
+                      dwas_csv=work / f"dwas{suffix}.csv")
     queue.put((time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
@@ -123,6 +124,8 @@ def main() -> None:
     parser.add_argument("--levels", default=None, help="ATC levels to build and screen, e.g. 3 or 2,3 (default: the config's)")
     parser.add_argument("--covariates", default="sex,education", help="covariates of the adjusted screen ('' to skip it)")
     parser.add_argument("--covariate-strata", default="birth_cohort", help="strata of the adjusted screen")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the simulation, validation, cohort and exposures of an earlier run in --work (time the screens only)")
     args = parser.parse_args()
 
     work = Path(args.work) / f"n{args.n_persons}"
@@ -140,7 +143,9 @@ def main() -> None:
         config["screen"]["atc_levels"] = [int(level) for level in args.levels.split(",")]
 
     timings: dict[str, tuple[float, float]] = {}
-    for stage in ("simulate", "validate", "cohort", "exposure", "screen"):
+    before_screen = ("simulate", "validate", "cohort", "exposure")
+    reused = args.reuse and all((work / f"exposure_{level}.parquet").exists() for level in config["screen"]["atc_levels"])
+    for stage in ("screen",) if reused else (*before_screen, "screen"):
         timings[stage] = run_stage(stage, config, work)
         print(f"{stage:>9}: {timings[stage][0]:8.1f} s   peak RSS {timings[stage][1]:8.0f} MB", flush=True)
 
@@ -148,7 +153,7 @@ def main() -> None:
     flow = json.loads((work / "flow.json").read_text())
     dwas = pl.read_parquet(work / "dwas.parquet")
     n_fits = int((dwas["status"] != "skipped").sum())
-    after_validation = sum(timings[s][0] for s in ("cohort", "exposure", "screen"))
+    after_validation = sum(timings.get(s, (float("nan"),))[0] for s in ("cohort", "exposure", "screen"))
     print()
     print(f"machine: {platform.processor() or platform.machine()}, {mp.cpu_count()} cores, Python {platform.python_version()}")
     print(f"persons: {args.n_persons:,}  cohort: {flow['persons_in_cohort']:,}  cases: {flow['events']:,}  "

@@ -27,8 +27,10 @@ def random_grid(seed: int, cells: list[int], times: list[int], n_fits: int, q: i
     exposed = np.floor(rng.random((n_fits, total.size)) * (total + 1))
     low, high = np.maximum(0, events - (total - exposed)), np.minimum(events, exposed)
     exposed_events = np.minimum(low + np.floor(rng.random((n_fits, total.size)) * (high - low + 1)), high)
-    grid = CellGrid(total, events, design, np.r_[0, np.cumsum(cells)], np.r_[0, np.cumsum(np.repeat(times, cells))])
-    return grid, exposed, exposed_events
+    grid, position = CellGrid.from_cell_major(total, events, design, np.r_[0, np.cumsum(cells)],
+                                              np.r_[0, np.cumsum(np.repeat(times, cells))])
+    order = np.argsort(position)
+    return grid, exposed[:, order], exposed_events[:, order]
 
 
 def assert_same_fits(grid: CellGrid, exposed: np.ndarray, exposed_events: np.ndarray) -> None:

@@ -37,7 +37,6 @@ from repurpose.cox.risk_set_table import (
     RiskSetTable,
     RiskSetTableError,
     concatenated_ranges,
-    segment_sums,
 )
 
 __all__ = ["CellGrid", "covariates_only_coef", "fit_exposure_and_covariates"]
@@ -45,74 +44,81 @@ __all__ = ["CellGrid", "covariates_only_coef", "fit_exposure_and_covariates"]
 
 @dataclass(frozen=True)
 class CellGrid:
-    """The risk sets shared by every fit: one row per (cell, event time of the cell's stratum), cell-major.
+    """The risk sets shared by every fit: one row per (risk set, cell of its stratum), ordered by stratum,
+    event time and cell.
 
-    Cell c has rows `row_bounds[c]:row_bounds[c + 1]`, one per event time of its stratum in time order;
-    the cells of stratum s are `stratum_cells[s]:stratum_cells[s + 1]` (so every cell of a stratum has
-    the same number of rows, and row r of each is the same risk set). `design` is (n_cells, q).
+    The cells of stratum s are `stratum_cells[s]:stratum_cells[s + 1]` and its rows
+    `stratum_rows[s]:stratum_rows[s + 1]`: one block of its cells' rows per event time of the stratum, in
+    time order. `design` is (n_cells, q). `from_cell_major` builds it from one row per (cell, event time).
     """
 
     n_at_risk: np.ndarray
     n_events: np.ndarray
     design: np.ndarray
     stratum_cells: np.ndarray
-    row_bounds: np.ndarray
+    stratum_rows: np.ndarray
 
     def __post_init__(self) -> None:
-        rows_per_cell = np.diff(self.row_bounds)
-        n_cells = rows_per_cell.shape[0]
-        if self.design.shape[0] != n_cells or self.stratum_cells[-1] != n_cells or self.row_bounds[-1] != self.n_rows:
-            raise RiskSetTableError("CellGrid: design, stratum_cells and row_bounds must cover the same cells and rows.")
-        for first, end in self.strata():
-            if np.any(rows_per_cell[first:end] != rows_per_cell[first]):
-                raise RiskSetTableError("CellGrid: every cell of a stratum needs one row per event time of the stratum.")
+        cells, rows = np.diff(self.stratum_cells), np.diff(self.stratum_rows)
+        if (self.design.shape[0] != self.stratum_cells[-1] or self.stratum_rows[-1] != self.n_rows
+                or np.any(rows % np.maximum(cells, 1)) or np.any(rows[cells == 0])):
+            raise RiskSetTableError("CellGrid: each stratum needs one row per (event time, cell), and design a row per cell.")
         if np.any(self.n_events > self.n_at_risk) or np.any(self.n_events != np.round(self.n_events)):
             raise RiskSetTableError("CellGrid: events must be whole numbers, at most the number at risk.")
+
+    @classmethod
+    def from_cell_major(
+        cls, n_at_risk: np.ndarray, n_events: np.ndarray, design: np.ndarray, stratum_cells: np.ndarray,
+        cell_rows: np.ndarray,
+    ) -> tuple[CellGrid, np.ndarray]:
+        """The grid of cell-major rows (cell c's rows `cell_rows[c]:cell_rows[c + 1]`, one per event time of
+        its stratum), and the grid row of each cell-major row."""
+        order = []
+        for first, end in zip(stratum_cells[:-1].tolist(), stratum_cells[1:].tolist(), strict=True):
+            n_times = int(cell_rows[first + 1] - cell_rows[first]) if end > first else 0
+            order.append(np.arange(cell_rows[first], cell_rows[end]).reshape(end - first, n_times).T.ravel())
+        order = np.concatenate(order).astype(np.int64)
+        position = np.empty_like(order)
+        position[order] = np.arange(order.shape[0])
+        stratum_rows = cell_rows[stratum_cells]
+        return cls(n_at_risk[order], n_events[order], design, stratum_cells, stratum_rows), position
 
     @property
     def n_rows(self) -> int:
         return int(self.n_at_risk.shape[0])
 
-    def strata(self) -> list[tuple[int, int]]:
-        """(first cell, end cell) of each stratum."""
-        return list(zip(self.stratum_cells[:-1].tolist(), self.stratum_cells[1:].tolist(), strict=True))
+    def strata(self) -> list[tuple[int, int, int, int]]:
+        """(first cell, end cell, first row, end row) of each stratum."""
+        return list(zip(self.stratum_cells[:-1].tolist(), self.stratum_cells[1:].tolist(),
+                        self.stratum_rows[:-1].tolist(), self.stratum_rows[1:].tolist(), strict=True))
 
     def to_risk_set_table(self, exposed_at_risk: np.ndarray, exposed_events: np.ndarray) -> RiskSetTable:
         """The fits (`exposed_*` of shape (n_fits, n_rows)) as a general `RiskSetTable` (design: exposure,
         then the covariates); with no fits, the covariates-only model (one fit, design: the covariates)."""
         covariates_only = exposed_at_risk.shape[0] == 0
         n_fits = max(exposed_at_risk.shape[0], 1)
-        order, risk_set = self._risk_set_order()
-        cell = np.repeat(np.arange(self.design.shape[0]), np.diff(self.row_bounds))[order]
-        total, events = self.n_at_risk[order], self.n_events[order]
+        cell, risk_set, first_set = [], [], 0
+        for first, end, first_row, end_row in self.strata():
+            n_times = (end_row - first_row) // max(end - first, 1)
+            cell.append(np.tile(np.arange(first, end), n_times))
+            risk_set.append(np.repeat(np.arange(first_set, first_set + n_times), end - first))
+            first_set += n_times
+        cell, risk_set = np.concatenate(cell), np.concatenate(risk_set)
+        x = self.design[cell]
         parts = []
         for fit in range(n_fits):
             if covariates_only:
-                rows = [(total, events, self.design[cell])]
+                rows = [(self.n_at_risk, self.n_events, x)]
             else:
-                n1, d1 = exposed_at_risk[fit, order], exposed_events[fit, order]
-                rows = [
-                    (total - n1, events - d1, np.column_stack([np.zeros(len(cell)), self.design[cell]])),
-                    (n1, d1, np.column_stack([np.ones(len(cell)), self.design[cell]])),
-                ]
+                n1, d1 = exposed_at_risk[fit], exposed_events[fit]
+                rows = [(self.n_at_risk - n1, self.n_events - d1, np.column_stack([np.zeros(len(cell)), x])),
+                        (n1, d1, np.column_stack([np.ones(len(cell)), x]))]
             for at_risk, died, design in rows:
-                parts.append((np.full(len(cell), fit), risk_set, at_risk, died, design))
+                parts.append((np.full(len(cell), fit), risk_set + fit * first_set, at_risk, died, design))
         fit_index, risk_set_index, at_risk, died, design = (np.concatenate(p) for p in zip(*parts, strict=True))
-        sort = np.lexsort((risk_set_index, fit_index))
-        keep = sort[at_risk[sort] > 0]
-        return RiskSetTable(fit_index[keep], risk_set_index[keep] + fit_index[keep] * (risk_set.max() + 1),
-                            at_risk[keep], died[keep], design[keep], n_fits)
-
-    def _risk_set_order(self) -> tuple[np.ndarray, np.ndarray]:
-        """Grid rows in (stratum, event time, cell) order and the risk set number of each."""
-        order, risk_set, first_set = [], [], 0
-        for first, end in self.strata():
-            n_times = int(self.row_bounds[first + 1] - self.row_bounds[first])
-            rows = np.arange(self.row_bounds[first], self.row_bounds[end]).reshape(end - first, n_times)
-            order.append(rows.T.ravel())
-            risk_set.append(np.repeat(np.arange(first_set, first_set + n_times), end - first))
-            first_set += n_times
-        return np.concatenate(order), np.concatenate(risk_set)
+        keep = np.lexsort((risk_set_index, fit_index))
+        keep = keep[at_risk[keep] > 0]
+        return RiskSetTable(fit_index[keep], risk_set_index[keep], at_risk[keep], died[keep], design[keep], n_fits)
 
 
 def covariates_only_coef(grid: CellGrid) -> np.ndarray:
@@ -126,14 +132,14 @@ def covariates_only_coef(grid: CellGrid) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Stratum:
-    """One stratum's slice of the grid, shaped (cells, event times), with its tied event times' Efron steps."""
+    """One stratum's slice of the grid, shaped (event times, cells), with its tied event times' Efron steps."""
 
     cells: slice
     rows: slice
-    n_cells: int
     n_times: int
-    total: np.ndarray  # (K, R)
-    events: np.ndarray  # (K, R)
+    n_cells: int
+    total: np.ndarray  # (R, K)
+    events: np.ndarray  # (R, K)
     tied: np.ndarray  # event times with more than one event
     step_tie: np.ndarray  # per Efron step of the tied times: which tied time
     step_frac: np.ndarray  # l / D
@@ -142,20 +148,27 @@ class _Stratum:
 
 def _strata(grid: CellGrid) -> list[_Stratum]:
     strata = []
-    for first, end in grid.strata():
-        rows = slice(int(grid.row_bounds[first]), int(grid.row_bounds[end]))
+    for first, end, first_row, end_row in grid.strata():
         n_cells = end - first
-        n_times = (rows.stop - rows.start) // max(n_cells, 1)
-        total = grid.n_at_risk[rows].reshape(n_cells, n_times)
-        events = grid.n_events[rows].reshape(n_cells, n_times)
-        per_time = events.sum(axis=0)
+        n_times = (end_row - first_row) // max(n_cells, 1)
+        rows = slice(first_row, end_row)
+        total = grid.n_at_risk[rows].reshape(n_times, n_cells)
+        events = grid.n_events[rows].reshape(n_times, n_cells)
+        per_time = events.sum(axis=1)
         tied = np.flatnonzero(per_time > 1)
         n_steps = per_time[tied].astype(np.int64)
         step_tie = np.repeat(np.arange(tied.shape[0]), n_steps)
         step_l = concatenated_ranges(np.zeros_like(n_steps), n_steps).astype(np.float64)
-        strata.append(_Stratum(slice(first, end), rows, n_cells, n_times, total, events, tied, step_tie,
+        strata.append(_Stratum(slice(first, end), rows, n_times, n_cells, total, events, tied, step_tie,
                                step_l / per_time[tied][step_tie], np.cumsum(n_steps) - n_steps))
     return strata
+
+
+def _times_cells_product(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(R, K) counts shared by the fits times each fit's (K, p) weights: (F, R, p), as one matrix product."""
+    n_fits, n_cells, p = weights.shape
+    product = counts @ weights.transpose(1, 0, 2).reshape(n_cells, n_fits * p)
+    return product.reshape(counts.shape[0], n_fits, p).transpose(1, 0, 2)
 
 
 def _derivatives(
@@ -174,33 +187,32 @@ def _derivatives(
         e1, e0 = np.exp(beta - shift_beta), np.exp(-shift_beta)
         gain = (e1 - e0)[:, None]
         weights = np.concatenate([phi[:, :, None], phi[:, :, None] * design[None]], axis=2)  # (F, C, p): [phi, phi x]
-        n_total_events = grid.n_events.sum()
-        observed_covariates = segment_sums(grid.n_events, grid.row_bounds) @ design
-        loglik = beta * d1.sum(axis=1) + gamma @ observed_covariates - n_total_events * (shift_cell + shift_beta)
-        log_terms = np.zeros(n_fits)
+        observed_exposed = d1.sum(axis=1)
+        loglik = beta * observed_exposed + gamma @ _observed_covariates(grid, strata) \
+            - grid.n_events.sum() * (shift_cell + shift_beta)
         expected_exposed = np.zeros(phi.shape)
         expected_unexposed = np.zeros(phi.shape)
         information_negative = np.zeros((n_fits, p, p))
-        for s in strata:
-            w = weights[:, s.cells, :]  # (F, K, p)
-            n = n1[:, s.rows].reshape(n_fits, s.n_cells, s.n_times)
-            totals = np.matmul(s.total.T[None], w)  # (F, R, p)
-            exposed = np.matmul(n.transpose(0, 2, 1), w)  # (F, R, p)
-            s0 = e0[:, None] * totals[:, :, 0] + gain * exposed[:, :, 0]
-            s1 = np.empty_like(totals)
+
+        def sums(shared: np.ndarray, exposed_counts: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            """S0 (F, R) and S1 (F, R, p) of the totals `shared` (R, K) with exposed counts (F, R, K)."""
+            totals, exposed = _times_cells_product(shared, w), np.matmul(exposed_counts, w)
+            s1 = np.empty_like(exposed)
             s1[:, :, 0] = e1[:, None] * exposed[:, :, 0]
             s1[:, :, 1:] = e0[:, None, None] * totals[:, :, 1:] + gain[:, :, None] * exposed[:, :, 1:]
+            return e0[:, None] * totals[:, :, 0] + gain * exposed[:, :, 0], s1
+
+        for s in strata:
+            w = weights[:, s.cells, :]  # (F, K, p)
+            n = n1[:, s.rows].reshape(n_fits, s.n_times, s.n_cells)
+            s0, s1 = sums(s.total, n, w)
             a0 = 1.0 / s0
             b0 = a0 / s0
             log_s = np.log(s0)
             if s.tied.size:
-                d = d1[:, s.rows].reshape(n_fits, s.n_cells, s.n_times)[:, :, s.tied]
-                tie_totals = np.matmul(s.events[:, s.tied].T[None], w)
-                tie_exposed = np.matmul(d.transpose(0, 2, 1), w)
-                e_0 = e0[:, None] * tie_totals[:, :, 0] + gain * tie_exposed[:, :, 0]
-                e_1 = np.empty_like(tie_totals)
-                e_1[:, :, 0] = e1[:, None] * tie_exposed[:, :, 0]
-                e_1[:, :, 1:] = e0[:, None, None] * tie_totals[:, :, 1:] + gain[:, :, None] * tie_exposed[:, :, 1:]
+                d = d1[:, s.rows].reshape(n_fits, s.n_times, s.n_cells)[:, s.tied, :]
+                tie_events = s.events[s.tied]
+                e_0, e_1 = sums(tie_events, d, w)
                 denominator = s0[:, s.tied][:, s.step_tie] - s.step_frac * e_0[:, s.step_tie]
                 over = 1.0 / denominator
                 over2 = over * over
@@ -215,26 +227,23 @@ def _derivatives(
                 b1, b2 = per_tie(frac * over2), per_tie(frac * frac * over2)
                 log_s[:, s.tied] = per_tie(np.log(denominator))
                 # Event-weight terms of the expected events and of the information (tied times only).
-                sum_a1_d = np.matmul(d, a1[:, :, None])[:, :, 0]  # (F, K)
-                sum_a1_events = a1 @ s.events[:, s.tied].T  # (F, K)
+                sum_a1_d = np.matmul(a1[:, None, :], d)[:, 0, :]  # (F, K)
                 expected_exposed[:, s.cells] -= sum_a1_d
-                expected_unexposed[:, s.cells] -= sum_a1_events - sum_a1_d
+                expected_unexposed[:, s.cells] -= a1 @ tie_events - sum_a1_d
                 s1_tied = s1[:, s.tied, :]
-                information_negative += np.matmul(s1_tied.transpose(0, 2, 1), -b1[:, :, None] * e_1)
+                information_negative -= np.matmul(s1_tied.transpose(0, 2, 1), b1[:, :, None] * e_1)
                 information_negative += np.matmul(e_1.transpose(0, 2, 1), b2[:, :, None] * e_1 - b1[:, :, None] * s1_tied)
-            log_terms += log_s.sum(axis=1)
-            sum_a0_n = np.matmul(n, a0[:, :, None])[:, :, 0]  # (F, K)
-            sum_a0_total = a0 @ s.total.T  # (F, K)
+            loglik -= log_s.sum(axis=1)
+            sum_a0_n = np.matmul(a0[:, None, :], n)[:, 0, :]  # (F, K)
             expected_exposed[:, s.cells] += sum_a0_n
-            expected_unexposed[:, s.cells] += sum_a0_total - sum_a0_n
+            expected_unexposed[:, s.cells] += a0 @ s.total - sum_a0_n
             information_negative += np.matmul(s1.transpose(0, 2, 1), b0[:, :, None] * s1)
         expected_exposed *= phi * e1[:, None]
         expected_unexposed *= phi * e0[:, None]
         expected_cell = expected_exposed + expected_unexposed
-        loglik -= log_terms
         score = np.empty((n_fits, p))
-        score[:, 0] = d1.sum(axis=1) - expected_exposed.sum(axis=1)
-        score[:, 1:] = observed_covariates[None] - expected_cell @ design
+        score[:, 0] = observed_exposed - expected_exposed.sum(axis=1)
+        score[:, 1:] = _observed_covariates(grid, strata)[None] - expected_cell @ design
         information_positive = np.empty((n_fits, p, p))
         information_positive[:, 0, 0] = expected_exposed.sum(axis=1)
         information_positive[:, 0, 1:] = information_positive[:, 1:, 0] = expected_exposed @ design
@@ -242,6 +251,14 @@ def _derivatives(
         information = information_positive - information_negative
         information = 0.5 * (information + np.swapaxes(information, 1, 2))
     return EfronDerivatives(loglik, score, information, np.diagonal(information_positive, axis1=1, axis2=2).copy())
+
+
+def _observed_covariates(grid: CellGrid, strata: list[_Stratum]) -> np.ndarray:
+    """Sum of the covariates over all events (q,): the same for every fit."""
+    per_cell = np.zeros(grid.design.shape[0])
+    for s in strata:
+        per_cell[s.cells] = s.events.sum(axis=0)
+    return per_cell @ grid.design
 
 
 def _separation(grid: CellGrid, strata: list[_Stratum], n1: np.ndarray, d1: np.ndarray) -> np.ndarray:
@@ -253,20 +270,20 @@ def _separation(grid: CellGrid, strata: list[_Stratum], n1: np.ndarray, d1: np.n
     not_top = np.zeros((n_fits, 1 + q), dtype=bool)
     not_bottom = np.zeros((n_fits, 1 + q), dtype=bool)
     for s in strata:
-        n = n1[:, s.rows].reshape(n_fits, s.n_cells, s.n_times)
-        d = d1[:, s.rows].reshape(n_fits, s.n_cells, s.n_times)
-        any_exposed = (n > 0).any(axis=1)
-        any_unexposed = (s.total - n > 0).any(axis=1)
+        n = n1[:, s.rows].reshape(n_fits, s.n_times, s.n_cells)
+        d = d1[:, s.rows].reshape(n_fits, s.n_times, s.n_cells)
+        any_exposed = (n > 0).any(axis=2)
+        any_unexposed = (s.total - n > 0).any(axis=2)
         varies[:, 0] |= (any_exposed & any_unexposed).any(axis=1)
-        not_top[:, 0] |= ((s.events - d > 0).any(axis=1) & any_exposed).any(axis=1)
-        not_bottom[:, 0] |= ((d > 0).any(axis=1) & any_unexposed).any(axis=1)
-        x = grid.design[s.cells][:, :, None]  # (K, q, 1); the cells' x do not depend on exposure
-        at_risk, with_event = (s.total > 0)[:, None, :], (s.events > 0)[:, None, :]
-        x_max, x_min = np.where(at_risk, x, -np.inf).max(axis=0), np.where(at_risk, x, np.inf).min(axis=0)
-        event_max, event_min = np.where(with_event, x, -np.inf).max(axis=0), np.where(with_event, x, np.inf).min(axis=0)
-        varies[:, 1:] |= (x_min < x_max).any(axis=1)
-        not_top[:, 1:] |= (event_min < x_max).any(axis=1)
-        not_bottom[:, 1:] |= (event_max > x_min).any(axis=1)
+        not_top[:, 0] |= ((s.events - d > 0).any(axis=2) & any_exposed).any(axis=1)
+        not_bottom[:, 0] |= ((d > 0).any(axis=2) & any_unexposed).any(axis=1)
+        x = grid.design[s.cells][None]  # (1, K, q); the cells' x do not depend on exposure
+        at_risk, with_event = (s.total > 0)[:, :, None], (s.events > 0)[:, :, None]
+        x_max, x_min = np.where(at_risk, x, -np.inf).max(axis=1), np.where(at_risk, x, np.inf).min(axis=1)
+        event_max, event_min = np.where(with_event, x, -np.inf).max(axis=1), np.where(with_event, x, np.inf).min(axis=1)
+        varies[:, 1:] |= (x_min < x_max).any(axis=0)
+        not_top[:, 1:] |= (event_min < x_max).any(axis=0)
+        not_bottom[:, 1:] |= (event_max > x_min).any(axis=0)
     return varies & (~not_top | ~not_bottom)
 
 
@@ -313,9 +330,15 @@ def fit_exposure_and_covariates(
     active = np.setdiff1d(fits, singular)
     newton = start_newton(beta, start.loglik.copy(), start.score.copy(), start.information.copy(), active)
 
+    current = {"fits": np.arange(n_fits), "n1": n1, "d1": d1}  # the fits evaluated (fewer as they converge)
+
     def evaluate(active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        derivs = _derivatives(grid, strata, n1[active], d1[active], newton.trial[active])
-        return active, derivs.loglik, derivs.score, derivs.information
+        if active.size < 0.5 * current["fits"].size:
+            current.update(fits=active, n1=n1[active], d1=d1[active])
+        fits = current["fits"]
+        derivs = _derivatives(grid, strata, current["n1"], current["d1"], newton.trial[fits])
+        in_active = np.isin(fits, active, assume_unique=True)
+        return fits[in_active], derivs.loglik[in_active], derivs.score[in_active], derivs.information[in_active]
 
     newton_raphson(newton, active, evaluate, max_iter, tol)
     return finish_fits(newton, status, fits, singular, _separation(grid, strata, n1, d1), at_zero.loglik, n_events)

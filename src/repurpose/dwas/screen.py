@@ -558,7 +558,7 @@ def screen_covariates(
         layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
         totals = total_counts(cohort, layout, time_span)
         grid = stratum_grid(replace(totals, stratum=totals.cell), layout.n_cells, time_span)
-        cell_grid = CellGrid(
+        cell_grid, grid_position = CellGrid.from_cell_major(
             grid.n_at_risk,
             grid.n_events.astype(np.float64),
             layout.covariate_design,
@@ -576,20 +576,21 @@ def screen_covariates(
                 [counts], [fit_of_class], queries = count_exposed_chunk(
                     rows, grid, first_class, end_class, lag_days(lag), [group], min_cases
                 )
-                result = None if queries is None else fit_covariates_chunk(cell_grid, queries, fit_of_class, initial)
+                result = None if queries is None else fit_covariates_chunk(cell_grid, grid_position, queries, fit_of_class, initial)
                 chunks.append((counts, fit_of_class, result))
             counts, fit_of_class, result = combine_chunks(chunks)
             yield [(sex_group, lag, class_results(classes, counts, fit_of_class, result, lag, sex_group, group.size, min_cases))]
 
 
 def fit_covariates_chunk(
-    grid: CellGrid, queries: ChunkQueries, fit_of_class: np.ndarray, initial: np.ndarray
+    grid: CellGrid, grid_position: np.ndarray, queries: ChunkQueries, fit_of_class: np.ndarray, initial: np.ndarray
 ) -> CoxFitResult:
     """Fit the classes of a chunk with a fit number (exposure and the grid's covariates), in blocks of
-    fits whose dense (fits x grid rows) exposed counts hold at most `MAX_DENSE_CELLS` numbers."""
+    fits whose dense (fits x grid rows) exposed counts hold at most `MAX_DENSE_CELLS` numbers
+    (`grid_position`: the `grid` row of each query's counting-grid row)."""
     fit_of_query = np.repeat(fit_of_class, np.diff(queries.class_bounds))
     fitted = fit_of_query >= 0
-    fit_of_query, grid_row = fit_of_query[fitted], queries.grid_row[fitted]
+    fit_of_query, grid_row = fit_of_query[fitted], grid_position[queries.grid_row[fitted]]
     n_exposed, exposed_events = queries.n_exposed[fitted], queries.exposed_events[fitted]
     n_fits = int(fit_of_class.max()) + 1
     block = max(1, MAX_DENSE_CELLS // max(grid.n_rows, 1))
@@ -599,9 +600,9 @@ def fit_covariates_chunk(
         in_block = slice(*np.searchsorted(fit_of_query, [first_fit, first_fit + n_block]))
         flat = (fit_of_query[in_block] - first_fit) * grid.n_rows + grid_row[in_block]
         exposed_at_risk = np.zeros((n_block, grid.n_rows))
-        exposed_at_risk.flat[flat] = n_exposed[in_block]
+        exposed_at_risk.reshape(-1)[flat] = n_exposed[in_block]
         events = np.zeros((n_block, grid.n_rows))
-        events.flat[flat] = exposed_events[in_block]
+        events.reshape(-1)[flat] = exposed_events[in_block]
         results.append(fit_exposure_and_covariates(grid, exposed_at_risk, events, initial_covariates=initial))
     return CoxFitResult.concatenate(results)
 
