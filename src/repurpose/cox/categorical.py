@@ -164,13 +164,6 @@ def _strata(grid: CellGrid) -> list[_Stratum]:
     return strata
 
 
-def _times_cells_product(counts: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """(R, K) counts shared by the fits times each fit's (K, p) weights: (F, R, p), as one matrix product."""
-    n_fits, n_cells, p = weights.shape
-    product = counts @ weights.transpose(1, 0, 2).reshape(n_cells, n_fits * p)
-    return product.reshape(counts.shape[0], n_fits, p).transpose(1, 0, 2)
-
-
 def _derivatives(
     grid: CellGrid, strata: list[_Stratum], n1: np.ndarray, d1: np.ndarray, theta: np.ndarray
 ) -> EfronDerivatives:
@@ -196,7 +189,7 @@ def _derivatives(
 
         def sums(shared: np.ndarray, exposed_counts: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             """S0 (F, R) and S1 (F, R, p) of the totals `shared` (R, K) with exposed counts (F, R, K)."""
-            totals, exposed = _times_cells_product(shared, w), np.matmul(exposed_counts, w)
+            totals, exposed = np.matmul(shared[None], w), np.matmul(exposed_counts, w)
             s1 = np.empty_like(exposed)
             s1[:, :, 0] = e1[:, None] * exposed[:, :, 0]
             s1[:, :, 1:] = e0[:, None, None] * totals[:, :, 1:] + gain[:, :, None] * exposed[:, :, 1:]
