@@ -239,25 +239,21 @@ def test_a_batch_where_every_class_is_fitted_keeps_the_part_schema():
     assert results.schema == pl.Schema(SCREEN_PART_SCHEMA)
 
 
-def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypatch):
-    """Without covariates the screen fits the exposure-only model on 4 counts per risk set
-    (`screen_binary`); the general cell-and-pattern engine gives the same estimates, and splitting
-    the classes into chunks of a few risk sets or a few rows gives identical results."""
+def fast_path_and_references(monkeypatch, fast_path: str, cohort: pl.DataFrame, exposures: pl.DataFrame,
+                             config: dict, chunk_settings: dict[str, int]) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+    """The screen and, with the fast path `fast_path` replaced by the general engine (`screen_general`),
+    the same statuses, counts and estimates (to 1e-9); also the screens with each chunk setting."""
     from repurpose.dwas import screen as screen_module
 
-    cohort = synthetic_cohort(1500, 8)
-    exposures = synthetic_exposures(cohort, 8)
-    config = config_for(adjust={"strata": ["sex", "birth_cohort"], "covariates": []})
     whole = screen_exposures(cohort, exposures, config, level=3)
-
-    monkeypatch.setattr(screen_module, "screen_binary", screen_module.screen_general)
+    monkeypatch.setattr(screen_module, fast_path, screen_module.screen_general)
     general = screen_exposures(cohort, exposures, config, level=3)
     monkeypatch.undo()
-    monkeypatch.setattr(screen_module, "MAX_QUERIES_PER_CHUNK", 40)
-    chunked_by_risk_sets = screen_exposures(cohort, exposures, config, level=3)
-    monkeypatch.undo()
-    monkeypatch.setattr(screen_module, "MAX_ROWS_PER_CHUNK", 30)
-    chunked_by_rows = screen_exposures(cohort, exposures, config, level=3)
+    chunked = []
+    for name, value in chunk_settings.items():
+        monkeypatch.setattr(screen_module, name, value)
+        chunked.append(screen_exposures(cohort, exposures, config, level=3))
+        monkeypatch.undo()
 
     fitted = whole["status"] == "ok"
     assert fitted.sum() >= 20
@@ -267,42 +263,34 @@ def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypa
     np.testing.assert_allclose(whole["person_years_exposed"], general["person_years_exposed"], atol=0.011)
     np.testing.assert_allclose(whole["log_hr"].to_numpy()[fitted], general["log_hr"].to_numpy()[fitted], atol=1e-9)
     np.testing.assert_allclose(whole["se"].to_numpy()[fitted], general["se"].to_numpy()[fitted], rtol=1e-9)
-    assert chunked_by_risk_sets.equals(whole)
-    assert chunked_by_rows.equals(whole)
+    return whole, chunked
+
+
+def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypatch):
+    """Without covariates the screen fits the exposure-only model on 4 counts per risk set
+    (`screen_binary`); the general cell-and-pattern engine gives the same estimates, and splitting
+    the classes into chunks of a few risk sets or a few rows gives identical results."""
+    cohort = synthetic_cohort(1500, 8)
+    config = config_for(adjust={"strata": ["sex", "birth_cohort"], "covariates": []})
+    whole, chunked = fast_path_and_references(monkeypatch, "screen_binary", cohort, synthetic_exposures(cohort, 8), config,
+                                              {"MAX_QUERIES_PER_CHUNK": 40, "MAX_ROWS_PER_CHUNK": 30})
+    assert all(other.equals(whole) for other in chunked)
 
 
 def test_covariate_path_equals_general_engine_and_blocks_change_nothing(monkeypatch):
     """With covariates the screen counts exposed persons per (cell, risk set) and fits the classes of a
     chunk together (`screen_covariates`, `repurpose.cox.categorical`); the general engine on the table
     built by binary search (`screen_general`, `fit_efron`) gives the same estimates, and chunks of a few
-    risk sets or blocks of one fit give identical results."""
-    from repurpose.dwas import screen as screen_module
-
+    risk sets or blocks of one fit give the same results (to rounding: a block's fits share array sums)."""
     cohort = synthetic_cohort(1500, 9)
-    exposures = synthetic_exposures(cohort, 9)
     config = config_for(adjust={"strata": ["birth_cohort"], "covariates": ["sex", "education"]}, lags_years=[0, 2, 5])
-    whole = screen_exposures(cohort, exposures, config, level=3)
-
-    monkeypatch.setattr(screen_module, "screen_covariates", screen_module.screen_general)
-    general = screen_exposures(cohort, exposures, config, level=3)
-    monkeypatch.undo()
-    monkeypatch.setattr(screen_module, "MAX_QUERIES_PER_CHUNK", 40)
-    chunked = screen_exposures(cohort, exposures, config, level=3)
-    monkeypatch.undo()
-    monkeypatch.setattr(screen_module, "MAX_DENSE_CELLS", 1)
-    one_fit_per_block = screen_exposures(cohort, exposures, config, level=3)
-
-    fitted = whole["status"] == "ok"
-    assert fitted.sum() >= 30
-    assert whole["status"].to_list() == general["status"].to_list()
-    for column in ("n_persons", "n_exposed", "n_cases", "n_exposed_cases"):
-        assert whole[column].to_list() == general[column].to_list(), column
-    np.testing.assert_allclose(whole["log_hr"].to_numpy()[fitted], general["log_hr"].to_numpy()[fitted], atol=1e-9)
-    np.testing.assert_allclose(whole["se"].to_numpy()[fitted], general["se"].to_numpy()[fitted], rtol=1e-9)
-    for other in (chunked, one_fit_per_block):
-        np.testing.assert_allclose(other["log_hr"].to_numpy()[fitted], whole["log_hr"].to_numpy()[fitted], atol=1e-12)
-        assert other.drop("log_hr", "se", "hr", "ci_lower", "ci_upper", "p_value").equals(
-            whole.drop("log_hr", "se", "hr", "ci_lower", "ci_upper", "p_value"))
+    whole, chunked = fast_path_and_references(monkeypatch, "screen_covariates", cohort, synthetic_exposures(cohort, 9),
+                                              config, {"MAX_QUERIES_PER_CHUNK": 40, "MAX_DENSE_CELLS": 1})
+    estimates = ["log_hr", "se", "hr", "ci_lower", "ci_upper", "p_value"]
+    for other in chunked:
+        assert other.drop(estimates).equals(whole.drop(estimates))
+        np.testing.assert_allclose(other["log_hr"].to_numpy(), whole["log_hr"].to_numpy(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(other["se"].to_numpy(), whole["se"].to_numpy(), rtol=1e-12)
 
 
 R_COXPH = """

@@ -243,8 +243,8 @@ def screen_binary(
         for lag in screen["lags_years"]:
             lag_in_days = lag_days(lag)
             chunks = [
-                fit_binary_chunk(rows, grid, first_class, end_class, lag_in_days, groups, min_cases)
-                for first_class, end_class in zip(rows.chunk_bounds[:-1], rows.chunk_bounds[1:], strict=True)
+                fit_binary_chunk(grid, groups, *count_exposed_chunk(rows, grid, first, end, lag_in_days, groups, min_cases))
+                for first, end in zip(rows.chunk_bounds[:-1], rows.chunk_bounds[1:], strict=True)
             ]
             parts = []
             for i, group in enumerate(groups):
@@ -373,7 +373,7 @@ def exposed_rows_by_class(
     n_classes: int,
     time_span: int,
 ) -> ExposedRows:
-    """Lay out the exposure rows of a layout's members for `fit_binary_chunk` (`cohort` and `exposures` from
+    """Lay out the exposure rows of a layout's members for `count_exposed_chunk` (`cohort` and `exposures` from
     `index_screen_inputs`)."""
     cohort_row = exposures["cohort_row"].to_numpy()
     cell = layout.cell_of_person.astype(np.int32)[cohort_row]
@@ -436,8 +436,10 @@ def exposed_rows_by_class(
 @dataclass(frozen=True)
 class ChunkQueries:
     """Exposed counts of a chunk of classes at one lag in every risk set of its queries (`ExposedRows`):
-    exposed at risk and exposed events per query, the grid row of each, and each class's queries."""
+    exposed at risk and exposed events per query, the grid row of each, each class's queries (from the
+    chunk's first query, `first_query` of the layout)."""
 
+    first_query: int
     n_exposed: np.ndarray
     exposed_events: np.ndarray
     grid_row: np.ndarray
@@ -488,6 +490,7 @@ def count_exposed_chunk(
     np.cumsum(n_exposed, out=n_exposed)
     event_query = rows.event_exit_query[events][event_exposed] - first_query - 1
     queries = ChunkQueries(
+        int(first_query),
         n_exposed,
         np.bincount(event_query, minlength=n_queries),
         rows.query_grid_row[first_query:end_query],
@@ -497,22 +500,19 @@ def count_exposed_chunk(
 
 
 def fit_binary_chunk(
-    rows: ExposedRows,
     grid: StratumGrid,
-    first_class: int,
-    end_class: int,
-    lag_in_days: int,
     groups: list[SexGroup],
-    min_exposed_cases: int,
+    counts: list[ClassCounts],
+    fits: list[np.ndarray],
+    queries: ChunkQueries | None,
 ) -> list[tuple[ClassCounts, np.ndarray, CoxFitResult | None]]:
-    """The classes `first_class:end_class` at one lag (`count_exposed_chunk`), fitted with exposure the only
+    """A chunk of classes at one lag as counted by `count_exposed_chunk`, fitted with exposure the only
     covariate: per sex group, their counts, fit numbers and fit results (None when nothing is fitted).
     Risk sets with nobody exposed at risk carry no information and are dropped.
     """
-    counts, fits, queries = count_exposed_chunk(rows, grid, first_class, end_class, lag_in_days, groups, min_exposed_cases)
     if queries is None:
         return [(c, f, None) for c, f in zip(counts, fits, strict=True)]
-    first_query = rows.class_queries[first_class]
+    first_query = queries.first_query
     at_risk = queries.n_exposed > 0
     results: list[CoxFitResult | None] = []
     for group, fit_of_class in zip(groups, fits, strict=True):
