@@ -589,9 +589,9 @@ def fit_covariates_chunk(
     fits whose dense (fits x grid rows) exposed counts hold at most `MAX_DENSE_CELLS` numbers
     (`grid_position`: the `grid` row of each query's counting-grid row)."""
     fit_of_query = np.repeat(fit_of_class, np.diff(queries.class_bounds))
-    fitted = fit_of_query >= 0
-    fit_of_query, grid_row = fit_of_query[fitted], grid_position[queries.grid_row[fitted]]
-    n_exposed, exposed_events = queries.n_exposed[fitted], queries.exposed_events[fitted]
+    kept = np.flatnonzero((queries.n_exposed > 0) & (fit_of_query >= 0))  # an exposed event is exposed at risk
+    fit_of_query, grid_row = fit_of_query[kept], grid_position[queries.grid_row[kept]]
+    n_exposed, exposed_events = queries.n_exposed[kept], queries.exposed_events[kept]
     n_fits = int(fit_of_class.max()) + 1
     block = max(1, MAX_DENSE_CELLS // max(grid.n_rows, 1))
     results = []
