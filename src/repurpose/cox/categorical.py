@@ -263,13 +263,13 @@ def _separation(grid: CellGrid, strata: list[_Stratum], n1: np.ndarray, d1: np.n
     not_top = np.zeros((n_fits, 1 + q), dtype=bool)
     not_bottom = np.zeros((n_fits, 1 + q), dtype=bool)
     for s in strata:
-        n = n1[:, s.rows].reshape(n_fits, s.n_times, s.n_cells)
-        d = d1[:, s.rows].reshape(n_fits, s.n_times, s.n_cells)
-        any_exposed = (n > 0).any(axis=2)
-        any_unexposed = (s.total - n > 0).any(axis=2)
+        # Per risk set: someone exposed (unexposed) at risk, an exposed (unexposed) event, from the sums.
+        exposed = n1[:, s.rows].reshape(n_fits, s.n_times, s.n_cells).sum(axis=2)
+        exposed_events = d1[:, s.rows].reshape(n_fits, s.n_times, s.n_cells).sum(axis=2)
+        any_exposed, any_unexposed = exposed > 0, s.total.sum(axis=1) - exposed > 0
         varies[:, 0] |= (any_exposed & any_unexposed).any(axis=1)
-        not_top[:, 0] |= ((s.events - d > 0).any(axis=2) & any_exposed).any(axis=1)
-        not_bottom[:, 0] |= ((d > 0).any(axis=2) & any_unexposed).any(axis=1)
+        not_top[:, 0] |= ((s.events.sum(axis=1) - exposed_events > 0) & any_exposed).any(axis=1)
+        not_bottom[:, 0] |= ((exposed_events > 0) & any_unexposed).any(axis=1)
         x = grid.design[s.cells][None]  # (1, K, q); the cells' x do not depend on exposure
         at_risk, with_event = (s.total > 0)[:, :, None], (s.events > 0)[:, :, None]
         x_max, x_min = np.where(at_risk, x, -np.inf).max(axis=1), np.where(at_risk, x, np.inf).min(axis=1)
