@@ -346,7 +346,8 @@ class ExposedRows:
     (`chunk_bounds`, class numbers) of about `MAX_QUERIES_PER_CHUNK` queries or `MAX_ROWS_PER_CHUNK`
     rows, and `exits_at` counts per
     query the chunk's rows whose exit's query it is; `event_exit_query` is that query for the rows with an
-    event (`event_rows`). All of this is independent of the lag, so it is computed once per layout; ages
+    event (`event_rows`). The (class, stratum) pairs with rows are `pair_class`, `pair_stratum`, each with
+    its stratum's risk sets as queries from `pair_first_query`. All of this is independent of the lag, so it is computed once per layout; ages
     and keys are int32 to halve the memory traffic.
     """
 
@@ -363,6 +364,9 @@ class ExposedRows:
     query_grid_row: np.ndarray
     chunk_bounds: np.ndarray
     exits_at: np.ndarray
+    pair_class: np.ndarray
+    pair_stratum: np.ndarray
+    pair_first_query: np.ndarray
 
 
 def exposed_rows_by_class(
@@ -430,6 +434,9 @@ def exposed_rows_by_class(
         query_grid_row=concatenated_ranges(grid.first[present % grid.n_strata], pair_queries, np.int32),
         chunk_bounds=chunk_bounds,
         exits_at=exits_at,
+        pair_class=present // grid.n_strata,
+        pair_stratum=present % grid.n_strata,
+        pair_first_query=pair_first_query[present],
     )
 
 
@@ -558,7 +565,7 @@ def screen_covariates(
         layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
         totals = total_counts(cohort, layout, time_span)
         grid = stratum_grid(replace(totals, stratum=totals.cell), layout.n_cells, time_span)
-        cell_grid, grid_position = CellGrid.from_cell_major(
+        cell_grid, _ = CellGrid.from_cell_major(
             grid.n_at_risk,
             grid.n_events.astype(np.float64),
             layout.covariate_design,
@@ -576,34 +583,48 @@ def screen_covariates(
                 [counts], [fit_of_class], queries = count_exposed_chunk(
                     rows, grid, first_class, end_class, lag_days(lag), [group], min_cases
                 )
-                result = None if queries is None else fit_covariates_chunk(cell_grid, grid_position, queries, fit_of_class, initial)
+                result = None if queries is None else fit_covariates_chunk(
+                    cell_grid, rows, first_class, end_class, queries, fit_of_class, initial
+                )
                 chunks.append((counts, fit_of_class, result))
             counts, fit_of_class, result = combine_chunks(chunks)
             yield [(sex_group, lag, class_results(classes, counts, fit_of_class, result, lag, sex_group, group.size, min_cases))]
 
 
 def fit_covariates_chunk(
-    grid: CellGrid, grid_position: np.ndarray, queries: ChunkQueries, fit_of_class: np.ndarray, initial: np.ndarray
+    grid: CellGrid,
+    rows: ExposedRows,
+    first_class: int,
+    end_class: int,
+    queries: ChunkQueries,
+    fit_of_class: np.ndarray,
+    initial: np.ndarray,
 ) -> CoxFitResult:
-    """Fit the classes of a chunk with a fit number (exposure and the grid's covariates), in blocks of
-    fits whose dense (fits x grid rows) exposed counts hold at most `MAX_DENSE_CELLS` numbers
-    (`grid_position`: the `grid` row of each query's counting-grid row)."""
-    fit_of_query = np.repeat(fit_of_class, np.diff(queries.class_bounds))
-    kept = np.flatnonzero((queries.n_exposed > 0) & (fit_of_query >= 0))  # an exposed event is exposed at risk
-    fit_of_query, grid_row = fit_of_query[kept], grid_position[queries.grid_row[kept]]
-    n_exposed, exposed_events = queries.n_exposed[kept], queries.exposed_events[kept]
+    """Fit the classes `first_class:end_class` of `rows` (counted with one stratum per cell) that have a fit
+    number, with exposure and the grid's covariates, in blocks of fits whose dense (fits x grid rows)
+    exposed counts hold at most `MAX_DENSE_CELLS` numbers. A (class, cell) pair's queries are the cell's
+    risk sets in time order, so they fill the cell's column of its stratum's (risk sets x cells) block."""
+    pairs = slice(*np.searchsorted(rows.pair_class, [first_class, end_class]))
+    pair_fit = fit_of_class[rows.pair_class[pairs] - first_class]
+    pair_cell = rows.pair_stratum[pairs]
+    pair_first = rows.pair_first_query[pairs] - queries.first_query
     n_fits = int(fit_of_class.max()) + 1
     block = max(1, MAX_DENSE_CELLS // max(grid.n_rows, 1))
     results = []
     for first_fit in range(0, n_fits, block):
         n_block = min(block, n_fits - first_fit)
-        in_block = slice(*np.searchsorted(fit_of_query, [first_fit, first_fit + n_block]))
-        flat = (fit_of_query[in_block] - first_fit) * grid.n_rows + grid_row[in_block]
         exposed_at_risk = np.zeros((n_block, grid.n_rows))
-        exposed_at_risk.reshape(-1)[flat] = n_exposed[in_block]
-        events = np.zeros((n_block, grid.n_rows))
-        events.reshape(-1)[flat] = exposed_events[in_block]
-        results.append(fit_exposure_and_covariates(grid, exposed_at_risk, events, initial_covariates=initial))
+        exposed_events = np.zeros((n_block, grid.n_rows))
+        in_block = (pair_fit >= first_fit) & (pair_fit < first_fit + n_block)
+        for first_cell, end_cell, first_row, end_row in grid.strata():
+            chosen = np.flatnonzero(in_block & (pair_cell >= first_cell) & (pair_cell < end_cell))
+            n_cells = end_cell - first_cell
+            n_times = (end_row - first_row) // max(n_cells, 1)
+            query = pair_first[chosen, None] + np.arange(n_times)
+            fit, cell = pair_fit[chosen] - first_fit, pair_cell[chosen] - first_cell
+            for dense, counts in ((exposed_at_risk, queries.n_exposed), (exposed_events, queries.exposed_events)):
+                dense[:, first_row:end_row].reshape(n_block, n_times, n_cells)[fit, :, cell] = counts[query]
+        results.append(fit_exposure_and_covariates(grid, exposed_at_risk, exposed_events, initial_covariates=initial))
     return CoxFitResult.concatenate(results)
 
 
