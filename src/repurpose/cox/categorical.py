@@ -179,7 +179,15 @@ def _derivatives(
         phi = np.exp(eta_cell - shift_cell[:, None])
         e1, e0 = np.exp(beta - shift_beta), np.exp(-shift_beta)
         gain = (e1 - e0)[:, None]
-        weights = np.concatenate([phi[:, :, None], phi[:, :, None] * design[None]], axis=2)  # (F, C, p): [phi, phi x]
+        # Per cell, the weights of a person in the sums [S0, S1_exposure, S1_covariates] (F, C, 1 + p): an
+        # unexposed person counts e0 phi (1, 0, x), an exposed one e1 phi (1, 1, x). So the sums of a risk
+        # set are totals @ unexposed_weights + exposed counts @ (exposed - unexposed weights).
+        phi_x = phi[:, :, None] * design[None]
+        unexposed_weights = np.concatenate([phi[:, :, None], np.zeros(phi.shape)[:, :, None], phi_x], axis=2)
+        unexposed_weights *= e0[:, None, None]
+        exposed_extra = np.concatenate([phi[:, :, None], phi[:, :, None], phi_x], axis=2)
+        exposed_extra *= gain[:, :, None]
+        exposed_extra[:, :, 1] = e1[:, None] * phi
         observed_exposed = d1.sum(axis=1)
         loglik = beta * observed_exposed + gamma @ _observed_covariates(grid, strata) \
             - grid.n_events.sum() * (shift_cell + shift_beta)
@@ -187,25 +195,22 @@ def _derivatives(
         expected_unexposed = np.zeros(phi.shape)
         information_negative = np.zeros((n_fits, p, p))
 
-        def sums(shared: np.ndarray, exposed_counts: np.ndarray, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        def sums(shared: np.ndarray, exposed_counts: np.ndarray, cells: slice) -> tuple[np.ndarray, np.ndarray]:
             """S0 (F, R) and S1 (F, R, p) of the totals `shared` (R, K) with exposed counts (F, R, K)."""
-            totals, exposed = np.matmul(shared[None], w), np.matmul(exposed_counts, w)
-            s1 = np.empty_like(exposed)
-            s1[:, :, 0] = e1[:, None] * exposed[:, :, 0]
-            s1[:, :, 1:] = e0[:, None, None] * totals[:, :, 1:] + gain[:, :, None] * exposed[:, :, 1:]
-            return e0[:, None] * totals[:, :, 0] + gain * exposed[:, :, 0], s1
+            both = np.matmul(shared[None], unexposed_weights[:, cells])
+            both += np.matmul(exposed_counts, exposed_extra[:, cells])
+            return both[:, :, 0], both[:, :, 1:]
 
         for s in strata:
-            w = weights[:, s.cells, :]  # (F, K, p)
             n = n1[:, s.rows].reshape(n_fits, s.n_times, s.n_cells)
-            s0, s1 = sums(s.total, n, w)
+            s0, s1 = sums(s.total, n, s.cells)
             a0 = 1.0 / s0
             b0 = a0 / s0
             log_s = np.log(s0)
             if s.tied.size:
                 d = d1[:, s.rows].reshape(n_fits, s.n_times, s.n_cells)[:, s.tied, :]
                 tie_events = s.events[s.tied]
-                e_0, e_1 = sums(tie_events, d, w)
+                e_0, e_1 = sums(tie_events, d, s.cells)
                 denominator = s0[:, s.tied][:, s.step_tie] - s.step_frac * e_0[:, s.step_tie]
                 over = 1.0 / denominator
                 over2 = over * over
