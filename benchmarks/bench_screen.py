@@ -3,9 +3,13 @@
 Simulates N persons, then runs validate -> cohort -> exposure -> screen (all configured ATC levels, lags
 and sex strata), each stage in a fresh process so its peak memory is its own, and prints seconds and
 peak RSS per stage, fits per second, and the time per class of lifelines CoxTimeVaryingFitter on the
-explicitly split data of the same model for a sample of classes.
+explicitly split data of the same model for a sample of classes. Then the covariate-adjusted screen on the
+same exposures (`screen.adjust` with `--covariates` as categorical covariates and `--covariate-strata` as
+strata; the model `coxph(... ~ exposed + factor(sex) + factor(education) + strata(birth_cohort))`) and its
+time against the stratified screen's.
 
     .venv/bin/python benchmarks/bench_screen.py --n-persons 300000
+    .venv/bin/python benchmarks/bench_screen.py --n-persons 1000000 --levels 3 --lifelines-classes 0
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
+import os
 import platform
 import resource
 import sys
@@ -23,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from repurpose.study_config import load_config
+from repurpose.study_config import SIMULATED_CLINICAL_EXTRACTS, load_config
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 
@@ -52,15 +57,17 @@ def _run_stage(name: str, config: dict[str, Any], work: Path, queue: mp.Queue) -
         for level in config["screen"]["atc_levels"]:
             build_exposures(config, prescriptions=prescriptions, cohort=cohort, level=level,
                             exposure=work / f"exposure_{level}.parquet", substances=work / "substances.parquet")
-    elif name == "screen":
+    elif name in ("screen", "screen_covariates"):
         from repurpose.dwas.screen import gather_screen, screen_level
 
+        suffix = "" if name == "screen" else "_covariates"
         parts = []
         for level in config["screen"]["atc_levels"]:
-            part = work / f"screen_{level}.parquet"
+            part = work / f"screen_{level}{suffix}.parquet"
             screen_level(config, cohort=work / "cohort.parquet", exposure=work / f"exposure_{level}.parquet", level=level, part=part)
             parts.append(str(part))
-        gather_screen(config, parts=parts, dwas=work / "dwas.parquet", dwas_csv=work / "dwas.csv")
+        gather_screen(config, parts=parts, fits=work / f"fits{suffix}.parquet", dwas=work / f"dwas{suffix}.parquet",
+                      dwas_csv=work / f"dwas{suffix}.csv")
     queue.put((time.perf_counter() - started, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
 
 
@@ -115,6 +122,12 @@ def main() -> None:
     parser.add_argument("--work", default="results/bench")
     parser.add_argument("--lifelines-classes", type=int, default=3, help="classes timed with lifelines")
     parser.add_argument("--lifelines-level", type=int, default=4)
+    parser.add_argument("--levels", default=None, help="ATC levels to build and screen, e.g. 3 or 2,3 (default: the config's)")
+    parser.add_argument("--covariates", default="sex,education", help="covariates of the adjusted screen ('' to skip it)")
+    parser.add_argument("--covariate-strata", default="birth_cohort", help="strata of the adjusted screen")
+    parser.add_argument("--repeat", type=int, default=3, help="alternating runs of the two screens (the fastest of each is kept)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="keep the simulation, validation, cohort and exposures of an earlier run in --work (time the screens only)")
     args = parser.parse_args()
 
     work = Path(args.work) / f"n{args.n_persons}"
@@ -125,10 +138,16 @@ def main() -> None:
     for name in ("population", "ms_registry"):
         config["inputs"][name]["path"] = str(work / "simulated" / f"{name}.parquet")
     config["inputs"]["prescriptions"]["path"] = str(work / "simulated" / "prescriptions")
+    for name in SIMULATED_CLINICAL_EXTRACTS:  # the demo's clinical extracts: not read by these stages
+        config["inputs"].pop(name, None)
     config["resources"]["tmpdir"] = str(work / "tmp")
+    if args.levels:
+        config["screen"]["atc_levels"] = [int(level) for level in args.levels.split(",")]
 
     timings: dict[str, tuple[float, float]] = {}
-    for stage in ("simulate", "validate", "cohort", "exposure", "screen"):
+    before_screen = ("simulate", "validate", "cohort", "exposure")
+    reused = args.reuse and all((work / f"exposure_{level}.parquet").exists() for level in config["screen"]["atc_levels"])
+    for stage in ("screen",) if reused else (*before_screen, "screen"):
         timings[stage] = run_stage(stage, config, work)
         print(f"{stage:>9}: {timings[stage][0]:8.1f} s   peak RSS {timings[stage][1]:8.0f} MB", flush=True)
 
@@ -136,7 +155,7 @@ def main() -> None:
     flow = json.loads((work / "flow.json").read_text())
     dwas = pl.read_parquet(work / "dwas.parquet")
     n_fits = int((dwas["status"] != "skipped").sum())
-    after_validation = sum(timings[s][0] for s in ("cohort", "exposure", "screen"))
+    after_validation = sum(timings.get(s, (float("nan"),))[0] for s in ("cohort", "exposure", "screen"))
     print()
     print(f"machine: {platform.processor() or platform.machine()}, {mp.cpu_count()} cores, Python {platform.python_version()}")
     print(f"persons: {args.n_persons:,}  cohort: {flow['persons_in_cohort']:,}  cases: {flow['events']:,}  "
@@ -146,11 +165,29 @@ def main() -> None:
     print(f"cohort + exposure + screen after validation: {after_validation:.1f} s; screen fits per second: "
           f"{n_fits / timings['screen'][0]:.0f}")
     print(f"peak RSS over stages: {max(t[1] for t in timings.values()):.0f} MB")
-    lifelines_s, ours_s, sample = lifelines_seconds_per_class(config, work, args.lifelines_level, args.lifelines_classes)
-    print(f"lifelines CTV per class (level {args.lifelines_level}, lag 0, both sexes; {', '.join(sample)}): {lifelines_s:.2f} s; "
-          f"ours on the same classes: {ours_s * 1000:.1f} ms; ratio {lifelines_s / ours_s:.0f}x")
-    print(f"ours per fit over the whole screen: {timings['screen'][0] / max(n_fits, 1) * 1000:.2f} ms; "
-          f"ratio to lifelines {lifelines_s / (timings['screen'][0] / max(n_fits, 1)):.0f}x")
+    if args.lifelines_classes and args.lifelines_level in config["screen"]["atc_levels"]:
+        lifelines_s, ours_s, sample = lifelines_seconds_per_class(config, work, args.lifelines_level, args.lifelines_classes)
+        print(f"lifelines CTV per class (level {args.lifelines_level}, lag 0, both sexes; {', '.join(sample)}): {lifelines_s:.2f} s; "
+              f"ours on the same classes: {ours_s * 1000:.1f} ms; ratio {lifelines_s / ours_s:.0f}x")
+        print(f"ours per fit over the whole screen: {timings['screen'][0] / max(n_fits, 1) * 1000:.2f} ms; "
+              f"ratio to lifelines {lifelines_s / (timings['screen'][0] / max(n_fits, 1)):.0f}x")
+    if args.covariates:
+        adjust = {"strata": [v for v in args.covariate_strata.split(",") if v], "covariates": args.covariates.split(",")}
+        adjusted = {**config, "screen": {**config["screen"], "adjust": adjust}}
+        # Alternating runs, so that both screens see the same load on a shared machine; the fastest of each.
+        stratified_s, adjusted_s = [timings["screen"][0]], []
+        for repeat in range(args.repeat):
+            if repeat:
+                stratified_s.append(run_stage("screen", config, work)[0])
+            seconds, peak_mb = run_stage("screen_covariates", adjusted, work)
+            adjusted_s.append(seconds)
+            print(f"  run {repeat + 1}: stratified {stratified_s[-1]:.1f} s, covariate-adjusted {seconds:.1f} s, "
+                  f"load average {os.getloadavg()[0]:.1f}", flush=True)
+        fitted = int((pl.read_parquet(work / "dwas_covariates.parquet")["status"] != "skipped").sum())
+        print(f"stratified screen (strata {', '.join(config['screen']['adjust']['strata'])}): {min(stratified_s):.1f} s, "
+              f"{n_fits:,} fits; covariate-adjusted screen (strata {', '.join(adjust['strata']) or 'none'}; covariates "
+              f"{', '.join(adjust['covariates'])}): {min(adjusted_s):.1f} s, {fitted:,} fits, peak RSS {peak_mb:.0f} MB; "
+              f"ratio of the fastest runs {min(adjusted_s) / min(stratified_s):.2f}")
 
 
 if __name__ == "__main__":

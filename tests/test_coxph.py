@@ -7,7 +7,6 @@ is installed) and closed-form hand calculations. Deviations are printed (run ``p
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 import warnings
@@ -19,6 +18,7 @@ import polars as pl
 import pytest
 from aggregated_fitter import AggregatedCoxPHFitter, NotFittedError
 from lifelines import CoxTimeVaryingFitter
+from r_survival import r_survival_missing
 from scipy import optimize
 
 from repurpose.cox import engine as coxph
@@ -618,17 +618,8 @@ def test_matches_stored_r_survival_results() -> None:
     compare_with_r(pd.read_csv(R_REFERENCE), "stored R survival")
 
 
-def _r_with_survival() -> str | None:
-    if shutil.which("Rscript") is None:
-        return "Rscript is not on PATH (apt-get install r-base-core r-cran-survival)"
-    probe = subprocess.run(["Rscript", "-e", "library(survival)"], capture_output=True, text=True, timeout=120)
-    if probe.returncode != 0:
-        return "R is installed but library(survival) does not load"
-    return None
-
-
 def test_matches_live_r_survival(tmp_path: Path) -> None:
-    reason = _r_with_survival()
+    reason = r_survival_missing()
     if reason:
         pytest.skip(reason)
     output = tmp_path / "reference.csv"

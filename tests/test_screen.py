@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 from lifelines import CoxTimeVaryingFitter
+from r_survival import r_survival_missing
 from split_intervals import split_class_intervals
 
 from repurpose.config import validate_config
@@ -237,25 +239,21 @@ def test_a_batch_where_every_class_is_fitted_keeps_the_part_schema():
     assert results.schema == pl.Schema(SCREEN_PART_SCHEMA)
 
 
-def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypatch):
-    """Without covariates the screen fits the exposure-only model on 4 counts per risk set
-    (`screen_binary`); the general cell-and-pattern engine gives the same estimates, and splitting
-    the classes into chunks of a few risk sets or a few rows gives identical results."""
+def fast_path_and_references(monkeypatch, fast_path: str, cohort: pl.DataFrame, exposures: pl.DataFrame,
+                             config: dict, chunk_settings: dict[str, int]) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
+    """The screen and, with the fast path `fast_path` replaced by the general engine (`screen_general`),
+    the same statuses, counts and estimates (to 1e-9); also the screens with each chunk setting."""
     from repurpose.dwas import screen as screen_module
 
-    cohort = synthetic_cohort(1500, 8)
-    exposures = synthetic_exposures(cohort, 8)
-    config = config_for(adjust={"strata": ["sex", "birth_cohort"], "covariates": []})
     whole = screen_exposures(cohort, exposures, config, level=3)
-
-    monkeypatch.setattr(screen_module, "screen_binary", screen_module.screen_general)
+    monkeypatch.setattr(screen_module, fast_path, screen_module.screen_general)
     general = screen_exposures(cohort, exposures, config, level=3)
     monkeypatch.undo()
-    monkeypatch.setattr(screen_module, "MAX_QUERIES_PER_CHUNK", 40)
-    chunked_by_risk_sets = screen_exposures(cohort, exposures, config, level=3)
-    monkeypatch.undo()
-    monkeypatch.setattr(screen_module, "MAX_ROWS_PER_CHUNK", 30)
-    chunked_by_rows = screen_exposures(cohort, exposures, config, level=3)
+    chunked = []
+    for name, value in chunk_settings.items():
+        monkeypatch.setattr(screen_module, name, value)
+        chunked.append(screen_exposures(cohort, exposures, config, level=3))
+        monkeypatch.undo()
 
     fitted = whole["status"] == "ok"
     assert fitted.sum() >= 20
@@ -265,5 +263,74 @@ def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypa
     np.testing.assert_allclose(whole["person_years_exposed"], general["person_years_exposed"], atol=0.011)
     np.testing.assert_allclose(whole["log_hr"].to_numpy()[fitted], general["log_hr"].to_numpy()[fitted], atol=1e-9)
     np.testing.assert_allclose(whole["se"].to_numpy()[fitted], general["se"].to_numpy()[fitted], rtol=1e-9)
-    assert chunked_by_risk_sets.equals(whole)
-    assert chunked_by_rows.equals(whole)
+    return whole, chunked
+
+
+def test_binary_path_equals_general_engine_and_chunking_changes_nothing(monkeypatch):
+    """Without covariates the screen fits the exposure-only model on 4 counts per risk set
+    (`screen_binary`); the general cell-and-pattern engine gives the same estimates, and splitting
+    the classes into chunks of a few risk sets or a few rows gives identical results."""
+    cohort = synthetic_cohort(1500, 8)
+    config = config_for(adjust={"strata": ["sex", "birth_cohort"], "covariates": []})
+    whole, chunked = fast_path_and_references(monkeypatch, "screen_binary", cohort, synthetic_exposures(cohort, 8), config,
+                                              {"MAX_QUERIES_PER_CHUNK": 40, "MAX_ROWS_PER_CHUNK": 30})
+    assert all(other.equals(whole) for other in chunked)
+
+
+def test_covariate_path_equals_general_engine_and_blocks_change_nothing(monkeypatch):
+    """With covariates the screen counts exposed persons per (cell, risk set) and fits the classes of a
+    chunk together (`screen_covariates`, `repurpose.cox.categorical`); the general engine on the table
+    built by binary search (`screen_general`, `fit_efron`) gives the same estimates, and chunks of a few
+    risk sets or blocks of one fit give the same results (to rounding: a block's fits share array sums)."""
+    cohort = synthetic_cohort(1500, 9)
+    config = config_for(adjust={"strata": ["birth_cohort"], "covariates": ["sex", "education"]}, lags_years=[0, 2, 5])
+    whole, chunked = fast_path_and_references(monkeypatch, "screen_covariates", cohort, synthetic_exposures(cohort, 9),
+                                              config, {"MAX_QUERIES_PER_CHUNK": 40, "MAX_DENSE_CELLS": 1})
+    estimates = ["log_hr", "se", "hr", "ci_lower", "ci_upper", "p_value"]
+    for other in chunked:
+        assert other.drop(estimates).equals(whole.drop(estimates))
+        np.testing.assert_allclose(other["log_hr"].to_numpy(), whole["log_hr"].to_numpy(), rtol=0, atol=1e-12)
+        np.testing.assert_allclose(other["se"].to_numpy(), whole["se"].to_numpy(), rtol=1e-12)
+
+
+R_COXPH = """
+library(survival)
+args <- commandArgs(trailingOnly = TRUE)
+out <- NULL
+for (path in args[-1]) {
+  d <- read.csv(path, colClasses = c(education = "character"))
+  fit <- coxph(Surv(start, stop, event) ~ exposed + factor(sex) + factor(education), data = d, ties = "efron",
+               control = coxph.control(eps = 1e-12, iter.max = 100))
+  out <- rbind(out, data.frame(file = basename(path), coef = unname(coef(fit)["exposed"]),
+                               se = unname(sqrt(diag(vcov(fit)))[1])))
+}
+write.csv(out, args[1], row.names = FALSE)
+"""
+
+
+def test_covariate_screen_equals_r_coxph(tmp_path):
+    """The screen with `adjust.covariates: [sex, education]` is R's
+    `coxph(Surv(start, stop, event) ~ exposed + factor(sex) + factor(education))` on the split data of
+    each class, for several classes and lags."""
+    reason = r_survival_missing()
+    if reason:
+        pytest.skip(reason)
+    cohort = synthetic_cohort(1200, 10)
+    exposures = synthetic_exposures(cohort, 10)
+    config = config_for(adjust={"strata": [], "covariates": ["sex", "education"]}, sex_strata=["all"], lags_years=[0, 2, 5])
+    fitted = screen_exposures(cohort, exposures, config, level=3).filter(pl.col("status") == "ok")
+    assert fitted.height >= 10
+    prepared = prepare_cohort(cohort, 10).drop("entry", "exit")
+    paths = []
+    for i, row in enumerate(fitted.iter_rows(named=True)):
+        split = split_class_intervals(prepared, exposures.filter(pl.col("atc_code") == row["atc_code"]),
+                                      lag_days(row["lag_years"]))
+        paths.append(tmp_path / f"fit{i}.csv")
+        split.select("start", "stop", pl.col("event").cast(pl.Int8), "exposed", "sex", "education").write_csv(paths[-1])
+    script, output = tmp_path / "coxph.R", tmp_path / "r.csv"
+    script.write_text(R_COXPH)
+    subprocess.run(["Rscript", str(script), str(output), *map(str, paths)], check=True, capture_output=True, timeout=600)
+    r = pl.read_csv(output)
+    assert r["file"].to_list() == [p.name for p in paths]
+    np.testing.assert_allclose(fitted["log_hr"].to_numpy(), r["coef"].to_numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(fitted["se"].to_numpy(), r["se"].to_numpy(), rtol=1e-6)

@@ -2,9 +2,10 @@
 
 Owns: the Efron partial likelihood, score and information of every fit of a `RiskSetTable`
 (`efron_log_likelihood`) and their maximisation by vectorised Newton-Raphson with step halving
-(`fit_efron`), with the Newton rules shared by the binary fast path (`repurpose.cox.binary`) and the
-coordinator of the distributed fit (`NewtonArrays`, `accept_or_halve`, `start_newton`, `newton_raphson`,
-`finish_fits`). The table is built by `repurpose.cox.risk_set_table`; the fit result and its Wald summary
+(`fit_efron`), with the Newton rules shared by the binary fast path (`repurpose.cox.binary`), the
+exposure-and-categorical-covariates path (`repurpose.cox.categorical`) and the coordinator of the
+distributed fit (`NewtonArrays`, `accept_or_halve`, `start_newton`, `newton_raphson`,
+`information_is_singular`, `finish_fits`). The table is built by `repurpose.cox.risk_set_table`; the fit result and its Wald summary
 are `repurpose.cox.result`. Imports numpy and the other `repurpose.cox` modules only. See
 ``docs/cox_engine.md`` for the method.
 """
@@ -291,7 +292,7 @@ def newton_step(information: np.ndarray, score: np.ndarray) -> np.ndarray:
     return np.einsum("fij,fj->fi", eigenvectors, coords) * scale
 
 
-def _is_singular(derivs: EfronDerivatives) -> np.ndarray:
+def information_is_singular(derivs: EfronDerivatives) -> np.ndarray:
     """Information singular whatever beta: a covariate never varies within a risk set, or collinearity."""
     diag = np.diagonal(derivs.information, axis1=1, axis2=2)
     lost = ~(diag > SINGULAR_RELATIVE_TOL * derivs.information_positive_diag) | ~(
@@ -537,7 +538,7 @@ def _fit_block(table: RiskSetTable, beta: np.ndarray, max_iter: int, tol: float)
 
     at_zero = _evaluate(ws, np.zeros((fits.size, p)))
     loglik_null[fits] = at_zero.loglik
-    singular = fits[_is_singular(at_zero)]
+    singular = fits[information_is_singular(at_zero)]
     status[singular] = "singular_information"
     exact_separation = np.zeros((n_fits, p), dtype=bool)
     exact_separation[fits] = _coordinate_separation(ws)

@@ -8,10 +8,13 @@ covariates (`screen.adjust`).
 Why it is fast and still exact: persons are grouped into *cells* (`repurpose.dwas.risk_sets`). At an event
 time t in stratum s, the Efron partial likelihood only needs, per cell and exposure state, the number at
 risk and the number of events at t. For a class, the exposed counts come from its sparse exposure table
-(with covariates, by binary search over sorted (class, cell, age) keys, `risk_sets.build_risk_sets`; with
-exposure the only covariate, the default, by a running sum over each stratum's event ages,
-`screen_binary`); unexposed counts are the cell totals minus the exposed ones. No person-interval table
-is built. Owns the screen's fitting, its result rows and q-values, and the stage functions `screen_level`
+by a running sum over each stratum's event ages (`count_exposed_chunk`): with exposure the only
+covariate, the default, per stratum (`screen_binary`, fitted by `repurpose.cox.binary`); with covariates,
+per cell at its stratum's event ages (`screen_covariates`, fitted by `repurpose.cox.categorical`).
+Unexposed counts are the cell totals minus the exposed ones. No person-interval table is built.
+`screen_general` (binary search over sorted keys, `risk_sets.build_risk_sets`, and the general engine
+`fit_efron`) is the reference the tests compare both with. Owns the screen's fitting, its result rows
+and q-values, and the stage functions `screen_level`
 and `gather_screen`. May import `repurpose.cox`, `repurpose.dwas.risk_sets` and `.window`, `repurpose.schemas`,
 `repurpose.release.disclosure` and `repurpose.atc`. See docs/methods.md and docs/cox_engine.md.
 """
@@ -21,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +34,7 @@ from scipy import stats
 
 from repurpose.atc import anatomical_group_filter, load_atc_names
 from repurpose.cox.binary import BinaryRiskSets, fit_binary_efron
+from repurpose.cox.categorical import CellGrid, covariates_only_coef, fit_exposure_and_covariates
 from repurpose.cox.engine import fit_efron
 from repurpose.cox.result import CoxFitResult, wald
 from repurpose.cox.risk_set_table import concatenated_ranges, run_starts, segment_sums
@@ -144,8 +148,8 @@ def class_results(
 def screen_general(
     cohort: pl.DataFrame, exposures: pl.DataFrame, classes: list[str], screen: dict[str, Any], time_span: int
 ) -> Iterator[list[tuple[str, float, pl.DataFrame]]]:
-    """The screen with the general engine (covariates beside the exposure): per sex group and lag, a
-    (sex group, lag, part)."""
+    """The screen with the general engine (any covariates): per sex group and lag, a (sex group, lag, part).
+    The reference of `screen_binary` and `screen_covariates` in the tests (same model, slower)."""
     adjust, min_cases = screen["adjust"], screen["min_exposed_cases"]
     for sex_group in screen["sex_strata"]:
         layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
@@ -239,8 +243,8 @@ def screen_binary(
         for lag in screen["lags_years"]:
             lag_in_days = lag_days(lag)
             chunks = [
-                fit_binary_chunk(rows, grid, first_class, end_class, lag_in_days, groups, min_cases)
-                for first_class, end_class in zip(rows.chunk_bounds[:-1], rows.chunk_bounds[1:], strict=True)
+                fit_binary_chunk(grid, groups, *count_exposed_chunk(rows, grid, first, end, lag_in_days, groups, min_cases))
+                for first, end in zip(rows.chunk_bounds[:-1], rows.chunk_bounds[1:], strict=True)
             ]
             parts = []
             for i, group in enumerate(groups):
@@ -342,7 +346,8 @@ class ExposedRows:
     (`chunk_bounds`, class numbers) of about `MAX_QUERIES_PER_CHUNK` queries or `MAX_ROWS_PER_CHUNK`
     rows, and `exits_at` counts per
     query the chunk's rows whose exit's query it is; `event_exit_query` is that query for the rows with an
-    event (`event_rows`). All of this is independent of the lag, so it is computed once per layout; ages
+    event (`event_rows`). The (class, stratum) pairs with rows are `pair_class`, `pair_stratum`, each with
+    its stratum's risk sets as queries from `pair_first_query`. All of this is independent of the lag, so it is computed once per layout; ages
     and keys are int32 to halve the memory traffic.
     """
 
@@ -359,6 +364,9 @@ class ExposedRows:
     query_grid_row: np.ndarray
     chunk_bounds: np.ndarray
     exits_at: np.ndarray
+    pair_class: np.ndarray
+    pair_stratum: np.ndarray
+    pair_first_query: np.ndarray
 
 
 def exposed_rows_by_class(
@@ -369,7 +377,7 @@ def exposed_rows_by_class(
     n_classes: int,
     time_span: int,
 ) -> ExposedRows:
-    """Lay out the exposure rows of a layout's members for `fit_binary_chunk` (`cohort` and `exposures` from
+    """Lay out the exposure rows of a layout's members for `count_exposed_chunk` (`cohort` and `exposures` from
     `index_screen_inputs`)."""
     cohort_row = exposures["cohort_row"].to_numpy()
     cell = layout.cell_of_person.astype(np.int32)[cohort_row]
@@ -426,10 +434,26 @@ def exposed_rows_by_class(
         query_grid_row=concatenated_ranges(grid.first[present % grid.n_strata], pair_queries, np.int32),
         chunk_bounds=chunk_bounds,
         exits_at=exits_at,
+        pair_class=present // grid.n_strata,
+        pair_stratum=present % grid.n_strata,
+        pair_first_query=pair_first_query[present],
     )
 
 
-def fit_binary_chunk(
+@dataclass(frozen=True)
+class ChunkQueries:
+    """Exposed counts of a chunk of classes at one lag in every risk set of its queries (`ExposedRows`):
+    exposed at risk and exposed events per query, the grid row of each, each class's queries (from the
+    chunk's first query, `first_query` of the layout)."""
+
+    first_query: int
+    n_exposed: np.ndarray
+    exposed_events: np.ndarray
+    grid_row: np.ndarray
+    class_bounds: np.ndarray
+
+
+def count_exposed_chunk(
     rows: ExposedRows,
     grid: StratumGrid,
     first_class: int,
@@ -437,15 +461,14 @@ def fit_binary_chunk(
     lag_in_days: int,
     groups: list[SexGroup],
     min_exposed_cases: int,
-) -> list[tuple[ClassCounts, np.ndarray, CoxFitResult | None]]:
-    """The classes `first_class:end_class` at one lag: per sex group, their counts, fit numbers (from 0 in
-    the chunk; -1 when skipped) and fit results (None when nothing is fitted).
+) -> tuple[list[ClassCounts], list[np.ndarray], ChunkQueries | None]:
+    """The classes `first_class:end_class` at one lag: per sex group their counts and fit numbers (from 0
+    in the chunk; -1 when skipped), and the exposed counts of every query (None when nothing is fitted).
 
     Exposure counts from `exposed_from` (the exposure window) to exit; a row whose window opens at or after
     its exit gets its exit as start, so it is at risk nowhere and counted nowhere. Each row adds one at its
     start's query and removes one at its exit's query; a running sum gives the exposed at risk
-    (start < time <= exit), and the exposed events sit at the exit's query. Risk sets with nobody exposed
-    at risk carry no information and are dropped.
+    (start < time <= exit), and the exposed events sit at the exit's query.
     """
     first_row, end_row = rows.class_bounds[first_class], rows.class_bounds[end_class]
     chunk_rows = slice(first_row, end_row)
@@ -462,7 +485,7 @@ def fit_binary_chunk(
                            None if g.row_member is None else g.row_member[chunk_rows]) for g in groups]
     fits = [classes_to_fit(c, min_exposed_cases) for c in counts]
     if not any(np.any(f >= 0) for f in fits):
-        return [(c, f, None) for c, f in zip(counts, fits, strict=True)]
+        return counts, fits, None
 
     first_query, end_query = rows.class_queries[first_class], rows.class_queries[end_class]
     n_queries = int(end_query - first_query)
@@ -473,22 +496,43 @@ def fit_binary_chunk(
     n_exposed -= rows.exits_at[first_query:end_query]
     np.cumsum(n_exposed, out=n_exposed)
     event_query = rows.event_exit_query[events][event_exposed] - first_query - 1
-    exposed_events = np.bincount(event_query, minlength=n_queries)
-    query_grid_row = rows.query_grid_row[first_query:end_query]
-    class_query_bounds = rows.class_queries[first_class : end_class + 1] - first_query
-    at_risk = n_exposed > 0
+    queries = ChunkQueries(
+        int(first_query),
+        n_exposed,
+        np.bincount(event_query, minlength=n_queries),
+        rows.query_grid_row[first_query:end_query],
+        rows.class_queries[first_class : end_class + 1] - first_query,
+    )
+    return counts, fits, queries
+
+
+def fit_binary_chunk(
+    grid: StratumGrid,
+    groups: list[SexGroup],
+    counts: list[ClassCounts],
+    fits: list[np.ndarray],
+    queries: ChunkQueries | None,
+) -> list[tuple[ClassCounts, np.ndarray, CoxFitResult | None]]:
+    """A chunk of classes at one lag as counted by `count_exposed_chunk`, fitted with exposure the only
+    covariate: per sex group, their counts, fit numbers and fit results (None when nothing is fitted).
+    Risk sets with nobody exposed at risk carry no information and are dropped.
+    """
+    if queries is None:
+        return [(c, f, None) for c, f in zip(counts, fits, strict=True)]
+    first_query = queries.first_query
+    at_risk = queries.n_exposed > 0
     results: list[CoxFitResult | None] = []
     for group, fit_of_class in zip(groups, fits, strict=True):
         if not np.any(fit_of_class >= 0):
             results.append(None)
             continue
-        informative = at_risk & np.repeat(fit_of_class >= 0, np.diff(class_query_bounds))
+        informative = at_risk & np.repeat(fit_of_class >= 0, np.diff(queries.class_bounds))
         if group.query_member is not None:
-            informative &= group.query_member[first_query:end_query]
-        per_class = segment_sums(informative, class_query_bounds)
+            informative &= group.query_member[first_query : first_query + informative.shape[0]]
+        per_class = segment_sums(informative, queries.class_bounds)
         informative = np.flatnonzero(informative)
-        grid_row = query_grid_row[informative]
-        exposed_at_risk, exposed_event = n_exposed[informative], exposed_events[informative]
+        grid_row = queries.grid_row[informative]
+        exposed_at_risk, exposed_event = queries.n_exposed[informative], queries.exposed_events[informative]
         table = BinaryRiskSets(
             np.repeat(fit_of_class, per_class),
             exposed_at_risk,
@@ -501,6 +545,89 @@ def fit_binary_chunk(
     return list(zip(counts, fits, results, strict=True))
 
 
+MAX_DENSE_CELLS = 1 << 22
+"""Fits x grid rows held densely at once by the covariate path (bounds its memory: a few arrays of this size)."""
+
+
+def screen_covariates(
+    cohort: pl.DataFrame, exposures: pl.DataFrame, classes: list[str], screen: dict[str, Any], time_span: int
+) -> Iterator[list[tuple[str, float, pl.DataFrame]]]:
+    """The screen with categorical covariates beside the exposure: per sex group and lag, a (sex group,
+    lag, part).
+
+    Each cell (a combination of the covariates within a stratum) is counted as `screen_binary` counts a
+    stratum, at every event time of the cell's stratum, so one pass gives each class's exposed at risk and
+    exposed events per (cell, risk set); `repurpose.cox.categorical` fits the classes of a chunk together
+    on those counts and the cells' totals, from the covariates-only model (fitted once per sex group).
+    """
+    adjust, min_cases = screen["adjust"], screen["min_exposed_cases"]
+    for sex_group in screen["sex_strata"]:
+        layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
+        totals = total_counts(cohort, layout, time_span)
+        grid = stratum_grid(replace(totals, stratum=totals.cell), layout.n_cells, time_span)
+        cell_grid, _ = CellGrid.from_cell_major(
+            grid.n_at_risk,
+            grid.n_events.astype(np.float64),
+            layout.covariate_design,
+            np.searchsorted(layout.stratum_of_cell, np.arange(int(layout.stratum_of_cell.max()) + 2)),
+            grid.first,
+        )
+        initial = covariates_only_coef(cell_grid)
+        one_stratum_per_cell = replace(layout, stratum_of_cell=np.arange(layout.n_cells))
+        rows = exposed_rows_by_class(cohort, exposures, one_stratum_per_cell, grid, len(classes), time_span)
+        member = layout.cell_of_person >= 0
+        group = SexGroup(sex_group, None, None, (int(member.sum()), int(cohort["event"].to_numpy()[member].sum())))
+        for lag in screen["lags_years"]:
+            chunks = []
+            for first_class, end_class in zip(rows.chunk_bounds[:-1], rows.chunk_bounds[1:], strict=True):
+                [counts], [fit_of_class], queries = count_exposed_chunk(
+                    rows, grid, first_class, end_class, lag_days(lag), [group], min_cases
+                )
+                result = None if queries is None else fit_covariates_chunk(
+                    cell_grid, rows, first_class, end_class, queries, fit_of_class, initial
+                )
+                chunks.append((counts, fit_of_class, result))
+            counts, fit_of_class, result = combine_chunks(chunks)
+            yield [(sex_group, lag, class_results(classes, counts, fit_of_class, result, lag, sex_group, group.size, min_cases))]
+
+
+def fit_covariates_chunk(
+    grid: CellGrid,
+    rows: ExposedRows,
+    first_class: int,
+    end_class: int,
+    queries: ChunkQueries,
+    fit_of_class: np.ndarray,
+    initial: np.ndarray,
+) -> CoxFitResult:
+    """Fit the classes `first_class:end_class` of `rows` (counted with one stratum per cell) that have a fit
+    number, with exposure and the grid's covariates, in blocks of fits whose dense (fits x grid rows)
+    exposed counts hold at most `MAX_DENSE_CELLS` numbers. A (class, cell) pair's queries are the cell's
+    risk sets in time order, so they fill the cell's column of its stratum's (risk sets x cells) block."""
+    pairs = slice(*np.searchsorted(rows.pair_class, [first_class, end_class]))
+    pair_fit = fit_of_class[rows.pair_class[pairs] - first_class]
+    pair_cell = rows.pair_stratum[pairs]
+    pair_first = rows.pair_first_query[pairs] - queries.first_query
+    n_fits = int(fit_of_class.max()) + 1
+    block = max(1, MAX_DENSE_CELLS // max(grid.n_rows, 1))
+    results = []
+    for first_fit in range(0, n_fits, block):
+        n_block = min(block, n_fits - first_fit)
+        exposed_at_risk = np.zeros((n_block, grid.n_rows))
+        exposed_events = np.zeros((n_block, grid.n_rows))
+        in_block = (pair_fit >= first_fit) & (pair_fit < first_fit + n_block)
+        for first_cell, end_cell, first_row, end_row in grid.strata():
+            chosen = np.flatnonzero(in_block & (pair_cell >= first_cell) & (pair_cell < end_cell))
+            n_cells = end_cell - first_cell
+            n_times = (end_row - first_row) // max(n_cells, 1)
+            query = pair_first[chosen, None] + np.arange(n_times)
+            fit, cell = pair_fit[chosen] - first_fit, pair_cell[chosen] - first_cell
+            for dense, counts in ((exposed_at_risk, queries.n_exposed), (exposed_events, queries.exposed_events)):
+                dense[:, first_row:end_row].reshape(n_block, n_times, n_cells)[fit, :, cell] = counts[query]
+        results.append(fit_exposure_and_covariates(grid, exposed_at_risk, exposed_events, initial_covariates=initial))
+    return CoxFitResult.concatenate(results)
+
+
 def screen_exposures(
     cohort: pl.DataFrame, exposures: pl.DataFrame, config: dict[str, Any], level: int, label: str | None = None
 ) -> pl.DataFrame:
@@ -511,7 +638,7 @@ def screen_exposures(
     screen = config["screen"]
     cohort, exposures, classes, time_span = index_screen_inputs(cohort, exposures, screen)
     exposure_only = not screen["adjust"]["covariates"]
-    batches = (screen_binary if exposure_only else screen_general)(cohort, exposures, classes, screen, time_span)
+    batches = (screen_binary if exposure_only else screen_covariates)(cohort, exposures, classes, screen, time_span)
     results: dict[tuple[str, float], pl.DataFrame] = {}
     n_batches = len(screen["sex_strata"]) * len(screen["lags_years"])
     started = started_all = time.perf_counter()
