@@ -15,12 +15,14 @@ after time_zero; sick leave counts from time_zero itself (day 0 of the first int
 * `first_diagnosis`: the first diagnosis whose ICD-10 code starts with one of a list of prefixes (the safety
   outcome, serious infection, from the diagnosis extract), read lazily so the extract need not fit in memory.
 
-All vectorised in polars (no loop over persons). Imports nothing of the package.
+All vectorised in polars (no loop over persons). Imports `registry.outcome` (the ICD-10 normalisation) only.
 """
 
 from __future__ import annotations
 
 import polars as pl
+
+from repurpose.registry.outcome import normalise_icd10
 
 FOLLOW_UP_COLUMNS = ("person_id", "time_zero", "end_date")
 WORSENING_COLUMNS = ("person_id", "baseline_edss", "worsening_date", "event")
@@ -208,7 +210,7 @@ def first_relapse(relapses: pl.DataFrame, baseline: pl.DataFrame) -> pl.DataFram
 
 def normalised_codes(prefixes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     """ICD-10 code prefixes as the validated diagnosis extract stores codes: upper case, without dots."""
-    codes = tuple(sorted({str(c).strip().upper().replace(".", "") for c in prefixes}))
+    codes = tuple(sorted({normalise_icd10(str(c)) for c in prefixes}))
     if not codes or any(not c for c in codes):
         raise ValueError(f"ICD-10 code prefixes must be non-empty strings, got {list(prefixes)}")
     return codes
@@ -218,7 +220,8 @@ def first_diagnosis(
     diagnoses: pl.DataFrame | pl.LazyFrame, baseline: pl.DataFrame, prefixes: tuple[str, ...] | list[str]
 ) -> pl.DataFrame:
     """One row per baseline person: person_id, diagnosis_date and icd10_code of the first diagnosis whose code
-    starts with one of `prefixes` (dots and case ignored: "A81.2" matches A812 and A8120) strictly after
+    starts with one of `prefixes` (written with or without dots, in any case: "a81.2" matches the extract's
+    normalised codes A812 and A8120) strictly after
     time_zero and strictly before end_date (null if none; of two matching codes on that day the first in
     alphabetical order), event (bool).
 
@@ -228,9 +231,8 @@ def first_diagnosis(
     lazy = diagnoses.lazy()
     _require(pl.DataFrame(schema=lazy.collect_schema()), ("person_id", "diagnosis_date", "icd10_code"), "diagnoses")
     codes = normalised_codes(prefixes)
-    code = pl.col("icd10_code").str.to_uppercase().str.replace_all(".", "", literal=True)
     matching = (
-        lazy.select("person_id", "diagnosis_date", code.alias("icd10_code"))
+        lazy.select("person_id", "diagnosis_date", "icd10_code")
         .filter(pl.any_horizontal([pl.col("icd10_code").str.starts_with(c) for c in codes]))
         .join(follow.lazy().select("person_id"), on="person_id", how="semi")
         .collect()
