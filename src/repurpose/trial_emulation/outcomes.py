@@ -219,11 +219,10 @@ def normalised_codes(prefixes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 def first_diagnosis(
     diagnoses: pl.DataFrame | pl.LazyFrame, baseline: pl.DataFrame, prefixes: tuple[str, ...] | list[str]
 ) -> pl.DataFrame:
-    """One row per baseline person: person_id, diagnosis_date and icd10_code of the first diagnosis whose code
-    starts with one of `prefixes` (written with or without dots, in any case: "a81.2" matches the extract's
-    normalised codes A812 and A8120) strictly after
-    time_zero and strictly before end_date (null if none; of two matching codes on that day the first in
-    alphabetical order), event (bool).
+    """One row per baseline person: person_id, diagnosis_date and icd10_code of the first diagnosis strictly
+    after time_zero and strictly before end_date whose code starts with one of `prefixes` (null if none; of two
+    matching codes on that day the first in alphabetical order), event (bool). Prefixes may be written with or
+    without dots, in any case: "a81.2" matches the extract's normalised codes A812 and A8120.
 
     `diagnoses` (person_id, diagnosis_date, icd10_code; the validated extract) may be a LazyFrame: only the
     rows of the baseline persons with a matching code are collected."""
