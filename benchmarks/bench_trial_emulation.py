@@ -65,7 +65,8 @@ def main() -> None:
         n_persons = pl.scan_parquet(registries / "population.parquet").select(pl.len()).collect().item()
         n_ms = pl.scan_parquet(registries / "ms_registry.parquet").select(pl.len()).collect().item()
         estimates = pl.read_csv(f"{folder}/estimates.csv")
-        primary = estimates.filter((pl.col("outcome") == "confirmed_worsening") & pl.col("measure").is_in(["risk_difference_5y", "hazard_ratio"]))
+        primary = estimates.filter(pl.col("outcome").is_in(["confirmed_worsening", "serious_infection"])
+                                   & pl.col("measure").is_in(["risk_difference_5y", "hazard_ratio"]))  # fmt: skip
         print(f"persons {n_persons:,}; MS patients {n_ms:,}; eligible {result['n_eligible']:,}; replicates {args.replicates}")
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         print(f"simulation {generated:.1f} s; trial emulation {seconds:.1f} s ({args.threads} threads, "
