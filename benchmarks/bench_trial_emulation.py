@@ -2,8 +2,8 @@
 bootstrap replicates on 2 cores for the MS patients of a 1M-person registry).
 
 The registries come from the simulator (`repurpose.simulate.simulate_registries`, clinical data on): its
-population, MS registry, treatments, relapses, EDSS and sick leave have the validated columns, so the stage reads
-them as it would read results/validated/. The time measured is `run_trial_emulation` (the rule's call): reading,
+population, MS registry, treatments, relapses, EDSS, sick leave and diagnosis extract (for the safety outcome) have
+the validated columns, so the stage reads them as it would read results/validated/. The time measured is `run_trial_emulation` (the rule's call): reading,
 eligibility, clones, weights, outcomes, estimates, the bootstrap (weights refitted in every replicate), the
 diagnostics, the released tables and the page.
 
@@ -29,7 +29,7 @@ from repurpose.layout import TRIAL_EMULATION_TABLES
 from repurpose.simulate import simulate_registries
 from repurpose.trial_emulation import run_trial_emulation
 
-EXTRACTS = ("population", "ms_registry", "ms_treatments", "ms_relapses", "ms_edss", "sick_leave")
+EXTRACTS = ("population", "ms_registry", "ms_treatments", "ms_relapses", "ms_edss", "sick_leave", "diagnoses")
 
 
 def main() -> None:
@@ -65,7 +65,8 @@ def main() -> None:
         n_persons = pl.scan_parquet(registries / "population.parquet").select(pl.len()).collect().item()
         n_ms = pl.scan_parquet(registries / "ms_registry.parquet").select(pl.len()).collect().item()
         estimates = pl.read_csv(f"{folder}/estimates.csv")
-        primary = estimates.filter((pl.col("outcome") == "confirmed_worsening") & pl.col("measure").is_in(["risk_difference_5y", "hazard_ratio"]))
+        primary = estimates.filter(pl.col("outcome").is_in(["confirmed_worsening", "serious_infection"])
+                                   & pl.col("measure").is_in(["risk_difference_5y", "hazard_ratio"]))  # fmt: skip
         print(f"persons {n_persons:,}; MS patients {n_ms:,}; eligible {result['n_eligible']:,}; replicates {args.replicates}")
         load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
         print(f"simulation {generated:.1f} s; trial emulation {seconds:.1f} s ({args.threads} threads, "

@@ -21,6 +21,7 @@ from repurpose.simulate.clinical_model import (
     STOP_REASONS,
     ClinicalSettings,
 )
+from repurpose.simulate.infections import INFECTION_CODES
 from repurpose.study_config import merge_over_defaults
 
 REPO = Path(__file__).resolve().parents[1]
@@ -72,11 +73,17 @@ def test_same_seed_gives_identical_clinical_tables_and_another_seed_does_not(tmp
 
 
 def test_enabling_the_clinical_data_changes_no_existing_output(runs: dict[str, Path]) -> None:
-    """Population, hidden truth, diagnoses, the registry's existing columns, every non-DMT dispensing (in
-    order) and the existing ground truth are the same; the DMT rows are the only rows added."""
+    """Population, hidden truth, the G35 diagnoses, the registry's existing columns, every non-DMT dispensing
+    (in order) and the existing ground truth are the same; the DMT rows and the serious-infection diagnoses are
+    the only rows added."""
     on, off = runs["on"], runs["off"]
-    for name in ("population.parquet", "ground_truth_persons.parquet", "diagnoses.parquet"):
+    for name in ("population.parquet", "ground_truth_persons.parquet"):
         assert pl.read_parquet(on / name).equals(pl.read_parquet(off / name)), name
+    infection = pl.col("icd10_code").is_in([code for code, _ in INFECTION_CODES])
+    diagnoses_on = read(on, "diagnoses")
+    assert diagnoses_on.filter(~infection).equals(read(off, "diagnoses"))
+    counts = truth_of(on)["clinical"]["serious_infections"]["counts"]
+    assert diagnoses_on.filter(infection).height == counts["events_on_high_efficacy"] + counts["events_off_high_efficacy"] > 0
     registry_on, registry_off = read(on, "ms_registry"), read(off, "ms_registry")
     existing = ["person_id", "onset_date", "diagnosis_date", "edss_at_diagnosis"]
     assert registry_on.select(existing).equals(registry_off.select(existing))
@@ -513,3 +520,64 @@ def test_ground_truth_declares_the_clinical_model(runs: dict[str, Path]) -> None
         ("sick_leave", "sick_leave_episodes"),
     ):
         assert read(out, name).height == counts[key], name
+
+
+# --------------------------------------------------------------------------------------------------
+# Serious infections (the trial emulation's safety outcome)
+# --------------------------------------------------------------------------------------------------
+
+
+def test_serious_infections_recomputed_from_the_tables_match_the_planted_truth(runs: dict[str, Path]) -> None:
+    """Events and person-years on and off high-efficacy therapy, recomputed from the written tables (MS
+    diagnosis to exit inside the study window; the high-efficacy episodes of ms_treatments), equal the truth's
+    counts, and the observed rate ratio is near the planted one (Poisson, a few hundred events)."""
+    out = runs["on"]
+    truth = truth_of(out)["clinical"]["serious_infections"]
+    end = STUDY_END + timedelta(days=1)
+    population = read(out, "population").select(
+        "person_id", pl.min_horizontal(pl.col("death_date"), pl.col("emigration_date"), pl.lit(end)).alias("exit"))
+    invalid = truth_of(out)["corrupt_row_person_ids"]["diagnosis_before_birth"]  # not simulated as patients
+    registry = read(out, "ms_registry").filter(~pl.col("person_id").is_in(invalid)).join(population, on="person_id").select(
+        "person_id", pl.max_horizontal("diagnosis_date", pl.lit(STUDY_START)).alias("first"), "exit")
+    registry = registry.filter(pl.col("exit") > pl.col("first"))
+    episodes = read(out, "ms_treatments").filter(pl.col("treatment_atc_code").is_in(truth["high_efficacy_codes"]))
+    episodes = episodes.join(registry, on="person_id").select(
+        "person_id", pl.max_horizontal("start_date", "first").alias("a"),
+        pl.min_horizontal(pl.coalesce("stop_date", "exit"), "exit").alias("b"))
+    days_on = episodes.select((pl.col("b") - pl.col("a")).dt.total_days().clip(lower_bound=0).sum()).item()
+    days_all = registry.select((pl.col("exit") - pl.col("first")).dt.total_days().sum()).item()
+    infections = read(out, "diagnoses").filter(pl.col("icd10_code").is_in([c for c, _ in INFECTION_CODES]))
+    on = infections.join(episodes, on="person_id").filter(
+        (pl.col("diagnosis_date") >= pl.col("a")) & (pl.col("diagnosis_date") < pl.col("b")))
+    counts = truth["counts"]
+    assert on.height == counts["events_on_high_efficacy"]
+    assert infections.height - on.height == counts["events_off_high_efficacy"]
+    assert abs(days_on / 365.25 - counts["years_on_high_efficacy"]) < 0.06
+    assert abs((days_all - days_on) / 365.25 - counts["years_off_high_efficacy"]) < 0.06
+    rate_on = on.height / (days_on / 365.25)
+    rate_off = (infections.height - on.height) / ((days_all - days_on) / 365.25)
+    assert truth["high_efficacy_rate_ratio"] == 2.0 and truth["rate_per_1000_years_off_high_efficacy"] == 15.0
+    # log rate ratio SE = sqrt(1/events_on + 1/events_off); 3.5 SE
+    se = (1 / on.height + 1 / (infections.height - on.height)) ** 0.5
+    assert abs(np.log(rate_on / rate_off) - np.log(2.0)) < 3.5 * se
+    assert abs(rate_off * 1000 - 15.0) < 3.5 * 1000 * (infections.height - on.height) ** 0.5 / ((days_all - days_on) / 365.25)
+    # every infection after the MS diagnosis, inside observation
+    late = infections.join(registry, on="person_id").filter(
+        (pl.col("diagnosis_date") < pl.col("first")) | (pl.col("diagnosis_date") >= pl.col("exit")))
+    assert late.height == 0 and infections["person_id"].is_in(registry["person_id"].implode()).all()
+
+
+def test_serious_infections_off_changes_no_other_output(tmp_path: Path) -> None:
+    for name, rate in (("on", None), ("off", 0)):
+        simulate_registries(tmp_path / name, n_persons=4_000, seed=8, chunk_size=2_000,
+                            clinical=None if rate is None else {"serious_infection_rate_per_1000_years": rate})  # fmt: skip
+    on, off = tmp_path / "on", tmp_path / "off"
+    files = sorted(p.relative_to(off) for p in off.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(on) for p in on.rglob("*") if p.is_file())
+    changed = [str(f) for f in files if (on / f).read_bytes() != (off / f).read_bytes()]
+    assert changed == ["diagnoses.parquet", "ground_truth.json"]
+    assert set(read(off, "diagnoses")["icd10_code"]) == {"G35"}
+    truth_on, truth_off = truth_of(on), truth_of(off)
+    assert "serious_infections" not in truth_off["clinical"]
+    truth_on["clinical"].pop("serious_infections")
+    assert truth_on == truth_off

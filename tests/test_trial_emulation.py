@@ -18,6 +18,7 @@ from repurpose.release.policy import DisclosurePolicy
 from repurpose.simulate import simulate_registries
 from repurpose.trial_emulation import run_trial_emulation
 from repurpose.trial_emulation.analysis import (
+    NAIVE,
     bootstrap,
     build_trial_data,
     estimates,
@@ -27,7 +28,14 @@ from repurpose.trial_emulation.analysis import (
 from repurpose.trial_emulation.clones import build_clones, weights_from
 from repurpose.trial_emulation.cohort import BASELINE_COLUMNS, TIME_VARYING
 from repurpose.trial_emulation.protocol import TrialProtocol
-from repurpose.trial_emulation.release import coarsened_steps, release_counts_table, release_flow
+from repurpose.trial_emulation.release import HIDDEN_NOTE, coarsened_steps, release_counts_table, release_flow
+from repurpose.trial_emulation.study import (
+    emulate,
+    hidden_outcomes,
+    read_validated,
+    release_all,
+    unavailable_outcomes,
+)
 
 INPUTS = {"population": {"path": "p"}, "prescriptions": {"path": "p"}, "ms_registry": {"path": "m"}}
 
@@ -189,7 +197,12 @@ def test_the_stage_writes_released_tables_and_the_page(small_registry, tmp_path)
                                      & (pl.col("measure") == "hazard_ratio")).row(0, named=True)  # fmt: skip
     assert primary["status"] == "shown" and primary["lower"] < primary["estimate"] < primary["upper"]
     assert set(estimates_table["outcome"]) >= {"confirmed_worsening", "first_relapse", "relapse_rate", "sick_leave", "death"}
-    assert pl.read_csv(tmp_path / "target_trial.csv")["component"][0] == "Eligibility"
+    # the safety outcome is configured (the default) but the diagnosis extract is not given: listed, not dropped
+    missing = estimates_table.filter(pl.col("outcome") == "serious_infection")
+    assert missing.rows() == [(None, "serious_infection", None, None, None, None, "not available: inputs.diagnoses is not configured")]
+    target = pl.read_csv(tmp_path / "target_trial.csv")
+    assert target["component"][0] == "Eligibility"
+    assert "serious_infection not available: inputs.diagnoses is not configured" in target.filter(pl.col("component") == "Outcomes")["emulation"][0]
     assert pl.read_csv(tmp_path / "flow.csv")["n_persons"][-1] % 5 == 0
     page = (tmp_path / "trial_emulation.html").read_text()
     assert "The target trial and its emulation" in page and "<img" in page
@@ -204,6 +217,60 @@ def test_the_stage_writes_released_tables_and_the_page(small_registry, tmp_path)
         assert not any(f",{i}," in text or text.startswith(f"{i},") for i in list(ids)[:200])
     curves = pl.read_csv(tmp_path / "curves.csv")
     assert curves.filter(pl.col("n_at_risk").is_not_null())["n_at_risk"].min() >= 5
+
+
+def test_the_safety_outcome_through_the_emulation_on_a_simulated_registry(small_registry):
+    """serious_infection from the simulated diagnosis extract: events counted as a plain count over the raw
+    records says, finite estimates, and released tables under disclosure control."""
+    names = ("population", "ms_registry", "ms_treatments", "ms_relapses", "ms_edss")
+    frames = {n: read_validated(n, small_registry / f"{n}.parquet") for n in names}
+    p = protocol(bootstrap_replicates=4, diagnosis_from="2006-09-01", outcomes=["first_relapse", "serious_infection"])
+    result = emulate(p, frames, None, diagnoses=pl.scan_parquet(small_registry / "diagnoses.parquet"))
+    assert result["unavailable"] == {}
+    # the naive groups' events by a loop over the raw records: a default-list code strictly after time zero and
+    # before end_date, on a day <= the person's follow-up days
+    baseline = result["baseline"]
+    records = pl.read_parquet(small_registry / "diagnoses.parquet").filter(pl.col("person_id").is_in(baseline["person_id"].implode()))
+    by_person: dict[int, list[int]] = {}
+    zero = dict(zip(baseline["person_id"], baseline["time_zero"], strict=True))
+    end = dict(zip(baseline["person_id"], baseline["end_date"], strict=True))
+    for person, when, code in records.iter_rows():
+        if code.startswith(p.serious_infection_codes) and zero[person] < when < end[person]:
+            by_person.setdefault(person, []).append((when - zero[person]).days)
+    expected = {"high_efficacy": 0, "escalation": 0}
+    for person, start, cls, followup in baseline.select("person_id", "first_start_day", "first_class", "followup_days").iter_rows():
+        if start is not None and start <= p.grace_days and min(by_person.get(person, [10**9])) <= followup:
+            expected["high_efficacy" if cls == "high_efficacy" else "escalation"] += 1
+    counts = result["counts"].filter((pl.col("outcome") == "serious_infection") & (pl.col("analysis") == NAIVE))
+    assert dict(zip(counts["strategy"], counts["n_events"], strict=True)) == expected
+    assert sum(expected.values()) > 0
+    for analysis in ("emulation", "naive"):
+        for measure in ("hazard_ratio", "risk_high_efficacy_5y", "risk_escalation_5y", "risk_difference_5y"):
+            assert np.isfinite(result["point"][(analysis, "serious_infection", measure)]), (analysis, measure)
+    policy = DisclosurePolicy(min_cell=5, rounding_base=5)
+    released = release_all(result, p, policy)
+    hidden = hidden_outcomes(result["counts"], policy)
+    shown = released["estimates"].filter(pl.col("outcome") == "serious_infection")
+    for (analysis,), part in shown.group_by("analysis"):
+        if (analysis, "serious_infection") in hidden:
+            assert (part["status"] == HIDDEN_NOTE).all() and part["estimate"].null_count() == part.height
+        else:
+            assert (part["status"] == "shown").all() and part["estimate"].is_not_null().all()
+    released_counts = released["counts"].filter(pl.col("outcome") == "serious_infection")
+    for column in ("n_persons", "n_censored_deviation", "n_events"):
+        assert all(v == 0 or (v >= 5 and v % 5 == 0) for v in released_counts[column].drop_nulls().to_list())
+    curves = released["curves"].filter(pl.col("outcome") == "serious_infection")
+    assert curves.filter(pl.col("n_at_risk").is_not_null())["n_at_risk"].min() >= 5
+
+
+def test_an_outcome_without_its_extract_is_listed_as_not_available_only_when_configured():
+    p = protocol(outcomes=["first_relapse", "sick_leave", "serious_infection"])
+    assert unavailable_outcomes(p, {"sick_leave": None, "diagnoses": None}) == {
+        "sick_leave": "not available: inputs.sick_leave is not configured",
+        "serious_infection": "not available: inputs.diagnoses is not configured",
+    }
+    assert unavailable_outcomes(p, {"sick_leave": pl.DataFrame(), "diagnoses": pl.LazyFrame()}) == {}
+    assert unavailable_outcomes(protocol(outcomes=["first_relapse"]), {}) == {}
 
 
 def confounded_trial(n: int, seed: int, p: TrialProtocol) -> tuple[float, object]:

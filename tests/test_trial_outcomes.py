@@ -16,6 +16,7 @@ import pytest
 
 from repurpose.trial_emulation.outcomes import (
     confirmed_worsening,
+    first_diagnosis,
     first_relapse,
     relapse_times,
     sick_leave_days,
@@ -442,3 +443,60 @@ def test_sick_leave_matches_a_day_by_day_count_on_random_spells() -> None:
         daily = np.minimum(daily, 1.0)
         expected = [daily[k : k + interval].sum() for k in range(0, max(stop, 0), interval)]
         assert leave_by_interval(out, person) == pytest.approx(expected), person
+
+
+def diagnosis_table(rows: list[tuple[int, int, str]]) -> pl.DataFrame:
+    """(person, day offset from T0, ICD-10 code) rows as a validated diagnoses table."""
+    return pl.DataFrame(
+        {"person_id": [r[0] for r in rows], "diagnosis_date": [day(r[1]) for r in rows], "icd10_code": [r[2] for r in rows]},
+        schema={"person_id": pl.Int64, "diagnosis_date": pl.Date, "icd10_code": pl.String},
+    )  # fmt: skip
+
+
+INFECTION_PREFIXES = ("A40", "a41", "J18", "A81.2", "B02")  # as a config may write them
+
+
+def test_first_diagnosis_hand_worked_sequences() -> None:
+    rows = [
+        (1, -30, "A419"), (1, 0, "J189"), (1, 12, "G35"), (1, 40, "J181"), (1, 20, "B029"),  # -> day 20, B029
+        (2, -1, "A410"),  # before time zero only -> none
+        (3, 99, "A812"), (3, 100, "A41"),  # end_date day 100 (exclusive) -> day 99; A81.2 matches A812
+        (4, 100, "J18"),  # on end_date -> none
+        (5, 7, "A81"), (5, 8, "A8120"), (5, 9, "J17"),  # A81 is not A81.2; A8120 starts with A812 -> day 8
+        (6, 5, "J18"), (6, 5, "A40"), (6, 5, "A419"),  # one day, three codes -> the first alphabetically
+        (7, 3, "XA41"),  # a prefix matches at the start only
+        (9, 1, "A41"),  # not a baseline person
+    ]  # fmt: skip
+    baseline = baseline_table([1, 2, 3, 4, 5, 6, 7, 8], [FAR, FAR, day(100), day(100), FAR, FAR, FAR, FAR])
+    out = first_diagnosis(diagnosis_table(rows), baseline, INFECTION_PREFIXES)
+    assert out.columns == ["person_id", "diagnosis_date", "icd10_code", "event"]
+    assert out.get_column("person_id").to_list() == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert out.get_column("diagnosis_date").to_list() == [day(20), None, day(99), None, day(8), day(5), None, None]
+    assert out.get_column("icd10_code").to_list() == ["B029", None, "A812", None, "A8120", "A40", None, None]
+    assert out.get_column("event").to_list() == [True, False, True, False, True, True, False, False]
+
+
+def test_first_diagnosis_reads_a_lazy_extract_and_checks_its_input() -> None:
+    rows = [(1, 3, "J181"), (1, 2, "J13"), (2, 50, "N10")]
+    baseline = baseline_table([1, 2], [FAR, day(50)])
+    lazy = first_diagnosis(diagnosis_table(rows).lazy(), baseline, ["j12", "J13", "N10"])
+    assert lazy.get_column("diagnosis_date").to_list() == [day(2), None]
+    assert lazy.equals(first_diagnosis(diagnosis_table(rows), baseline, ["J12", "J13", "N10"]))
+    with pytest.raises(ValueError, match=r"diagnoses: missing column\(s\) \['icd10_code'\]"):
+        first_diagnosis(diagnosis_table(rows).drop("icd10_code"), baseline, ["J13"])
+    with pytest.raises(ValueError, match="non-empty"):
+        first_diagnosis(diagnosis_table(rows), baseline, [])
+
+
+def test_first_diagnosis_matches_a_plain_loop_on_random_records() -> None:
+    rng = np.random.default_rng(5)
+    codes = ["A41", "A419", "J18", "J189", "G35", "G20", "B02", "N10", "L03", "A812"]
+    prefixes = ("A41", "J18", "B02", "A812")
+    n = 300
+    ends = rng.integers(1, 400, n)
+    rows = [(int(p), int(d), str(c)) for p, d, c in zip(rng.integers(0, n, 3000), rng.integers(-100, 450, 3000),
+                                                         rng.choice(codes, 3000), strict=True)]  # fmt: skip
+    out = first_diagnosis(diagnosis_table(rows), baseline_table(list(range(n)), [day(int(e)) for e in ends]), prefixes)
+    for person, found in zip(out["person_id"], out["diagnosis_date"], strict=True):
+        days = [d for p, d, c in rows if p == person and 0 < d < ends[person] and c.startswith(prefixes)]
+        assert found == (day(min(days)) if days else None)

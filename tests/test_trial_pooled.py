@@ -78,3 +78,21 @@ def test_site_packages_carry_the_emulation_and_the_centre_pools_it(tmp_path, pro
     with pytest.raises(PackageError, match="small counts"):
         make_package(tmp_path, protocol_file, "XX", {"N02BE01": (-0.2, 0.1)},
                      studies={"trial_emulation": {"estimates": tmp_path / "NO_estimates.csv", "counts": small}})  # fmt: skip
+
+
+def test_the_safety_outcome_pools_over_the_sites_that_estimate_it():
+    """serious_infection at both sites pools by hand; a site without the diagnosis extract sends a not-available
+    row, which pools nothing (k_sites 1) and breaks nothing."""
+    sites = {s: site_tables(*v) for s, v in SITES.items()}
+    for tables in sites.values():
+        tables["estimates"] = pl.concat([tables["estimates"], tables["estimates"].with_columns(pl.lit("serious_infection").alias("outcome"))])
+    pooled = pool_estimates(site_effects(sites), 2)
+    both = pooled.filter((pl.col("outcome") == "serious_infection") & (pl.col("measure") == "hazard_ratio")).row(0, named=True)
+    same = pooled.filter((pl.col("outcome") == "confirmed_worsening") & (pl.col("measure") == "hazard_ratio")).row(0, named=True)
+    assert both["k_sites"] == 2 and both["fe_estimate"] == pytest.approx(same["fe_estimate"], rel=1e-12)
+    missing = pl.DataFrame({"outcome": ["serious_infection"], "status": ["not available: inputs.diagnoses is not configured"]})
+    sites["DK"]["estimates"] = pl.concat([sites["DK"]["estimates"].filter(pl.col("outcome") != "serious_infection"), missing],
+                                         how="diagonal_relaxed")  # fmt: skip
+    pooled = pool_estimates(site_effects(sites), 2)
+    one = pooled.filter((pl.col("outcome") == "serious_infection") & (pl.col("measure") == "hazard_ratio")).row(0, named=True)
+    assert one["k_sites"] == 1 and one["sites"] == "NO" and one["fe_estimate"] == pytest.approx(SITES["NO"][0], rel=1e-9)

@@ -1,9 +1,12 @@
 # The target trial emulation of early high-efficacy therapy versus escalation (issue 17). Included by the
 # Snakefile only when trial_emulation.enabled and inputs.ms_treatments, ms_relapses and ms_edss are configured;
-# the validated clinical extracts come from the validation rules. Sick leave is an optional input.
+# the validated clinical extracts come from the validation rules. Sick leave and the diagnosis extract (the safety
+# outcome, serious infection) are optional inputs: without them those outcomes are listed as not available.
 from repurpose.trial_emulation import run_trial_emulation
 
-TRIAL_EMULATION_OPTIONAL = {"sick_leave": PATHS.validated("sick_leave")} if config["inputs"].get("sick_leave") else {}
+TRIAL_EMULATION_OPTIONAL = {
+    name: PATHS.validated(name) for name in ("sick_leave", "diagnoses") if config["inputs"].get(name)
+}
 
 
 rule trial_emulation:

@@ -70,6 +70,10 @@ DEFAULT_CLINICS_PER_COUNTRY: dict[str, int] = {"NO": 8, "DK": 6}
 DEFAULT_CLINIC_LOG_HR_SD = 0.2
 DEFAULT_OUTLIER_HAZARD_RATIOS: tuple[float, ...] = (2.5, 0.4)
 DEFAULT_UNKNOWN_STOP_REASON_SHARE = 0.08
+DEFAULT_SERIOUS_INFECTION_RATE_PER_1000_YEARS = 15.0
+DEFAULT_SERIOUS_INFECTION_HIGH_EFFICACY_RATE_RATIO = 2.0
+"""Serious infections (repurpose.simulate.infections): about 15 per 1,000 patient-years in MS, about twice that
+on B-cell depletion or natalizumab (the order of magnitude of Swedish registry estimates, Luna et al. 2020)."""
 CLINIC_SIZE_LOG_SD = 0.7
 """Clinic sizes (shares of the patients) are proportional to lognormal(0, CLINIC_SIZE_LOG_SD) weights."""
 
@@ -141,6 +145,8 @@ class ClinicalSettings:
     clinic_log_hr_sd: float = DEFAULT_CLINIC_LOG_HR_SD
     outlier_hazard_ratios: tuple[float, ...] = DEFAULT_OUTLIER_HAZARD_RATIOS
     unknown_stop_reason_share: float = DEFAULT_UNKNOWN_STOP_REASON_SHARE
+    serious_infection_rate_per_1000_years: float = DEFAULT_SERIOUS_INFECTION_RATE_PER_1000_YEARS
+    serious_infection_high_efficacy_rate_ratio: float = DEFAULT_SERIOUS_INFECTION_HIGH_EFFICACY_RATE_RATIO
 
     @staticmethod
     def from_config(section: Mapping[str, Any] | None) -> ClinicalSettings:
@@ -152,6 +158,8 @@ class ClinicalSettings:
             "clinic_log_hr_sd",
             "outlier_hazard_ratios",
             "unknown_stop_reason_share",
+            "serious_infection_rate_per_1000_years",
+            "serious_infection_high_efficacy_rate_ratio",
         }
         unknown = sorted(set(section) - known)
         if unknown:
@@ -177,7 +185,17 @@ class ClinicalSettings:
             raise ValueError("simulate.clinical.clinic_log_hr_sd must not be negative")
         if not 0 <= settings.unknown_stop_reason_share < 1:
             raise ValueError("simulate.clinical.unknown_stop_reason_share must be in [0, 1)")
+        if settings.serious_infection_rate_per_1000_years < 0 or settings.serious_infection_high_efficacy_rate_ratio <= 0:
+            raise ValueError(
+                "simulate.clinical.serious_infection_rate_per_1000_years must not be negative and "
+                "serious_infection_high_efficacy_rate_ratio must be positive"
+            )
         return settings
+
+    @property
+    def serious_infections(self) -> bool:
+        """Whether serious-infection diagnoses are simulated (a positive rate)."""
+        return self.serious_infection_rate_per_1000_years > 0
 
 
 @dataclass

@@ -65,6 +65,7 @@ from repurpose.simulate.disease_course import (
     PatientInput,
     simulate_course,
 )
+from repurpose.simulate.infections import INFECTION_CODES, InfectionChunk, simulate_infections
 from repurpose.simulate.population import Population
 from repurpose.simulate.prescriptions import Dispensings
 
@@ -109,6 +110,7 @@ class ClinicalChunk:
     course: ClinicalCourse
     reason_recorded: np.ndarray  # per episode: index into STOP_REASONS + unknown, -1 ongoing
     dispensings: Dispensings  # chunk-local person indices, substance = ATC dictionary index
+    infections: InfectionChunk | None = None  # serious-infection diagnoses (settings.serious_infections)
 
 
 def pharmacy_dispensings(
@@ -169,9 +171,11 @@ def simulate_clinical_chunk(
     registry: dict[str, np.ndarray],
     rng: np.random.Generator,
     study: StudyWindow,
+    infection_rng: np.random.Generator | None = None,
 ) -> ClinicalChunk:
-    """The clinical course of the chunk's registry patients (`registry["person"]` local to the chunk) and
-    the DMT dispensings to add to the chunk's prescription rows."""
+    """The clinical course of the chunk's registry patients (`registry["person"]` local to the chunk), the
+    DMT dispensings to add to the chunk's prescription rows and, with `infection_rng` when the settings ask
+    for them, their serious-infection diagnoses (repurpose.simulate.infections; on that stream only)."""
     person = registry["person"]
     patients = PatientInput.from_registry(registry, chunk, study)
     course = simulate_course(patients, model.clinics, model.drugs, rng, study)
@@ -184,9 +188,17 @@ def simulate_clinical_chunk(
         ddd=supply * DDD_PER_DAY,
         reimbursement=np.full(len(day), model.reimbursement_index, dtype=np.int64),
     )
+    infections = None
+    if infection_rng is not None and model.settings.serious_infections:
+        infections = simulate_infections(
+            infection_rng, course, model.drugs, person + chunk_start, patients.diagnosis_day, patients.end_day,
+            study, model.settings.serious_infection_rate_per_1000_years,
+            model.settings.serious_infection_high_efficacy_rate_ratio,
+        )  # fmt: skip
     return ClinicalChunk(
-        person=person + chunk_start, course=course, reason_recorded=reason_recorded, dispensings=dispensings
-    )
+        person=person + chunk_start, course=course, reason_recorded=reason_recorded, dispensings=dispensings,
+        infections=infections,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------------
@@ -433,6 +445,7 @@ def clinical_truth(
             "last_dispensing": "the last refill due before the registry's stop date (none after it)",
             "window": "dispensings only inside the study window, before death or emigration",
         },
+        **serious_infection_truth(model, parts),
         "counts": {
             "patients": int(len(clinic)),
             "treatment_episodes": int(treatments.num_rows),
@@ -444,4 +457,33 @@ def clinical_truth(
             "sick_leave_episodes": int(tables["sick_leave"].num_rows),
             "dmt_dispensings": int(n_dispensings),
         },
+    }
+
+
+def serious_infection_truth(model: ClinicalModel, parts: list[ClinicalChunk]) -> dict[str, Any]:
+    """ground_truth.json's `clinical.serious_infections` (empty when none are simulated): the planted rates and
+    the events and person-years on and off high-efficacy therapy inside the study window."""
+    chunks = [part.infections for part in parts if part.infections is not None]
+    if not model.settings.serious_infections or not chunks:
+        return {}
+    years_on, years_off = sum(c.years_on for c in chunks), sum(c.years_off for c in chunks)
+    events_on, events_off = sum(c.events_on for c in chunks), sum(c.events_off for c in chunks)
+    return {
+        "serious_infections": {
+            "model": (
+                "Poisson process from MS diagnosis to death, emigration or study end; the rate is multiplied by "
+                "high_efficacy_rate_ratio while a high-efficacy treatment episode runs [start, stop); one "
+                "diagnosis record per infection in diagnoses.parquet, inside the study window"
+            ),
+            "rate_per_1000_years_off_high_efficacy": model.settings.serious_infection_rate_per_1000_years,
+            "high_efficacy_rate_ratio": model.settings.serious_infection_high_efficacy_rate_ratio,
+            "high_efficacy_codes": [c for c, he in zip(model.drugs.codes, model.drugs.high_efficacy, strict=True) if he],
+            "code_shares": dict(INFECTION_CODES),
+            "counts": {
+                "events_on_high_efficacy": events_on,
+                "events_off_high_efficacy": events_off,
+                "years_on_high_efficacy": round(years_on, 1),
+                "years_off_high_efficacy": round(years_off, 1),
+            },
+        }
     }

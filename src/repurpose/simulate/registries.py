@@ -99,6 +99,7 @@ from repurpose.simulate.diagnoses import (
     visit_records,
 )
 from repurpose.simulate.ground_truth import ground_truth, truth_persons_table
+from repurpose.simulate.infections import INFECTION_STREAM
 from repurpose.simulate.ms_registry import ms_registry_rows, ms_registry_table
 from repurpose.simulate.ms_treatments import (
     ClinicalChunk,
@@ -211,12 +212,13 @@ class _SimulationModel:
 @dataclass
 class _ChunkStreams:
     """The random streams of one chunk: MS draws, the G35 records, the Parkinson-like outcome, the clinical
-    course (each on its own stream, so enabling one changes none of the others' draws)."""
+    course, the serious infections (each on its own stream, so enabling one changes none of the others' draws)."""
 
     ms: np.random.Generator
     ms_records: np.random.Generator
     parkinson: np.random.Generator
     clinical: np.random.Generator
+    infections: np.random.Generator
 
     @staticmethod
     def of(seed: int, chunk_index: int) -> _ChunkStreams:
@@ -225,6 +227,7 @@ class _ChunkStreams:
             ms_records=np.random.default_rng([seed, MS_RECORDS_STREAM, chunk_index]),
             parkinson=np.random.default_rng([seed, PARKINSON_STREAM, chunk_index]),
             clinical=np.random.default_rng([seed, CLINICAL_STREAM, chunk_index]),
+            infections=np.random.default_rng([seed, INFECTION_STREAM, chunk_index]),
         )
 
 
@@ -282,7 +285,9 @@ def _simulate_chunk(
     registry = ms_registry_rows(chunk, rng, study, onset_day)
     clinical = None
     if model.clinical is not None:
-        clinical = simulate_clinical_chunk(model.clinical, chunk, chunk_start, registry, rngs.clinical, study)
+        clinical = simulate_clinical_chunk(
+            model.clinical, chunk, chunk_start, registry, rngs.clinical, study, rngs.infections
+        )
     registry["person"] = registry["person"] + chunk_start
 
     dispensings = Dispensings.concat([dispensings, prodromal])
@@ -367,8 +372,9 @@ def simulate_registries(
     """Write simulated population, prescription, MS registry and diagnosis extracts plus the planted truth.
 
     Writes `population.parquet`, `prescriptions/dispensings_{year}.parquet`, `ms_registry.parquet`,
-    `diagnoses.parquet` (G35 records of the registry's patients, and G20 records when the Parkinson-like
-    outcome is enabled), `ground_truth.json` and `ground_truth_persons.parquet` (hidden per-person truth)
+    `diagnoses.parquet` (G35 records of the registry's patients, G20 records when the Parkinson-like
+    outcome is enabled, and the patients' serious infections with the clinical data unless
+    `serious_infection_rate_per_1000_years` is 0), `ground_truth.json` and `ground_truth_persons.parquet` (hidden per-person truth)
     under `out_dir`, and returns the summary counts also stored in ground_truth.json. `parkinson` is the
     `simulate.parkinson` config section (`enabled`, `baseline_incidence_per_100k`); when enabled,
     ground_truth.json gains a `parkinson` key and `ground_truth_parkinson_persons.parquet` is written.
@@ -456,6 +462,7 @@ def simulate_registries(
     records = [result.ms_records for result in results]
     parkinson_parts = [result.parkinson for result in results if result.parkinson is not None]
     records += [part.records for part in parkinson_parts]
+    records += [r for part in clinical_parts if part.infections is not None for r in part.infections.records]
     pq.write_table(diagnoses_table(population.person_id, records), out / DIAGNOSES_FILE)
 
     incident = np.isfinite(onset_day) & (onset_day >= study.start_day) & (onset_day < study.end_day + 1)

@@ -12,17 +12,22 @@ after time_zero; sick leave counts from time_zero itself (day 0 of the first int
   docstring and docs/methods.md, "Trial emulation: outcomes").
 * `first_relapse`, `relapse_times`: the first relapse, and every relapse (for rates).
 * `sick_leave_days`: benefit-weighted sick-leave days per follow-up interval.
+* `first_diagnosis`: the first diagnosis whose ICD-10 code starts with one of a list of prefixes (the safety
+  outcome, serious infection, from the diagnosis extract), read lazily so the extract need not fit in memory.
 
-All vectorised in polars (no loop over persons). Imports nothing of the package.
+All vectorised in polars (no loop over persons). Imports `registry.outcome` (the ICD-10 normalisation) only.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
+from repurpose.registry.outcome import normalise_icd10
+
 FOLLOW_UP_COLUMNS = ("person_id", "time_zero", "end_date")
 WORSENING_COLUMNS = ("person_id", "baseline_edss", "worsening_date", "event")
 FIRST_RELAPSE_COLUMNS = ("person_id", "relapse_date", "event")
+FIRST_DIAGNOSIS_COLUMNS = ("person_id", "diagnosis_date", "icd10_code", "event")
 RELAPSE_TIME_COLUMNS = ("person_id", "days_from_time_zero")
 SICK_LEAVE_COLUMNS = ("person_id", "interval", "sick_leave_days")
 
@@ -173,15 +178,26 @@ def confirmed_worsening(
     )
 
 
+def _in_follow_up(frame: pl.DataFrame, follow: pl.DataFrame, column: str) -> pl.DataFrame:
+    """Rows of `frame` whose `column` date is strictly after time_zero and strictly before end_date."""
+    return frame.join(follow, on="person_id").filter(
+        (pl.col(column) > pl.col("time_zero")) & (pl.col(column) < pl.col("end_date"))
+    )
+
+
 def _relapses_in_follow_up(relapses: pl.DataFrame, baseline: pl.DataFrame) -> pl.DataFrame:
     _require(relapses, ("person_id", "relapse_date"), "relapses")
-    follow = _follow_up(baseline)
+    return _in_follow_up(relapses.select("person_id", "relapse_date"), _follow_up(baseline), "relapse_date")
+
+
+def _first_event(baseline: pl.DataFrame, first: pl.DataFrame, columns: tuple[str, ...]) -> pl.DataFrame:
+    """One row per baseline person (its order) with the person's first event of `first` (nulls: none)."""
+    date = columns[1]
     return (
-        relapses.select("person_id", "relapse_date")
-        .join(follow, on="person_id")
-        .filter(
-            (pl.col("relapse_date") > pl.col("time_zero")) & (pl.col("relapse_date") < pl.col("end_date"))
-        )
+        baseline.select("person_id")
+        .join(first, on="person_id", how="left", maintain_order="left")
+        .with_columns(pl.col(date).is_not_null().alias("event"))
+        .select(columns)
     )
 
 
@@ -189,12 +205,44 @@ def first_relapse(relapses: pl.DataFrame, baseline: pl.DataFrame) -> pl.DataFram
     """One row per baseline person: person_id, relapse_date (the first relapse strictly after time_zero and
     strictly before end_date, or null), event (bool)."""
     first = _relapses_in_follow_up(relapses, baseline).group_by("person_id").agg(pl.col("relapse_date").min())
-    return (
-        baseline.select("person_id")
-        .join(first, on="person_id", how="left", maintain_order="left")
-        .with_columns(pl.col("relapse_date").is_not_null().alias("event"))
-        .select(FIRST_RELAPSE_COLUMNS)
+    return _first_event(baseline, first, FIRST_RELAPSE_COLUMNS)
+
+
+def normalised_codes(prefixes: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """ICD-10 code prefixes as the validated diagnosis extract stores codes: upper case, without dots."""
+    codes = tuple(sorted({normalise_icd10(str(c)) for c in prefixes}))
+    if not codes or any(not c for c in codes):
+        raise ValueError(f"ICD-10 code prefixes must be non-empty strings, got {list(prefixes)}")
+    return codes
+
+
+def first_diagnosis(
+    diagnoses: pl.DataFrame | pl.LazyFrame, baseline: pl.DataFrame, prefixes: tuple[str, ...] | list[str]
+) -> pl.DataFrame:
+    """One row per baseline person: person_id, diagnosis_date and icd10_code of the first diagnosis strictly
+    after time_zero and strictly before end_date whose code starts with one of `prefixes` (null if none; of two
+    matching codes on that day the first in alphabetical order), event (bool). Prefixes may be written with or
+    without dots, in any case: "a81.2" matches the extract's normalised codes A812 and A8120.
+
+    `diagnoses` (person_id, diagnosis_date, icd10_code; the validated extract) may be a LazyFrame: only the
+    rows of the baseline persons with a matching code are collected."""
+    follow = _follow_up(baseline)
+    lazy = diagnoses.lazy()
+    _require(pl.DataFrame(schema=lazy.collect_schema()), ("person_id", "diagnosis_date", "icd10_code"), "diagnoses")
+    codes = normalised_codes(prefixes)
+    matching = (
+        lazy.select("person_id", "diagnosis_date", "icd10_code")
+        .filter(pl.any_horizontal([pl.col("icd10_code").str.starts_with(c) for c in codes]))
+        .join(follow.lazy().select("person_id"), on="person_id", how="semi")
+        .collect()
     )
+    first = (
+        _in_follow_up(matching, follow, "diagnosis_date")
+        .sort("person_id", "diagnosis_date", "icd10_code")
+        .group_by("person_id", maintain_order=True)
+        .agg(pl.col("diagnosis_date").first(), pl.col("icd10_code").first())
+    )
+    return _first_event(baseline, first, FIRST_DIAGNOSIS_COLUMNS)
 
 
 def relapse_times(relapses: pl.DataFrame, baseline: pl.DataFrame) -> pl.DataFrame:

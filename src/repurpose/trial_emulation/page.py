@@ -29,6 +29,7 @@ OUTCOME_LABELS = {
     "death": "death (negative control)",
     "relapse_rate": "relapses per year",
     "sick_leave": "sick-leave days per year",
+    "serious_infection": "serious infection (safety)",
 }
 
 

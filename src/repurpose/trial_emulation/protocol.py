@@ -3,7 +3,8 @@
 The code reads the protocol (eligibility, time zero, strategies, grace period, follow-up, outcomes, estimands),
 never re-derives it, and the report echoes it as the target-trial table (`target_trial_table`).
 
-Imports polars and `persistence.newusers` (the names of the therapy classes).
+Imports polars, `persistence.newusers` (the names of the therapy classes) and `trial_emulation.outcomes` (the
+ICD-10 prefixes of the safety outcome in the extract's form).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 import polars as pl
 
 from repurpose.persistence.newusers import DAYS_PER_YEAR, DMT_CLASSES
+from repurpose.trial_emulation.outcomes import normalised_codes
 
 HIGH_EFFICACY = "high_efficacy"
 ESCALATION = "escalation"
@@ -47,6 +49,7 @@ class TrialProtocol:
     outcomes: tuple[str, ...]
     confirmation_days: int
     negative_control_outcome: str | None
+    serious_infection_codes: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrialProtocol:
@@ -75,6 +78,7 @@ class TrialProtocol:
             outcomes=tuple(trial["outcomes"]),
             confirmation_days=int(trial["confirmation_days"]),
             negative_control_outcome=trial.get("negative_control_outcome"),
+            serious_infection_codes=normalised_codes(trial["serious_infection_codes"]),
         )  # fmt: skip
 
     @property
@@ -106,9 +110,15 @@ def class_names(codes: tuple[str, ...]) -> str:
     return ", ".join(names)
 
 
-def target_trial_table(protocol: TrialProtocol) -> pl.DataFrame:
-    """The protocol echoed as the target-trial table (component, target trial, emulation)."""
+def target_trial_table(protocol: TrialProtocol, unavailable: Mapping[str, str] | None = None) -> pl.DataFrame:
+    """The protocol echoed as the target-trial table (component, target trial, emulation); `unavailable`: the
+    configured outcomes that cannot be estimated, with the reason (their extract not given)."""
     p = protocol
+    unavailable = unavailable or {}
+    estimated = [o for o in p.outcomes if o not in unavailable]
+    missing = "".join(f"; {o} {why}" for o, why in unavailable.items())
+    infection = (f"; serious infection: the first diagnosis with an ICD-10 code starting {', '.join(p.serious_infection_codes)}"
+                 if "serious_infection" in p.outcomes else "")  # fmt: skip
     high = class_names(p.high_efficacy_codes) + (" and the S1P modulators" if p.fingolimod_is_high_efficacy else "")
     zero = ("the diagnosis date" if p.time_zero == "diagnosis"
             else "the first EDSS-scored visit on or after diagnosis, within the grace period")  # fmt: skip
@@ -127,9 +137,11 @@ def target_trial_table(protocol: TrialProtocol) -> pl.DataFrame:
         ("Grace period", f"Therapy started within {p.grace_days} days",
          f"A clone is censored when its person starts the other strategy's therapy first, or at day {p.grace_days} "
          "with no therapy started"),
-        ("Outcomes", "24-week confirmed disability worsening (primary); first relapse; relapse rate; sick leave",
+        ("Outcomes", "24-week confirmed disability worsening (primary); first relapse; relapse rate; sick leave; "
+         "serious infection (safety)",
          f"From the registry's EDSS visits (confirmation after {p.confirmation_days} days, no visit within 30 days "
-         f"of a relapse), relapses and sick-leave spells; estimated: {', '.join(p.outcomes)}"),
+         f"of a relapse), relapses, sick-leave spells and the diagnosis extract{infection}; estimated: "
+         f"{', '.join(estimated) or 'none'}{missing}"),
         ("Negative control", "An outcome the strategy cannot change",
          "death from the population register" if p.negative_control_outcome == "death" else "none"),
         ("Follow-up", f"From time zero for {p.max_years:g} years",

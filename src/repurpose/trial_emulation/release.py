@@ -39,14 +39,19 @@ def release_counts_table(counts: pl.DataFrame, policy: DisclosurePolicy) -> pl.D
     return counts.with_columns([pl.col(c).map_elements(lambda v: _count(v, policy), return_dtype=pl.Int64) for c in columns])
 
 
-def release_estimates(frame: pl.DataFrame, hidden: set[tuple[str, str]]) -> pl.DataFrame:
-    """The estimates with those of the hidden (analysis, outcome) pairs blanked and a status column."""
+def release_estimates(frame: pl.DataFrame, hidden: set[tuple[str, str]],
+                      unavailable: Mapping[str, str] | None = None) -> pl.DataFrame:  # fmt: skip
+    """The estimates with those of the hidden (analysis, outcome) pairs blanked and a status column, and one row
+    per configured outcome that is not available (`unavailable`: outcome -> reason), never silently dropped."""
     hide = pl.struct("analysis", "outcome").map_elements(lambda r: (r["analysis"], r["outcome"]) in hidden, return_dtype=pl.Boolean)
     frame = frame.with_columns(hide.alias("_hide"))
-    return frame.with_columns(
+    released = frame.with_columns(
         [pl.when(pl.col("_hide")).then(None).otherwise(pl.col(c)).alias(c) for c in ("estimate", "lower", "upper")]
         + [pl.when(pl.col("_hide")).then(pl.lit(HIDDEN_NOTE)).otherwise(pl.lit("shown")).alias("status")]
     ).drop("_hide")
+    missing = pl.DataFrame({"outcome": list(unavailable or {}), "status": list((unavailable or {}).values())},
+                           schema={"outcome": pl.String, "status": pl.String})  # fmt: skip
+    return pl.concat([released, missing], how="diagonal_relaxed")
 
 
 def coarsened_steps(risk: np.ndarray, events: np.ndarray, min_cell: int) -> np.ndarray:

@@ -34,6 +34,7 @@ from repurpose.trial_emulation.cohort import eligible_cohort, grace_covariates
 from repurpose.trial_emulation.diagnostics import balance_table, count_table, positivity, weight_summary
 from repurpose.trial_emulation.outcomes import (
     confirmed_worsening,
+    first_diagnosis,
     first_relapse,
     relapse_times,
     sick_leave_days,
@@ -60,7 +61,9 @@ class NotEstimable(ValueError):
         super().__init__(message)
         self.flow = flow
 
-TIME_TO_EVENT = ("confirmed_worsening", "first_relapse")
+TIME_TO_EVENT = ("confirmed_worsening", "first_relapse", "serious_infection")
+OPTIONAL_EXTRACTS = {"sick_leave": "sick_leave", "serious_infection": "diagnoses"}
+"""Outcome -> the optional extract (inputs.<name>) it is estimated from; without it the outcome is not available."""
 REQUIRED_COLUMNS = {
     "population": ("person_id", "sex", "birth_year"),
     "ms_registry": ("person_id", "diagnosis_date", "ms_course_at_diagnosis"),
@@ -68,23 +71,44 @@ REQUIRED_COLUMNS = {
     "ms_relapses": ("person_id", "relapse_date"),
     "ms_edss": ("person_id", "visit_date", "edss"),
     "sick_leave": ("person_id", "start_date", "end_date", "percent"),
+    "diagnoses": ("person_id", "diagnosis_date", "icd10_code"),
 }
 
 
-def read_validated(name: str, path: str | Path) -> pl.DataFrame:
-    """A validated extract, failing with the file and the missing columns when it lacks a required one."""
-    frame = pl.read_parquet(path)
-    missing = [c for c in REQUIRED_COLUMNS[name] if c not in frame.columns]
+def _checked(name: str, path: str | Path, columns: list[str]) -> None:
+    """Fail with the file and the missing columns when a validated extract lacks a required one."""
+    missing = [c for c in REQUIRED_COLUMNS[name] if c not in columns]
     if missing:
         raise ValueError(
             f"trial emulation: {path} ({name}) lacks the column(s) {', '.join(missing)}; it must be the validated "
             f"extract (data_dictionary/{name}.yaml)"
         )
+
+
+def read_validated(name: str, path: str | Path) -> pl.DataFrame:
+    """A validated extract, failing with the file and the missing columns when it lacks a required one."""
+    frame = pl.read_parquet(path)
+    _checked(name, path, frame.columns)
     return frame
 
 
+def scan_validated(name: str, path: str | Path) -> pl.LazyFrame:
+    """A validated extract read lazily (the diagnosis extract of a national patient registry is large: an
+    outcome collects only the rows it needs), checked like `read_validated`."""
+    frame = pl.scan_parquet(path)
+    _checked(name, path, frame.collect_schema().names())
+    return frame
+
+
+def unavailable_outcomes(protocol: TrialProtocol, extracts: Mapping[str, object | None]) -> dict[str, str]:
+    """Configured outcomes whose optional extract (`OPTIONAL_EXTRACTS`) is not given, with the reason."""
+    return {outcome: f"not available: inputs.{extract} is not configured"
+            for outcome, extract in OPTIONAL_EXTRACTS.items()
+            if outcome in protocol.outcomes and extracts.get(extract) is None}  # fmt: skip
+
+
 def outcome_days(protocol: TrialProtocol, baseline: pl.DataFrame, relapses: pl.DataFrame, edss: pl.DataFrame,
-                 sick_leave: pl.DataFrame | None) -> dict[str, Any]:  # fmt: skip
+                 sick_leave: pl.DataFrame | None, diagnoses: pl.DataFrame | pl.LazyFrame | None = None) -> dict[str, Any]:  # fmt: skip
     """The outcomes of `trial_emulation.outcomes` as arrays in the baseline's person order: event days
     (nan: none), relapse (person index, day) pairs, and sick-leave days per person x interval."""
     follow = baseline.select("person_id", "time_zero", "end_date")
@@ -102,6 +126,9 @@ def outcome_days(protocol: TrialProtocol, baseline: pl.DataFrame, relapses: pl.D
     first = days(first_relapse(relapses, follow), "relapse_date")
     if "first_relapse" in protocol.outcomes:
         event_days["first_relapse"] = first
+    if "serious_infection" in protocol.outcomes and diagnoses is not None:
+        infection = first_diagnosis(diagnoses, follow, protocol.serious_infection_codes)
+        event_days["serious_infection"] = days(infection, "diagnosis_date")
     if protocol.negative_control_outcome == "death":
         event_days["death"] = baseline["death_day"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     count_days, amounts, first_days = {}, {}, {"relapse_rate": first}
@@ -130,6 +157,7 @@ def run_trial_emulation(
     ms_relapses: str,
     ms_edss: str,
     sick_leave: str | None = None,
+    diagnoses: str | None = None,
     cohort: str,
     target_trial: str,
     flow: str,
@@ -150,15 +178,17 @@ def run_trial_emulation(
         ("population", population), ("ms_registry", ms_registry), ("ms_treatments", ms_treatments),
         ("ms_relapses", ms_relapses), ("ms_edss", ms_edss))}  # fmt: skip
     leave = read_validated("sick_leave", sick_leave) if sick_leave else None
+    diagnosed = scan_validated("diagnoses", diagnoses) if diagnoses else None
     Path(cohort).parent.mkdir(parents=True, exist_ok=True)
     try:
         # one BLAS thread: the matrices are small, and on a shared machine two BLAS threads made the point estimate's
         # censoring fits 20 to 40 times slower than one (busy-waiting threads); the bootstrap's workers use the cores
         with threadpool_limits(1):
-            result = emulate(protocol, frames, leave, workers=_workers(config))
+            result = emulate(protocol, frames, leave, workers=_workers(config), diagnoses=diagnosed)
     except NotEstimable as error:
         log.warning("trial emulation not estimable: %s", error)
-        released = not_estimable_tables(error, policy, protocol)
+        released = not_estimable_tables(error, policy, protocol, unavailable_outcomes(
+            protocol, {"sick_leave": leave, "diagnoses": diagnosed}))  # fmt: skip
         pl.DataFrame().write_parquet(cohort)
         n_eligible = 0
     else:
@@ -182,9 +212,10 @@ def _workers(config: Mapping[str, Any]) -> int:
 
 
 def emulate(protocol: TrialProtocol, frames: Mapping[str, pl.DataFrame], sick_leave: pl.DataFrame | None,
-            *, workers: int = 1) -> dict[str, Any]:  # fmt: skip
+            *, workers: int = 1, diagnoses: pl.DataFrame | pl.LazyFrame | None = None) -> dict[str, Any]:  # fmt: skip
     """The whole analysis in memory (exact, before disclosure control): baseline, flow, estimates with CIs,
-    curves, diagnostics."""
+    curves, diagnostics, and the configured outcomes not available (their extract not given: `sick_leave`,
+    `diagnoses`)."""
     baseline, flow = eligible_cohort(protocol, registry=frames["ms_registry"], population=frames["population"],
                                      treatments=frames["ms_treatments"], edss=frames["ms_edss"],
                                      relapses=frames["ms_relapses"])  # fmt: skip
@@ -197,7 +228,7 @@ def emulate(protocol: TrialProtocol, frames: Mapping[str, pl.DataFrame], sick_le
     covariates = grace_covariates(baseline, relapses=frames["ms_relapses"], edss=frames["ms_edss"],
                                   n_intervals=protocol.n_grace_intervals, interval_days=protocol.interval_days)  # fmt: skip
     clones = build_clones(baseline, covariates, protocol)
-    found = outcome_days(protocol, baseline, frames["ms_relapses"], frames["ms_edss"], sick_leave)
+    found = outcome_days(protocol, baseline, frames["ms_relapses"], frames["ms_edss"], sick_leave, diagnoses)
     followup = baseline["followup_days"].to_numpy().astype(float)
     first_day = baseline["first_start_day"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     first_high = (baseline["first_class"] == HIGH_EFFICACY).fill_null(False).to_numpy()
@@ -217,6 +248,7 @@ def emulate(protocol: TrialProtocol, frames: Mapping[str, pl.DataFrame], sick_le
         "estimates": estimates_frame(point, intervals), "grid": grid, "data": data, "fit": fit, "balance": balance,
         "positivity": overlap, "weights": weight_summary(clones, fit),
         "counts": count_table(clones, data.naive_person, data.naive_arm, counted, followup),
+        "unavailable": unavailable_outcomes(protocol, {"sick_leave": sick_leave, "diagnoses": diagnoses}),
     }  # fmt: skip
 
 
@@ -225,22 +257,23 @@ def release_all(result: Mapping[str, Any], protocol: TrialProtocol, policy: Disc
     counts = release_counts_table(result["counts"], policy)
     hidden = hidden_outcomes(result["counts"], policy)
     return {
-        "estimates": release_estimates(result["estimates"], hidden),
+        "estimates": release_estimates(result["estimates"], hidden, result["unavailable"]),
         "curves": release_curves(result, hidden, policy),
         "balance": release_balance(result["balance"], policy),
         "weights": release_summaries(result["weights"], "n_clones", policy),
         "positivity": release_summaries(result["positivity"], "n_persons", policy),
         "counts": counts,
         "flow": release_flow(result["flow"], policy),
-        "target_trial": target_trial_table(protocol),
+        "target_trial": target_trial_table(protocol, result["unavailable"]),
     }  # fmt: skip
 
 
-def not_estimable_tables(error: NotEstimable, policy: DisclosurePolicy, protocol: TrialProtocol) -> dict[str, pl.DataFrame]:
+def not_estimable_tables(error: NotEstimable, policy: DisclosurePolicy, protocol: TrialProtocol,
+                         unavailable: Mapping[str, str]) -> dict[str, pl.DataFrame]:  # fmt: skip
     """The released tables of an emulation that cannot be estimated: the flow, and one row saying why."""
     why = pl.DataFrame({"status": [f"not estimable: {str(error).split(' (flow')[0]}"]})
     return {name: why for name in ("estimates", "curves", "balance", "weights", "positivity", "counts")} | {
-        "flow": release_flow(error.flow, policy), "target_trial": target_trial_table(protocol)}
+        "flow": release_flow(error.flow, policy), "target_trial": target_trial_table(protocol, unavailable)}
 
 
 def hidden_outcomes(counts: pl.DataFrame, policy: DisclosurePolicy) -> set[tuple[str, str]]:
