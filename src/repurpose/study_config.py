@@ -63,8 +63,9 @@ def merge_over_defaults(config: dict[str, Any], defaults_path: str | Path) -> di
     return validate_config(with_simulated_clinical_inputs(merged))
 
 
-SIMULATED_CLINICAL_EXTRACTS = ("ms_treatments", "ms_relapses", "ms_edss", "sick_leave")
-"""The clinical extracts the simulator writes as `<name>.parquet` beside the simulated MS registry."""
+SIMULATED_CLINICAL_EXTRACTS = ("ms_treatments", "ms_relapses", "ms_edss", "sick_leave", "diagnoses")
+"""The extracts the simulator writes as `<name>.parquet` beside the simulated MS registry that the demo reads:
+the MS registry's clinical ones, and the diagnoses (the trial emulation's safety outcome, serious infection)."""
 
 
 def with_simulated_clinical_inputs(config: dict[str, Any]) -> dict[str, Any]:
