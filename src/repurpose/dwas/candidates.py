@@ -44,7 +44,7 @@ from repurpose.dwas.calibration import (
 from repurpose.dwas.evidence import AGAINST, SUPPORTED, order_rows, score_rows
 from repurpose.dwas.person_models import healthcare_use, level_models, likelihood_ratio_fit, model_cohort
 from repurpose.dwas.replication import hide_replication, replication_fits, replication_hidden, split_halves
-from repurpose.dwas.shrinkage import Groups, LevelPrior, Shrunken, fit_level_prior, shrink
+from repurpose.dwas.shrinkage import Groups, Shrunken, fit_level_prior, shrink
 from repurpose.dwas.signals import SignalTree, collapse_tree
 from repurpose.dwas.tree_fdr import hierarchical_fdr
 from repurpose.dwas.window import lag_days
@@ -322,16 +322,13 @@ def level_groups(codes: list[str], level: int, targets: dict[str, list[str]]) ->
     return Groups.of(len(codes), labels)
 
 
-def add_shrinkage(
-    evidence: pl.DataFrame, shown: pl.DataFrame, targets: dict[str, list[str]]
-) -> tuple[pl.DataFrame, dict[int, LevelPrior | None]]:
+def add_shrinkage(evidence: pl.DataFrame, shown: pl.DataFrame, targets: dict[str, list[str]]) -> pl.DataFrame:
     """Add `hr_shrunken`, its 95% limits and `shrunken_z` (repurpose.dwas.shrinkage): per ATC level, the prior
     is fitted on every fitted code of the level at the main lag (signals and the codes they cover), borrowing
     from parent classes and shared `targets` (substance -> targets), and each signal's posterior uses all of
     them. A signal shown at lag 0 (main lag not estimable) is shrunken with the level's own variance only:
     its estimate is of another lag than its relatives'."""
     at_main = shown.filter(~pl.col("main_lag_not_estimable"))
-    priors: dict[int, LevelPrior | None] = {}
     parts = []
     for level in sorted(evidence["atc_level"].unique().to_list()):
         level_rows = at_main.filter(pl.col("atc_level") == level)
@@ -339,7 +336,6 @@ def add_shrinkage(
         groups = level_groups(codes, int(level), targets)
         b, se = level_rows["log_hr"].to_numpy(), level_rows["se"].to_numpy()
         prior = fit_level_prior(b, se, groups)
-        priors[int(level)] = prior
         if prior is None or (prior.tau <= 0 and not any(prior.tau_group.values())):
             log.warning(
                 "ATC level %d: no spread of true effects beyond noise could be estimated (%s); its signals are "
@@ -350,17 +346,15 @@ def add_shrinkage(
                 "ATC level %d: shrinkage prior from %d classes: mean %.3f, own sd %.3f, %s", level, prior.n_classes,
                 prior.mean, prior.tau, ", ".join(f"{kind} sd {sd:.3f} over {prior.n_groups[kind]} shared groups" for kind, sd in prior.tau_group.items()) or "no shared groups",
             )  # fmt: skip
-        post = shrink(b, se, prior, groups)
-        by_code = dict(zip(codes, range(len(codes)), strict=True))
         rows = evidence.filter(pl.col("atc_level") == level)
-        other_lag = [code not in by_code for code in rows["atc_code"].to_list()]
-        alone = shrink(rows["log_hr"].to_numpy(), rows["se"].to_numpy(), prior) if any(other_lag) else None
-        picked = [
-            (alone, i) if other else (post, by_code[code]) for i, (code, other) in enumerate(zip(rows["atc_code"].to_list(), other_lag, strict=True))
-        ]  # fmt: skip
+        with_relatives = shrink(b, se, prior, groups)
+        alone = shrink(rows["log_hr"].to_numpy(), rows["se"].to_numpy(), prior)
+        position = {code: i for i, code in enumerate(codes)}
+        at = [position.get(code, -1) for code in rows["atc_code"].to_list()]
 
-        def column(name: str, picked: list[tuple[Shrunken | None, int]] = picked) -> np.ndarray:
-            return np.array([getattr(source, name)[i] for source, i in picked], dtype=np.float64)
+        def column(name: str, at: list[int] = at, both: tuple[Shrunken, Shrunken] = (with_relatives, alone)) -> np.ndarray:
+            related, single = (getattr(source, name) for source in both)
+            return np.array([related[i] if i >= 0 else single[k] for k, i in enumerate(at)], dtype=np.float64)
 
         parts.append(
             rows.with_columns(
@@ -370,7 +364,7 @@ def add_shrinkage(
                 shrunken_z=pl.Series(column("z")),
             )
         )
-    return pl.concat(parts, how="diagonal_relaxed"), priors
+    return pl.concat(parts, how="diagonal_relaxed")
 
 
 def mechanism_evidence(code: str, direction: str, mechanisms: pl.DataFrame | None, alpha: float) -> str | None:
@@ -586,7 +580,7 @@ def run_candidates(
     evidence = empty_evidence()
     if signals.height:
         evidence = screen_evidence(dwas, signals, tree, nulls, calibrated_q_values(dwas, nulls, main_lag), settings)
-        evidence, _ = add_shrinkage(evidence, shown, targets_of(matches))
+        evidence = add_shrinkage(evidence, shown, targets_of(matches))
     model = None
     if signals.height and cohort_path is not None:
         model = model_cohort(pl.read_parquet(cohort_path), config)
