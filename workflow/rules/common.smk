@@ -123,6 +123,12 @@ def stage_inputs(named, lists=()):
     return {name: list(files) if name in lists else optional(files) for name, files in named.items()}
 
 
+def report_outputs(output, log):
+    """The report rule's outputs as `build_report`'s keyword arguments, with the stage logs' folder (its warnings)."""
+    tables = dict(zip(REPORT_TABLES, output.tables))
+    return {"html": output.html, "provenance_json": output.provenance_json, "tables": tables, "run_logs": os.path.dirname(log[0])}
+
+
 FINAL_TARGETS = [
     PATHS.dwas(),
     PATHS.dwas_csv(),

@@ -27,7 +27,7 @@ rule report:
         mem_mb=2048,
         runtime=20,
     run:
-        run_logged(log[0], build_report, config, **stage_inputs(input), html=output.html, provenance_json=output.provenance_json, tables=dict(zip(REPORT_TABLES, output.tables)), run_logs=os.path.dirname(log[0]))
+        run_logged(log[0], build_report, config, **stage_inputs(input), **report_outputs(output, log))
 
 
 rule export:
