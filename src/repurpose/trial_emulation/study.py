@@ -61,7 +61,7 @@ class NotEstimable(ValueError):
         super().__init__(message)
         self.flow = flow
 
-TIME_TO_EVENT = ("confirmed_worsening", "first_relapse", "serious_infection")
+
 OPTIONAL_EXTRACTS = {"sick_leave": "sick_leave", "serious_infection": "diagnoses"}
 """Outcome -> the optional extract (inputs.<name>) it is estimated from; without it the outcome is not available."""
 REQUIRED_COLUMNS = {
