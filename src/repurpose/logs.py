@@ -53,15 +53,12 @@ def run_logged(path: str | Path, function: Callable[..., T], *args: object, **kw
 def stage_warnings(log_dir: str | Path, *, skip: tuple[str, ...] = ()) -> list[tuple[str, str]]:
     """Every WARNING of the stage logs in `log_dir` (except the stems in `skip`) as (stage, message), in
     stage order and then in log order, each distinct message of a stage once (the time stamp dropped)."""
-    found: list[tuple[str, str]] = []
+    found: dict[tuple[str, str], None] = {}  # ordered and without repeats
     for path in sorted(Path(log_dir).glob("*.log")):
-        if path.stem in skip:
-            continue
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-            match = WARNING_LINE.match(line)
-            if match and (path.stem, match["message"]) not in found:
-                found.append((path.stem, match["message"]))
-    return found
+        if path.stem not in skip:
+            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+            found.update(((path.stem, m["message"]), None) for m in map(WARNING_LINE.match, lines) if m)
+    return list(found)
 
 
 class Progress:

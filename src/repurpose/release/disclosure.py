@@ -187,6 +187,13 @@ def for_display(frame: pl.DataFrame, count_columns: Iterable[str], min_cell: int
 
 COUNT_NOUNS = r"(?:persons?|people|patients?|individuals?|cases?|users?|controls?|events?|rows?|deaths?|eligible|clones?)"
 """Words after which a number in free text (a log message) counts persons or their records."""
+COUNTED = re.compile(
+    rf"(?<![\w.,])(?P<n>\d{{1,3}}(?:,\d{{3}})+|\d+)(?![\d.,]\d)(?=(?:\s+of\s+\S+)?(?:\s+\w+){{0,2}}?\s+{COUNT_NOUNS}\b)",
+    re.IGNORECASE,
+)
+"""A count in free text: a number followed, possibly after "of <total>" and up to two words, by a COUNT_NOUNS word."""
+COUNT_IS = re.compile(r"\bn\s*=\s*(?P<n>\d+)\b", re.IGNORECASE)
+"""A count written as "n = k"."""
 
 
 def mask_counts_in_text(text: str, policy: DisclosurePolicy) -> str:
@@ -202,9 +209,7 @@ def mask_counts_in_text(text: str, policy: DisclosurePolicy) -> str:
         shown = f"<{policy.min_cell}" if policy.is_small(value) else f"about {policy.round_count(value):,}"
         return match[0].replace(match["n"], shown, 1)
 
-    counted = re.compile(rf"(?<![\w.,])(?P<n>\d{{1,3}}(?:,\d{{3}})+|\d+)(?![\d.,]\d)(?=(?:\s+of\s+\S+)?(?:\s+\w+){{0,2}}?\s+{COUNT_NOUNS}\b)", re.IGNORECASE)
-    text = counted.sub(masked, text)
-    return re.compile(r"\bn\s*=\s*(?P<n>\d+)\b", re.IGNORECASE).sub(masked, text)
+    return COUNT_IS.sub(masked, COUNTED.sub(masked, text))
 
 
 def text_rows(frame: pl.DataFrame, min_cell: int, hidden: str | None = None) -> tuple[list[str], list[list[str]]]:
