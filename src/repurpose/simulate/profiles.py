@@ -4,7 +4,9 @@ Owns: the roles a substance can be planted with and the tables that set who is p
 profiles, use profiles by ATC prefix, ever-use shares, popularity), which substances carry a planted
 role for MS (and for the optional Parkinson-like outcome), which are not simulated, and the relative
 hazards by age band. The tables are data so that they can be read, reviewed and changed without
-touching code; `data/simulator/README.md` describes every column. Imports only the standard library.
+touching code; `data/simulator/README.md` describes every column. A run may plant another MS truth from a
+CSV of its own (`simulate.planted_substances`, `load_planted`), checked cell by cell like the packaged one.
+Imports only the standard library.
 """
 
 from __future__ import annotations

@@ -3,7 +3,8 @@
 Why: the drug-wide association screen needs data on which we know the answer. Every substance of the
 package's ATC catalog (except MS treatments, see `NOT_SIMULATED`) is prescribed with realistic age/sex
 patterns, and a few are given a planted role. The roles are fixed in the package data table
-`repurpose/data/simulator/ms_planted_substances.csv` (not drawn), so every seed plants the same truth:
+`repurpose/data/simulator/ms_planted_substances.csv` (not drawn), so every seed plants the same truth (a run
+may plant another table, `planted_substances`; what follows is the packaged one):
 
 * `causal_protective` (the MS onset hazard is multiplied by `planted_hr` < 1):
   R06AA04 clemastine 0.55, J01AA08 minocycline 0.60, A11CC05 colecalciferol 0.65,
