@@ -70,6 +70,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_screen.py
 	if [ -f results/candidates/drug_ranking.csv ]; then $(BIN)/python benchmarks/bench_ranking.py --results results --config config/config.yaml; \
 	else echo 'bench_ranking: no finished demo run in results/ (make run first)'; fi
+	# the same benchmark on a harder registry: the demo size with benchmarks/planted/weak_effects.csv planted
+	mkdir -p /tmp/repurpose-bench/weak_effects
+	printf 'simulate: {planted_substances: %s}\n' "$(CURDIR)/benchmarks/planted/weak_effects.csv" > /tmp/repurpose-bench/weak_effects/weak_effects.yaml
+	$(BIN)/snakemake results/candidates/drug_ranking.csv -s Snakefile -d /tmp/repurpose-bench/weak_effects --cores 2 --force-use-threads \
+		--configfile /tmp/repurpose-bench/weak_effects/weak_effects.yaml > /tmp/repurpose-bench/weak_effects/snakemake.log 2>&1
+	$(BIN)/python benchmarks/bench_ranking.py --results /tmp/repurpose-bench/weak_effects/results --config config/config.yaml
 	$(BIN)/python benchmarks/bench_scale.py --sizes 100000 300000 1000000 3000000 --workdir /tmp/repurpose-bench --out docs/benchmarks.md
 
 clean:

@@ -1,5 +1,8 @@
 # Simulated registries with planted truth: the demo input and the test bed.
 rule simulate:
+    input:
+        # a planted table of the user's (simulate.planted_substances): editing it reruns the simulation
+        **({"planted": config["simulate"]["planted_substances"]} if config["simulate"].get("planted_substances") else {}),
     output:
         population=PATHS.simulated("population.parquet"),
         prescriptions=[

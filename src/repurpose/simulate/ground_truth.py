@@ -32,9 +32,7 @@ from repurpose.simulate.profiles import (
     MECHANISM,
     MECHANISM_ACTION_TYPE,
     MECHANISM_GENE,
-    MECHANISM_HR,
     NOT_SIMULATED,
-    PLANTED,
     ROLES,
 )
 
@@ -80,7 +78,7 @@ def ground_truth(
         }
         for j, code in enumerate(substances.codes)
     }
-    mechanism = [code for code, planted in PLANTED.items() if planted.role == MECHANISM]
+    mechanism = substances.planted.codes(MECHANISM)
     corrupt_person_ids = {kind: [] for kind in CORRUPT_KINDS}
     for kind_index, person_id in zip(corrupt_plan.kind, corrupt_plan.person_id, strict=True):
         corrupt_person_ids[CORRUPT_KINDS[kind_index]].append(int(person_id))
@@ -97,10 +95,10 @@ def ground_truth(
             "action_type": MECHANISM_ACTION_TYPE,
             "substances": sorted(mechanism),
             "substance_names": [substance_truth[c]["atc_name"] for c in sorted(mechanism)],
-            "planted_hr": MECHANISM_HR,
+            "planted_hr": substances.planted.mechanism_hr(),
             "note": "each substance multiplies the hazard by planted_hr from its own second dispensing",
         },
-        "planted": {code: asdict(planted) for code, planted in PLANTED.items()},
+        "planted": {code: asdict(planted) for code, planted in substances.planted.substances.items()},
         "not_simulated": list(NOT_SIMULATED),
         "hazard_model": {
             "formula": "h(t) = h0(age band) * sex_factor * exp(sum_j log(hr_j) * exposed_j(t) + gamma * U)",

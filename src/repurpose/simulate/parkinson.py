@@ -40,6 +40,7 @@ from repurpose.simulate.prescriptions import (
 from repurpose.simulate.profiles import (
     CAUSAL_HARMFUL,
     CAUSAL_PROTECTIVE,
+    NULL,
     PARKINSON_AGE_BAND_LOWER_YEARS,
     PARKINSON_AGE_BAND_RELATIVE_HAZARD,
     PARKINSON_PLANTED,
@@ -125,6 +126,12 @@ class ParkinsonModel:
         if missing:
             raise ProfileTableError(
                 f"parkinson_planted_substances.csv: {missing} are not simulated substances"
+            )
+        with_ms_role = [code for code in PARKINSON_PLANTED if substances.roles[index[code]] != NULL]
+        if with_ms_role:
+            raise ProfileTableError(
+                f"{substances.planted.source}: {with_ms_role} have a planted MS role and a Parkinson role "
+                "(parkinson_planted_substances.csv); plant other substances for MS so the two truths stay apart"
             )
         log_hr = np.zeros(len(substances))
         for code, planted in PARKINSON_PLANTED.items():

@@ -23,9 +23,11 @@ from repurpose.simulate.profiles import (
     EVER_USE_PERCENT_BY_ATC2,
     NOT_SIMULATED,
     NULL,
-    PLANTED,
+    PLANTED_TABLE,
     POPULARITY,
     USE_PROFILES,
+    PlantedTable,
+    ProfileTableError,
     UseProfile,
 )
 
@@ -82,6 +84,7 @@ class SubstanceTable:
     code_start: np.ndarray  # first index into `reimbursement_codes` of the substance's candidate codes
     code_count: np.ndarray
     reimbursement_codes: list[str]
+    planted: PlantedTable  # the table the roles and planted HRs came from
 
     def __len__(self) -> int:
         return len(self.codes)
@@ -115,15 +118,26 @@ def use_profile(code: str) -> UseProfile:
     raise KeyError(f"no prescribing profile for ATC group {code[:3]} ({code})")
 
 
-def build_substance_table(catalog: pl.DataFrame, study: StudyWindow) -> SubstanceTable:
-    """Assign roles and prescribing parameters to every simulated level-5 catalog substance.
+def build_substance_table(
+    catalog: pl.DataFrame, study: StudyWindow, planted_table: PlantedTable = PLANTED_TABLE
+) -> SubstanceTable:
+    """Assign roles (from `planted_table`, the packaged MS truth by default) and prescribing parameters to
+    every simulated level-5 catalog substance.
 
     Episode rates are calibrated on a fixed reference population so that each substance's ever-use share
-    over the window hits its target whatever the seed and size of the simulated population.
+    over the window hits its target whatever the seed and size of the simulated population. A planted code
+    the simulator does not dispense raises naming the table's file and line.
     """
     level5 = catalog.filter((pl.col("atc_level") == 5) & ~pl.col("atc_code").is_in(list(NOT_SIMULATED)))
     level5 = level5.sort("atc_code")
     codes = level5["atc_code"].to_list()
+    planted_by_code, simulated = planted_table.substances, set(codes)
+    for code, line in planted_table.lines.items():
+        if code not in simulated:
+            raise ProfileTableError(
+                f"{planted_table.source} line {line}: column 'atc_code' {code!r} is not a substance the simulator "
+                "dispenses (a level-5 code of the package's ATC catalog, not an MS treatment)"
+            )
     names = level5["atc_name"].to_list()
     profile_names = list(AGE_PROFILES)
     profiles = [use_profile(code) for code in codes]
@@ -132,14 +146,14 @@ def build_substance_table(catalog: pl.DataFrame, study: StudyWindow) -> Substanc
     group = np.array([code[:3] for code in codes])
     target = np.zeros(len(codes))
     for atc2 in np.unique(group):
-        members = (group == atc2) & np.array([code not in PLANTED for code in codes])
+        members = (group == atc2) & np.array([code not in planted_by_code for code in codes])
         if members.any():
             share = EVER_USE_PERCENT_BY_ATC2.get(str(atc2), 0.5) / 100.0
             target[members] = share * weights[members] / weights[members].sum()
     roles = []
     planted_hr = np.ones(len(codes))
     for j, code in enumerate(codes):
-        planted = PLANTED.get(code)
+        planted = planted_by_code.get(code)
         roles.append(planted.role if planted else NULL)
         if planted:
             planted_hr[j] = planted.planted_hr
@@ -175,6 +189,7 @@ def build_substance_table(catalog: pl.DataFrame, study: StudyWindow) -> Substanc
         code_start=code_start,
         code_count=code_count,
         reimbursement_codes=code_list,
+        planted=planted_table,
     )
     table.episode_rate = _calibrate_episode_rates(table, study)
     return table

@@ -4,7 +4,9 @@ Owns: the roles a substance can be planted with and the tables that set who is p
 profiles, use profiles by ATC prefix, ever-use shares, popularity), which substances carry a planted
 role for MS (and for the optional Parkinson-like outcome), which are not simulated, and the relative
 hazards by age band. The tables are data so that they can be read, reviewed and changed without
-touching code; `data/simulator/README.md` describes every column. Imports only the standard library.
+touching code; `data/simulator/README.md` describes every column. A run may plant another MS truth from a
+CSV of its own (`simulate.planted_substances`, `load_planted`), checked cell by cell like the packaged one.
+Imports only the standard library.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import csv
 import io
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 TABLES_PACKAGE = "repurpose"
 TABLES_DIR = "data/simulator"
@@ -36,24 +39,22 @@ def read_table(name: str) -> list[dict[str, str]]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
-def _number(row: dict[str, str], column: str, table: str, line: int) -> float:
+def _number(row: dict[str, str], column: str, where: str) -> float:
     """A number cell as written (an int where written without a decimal point, so JSON echoes it alike).
 
-    A bad or missing value raises naming the table, line and column.
+    A bad or missing value raises naming `where` (the table and line) and the column.
     """
     text = (row.get(column) or "").strip()
     try:
         return int(text) if text.lstrip("-").isdigit() else float(text)
     except ValueError as error:
-        raise ProfileTableError(
-            f"{TABLES_DIR}/{table} line {line}: column {column!r} must be a number, got {text!r}"
-        ) from error
+        raise ProfileTableError(f"{where}: column {column!r} must be a number, got {text!r}") from error
 
 
 def _numbers(table: str, *columns: str) -> list[tuple[dict[str, str], tuple[float, ...]]]:
     """Each row of `table` with the numbers in `columns` (line numbers count the header as 1)."""
     return [
-        (row, tuple(_number(row, column, table, line) for column in columns))
+        (row, tuple(_number(row, column, f"{TABLES_DIR}/{table} line {line}") for column in columns))
         for line, row in enumerate(read_table(table), start=2)
     ]
 
@@ -68,14 +69,97 @@ class PlantedSubstance:
     rationale: str
 
 
-def load_planted(table: str) -> dict[str, PlantedSubstance]:
-    """Planted substances by ATC code from a table with atc_code, role, planted_hr, ever_use, rationale."""
-    planted = {}
-    for line, (row, (hr, ever_use)) in enumerate(_numbers(table, "planted_hr", "ever_use"), start=2):
-        if row["role"] not in ROLES:
-            raise ProfileTableError(f"{TABLES_DIR}/{table} line {line}: unknown role {row['role']!r}")
-        planted[row["atc_code"]] = PlantedSubstance(row["role"], hr, ever_use, row["rationale"])
-    return planted
+PLANTED_COLUMNS = ("atc_code", "role", "planted_hr", "ever_use", "rationale")
+"""Columns of a planted-substance table (`ms_planted_substances.csv` or `simulate.planted_substances`)."""
+DEFAULT_PLANTED_TABLE = "ms_planted_substances.csv"
+
+
+@dataclass(frozen=True)
+class PlantedTable:
+    """The MS truth of one run: planted substances by ATC code, with the table they came from.
+
+    `source` names the table in messages; `lines` gives each code's line in it (the header is line 1), so a
+    later check (a code the simulator does not dispense) can name the row too.
+    """
+
+    source: str
+    substances: dict[str, PlantedSubstance]
+    lines: dict[str, int]
+
+    def codes(self, role: str) -> list[str]:
+        """The codes planted with `role`, in table order."""
+        return [code for code, planted in self.substances.items() if planted.role == role]
+
+    def mechanism_hr(self) -> float | None:
+        """The one hazard ratio shared by the `mechanism` substances (None when none is planted)."""
+        ratios = {self.substances[code].planted_hr for code in self.codes(MECHANISM)}
+        return ratios.pop() if ratios else None
+
+
+def _check_planted_row(row: dict[str, str], hr: float, ever_use: float, where: str) -> None:
+    """The rules every planted row obeys; a break raises naming `where` (file and line) and the column."""
+    role = row["role"]
+    if role not in ROLES:
+        raise ProfileTableError(f"{where}: column 'role' must be one of {', '.join(ROLES)}, got {role!r}")
+    if not 0.0 < ever_use < 1.0:
+        raise ProfileTableError(f"{where}: column 'ever_use' must be a share in (0, 1), got {ever_use!r}")
+    effect = {CAUSAL_PROTECTIVE: hr < 1.0, CAUSAL_HARMFUL: hr > 1.0, MECHANISM: 0.0 < hr != 1.0}
+    if hr <= 0.0 or not effect.get(role, hr == 1.0):
+        wanted = {CAUSAL_PROTECTIVE: "in (0, 1)", CAUSAL_HARMFUL: "above 1", MECHANISM: "positive and not 1"}
+        raise ProfileTableError(
+            f"{where}: column 'planted_hr' of a {role} substance must be {wanted.get(role, '1 (no effect)')}, "
+            f"got {hr!r}"
+        )
+    if not (row.get("rationale") or "").strip():
+        raise ProfileTableError(f"{where}: column 'rationale' is empty (say why the substance is planted so)")
+
+
+def parse_planted(text: str, source: str) -> PlantedTable:
+    """A planted-substance table from its CSV text; `source` names it in every message.
+
+    Checks the columns, one row per ATC code, the role, the numbers (a causal protective HR below 1, a harmful
+    one above 1, HR 1 for the roles without an effect, ever-use in (0, 1)), a rationale on every row, and one
+    shared HR for the `mechanism` rows. Which codes the simulator dispenses is checked where the catalog is.
+    """
+    reader = csv.DictReader(io.StringIO(text))
+    missing = [column for column in PLANTED_COLUMNS if column not in (reader.fieldnames or [])]
+    if missing:
+        raise ProfileTableError(
+            f"{source}: missing column(s) {missing} (a planted table has {list(PLANTED_COLUMNS)})"
+        )
+    planted: dict[str, PlantedSubstance] = {}
+    lines: dict[str, int] = {}
+    for line, row in enumerate(reader, start=2):
+        where = f"{source} line {line}"
+        code = (row["atc_code"] or "").strip()
+        if code in lines:
+            raise ProfileTableError(
+                f"{where}: column 'atc_code' repeats {code!r} (first on line {lines[code]})"
+            )
+        hr, ever_use = (_number(row, column, where) for column in ("planted_hr", "ever_use"))
+        _check_planted_row(row, hr, ever_use, where)
+        planted[code] = PlantedSubstance(row["role"], hr, ever_use, row["rationale"])
+        lines[code] = line
+    table = PlantedTable(source, planted, lines)
+    ratios = {planted[code].planted_hr for code in table.codes(MECHANISM)}
+    if len(ratios) > 1:
+        raise ProfileTableError(
+            f"{source}: column 'planted_hr' must be one value for every mechanism row, got {sorted(ratios)}"
+        )
+    return table
+
+
+def load_planted(path: str | Path | None = None) -> PlantedTable:
+    """The planted table at `path` (`simulate.planted_substances`), or the packaged MS table when None."""
+    if path is None:
+        source = f"{TABLES_DIR}/{DEFAULT_PLANTED_TABLE}"
+        text = resources.files(TABLES_PACKAGE).joinpath(source).read_text(encoding="utf-8")
+        return parse_planted(text, source)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ProfileTableError(f"simulate.planted_substances: cannot read {path}: {error}") from error
+    return parse_planted(text, str(path))
 
 
 def load_age_band_hazard(table: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -129,8 +213,9 @@ def _load_use_profiles(age_profiles: dict[str, object]) -> dict[str, UseProfile]
 MECHANISM_GENE = "ADRB2"
 MECHANISM_ACTION_TYPE = "AGONIST"
 
-PLANTED: dict[str, PlantedSubstance] = load_planted("ms_planted_substances.csv")
-"""The MS truth: substances with a planted role (every other simulated substance is `null`)."""
+PLANTED_TABLE = load_planted()
+PLANTED: dict[str, PlantedSubstance] = PLANTED_TABLE.substances
+"""The default MS truth: substances with a planted role (every other simulated substance is `null`)."""
 
 NOT_SIMULATED: tuple[str, ...] = tuple(row["atc_code"] for row in read_table("not_simulated.csv"))
 """Catalog substances not simulated: MS treatments, which real data show only after diagnosis."""
@@ -155,18 +240,7 @@ POPULARITY: dict[str, float] = {
 """Relative weight of a substance within its ATC level-2 group (default 1)."""
 
 
-def _mechanism_hr() -> float:
-    """The one hazard ratio shared by the mechanism substances (the table must give them the same)."""
-    ratios = {planted.planted_hr for planted in PLANTED.values() if planted.role == MECHANISM}
-    if len(ratios) != 1:
-        raise ProfileTableError(
-            f"{TABLES_DIR}/ms_planted_substances.csv: the mechanism substances must share one planted_hr, "
-            f"got {sorted(ratios)}"
-        )
-    return ratios.pop()
-
-
-MECHANISM_HR = _mechanism_hr()
+MECHANISM_HR = PLANTED_TABLE.mechanism_hr()
 
 
 @dataclass(frozen=True)
@@ -191,8 +265,9 @@ def _load_parkinson_planted() -> dict[str, ParkinsonPlantedSubstance]:
             raise ProfileTableError(
                 f"{TABLES_DIR}/{table} line {line}: {row['atc_code']} already has an MS role; choose another"
             )
-        probability = _number(row, "prodrome_user_probability", table, line) if role == PRODROMAL else 0.0
-        hr = _number(row, "planted_hr", table, line)
+        where = f"{TABLES_DIR}/{table} line {line}"
+        probability = _number(row, "prodrome_user_probability", where) if role == PRODROMAL else 0.0
+        hr = _number(row, "planted_hr", where)
         planted[row["atc_code"]] = ParkinsonPlantedSubstance(role, hr, probability, row["rationale"])
     return planted
 

@@ -3,7 +3,8 @@
 Why: the drug-wide association screen needs data on which we know the answer. Every substance of the
 package's ATC catalog (except MS treatments, see `NOT_SIMULATED`) is prescribed with realistic age/sex
 patterns, and a few are given a planted role. The roles are fixed in the package data table
-`repurpose/data/simulator/ms_planted_substances.csv` (not drawn), so every seed plants the same truth:
+`repurpose/data/simulator/ms_planted_substances.csv` (not drawn), so every seed plants the same truth (a run
+may plant another table, `planted_substances`; what follows is the packaged one):
 
 * `causal_protective` (the MS onset hazard is multiplied by `planted_hr` < 1):
   R06AA04 clemastine 0.55, J01AA08 minocycline 0.60, A11CC05 colecalciferol 0.65,
@@ -143,6 +144,7 @@ from repurpose.simulate.prescriptions import (
     simulated_prescription_files,
     write_dispensings,
 )
+from repurpose.simulate.profiles import PlantedTable, load_planted
 
 __all__ = ["simulate_registries", "simulated_prescription_files", "write_native_extracts"]
 """The entry points; the last two live in `prescriptions` and `native` and stay importable from here, where
@@ -173,8 +175,9 @@ class _SimulationModel:
         parkinson: ParkinsonSettings,
         clinical: ClinicalSettings,
         clinics_rng: np.random.Generator,
+        planted: PlantedTable,
     ) -> _SimulationModel:
-        substances = build_substance_table(load_builtin_catalog(), study)
+        substances = build_substance_table(load_builtin_catalog(), study, planted)
         horizon_days = int(round(ONSET_HORIZON_AFTER_STUDY_END_YEARS * DAYS_PER_YEAR))
         atc_codes = substances.codes + list(MALFORMED_ATC_CODES)
         reimbursement_codes = substances.reimbursement_codes or [""]
@@ -368,6 +371,7 @@ def simulate_registries(
     chunk_size: int = 200_000,
     parkinson: Mapping[str, Any] | None = None,
     clinical: Mapping[str, Any] | None = None,
+    planted_substances: str | Path | None = None,
 ) -> dict[str, Any]:
     """Write simulated population, prescription, MS registry and diagnosis extracts plus the planted truth.
 
@@ -382,7 +386,9 @@ def simulate_registries(
     `clinic_id` and `country`, `ms_treatments.parquet`, `ms_relapses.parquet`, `ms_edss.parquet` and
     `sick_leave.parquet` are written, the pharmacy-dispensed DMTs are added to the prescription files and
     ground_truth.json gains a `clinical` key (repurpose.simulate.disease_course). Every other output is the
-    same with the clinical data on or off.
+    same with the clinical data on or off. `planted_substances` is a CSV of the MS truth laid out as the
+    packaged `ms_planted_substances.csv` (None = that table: the output is then the same as without the
+    option); ground_truth.json's `parameters` name it when given.
     """
     started = time.perf_counter()
     if n_persons < 1:
@@ -391,6 +397,7 @@ def simulate_registries(
         raise ValueError(f"chunk_size must be positive, got {chunk_size}")
     parkinson_settings = ParkinsonSettings.from_config(parkinson)
     clinical_settings = ClinicalSettings.from_config(clinical)
+    planted = load_planted(planted_substances)
     study = StudyWindow.from_iso(study_start, study_end)
     if study.end_day <= study.start_day:
         raise ValueError(f"study_start {study_start} must be before study_end {study_end}")
@@ -402,7 +409,7 @@ def simulate_registries(
 
     clinics_rng = np.random.default_rng([seed, CLINICS_STREAM])
     model = _SimulationModel.build(
-        study, baseline_incidence_per_100k, parkinson_settings, clinical_settings, clinics_rng
+        study, baseline_incidence_per_100k, parkinson_settings, clinical_settings, clinics_rng, planted
     )
     substances = model.substances
 
@@ -504,6 +511,7 @@ def simulate_registries(
             "baseline_incidence_per_100k": baseline_incidence_per_100k,
             "n_corrupt_rows": n_corrupt_rows,
             "chunk_size": chunk_size,
+            **({"planted_substances": str(planted_substances)} if planted_substances is not None else {}),
         },
         baseline_incidence_per_100k=baseline_incidence_per_100k,
     )
