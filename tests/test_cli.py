@@ -10,7 +10,7 @@ import sys
 import pytest
 import yaml
 
-from repurpose.cli import main
+from repurpose.cli import main, unanswered_slurm_warning
 from repurpose.layout import WORKFLOW_SNAKEFILE
 
 
@@ -69,6 +69,19 @@ def test_run_wraps_snakemake(tmp_path):
     assert direct.returncode != 0
     assert "did you mean `lags_years`?" in direct.stderr and "Traceback" not in direct.stderr
     assert 'File "' not in direct.stderr
+
+
+def test_run_warns_when_slurm_is_installed_but_its_controller_does_not_answer():
+    def hangs(command, **kwargs):
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+
+    def answers(command, **kwargs):
+        return subprocess.CompletedProcess(command, 0, "MinJobAge = 300 sec", "")
+
+    warning = unanswered_slurm_warning(which=lambda name: "/usr/bin/scontrol", run=hangs)
+    assert warning and "every job will wait about 10 s" in warning
+    assert unanswered_slurm_warning(which=lambda name: "/usr/bin/scontrol", run=answers) is None
+    assert unanswered_slurm_warning(which=lambda name: None, run=hangs) is None
 
 
 RUN_LOG = """Building DAG of jobs...

@@ -271,6 +271,34 @@ def test_a_parquet_part_is_labelled_as_the_same_rows_in_csv(tmp_path):
     assert kept[1]["ddd"].to_list() == kept[0]["ddd"].to_list()
 
 
+def test_a_typed_parquet_part_rejects_what_its_text_twin_rejects(tmp_path):
+    """Numbers and dates delivered typed keep their type through the labelling (no text cast of every row)
+    and become text only in the rejects file: the same rows, reasons and values as the part delivered as text."""
+    bad_rows = [row for extract, row, _ in BAD_ROWS if extract == "prescriptions"]
+    typed_rows = [row for row in bad_rows if not row.startswith("01,") and "2005-13-01" not in row and ",lots," not in row]
+    assert len(typed_rows) == len(bad_rows) - 3
+    lines = [*PRESCRIPTIONS, *typed_rows]
+    text_dir, typed_dir = tmp_path / "text", tmp_path / "typed"
+    results = {}
+    for directory, cast in ((text_dir, False), (typed_dir, True)):
+        paths = write_extracts(directory / "in", prescriptions=lines)
+        paths["prescriptions"] = _as_parquet_part(lines, directory / "in" / "parts")
+        if cast:
+            part = directory / "in" / "parts" / "dispensings_all.parquet"
+            frame = pl.read_parquet(part).with_columns(
+                pl.col("person_id").cast(pl.Int64), pl.col("dispense_date").str.to_date(), pl.col("ddd").cast(pl.Float64)
+            )
+            frame.write_parquet(part)
+        results[cast] = validate_extracts(make_config(paths, directory), results_dir=directory)["extracts"]["prescriptions"]
+    for key in ("rows_read", "rows_kept", "rows_rejected", "rejected_by_reason"):
+        assert results[True][key] == results[False][key], key
+    assert results[True]["rows_rejected"] == len(typed_rows)
+    text, typed = (read_rejects(d / "validation", "prescriptions").sort(pl.all()) for d in (text_dir, typed_dir))
+    assert set(typed.schema.values()) == {pl.String}
+    assert typed.drop("ddd").equals(text.drop("ddd"))
+    assert typed["ddd"].cast(pl.Float64).to_list() == text["ddd"].cast(pl.Float64).to_list()
+
+
 def test_a_parquet_part_without_rejects_skips_their_pass_with_the_same_empty_file(tmp_path):
     """Every row kept (the count from the Parquet footers equals the clean rows): the rejects file is written
     without a second pass, with the columns and types of a rejects file of a part that has rejects."""

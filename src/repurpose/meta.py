@@ -13,7 +13,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import numpy as np
-from scipy import optimize, stats
+
+from repurpose.lazy import lazy_module
+
+optimize = lazy_module("scipy.optimize")
+stats = lazy_module("scipy.stats")
 
 TAU2_METHODS = ("DL", "PM", "REML")
 

@@ -39,12 +39,14 @@ rule validate_prescriptions:
         settings=rerun_settings(validate_prescription_part, config),
     log:
         PATHS.log("validate_prescriptions_{part}"),
-    threads: THREADS
+    # One thread per part: the parts run side by side (each a streaming pass, small in memory), their job
+    # start-ups overlap, and a single-threaded pass writes the rows in their source order every run.
+    threads: 1
     resources:
         mem_mb=MEM_MB,
         runtime=60,
     run:
-        run_logged(log[0], validate_prescription_part, config, **input, **output)
+        run_logged(log[0], validate_prescription_part, job_config(threads), **input, **output)
 
 
 if CLINICAL:

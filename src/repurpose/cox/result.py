@@ -14,8 +14,11 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
-import pandas as pd
-from scipy import stats
+
+from repurpose.lazy import lazy_module
+
+pd = lazy_module("pandas")
+stats = lazy_module("scipy.stats")
 
 FIT_STATUSES = ("ok", "no_events", "separation", "singular_information", "not_converged")
 VARIANCE_STATUSES = ("ok", "separation", "not_converged")

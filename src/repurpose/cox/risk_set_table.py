@@ -12,7 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
+
+from repurpose.lazy import lazy_module
+
+pd = lazy_module("pandas")
 
 
 class CoxEngineError(ValueError):

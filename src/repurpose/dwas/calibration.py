@@ -21,9 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import optimize, stats
 
 from repurpose.cox.result import wald_p_value
+from repurpose.lazy import lazy_module
+
+optimize = lazy_module("scipy.optimize")
+stats = lazy_module("scipy.stats")
 
 
 class CalibrationError(ValueError):

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import stats
 
 from repurpose import __version__
 from repurpose.atc import atc_parent
@@ -48,11 +47,14 @@ from repurpose.dwas.shrinkage import Groups, Shrunken, fit_level_prior, shrink
 from repurpose.dwas.signals import SignalTree, collapse_tree
 from repurpose.dwas.tree_fdr import hierarchical_fdr
 from repurpose.dwas.window import lag_days
+from repurpose.lazy import lazy_module
 from repurpose.logs import Progress
 from repurpose.meta import pool
 from repurpose.release.disclosure import DisclosurePolicy, for_display, release_ranking, release_screen
 from repurpose.schemas import RANKING_COUNT_COLUMNS, drug_ranking_columns, lag_label, ranking_lags
 from repurpose.stages import stage
+
+stats = lazy_module("scipy.stats")
 
 log = logging.getLogger(__name__)
 

@@ -23,12 +23,15 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import optimize, stats
 
 from repurpose.atc import atc_parent, load_atc_names
 from repurpose.dwas.candidates import TARGET_SEPARATOR, reverse_causation_suspected
+from repurpose.lazy import lazy_module
 from repurpose.meta import cochran_q, pool
 from repurpose.stages import stage
+
+optimize = lazy_module("scipy.optimize")
+stats = lazy_module("scipy.stats")
 
 log = logging.getLogger(__name__)
 

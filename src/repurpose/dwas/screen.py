@@ -30,7 +30,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from scipy import stats
 
 from repurpose.atc import anatomical_group_filter, load_atc_names
 from repurpose.cox.binary import BinaryRiskSets, fit_binary_efron
@@ -48,6 +47,7 @@ from repurpose.dwas.risk_sets import (
     total_counts,
 )
 from repurpose.dwas.window import exposed_from, lag_days
+from repurpose.lazy import lazy_module
 from repurpose.release.disclosure import (
     DisclosurePolicy,
     disclosure_table,
@@ -63,6 +63,8 @@ from repurpose.schemas import (
     SCREEN_PART_SCHEMA,
 )
 from repurpose.stages import stage
+
+stats = lazy_module("scipy.stats")
 
 log = logging.getLogger(__name__)
 

@@ -44,8 +44,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy import linalg, optimize, stats
 from threadpoolctl import threadpool_limits
+
+from repurpose.lazy import lazy_module
+
+linalg = lazy_module("scipy.linalg")
+optimize = lazy_module("scipy.optimize")
+stats = lazy_module("scipy.stats")
 
 GROUP_KINDS = ("class", "target")
 """Kinds of groups an estimate can borrow from: its parent ATC class, and drug targets it shares."""

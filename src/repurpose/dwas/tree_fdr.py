@@ -26,7 +26,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy import stats
+
+from repurpose.lazy import lazy_module
+
+stats = lazy_module("scipy.stats")
 
 YEKUTIELI_DELTA = 1.44
 """Yekutieli's (2008) upper bound on delta*: the full-tree FDR is at most 2 delta* q at family level q."""

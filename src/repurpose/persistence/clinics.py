@@ -34,11 +34,14 @@ from dataclasses import dataclass
 
 import numpy as np
 import polars as pl
-from scipy import optimize, stats
 
+from repurpose.lazy import lazy_module
 from repurpose.meta import pool
 from repurpose.release.disclosure import Partition, release_linked
 from repurpose.release.policy import DisclosurePolicy
+
+optimize = lazy_module("scipy.optimize")
+stats = lazy_module("scipy.stats")
 
 OTHER_CLINICS = "other clinics"
 ALL_CLINICS = "all clinics"

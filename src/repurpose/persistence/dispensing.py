@@ -25,10 +25,12 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from lifelines import KaplanMeierFitter
 
 from repurpose.duck import connect, sql_literal
+from repurpose.lazy import lazy_module
 from repurpose.persistence.newusers import DAYS_PER_MONTH
+
+lifelines = lazy_module("lifelines")
 
 
 def read_drug_dispensings(
@@ -144,7 +146,7 @@ def agreement_rows(users: pl.DataFrame, *, horizon_days: float, within_days: int
     difference = stopped_both["dispensing_time_days"] - stopped_both["time_days"]
     medians = {}
     for name, time, event in (("registry", "time_days", "stopped"), ("dispensing", "dispensing_time_days", "dispensing_stopped")):
-        median = KaplanMeierFitter().fit(both[time].to_numpy() / DAYS_PER_MONTH, both[event].to_numpy()).median_survival_time_
+        median = lifelines.KaplanMeierFitter().fit(both[time].to_numpy() / DAYS_PER_MONTH, both[event].to_numpy()).median_survival_time_
         medians[name] = float(median) if np.isfinite(median) else None
     median_gap = None if None in medians.values() else medians["dispensing"] - medians["registry"]
     return [

@@ -10,19 +10,18 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import numpy as np
+import polars as pl
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
-from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
+from repurpose.lazy import lazy_module
+from repurpose.persistence.clinics import Overdispersion, funnel_limits
+from repurpose.release.disclosure import text_rows
+from repurpose.release.policy import DisclosurePolicy
+from repurpose.release.report import template_dir
+from repurpose.release.report_figures import figure_png
 
-from repurpose.persistence.clinics import Overdispersion, funnel_limits  # noqa: E402
-from repurpose.release.disclosure import text_rows  # noqa: E402
-from repurpose.release.policy import DisclosurePolicy  # noqa: E402
-from repurpose.release.report import template_dir  # noqa: E402
-from repurpose.release.report_figures import figure_png  # noqa: E402
+plt = lazy_module("matplotlib.pyplot", matplotlib_backend="Agg")
 
 
 def curves_figure(curves: pl.DataFrame, kind: str, title: str) -> str | None:

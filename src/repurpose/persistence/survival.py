@@ -20,12 +20,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 import polars as pl
-from lifelines import CoxPHFitter, KaplanMeierFitter
-from lifelines.exceptions import ConvergenceError, ConvergenceWarning
 
+from repurpose.lazy import lazy_module
 from repurpose.persistence.newusers import DAYS_PER_MONTH
+
+lifelines = lazy_module("lifelines")
+lifelines_exceptions = lazy_module("lifelines.exceptions")
+pd = lazy_module("pandas")
 
 
 @dataclass(frozen=True)
@@ -44,9 +46,9 @@ def _at(frame: pd.DataFrame, t: float) -> np.ndarray:
     return frame.loc[:t].iloc[-1].to_numpy()
 
 
-def kaplan_meier(group: str, months: np.ndarray, stopped: np.ndarray, horizons: Sequence[int]) -> tuple[KaplanMeierSummary, KaplanMeierFitter]:
+def kaplan_meier(group: str, months: np.ndarray, stopped: np.ndarray, horizons: Sequence[int]) -> tuple[KaplanMeierSummary, lifelines.KaplanMeierFitter]:
     """Kaplan-Meier fit of one group with its summary at `horizons` (months)."""
-    fitter = KaplanMeierFitter().fit(months, stopped, label="persistence")
+    fitter = lifelines.KaplanMeierFitter().fit(months, stopped, label="persistence")
     median = float(fitter.median_survival_time_)
     persistence = {}
     for h in horizons:
@@ -60,7 +62,7 @@ def kaplan_meier(group: str, months: np.ndarray, stopped: np.ndarray, horizons: 
     return summary, fitter
 
 
-def km_curve(fitter: KaplanMeierFitter, grid_months: Sequence[float]) -> pl.DataFrame:
+def km_curve(fitter: lifelines.KaplanMeierFitter, grid_months: Sequence[float]) -> pl.DataFrame:
     """A Kaplan-Meier curve on a grid of months: survival, CI and number at risk at each grid time."""
     rows = []
     table = fitter.event_table
@@ -156,30 +158,30 @@ def design_matrix(users: pl.DataFrame, covariates: Sequence[str]) -> pd.DataFram
 RIDGE_PENALTY = 0.01
 
 
-def fit_cox(design: pd.DataFrame, months: np.ndarray, stopped: np.ndarray) -> CoxPHFitter:
-    """CoxPHFitter of stopping on the design (Efron ties, no penalty). When Newton's method does not converge
+def fit_cox(design: pd.DataFrame, months: np.ndarray, stopped: np.ndarray) -> lifelines.CoxPHFitter:
+    """lifelines' CoxPHFitter of stopping on the design (Efron ties, no penalty). When Newton's method does not converge
     (a clinic without stops: its coefficient runs to minus infinity) the model is refitted with a small ridge
     penalty (`RIDGE_PENALTY`); `fit_status(fitter)` says which."""
     frame = design.copy()
     frame["_months"] = months
     frame["_stopped"] = stopped
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ConvergenceWarning)
+        warnings.simplefilter("always", lifelines_exceptions.ConvergenceWarning)
         try:
-            fitter = CoxPHFitter().fit(frame, duration_col="_months", event_col="_stopped")
-            if not any(issubclass(w.category, ConvergenceWarning) for w in caught):
+            fitter = lifelines.CoxPHFitter().fit(frame, duration_col="_months", event_col="_stopped")
+            if not any(issubclass(w.category, lifelines_exceptions.ConvergenceWarning) for w in caught):
                 return fitter
-        except ConvergenceError:
+        except lifelines_exceptions.ConvergenceError:
             pass
-        return CoxPHFitter(penalizer=RIDGE_PENALTY).fit(frame, duration_col="_months", event_col="_stopped")
+        return lifelines.CoxPHFitter(penalizer=RIDGE_PENALTY).fit(frame, duration_col="_months", event_col="_stopped")
 
 
-def fit_status(fitter: CoxPHFitter) -> str:
+def fit_status(fitter: lifelines.CoxPHFitter) -> str:
     """`converged` or the penalty the fit needed to converge."""
     return "converged" if not fitter.penalizer else f"converged with ridge penalty {fitter.penalizer:g}"
 
 
-def expected_stops(fitter: CoxPHFitter, design: pd.DataFrame, months: np.ndarray, horizon: float) -> np.ndarray:
+def expected_stops(fitter: lifelines.CoxPHFitter, design: pd.DataFrame, months: np.ndarray, horizon: float) -> np.ndarray:
     """Each patient's expected number of stops up to min(time, horizon) under the fitted model: the Breslow
     cumulative baseline hazard there times the patient's relative hazard. Their sum over all patients equals
     the observed stops up to the horizon (the martingale residuals of a Breslow fit sum to zero)."""

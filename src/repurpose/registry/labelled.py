@@ -1,5 +1,5 @@
-"""Writing one validated extract: its labelled rows (typed columns, raw text, `reject_reason`) split into the
-clean Parquet file and the rejects file with their reasons, its report entry, and the checks every extract
+"""Writing one validated extract: its labelled rows (typed columns, raw values, `reject_reason`) split into the
+clean Parquet file and the rejects file with their reasons (raw values as text), its report entry, and the checks every extract
 after the population shares (persons known to the clean population, the earliest possible birth date).
 
 Shared by `repurpose.registry.ingest` (population, MS registry, diagnoses, prescriptions) and
@@ -38,8 +38,9 @@ def write_extract(
     """Write the clean and rejected rows of the labelled table or view of one extract; return its report entry.
 
     Every file comes out in the same row order run after run: the registers and all rejects sorted by every
-    column (small), the dispensings in the order of their source file (the connection preserves insertion
-    order; a sort of a national yearly file would cost more than the validation itself). `rows_in_source`
+    column (small), the dispensings in the order of their source file when the connection has one thread, as
+    the DAG's part jobs have (with more, DuckDB interleaves a national part's row groups across threads; a
+    sort of a national yearly file would cost more than the validation itself). `rows_in_source`
     (the source's row count when known without reading it) spares the pass for rejects when every row is kept.
     """
     canonical = ", ".join(c.name for c in reader.spec.columns)
@@ -57,7 +58,7 @@ def write_extract(
             f"COPY (SELECT {canonical} FROM {labelled} WHERE reject_reason IS NULL ORDER BY ALL) "
             f"TO {sql_literal(str(clean_path))} (FORMAT parquet, COMPRESSION zstd)"
         ).fetchone()[0]
-    raw_columns = ", ".join(f"raw_{c.name} AS {c.name}" for c in reader.spec.columns)
+    raw_columns = ", ".join(f"CAST(raw_{c.name} AS VARCHAR) AS {c.name}" for c in reader.spec.columns)
     none_rejected = rows_in_source is not None and int(n_kept) == rows_in_source
     con.execute(
         f"COPY (SELECT reject_reason, {raw_columns} FROM {labelled} WHERE reject_reason IS NOT NULL ORDER BY ALL"

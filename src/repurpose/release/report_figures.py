@@ -12,16 +12,15 @@ import math
 import re
 from typing import Any
 
-import matplotlib
-import matplotlib.ticker
+import numpy as np
+import polars as pl
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import polars as pl  # noqa: E402
+from repurpose.dwas.calibration import CalibrationError, fit_empirical_null
+from repurpose.lazy import lazy_module
+from repurpose.release.report_tables import SiteEvidence, number
 
-from repurpose.dwas.calibration import CalibrationError, fit_empirical_null  # noqa: E402
-from repurpose.release.report_tables import SiteEvidence, number  # noqa: E402
+plt = lazy_module("matplotlib.pyplot", matplotlib_backend="Agg")
+ticker = lazy_module("matplotlib.ticker")
 
 log = logging.getLogger(__name__)
 
@@ -289,9 +288,9 @@ def _hr_axis(axis: Any, set_limits: Any, values: list[float]) -> None:
     low, high = min(min(values), 1.0) / 1.15, max(max(values), 1.0) * 1.15
     set_limits(low, high)
     ticks = [t for t in (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1, 1.5, 2, 3, 5, 7, 10, 20, 50) if low <= t <= high]
-    axis.set_major_locator(matplotlib.ticker.FixedLocator(ticks))
-    axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
-    axis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    axis.set_major_locator(ticker.FixedLocator(ticks))
+    axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+    axis.set_minor_formatter(ticker.NullFormatter())
 
 
 def forest_figure(rows: list[tuple[str, float | None, float | None, float | None]], title: str) -> str:
