@@ -3,7 +3,7 @@
 The code reads the protocol (eligibility, time zero, strategies, grace period, follow-up, outcomes, estimands),
 never re-derives it, and the report echoes it as the target-trial table (`target_trial_table`).
 
-Imports polars, `persistence.newusers` (the names of the therapy classes) and `trial_emulation.outcomes` (the
+Imports numpy, polars, `persistence.newusers` (the names of the therapy classes) and `trial_emulation.outcomes` (the
 ICD-10 prefixes of the safety outcome in the extract's form).
 """
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from repurpose.persistence.newusers import DAYS_PER_YEAR, DMT_CLASSES
@@ -50,6 +51,10 @@ class TrialProtocol:
     confirmation_days: int
     negative_control_outcome: str | None
     serious_infection_codes: tuple[str, ...] = ()
+    sustained: bool = False
+    stop_gap_days: int = 180
+    escalation_indication_window_days: int = 365
+    adherence_interval_days: int = 90
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrialProtocol:
@@ -79,6 +84,10 @@ class TrialProtocol:
             confirmation_days=int(trial["confirmation_days"]),
             negative_control_outcome=trial.get("negative_control_outcome"),
             serious_infection_codes=normalised_codes(trial["serious_infection_codes"]),
+            sustained=bool(trial["sustained"]),
+            stop_gap_days=int(trial["stop_gap_days"]),
+            escalation_indication_window_days=int(trial["escalation_indication_window_days"]),
+            adherence_interval_days=int(trial["adherence_interval_days"]),
         )  # fmt: skip
 
     @property
@@ -90,6 +99,17 @@ class TrialProtocol:
     def n_grace_intervals(self) -> int:
         """Intervals of the censoring model: the grace period [0, grace_days] in steps of interval_days."""
         return -(-self.grace_days // self.interval_days)
+
+    def interval_bounds(self, sustained: bool = False) -> np.ndarray:
+        """Bounds (days from time zero) of the censoring models' intervals: the grace period in steps of
+        interval_days (the last interval ends on its last day); for the sustained estimand then steps of
+        adherence_interval_days to the end of follow-up."""
+        grace = np.minimum(np.arange(self.n_grace_intervals + 1) * self.interval_days, self.grace_days).astype(float)
+        if not sustained:
+            return grace
+        after = np.arange(self.grace_days + self.adherence_interval_days, self.max_days + self.adherence_interval_days,
+                          self.adherence_interval_days, dtype=float)  # fmt: skip
+        return np.concatenate([grace, after])
 
     def is_high_efficacy(self, codes: pl.Expr) -> pl.Expr:
         """Whether an (upper-case) ATC code is a high-efficacy therapy under this protocol."""
