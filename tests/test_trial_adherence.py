@@ -156,7 +156,7 @@ DEVIATION = {1: np.array([400.0, np.nan, np.nan, 25.0, np.nan]), 0: np.array([np
 
 
 def hand_sustained(p: TrialProtocol):
-    from tests.test_trial_clones import hand_baseline
+    from test_trial_clones import hand_baseline
 
     baseline, covariates = hand_baseline(PERSONS)
     bounds = p.interval_bounds(sustained=True)
@@ -225,7 +225,7 @@ def sustained_trial(n: int, seed: int, p: TrialProtocol, deviate: bool = True):
     """The synthetic trial of test_trial_emulation on sustained clones: deviations after the start at a rate that
     rises with a covariate of the adherence model (informative censoring), or none; returns (sustained data,
     the start-only data of the same persons)."""
-    from tests.test_trial_emulation import synthetic_inputs
+    from test_trial_emulation import synthetic_inputs
 
     baseline, covariates, outcome = synthetic_inputs(n, seed, p)
     rng = np.random.default_rng(seed + 100)
@@ -282,3 +282,59 @@ def test_without_deviations_after_the_start_the_sustained_estimates_equal_the_st
     assert len(ours) == len(theirs) > 10
     for (_, outcome, measure), value in theirs.items():
         assert ours[(SUSTAINED, outcome, measure)] == pytest.approx(value, rel=1e-9, abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def simulated(tmp_path_factory):
+    """A small simulated registry (its clinical extracts) and the protocol it is emulated with."""
+    from repurpose.simulate import simulate_registries
+    from repurpose.trial_emulation.study import read_validated
+
+    folder = tmp_path_factory.mktemp("sustained_registry")
+    simulate_registries(folder, n_persons=20_000, seed=5)
+    names = ("population", "ms_registry", "ms_treatments", "ms_relapses", "ms_edss")
+    frames = {n: read_validated(n, folder / f"{n}.parquet") for n in names}
+    p = protocol(bootstrap_replicates=0, diagnosis_from="2006-09-01", outcomes=["confirmed_worsening", "first_relapse", "relapse_rate"])
+    return frames, p
+
+
+def test_on_the_simulator_every_deviation_kind_occurs_and_censors_the_sustained_clones(simulated):
+    """The counterfactual registries plant the effect of the initiation strategies only (the first therapy forced,
+    later treatment as in practice, simulate/counterfactual.py): no sustained strategy has a planted value, so
+    what is tested is the censoring the simulator's treatment histories produce."""
+    from repurpose.trial_emulation.adherence import adherence
+    from repurpose.trial_emulation.study import emulate
+
+    frames, p = simulated
+    result = emulate(p, frames, None)
+    _, table = adherence(p, result["baseline"], treatments=frames["ms_treatments"], relapses=frames["ms_relapses"],
+                         edss=frames["ms_edss"])  # fmt: skip
+    assert set(table["high_efficacy_deviation"].drop_nulls()) == {"stop", "switch"}
+    assert set(table["escalation_deviation"].drop_nulls()) == {"stop", "unindicated_escalation"}
+    start_only, sustained = result["data"].clones, result["data"].sustained.clones
+    assert np.all(sustained.stop <= start_only.stop) and np.all(sustained.censored >= start_only.censored)
+    assert sustained.censored.sum() > start_only.censored.sum()
+    counts = result["counts"].filter(pl.col("outcome") == "confirmed_worsening")
+    for strategy in ("high_efficacy", "escalation"):
+        by = {r["analysis"]: r for r in counts.filter(pl.col("strategy") == strategy).iter_rows(named=True)}
+        assert by["sustained"]["n_censored_deviation"] > by["emulation"]["n_censored_deviation"]
+        assert by["sustained"]["n_events"] <= by["emulation"]["n_events"]
+    shown = result["estimates"].filter(pl.col("analysis") == "sustained")
+    assert shown.height == result["estimates"].filter(pl.col("analysis") == "emulation").height
+    weights = result["weights"].filter((pl.col("analysis") == "sustained") & (pl.col("statistic") == "mean"))
+    assert weights.height == 2 and weights["value"].is_finite().all()
+
+
+def test_on_the_simulator_without_later_treatment_the_sustained_estimates_equal_the_start_only_ones(simulated):
+    """Each person's treatment cut to the first episode, never stopped: no deviation after the start, so the
+    sustained estimand is the start-only one (same clones, censoring and weights)."""
+    from repurpose.trial_emulation.study import emulate
+
+    frames, p = simulated
+    first = frames["ms_treatments"].sort("person_id", "start_date").group_by("person_id", maintain_order=True).first()
+    result = emulate(p, {**frames, "ms_treatments": first.with_columns(pl.lit(None, pl.Date).alias("stop_date"))}, None)
+    values = {(r["analysis"], r["outcome"], r["measure"]): r["estimate"] for r in result["estimates"].iter_rows(named=True)}
+    compared = [(k, v) for k, v in values.items() if k[0] == "emulation" and v is not None]
+    assert len(compared) > 20
+    for (_, outcome, measure), value in compared:
+        assert values[("sustained", outcome, measure)] == pytest.approx(value, rel=1e-9, abs=1e-12)

@@ -223,6 +223,14 @@ def test_the_stage_writes_released_tables_and_the_page(small_registry, tmp_path)
         assert not any(f",{i}," in text or text.startswith(f"{i},") for i in list(ids)[:200])
     curves = pl.read_csv(tmp_path / "curves.csv")
     assert curves.filter(pl.col("n_at_risk").is_not_null())["n_at_risk"].min() >= 5
+    # the sustained per-protocol estimand beside the start-only one, in every table and on the page
+    assert set(estimates_table["analysis"].drop_nulls()) == {"emulation", "naive", "sustained"}
+    assert set(curves["analysis"]) == {"emulation", "naive", "sustained"}
+    assert set(pl.read_csv(tmp_path / "weights.csv")["analysis"]) == {"emulation", "sustained"}
+    assert set(counts["analysis"]) == {"emulation", "naive", "sustained"}
+    adherence = target.filter(pl.col("component") == "Adherence (sustained strategies)")["emulation"][0]
+    assert "within 180 days" in adherence and "in the 365 days before" in adherence
+    assert "sustained per-protocol analysis" in page
 
 
 def test_the_safety_outcome_through_the_emulation_on_a_simulated_registry(small_registry):

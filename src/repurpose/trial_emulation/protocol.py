@@ -167,14 +167,28 @@ def target_trial_table(protocol: TrialProtocol, unavailable: Mapping[str, str] |
         ("Follow-up", f"From time zero for {p.max_years:g} years",
          f"To the first of the outcome, {p.max_years:g} years, death, emigration, study end ({p.study_end}), or the "
          "clone's censoring"),
-        ("Causal contrast", "Per-protocol effect of starting each strategy",
+        ("Adherence (sustained strategies)", "High-efficacy: stay on high-efficacy therapy; escalation: stay on "
+         "therapy, switching up only on disease activity",
+         (f"After the start a clone deviates when every therapy stops and none restarts within {p.stop_gap_days} days "
+          "(censored on the gap's last day); the high-efficacy clone also when it starts a therapy that is not "
+          "high-efficacy; the escalation clone also when it starts a high-efficacy therapy without an indication (a "
+          f"relapse, or a confirmed disability worsening confirmed by that day, in the "
+          f"{p.escalation_indication_window_days} days before)") if p.sustained else "Not estimated (sustained: false)"),
+        ("Causal contrast", "Per-protocol effect of starting each strategy" + ("; per-protocol effect of sustaining it" if p.sustained else ""),
          "Per-protocol effect of the initiation strategies (first therapy's class within the grace period, later "
-         "treatment as in practice) by clone-censor-weight; beside it the naive comparison: those who started a "
-         "therapy within the grace period grouped by its class, unweighted, followed from time zero"),
+         "treatment as in practice) by clone-censor-weight"
+         + ("; the sustained per-protocol effect (the strategies followed over the whole follow-up, adherence above) "
+            "by clone-censor-weight with time-varying weights" if p.sustained else "")
+         + "; beside them the naive comparison: those who started a therapy within the grace period grouped by its "
+         "class, unweighted, followed from time zero"),
         ("Statistical analysis", "Risks, hazard ratio, rate ratios",
          f"Weighted Kaplan-Meier risks at {', '.join(f'{h:g}' for h in p.horizons_years)} years, risk differences and "
          f"ratios, weighted Cox hazard ratio, weighted Poisson rate ratios; pooled logistic censoring models per "
          f"{p.interval_days}-day interval, weights truncated at the {p.weight_truncation_percentile:g}th percentile; "
-         f"95% percentile CIs from {p.bootstrap_replicates} bootstrap replicates (seed {p.seed})"),
+         + (f"sustained: pooled logistic adherence models per {p.adherence_interval_days}-day interval after the grace "
+            "period (baseline and time-varying covariates: EDSS, relapses in the past 12 and 24 months, time since time "
+            "zero and on the strategy, high-efficacy started, off therapy), weights stabilised by the arm's share "
+            "remaining adherent per interval; " if p.sustained else "")
+         + f"95% percentile CIs from {p.bootstrap_replicates} bootstrap replicates (seed {p.seed})"),
     ]  # fmt: skip
     return pl.DataFrame(rows, schema={"component": pl.String, "target_trial": pl.String, "emulation": pl.String}, orient="row")
