@@ -16,7 +16,17 @@ within the interval. The cumulative weight after interval k is W_k = prod_{j<=k}
 a clone's time in (b_k, b_{k+1}] carries W_{k-1} (W_{-1} = 1), and its time after it stopped being at risk of
 censoring carries its last W. So the estimation rows are at most K + 1 per clone.
 
-Imports numpy, polars and the package's `trial_emulation.cohort`, `logistic` and `protocol`.
+Sustained strategies (with an `adherence.Adherence`): a clone that followed its strategy's start stays at risk
+of deviating after it, on one interval layout with the grace period (`TrialProtocol.interval_bounds`: the grace
+intervals, then adherence_interval_days ones to the end of follow-up). Its rows after the interval holding the
+start are adherence rows (`model_phase` 1), modelled per arm by one pooled logistic model with the baseline and
+time-varying covariates and `adherence.ADHERENCE_COVARIATES`; a deviation before the end of the start's interval
+counts at that end (at most interval_days later). The weights are the same cumulative products over a clone's
+rows, times a stabilising numerator per arm and interval (`stabiliser`), then truncated as above; the estimation
+rows are still one per interval at risk, so a clone has at most one row per interval of follow-up.
+
+Imports numpy, polars and the package's `trial_emulation.adherence` (the Adherence type), `cohort`, `logistic`
+and `protocol`.
 """
 
 from __future__ import annotations
