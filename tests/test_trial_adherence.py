@@ -20,7 +20,7 @@ from repurpose.trial_emulation.adherence import (
     adherence_covariates,
     deviations,
 )
-from repurpose.trial_emulation.analysis import SUSTAINED, build_trial_data, estimates, fit_weights
+from repurpose.trial_emulation.analysis import SUSTAINED, build_trial_data, estimates, fit_all, fit_weights
 from repurpose.trial_emulation.clones import build_clones, weights_from
 from repurpose.trial_emulation.cohort import TIME_VARYING
 from repurpose.trial_emulation.estimators import fit_cox, kaplan_meier, survival_at
@@ -338,3 +338,15 @@ def test_on_the_simulator_without_later_treatment_the_sustained_estimates_equal_
     assert len(compared) > 20
     for (_, outcome, measure), value in compared:
         assert values[("sustained", outcome, measure)] == pytest.approx(value, rel=1e-9, abs=1e-12)
+
+
+def test_the_sustained_clones_share_the_grace_models_and_one_fit_serves_both():
+    p = protocol(max_years=5, horizons_years=[2, 5])
+    sustained, start_only = sustained_trial(500, 4, p)
+    start_only.sustained = sustained
+    assert start_only.shares_grace_models
+    frequency = np.random.default_rng(1).multinomial(500, np.full(500, 1 / 500))
+    shared = fit_all(start_only, frequency)[1]
+    alone = fit_weights(sustained, frequency)
+    np.testing.assert_allclose(shared.p_deviate, alone.p_deviate, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(shared.row_weight, alone.row_weight, rtol=1e-9)

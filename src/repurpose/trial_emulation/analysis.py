@@ -20,13 +20,20 @@ import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import polars as pl
 from threadpoolctl import threadpool_limits
 
 from repurpose.persistence.newusers import DAYS_PER_YEAR
-from repurpose.trial_emulation.clones import Clones, WeightFit, fit_censoring_models, weights_from
+from repurpose.trial_emulation.clones import (
+    Clones,
+    WeightFit,
+    fit_censoring_models,
+    same_grace_models,
+    weights_from,
+)
 from repurpose.trial_emulation.estimators import (
     SurvivalRows,
     fit_cox,
@@ -75,6 +82,12 @@ class TrialData:
     naive_arm: np.ndarray  # 1 = started high-efficacy, per naive person
     analysis: str = EMULATION  # the clones' estimand: EMULATION (the strategies' start) or SUSTAINED
     sustained: TrialData | None = None  # the sustained clones' data beside the emulation's (same persons)
+
+    @cached_property
+    def shares_grace_models(self) -> bool:
+        """Whether the sustained clones' grace-period censoring models are the emulation's, row for row (they are
+        by construction; checked once, so a fit is never reused for a model it does not fit)."""
+        return self.sustained is not None and same_grace_models(self.clones, self.sustained.clones)
 
     @property
     def parts(self) -> list[TrialData]:
@@ -198,18 +211,24 @@ def estimates(data: TrialData, fit: WeightFit, frequency: np.ndarray | None = No
     return out
 
 
-def fit_weights(data: TrialData, frequency: np.ndarray | None = None,
-                start: tuple[np.ndarray | None, ...] = ()) -> WeightFit:  # fmt: skip
-    """Censoring models fitted (with bootstrap frequencies, from `start` coefficients) and the truncated
-    cumulative weights."""
-    fit = fit_censoring_models(data.clones, frequency, start)
+def fit_weights(data: TrialData, frequency: np.ndarray | None = None, start: tuple[np.ndarray | None, ...] = (),
+                known: Sequence[tuple[np.ndarray, np.ndarray | None]] = ()) -> WeightFit:  # fmt: skip
+    """Censoring models fitted (with bootstrap frequencies, from `start` coefficients; `known`: models fitted
+    already, `fit_censoring_models`) and the truncated cumulative weights."""
+    fit = fit_censoring_models(data.clones, frequency, start, known)
     return weights_from(data.clones, fit.p_deviate, data.protocol.weight_truncation_percentile, frequency, fit.coefs)
 
 
 def fit_all(data: TrialData, frequency: np.ndarray | None = None,
             starts: Sequence[tuple[np.ndarray | None, ...]] = ()) -> list[WeightFit]:  # fmt: skip
-    """`fit_weights` of every estimand's clones (`TrialData.parts`), from `starts` (one per part)."""
-    return [fit_weights(part, frequency, starts[i] if i < len(starts) else ()) for i, part in enumerate(data.parts)]
+    """`fit_weights` of every estimand's clones (`TrialData.parts`), from `starts` (one per part). The sustained
+    clones' grace-period models are the emulation's (`TrialData.shares_grace_models`): fitted once."""
+    fits = [fit_weights(data, frequency, starts[0] if starts else ())]
+    for i, part in enumerate(data.parts[1:], start=1):
+        known = ([(fits[0].p_deviate[m.rows], fits[0].coefs[j]) for j, m in enumerate(data.clones.censoring_models)]
+                 if data.shares_grace_models else [])  # fmt: skip
+        fits.append(fit_weights(part, frequency, starts[i] if i < len(starts) else (), known))
+    return fits
 
 
 def estimates_all(data: TrialData, fits: Sequence[WeightFit], frequency: np.ndarray | None = None,
@@ -250,6 +269,7 @@ def bootstrap(data: TrialData, replicates: int, workers: int, grid_days: np.ndar
     _WORKER_DATA, _WORKER_GRID, _WORKER_START = data, grid_days, tuple(start)
     for part in data.parts:
         part.clones.censoring_models  # built once before the fork, shared by every worker  # noqa: B018
+    data.shares_grace_models  # checked once before the fork too  # noqa: B018
     try:
         if workers <= 1 or replicates < 2:
             return _replicates(range(replicates))

@@ -31,6 +31,7 @@ and `protocol`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -291,17 +292,23 @@ def censoring_models(clones: Clones) -> tuple[CensoringModel, ...]:
     return tuple(models)
 
 
-def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None,
-                         start: tuple[np.ndarray | None, ...] = ()) -> CensoringFit:  # fmt: skip
+def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None, start: tuple[np.ndarray | None, ...] = (),
+                         known: Sequence[tuple[np.ndarray, np.ndarray | None]] = ()) -> CensoringFit:  # fmt: skip
     """P(deviation in the interval) for every model row, rows weighted by the person's frequency (bootstrap; 1
     otherwise). Per arm two unpenalised pooled logistic models: one of the intervals before the last (deviation
     = the other strategy's therapy started first) and one of the last interval (deviation = the strategy not
     started by the end of the grace period), as the two events differ and so may their covariate effects.
     Fitted by Newton-Raphson (`trial_emulation.logistic`) from `start` (the point estimate's coefficients in a
-    bootstrap replicate) on the rows of positive frequency."""
+    bootstrap replicate) on the rows of positive frequency. `known`: per model (in order), the fitted
+    probabilities of its rows and its coefficients when the same model was fitted already (the sustained clones'
+    grace-period models are the start-only clones' ones, row for row: `same_grace_models`)."""
     p = np.zeros(len(clones.model_clone))
     coefs: list[np.ndarray | None] = []
     for j, model in enumerate(clones.censoring_models):
+        if j < len(known):
+            p[model.rows], coef = known[j]
+            coefs.append(coef)
+            continue
         y = model.deviates
         w = np.ones(len(y)) if frequency is None else frequency[model.person].astype(float)
         used = y[w > 0]
@@ -314,6 +321,14 @@ def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None,
         p[model.rows] = probabilities(model.x1, fit.coef)
         coefs.append(fit.coef)
     return CensoringFit(p, tuple(coefs))
+
+
+def same_grace_models(one: Clones, other: Clones) -> bool:
+    """Whether two clone sets have the same grace-period censoring models (persons, designs and outcomes, row for
+    row), so that one fit serves both."""
+    pairs = zip(one.censoring_models[:4], other.censoring_models[:4], strict=True)
+    return all(np.array_equal(a.person, b.person) and np.array_equal(a.deviates, b.deviates) and np.array_equal(a.x1, b.x1)
+               for a, b in pairs)  # fmt: skip
 
 
 def weights_from(clones: Clones, p_deviate: np.ndarray, percentile: float, frequency: np.ndarray | None = None,
