@@ -1,5 +1,6 @@
-"""The trial emulation's stage function: validated clinical extracts -> cohort -> clones and weights -> outcomes
--> estimates with bootstrap CIs and diagnostics -> released tables, the protocol and the report page.
+"""The trial emulation's stage function: validated clinical extracts -> cohort -> clones and weights (start-only
+and sustained) -> outcomes -> estimates with bootstrap CIs and diagnostics -> released tables, the protocol and
+the report page.
 
 Imports threadpoolctl, the other `trial_emulation` modules, the top level (`stages`) and `release` (the disclosure
 policy).
@@ -215,7 +216,8 @@ def _workers(config: Mapping[str, Any]) -> int:
 
 def emulate(protocol: TrialProtocol, frames: Mapping[str, pl.DataFrame], sick_leave: pl.DataFrame | None,
             *, workers: int = 1, diagnoses: pl.DataFrame | pl.LazyFrame | None = None) -> dict[str, Any]:  # fmt: skip
-    """The whole analysis in memory (exact, before disclosure control): baseline, flow, estimates with CIs,
+    """The whole analysis in memory (exact, before disclosure control): baseline, flow, estimates with CIs (the
+    start-only emulation, the sustained strategies when `protocol.sustained`, the naive comparison),
     curves, diagnostics, and the configured outcomes not available (their extract not given: `sick_leave`,
     `diagnoses`)."""
     baseline, flow = eligible_cohort(protocol, registry=frames["ms_registry"], population=frames["population"],
