@@ -350,3 +350,33 @@ def test_the_sustained_clones_share_the_grace_models_and_one_fit_serves_both():
     alone = fit_weights(sustained, frequency)
     np.testing.assert_allclose(shared.p_deviate, alone.p_deviate, rtol=1e-9, atol=1e-12)
     np.testing.assert_allclose(shared.row_weight, alone.row_weight, rtol=1e-9)
+
+
+def test_sustained_weighted_estimates_equal_r_survival(tmp_path):
+    """The same weighted rows through R survival: coxph (Efron ties, case weights, (start, stop] rows) and survfit."""
+    import subprocess
+
+    from r_survival import r_survival_missing
+
+    reason = r_survival_missing()
+    if reason:
+        pytest.skip(reason)
+    p = protocol(max_years=5, horizons_years=[2, 5])
+    data, _ = sustained_trial(600, 5, p)
+    fit = fit_weights(data)
+    point = estimates(data, fit)
+    event = data.events["confirmed_worsening"]
+    frame = pd.DataFrame({"arm": event.rows.arm, "start": event.rows.start, "stop": event.rows.stop,
+                          "event": event.rows.event.astype(int), "w": fit.row_weight[event.source]})  # fmt: skip
+    frame.to_csv(tmp_path / "rows.csv", index=False)
+    script = (
+        "suppressMessages(library(survival)); d <- read.csv(commandArgs(TRUE)[1]); "
+        "f <- coxph(Surv(start, stop, event) ~ arm, data = d, weights = w, ties = 'efron'); "
+        "s <- summary(survfit(Surv(start, stop, event) ~ arm, data = d, weights = w), times = 5 * 365.25, extend = TRUE); "
+        "cat(sprintf('%.15g', c(coef(f), 1 - s$surv)), sep = '\\n')"
+    )
+    out = subprocess.run(["Rscript", "-e", script, str(tmp_path / "rows.csv")], capture_output=True, text=True, check=True, timeout=300)
+    log_hr, risk0, risk1 = (float(v) for v in out.stdout.split())
+    assert np.log(point[(SUSTAINED, "confirmed_worsening", "hazard_ratio")]) == pytest.approx(log_hr, abs=1e-6)
+    assert point[(SUSTAINED, "confirmed_worsening", "risk_escalation_5y")] == pytest.approx(risk0, abs=1e-6)
+    assert point[(SUSTAINED, "confirmed_worsening", "risk_high_efficacy_5y")] == pytest.approx(risk1, abs=1e-6)
