@@ -10,6 +10,7 @@ diagnostics, the released tables and the page.
     .venv/bin/python benchmarks/bench_trial_emulation.py                     # simulates 1M persons first (~2 min)
     .venv/bin/python benchmarks/bench_trial_emulation.py --registries DIR    # an existing simulation
     .venv/bin/python benchmarks/bench_trial_emulation.py --persons 200000 --replicates 50
+    .venv/bin/python benchmarks/bench_trial_emulation.py --registries DIR --no-sustained   # the start-only estimand
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ def main() -> None:
     parser.add_argument("--registries", type=Path, default=None, help="a folder simulate_registries wrote")
     parser.add_argument("--replicates", type=int, default=200)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-sustained", action="store_true", help="without the sustained per-protocol estimand")
     args = parser.parse_args()
     os.environ["POLARS_MAX_THREADS"] = str(args.threads)
     with tempfile.TemporaryDirectory(prefix="bench-trial-") as folder:
@@ -52,7 +54,7 @@ def main() -> None:
         config = validate_config({
             "inputs": {name: {"path": str(registries / f"{name}.parquet")} for name in EXTRACTS}
             | {"prescriptions": {"path": str(registries / "prescriptions")}},
-            "trial_emulation": {"bootstrap_replicates": args.replicates},
+            "trial_emulation": {"bootstrap_replicates": args.replicates, "sustained": not args.no_sustained},
             "resources": {"threads": args.threads},
         })  # fmt: skip
         outputs = {f"{n}_csv" if n in ("estimates", "positivity") else n: f"{folder}/{n}.csv" for n in TRIAL_EMULATION_TABLES}

@@ -47,6 +47,12 @@ def protocol(**trial) -> TrialProtocol:
 def synthetic_trial(n: int, seed: int, p: TrialProtocol):
     """Persons with an activity score that raises both the chance of a high-efficacy first therapy and the
     outcome hazard (confounding by indication); start days spread over and beyond the grace period."""
+    baseline, covariates, outcome = synthetic_inputs(n, seed, p)
+    return build_trial_data(build_clones(baseline, covariates, p), p, **outcome)
+
+
+def synthetic_inputs(n: int, seed: int, p: TrialProtocol) -> tuple[pl.DataFrame, pl.DataFrame, dict]:
+    """The synthetic trial's baseline, grace-period covariates and outcome arguments of `build_trial_data`."""
     rng = np.random.default_rng(seed)
     activity = rng.poisson(0.6, n)
     start = np.where(rng.random(n) < 0.85, rng.exponential(110, n).round(), np.nan)
@@ -64,7 +70,6 @@ def synthetic_trial(n: int, seed: int, p: TrialProtocol):
         pl.DataFrame({"interval": np.arange(p.n_grace_intervals, dtype=np.int32)}), how="cross")
     covariates = grid.select("person_id", "interval", pl.col("relapses_1y").alias("relapses_12m"),
                              pl.col("relapses_1y").alias("relapses_24m"), pl.col("edss").alias("edss_latest"))  # fmt: skip
-    clones = build_clones(baseline, covariates.select("person_id", "interval", *TIME_VARYING), p)
     hazard = 0.0004 * np.exp(0.5 * activity) * np.where(high & (start <= p.grace_days), 0.6, 1.0)
     event = rng.exponential(1 / hazard)
     event = np.where(event <= followup, np.ceil(event), np.nan)
@@ -72,11 +77,12 @@ def synthetic_trial(n: int, seed: int, p: TrialProtocol):
     relapse_day = rng.uniform(1, 3000, 3 * n).round()
     keep = relapse_day < followup[relapse_person]
     first_day = baseline["first_start_day"].cast(pl.Float64).fill_null(np.nan).to_numpy()
-    return build_trial_data(
-        clones, p, followup=followup.astype(float), first_day=first_day, first_high=high & ~np.isnan(start),
+    outcome = dict(
+        followup=followup.astype(float), first_day=first_day, first_high=high & ~np.isnan(start),
         event_days={"confirmed_worsening": event}, count_days={"relapse_rate": (relapse_person[keep], relapse_day[keep])},
         daily_counts={"sick_leave": rng.exponential(0.5, (n, -(-p.max_days // p.interval_days)))},
     )  # fmt: skip
+    return baseline, covariates.select("person_id", "interval", *TIME_VARYING), outcome
 
 
 def test_bootstrap_is_reproducible_by_seed_whatever_the_number_of_workers():
@@ -127,7 +133,7 @@ def test_the_newton_path_and_its_warm_started_replicates_equal_the_scikit_learn_
     shipped = {"solver": "lbfgs", "tol": 1e-8, "max_iter": 500}  # the settings before: stops at gradient 1e-8
     reference = weights_from(data.clones, sklearn_censoring_probabilities(data.clones, **converged), p.weight_truncation_percentile)
     assert_same_estimates(point, estimates(data, reference, grid_days=grid), 1e-8)
-    replicates = bootstrap(data, 3, workers=1, grid_days=grid, start=fit.coefs)
+    replicates = bootstrap(data, 3, workers=1, grid_days=grid, start=[fit.coefs])
     n = data.clones.n_persons
     for b, replicate in enumerate(replicates):
         frequency = np.random.default_rng([p.seed, b]).multinomial(n, np.full(n, 1.0 / n))
@@ -217,6 +223,14 @@ def test_the_stage_writes_released_tables_and_the_page(small_registry, tmp_path)
         assert not any(f",{i}," in text or text.startswith(f"{i},") for i in list(ids)[:200])
     curves = pl.read_csv(tmp_path / "curves.csv")
     assert curves.filter(pl.col("n_at_risk").is_not_null())["n_at_risk"].min() >= 5
+    # the sustained per-protocol estimand beside the start-only one, in every table and on the page
+    assert set(estimates_table["analysis"].drop_nulls()) == {"emulation", "naive", "sustained"}
+    assert set(curves["analysis"]) == {"emulation", "naive", "sustained"}
+    assert set(pl.read_csv(tmp_path / "weights.csv")["analysis"]) == {"emulation", "sustained"}
+    assert set(counts["analysis"]) == {"emulation", "naive", "sustained"}
+    adherence = target.filter(pl.col("component") == "Adherence (sustained strategies)")["emulation"][0]
+    assert "within 180 days" in adherence and "in the 365 days before" in adherence
+    assert "sustained per-protocol analysis" in page
 
 
 def test_the_safety_outcome_through_the_emulation_on_a_simulated_registry(small_registry):

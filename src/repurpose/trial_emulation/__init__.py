@@ -8,6 +8,7 @@ estimation" and "Trial emulation: outcomes".
 Modules: `protocol` (the protocol as one object, echoed as the target-trial table), `cohort` (eligibility, time
 zero, baseline and grace-period covariates), `outcomes` (the outcome definitions, also used by the tests on the
 simulator's counterfactual registries), `clones` (clone, censor, inverse-probability-of-censoring weights),
+`adherence` (deviations from the strategies after their start, for the sustained per-protocol estimand),
 `logistic` (the censoring models' fit), `estimators` (weighted Kaplan-Meier, Cox, rates), `analysis` (estimates,
 naive comparison, bootstrap),
 `diagnostics` (balance, positivity, weights, counts), `release` (disclosure control), `page` (the report page),

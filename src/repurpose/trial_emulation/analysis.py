@@ -20,13 +20,20 @@ import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 import polars as pl
 from threadpoolctl import threadpool_limits
 
 from repurpose.persistence.newusers import DAYS_PER_YEAR
-from repurpose.trial_emulation.clones import Clones, WeightFit, fit_censoring_models, weights_from
+from repurpose.trial_emulation.clones import (
+    Clones,
+    WeightFit,
+    fit_censoring_models,
+    same_grace_models,
+    weights_from,
+)
 from repurpose.trial_emulation.estimators import (
     SurvivalRows,
     fit_cox,
@@ -37,6 +44,7 @@ from repurpose.trial_emulation.estimators import (
 from repurpose.trial_emulation.protocol import TrialProtocol
 
 EMULATION = "emulation"
+SUSTAINED = "sustained"
 NAIVE = "naive"
 CURVE_STEP_DAYS = DAYS_PER_YEAR / 12
 
@@ -72,6 +80,19 @@ class TrialData:
     rates: dict[str, Rates]
     naive_person: np.ndarray  # persons who started a therapy within the grace period
     naive_arm: np.ndarray  # 1 = started high-efficacy, per naive person
+    analysis: str = EMULATION  # the clones' estimand: EMULATION (the strategies' start) or SUSTAINED
+    sustained: TrialData | None = None  # the sustained clones' data beside the emulation's (same persons)
+
+    @cached_property
+    def shares_grace_models(self) -> bool:
+        """Whether the sustained clones' grace-period censoring models are the emulation's, row for row (they are
+        by construction; checked once, so a fit is never reused for a model it does not fit)."""
+        return self.sustained is not None and same_grace_models(self.clones, self.sustained.clones)
+
+    @property
+    def parts(self) -> list[TrialData]:
+        """The estimands' data: the emulation's, then the sustained one's when built."""
+        return [self] if self.sustained is None else [self, self.sustained]
 
 
 def event_rows(clones: Clones, event_day: np.ndarray) -> tuple[SurvivalRows, np.ndarray]:
@@ -102,6 +123,7 @@ def build_trial_data(
     event_days: Mapping[str, np.ndarray],
     count_days: Mapping[str, tuple[np.ndarray, np.ndarray]],
     daily_counts: Mapping[str, np.ndarray],
+    analysis: str = EMULATION,
 ) -> TrialData:
     """The outcome data of every outcome. `event_days`: per time-to-event outcome, the day of the event per
     person (nan: none in follow-up); `count_days`: per count outcome, (person, day) of every event (relapses);
@@ -130,7 +152,7 @@ def build_trial_data(
             cum, amounts, row_person, clones.row_start, protocol.interval_days)  # fmt: skip
         naive_counts = _amount(cum, amounts, naive_person, followup[naive_person], protocol.interval_days)
         rates[name] = Rates(counts, years, naive_counts, naive_years)
-    return TrialData(clones, protocol, events, rates, naive_person, naive_arm)
+    return TrialData(clones, protocol, events, rates, naive_person, naive_arm, analysis)
 
 
 def _counts_in_rows(person: np.ndarray, day: np.ndarray, row_person: np.ndarray, start: np.ndarray,
@@ -153,13 +175,15 @@ def _amount(cum: np.ndarray, amounts: np.ndarray, person: np.ndarray, day: np.nd
 def estimates(data: TrialData, fit: WeightFit, frequency: np.ndarray | None = None,
               grid_days: np.ndarray | None = None) -> dict[tuple[str, str, str], float | np.ndarray]:  # fmt: skip
     """Every estimate of one set of weights (and bootstrap frequencies): keys (analysis, outcome, measure);
-    risks at the horizons and, with `grid_days`, the risk curves (arrays) per strategy."""
+    risks at the horizons and, with `grid_days`, the risk curves (arrays) per strategy. The naive comparison is
+    estimated with the emulation's data only."""
     freq = np.ones(data.clones.n_persons) if frequency is None else frequency.astype(float)
     row_w = fit.row_weight * freq[data.clones.person[data.clones.row_clone]]
     out: dict[tuple[str, str, str], float | np.ndarray] = {}
     horizons = [(h, h * DAYS_PER_YEAR) for h in data.protocol.horizons_years]
     for name, ev in data.events.items():
-        for analysis, rows, w in ((EMULATION, ev.rows, row_w[ev.source]), (NAIVE, ev.naive, freq[ev.naive_person])):
+        parts = [(data.analysis, ev.rows, row_w[ev.source])] + ([(NAIVE, ev.naive, freq[ev.naive_person])] if data.analysis == EMULATION else [])
+        for analysis, rows, w in parts:
             tables = rows.tables(w)
             surv = {a: kaplan_meier(tables[f"n{a}"], tables[f"d{a}"]) for a in (0, 1)}
             for h, days in horizons:
@@ -175,10 +199,10 @@ def estimates(data: TrialData, fit: WeightFit, frequency: np.ndarray | None = No
                     out[(analysis, name, label)] = 1.0 - survival_at(rows.times, surv[a], grid_days)
     for name, rate in data.rates.items():
         naive_arm = data.naive_arm
-        for analysis, counts, years, w, arm in (
-            (EMULATION, rate.counts, rate.years, row_w, data.clones.arm[data.clones.row_clone]),
-            (NAIVE, rate.naive_counts, rate.naive_years, freq[data.naive_person], naive_arm),
-        ):  # fmt: skip
+        groups = [(data.analysis, rate.counts, rate.years, row_w, data.clones.arm[data.clones.row_clone])]
+        if data.analysis == EMULATION:
+            groups.append((NAIVE, rate.naive_counts, rate.naive_years, freq[data.naive_person], naive_arm))
+        for analysis, counts, years, w, arm in groups:
             r1, r0 = weighted_rate(counts, years, w, arm)
             out[(analysis, name, "per_year_high_efficacy")] = r1
             out[(analysis, name, "per_year_escalation")] = r0
@@ -187,17 +211,38 @@ def estimates(data: TrialData, fit: WeightFit, frequency: np.ndarray | None = No
     return out
 
 
-def fit_weights(data: TrialData, frequency: np.ndarray | None = None,
-                start: tuple[np.ndarray | None, ...] = ()) -> WeightFit:  # fmt: skip
-    """Censoring models fitted (with bootstrap frequencies, from `start` coefficients) and the truncated
-    cumulative weights."""
-    fit = fit_censoring_models(data.clones, frequency, start)
+def fit_weights(data: TrialData, frequency: np.ndarray | None = None, start: tuple[np.ndarray | None, ...] = (),
+                known: Sequence[tuple[np.ndarray, np.ndarray | None]] = ()) -> WeightFit:  # fmt: skip
+    """Censoring models fitted (with bootstrap frequencies, from `start` coefficients; `known`: models fitted
+    already, `fit_censoring_models`) and the truncated cumulative weights."""
+    fit = fit_censoring_models(data.clones, frequency, start, known)
     return weights_from(data.clones, fit.p_deviate, data.protocol.weight_truncation_percentile, frequency, fit.coefs)
+
+
+def fit_all(data: TrialData, frequency: np.ndarray | None = None,
+            starts: Sequence[tuple[np.ndarray | None, ...]] = ()) -> list[WeightFit]:  # fmt: skip
+    """`fit_weights` of every estimand's clones (`TrialData.parts`), from `starts` (one per part). The sustained
+    clones' grace-period models are the emulation's (`TrialData.shares_grace_models`): fitted once."""
+    fits = [fit_weights(data, frequency, starts[0] if starts else ())]
+    for i, part in enumerate(data.parts[1:], start=1):
+        known = ([(fits[0].p_deviate[m.rows], fits[0].coefs[j]) for j, m in enumerate(data.clones.censoring_models)]
+                 if data.shares_grace_models else [])  # fmt: skip
+        fits.append(fit_weights(part, frequency, starts[i] if i < len(starts) else (), known))
+    return fits
+
+
+def estimates_all(data: TrialData, fits: Sequence[WeightFit], frequency: np.ndarray | None = None,
+                  grid_days: np.ndarray | None = None) -> dict[tuple[str, str, str], float | np.ndarray]:  # fmt: skip
+    """`estimates` of every estimand (`TrialData.parts`) with its weights, in one dictionary."""
+    out: dict[tuple[str, str, str], float | np.ndarray] = {}
+    for part, fit in zip(data.parts, fits, strict=True):
+        out |= estimates(part, fit, frequency, grid_days)
+    return out
 
 
 _WORKER_DATA: TrialData | None = None
 _WORKER_GRID: np.ndarray | None = None
-_WORKER_START: tuple[np.ndarray | None, ...] = ()
+_WORKER_START: tuple[tuple[np.ndarray | None, ...], ...] = ()
 
 
 def _replicate(index: int) -> dict:
@@ -208,8 +253,7 @@ def _replicate(index: int) -> dict:
     n = data.clones.n_persons
     frequency = rng.multinomial(n, np.full(n, 1.0 / n))
     with threadpool_limits(1):
-        fit = fit_weights(data, frequency, _WORKER_START)
-        return estimates(data, fit, frequency, _WORKER_GRID)
+        return estimates_all(data, fit_all(data, frequency, _WORKER_START), frequency, _WORKER_GRID)
 
 
 def _replicates(indices: Sequence[int]) -> list[dict]:
@@ -217,12 +261,15 @@ def _replicates(indices: Sequence[int]) -> list[dict]:
 
 
 def bootstrap(data: TrialData, replicates: int, workers: int, grid_days: np.ndarray | None = None,
-              start: tuple[np.ndarray | None, ...] = ()) -> list[dict]:  # fmt: skip
-    """`replicates` bootstrap replicates' estimates, in replicate order, over `workers` processes; the censoring
-    models start from `start` (the point estimate's coefficients: fewer Newton steps, the same maximum)."""
+              start: Sequence[tuple[np.ndarray | None, ...]] = ()) -> list[dict]:  # fmt: skip
+    """`replicates` bootstrap replicates' estimates (every estimand, `TrialData.parts`), in replicate order, over
+    `workers` processes; the censoring models start from `start` (per part, the point estimate's coefficients:
+    fewer Newton steps, the same maximum)."""
     global _WORKER_DATA, _WORKER_GRID, _WORKER_START
-    _WORKER_DATA, _WORKER_GRID, _WORKER_START = data, grid_days, start
-    data.clones.censoring_models  # built once before the fork, shared by every worker  # noqa: B018
+    _WORKER_DATA, _WORKER_GRID, _WORKER_START = data, grid_days, tuple(start)
+    for part in data.parts:
+        part.clones.censoring_models  # built once before the fork, shared by every worker  # noqa: B018
+    data.shares_grace_models  # checked once before the fork too  # noqa: B018
     try:
         if workers <= 1 or replicates < 2:
             return _replicates(range(replicates))

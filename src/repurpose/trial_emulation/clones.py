@@ -16,17 +16,29 @@ within the interval. The cumulative weight after interval k is W_k = prod_{j<=k}
 a clone's time in (b_k, b_{k+1}] carries W_{k-1} (W_{-1} = 1), and its time after it stopped being at risk of
 censoring carries its last W. So the estimation rows are at most K + 1 per clone.
 
-Imports numpy, polars and the package's `trial_emulation.cohort`, `logistic` and `protocol`.
+Sustained strategies (with an `adherence.Adherence`): a clone that followed its strategy's start stays at risk
+of deviating after it, on one interval layout with the grace period (`TrialProtocol.interval_bounds`: the grace
+intervals, then adherence_interval_days ones to the end of follow-up). Its rows after the interval holding the
+start are adherence rows (`model_phase` 1), modelled per arm by one pooled logistic model with the baseline and
+time-varying covariates and `adherence.ADHERENCE_COVARIATES`; a deviation before the end of the start's interval
+counts at that end (at most interval_days later). The weights are the same cumulative products over a clone's
+rows, times a stabilising numerator per arm and interval (`stabiliser`), then truncated as above; the estimation
+rows are still one per interval at risk, so a clone has at most one row per interval of follow-up.
+
+Imports numpy, polars and the package's `trial_emulation.adherence` (the Adherence type), `cohort`, `logistic`
+and `protocol`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 
 import numpy as np
 import polars as pl
 
+from repurpose.trial_emulation.adherence import Adherence
 from repurpose.trial_emulation.cohort import COVARIATES, TIME_VARYING
 from repurpose.trial_emulation.logistic import fit_logistic, probabilities, with_intercept
 from repurpose.trial_emulation.protocol import ESCALATION, HIGH_EFFICACY, STRATEGIES, TrialProtocol
@@ -58,6 +70,10 @@ class Clones:
     row_stop: np.ndarray
     row_weight_row: np.ndarray
     final_weight_row: np.ndarray  # per clone: the model row of its last weight (-1: never at risk)
+    # sustained clones only: per model row 0 (grace period, the start) or 1 (adherence after the start), and the
+    # adherence models' extra covariates (adherence.ADHERENCE_COVARIATES)
+    model_phase: np.ndarray | None = None
+    model_extra: np.ndarray | None = None
 
     @property
     def n_clones(self) -> int:
@@ -88,19 +104,22 @@ def interval_of(day: np.ndarray, interval_days: int, n_intervals: int) -> np.nda
     return np.minimum(np.floor_divide(day, interval_days), n_intervals - 1).astype(np.int64)
 
 
-def build_clones(baseline: pl.DataFrame, grace_covariates: pl.DataFrame, protocol: TrialProtocol) -> Clones:
-    """Clones, their censoring, the censoring model's rows and the estimation rows (module doc)."""
+def build_clones(baseline: pl.DataFrame, grace_covariates: pl.DataFrame, protocol: TrialProtocol,
+                 adherence: Adherence | None = None) -> Clones:  # fmt: skip
+    """Clones, their censoring, the censoring model's rows and the estimation rows (module doc); with
+    `adherence` the sustained clones (module doc, Sustained strategies)."""
     n, grace, width, k_max = baseline.height, protocol.grace_days, protocol.interval_days, protocol.n_grace_intervals
     followup = baseline["followup_days"].to_numpy().astype(float)
     first_day = baseline["first_start_day"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     first_high = (baseline["first_class"] == HIGH_EFFICACY).fill_null(False).to_numpy()
     base_x = baseline_design(baseline)
-    varying = (grace_covariates.sort("person_id", "interval").select(TIME_VARYING)
-               .with_columns(pl.col("edss_latest").fill_null(pl.col("edss_latest").mean()))).to_numpy().astype(float)  # fmt: skip
-    varying = varying.reshape(n, k_max, len(TIME_VARYING))
-    bounds = np.minimum(np.arange(k_max + 1) * width, grace).astype(float)
+    if adherence is None:
+        varying = grace_covariates.sort("person_id", "interval").select(TIME_VARYING).to_numpy().astype(float)
+        varying, bounds = _filled(varying.reshape(n, k_max, len(TIME_VARYING)), k_max), protocol.interval_bounds()
+    else:
+        varying, bounds = _filled(adherence.varying, k_max), adherence.bounds
     arms, persons, stops, censored_all = [], [], [], []
-    m_clone, m_k, m_dev, e_clone, e_start, e_stop, e_wrow, final_row = [], [], [], [], [], [], [], []
+    m_clone, m_k, m_dev, m_phase, e_clone, e_start, e_stop, e_wrow, final_row = [], [], [], [], [], [], [], [], []
     n_model = 0
     for a, strategy in enumerate(STRATEGIES):
         high = strategy == HIGH_EFFICACY
@@ -112,6 +131,10 @@ def build_clones(baseline: pl.DataFrame, grace_covariates: pl.DataFrame, protoco
         last = interval_of(np.maximum(np.where(censored | (complies <= followup), end_risk, end_risk - 1), 0), width, k_max)
         at_risk_any = (end_risk > 0) | censored | (complies == 0)
         last = np.where(at_risk_any, last, -1)
+        last_grace = last
+        if adherence is not None:
+            stop, censored, last = _adherence_rows(adherence.deviation_day[arm_value], bounds, stop, censored, complies,
+                                                   followup, last)  # fmt: skip
         counts = last + 1
         rows_person = np.repeat(np.arange(n), counts)
         rows_k = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
@@ -119,6 +142,7 @@ def build_clones(baseline: pl.DataFrame, grace_covariates: pl.DataFrame, protoco
         m_clone.append(clone[rows_person])
         m_k.append(rows_k)
         m_dev.append(deviates)
+        m_phase.append((rows_k > last_grace[rows_person]).astype(np.int8))
         model_index = n_model + np.arange(counts.sum())
         first_model_row = n_model + np.cumsum(counts) - counts
         n_model += int(counts.sum())
@@ -146,7 +170,9 @@ def build_clones(baseline: pl.DataFrame, grace_covariates: pl.DataFrame, protoco
     model_clone = np.concatenate(m_clone)
     model_k = np.concatenate(m_k)
     model_person = model_clone % n
-    x = np.hstack([base_x[model_person], varying[model_person, model_k], _dummies(model_k, k_max)])
+    phase = np.concatenate(m_phase)
+    dummies = _dummies(model_k, k_max) * (phase == 0)[:, None]
+    x = np.hstack([base_x[model_person], varying[model_person, model_k], dummies])
     order = np.lexsort((np.concatenate(e_start), np.concatenate(e_clone)))
     return Clones(
         n_persons=n, n_intervals=k_max, arm=np.concatenate(arms), person=np.concatenate(persons), stop=np.concatenate(stops),
@@ -154,7 +180,37 @@ def build_clones(baseline: pl.DataFrame, grace_covariates: pl.DataFrame, protoco
         model_deviates=np.concatenate(m_dev), model_x=x, row_clone=np.concatenate(e_clone)[order],
         row_start=np.concatenate(e_start)[order], row_stop=np.concatenate(e_stop)[order],
         row_weight_row=np.concatenate(e_wrow)[order], final_weight_row=np.concatenate(final_row),
+        model_phase=phase if adherence is not None else None,
+        model_extra=adherence.extra[model_person, model_k] if adherence is not None else None,
     )  # fmt: skip
+
+
+def _filled(varying: np.ndarray, n_grace: int) -> np.ndarray:
+    """The time-varying covariates (persons x intervals x TIME_VARYING) with a missing latest EDSS (none yet) set
+    to the mean of the known ones of the grace intervals (the first `n_grace`)."""
+    out = varying.copy()
+    edss = out[..., TIME_VARYING.index("edss_latest")]
+    known = edss[:, :n_grace][~np.isnan(edss[:, :n_grace])]
+    edss[np.isnan(edss)] = known.mean() if known.size else 0.0
+    return out
+
+
+def _adherence_rows(deviation_day: np.ndarray, bounds: np.ndarray, stop: np.ndarray, censored: np.ndarray,
+                    complies: np.ndarray, followup: np.ndarray, last: np.ndarray) -> tuple[np.ndarray, ...]:  # fmt: skip
+    """(stop, censored, last interval at risk) of one arm's sustained clones: a clone that followed its strategy's
+    start stays at risk of deviating from the interval after the one holding the start, to its deviation (moved
+    to that interval's start when earlier) or the end of follow-up."""
+    n_intervals = len(bounds) - 1
+    follows = ~censored & (complies <= followup) & (last >= 0)
+    first = np.minimum(last + 1, n_intervals - 1)
+    deviation = np.maximum(deviation_day, bounds[last + 1])
+    deviates = follows & ~np.isnan(deviation_day) & (deviation < followup)
+    end = np.where(deviates, deviation, followup - 1)
+    last_adherent = np.minimum(np.searchsorted(bounds, end, "right") - 1, n_intervals - 1)
+    extends = follows & (last_adherent >= first) & (followup > bounds[last + 1])
+    stop = np.where(deviates & extends, deviation, stop)
+    censored = censored | (deviates & extends)
+    return stop, censored, np.where(extends, last_adherent, last)
 
 
 def _dummies(k: np.ndarray, n_levels: int) -> np.ndarray:
@@ -216,29 +272,43 @@ class CensoringFit:
 
 def censoring_models(clones: Clones) -> tuple[CensoringModel, ...]:
     """Per arm (0, 1) the model of the intervals before the last and the model of the last interval (see
-    `fit_censoring_models`)."""
+    `fit_censoring_models`); for sustained clones then per arm the adherence model of the rows after the start
+    (baseline and time-varying covariates and adherence.ADHERENCE_COVARIATES, no interval indicators)."""
     arm = clones.arm[clones.model_clone]
     last = clones.model_interval == clones.n_intervals - 1
+    grace = np.ones(len(arm), bool) if clones.model_phase is None else clones.model_phase == 0
     models = []
     for a in (0, 1):
         for part in (~last, last):
-            rows = np.flatnonzero((arm == a) & part)
+            rows = np.flatnonzero((arm == a) & part & grace)
             models.append(CensoringModel(rows, clones.person[clones.model_clone[rows]], with_intercept(clones.model_x[rows]),
                                          clones.model_deviates[rows]))  # fmt: skip
+    if clones.model_extra is not None:
+        n_shared = clones.model_x.shape[1] - (clones.n_intervals - 1)  # without the grace interval indicators
+        for a in (0, 1):
+            rows = np.flatnonzero((arm == a) & ~grace)
+            x = np.hstack([clones.model_x[rows, :n_shared], clones.model_extra[rows]])
+            models.append(CensoringModel(rows, clones.person[clones.model_clone[rows]], with_intercept(x), clones.model_deviates[rows]))
     return tuple(models)
 
 
-def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None,
-                         start: tuple[np.ndarray | None, ...] = ()) -> CensoringFit:  # fmt: skip
+def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None, start: tuple[np.ndarray | None, ...] = (),
+                         known: Sequence[tuple[np.ndarray, np.ndarray | None]] = ()) -> CensoringFit:  # fmt: skip
     """P(deviation in the interval) for every model row, rows weighted by the person's frequency (bootstrap; 1
     otherwise). Per arm two unpenalised pooled logistic models: one of the intervals before the last (deviation
     = the other strategy's therapy started first) and one of the last interval (deviation = the strategy not
     started by the end of the grace period), as the two events differ and so may their covariate effects.
     Fitted by Newton-Raphson (`trial_emulation.logistic`) from `start` (the point estimate's coefficients in a
-    bootstrap replicate) on the rows of positive frequency."""
+    bootstrap replicate) on the rows of positive frequency. `known`: per model (in order), the fitted
+    probabilities of its rows and its coefficients when the same model was fitted already (the sustained clones'
+    grace-period models are the start-only clones' ones, row for row: `same_grace_models`)."""
     p = np.zeros(len(clones.model_clone))
     coefs: list[np.ndarray | None] = []
     for j, model in enumerate(clones.censoring_models):
+        if j < len(known):
+            p[model.rows], coef = known[j]
+            coefs.append(coef)
+            continue
         y = model.deviates
         w = np.ones(len(y)) if frequency is None else frequency[model.person].astype(float)
         used = y[w > 0]
@@ -253,10 +323,19 @@ def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None,
     return CensoringFit(p, tuple(coefs))
 
 
+def same_grace_models(one: Clones, other: Clones) -> bool:
+    """Whether two clone sets have the same grace-period censoring models (persons, designs and outcomes, row for
+    row), so that one fit serves both."""
+    pairs = zip(one.censoring_models[:4], other.censoring_models[:4], strict=True)
+    return all(np.array_equal(a.person, b.person) and np.array_equal(a.deviates, b.deviates) and np.array_equal(a.x1, b.x1)
+               for a, b in pairs)  # fmt: skip
+
+
 def weights_from(clones: Clones, p_deviate: np.ndarray, percentile: float, frequency: np.ndarray | None = None,
                  coefs: tuple[np.ndarray | None, ...] = ()) -> WeightFit:  # fmt: skip
-    """Cumulative inverse-probability-of-censoring weights from the fitted deviation probabilities, truncated at
-    `percentile` of the final weights of the clones never censored (frequency-weighted in a bootstrap)."""
+    """Cumulative inverse-probability-of-censoring weights from the fitted deviation probabilities, stabilised
+    for sustained clones (`stabiliser`), truncated at `percentile` of the final weights of the clones never
+    censored (frequency-weighted in a bootstrap)."""
     log_inv = -np.log(np.clip(1.0 - p_deviate, 1e-12, None))
     cum = np.cumsum(log_inv)
     starts = np.r_[True, clones.model_clone[1:] != clones.model_clone[:-1]]
@@ -264,16 +343,48 @@ def weights_from(clones: Clones, p_deviate: np.ndarray, percentile: float, frequ
     before = np.where(offset > 0, cum[offset - 1], 0.0)
     cumulative = np.exp(cum - before) if len(cum) else cum
     final = np.where(clones.final_weight_row >= 0, cumulative[np.maximum(clones.final_weight_row, 0)] if len(cum) else 1.0, 1.0)
+    row_weight = np.where(clones.row_weight_row >= 0, cumulative[np.maximum(clones.row_weight_row, 0)] if len(cum) else 1.0, 1.0)
+    freq = np.ones(clones.n_persons) if frequency is None else frequency.astype(float)
+    if clones.model_phase is not None:
+        numerator = stabiliser(clones, freq)
+        row_weight = row_weight * _numerator_at(clones, numerator, clones.row_weight_row, clones.arm[clones.row_clone])
+        final = final * _numerator_at(clones, numerator, clones.final_weight_row, clones.arm)
     cap, n_capped = np.inf, 0
     if percentile < 100:
         kept = ~clones.censored
-        freq = np.ones(clones.n_persons) if frequency is None else frequency.astype(float)
         cap = weighted_percentile(final[kept], freq[clones.person[kept]], percentile)
         n_capped = int(np.sum(kept & (final > cap)))
         cumulative = np.minimum(cumulative, cap)
         final = np.minimum(final, cap)
-    row_weight = np.where(clones.row_weight_row >= 0, cumulative[np.maximum(clones.row_weight_row, 0)] if len(cum) else 1.0, 1.0)
+        row_weight = np.minimum(row_weight, cap)
     return WeightFit(p_deviate, cumulative, row_weight, final, cap, n_capped, coefs)
+
+
+def stabiliser(clones: Clones, frequency: np.ndarray) -> np.ndarray:
+    """The numerator of the sustained clones' stabilised weights, per arm (row) and interval bound k (column):
+    prod over intervals j < k of (1 - q_j), q_j the arm's share (frequency-weighted) of the adherence rows in
+    interval j that deviate. A function of arm and time only, so it is the same factor for every clone of an arm
+    at a time: it leaves the weighted Kaplan-Meier risks unchanged and narrows the weights (Cox: the weights of
+    a marginal structural model, Hernan, Brumback and Robins 2000)."""
+    n_bounds = int(clones.model_interval.max(initial=0)) + 2
+    out = np.ones((2, n_bounds))
+    adherent = clones.model_phase == 1
+    for a in (0, 1):
+        rows = adherent & (clones.arm[clones.model_clone] == a)
+        w = frequency[clones.person[clones.model_clone[rows]]]
+        k = clones.model_interval[rows]
+        at_risk = np.bincount(k, weights=w, minlength=n_bounds - 1)
+        deviating = np.bincount(k, weights=w * clones.model_deviates[rows], minlength=n_bounds - 1)
+        share = np.divide(deviating, at_risk, out=np.zeros_like(at_risk), where=at_risk > 0)
+        out[a, 1:] = np.cumprod(1.0 - share)
+    return out
+
+
+def _numerator_at(clones: Clones, numerator: np.ndarray, weight_row: np.ndarray, arm: np.ndarray) -> np.ndarray:
+    """The stabiliser of time that carries the cumulative weight of model row `weight_row` (-1: before the first
+    interval): the numerator up to the end of that row's interval."""
+    bound = np.where(weight_row >= 0, clones.model_interval[np.maximum(weight_row, 0)] + 1, 0) if len(clones.model_interval) else np.zeros(len(weight_row), np.int64)
+    return numerator[arm, bound]
 
 
 def weighted_percentile(values: np.ndarray, weights: np.ndarray, percentile: float) -> float:

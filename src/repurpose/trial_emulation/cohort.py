@@ -8,6 +8,7 @@ Eligibility and time zero follow the protocol (`protocol.TrialProtocol`); the ca
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 import polars as pl
@@ -137,9 +138,19 @@ def grace_covariates(
 ) -> pl.DataFrame:
     """The time-varying covariates at the start of each grace interval k (day k x interval_days from time zero):
     relapses in the 12 and 24 months before it and the latest EDSS score up to it. One row per person x k."""
-    grid = baseline.select("person_id", "time_zero").join(
-        pl.DataFrame({"interval": pl.arange(0, n_intervals, eager=True).cast(pl.Int32)}), how="cross"
-    ).with_columns((pl.col("time_zero") + pl.duration(days=pl.col("interval") * interval_days)).alias("at"))
+    return interval_covariates(baseline, relapses=relapses, edss=edss, starts_days=[k * interval_days for k in range(n_intervals)])
+
+
+def interval_covariates(
+    baseline: pl.DataFrame, *, relapses: pl.DataFrame, edss: pl.DataFrame, starts_days: Sequence[float]
+) -> pl.DataFrame:
+    """TIME_VARYING at each interval start (days from time zero, `starts_days`, interval k the k-th): relapses in
+    the 12 and 24 months before it and the latest EDSS score up to it. One row per person x interval."""
+    starts = pl.DataFrame({"interval": pl.arange(0, len(starts_days), eager=True).cast(pl.Int32),
+                           "start_day": [int(d) for d in starts_days]})  # fmt: skip
+    grid = baseline.select("person_id", "time_zero").join(starts, how="cross").with_columns(
+        (pl.col("time_zero") + pl.duration(days=pl.col("start_day"))).alias("at")
+    )
     grid = with_relapse_count(grid, relapses, at="at", window_days=365, name="relapses_12m")
     grid = with_relapse_count(grid, relapses, at="at", window_days=730, name="relapses_24m")
     grid = with_last_edss(grid, edss, at="at", window_days=None, name="edss_latest")

@@ -9,7 +9,7 @@ Imports numpy, polars, scikit-learn and the package's `trial_emulation` modules.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -99,36 +99,38 @@ def positivity(baseline: pl.DataFrame, grace_days: int) -> tuple[pl.DataFrame, n
     return pl.DataFrame(rows, schema=schema, orient="row"), p
 
 
-def weight_summary(clones: Clones, fit: WeightFit) -> pl.DataFrame:
-    """Per strategy: the final weights of the clones never censored (mean, SD, percentiles), the truncation cap and
-    the number of clones truncated."""
+def weight_summary(analyses: Sequence[tuple[str, Clones, WeightFit]]) -> pl.DataFrame:
+    """Per analysis (the estimand's clones and weights) and strategy: the final weights of the clones never
+    censored (mean, SD, percentiles), the truncation cap and the number of clones truncated."""
     rows = []
-    for arm in (1, 0):
-        mask = (clones.arm == arm) & ~clones.censored
-        w = fit.final_weight[mask]
-        label = strategy_label(arm)
-        rows.append((label, int(mask.sum()), "mean", float(w.mean()) if w.size else np.nan))
-        rows.append((label, int(mask.sum()), "sd", float(w.std()) if w.size else np.nan))
-        for q in PERCENTILES:
-            rows.append((label, int(mask.sum()), f"p{q}", float(np.percentile(w, q)) if w.size else np.nan))
-        rows.append((label, int(mask.sum()), "truncated_at", float(fit.truncation)))
-        rows.append((label, int(mask.sum()), "n_truncated", float(np.sum(mask & (fit.final_weight >= fit.truncation)) if np.isfinite(fit.truncation) else 0)))
-    schema = {"strategy": pl.String, "n_clones": pl.Int64, "statistic": pl.String, "value": pl.Float64}
+    for analysis, clones, fit in analyses:
+        for arm in (1, 0):
+            mask = (clones.arm == arm) & ~clones.censored
+            w = fit.final_weight[mask]
+            row = (analysis, strategy_label(arm), int(mask.sum()))
+            rows.append((*row, "mean", float(w.mean()) if w.size else np.nan))
+            rows.append((*row, "sd", float(w.std()) if w.size else np.nan))
+            for q in PERCENTILES:
+                rows.append((*row, f"p{q}", float(np.percentile(w, q)) if w.size else np.nan))
+            rows.append((*row, "truncated_at", float(fit.truncation)))
+            rows.append((*row, "n_truncated", float(np.sum(mask & (fit.final_weight >= fit.truncation)) if np.isfinite(fit.truncation) else 0)))
+    schema = {"analysis": pl.String, "strategy": pl.String, "n_clones": pl.Int64, "statistic": pl.String, "value": pl.Float64}
     return pl.DataFrame(rows, schema=schema, orient="row")
 
 
-def count_table(clones: Clones, naive_person: np.ndarray, naive_arm: np.ndarray,
+def count_table(analyses: Sequence[tuple[str, Clones]], naive_person: np.ndarray, naive_arm: np.ndarray,
                 event_days: Mapping[str, np.ndarray], followup: np.ndarray) -> pl.DataFrame:  # fmt: skip
-    """Persons and events per strategy and outcome: the emulation's clones (censored at deviation, events while
+    """Persons and events per strategy and outcome: each estimand's clones (censored at deviation, events while
     uncensored) and the naive groups (events in follow-up)."""
     rows = []
     for arm in (1, 0):
-        mask = clones.arm == arm
-        person = clones.person[mask]
-        for name, day in event_days.items():
-            e = day[person]
-            rows.append(("emulation", strategy_label(arm), name, int(mask.sum()), int(np.sum(clones.censored[mask])),
-                         int(np.sum(e <= clones.stop[mask]))))  # fmt: skip
+        for analysis, clones in analyses:
+            mask = clones.arm == arm
+            person = clones.person[mask]
+            for name, day in event_days.items():
+                e = day[person]
+                rows.append((analysis, strategy_label(arm), name, int(mask.sum()), int(np.sum(clones.censored[mask])),
+                             int(np.sum(e <= clones.stop[mask]))))  # fmt: skip
         group = naive_person[naive_arm == arm]
         for name, day in event_days.items():
             rows.append(("naive", strategy_label(arm), name, len(group), 0, int(np.sum(day[group] <= followup[group]))))

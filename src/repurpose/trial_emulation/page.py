@@ -32,9 +32,13 @@ OUTCOME_LABELS = {
     "serious_infection": "serious infection (safety)",
 }
 
+LINE_STYLES = {"emulation": "-", "sustained": "-.", "naive": "--"}
+"""Risk-curve line style per analysis (the emulation's also with its bootstrap band)."""
+
 
 def curves_figure(curves: pl.DataFrame, outcome: str) -> str | None:
-    """Risk curves of one outcome: emulation (solid, with its bootstrap band) and naive (dashed) per strategy."""
+    """Risk curves of one outcome: emulation (solid, with its bootstrap band), sustained strategies (dash-dot) and
+    naive (dashed) per strategy."""
     rows = curves.filter(pl.col("outcome") == outcome)
     if rows.height == 0 or rows["risk"].null_count() == rows.height:
         return None
@@ -42,7 +46,7 @@ def curves_figure(curves: pl.DataFrame, outcome: str) -> str | None:
     colours = {HIGH_EFFICACY: "tab:red", ESCALATION: "tab:blue"}
     for (analysis, strategy), part in rows.group_by("analysis", "strategy", maintain_order=True):
         part = part.sort("month")
-        style = "-" if analysis == "emulation" else "--"
+        style = LINE_STYLES.get(analysis, ":")
         ax.step(part["month"], part["risk"], where="post", linestyle=style, color=colours[strategy],
                 label=f"{strategy.replace('_', '-')} ({analysis})", linewidth=1.2)  # fmt: skip
         if analysis == "emulation":

@@ -3,7 +3,7 @@
 The code reads the protocol (eligibility, time zero, strategies, grace period, follow-up, outcomes, estimands),
 never re-derives it, and the report echoes it as the target-trial table (`target_trial_table`).
 
-Imports polars, `persistence.newusers` (the names of the therapy classes) and `trial_emulation.outcomes` (the
+Imports numpy, polars, `persistence.newusers` (the names of the therapy classes) and `trial_emulation.outcomes` (the
 ICD-10 prefixes of the safety outcome in the extract's form).
 """
 
@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
+import numpy as np
 import polars as pl
 
 from repurpose.persistence.newusers import DAYS_PER_YEAR, DMT_CLASSES
@@ -50,6 +51,10 @@ class TrialProtocol:
     confirmation_days: int
     negative_control_outcome: str | None
     serious_infection_codes: tuple[str, ...] = ()
+    sustained: bool = False
+    stop_gap_days: int = 180
+    escalation_indication_window_days: int = 365
+    adherence_interval_days: int = 90
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> TrialProtocol:
@@ -79,6 +84,10 @@ class TrialProtocol:
             confirmation_days=int(trial["confirmation_days"]),
             negative_control_outcome=trial.get("negative_control_outcome"),
             serious_infection_codes=normalised_codes(trial["serious_infection_codes"]),
+            sustained=bool(trial["sustained"]),
+            stop_gap_days=int(trial["stop_gap_days"]),
+            escalation_indication_window_days=int(trial["escalation_indication_window_days"]),
+            adherence_interval_days=int(trial["adherence_interval_days"]),
         )  # fmt: skip
 
     @property
@@ -90,6 +99,17 @@ class TrialProtocol:
     def n_grace_intervals(self) -> int:
         """Intervals of the censoring model: the grace period [0, grace_days] in steps of interval_days."""
         return -(-self.grace_days // self.interval_days)
+
+    def interval_bounds(self, sustained: bool = False) -> np.ndarray:
+        """Bounds (days from time zero) of the censoring models' intervals: the grace period in steps of
+        interval_days (the last interval ends on its last day); for the sustained estimand then steps of
+        adherence_interval_days to the end of follow-up."""
+        grace = np.minimum(np.arange(self.n_grace_intervals + 1) * self.interval_days, self.grace_days).astype(float)
+        if not sustained:
+            return grace
+        after = np.arange(self.grace_days + self.adherence_interval_days, self.max_days + self.adherence_interval_days,
+                          self.adherence_interval_days, dtype=float)  # fmt: skip
+        return np.concatenate([grace, after])
 
     def is_high_efficacy(self, codes: pl.Expr) -> pl.Expr:
         """Whether an (upper-case) ATC code is a high-efficacy therapy under this protocol."""
@@ -147,14 +167,28 @@ def target_trial_table(protocol: TrialProtocol, unavailable: Mapping[str, str] |
         ("Follow-up", f"From time zero for {p.max_years:g} years",
          f"To the first of the outcome, {p.max_years:g} years, death, emigration, study end ({p.study_end}), or the "
          "clone's censoring"),
-        ("Causal contrast", "Per-protocol effect of starting each strategy",
+        ("Adherence (sustained strategies)", "High-efficacy: stay on high-efficacy therapy; escalation: stay on "
+         "therapy, switching up only on disease activity",
+         (f"After the start a clone deviates when every therapy stops and none restarts within {p.stop_gap_days} days "
+          "(censored on the gap's last day); the high-efficacy clone also when it starts a therapy that is not "
+          "high-efficacy; the escalation clone also when it starts a high-efficacy therapy without an indication (a "
+          f"relapse, or a confirmed disability worsening confirmed by that day, in the "
+          f"{p.escalation_indication_window_days} days before)") if p.sustained else "Not estimated (sustained: false)"),
+        ("Causal contrast", "Per-protocol effect of starting each strategy" + ("; per-protocol effect of sustaining it" if p.sustained else ""),
          "Per-protocol effect of the initiation strategies (first therapy's class within the grace period, later "
-         "treatment as in practice) by clone-censor-weight; beside it the naive comparison: those who started a "
-         "therapy within the grace period grouped by its class, unweighted, followed from time zero"),
+         "treatment as in practice) by clone-censor-weight"
+         + ("; the sustained per-protocol effect (the strategies followed over the whole follow-up, adherence above) "
+            "by clone-censor-weight with time-varying weights" if p.sustained else "")
+         + "; beside them the naive comparison: those who started a therapy within the grace period grouped by its "
+         "class, unweighted, followed from time zero"),
         ("Statistical analysis", "Risks, hazard ratio, rate ratios",
          f"Weighted Kaplan-Meier risks at {', '.join(f'{h:g}' for h in p.horizons_years)} years, risk differences and "
          f"ratios, weighted Cox hazard ratio, weighted Poisson rate ratios; pooled logistic censoring models per "
          f"{p.interval_days}-day interval, weights truncated at the {p.weight_truncation_percentile:g}th percentile; "
-         f"95% percentile CIs from {p.bootstrap_replicates} bootstrap replicates (seed {p.seed})"),
+         + (f"sustained: pooled logistic adherence models per {p.adherence_interval_days}-day interval after the grace "
+            "period (baseline and time-varying covariates: EDSS, relapses in the past 12 and 24 months, time since time "
+            "zero and on the strategy, high-efficacy started, off therapy), weights stabilised by the arm's share "
+            "remaining adherent per interval; " if p.sustained else "")
+         + f"95% percentile CIs from {p.bootstrap_replicates} bootstrap replicates (seed {p.seed})"),
     ]  # fmt: skip
     return pl.DataFrame(rows, schema={"component": pl.String, "target_trial": pl.String, "emulation": pl.String}, orient="row")

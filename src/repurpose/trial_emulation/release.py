@@ -80,7 +80,8 @@ def release_curves(result: Mapping[str, Any], hidden: set[tuple[str, str]], poli
     data, grid, point, intervals = result["data"], result["grid"], result["point"], result["intervals"]
     frames = []
     for name, ev in data.events.items():
-        for analysis, rows in (("emulation", ev.rows), ("naive", ev.naive)):
+        parts = [("emulation", ev.rows), ("naive", ev.naive)] + [(p.analysis, p.events[name].rows) for p in data.parts[1:]]
+        for analysis, rows in parts:
             if (analysis, name) in hidden:
                 continue
             for arm, strategy in ((1, HIGH_EFFICACY), (0, ESCALATION)):

@@ -1,5 +1,6 @@
-"""The trial emulation's stage function: validated clinical extracts -> cohort -> clones and weights -> outcomes
--> estimates with bootstrap CIs and diagnostics -> released tables, the protocol and the report page.
+"""The trial emulation's stage function: validated clinical extracts -> cohort -> clones and weights (start-only
+and sustained) -> outcomes -> estimates with bootstrap CIs and diagnostics -> released tables, the protocol and
+the report page.
 
 Imports threadpoolctl, the other `trial_emulation` modules, the top level (`stages`) and `release` (the disclosure
 policy).
@@ -20,13 +21,15 @@ from threadpoolctl import threadpool_limits
 
 from repurpose.release.policy import DisclosurePolicy
 from repurpose.stages import stage
+from repurpose.trial_emulation.adherence import adherence
 from repurpose.trial_emulation.analysis import (
     CURVE_STEP_DAYS,
+    SUSTAINED,
     bootstrap,
     build_trial_data,
-    estimates,
+    estimates_all,
     estimates_frame,
-    fit_weights,
+    fit_all,
     percentile_intervals,
 )
 from repurpose.trial_emulation.clones import build_clones
@@ -213,7 +216,8 @@ def _workers(config: Mapping[str, Any]) -> int:
 
 def emulate(protocol: TrialProtocol, frames: Mapping[str, pl.DataFrame], sick_leave: pl.DataFrame | None,
             *, workers: int = 1, diagnoses: pl.DataFrame | pl.LazyFrame | None = None) -> dict[str, Any]:  # fmt: skip
-    """The whole analysis in memory (exact, before disclosure control): baseline, flow, estimates with CIs,
+    """The whole analysis in memory (exact, before disclosure control): baseline, flow, estimates with CIs (the
+    start-only emulation, the sustained strategies when `protocol.sustained`, the naive comparison),
     curves, diagnostics, and the configured outcomes not available (their extract not given: `sick_leave`,
     `diagnoses`)."""
     baseline, flow = eligible_cohort(protocol, registry=frames["ms_registry"], population=frames["population"],
@@ -232,13 +236,19 @@ def emulate(protocol: TrialProtocol, frames: Mapping[str, pl.DataFrame], sick_le
     followup = baseline["followup_days"].to_numpy().astype(float)
     first_day = baseline["first_start_day"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     first_high = (baseline["first_class"] == HIGH_EFFICACY).fill_null(False).to_numpy()
-    data = build_trial_data(clones, protocol, followup=followup, first_day=first_day, first_high=first_high,
-                            event_days=found["event_days"], count_days=found["count_days"],
-                            daily_counts=found["amounts"])  # fmt: skip
+    outcome_data = {"followup": followup, "first_day": first_day, "first_high": first_high, "event_days": found["event_days"],
+                    "count_days": found["count_days"], "daily_counts": found["amounts"]}  # fmt: skip
+    data = build_trial_data(clones, protocol, **outcome_data)
+    if protocol.sustained:
+        adherent, _ = adherence(protocol, baseline, treatments=frames["ms_treatments"], relapses=frames["ms_relapses"],
+                                edss=frames["ms_edss"])  # fmt: skip
+        data.sustained = build_trial_data(build_clones(baseline, covariates, protocol, adherent), protocol,
+                                          **outcome_data, analysis=SUSTAINED)  # fmt: skip
     grid = np.arange(0.0, protocol.max_days + 1, CURVE_STEP_DAYS)
-    fit = fit_weights(data)
-    point = estimates(data, fit, grid_days=grid)
-    replicates = bootstrap(data, protocol.bootstrap_replicates, workers, grid, start=fit.coefs)
+    fits = fit_all(data)
+    fit = fits[0]
+    point = estimates_all(data, fits, grid_days=grid)
+    replicates = bootstrap(data, protocol.bootstrap_replicates, workers, grid, start=[f.coefs for f in fits])
     intervals = percentile_intervals(point, replicates)
     balance = balance_table(baseline, clones, fit, protocol.grace_days)
     overlap, _ = positivity(baseline, protocol.grace_days)
@@ -246,8 +256,8 @@ def emulate(protocol: TrialProtocol, frames: Mapping[str, pl.DataFrame], sick_le
     return {
         "baseline": baseline, "flow": flow, "point": point, "intervals": intervals, "replicates": replicates,
         "estimates": estimates_frame(point, intervals), "grid": grid, "data": data, "fit": fit, "balance": balance,
-        "positivity": overlap, "weights": weight_summary(clones, fit),
-        "counts": count_table(clones, data.naive_person, data.naive_arm, counted, followup),
+        "positivity": overlap, "weights": weight_summary([(part.analysis, part.clones, f) for part, f in zip(data.parts, fits, strict=True)]),
+        "counts": count_table([(part.analysis, part.clones) for part in data.parts], data.naive_person, data.naive_arm, counted, followup),
         "unavailable": unavailable_outcomes(protocol, {"sick_leave": sick_leave, "diagnoses": diagnoses}),
     }  # fmt: skip
 
