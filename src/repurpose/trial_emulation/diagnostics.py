@@ -13,11 +13,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import polars as pl
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression
 
+from repurpose.lazy import lazy_module
 from repurpose.trial_emulation.clones import Clones, WeightFit, baseline_design, strategy_label
 from repurpose.trial_emulation.cohort import COVARIATES
+
+sklearn_exceptions = lazy_module("sklearn.exceptions")
+linear_model = lazy_module("sklearn.linear_model")
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 
@@ -88,8 +90,8 @@ def positivity(baseline: pl.DataFrame, grace_days: int) -> tuple[pl.DataFrame, n
         return pl.DataFrame(schema={"started": pl.String, "n_persons": pl.Int64, "statistic": pl.String, "value": pl.Float64}), np.empty(0)
     x = baseline_design(baseline)[started]
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        p = LogisticRegression(C=np.inf, max_iter=500).fit(x, high).predict_proba(x)[:, 1]
+        warnings.simplefilter("ignore", sklearn_exceptions.ConvergenceWarning)
+        p = linear_model.LogisticRegression(C=np.inf, max_iter=500).fit(x, high).predict_proba(x)[:, 1]
     for label, mask in (("high_efficacy", high), ("escalation", ~high)):
         values = p[mask]
         for q in PERCENTILES:

@@ -10,18 +10,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-import matplotlib
+import polars as pl
+from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import polars as pl  # noqa: E402
-from jinja2 import Environment, FileSystemLoader, select_autoescape  # noqa: E402
+from repurpose.lazy import lazy_module
+from repurpose.release.disclosure import text_rows
+from repurpose.release.policy import DisclosurePolicy
+from repurpose.release.report import template_dir
+from repurpose.release.report_figures import figure_png
+from repurpose.trial_emulation.protocol import ESCALATION, HIGH_EFFICACY, TrialProtocol
 
-from repurpose.release.disclosure import text_rows  # noqa: E402
-from repurpose.release.policy import DisclosurePolicy  # noqa: E402
-from repurpose.release.report import template_dir  # noqa: E402
-from repurpose.release.report_figures import figure_png  # noqa: E402
-from repurpose.trial_emulation.protocol import ESCALATION, HIGH_EFFICACY, TrialProtocol  # noqa: E402
+plt = lazy_module("matplotlib.pyplot", matplotlib_backend="Agg")
 
 OUTCOME_LABELS = {
     "confirmed_worsening": "24-week confirmed disability worsening",
