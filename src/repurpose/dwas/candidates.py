@@ -46,6 +46,7 @@ from repurpose.dwas.person_models import (
     ModelCohort,
     aggregated_cohort,
     healthcare_use,
+    level_exposures,
     level_models,
     likelihood_ratio_fit,
     model_cohort,
@@ -530,8 +531,9 @@ def person_level_evidence(
         if level_codes:
             replicate = None
             if halves is not None:
+                by_half = {which: level_exposures(half_model, exposures) for which, half_model in halves.items()}
                 replicate = partial(
-                    replication_fits, halves=halves, exposures=exposures, config=config, lag_in_days=lag_days(settings["main_lag_years"])
+                    replication_fits, halves=halves, exposures=by_half, config=config, lag_in_days=lag_days(settings["main_lag_years"])
                 )
             confirm_codes = [c for c in level_codes if c in confirm_set]
             parts.append(

@@ -6,6 +6,12 @@ candidates of one ATC level at a time (`level_models`). They share the screen's 
 (`repurpose.dwas.risk_sets`) and its exposure window (`repurpose.dwas.window`), so that with nothing added
 they reproduce the screen's estimate. Estimates are summarised by `repurpose.cox.result.wald`. May import
 `repurpose.cox`, the other `repurpose.dwas` modules of the screen, `repurpose.schemas`, `repurpose.logs` and DuckDB.
+
+Why it scales: the cohort's risk sets are counted once with everyone unexposed (`ModelCohort`, the screen's
+trick); a model cuts only its exposed persons' follow-up into categories (`class_segments`, `switch_segments`)
+and `repurpose.dwas.risk_sets.pattern_risk_sets` moves their counts out of the unexposed rows into their
+own. No model splits or aggregates the whole cohort, and a class's exposure rows are a slice of the level's
+table indexed once (`LevelExposures`). The active comparator's new users are few and aggregated directly.
 """
 
 from __future__ import annotations
@@ -99,13 +105,43 @@ class ModelCohort:
         return int(np.sum(self.entry < self.exit))
 
     def rows_of(self, class_rows: pl.DataFrame, columns: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
-        """The cohort rows of a class's exposure rows (persons outside the cohort dropped) and per column of
-        `columns` their ages in days (`NEVER_EXPOSED` where missing)."""
-        joined = class_rows.select("person_id", *dict.fromkeys(columns)).join(
-            self.prepared.select("person_id", "cohort_row"), on="person_id", how="inner"
-        )
-        ages = [joined[c].cast(pl.Int64).fill_null(NEVER_EXPOSED).to_numpy() for c in columns]
-        return joined["cohort_row"].cast(pl.Int64).to_numpy(), ages
+        """The cohort rows of a class's exposure rows (`LevelExposures.rows`: persons outside the cohort
+        dropped) and per column of `columns` their ages in days (`NEVER_EXPOSED` where missing)."""
+        ages = [class_rows[c].cast(pl.Int64).fill_null(NEVER_EXPOSED).to_numpy() for c in columns]
+        return class_rows["cohort_row"].cast(pl.Int64).to_numpy(), ages
+
+
+@dataclass(frozen=True)
+class LevelExposures:
+    """One ATC level's exposure rows of a `ModelCohort`'s persons, with their cohort row, sorted by class, and
+    where each class's rows start and end: a class's rows are a slice, not a filter of the level's table and
+    a join with the cohort per model (built once per level and cohort by `level_exposures`)."""
+
+    frame: pl.DataFrame
+    bounds: dict[str, tuple[int, int]]
+
+    def rows(self, *codes: str) -> pl.DataFrame:
+        """The rows of the classes `codes` (in that order)."""
+        parts = [self.frame.slice(*self.bounds[c]) for c in codes if c in self.bounds]
+        return pl.concat(parts) if parts else self.frame.clear()
+
+    @property
+    def codes(self) -> list[str]:
+        """The classes of the level, sorted."""
+        return sorted(self.bounds)
+
+
+def level_exposures(model: ModelCohort, exposures: pl.DataFrame | LevelExposures) -> LevelExposures:
+    """`LevelExposures` of an exposure table for `model` (given one already, it is returned as it is: it must
+    have been built for the same model)."""
+    if isinstance(exposures, LevelExposures):
+        return exposures
+    frame = exposures.join(model.prepared.select("person_id", "cohort_row"), on="person_id", how="inner", maintain_order="left")
+    if not frame["atc_code"].is_sorted():
+        frame = frame.sort("atc_code", maintain_order=True)
+    spans = frame.select("atc_code").with_row_index("first").group_by("atc_code").agg(pl.col("first").min(), pl.len())
+    bounds = {c: (int(f), int(n)) for c, f, n in spans.iter_rows()}
+    return LevelExposures(frame, bounds)
 
 
 def model_cohort(cohort: pl.DataFrame, config: dict[str, Any], hcu: pl.DataFrame | None = None) -> ModelCohort:
@@ -213,7 +249,7 @@ def _fit_segments(model: ModelCohort, pieces: ClassSegments, pattern_design: np.
 
 
 def dose_response(
-    model: ModelCohort, exposures: pl.DataFrame, code: str, cutpoints: list[float], lag_in_days: int
+    model: ModelCohort, exposures: pl.DataFrame | LevelExposures, code: str, cutpoints: list[float], lag_in_days: int
 ) -> dict[str, float]:
     """HR per cumulative-DDD category (time-varying; category 0 = unexposed) and a trend test among the exposed.
 
@@ -221,7 +257,7 @@ def dose_response(
     Trend: model `exposed + score`, score = category - 1 among the exposed; its Wald p is the p for
     trend, so a trend is judged among users and not driven by the exposed/unexposed contrast.
     """
-    rows = exposures.filter(pl.col("atc_code") == code)
+    rows = level_exposures(model, exposures).rows(code)
     pieces = class_segments(model, rows, ["exposure_start_age_days", *[dose_column(c) for c in cutpoints]], lag_in_days)
     n_cat = len(cutpoints) + 2
     categories = np.arange(n_cat)
@@ -244,7 +280,9 @@ SEPARATED_LAG_DESIGN = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
 """Design rows of the separated-lag model's categories: unexposed, recently exposed, exposed >= the lag ago."""
 
 
-def separated_lag_estimates(model: ModelCohort, exposures: pl.DataFrame, code: str, lags_years: list[float]) -> dict[str, float]:
+def separated_lag_estimates(
+    model: ModelCohort, exposures: pl.DataFrame | LevelExposures, code: str, lags_years: list[float]
+) -> dict[str, float]:
     """Per lag L > 0, the log HR of exposure that started >= L years ago with the first L years of
     exposure as their own category (not counted as unexposed).
 
@@ -253,7 +291,7 @@ def separated_lag_estimates(model: ModelCohort, exposures: pl.DataFrame, code: s
     Separating them gives an undiluted lagged estimate: it stays put for a causal effect and falls
     to 1 when the association came from prescribing in the prodrome.
     """
-    rows = exposures.filter(pl.col("atc_code") == code)
+    rows = level_exposures(model, exposures).rows(code)
     result: dict[str, float] = {}
     for lag in sorted(v for v in lags_years if v > 0):
         pieces = class_segments(model, rows, ["exposure_start_age_days"] * 2, [0, lag_days(lag)])
@@ -278,7 +316,9 @@ def comparator_classes(code: str, codes: list[str]) -> list[str]:
     return [c for c in codes if len(c) == len(code) and c.startswith(parent) and c != code]
 
 
-def active_comparator(model: ModelCohort, exposures: pl.DataFrame, code: str, codes: list[str], lag_in_days: int) -> dict[str, Any]:
+def active_comparator(
+    model: ModelCohort, exposures: pl.DataFrame | LevelExposures, code: str, codes: list[str], lag_in_days: int
+) -> dict[str, Any]:
     """New-user active-comparator HR: candidate vs comparator-class initiators (first dispensing after entry).
 
     A person belongs to the group dispensed first (ties dropped); follow-up starts at the exposure
@@ -290,17 +330,18 @@ def active_comparator(model: ModelCohort, exposures: pl.DataFrame, code: str, co
     if not comparators:
         return empty
     per_person = (
-        exposures.filter(pl.col("atc_code").is_in([code, *comparators]))
+        level_exposures(model, exposures).rows(code, *comparators)
         .with_columns(is_candidate=pl.col("atc_code") == code)
-        .group_by("person_id", "is_candidate")
+        .group_by("cohort_row", "is_candidate")
         .agg(pl.col("first_dispense_age_days").min(), pl.col("exposure_start_age_days").min())
-    )
+    )  # fmt: skip
     cand = per_person.filter("is_candidate").drop("is_candidate")
     comp = per_person.filter(~pl.col("is_candidate")).drop("is_candidate")
-    both = (
-        model.prepared.select("cohort_row", "person_id", "entry_age_days", "exit_age_days", "event")
-        .join(cand, on="person_id", how="left")
-        .join(comp, on="person_id", how="left", suffix="_comparator")
+    # Everyone else has neither first dispensing: a tie, dropped below.
+    both = cand.join(comp, on="cohort_row", how="full", coalesce=True, suffix="_comparator")
+    row = both["cohort_row"].cast(pl.Int64).to_numpy()
+    both = both.with_columns(
+        entry_age_days=pl.Series(model.entry[row]), exit_age_days=pl.Series(model.exit[row]), event=pl.Series(model.event[row])
     )
     big = np.iinfo(np.int32).max
     both = both.with_columns(
@@ -458,16 +499,16 @@ def split_time_varying(
     return pieces.sort("cohort_row", "start")
 
 
-def switch_segments(model: ModelCohort, exposures: pl.DataFrame, classes: list[str], lag_in_days: int) -> tuple[ClassSegments, np.ndarray]:
+def switch_segments(
+    model: ModelCohort, exposures: pl.DataFrame | LevelExposures, classes: list[str], lag_in_days: int
+) -> tuple[ClassSegments, np.ndarray]:
     """The follow-up of the persons who start any class of `classes` (ever-use from start + lag, before exit),
     cut at every start: (pieces whose category numbers a set of classes in use, the design row of each
     category: one 0/1 column per class, row 0 = none). Nobody else's follow-up is cut."""
     bit_of = {code: 1 << i for i, code in enumerate(classes)}
-    joined = (
-        exposures.filter(pl.col("atc_code").is_in(classes))
-        .select("person_id", bit=pl.col("atc_code").replace_strict(bit_of, return_dtype=pl.Int64), age=pl.col("exposure_start_age_days").cast(pl.Int64))
-        .join(model.prepared.select("person_id", "cohort_row"), on="person_id", how="inner")
-    )  # fmt: skip
+    joined = level_exposures(model, exposures).rows(*classes).select(
+        "cohort_row", bit=pl.col("atc_code").replace_strict(bit_of, return_dtype=pl.Int64), age=pl.col("exposure_start_age_days").cast(pl.Int64)
+    )
     row = joined["cohort_row"].cast(pl.Int64).to_numpy()
     switch = exposed_from(model.entry[row], joined["age"].to_numpy(), lag_in_days)
     keep = switch < model.exit[row]
@@ -490,7 +531,7 @@ def switch_segments(model: ModelCohort, exposures: pl.DataFrame, classes: list[s
 
 def confirmation_fit(
     model: ModelCohort,
-    exposures: pl.DataFrame,
+    exposures: pl.DataFrame | LevelExposures,
     code: str,
     adjust_classes: list[str],
     config: dict[str, Any],
@@ -526,12 +567,13 @@ def confirmation_fit(
 
 
 def _lifelines_confirmation(
-    model: ModelCohort, exposures: pl.DataFrame, code: str, adjust_classes: list[str], config: dict[str, Any], lag_in_days: int
+    model: ModelCohort, exposures: pl.DataFrame | LevelExposures, code: str, adjust_classes: list[str], config: dict[str, Any], lag_in_days: int
 ) -> tuple[float, float, bool]:
     """The confirmation model by lifelines on the whole cohort's split data: (log HR, SE, not estimable)."""
     adjust = config["screen"]["adjust"]
     covariates = [*adjust["covariates"], *(["hcu"] if model.hcu else [])]
-    data = split_time_varying(model.prepared, exposures, [code, *adjust_classes], lag_in_days)
+    rows = level_exposures(model, exposures).rows(code, *adjust_classes)
+    data = split_time_varying(model.prepared, rows, [code, *adjust_classes], lag_in_days)
     data = data.join(model.prepared.select("cohort_row", *dict.fromkeys([*adjust["strata"], *covariates])), on="cohort_row")
     covariate_names = [code, *adjust_classes]
     for variable in covariates:
@@ -571,16 +613,18 @@ def level_models(
     all_codes = sorted(exposures["atc_code"].unique().to_list())
     cutpoints = [float(c) for c in config["screen"]["dose_cutpoints_ddd"]]
     proxies = select_proxy_confounders(model.prepared, exposures, confirm_codes, settings) if confirm_codes else {}
+    # `confirmation` numbers the same persons in the same order (`aggregated_cohort` of model.prepared): one index.
+    indexed = level_exposures(model, exposures)
     rows = []
     for code in codes:
         started = time.perf_counter()
         row: dict[str, Any] = {"atc_code": code}
-        row.update(dose_response(model, exposures, code, cutpoints, main_lag_days))
-        row.update(separated_lag_estimates(model, exposures, code, config["screen"]["lags_years"]))
-        row.update(active_comparator(model, exposures, code, all_codes, main_lag_days))
+        row.update(dose_response(model, indexed, code, cutpoints, main_lag_days))
+        row.update(separated_lag_estimates(model, indexed, code, config["screen"]["lags_years"]))
+        row.update(active_comparator(model, indexed, code, all_codes, main_lag_days))
         if code in proxies:
             engine = settings["confirmation"]["engine"]
-            row.update(confirmation_fit(confirmation, exposures, code, proxies[code], config, main_lag_days, engine))
+            row.update(confirmation_fit(confirmation, indexed, code, proxies[code], config, main_lag_days, engine))
             if replicate is not None:
                 row.update(replicate(code, proxies[code]))
         log.info("%s: person-level models in %.1f s", code, time.perf_counter() - started)
@@ -590,7 +634,7 @@ def level_models(
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
-def likelihood_ratio_fit(model: ModelCohort, exposures: pl.DataFrame, code: str, lag_in_days: int, *, level: float = 0.95) -> dict[str, float]:
+def likelihood_ratio_fit(model: ModelCohort, exposures: pl.DataFrame | LevelExposures, code: str, lag_in_days: int, *, level: float = 0.95) -> dict[str, float]:
     """The screen's model of one class (exposed from start + lag, its strata and covariates) with the
     likelihood-ratio p-value and the profile-likelihood CI of the exposure coefficient, for sparse classes.
 
@@ -600,7 +644,7 @@ def likelihood_ratio_fit(model: ModelCohort, exposures: pl.DataFrame, code: str,
     fixed at their fitted values when there are none to profile over (exposure-only model: exact).
     Returns {} when the model is not estimable (say, no exposed case).
     """
-    pieces = class_segments(model, exposures.filter(pl.col("atc_code") == code), ["exposure_start_age_days"], lag_in_days)
+    pieces = class_segments(model, level_exposures(model, exposures).rows(code), ["exposure_start_age_days"], lag_in_days)
     exposed = pieces.category == 1
     baseline = bool(np.any(~exposed)) or len(np.unique(pieces.person)) < model.n_with_follow_up
     if not (np.any(exposed) and baseline) or not np.any(pieces.event & exposed):

@@ -31,7 +31,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from repurpose.dwas.person_models import ModelCohort, aggregated_cohort, confirmation_fit
+from repurpose.dwas.person_models import (
+    LevelExposures,
+    ModelCohort,
+    aggregated_cohort,
+    confirmation_fit,
+    level_exposures,
+)
 from repurpose.dwas.window import exposed_from
 from repurpose.release.policy import DisclosurePolicy
 from repurpose.release.screen_release import screen_hidden_reasons
@@ -81,10 +87,10 @@ def half_cohorts(model: ModelCohort, half: np.ndarray, config: dict[str, Any], h
     return {which: aggregated_cohort(model.prepared.filter(pl.Series(half == which)), config, hcu) for which in HALF_NAMES}
 
 
-def half_counts(model: ModelCohort, exposures: pl.DataFrame, code: str, lag_in_days: int) -> dict[str, int]:
+def half_counts(model: ModelCohort, exposures: pl.DataFrame | LevelExposures, code: str, lag_in_days: int) -> dict[str, int]:
     """Persons, exposed persons, cases and exposed cases of one class at the lag among `model`'s persons
     (exposed: the window opens before exit; an exposed case: the event while exposed)."""
-    rows, (start,) = model.rows_of(exposures.filter(pl.col("atc_code") == code), ["exposure_start_age_days"])
+    rows, (start,) = model.rows_of(level_exposures(model, exposures).rows(code), ["exposure_start_age_days"])
     exposed = exposed_from(model.entry[rows], start, lag_in_days) < model.exit[rows]
     return {
         "n_persons": model.prepared.height,
@@ -99,19 +105,21 @@ def replication_fits(
     adjust_classes: list[str],
     *,
     halves: dict[int, ModelCohort],
-    exposures: pl.DataFrame,
+    exposures: pl.DataFrame | dict[int, LevelExposures],
     config: dict[str, Any],
     lag_in_days: int,
 ) -> dict[str, Any]:
-    """The confirmation model of `code` (aggregated engine, the same adjustment) in each half (`half_cohorts`):
-    the held-out half's HR, CI and p (REPLICATION_COLUMNS), the discovery half's log HR and both halves' exact counts."""
+    """The confirmation model of `code` (aggregated engine, the same adjustment) in each half (`half_cohorts`;
+    `exposures` the level's table, or per half its `LevelExposures`): the held-out half's HR, CI and p
+    (REPLICATION_COLUMNS), the discovery half's log HR and both halves' exact counts."""
     out: dict[str, Any] = {}
     for which, name in HALF_NAMES.items():
-        counts = half_counts(halves[which], exposures, code, lag_in_days)
+        rows = exposures[which] if isinstance(exposures, dict) else level_exposures(halves[which], exposures)
+        counts = half_counts(halves[which], rows, code, lag_in_days)
         out.update({f"{name}_{key}": value for key, value in counts.items()})
         if counts["n_exposed_cases"] == 0 or counts["n_exposed"] == counts["n_persons"]:
             continue
-        fit = confirmation_fit(halves[which], exposures, code, adjust_classes, config, lag_in_days, engine="aggregated")
+        fit = confirmation_fit(halves[which], rows, code, adjust_classes, config, lag_in_days, engine="aggregated")
         if not np.isfinite(fit["log_hr_confirmation"]) or not np.isfinite(fit["se_confirmation"]):
             continue
         if which == REPLICATION:
