@@ -26,6 +26,7 @@ from repurpose.dwas.person_models import (
     segments,
     separated_lag_estimates,
     split_time_varying,
+    switch_segments,
 )
 from repurpose.dwas.screen import screen_exposures
 from repurpose.dwas.window import NEVER_EXPOSED, exposed_from
@@ -250,3 +251,22 @@ def test_confirmation_equals_the_split_cohort_fit_and_lifelines(adjust):
     lifelines = confirmation_fit(model, exposures, "B02", ["A01", "C03"], config, 730, "lifelines")
     assert fit["log_hr_confirmation"] == pytest.approx(lifelines["log_hr_confirmation"], abs=1e-6)
     assert fit["se_confirmation"] == pytest.approx(lifelines["se_confirmation"], rel=1e-5)
+
+
+def test_switch_segments_cut_only_the_users_at_each_start_by_hand():
+    cohort = pl.DataFrame({
+        "person_id": [1, 2, 3, 4], "sex": ["F", "M", "F", "M"], "birth_year": pl.Series([1970] * 4, dtype=pl.Int32),
+        "education": pl.Series([1, 1, 2, 2], dtype=pl.Int32), "entry_age_days": pl.Series([0, 0, 0, 0], dtype=pl.Int32),
+        "exit_age_days": pl.Series([100, 100, 100, 100], dtype=pl.Int32), "event": [True, False, False, True],
+    })
+    exposures = pl.DataFrame({  # person 1: A and B start together; 2: A before entry, then B; 3: B after exit
+        "person_id": [1, 1, 2, 2, 3], "atc_code": ["A", "B", "A", "B", "B"],
+        "exposure_start_age_days": pl.Series([10, 10, -5, 50, 200], dtype=pl.Int32),
+    })
+    model = model_cohort(cohort, config_for())
+    pieces, design = switch_segments(model, exposures, ["A", "B"], 0)
+    person_id = model.prepared["person_id"].to_numpy()[pieces.person]
+    found = sorted(zip(person_id.tolist(), pieces.start.tolist(), pieces.stop.tolist(),
+                       [tuple(design[k].tolist()) for k in pieces.category], pieces.event.tolist(), strict=True))
+    assert found == [(1, 10, 100, (1.0, 1.0), True), (2, 0, 50, (1.0, 0.0), False), (2, 50, 100, (1.0, 1.0), False)]
+    assert design[0].tolist() == [0.0, 0.0]  # the unexposed: everyone else's follow-up, never cut
