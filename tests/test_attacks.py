@@ -95,13 +95,13 @@ def comparator_attack(scene: Scene) -> None:
     if ci is not None and cases is not None:
         asked = ranking.filter(ci.is_not_null() & cases.is_null())
         paths = results_layout(scene.results)
-        prepared, stratum, covariates = model_cohort(pl.read_parquet(paths.cohort()), scene.config)
+        model = model_cohort(pl.read_parquet(paths.cohort()), scene.config)
         main_lag = lag_days(scene.config["candidates"]["main_lag_years"])
         for (level,), rows in asked.group_by(["atc_level"]):
             exposures = pl.read_parquet(paths.exposure(int(level)))
             codes = sorted(exposures["atc_code"].unique().to_list())
             for code in rows["atc_code"].to_list():
-                found = active_comparator(prepared, stratum, covariates, exposures, code, codes, main_lag)
+                found = active_comparator(model, exposures, code, codes, main_lag)
                 truth[code] = found["n_active_comparator_cases"]
         scene.notes.append(f"active comparator: {asked.height} ranking rows show an HR with hidden comparator cases")
     scene.recovered[("active comparator", "export: drug ranking (estimates on small cells)")] = attack.attack_active_comparator(

@@ -7,8 +7,11 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
+from scipy import stats
 
 from repurpose.config import validate_config
+from repurpose.cox.engine import fit_efron
+from repurpose.cox.risk_set_table import aggregate_counting_process
 from repurpose.dwas.candidates import (
     lag_fade,
     reverse_causation_suspected,
@@ -22,16 +25,20 @@ from repurpose.dwas.person_models import (
     model_cohort,
     segments,
     separated_lag_estimates,
+    split_time_varying,
+    switch_segments,
 )
 from repurpose.dwas.screen import screen_exposures
+from repurpose.dwas.window import NEVER_EXPOSED, exposed_from
 from repurpose.schemas import dose_column
 
 RULE = {"reverse_causation": {"max_retained_fraction": 0.5, "alpha": 0.05}}
 
 
-def config_for(**candidates):
+def config_for(adjust=None, **candidates):
     base = {"inputs": {n: {"path": "x"} for n in ("population", "prescriptions", "ms_registry")}}
-    return validate_config({**base, "screen": {"lags_years": [0, 2], "sex_strata": ["all"]}, "candidates": candidates})
+    screen = {"lags_years": [0, 2], "sex_strata": ["all"], **({"adjust": adjust} if adjust else {})}
+    return validate_config({**base, "screen": screen, "candidates": candidates})
 
 
 def test_prodromal_pattern_is_flagged():
@@ -121,41 +128,145 @@ def models():
     cohort, exposures = synthetic()
     config = config_for()
     screen = screen_exposures(cohort, exposures, config, 2).filter(pl.col("sex") == "all")
-    prepared, stratum, covariates = model_cohort(cohort, config)
-    return cohort, exposures, config, screen, prepared, stratum, covariates
+    return cohort, exposures, config, screen, model_cohort(cohort, config)
 
 
 @pytest.mark.parametrize("engine", ["lifelines", "aggregated"])
 def test_confirmation_with_nothing_added_equals_the_screen(models, engine):
-    _, exposures, config, screen, prepared, _, _ = models
+    _, exposures, config, screen, model = models
     for lag in (0.0, 2.0):
-        result = confirmation_fit(prepared, exposures, "B02", [], None, config, round(lag * 365.25), engine)
+        result = confirmation_fit(model, exposures, "B02", [], config, round(lag * 365.25), engine)
         expected = screen.filter((pl.col("atc_code") == "B02") & (pl.col("lag_years") == lag)).row(0, named=True)
         assert result["log_hr_confirmation"] == pytest.approx(expected["log_hr"], abs=1e-6)
         assert result["se_confirmation"] == pytest.approx(expected["se"], rel=1e-5)
 
 
 def test_confirmation_engines_agree_with_added_covariates(models):
-    _, exposures, config, _, prepared, _, _ = models
-    hcu = prepared.select("person_id", n_classes_year_before_entry=pl.col("person_id") % 9)
-    fits = [confirmation_fit(prepared, exposures, "B02", ["A01", "C03"], hcu, config, 730, e) for e in ("lifelines", "aggregated")]
+    cohort, exposures, config, _, _ = models
+    hcu = cohort.select("person_id", n_classes_year_before_entry=pl.col("person_id") % 9)
+    model = model_cohort(cohort, config, hcu)
+    fits = [confirmation_fit(model, exposures, "B02", ["A01", "C03"], config, 730, e) for e in ("lifelines", "aggregated")]
     assert fits[0]["log_hr_confirmation"] == pytest.approx(fits[1]["log_hr_confirmation"], abs=1e-6)
     assert fits[0]["confirmation_adjusted_for"] == "A01, C03, health-care use"
 
 
 def test_dose_model_without_dose_data_reproduces_the_screen(models):
-    _, exposures, _, screen, prepared, stratum, covariates = models
-    result = dose_response(prepared, stratum, covariates, exposures, "A01", [100.0, 365.0], 730)
+    _, exposures, _, screen, model = models
+    result = dose_response(model, exposures, "A01", [100.0, 365.0], 730)
     expected = screen.filter((pl.col("atc_code") == "A01") & (pl.col("lag_years") == 2.0))["hr"][0]
     assert result["hr_dose_1"] == pytest.approx(expected, rel=1e-6)
     assert np.isnan(result["hr_dose_2"]) and np.isnan(result["dose_trend_p"])
 
 
 def test_separated_lag_equals_the_screen_when_nobody_starts_during_follow_up(models):
-    cohort, exposures, config, _, prepared, stratum, covariates = models
+    cohort, exposures, config, _, model = models
     early = exposures.join(cohort.select("person_id", "entry_age_days"), on="person_id").with_columns(
         exposure_start_age_days=pl.col("entry_age_days") - 3 * 366
     )
-    result = separated_lag_estimates(prepared, stratum, covariates, early, "C03", [2.0])
+    result = separated_lag_estimates(model, early, "C03", [2.0])
     screen = screen_exposures(cohort, early, config, 2).filter((pl.col("sex") == "all") & (pl.col("atc_code") == "C03"))
     assert result["log_hr_separated_lag2"] == pytest.approx(screen.filter(pl.col("lag_years") == 2.0)["log_hr"][0], abs=1e-6)
+
+
+# --- the person-level models count only the exposed persons: the same fits as on the whole split cohort -----
+
+ADJUSTMENTS = [None, {"strata": ["sex"], "covariates": ["education", "birth_cohort"]}]
+
+
+def with_doses(exposures: pl.DataFrame, seed: int = 4) -> pl.DataFrame:
+    """Dose crossings after the exposure start (some never reached), so every dose category is filled."""
+    rng = np.random.default_rng(seed)
+    n = exposures.height
+    first = exposures["exposure_start_age_days"].to_numpy() + rng.integers(30, 4 * 365, n)
+    second = first + rng.integers(30, 4 * 365, n)
+    return exposures.with_columns(
+        pl.when(pl.Series(rng.random(n) < 0.7)).then(pl.Series(first)).otherwise(None).cast(pl.Int32).alias(dose_column(100)),
+        pl.when(pl.Series(rng.random(n) < 0.4)).then(pl.Series(second)).otherwise(None).cast(pl.Int32).alias(dose_column(365)),
+    )
+
+
+def whole_cohort_fit(model, exposures, code, columns, lags, design_of_category):
+    """The models as fitted before the cohort was counted once: every person's follow-up split at the class's
+    ages (`segments` over the whole cohort), aggregated by `aggregate_counting_process`; constant columns dropped."""
+    prepared = model.prepared
+    joined = prepared.select("person_id").join(
+        exposures.filter(pl.col("atc_code") == code).select("person_id", *dict.fromkeys(columns)), on="person_id", how="left", maintain_order="left"
+    )
+    entry, exit_ = prepared["entry"].to_numpy(), prepared["exit"].to_numpy()
+    cuts = [exposed_from(entry, joined[c].cast(pl.Int64).fill_null(NEVER_EXPOSED).to_numpy(), lag) for c, lag in zip(columns, lags, strict=True)]
+    person, start, stop, category = segments(entry, exit_, cuts)
+    event = prepared["event"].to_numpy()[person] & (stop == exit_[person])
+    design = np.column_stack([design_of_category[category], model.covariates[person]])
+    varying = np.flatnonzero(design.max(axis=0) > design.min(axis=0))
+    fit = fit_efron(aggregate_counting_process(start, stop, event, design[:, varying], strata=model.stratum[person]))
+    coef = np.full(design.shape[1], np.nan)
+    coef[varying] = fit.coef[0]
+    se = np.full(design.shape[1], np.nan)
+    se[varying] = fit.se[0]
+    return coef, se
+
+
+@pytest.mark.parametrize("adjust", ADJUSTMENTS)
+def test_dose_and_separated_lag_models_equal_the_whole_cohort_fits(adjust):
+    cohort, exposures = synthetic(n=2500, seed=11)
+    exposures = with_doses(exposures)
+    config = config_for(adjust)
+    model = model_cohort(cohort, config)
+    result = dose_response(model, exposures, "A01", [100.0, 365.0], 730)
+    columns = ["exposure_start_age_days", dose_column(100), dose_column(365)]
+    coef, se = whole_cohort_fit(model, exposures, "A01", columns, [730] * 3, np.vstack([np.zeros(3), np.eye(3)]))
+    assert all(np.isfinite(coef[:3]))
+    for k in range(3):
+        assert np.log(result[f"hr_dose_{k + 1}"]) == pytest.approx(coef[k], abs=1e-8)
+    trend = np.array([[0.0, 0.0], [1.0, 0.0], [1.0, 1.0], [1.0, 2.0]])
+    coef, se = whole_cohort_fit(model, exposures, "A01", columns, [730] * 3, trend)
+    assert np.log(result["dose_trend_hr"]) == pytest.approx(coef[1], abs=1e-8)
+    assert result["dose_trend_p"] == pytest.approx(2 * stats.norm.sf(abs(coef[1] / se[1])), rel=1e-6)
+    separated = separated_lag_estimates(model, exposures, "C03", [2.0])
+    coef, se = whole_cohort_fit(model, exposures, "C03", ["exposure_start_age_days"] * 2, [0, 730], np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
+    assert separated["log_hr_separated_lag2"] == pytest.approx(coef[1], abs=1e-8)
+    assert separated["se_separated_lag2"] == pytest.approx(se[1], rel=1e-8)
+
+
+@pytest.mark.parametrize("adjust", ADJUSTMENTS)
+def test_confirmation_equals_the_split_cohort_fit_and_lifelines(adjust):
+    cohort, exposures = synthetic(n=2500, seed=12)
+    config = config_for(adjust)
+    hcu = cohort.select("person_id", n_classes_year_before_entry=(pl.col("person_id") * 7) % 10)
+    model = model_cohort(cohort, config, hcu)
+    fit = confirmation_fit(model, exposures, "B02", ["A01", "C03"], config, 730, "aggregated")
+    # before: the whole cohort split at every switch (split_time_varying), aggregated row by row
+    data = split_time_varying(model.prepared, exposures, ["B02", "A01", "C03"], 730).join(
+        model.prepared.select("cohort_row", "hcu"), on="cohort_row"
+    )
+    cells = model.layout.cell_of_person[data["cohort_row"].to_numpy()]
+    design = np.column_stack([data.select("B02", "A01", "C03").to_numpy(), model.layout.covariate_design[cells]])
+    reference = fit_efron(aggregate_counting_process(
+        data["start"].to_numpy(), data["stop"].to_numpy(), data["event"].to_numpy(), design.astype(np.float64),
+        strata=model.layout.stratum_of_cell[cells],
+    ))
+    assert model.layout.covariate_names[-1].startswith("hcu=")
+    assert fit["log_hr_confirmation"] == pytest.approx(reference.coef[0, 0], abs=1e-8)
+    assert fit["se_confirmation"] == pytest.approx(reference.se[0, 0], rel=1e-8)
+    lifelines = confirmation_fit(model, exposures, "B02", ["A01", "C03"], config, 730, "lifelines")
+    assert fit["log_hr_confirmation"] == pytest.approx(lifelines["log_hr_confirmation"], abs=1e-6)
+    assert fit["se_confirmation"] == pytest.approx(lifelines["se_confirmation"], rel=1e-5)
+
+
+def test_switch_segments_cut_only_the_users_at_each_start_by_hand():
+    cohort = pl.DataFrame({
+        "person_id": [1, 2, 3, 4], "sex": ["F", "M", "F", "M"], "birth_year": pl.Series([1970] * 4, dtype=pl.Int32),
+        "education": pl.Series([1, 1, 2, 2], dtype=pl.Int32), "entry_age_days": pl.Series([0, 0, 0, 0], dtype=pl.Int32),
+        "exit_age_days": pl.Series([100, 100, 100, 100], dtype=pl.Int32), "event": [True, False, False, True],
+    })
+    exposures = pl.DataFrame({  # person 1: A and B start together; 2: A before entry, then B; 3: B after exit
+        "person_id": [1, 1, 2, 2, 3], "atc_code": ["A", "B", "A", "B", "B"],
+        "exposure_start_age_days": pl.Series([10, 10, -5, 50, 200], dtype=pl.Int32),
+    })
+    model = model_cohort(cohort, config_for())
+    pieces, design = switch_segments(model, exposures, ["A", "B"], 0)
+    person_id = model.prepared["person_id"].to_numpy()[pieces.person]
+    found = sorted(zip(person_id.tolist(), pieces.start.tolist(), pieces.stop.tolist(),
+                       [tuple(design[k].tolist()) for k in pieces.category], pieces.event.tolist(), strict=True))
+    assert found == [(1, 10, 100, (1.0, 1.0), True), (2, 0, 50, (1.0, 0.0), False), (2, 50, 100, (1.0, 1.0), False)]
+    assert design[0].tolist() == [0.0, 0.0]  # the unexposed: everyone else's follow-up, never cut

@@ -271,8 +271,9 @@ def test_tree_prior_recovers_its_variances_and_borrowing_orders_agreeing_substan
 def test_likelihood_ratio_p_equals_lifelines_and_the_profile_ci_brackets_the_estimate():
     cohort, exposures = synthetic(n=600, seed=5)
     config = config_for()
-    prepared, stratum, covariates = model_cohort(cohort, config)
-    fit = likelihood_ratio_fit(prepared, stratum, covariates, exposures, "B02", 730)
+    model = model_cohort(cohort, config)
+    prepared = model.prepared
+    fit = likelihood_ratio_fit(model, exposures, "B02", 730)
     strata = ["sex", "birth_cohort", "education"]
     data = split_time_varying(prepared, exposures, ["B02"], 730).join(prepared.select("cohort_row", *strata), on="cohort_row")
     frame = data.select("cohort_row", "start", "stop", pl.col("event").cast(pl.Int8), "B02", *strata).to_pandas()
@@ -286,8 +287,9 @@ def test_likelihood_ratio_p_equals_lifelines_and_the_profile_ci_brackets_the_est
 def test_profile_ci_approaches_wald_with_many_cases():
     cohort, exposures = synthetic(n=6000, seed=8)
     config = config_for()
-    prepared, stratum, covariates = model_cohort(cohort, config)
-    fit = likelihood_ratio_fit(prepared, stratum, covariates, exposures, "A01", 0)
+    model = model_cohort(cohort, config)
+    prepared = model.prepared
+    fit = likelihood_ratio_fit(model, exposures, "A01", 0)
     strata = ["sex", "birth_cohort", "education"]
     data = split_time_varying(prepared, exposures, ["A01"], 0).join(prepared.select("cohort_row", *strata), on="cohort_row")
     frame = data.select("cohort_row", "start", "stop", pl.col("event").cast(pl.Int8), "A01", *strata).to_pandas()

@@ -123,9 +123,9 @@ def test_confirmation_with_nothing_added_agrees_with_the_screen(run):
     dwas = pl.read_parquet(paths.screen_fits())
     code = drugs.filter((pl.col("atc_level") == 5) & (pl.col("direction") == "protective")).sort("rank")["atc_code"][0]
     main_lag = float(config["candidates"]["main_lag_years"])
-    prepared, _, _ = model_cohort(pl.read_parquet(paths.cohort()), config)
+    model = model_cohort(pl.read_parquet(paths.cohort()), config)
     exposures = pl.read_parquet(paths.exposure(5))
-    fit = confirmation_fit(prepared, exposures, code, [], None, config, round(main_lag * 365.25), "aggregated")
+    fit = confirmation_fit(model, exposures, code, [], config, round(main_lag * 365.25), "aggregated")
     expected = dwas.filter((pl.col("atc_code") == code) & (pl.col("lag_years") == main_lag) & (pl.col("sex") == "all"))
     assert fit["log_hr_confirmation"] == pytest.approx(expected["log_hr"][0], abs=1e-6)
     # every candidate of the shipped ranking whose estimate is released shows its confirmation model

@@ -22,6 +22,7 @@ from repurpose.dwas.replication import (
     DISCOVERY,
     REPLICATION,
     REPLICATION_COLUMNS,
+    half_cohorts,
     half_counts,
     half_of,
     hide_replication,
@@ -147,19 +148,23 @@ def test_the_held_out_estimate_is_hidden_whole_when_a_half_or_a_difference_is_sm
 def test_halves_partition_the_cohort_and_each_half_fits_the_confirmation_model():
     cohort, exposures = synthetic(n=6000, seed=5)
     config = config_for(replication=ON)
-    prepared, _, _ = model_cohort(cohort, config)
-    half = split_halves(prepared, ON)
+    model = model_cohort(cohort, config)
+    half = split_halves(model.prepared, ON)
     lag = round(2 * 365.25)
-    result = replication_fits("B02", [], prepared=prepared, half=half, exposures=exposures, hcu=None, config=config, lag_in_days=lag)
-    full = half_counts(prepared, exposures, "B02", lag)
+    result = replication_fits("B02", [], halves=half_cohorts(model, half, config, None), exposures=exposures, config=config, lag_in_days=lag)
+    full = half_counts(model, exposures, "B02", lag)
     for count, total in full.items():
         assert result[f"discovery_{count}"] + result[f"replication_{count}"] == total
-    held_out = confirmation_fit(prepared.filter(pl.Series(half == REPLICATION)), exposures, "B02", [], None, config, lag, "aggregated")
+
+    def half_fit(which: int) -> dict:  # the half's cohort built from its own rows (cohort_row renumbered)
+        return confirmation_fit(model_cohort(cohort.filter(pl.Series(half == which)), config), exposures, "B02", [], config, lag, "aggregated")
+
+    held_out = half_fit(REPLICATION)
     assert result["hr_replication"] == pytest.approx(held_out["hr_confirmation"], rel=1e-12)
     assert result["p_replication"] == pytest.approx(held_out["p_confirmation"], rel=1e-12)
-    discovery = confirmation_fit(prepared.filter(pl.Series(half == DISCOVERY)), exposures, "B02", [], None, config, lag, "aggregated")
+    discovery = half_fit(DISCOVERY)
     assert result["log_hr_discovery"] == pytest.approx(discovery["log_hr_confirmation"], rel=1e-12)
-    everyone = confirmation_fit(prepared, exposures, "B02", [], None, config, lag, "aggregated")
+    everyone = confirmation_fit(model, exposures, "B02", [], config, lag, "aggregated")
     # half the persons: a standard error about sqrt(2) times the full cohort's
     assert 1.2 < held_out["se_confirmation"] / everyone["se_confirmation"] < 1.7
 
@@ -187,13 +192,13 @@ def test_planted_protective_substances_replicate_and_null_substances_mostly_do_n
     protective = sorted(c for c, s in truth["substances"].items() if s["role"] == "causal_protective" and c in fitted)
     nulls = sorted(c for c, s in truth["substances"].items() if s["role"] == "null" and c in fitted)[:20]
     assert protective and len(nulls) == 20
-    prepared, _, _ = model_cohort(pl.read_parquet(paths.cohort()), config)
-    half = split_halves(prepared, ON)
+    model = model_cohort(pl.read_parquet(paths.cohort()), config)
+    halves = half_cohorts(model, split_halves(model.prepared, ON), config, None)
     exposures = pl.read_parquet(paths.exposure(5)).filter(pl.col("atc_code").is_in(protective + nulls))
     lag = round(float(settings["main_lag_years"]) * 365.25)
 
     def line(code: str) -> str:
-        fit = replication_fits(code, [], prepared=prepared, half=half, exposures=exposures, hcu=None, config=config, lag_in_days=lag)
+        fit = replication_fits(code, [], halves=halves, exposures=exposures, config=config, lag_in_days=lag)
         screen = fits.filter(pl.col("atc_code") == code).row(0, named=True)
         row = {"direction": "protective" if screen["log_hr"] < 0 else "harmful", "atc_level": 5, **fit}
         return evidence_lines(row, settings)["replication"]

@@ -41,8 +41,22 @@ from repurpose.dwas.calibration import (
     fit_empirical_null,
 )
 from repurpose.dwas.evidence import AGAINST, SUPPORTED, order_rows, score_rows
-from repurpose.dwas.person_models import healthcare_use, level_models, likelihood_ratio_fit, model_cohort
-from repurpose.dwas.replication import hide_replication, replication_fits, replication_hidden, split_halves
+from repurpose.dwas.person_models import (
+    ModelCohort,
+    aggregated_cohort,
+    healthcare_use,
+    level_exposures,
+    level_models,
+    likelihood_ratio_fit,
+    model_cohort,
+)
+from repurpose.dwas.replication import (
+    half_cohorts,
+    hide_replication,
+    replication_fits,
+    replication_hidden,
+    split_halves,
+)
 from repurpose.dwas.shrinkage import Groups, Shrunken, fit_level_prior, shrink
 from repurpose.dwas.signals import SignalTree, collapse_tree
 from repurpose.dwas.tree_fdr import hierarchical_fdr
@@ -418,7 +432,7 @@ LIKELIHOOD_RATIO_MAX_WALD_P = 0.2
 
 
 def sparse_likelihood_ratio(
-    evidence: pl.DataFrame, exposure_paths: list[str], model: tuple[pl.DataFrame, np.ndarray, np.ndarray], settings: dict[str, Any]
+    evidence: pl.DataFrame, exposure_paths: list[str], model: ModelCohort, settings: dict[str, Any]
 ) -> pl.DataFrame:
     """Replace the Wald p and CI of sparse signals (exposed cases below `small_numbers_cases`, or not counted)
     by the likelihood-ratio p and the profile-likelihood CI of the same model (`likelihood_ratio_fit`).
@@ -426,7 +440,6 @@ def sparse_likelihood_ratio(
     Only signals with a Wald p below LIKELIHOOD_RATIO_MAX_WALD_P are refitted (each refit reads the whole
     cohort): where Wald already finds nothing, the LR test changes no decision and the order uses the
     shrunken estimate anyway."""
-    prepared, stratum, covariates = model
     sparse = pl.col("n_exposed_cases").is_null() | (pl.col("n_exposed_cases") < settings["small_numbers_cases"])
     sparse_codes = set(evidence.filter(sparse & (pl.col("p_value") < LIKELIHOOD_RATIO_MAX_WALD_P))["atc_code"].to_list())
     lag_of = dict(zip(evidence["atc_code"].to_list(), evidence["lag_years"].to_list(), strict=True))
@@ -443,7 +456,7 @@ def sparse_likelihood_ratio(
             .collect()
         )
         for code in sorted(set(exposures["atc_code"].unique().to_list())):
-            fit = likelihood_ratio_fit(prepared, stratum, covariates, exposures, code, lag_days(lag_of[code]))
+            fit = likelihood_ratio_fit(model, exposures, code, lag_days(lag_of[code]))
             if fit:
                 found.append({"atc_code": code, **fit})
     if not found:
@@ -498,14 +511,17 @@ def person_level_evidence(
     config: dict[str, Any],
     evidence: pl.DataFrame,
     exposure_paths: list[str],
-    model: tuple[pl.DataFrame, np.ndarray, np.ndarray],
+    model: ModelCohort,
     hcu: pl.DataFrame | None,
 ) -> pl.DataFrame:
     """Dose-response, separated lags, active comparator and confirmation for the candidate signals (the
-    confirmation for the first `confirmation.max_classes` of them by screen p); the others say why not."""
+    confirmation for the first `confirmation.max_classes` of them by screen p); the others say why not.
+    The cohort's risk sets are counted once (`ModelCohort`; with `hcu`, once more for the confirmation model)."""
     settings = config["candidates"]
-    prepared, stratum, covariates = model
-    half = split_halves(prepared, settings["replication"]) if settings["replication"]["enabled"] else None
+    confirmation = model if hcu is None else aggregated_cohort(model.prepared, config, hcu)
+    halves = None
+    if settings["replication"]["enabled"]:
+        halves = half_cohorts(model, split_halves(model.prepared, settings["replication"]), config, hcu)
     candidates = evidence.filter("candidate").sort("p_value", "atc_code")
     confirm_set = set(candidates["atc_code"].to_list()[: settings["confirmation"]["max_classes"]])
     progress = Progress(log, "person-level models of the candidates", candidates.height)
@@ -516,14 +532,14 @@ def person_level_evidence(
         level_codes = [c for c in candidates["atc_code"].to_list() if c in present]
         if level_codes:
             replicate = None
-            if half is not None:
+            if halves is not None:
+                by_half = {which: level_exposures(half_model, exposures) for which, half_model in halves.items()}
                 replicate = partial(
-                    replication_fits, prepared=prepared, half=half, exposures=exposures, hcu=hcu, config=config,
-                    lag_in_days=lag_days(settings["main_lag_years"]),
-                )  # fmt: skip
+                    replication_fits, halves=halves, exposures=by_half, config=config, lag_in_days=lag_days(settings["main_lag_years"])
+                )
             confirm_codes = [c for c in level_codes if c in confirm_set]
             parts.append(
-                level_models(config, prepared, stratum, covariates, exposures, level_codes, confirm_codes, hcu, progress, replicate)
+                level_models(config, model, confirmation, exposures, level_codes, confirm_codes, progress, replicate)
             )
     reason = pl.when(~pl.col("candidate")).then(pl.lit("not a candidate (person-level models are fitted for candidates)"))
     evidence = evidence.with_columns(person_level_reason=reason.otherwise(pl.lit(None, pl.String)))

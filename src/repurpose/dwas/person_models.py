@@ -6,6 +6,12 @@ candidates of one ATC level at a time (`level_models`). They share the screen's 
 (`repurpose.dwas.risk_sets`) and its exposure window (`repurpose.dwas.window`), so that with nothing added
 they reproduce the screen's estimate. Estimates are summarised by `repurpose.cox.result.wald`. May import
 `repurpose.cox`, the other `repurpose.dwas` modules of the screen, `repurpose.schemas`, `repurpose.logs` and DuckDB.
+
+Why it scales: the cohort's risk sets are counted once with everyone unexposed (`ModelCohort`, the screen's
+trick); a model cuts only its exposed persons' follow-up into categories (`class_segments`, `switch_segments`)
+and `repurpose.dwas.risk_sets.pattern_risk_sets` moves their counts out of the unexposed rows into their
+own. No model splits or aggregates the whole cohort, and a class's exposure rows are a slice of the level's
+table indexed once (`LevelExposures`). The active comparator's new users are few and aggregated directly.
 """
 
 from __future__ import annotations
@@ -14,6 +20,8 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +35,17 @@ from sklearn.linear_model import LogisticRegression
 from repurpose.atc import atc_parent
 from repurpose.cox.engine import efron_log_likelihood, fit_efron
 from repurpose.cox.result import wald
-from repurpose.cox.risk_set_table import aggregate_counting_process
+from repurpose.cox.risk_set_table import RiskSetTable, aggregate_counting_process
 from repurpose.duck import connect, sql_literal
 from repurpose.dwas.exposure import prescription_source
-from repurpose.dwas.risk_sets import cell_layout, prepare_cohort
+from repurpose.dwas.risk_sets import (
+    CellLayout,
+    RiskSetCounts,
+    cell_layout,
+    pattern_risk_sets,
+    prepare_cohort,
+    total_counts,
+)
 from repurpose.dwas.window import NEVER_EXPOSED, exposed_from, lag_days
 from repurpose.logs import Progress
 from repurpose.schemas import dose_column
@@ -41,13 +56,115 @@ HCU_BINS = (1, 2, 4, 7)
 """Health-care-use proxy categories (distinct ATC level-4 classes in the year before entry): 0, 1, 2-3, 4-6, 7+."""
 
 
-def model_cohort(cohort: pl.DataFrame, config: dict[str, Any]) -> tuple[pl.DataFrame, np.ndarray, np.ndarray]:
-    """Cohort with row index, and per person the screen's stratum and categorical covariate design."""
-    screen = config["screen"]
-    prepared = prepare_cohort(cohort, screen["birth_cohort_band_years"]).with_row_index("cohort_row")
-    layout = cell_layout(prepared, "all", screen["adjust"]["strata"], screen["adjust"]["covariates"])
-    cell = layout.cell_of_person
-    return prepared, layout.stratum_of_cell[cell], layout.covariate_design[cell]
+@dataclass(frozen=True)
+class ModelCohort:
+    """The cohort of the person-level models with its risk sets counted once, everyone unexposed: the screen's
+    cells (strata and covariates; with `hcu` also the health-care-use categories) and per cell the totals at
+    every event time of its stratum. A model then counts only its exposed persons' follow-up
+    (`repurpose.dwas.risk_sets.pattern_risk_sets`), so no model aggregates the whole cohort."""
+
+    prepared: pl.DataFrame  # one row per person: cohort_row (0..n-1), person_id, entry, exit, event, labels
+    layout: CellLayout
+    totals: RiskSetCounts
+    time_span: int
+    hcu: bool = False
+
+    @cached_property
+    def entry(self) -> np.ndarray:
+        return self.prepared["entry"].to_numpy()
+
+    @cached_property
+    def exit(self) -> np.ndarray:
+        return self.prepared["exit"].to_numpy()
+
+    @cached_property
+    def event(self) -> np.ndarray:
+        return self.prepared["event"].to_numpy()
+
+    @property
+    def stratum(self) -> np.ndarray:
+        """Per person the stratum."""
+        return self.layout.stratum_of_cell[self.layout.cell_of_person]
+
+    @property
+    def covariates(self) -> np.ndarray:
+        """Per person the covariate design (persons x covariate columns)."""
+        return self.layout.covariate_design[self.layout.cell_of_person]
+
+    @cached_property
+    def covariate_varying(self) -> np.ndarray:
+        """Per covariate column, whether it varies among the persons with follow-up."""
+        cells = np.unique(self.layout.cell_of_person[self.entry < self.exit])
+        design = self.layout.covariate_design[cells]
+        if not len(cells):
+            return np.zeros(design.shape[1], dtype=bool)
+        return design.max(axis=0) > design.min(axis=0)
+
+    @cached_property
+    def n_with_follow_up(self) -> int:
+        return int(np.sum(self.entry < self.exit))
+
+    def rows_of(self, class_rows: pl.DataFrame, columns: list[str]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The cohort rows of a class's exposure rows (`LevelExposures.rows`: persons outside the cohort
+        dropped) and per column of `columns` their ages in days (`NEVER_EXPOSED` where missing)."""
+        ages = [class_rows[c].cast(pl.Int64).fill_null(NEVER_EXPOSED).to_numpy() for c in columns]
+        return class_rows["cohort_row"].cast(pl.Int64).to_numpy(), ages
+
+
+@dataclass(frozen=True)
+class LevelExposures:
+    """One ATC level's exposure rows of a `ModelCohort`'s persons, with their cohort row, sorted by class, and
+    where each class's rows start and end: a class's rows are a slice, not a filter of the level's table and
+    a join with the cohort per model (built once per level and cohort by `level_exposures`)."""
+
+    frame: pl.DataFrame
+    bounds: dict[str, tuple[int, int]]
+
+    def rows(self, *codes: str) -> pl.DataFrame:
+        """The rows of the classes `codes` (in that order)."""
+        parts = [self.frame.slice(*self.bounds[c]) for c in codes if c in self.bounds]
+        return pl.concat(parts) if parts else self.frame.clear()
+
+    @property
+    def codes(self) -> list[str]:
+        """The classes of the level, sorted."""
+        return sorted(self.bounds)
+
+
+def level_exposures(model: ModelCohort, exposures: pl.DataFrame | LevelExposures) -> LevelExposures:
+    """`LevelExposures` of an exposure table for `model` (given one already, it is returned as it is: it must
+    have been built for the same model)."""
+    if isinstance(exposures, LevelExposures):
+        return exposures
+    frame = exposures.join(model.prepared.select("person_id", "cohort_row"), on="person_id", how="inner", maintain_order="left")
+    if not frame["atc_code"].is_sorted():
+        frame = frame.sort("atc_code", maintain_order=True)
+    spans = frame.select("atc_code").with_row_index("first").group_by("atc_code").agg(pl.col("first").min(), pl.len())
+    bounds = {c: (int(f), int(n)) for c, f, n in spans.iter_rows()}
+    return LevelExposures(frame, bounds)
+
+
+def model_cohort(cohort: pl.DataFrame, config: dict[str, Any], hcu: pl.DataFrame | None = None) -> ModelCohort:
+    """The person-level models' cohort: the screen's strata and covariates (`hcu`, per person_id the number of
+    classes in the year before entry, adds the health-care-use categories as a covariate)."""
+    prepared = prepare_cohort(cohort, config["screen"]["birth_cohort_band_years"]).with_row_index("cohort_row")
+    return aggregated_cohort(prepared, config, hcu)
+
+
+def aggregated_cohort(prepared: pl.DataFrame, config: dict[str, Any], hcu: pl.DataFrame | None = None) -> ModelCohort:
+    """`ModelCohort` of prepared cohort rows (any subset: renumbered), with the health-care-use categories
+    as a covariate when `hcu` is given (HCU_BINS)."""
+    adjust = config["screen"]["adjust"]
+    prepared = prepared.drop("cohort_row", strict=False).with_row_index("cohort_row")
+    covariates = list(adjust["covariates"])
+    if hcu is not None:
+        count = prepared.select("person_id").join(hcu, on="person_id", how="left", maintain_order="left")
+        category = np.searchsorted(HCU_BINS, count["n_classes_year_before_entry"].fill_null(0).to_numpy(), side="right")
+        prepared = prepared.with_columns(hcu=pl.lit("hcu_") + pl.Series(category).cast(pl.String))
+        covariates.append("hcu")
+    layout = cell_layout(prepared, "all", adjust["strata"], covariates)
+    time_span = int(prepared["exit"].max()) + 2 if prepared.height else 2
+    return ModelCohort(prepared, layout, total_counts(prepared, layout, time_span), time_span, hcu is not None)
 
 
 def segments(
@@ -68,42 +185,71 @@ def segments(
     return tuple(np.concatenate(x) for x in (persons, starts, stops, cats))  # type: ignore[return-value]
 
 
-def class_ages(prepared: pl.DataFrame, class_rows: pl.DataFrame, columns: list[str]) -> list[np.ndarray]:
-    """Per cohort row the age (days) in each column of `columns` of the class's exposure rows (exposure start,
-    dose crossings); `NEVER_EXPOSED` for persons without a row or a value."""
-    joined = prepared.select("person_id").join(class_rows.select("person_id", *columns), on="person_id", how="left", maintain_order="left")
-    return [joined[c].cast(pl.Int64).fill_null(NEVER_EXPOSED).to_numpy() for c in columns]
-
-
 def wald_floats(coef: float, se: float) -> tuple[float, float, float, float]:
     """(HR, CI lower, CI upper, p) of one coefficient as floats (`repurpose.cox.result.wald`)."""
     summary = wald(coef, se)
     return float(summary.hr), float(summary.ci_lower), float(summary.ci_upper), float(summary.p_value)
 
 
-def _fit_columns(
-    start: np.ndarray, stop: np.ndarray, event: np.ndarray, design: np.ndarray, strata: np.ndarray
-) -> tuple[np.ndarray, np.ndarray, str]:
-    """One Cox fit (aggregated engine); columns that never vary (an empty category) are left out and get NaN."""
-    varying = np.flatnonzero(design.max(axis=0) > design.min(axis=0))
-    coef = np.full(design.shape[1], np.nan)
-    se = np.full(design.shape[1], np.nan)
+@dataclass(frozen=True)
+class ClassSegments:
+    """The follow-up of a class's exposed persons cut into categories: (person, start, stop] in `category`
+    (0 = unexposed, as everyone else's follow-up), `event` on the piece that ends at exit with the event."""
+
+    person: np.ndarray
+    start: np.ndarray
+    stop: np.ndarray
+    category: np.ndarray
+    event: np.ndarray
+
+
+def class_segments(
+    model: ModelCohort, class_rows: pl.DataFrame, columns: list[str], lag_in_days: int | list[int]
+) -> ClassSegments:
+    """Cut the follow-up of the persons of `class_rows` at the ages in `columns` (increasing: exposure start,
+    dose crossings), each opened by the exposure window at its lag (`lag_in_days`, one or one per column);
+    category k holds from the k-th cut on. Only these persons' follow-up is cut (`segments`)."""
+    rows, ages = model.rows_of(class_rows, columns)
+    lags = lag_in_days if isinstance(lag_in_days, list) else [lag_in_days] * len(columns)
+    entry, exit_ = model.entry[rows], model.exit[rows]
+    local, start, stop, category = segments(entry, exit_, [exposed_from(entry, age, lag) for age, lag in zip(ages, lags, strict=True)])
+    person = rows[local]
+    return ClassSegments(person, start, stop, category, model.event[person] & (stop == model.exit[person]))
+
+
+def segments_table(model: ModelCohort, pieces: ClassSegments, pattern_design: np.ndarray) -> RiskSetTable:
+    """Aggregated risk sets of the model in which each piece of category k >= 1 has the design row
+    `pattern_design[k]` (row 0, the unexposed, is zeros) beside the cell's covariates."""
+    exposed = pieces.category > 0
+    person = pieces.person[exposed]
+    return pattern_risk_sets(
+        model.layout, model.totals, model.layout.cell_of_person[person], pieces.category[exposed],
+        pieces.start[exposed], pieces.stop[exposed], pieces.event[exposed], pattern_design[1:], model.time_span,
+    )  # fmt: skip
+
+
+def _fit_segments(model: ModelCohort, pieces: ClassSegments, pattern_design: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+    """One Cox fit (aggregated engine) of `segments_table`; columns that never vary over the follow-up (an
+    empty category) are left out and get NaN."""
+    baseline = bool(np.any(pieces.category == 0)) or len(np.unique(pieces.person)) < model.n_with_follow_up
+    values = pattern_design[np.union1d(np.unique(pieces.category), [0] if baseline else [])]
+    pattern_varying = values.max(axis=0) > values.min(axis=0) if len(values) else np.zeros(pattern_design.shape[1], dtype=bool)
+    varying = np.flatnonzero(np.concatenate([pattern_varying, model.covariate_varying]))
+    n_columns = pattern_design.shape[1] + model.layout.covariate_design.shape[1]
+    coef, se = np.full(n_columns, np.nan), np.full(n_columns, np.nan)
     if not len(varying):
         return coef, se, "no_variation"
-    fit = fit_efron(aggregate_counting_process(start, stop, event, design[:, varying], strata=strata))
+    table = segments_table(model, pieces, pattern_design)
+    if len(varying) < n_columns:
+        table = RiskSetTable(table.fit_index, table.risk_set_index, table.n_at_risk, table.n_events, table.design[:, varying], 1)
+    fit = fit_efron(table)
     if fit.status[0] == "ok":
         coef[varying], se[varying] = fit.coef[0], fit.se[0]
     return coef, se, str(fit.status[0])
 
 
 def dose_response(
-    prepared: pl.DataFrame,
-    stratum: np.ndarray,
-    covariates: np.ndarray,
-    exposures: pl.DataFrame,
-    code: str,
-    cutpoints: list[float],
-    lag_in_days: int,
+    model: ModelCohort, exposures: pl.DataFrame | LevelExposures, code: str, cutpoints: list[float], lag_in_days: int
 ) -> dict[str, float]:
     """HR per cumulative-DDD category (time-varying; category 0 = unexposed) and a trend test among the exposed.
 
@@ -111,34 +257,31 @@ def dose_response(
     Trend: model `exposed + score`, score = category - 1 among the exposed; its Wald p is the p for
     trend, so a trend is judged among users and not driven by the exposed/unexposed contrast.
     """
-    rows = exposures.filter(pl.col("atc_code") == code)
-    entry = prepared["entry_age_days"].cast(pl.Int64).to_numpy()
-    exit_ = prepared["exit_age_days"].cast(pl.Int64).to_numpy()
-    ages = class_ages(prepared, rows, ["exposure_start_age_days", *[dose_column(c) for c in cutpoints]])
-    starts = [exposed_from(entry, age, lag_in_days) for age in ages]
-    person, start, stop, category = segments(entry, exit_, starts)
-    event = prepared["event"].to_numpy()[person] & (stop == exit_[person])
+    rows = level_exposures(model, exposures).rows(code)
+    pieces = class_segments(model, rows, ["exposure_start_age_days", *[dose_column(c) for c in cutpoints]], lag_in_days)
     n_cat = len(cutpoints) + 2
-    dummies = (category[:, None] == np.arange(1, n_cat)[None, :]).astype(np.float64)
-    trend = np.column_stack([(category >= 1).astype(np.float64), np.maximum(category - 1, 0).astype(np.float64)])
-    extra = covariates[person]
-    result: dict[str, float] = {"dose_exposed_cases": float(np.sum(event & (category >= 1)))}
-    coef, se, _ = _fit_columns(start, stop, event, np.column_stack([dummies, extra]), stratum[person])
+    categories = np.arange(n_cat)
+    dummies = (categories[:, None] == np.arange(1, n_cat)[None, :]).astype(np.float64)
+    trend = np.column_stack([categories >= 1, np.maximum(categories - 1, 0)]).astype(np.float64)
+    result: dict[str, float] = {"dose_exposed_cases": float(np.sum(pieces.event & (pieces.category >= 1)))}
+    coef, se, _ = _fit_segments(model, pieces, dummies)
     for k in range(n_cat - 1):
         result[f"hr_dose_{k + 1}"] = wald_floats(coef[k], se[k])[0]
-    coef, se, _ = _fit_columns(start, stop, event, np.column_stack([trend, extra]), stratum[person])
+    coef, se, _ = _fit_segments(model, pieces, trend)
     hr, _, _, p = wald_floats(coef[1], se[1])
     result.update(dose_trend_hr=hr, dose_trend_p=p)
     return result
 
 
+EXPOSED_DESIGN = np.array([[0.0], [1.0]])
+"""Design rows of the screen's model: unexposed, exposed."""
+
+SEPARATED_LAG_DESIGN = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+"""Design rows of the separated-lag model's categories: unexposed, recently exposed, exposed >= the lag ago."""
+
+
 def separated_lag_estimates(
-    prepared: pl.DataFrame,
-    stratum: np.ndarray,
-    covariates: np.ndarray,
-    exposures: pl.DataFrame,
-    code: str,
-    lags_years: list[float],
+    model: ModelCohort, exposures: pl.DataFrame | LevelExposures, code: str, lags_years: list[float]
 ) -> dict[str, float]:
     """Per lag L > 0, the log HR of exposure that started >= L years ago with the first L years of
     exposure as their own category (not counted as unexposed).
@@ -148,18 +291,11 @@ def separated_lag_estimates(
     Separating them gives an undiluted lagged estimate: it stays put for a causal effect and falls
     to 1 when the association came from prescribing in the prodrome.
     """
-    rows = exposures.filter(pl.col("atc_code") == code)
-    entry = prepared["entry_age_days"].cast(pl.Int64).to_numpy()
-    exit_ = prepared["exit_age_days"].cast(pl.Int64).to_numpy()
-    exposure_start = class_ages(prepared, rows, ["exposure_start_age_days"])[0]
+    rows = level_exposures(model, exposures).rows(code)
     result: dict[str, float] = {}
     for lag in sorted(v for v in lags_years if v > 0):
-        recent = exposed_from(entry, exposure_start, 0)
-        lagged = exposed_from(entry, exposure_start, lag_days(lag))
-        person, start, stop, category = segments(entry, exit_, [recent, lagged])
-        event = prepared["event"].to_numpy()[person] & (stop == exit_[person])
-        design = np.column_stack([category == 1, category == 2, covariates[person]]).astype(np.float64)
-        coef, se, _ = _fit_columns(start, stop, event, design, stratum[person])
+        pieces = class_segments(model, rows, ["exposure_start_age_days"] * 2, [0, lag_days(lag)])
+        coef, se, _ = _fit_segments(model, pieces, SEPARATED_LAG_DESIGN)
         if np.isfinite(coef[1]):
             result[f"log_hr_separated_lag{lag:g}"] = float(coef[1])
             result[f"se_separated_lag{lag:g}"] = float(se[1])
@@ -181,13 +317,7 @@ def comparator_classes(code: str, codes: list[str]) -> list[str]:
 
 
 def active_comparator(
-    prepared: pl.DataFrame,
-    stratum: np.ndarray,
-    covariates: np.ndarray,
-    exposures: pl.DataFrame,
-    code: str,
-    codes: list[str],
-    lag_in_days: int,
+    model: ModelCohort, exposures: pl.DataFrame | LevelExposures, code: str, codes: list[str], lag_in_days: int
 ) -> dict[str, Any]:
     """New-user active-comparator HR: candidate vs comparator-class initiators (first dispensing after entry).
 
@@ -200,17 +330,18 @@ def active_comparator(
     if not comparators:
         return empty
     per_person = (
-        exposures.filter(pl.col("atc_code").is_in([code, *comparators]))
+        level_exposures(model, exposures).rows(code, *comparators)
         .with_columns(is_candidate=pl.col("atc_code") == code)
-        .group_by("person_id", "is_candidate")
+        .group_by("cohort_row", "is_candidate")
         .agg(pl.col("first_dispense_age_days").min(), pl.col("exposure_start_age_days").min())
-    )
+    )  # fmt: skip
     cand = per_person.filter("is_candidate").drop("is_candidate")
     comp = per_person.filter(~pl.col("is_candidate")).drop("is_candidate")
-    both = (
-        prepared.select("cohort_row", "person_id", "entry_age_days", "exit_age_days", "event")
-        .join(cand, on="person_id", how="left")
-        .join(comp, on="person_id", how="left", suffix="_comparator")
+    # Everyone else has neither first dispensing: a tie, dropped below.
+    both = cand.join(comp, on="cohort_row", how="full", coalesce=True, suffix="_comparator")
+    row = both["cohort_row"].cast(pl.Int64).to_numpy()
+    both = both.with_columns(
+        entry_age_days=pl.Series(model.entry[row]), exit_age_days=pl.Series(model.exit[row]), event=pl.Series(model.event[row])
     )
     big = np.iinfo(np.int32).max
     both = both.with_columns(
@@ -241,13 +372,13 @@ def active_comparator(
     }
     if n_cand == 0 or n_cand == both.height or n_cases == 0 or result["n_active_comparator_cases"] == 0:
         return result
-    rows = both["cohort_row"].to_numpy()
+    cell = model.layout.cell_of_person[both["cohort_row"].to_numpy()]
     table = aggregate_counting_process(
         both["index_age"].to_numpy(),
         both["exit_age_days"].to_numpy(),
         both["event"].to_numpy(),
-        np.column_stack([both["candidate"].cast(pl.Float64).to_numpy(), covariates[rows]]),
-        strata=stratum[rows],
+        np.column_stack([both["candidate"].cast(pl.Float64).to_numpy(), model.layout.covariate_design[cell]]),
+        strata=model.layout.stratum_of_cell[cell],
     )
     fit = fit_efron(table)
     if fit.status[0] == "ok":
@@ -368,71 +499,62 @@ def split_time_varying(
     return pieces.sort("cohort_row", "start")
 
 
+def switch_segments(
+    model: ModelCohort, exposures: pl.DataFrame | LevelExposures, classes: list[str], lag_in_days: int
+) -> tuple[ClassSegments, np.ndarray]:
+    """The follow-up of the persons who start any class of `classes` (ever-use from start + lag, before exit),
+    cut at every start: (pieces whose category numbers a set of classes in use, the design row of each
+    category: one 0/1 column per class, row 0 = none). Nobody else's follow-up is cut."""
+    bit_of = {code: 1 << i for i, code in enumerate(classes)}
+    joined = level_exposures(model, exposures).rows(*classes).select(
+        "cohort_row", bit=pl.col("atc_code").replace_strict(bit_of, return_dtype=pl.Int64), age=pl.col("exposure_start_age_days").cast(pl.Int64)
+    )
+    row = joined["cohort_row"].cast(pl.Int64).to_numpy()
+    switch = exposed_from(model.entry[row], joined["age"].to_numpy(), lag_in_days)
+    keep = switch < model.exit[row]
+    row, switch, bit = row[keep], switch[keep], joined["bit"].to_numpy()[keep]
+    order = np.lexsort((switch, row))
+    row, switch, bit = row[order], switch[order], bit[order]
+    first = np.flatnonzero(np.r_[True, row[1:] != row[:-1]]) if len(row) else np.zeros(0, dtype=np.int64)
+    used = np.cumsum(bit)
+    used -= np.repeat(used[first] - bit[first], np.diff(np.r_[first, len(row)]))  # classes in use, per person
+    last = np.r_[row[1:] != row[:-1], True] if len(row) else np.zeros(0, dtype=bool)
+    stop = np.where(last, model.exit[row], np.r_[switch[1:], 0][: len(row)])
+    piece = stop > switch
+    masks, category = np.unique(used[piece], return_inverse=True)
+    person = row[piece]
+    pieces = ClassSegments(person, switch[piece], stop[piece], category.reshape(-1) + 1, model.event[person] & (stop[piece] == model.exit[person]))
+    design = np.zeros((len(masks) + 1, len(classes)))
+    design[1:] = (masks[:, None] >> np.arange(len(classes))[None, :]) & 1
+    return pieces, design
+
+
 def confirmation_fit(
-    prepared: pl.DataFrame,
-    exposures: pl.DataFrame,
+    model: ModelCohort,
+    exposures: pl.DataFrame | LevelExposures,
     code: str,
     adjust_classes: list[str],
-    hcu: pl.DataFrame | None,
     config: dict[str, Any],
     lag_in_days: int,
     engine: str = "lifelines",
 ) -> dict[str, Any]:
-    """Cox model of one class on its split data, with the screen's strata and covariates, adjusted for
-    `adjust_classes` (time-varying ever-use) and the health-care-use categories (`hcu`, or none).
+    """Cox model of one class with the screen's strata and covariates, adjusted for `adjust_classes`
+    (time-varying ever-use) and the health-care-use categories when `model` has them (`model_cohort(hcu=)`).
 
-    `engine="lifelines"` fits lifelines `CoxTimeVaryingFitter` (Efron ties, strata); `"aggregated"` fits
-    the same likelihood with `repurpose.cox.engine` (every covariate is categorical, so it is exact).
+    `engine="aggregated"` fits the Efron likelihood on the cohort's risk sets (`switch_segments`: only the
+    users of these classes are counted; every covariate is categorical, so it is exact); `"lifelines"` fits
+    lifelines `CoxTimeVaryingFitter` on the split data (`split_time_varying`), the same likelihood, slowly.
     With nothing added it reproduces the screen's estimate (tests/test_candidates.py).
     """
-    adjust = config["screen"]["adjust"]
-    data = split_time_varying(prepared, exposures, [code, *adjust_classes], lag_in_days)
-    covariate_names = [code, *adjust_classes]
-    person_columns = list(dict.fromkeys([*adjust["strata"], *adjust["covariates"]]))
-    people = prepared.select("cohort_row", *person_columns)
-    if hcu is not None:
-        hcu_cat = prepared.select("cohort_row", "person_id").join(hcu, on="person_id", how="left")
-        category = np.searchsorted(HCU_BINS, hcu_cat["n_classes_year_before_entry"].fill_null(0).to_numpy(), side="right")
-        hcu_cat = hcu_cat.select("cohort_row").with_columns(hcu=pl.Series([f"hcu_{k}" for k in category], dtype=pl.String))
-        people = people.join(hcu_cat, on="cohort_row")
-    data = data.join(people, on="cohort_row")
-    dummy_names = []
-    for variable in [*adjust["covariates"], *(["hcu"] if hcu is not None else [])]:
-        levels = sorted(data[variable].unique().to_list())
-        for level in levels[1:]:
-            name = f"{variable}={level}"
-            data = data.with_columns((pl.col(variable) == level).cast(pl.Int8).alias(name))
-            dummy_names.append(name)
-    covariate_names += dummy_names
-    strata = adjust["strata"]
     not_estimable = False
     if engine == "lifelines":
-        frame = data.select(
-            "cohort_row", "start", "stop", pl.col("event").cast(pl.Int8), *covariate_names, *strata
-        ).to_pandas()
-        fitter = CoxTimeVaryingFitter()
-        try:
-            with warnings.catch_warnings():  # lifelines warns on rare dummy levels; the fit status is checked below
-                warnings.simplefilter("ignore")
-                fitter.fit(frame, id_col="cohort_row", event_col="event", start_col="start", stop_col="stop", strata=strata or None)
-            coef, se = float(fitter.params_[code]), float(fitter.standard_errors_[code])
-        except ConvergenceError as error:  # e.g. a covariate that separates the events: no estimate, said so
-            log.warning("%s: confirmation model not estimable (lifelines: %s)", code, str(error).splitlines()[0])
-            coef, se = float("nan"), float("nan")
-            not_estimable = True
+        coef, se, not_estimable = _lifelines_confirmation(model, exposures, code, adjust_classes, config, lag_in_days)
     else:
-        stratum = data.select(strata).with_columns(pl.all().cast(pl.String)).select(pl.concat_str(pl.all(), separator="|")).to_series() if strata else None
-        table = aggregate_counting_process(
-            data["start"].to_numpy(),
-            data["stop"].to_numpy(),
-            data["event"].to_numpy(),
-            data.select(covariate_names).to_numpy().astype(np.float64),
-            strata=None if stratum is None else stratum.to_numpy(),
-        )
-        fit = fit_efron(table)
+        pieces, design = switch_segments(model, exposures, [code, *adjust_classes], lag_in_days)
+        fit = fit_efron(segments_table(model, pieces, design))
         coef, se = float(fit.coef[0, 0]), float(fit.se[0, 0])
     hr, lo, hi, p = wald_floats(coef, se)
-    adjusted_for = ", ".join([*adjust_classes, *(["health-care use"] if hcu is not None else [])])
+    adjusted_for = ", ".join([*adjust_classes, *(["health-care use"] if model.hcu else [])])
     return {
         "hr_confirmation": hr,
         "ci_lower_confirmation": lo,
@@ -444,40 +566,65 @@ def confirmation_fit(
     }
 
 
+def _lifelines_confirmation(
+    model: ModelCohort, exposures: pl.DataFrame | LevelExposures, code: str, adjust_classes: list[str], config: dict[str, Any], lag_in_days: int
+) -> tuple[float, float, bool]:
+    """The confirmation model by lifelines on the whole cohort's split data: (log HR, SE, not estimable)."""
+    adjust = config["screen"]["adjust"]
+    covariates = [*adjust["covariates"], *(["hcu"] if model.hcu else [])]
+    rows = level_exposures(model, exposures).rows(code, *adjust_classes)
+    data = split_time_varying(model.prepared, rows, [code, *adjust_classes], lag_in_days)
+    data = data.join(model.prepared.select("cohort_row", *dict.fromkeys([*adjust["strata"], *covariates])), on="cohort_row")
+    covariate_names = [code, *adjust_classes]
+    for variable in covariates:
+        for level in sorted(data[variable].unique().to_list())[1:]:
+            data = data.with_columns((pl.col(variable) == level).cast(pl.Int8).alias(f"{variable}={level}"))
+            covariate_names.append(f"{variable}={level}")
+    strata = adjust["strata"]
+    frame = data.select("cohort_row", "start", "stop", pl.col("event").cast(pl.Int8), *covariate_names, *strata).to_pandas()
+    fitter = CoxTimeVaryingFitter()
+    try:
+        with warnings.catch_warnings():  # lifelines warns on rare dummy levels; the fit status is checked below
+            warnings.simplefilter("ignore")
+            fitter.fit(frame, id_col="cohort_row", event_col="event", start_col="start", stop_col="stop", strata=strata or None)
+        return float(fitter.params_[code]), float(fitter.standard_errors_[code]), False
+    except ConvergenceError as error:  # e.g. a covariate that separates the events: no estimate, said so
+        log.warning("%s: confirmation model not estimable (lifelines: %s)", code, str(error).splitlines()[0])
+        return float("nan"), float("nan"), True
+
+
 def level_models(
     config: dict[str, Any],
-    prepared: pl.DataFrame,
-    stratum: np.ndarray,
-    covariates: np.ndarray,
+    model: ModelCohort,
+    confirmation: ModelCohort,
     exposures: pl.DataFrame,
     codes: list[str],
     confirm_codes: list[str],
-    hcu: pl.DataFrame | None,
     progress: Progress | None = None,
     replicate: Callable[[str, list[str]], dict[str, Any]] | None = None,
 ) -> pl.DataFrame:
     """Dose-response, active comparator and (for `confirm_codes`) confirmation for the candidates of one level
-    (`progress` counts each finished candidate among all levels' candidates). `replicate(code, proxy classes)`,
-    when given, refits the confirmation model of each confirmed code in the split halves
-    (`repurpose.dwas.replication`) with the same proxy classes; its columns join the row."""
+    (`progress` counts each finished candidate among all levels' candidates). `confirmation` is the cohort of
+    the confirmation model (`model` with the health-care-use categories, when they are used).
+    `replicate(code, proxy classes)`, when given, refits the confirmation model of each confirmed code in the
+    split halves (`repurpose.dwas.replication`) with the same proxy classes; its columns join the row."""
     settings = config["candidates"]
     main_lag_days = lag_days(settings["main_lag_years"])
     all_codes = sorted(exposures["atc_code"].unique().to_list())
     cutpoints = [float(c) for c in config["screen"]["dose_cutpoints_ddd"]]
-    proxies = select_proxy_confounders(prepared, exposures, confirm_codes, settings) if confirm_codes else {}
+    proxies = select_proxy_confounders(model.prepared, exposures, confirm_codes, settings) if confirm_codes else {}
+    # `confirmation` numbers the same persons in the same order (`aggregated_cohort` of model.prepared): one index.
+    indexed = level_exposures(model, exposures)
     rows = []
     for code in codes:
         started = time.perf_counter()
         row: dict[str, Any] = {"atc_code": code}
-        row.update(dose_response(prepared, stratum, covariates, exposures, code, cutpoints, main_lag_days))
-        row.update(separated_lag_estimates(prepared, stratum, covariates, exposures, code, config["screen"]["lags_years"]))
-        row.update(active_comparator(prepared, stratum, covariates, exposures, code, all_codes, main_lag_days))
+        row.update(dose_response(model, indexed, code, cutpoints, main_lag_days))
+        row.update(separated_lag_estimates(model, indexed, code, config["screen"]["lags_years"]))
+        row.update(active_comparator(model, indexed, code, all_codes, main_lag_days))
         if code in proxies:
-            row.update(
-                confirmation_fit(
-                    prepared, exposures, code, proxies[code], hcu, config, main_lag_days, settings["confirmation"]["engine"]
-                )
-            )
+            engine = settings["confirmation"]["engine"]
+            row.update(confirmation_fit(confirmation, indexed, code, proxies[code], config, main_lag_days, engine))
             if replicate is not None:
                 row.update(replicate(code, proxies[code]))
         log.info("%s: person-level models in %.1f s", code, time.perf_counter() - started)
@@ -487,17 +634,7 @@ def level_models(
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
-
-def likelihood_ratio_fit(
-    prepared: pl.DataFrame,
-    stratum: np.ndarray,
-    covariates: np.ndarray,
-    exposures: pl.DataFrame,
-    code: str,
-    lag_in_days: int,
-    *,
-    level: float = 0.95,
-) -> dict[str, float]:
+def likelihood_ratio_fit(model: ModelCohort, exposures: pl.DataFrame | LevelExposures, code: str, lag_in_days: int, *, level: float = 0.95) -> dict[str, float]:
     """The screen's model of one class (exposed from start + lag, its strata and covariates) with the
     likelihood-ratio p-value and the profile-likelihood CI of the exposure coefficient, for sparse classes.
 
@@ -507,24 +644,20 @@ def likelihood_ratio_fit(
     fixed at their fitted values when there are none to profile over (exposure-only model: exact).
     Returns {} when the model is not estimable (say, no exposed case).
     """
-    rows = exposures.filter(pl.col("atc_code") == code)
-    entry = prepared["entry_age_days"].cast(pl.Int64).to_numpy()
-    exit_ = prepared["exit_age_days"].cast(pl.Int64).to_numpy()
-    start_age = class_ages(prepared, rows, ["exposure_start_age_days"])[0]
-    person, start, stop, category = segments(entry, exit_, [exposed_from(entry, start_age, lag_in_days)])
-    event = prepared["event"].to_numpy()[person] & (stop == exit_[person])
-    design = np.column_stack([(category == 1).astype(np.float64), covariates[person]])
-    if design[:, 0].max() == design[:, 0].min() or not np.any(event & (category == 1)):
+    pieces = class_segments(model, level_exposures(model, exposures).rows(code), ["exposure_start_age_days"], lag_in_days)
+    exposed = pieces.category == 1
+    baseline = bool(np.any(~exposed)) or len(np.unique(pieces.person)) < model.n_with_follow_up
+    if not (np.any(exposed) and baseline) or not np.any(pieces.event & exposed):
         return {}
-    table = aggregate_counting_process(start, stop, event, design, strata=stratum[person])
+    table = segments_table(model, pieces, EXPOSED_DESIGN)
     fit = fit_efron(table)
     if fit.status[0] != "ok":
         return {}
     coef = fit.coef[0].copy()
     loglik_hat = float(fit.loglik[0])
-    if design.shape[1] > 1:
-        reduced = fit_efron(aggregate_counting_process(start, stop, event, design[:, 1:], strata=stratum[person]))
-        loglik_null = float(reduced.loglik[0])
+    if table.n_covariates > 1:  # the covariates alone: the same risk sets without the exposure column
+        reduced = RiskSetTable(table.fit_index, table.risk_set_index, table.n_at_risk, table.n_events, table.design[:, 1:], 1)
+        loglik_null = float(fit_efron(reduced).loglik[0])
     else:
         loglik_null = float(fit.loglik_null[0])
     statistic = max(2.0 * (loglik_hat - loglik_null), 0.0)

@@ -31,7 +31,13 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from repurpose.dwas.person_models import class_ages, confirmation_fit
+from repurpose.dwas.person_models import (
+    LevelExposures,
+    ModelCohort,
+    aggregated_cohort,
+    confirmation_fit,
+    level_exposures,
+)
 from repurpose.dwas.window import exposed_from
 from repurpose.release.policy import DisclosurePolicy
 from repurpose.release.screen_release import screen_hidden_reasons
@@ -76,19 +82,21 @@ def split_halves(cohort: pl.DataFrame, settings: dict[str, Any]) -> np.ndarray:
     return half
 
 
-def half_counts(prepared: pl.DataFrame, exposures: pl.DataFrame, code: str, lag_in_days: int) -> dict[str, int]:
-    """Persons, exposed persons, cases and exposed cases of one class at the lag among `prepared`'s persons
+def half_cohorts(model: ModelCohort, half: np.ndarray, config: dict[str, Any], hcu: pl.DataFrame | None) -> dict[int, ModelCohort]:
+    """The confirmation model's cohort of each half (`half` per row of `model.prepared`), aggregated once."""
+    return {which: aggregated_cohort(model.prepared.filter(pl.Series(half == which)), config, hcu) for which in HALF_NAMES}
+
+
+def half_counts(model: ModelCohort, exposures: pl.DataFrame | LevelExposures, code: str, lag_in_days: int) -> dict[str, int]:
+    """Persons, exposed persons, cases and exposed cases of one class at the lag among `model`'s persons
     (exposed: the window opens before exit; an exposed case: the event while exposed)."""
-    entry = prepared["entry_age_days"].cast(pl.Int64).to_numpy()
-    exit_ = prepared["exit_age_days"].cast(pl.Int64).to_numpy()
-    start = class_ages(prepared, exposures.filter(pl.col("atc_code") == code), ["exposure_start_age_days"])[0]
-    exposed = exposed_from(entry, start, lag_in_days) < exit_
-    event = prepared["event"].to_numpy()
+    rows, (start,) = model.rows_of(level_exposures(model, exposures).rows(code), ["exposure_start_age_days"])
+    exposed = exposed_from(model.entry[rows], start, lag_in_days) < model.exit[rows]
     return {
-        "n_persons": prepared.height,
+        "n_persons": model.prepared.height,
         "n_exposed": int(exposed.sum()),
-        "n_cases": int(event.sum()),
-        "n_exposed_cases": int((exposed & event).sum()),
+        "n_cases": int(model.event.sum()),
+        "n_exposed_cases": int((exposed & model.event[rows]).sum()),
     }
 
 
@@ -96,23 +104,22 @@ def replication_fits(
     code: str,
     adjust_classes: list[str],
     *,
-    prepared: pl.DataFrame,
-    half: np.ndarray,
-    exposures: pl.DataFrame,
-    hcu: pl.DataFrame | None,
+    halves: dict[int, ModelCohort],
+    exposures: pl.DataFrame | dict[int, LevelExposures],
     config: dict[str, Any],
     lag_in_days: int,
 ) -> dict[str, Any]:
-    """The confirmation model of `code` (aggregated engine, the same adjustment) in each half: the held-out
-    half's HR, CI and p (REPLICATION_COLUMNS), the discovery half's log HR and both halves' exact counts."""
+    """The confirmation model of `code` (aggregated engine, the same adjustment) in each half (`half_cohorts`;
+    `exposures` the level's table, or per half its `LevelExposures`): the held-out half's HR, CI and p
+    (REPLICATION_COLUMNS), the discovery half's log HR and both halves' exact counts."""
     out: dict[str, Any] = {}
     for which, name in HALF_NAMES.items():
-        rows = prepared.filter(pl.Series(half == which))
-        counts = half_counts(rows, exposures, code, lag_in_days)
+        rows = exposures[which] if isinstance(exposures, dict) else level_exposures(halves[which], exposures)
+        counts = half_counts(halves[which], rows, code, lag_in_days)
         out.update({f"{name}_{key}": value for key, value in counts.items()})
         if counts["n_exposed_cases"] == 0 or counts["n_exposed"] == counts["n_persons"]:
             continue
-        fit = confirmation_fit(rows, exposures, code, adjust_classes, hcu, config, lag_in_days, engine="aggregated")
+        fit = confirmation_fit(halves[which], rows, code, adjust_classes, config, lag_in_days, engine="aggregated")
         if not np.isfinite(fit["log_hr_confirmation"]) or not np.isfinite(fit["se_confirmation"]):
             continue
         if which == REPLICATION:

@@ -241,30 +241,98 @@ def build_risk_sets(
         queries = queries.filter(pl.Series(informative))
         exposed_at_risk, exposed_events = exposed_at_risk[informative], exposed_events[informative]
         _, risk_set_index = np.unique(risk_set_index[informative], return_inverse=True)
-    fit = queries["fit"].to_numpy()
-    unexposed_at_risk = queries["n_at_risk"].to_numpy() - exposed_at_risk
-    unexposed_events = queries["n_events"].to_numpy() - exposed_events
-    covariates = layout.covariate_design[queries["cell"].to_numpy()]
-    n = len(fit)
-    # Interleave unexposed and exposed rows so rows stay sorted by (fit, risk set).
-    design = np.zeros((2 * n, 1 + n_covariates))
-    design[1::2, 0] = 1.0
-    design[0::2, 1:] = covariates
-    design[1::2, 1:] = covariates
-    n_at_risk = np.empty(2 * n)
-    n_at_risk[0::2], n_at_risk[1::2] = unexposed_at_risk, exposed_at_risk
-    n_events = np.empty(2 * n)
-    n_events[0::2], n_events[1::2] = unexposed_events, exposed_events
-    keep = n_at_risk > 0
+    n = queries.height
+    return risk_set_rows(
+        queries, risk_set_index, np.arange(n), np.zeros(n, dtype=np.int64), exposed_at_risk, exposed_events,
+        EXPOSED_PATTERN, layout.covariate_design, n_fits,
+    )
+
+
+EXPOSED_PATTERN = np.ones((1, 1))
+"""The screen's one non-baseline pattern: exposed (the baseline, unexposed, is the zero row)."""
+
+
+def risk_set_rows(
+    queries: pl.DataFrame,
+    risk_set_index: np.ndarray,
+    pair_query: np.ndarray,
+    pair_pattern: np.ndarray,
+    pair_at_risk: np.ndarray,
+    pair_events: np.ndarray,
+    pattern_design: np.ndarray,
+    covariate_design: np.ndarray,
+    n_fits: int,
+) -> RiskSetTable:
+    """The rows of aggregated risk sets from cell totals: per query (fit, cell, event time; sorted by fit and
+    risk set, with the cell's totals `n_at_risk`, `n_events`) one row per pattern with someone at risk.
+
+    The trick that makes every model of the cohort cheap: everyone is counted once in the baseline pattern
+    (design zeros: the totals); a model's persons in other patterns are subtracted from it and added back in
+    their own rows, given as pairs (query `pair_query`, pattern `pair_pattern` with design row
+    `pattern_design[pair_pattern]`, at risk, events; at most one pair per query and pattern). Design columns:
+    the pattern's, then the cell's covariates. Rows of a query: the baseline first, then its patterns in order."""
+    n, n_patterns = queries.height, pattern_design.shape[0]
+    query = np.concatenate([np.arange(n), pair_query])
+    slot = np.concatenate([np.zeros(n, dtype=np.int64), pair_pattern + 1])
+    at_risk = np.concatenate([queries["n_at_risk"].to_numpy() - np.bincount(pair_query, pair_at_risk, minlength=n), pair_at_risk])
+    events = np.concatenate([queries["n_events"].to_numpy() - np.bincount(pair_query, pair_events, minlength=n), pair_events])
+    keep = np.flatnonzero(at_risk > 0)
+    keep = keep[np.argsort(query[keep] * (n_patterns + 1) + slot[keep], kind="stable")]
+    query, slot = query[keep], slot[keep]
+    patterns = np.vstack([np.zeros((1, pattern_design.shape[1])), pattern_design])
     return RiskSetTable(
-        fit_index=np.repeat(fit, 2)[keep].astype(np.int64),
-        risk_set_index=np.repeat(risk_set_index, 2)[keep].astype(np.int64),
-        n_at_risk=n_at_risk[keep],
-        n_events=n_events[keep],
-        design=design[keep],
+        fit_index=queries["fit"].to_numpy()[query].astype(np.int64),
+        risk_set_index=risk_set_index[query].astype(np.int64),
+        n_at_risk=at_risk[keep],
+        n_events=events[keep],
+        design=np.hstack([patterns[slot], covariate_design[queries["cell"].to_numpy()[query]]]),
         n_fits=n_fits,
     )
 
+
+def pattern_risk_sets(
+    layout: CellLayout,
+    totals: RiskSetCounts,
+    cell: np.ndarray,
+    pattern: np.ndarray,
+    start: np.ndarray,
+    stop: np.ndarray,
+    event: np.ndarray,
+    pattern_design: np.ndarray,
+    time_span: int,
+) -> RiskSetTable:
+    """Aggregated risk sets of one model of the cohort in which every person is in the baseline pattern except
+    during the given segments: (start, stop] of a person of `cell` in pattern `pattern` >= 1 (design row
+    `pattern_design[pattern - 1]`), with the event at stop. Every risk set of the cohort is kept (as
+    `aggregate_counting_process` keeps them); only the segments are counted (at the event times of their
+    cell's stratum within their span), the rest comes from the totals."""
+    n_patterns = pattern_design.shape[0]
+    queries = (
+        pl.DataFrame({"stratum": totals.stratum, "time": totals.time, "cell": totals.cell,
+                      "n_at_risk": totals.n_at_risk, "n_events": totals.n_events})
+        .sort(["stratum", "time", "cell"])
+        .with_columns(fit=pl.lit(0, pl.Int64))
+        .with_row_index("query")
+    )  # fmt: skip
+    block = cell * n_patterns + (pattern - 1)
+    spans = (
+        pl.DataFrame({"block": block, "start": start, "stop": stop})
+        .group_by("block")
+        .agg(pl.col("start").min(), pl.col("stop").max())
+        .with_columns(cell=pl.col("block") // n_patterns)
+    )
+    pairs = (
+        queries.select("query", "cell", "time")
+        .join(spans, on="cell")
+        .filter((pl.col("time") > pl.col("start")) & (pl.col("time") <= pl.col("stop")))
+    )
+    pair_block = pairs["block"].to_numpy()
+    at_risk, events = counts_at_event_times(block, start, stop, event.astype(bool), pair_block, pairs["time"].to_numpy(), time_span)
+    _, risk_set_index = np.unique((queries["stratum"] * time_span + queries["time"]).to_numpy(), return_inverse=True)
+    return risk_set_rows(
+        queries, risk_set_index, pairs["query"].cast(pl.Int64).to_numpy(), pair_block % n_patterns, at_risk, events,
+        pattern_design, layout.covariate_design, 1,
+    )
 
 
 def index_screen_inputs(

@@ -163,8 +163,8 @@ def date_columns(frame: pl.DataFrame) -> list[str]:
 
 def _first_row(frame: pl.DataFrame, column: str, values: frozenset[str]) -> int:
     """1-based data row of the first value of `column` that is in `values` (for the error message)."""
-    hits = frame[column].cast(pl.String).is_in(list(values)).arg_true()
-    return int(hits[0]) + 1 if hits.len() else 0
+    values_of_rows = frame[column].cast(pl.String).to_list()
+    return next((i + 1 for i, value in enumerate(values_of_rows) if value in values), 0)
 
 
 def per_person_reason(frame: pl.DataFrame, cohort: Cohort | None, min_cell: int) -> str | None:
@@ -184,7 +184,9 @@ def per_person_reason(frame: pl.DataFrame, cohort: Cohort | None, min_cell: int)
     if not cohort.ids_dense:
         for name in keyed:
             distinct = frame[name].drop_nulls().cast(pl.String).unique()
-            matches = int(distinct.is_in(list(cohort.ids)).sum())
+            # The table's few distinct values looked up in the cohort's set: no structure of the cohort's size
+            # is built per column (that took minutes at export for a national cohort).
+            matches = sum(value in cohort.ids for value in distinct.to_list())
             if matches >= min_cell and matches >= PERSON_ID_SHARE * distinct.len():
                 row = _first_row(frame, name, cohort.ids)
                 return f"column {name!r} holds {matches} person ids of the cohort (first at data row {row})"

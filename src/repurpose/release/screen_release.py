@@ -124,7 +124,12 @@ def _tree_rule(rows: _Rows, groups: Iterable[dict[str, int]], policy: Disclosure
             parent = next((p for p in parents if p in present), None)
             if parent is not None:
                 children.setdefault(parent, []).append(code)
-        descendants = {a: [c for c in codes if len(c) > len(a) and c.startswith(a)] for a in children}
+        descendants: dict[str, list[str]] = {a: [] for a in children}  # in `codes` order, by prefix look-up
+        lengths = sorted({len(a) for a in children})
+        for code in codes:
+            for n in lengths:
+                if n < len(code) and code[:n] in descendants:
+                    descendants[code[:n]].append(code)
         for ancestor in sorted(children, key=lambda code: (-len(code), code)):  # deepest first: it cascades up
             a = group[ancestor]
             if not rows.shown(a):
