@@ -9,7 +9,10 @@ from pathlib import Path
 
 from repurpose.lazy import lazy_module
 
-PACKAGE = Path(__file__).resolve().parents[1] / "src" / "repurpose"
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "src" / "repurpose"
+HEAVY = ("scipy.stats", "lifelines", "sklearn", "matplotlib.pyplot")
+"""Libraries no rule file needs while Snakemake parses it (pandas is left out: Snakemake itself imports it)."""
 
 
 def test_a_lazy_module_imports_on_first_use_and_forwards_to_the_module():
@@ -46,3 +49,13 @@ def test_lazy_modules_are_third_party_libraries_never_ours():
                 named.append((path.name, ast.literal_eval(node.args[0])))
     assert named, "no lazy module found: the test reads the wrong folder"
     assert not [n for n in named if n[1].split(".")[0] == "repurpose"], named
+
+
+def test_parsing_the_rules_imports_no_heavy_library():
+    """A job parses every rule file: the stage modules they import load the heavy libraries only when used."""
+    lines = (REPO / "Snakefile").read_text().splitlines() + (REPO / "workflow" / "rules" / "common.smk").read_text().splitlines()
+    imports = [line for line in lines if line.startswith(("import ", "from repurpose"))]
+    assert any("repurpose.dwas.candidates" in line for line in imports), "the rules' imports were not found"
+    code = "\n".join([*imports, "import sys", f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"])
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]", result.stdout

@@ -27,10 +27,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-from lifelines import CoxTimeVaryingFitter
-from lifelines.exceptions import ConvergenceError
-from scipy import optimize, sparse, stats
-from sklearn.linear_model import LogisticRegression
 
 from repurpose.atc import atc_parent
 from repurpose.cox.engine import efron_log_likelihood, fit_efron
@@ -47,8 +43,16 @@ from repurpose.dwas.risk_sets import (
     total_counts,
 )
 from repurpose.dwas.window import NEVER_EXPOSED, exposed_from, lag_days
+from repurpose.lazy import lazy_module
 from repurpose.logs import Progress
 from repurpose.schemas import dose_column
+
+lifelines = lazy_module("lifelines")
+lifelines_exceptions = lazy_module("lifelines.exceptions")
+optimize = lazy_module("scipy.optimize")
+sparse = lazy_module("scipy.sparse")
+stats = lazy_module("scipy.stats")
+linear_model = lazy_module("sklearn.linear_model")
 
 log = logging.getLogger(__name__)
 
@@ -433,7 +437,7 @@ def select_proxy_confounders(
     outcome = prepared["event"].to_numpy()
     # Outcome model: every case plus the sampled persons (case-base sampling keeps the coefficients).
     outcome_rows = np.union1d(sample, np.flatnonzero(outcome))
-    model = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=confirm["l1_C"], max_iter=200)
+    model = linear_model.LogisticRegression(l1_ratio=1.0, solver="liblinear", C=confirm["l1_C"], max_iter=200, random_state=seed)
     model.fit(matrix[outcome_rows], outcome[outcome_rows])
     outcome_coef = model.coef_[0]
     chosen: dict[str, list[str]] = {}
@@ -448,7 +452,7 @@ def select_proxy_confounders(
             chosen[code] = []
             continue
         others = np.setdiff1d(np.arange(len(classes)), [j])
-        exposure_model = LogisticRegression(l1_ratio=1.0, solver="liblinear", C=confirm["l1_C"], max_iter=200)
+        exposure_model = linear_model.LogisticRegression(l1_ratio=1.0, solver="liblinear", C=confirm["l1_C"], max_iter=200, random_state=seed)
         exposure_model.fit(sampled[:, others], target)
         strength = np.abs(exposure_model.coef_[0]) * np.abs(outcome_coef[others])
         order = np.argsort(-strength)
@@ -582,13 +586,13 @@ def _lifelines_confirmation(
             covariate_names.append(f"{variable}={level}")
     strata = adjust["strata"]
     frame = data.select("cohort_row", "start", "stop", pl.col("event").cast(pl.Int8), *covariate_names, *strata).to_pandas()
-    fitter = CoxTimeVaryingFitter()
+    fitter = lifelines.CoxTimeVaryingFitter()
     try:
         with warnings.catch_warnings():  # lifelines warns on rare dummy levels; the fit status is checked below
             warnings.simplefilter("ignore")
             fitter.fit(frame, id_col="cohort_row", event_col="event", start_col="start", stop_col="stop", strata=strata or None)
         return float(fitter.params_[code]), float(fitter.standard_errors_[code]), False
-    except ConvergenceError as error:  # e.g. a covariate that separates the events: no estimate, said so
+    except lifelines_exceptions.ConvergenceError as error:  # e.g. a covariate that separates the events: no estimate, said so
         log.warning("%s: confirmation model not estimable (lifelines: %s)", code, str(error).splitlines()[0])
         return float("nan"), float("nan"), True
 
