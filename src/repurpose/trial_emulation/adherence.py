@@ -19,7 +19,8 @@ The first of these is the clone's deviation day. The covariates of the adherence
 t: years since time zero (and its square), years on the strategy (t - s), whether a high-efficacy therapy has
 been started by t, and whether no therapy covers t (off therapy), besides `cohort.TIME_VARYING`.
 
-Imports numpy, polars and the package's `trial_emulation.cohort`, `outcomes` and `protocol`.
+Imports numpy, polars, `persistence.newusers` (the year's length) and the package's `trial_emulation.cohort`,
+`outcomes` and `protocol`.
 """
 
 from __future__ import annotations
