@@ -51,6 +51,28 @@ def test_equals_general_engine_with_ties_and_strata(seed, cells, times):
     assert_same_fits(grid, exposed, exposed_events)
 
 
+@pytest.mark.parametrize(("seed", "cells", "times"), [(1, [3, 4], [7, 5]), (2, [6], [30]), (3, [2, 2, 5], [4, 9, 1])])
+def test_covariates_only_model_equals_general_engine(seed, cells, times):
+    grid, _, _ = random_grid(seed, cells, times, n_fits=1)
+    reference = fit_efron(grid.to_risk_set_table(np.zeros((0, grid.n_rows)), np.zeros((0, grid.n_rows))))
+    assert reference.status.tolist() == ["ok"]
+    np.testing.assert_allclose(covariates_only_coef(grid), reference.coef[0], rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize(("seed", "status"), [(4, "ok"), (5, "singular_information")])
+def test_start_points_change_no_estimate_or_status(seed, status):
+    """Singular information is judged at the start: its null space does not depend on the point."""
+    grid, exposed, exposed_events = random_grid(seed, [3, 4], [9, 6], n_fits=5)
+    base = fit_exposure_and_covariates(grid, exposed, exposed_events)
+    rng = np.random.default_rng(0)
+    moved = fit_exposure_and_covariates(grid, exposed, exposed_events, initial_exposure=rng.normal(0, 0.5, 5),
+                                        initial_covariates=rng.normal(0, 0.5, (5, grid.design.shape[1])))
+    assert moved.status.tolist() == base.status.tolist() == [status] * 5
+    assert base.status.tolist() == fit_efron(grid.to_risk_set_table(exposed, exposed_events)).status.tolist()
+    np.testing.assert_allclose(moved.coef, base.coef, rtol=0, atol=1e-9, equal_nan=True)
+    np.testing.assert_allclose(moved.loglik_null, base.loglik_null, rtol=1e-14)
+
+
 def test_without_covariates_it_is_the_exposure_only_model():
     grid, exposed, exposed_events = random_grid(4, [3, 2], [6, 8], n_fits=4, q=0)
     assert_same_fits(grid, exposed, exposed_events)

@@ -20,13 +20,13 @@ tests check on the same data. Imports numpy and the other `repurpose.cox` module
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 from repurpose.cox.engine import (
     EfronDerivatives,
     finish_fits,
-    fit_efron,
     information_is_singular,
     newton_raphson,
     start_newton,
@@ -92,6 +92,13 @@ class CellGrid:
         return list(zip(self.stratum_cells[:-1].tolist(), self.stratum_cells[1:].tolist(),
                         self.stratum_rows[:-1].tolist(), self.stratum_rows[1:].tolist(), strict=True))
 
+    @cached_property
+    def _blocks(self) -> tuple[list[_Stratum], np.ndarray]:
+        """The strata shaped for the fits and the covariates' monotone-likelihood rule (fit-independent), worked
+        out once per grid: every fit block of a screen shares them."""
+        blocks = _strata(self)
+        return blocks, _covariate_separation(self, blocks)
+
     def to_risk_set_table(self, exposed_at_risk: np.ndarray, exposed_events: np.ndarray) -> RiskSetTable:
         """The fits (`exposed_*` of shape (n_fits, n_rows)) as a general `RiskSetTable` (design: exposure,
         then the covariates); with no fits, the covariates-only model (one fit, design: the covariates)."""
@@ -121,13 +128,32 @@ class CellGrid:
         return RiskSetTable(fit_index[keep], risk_set_index[keep], at_risk[keep], died[keep], design[keep], n_fits)
 
 
-def covariates_only_coef(grid: CellGrid) -> np.ndarray:
-    """The covariates-only model's coefficients (q,) by the general engine; zeros where not estimable."""
-    if grid.design.shape[1] == 0:
+def covariates_only_coef(grid: CellGrid, max_iter: int = 50, tol: float = 1e-9) -> np.ndarray:
+    """The covariates-only model's coefficients (q,); zeros where not estimable. With nobody exposed the
+    exposure's terms vanish, so its derivatives are the covariates' block of `_derivatives` at exposure 0."""
+    q = grid.design.shape[1]
+    if q == 0:
         return np.zeros(0)
-    result = fit_efron(grid.to_risk_set_table(np.zeros((0, grid.n_rows)), np.zeros((0, grid.n_rows))))
-    coef = result.coef[0]
-    return coef if result.status[0] == "ok" and np.all(np.isfinite(coef)) else np.zeros_like(coef)
+    strata, _ = grid._blocks
+    nobody = np.zeros((1, grid.n_rows))
+
+    def at(gamma: np.ndarray) -> EfronDerivatives:
+        d = _derivatives(grid, strata, nobody, nobody, np.column_stack([np.zeros(gamma.shape[0]), gamma]))
+        return EfronDerivatives(d.loglik, d.score[:, 1:], d.information[:, 1:, 1:], d.information_positive_diag[:, 1:])
+
+    start = at(np.zeros((1, q)))
+    if information_is_singular(start)[0]:
+        return np.zeros(q)
+    one = np.zeros(1, dtype=np.int64)
+    newton = start_newton(np.zeros((1, q)), start.loglik, start.score, start.information, one)
+
+    def evaluate(active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        d = at(newton.trial[active])
+        return active, d.loglik, d.score, d.information
+
+    newton_raphson(newton, one, evaluate, max_iter, tol)
+    coef = newton.beta[0]
+    return coef if newton.converged[0] and np.all(np.isfinite(coef)) else np.zeros(q)
 
 
 @dataclass(frozen=True)
@@ -259,30 +285,40 @@ def _observed_covariates(grid: CellGrid, strata: list[_Stratum]) -> np.ndarray:
     return per_cell @ grid.design
 
 
-def _separation(grid: CellGrid, strata: list[_Stratum], n1: np.ndarray, d1: np.ndarray) -> np.ndarray:
+def _covariate_separation(grid: CellGrid, strata: list[_Stratum]) -> np.ndarray:
+    """(q,) bool: the covariates' part of `_separation`'s rule, which no fit's exposed counts change."""
+    q = grid.design.shape[1]
+    varies, not_top, not_bottom = np.zeros(q, dtype=bool), np.zeros(q, dtype=bool), np.zeros(q, dtype=bool)
+    for s in strata:
+        x = grid.design[s.cells][None]  # (1, K, q); the cells' x do not depend on exposure
+        at_risk, with_event = (s.total > 0)[:, :, None], (s.events > 0)[:, :, None]
+        x_max, x_min = np.where(at_risk, x, -np.inf).max(axis=1), np.where(at_risk, x, np.inf).min(axis=1)
+        event_max, event_min = np.where(with_event, x, -np.inf).max(axis=1), np.where(with_event, x, np.inf).min(axis=1)
+        varies |= (x_min < x_max).any(axis=0)
+        not_top |= (event_min < x_max).any(axis=0)
+        not_bottom |= (event_max > x_min).any(axis=0)
+    return varies & (~not_top | ~not_bottom)
+
+
+def _separation(grid: CellGrid, strata: list[_Stratum], covariates: np.ndarray, n1: np.ndarray, d1: np.ndarray) -> np.ndarray:
     """(F, p) bool: the likelihood increases without bound along +e_j or -e_j (exact, data only), by the rule
     of `engine.fit_efron`: x_j varies in some risk set, and every event has the largest x_j of its risk
-    set, or every event the smallest. Every grid risk set has events."""
-    n_fits, q = n1.shape[0], grid.design.shape[1]
-    varies = np.zeros((n_fits, 1 + q), dtype=bool)
-    not_top = np.zeros((n_fits, 1 + q), dtype=bool)
-    not_bottom = np.zeros((n_fits, 1 + q), dtype=bool)
+    set, or every event the smallest. Every grid risk set has events. The covariates' part, the same for
+    every fit, is `covariates` (`_covariate_separation`)."""
+    n_fits = n1.shape[0]
+    varies = np.zeros(n_fits, dtype=bool)
+    not_top = np.zeros(n_fits, dtype=bool)
+    not_bottom = np.zeros(n_fits, dtype=bool)
     for s in strata:
         # Per risk set: someone exposed (unexposed) at risk, an exposed (unexposed) event, from the sums.
         exposed = n1[:, s.rows].reshape(n_fits, s.n_times, s.n_cells).sum(axis=2)
         exposed_events = d1[:, s.rows].reshape(n_fits, s.n_times, s.n_cells).sum(axis=2)
         any_exposed, any_unexposed = exposed > 0, s.total.sum(axis=1) - exposed > 0
-        varies[:, 0] |= (any_exposed & any_unexposed).any(axis=1)
-        not_top[:, 0] |= ((s.events.sum(axis=1) - exposed_events > 0) & any_exposed).any(axis=1)
-        not_bottom[:, 0] |= ((exposed_events > 0) & any_unexposed).any(axis=1)
-        x = grid.design[s.cells][None]  # (1, K, q); the cells' x do not depend on exposure
-        at_risk, with_event = (s.total > 0)[:, :, None], (s.events > 0)[:, :, None]
-        x_max, x_min = np.where(at_risk, x, -np.inf).max(axis=1), np.where(at_risk, x, np.inf).min(axis=1)
-        event_max, event_min = np.where(with_event, x, -np.inf).max(axis=1), np.where(with_event, x, np.inf).min(axis=1)
-        varies[:, 1:] |= (x_min < x_max).any(axis=0)
-        not_top[:, 1:] |= (event_min < x_max).any(axis=0)
-        not_bottom[:, 1:] |= (event_max > x_min).any(axis=0)
-    return varies & (~not_top | ~not_bottom)
+        varies |= (any_exposed & any_unexposed).any(axis=1)
+        not_top |= ((s.events.sum(axis=1) - exposed_events > 0) & any_exposed).any(axis=1)
+        not_bottom |= ((exposed_events > 0) & any_unexposed).any(axis=1)
+    exposure = varies & (~not_top | ~not_bottom)
+    return np.column_stack([exposure, np.broadcast_to(covariates, (n_fits, covariates.shape[0]))])
 
 
 def fit_exposure_and_covariates(
@@ -291,6 +327,7 @@ def fit_exposure_and_covariates(
     exposed_events: np.ndarray,
     *,
     initial_covariates: np.ndarray | None = None,
+    initial_exposure: np.ndarray | None = None,
     max_iter: int = 50,
     tol: float = 1e-9,
 ) -> CoxFitResult:
@@ -299,8 +336,9 @@ def fit_exposure_and_covariates(
 
     Same likelihood, rules, statuses and result layout as `engine.fit_efron` on
     `grid.to_risk_set_table(exposed_at_risk, exposed_events)`; the status and null log-likelihood come from
-    the point 0, and Newton starts from exposure 0 and `initial_covariates` (e.g. the covariates-only
-    model, `covariates_only_coef`), close to most fits' maximum.
+    the point 0, and Newton starts from exposure `initial_exposure` (n_fits,) or 0 and covariates
+    `initial_covariates` ((q,) or (n_fits, q); e.g. the covariates-only model, `covariates_only_coef`), close
+    to most fits' maximum: the maximum found does not depend on the start (to the tolerance).
     """
     n1 = np.asarray(exposed_at_risk, dtype=np.float64)
     d1 = np.asarray(exposed_events, dtype=np.float64)
@@ -309,7 +347,7 @@ def fit_exposure_and_covariates(
     if np.any(n1 < 0) or np.any(d1 > n1) or np.any(n1 > grid.n_at_risk) or np.any(d1 > grid.n_events):
         raise RiskSetTableError("exposed counts must lie in [0, total] and events at most the exposed at risk.")
     n_fits, p = n1.shape[0], 1 + grid.design.shape[1]
-    strata = _strata(grid)
+    strata, covariate_separation = grid._blocks
     n_events = np.full(n_fits, float(grid.n_events.sum()))
     status = np.full(n_fits, "ok", dtype="<U20")
     status[~(n_events > 0)] = "no_events"
@@ -318,20 +356,26 @@ def fit_exposure_and_covariates(
     if fits.size == 0:
         newton = start_newton(zeros, np.zeros(n_fits), zeros.copy(), np.zeros((n_fits, p, p)), fits)
         return finish_fits(newton, status, fits, fits, np.zeros((n_fits, p), dtype=bool), np.zeros(n_fits), n_events)
-    at_zero = _derivatives(grid, strata, n1, d1, zeros)
-    singular = np.flatnonzero(information_is_singular(at_zero))
-    status[singular] = "singular_information"
+    # At 0 every weight is 1, so the log-likelihood there is that of the totals alone: one evaluation serves
+    # every fit. Singular information is judged at the start instead of at 0: the information sums
+    # covariances over the risk sets with positive weights, so its null space is the same at every point.
+    no_fit = np.zeros((1, grid.n_rows))
+    loglik_null = np.full(n_fits, _derivatives(grid, strata, no_fit, no_fit, np.zeros((1, p))).loglik[0])
     beta = zeros.copy()
     if initial_covariates is not None and p > 1:
         beta[:, 1:] = initial_covariates
-    start = at_zero if not np.any(beta) else _derivatives(grid, strata, n1, d1, beta)
+    if initial_exposure is not None:
+        beta[:, 0] = initial_exposure
+    start = _derivatives(grid, strata, n1, d1, beta)
+    singular = np.flatnonzero(information_is_singular(start))
+    status[singular] = "singular_information"
     active = np.setdiff1d(fits, singular)
     newton = start_newton(beta, start.loglik.copy(), start.score.copy(), start.information.copy(), active)
 
     current = {"fits": np.arange(n_fits), "n1": n1, "d1": d1}  # the fits evaluated (fewer as they converge)
 
     def evaluate(active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        if active.size < 0.5 * current["fits"].size:
+        if active.size < current["fits"].size:  # copying the rows left costs less than evaluating the others
             current.update(fits=active, n1=n1[active], d1=d1[active])
         fits = current["fits"]
         derivs = _derivatives(grid, strata, current["n1"], current["d1"], newton.trial[fits])
@@ -339,4 +383,5 @@ def fit_exposure_and_covariates(
         return fits[in_active], derivs.loglik[in_active], derivs.score[in_active], derivs.information[in_active]
 
     newton_raphson(newton, active, evaluate, max_iter, tol)
-    return finish_fits(newton, status, fits, singular, _separation(grid, strata, n1, d1), at_zero.loglik, n_events)
+    separation = _separation(grid, strata, covariate_separation, n1, d1)
+    return finish_fits(newton, status, fits, singular, separation, loglik_null, n_events)

@@ -25,6 +25,7 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -363,12 +364,18 @@ class ExposedRows:
     age_key_base: np.ndarray
     query_base: np.ndarray
     class_queries: np.ndarray
-    query_grid_row: np.ndarray
     chunk_bounds: np.ndarray
     exits_at: np.ndarray
     pair_class: np.ndarray
     pair_stratum: np.ndarray
     pair_first_query: np.ndarray
+    pair_first_grid_row: np.ndarray
+    pair_n_queries: np.ndarray
+
+    @cached_property
+    def query_grid_row(self) -> np.ndarray:
+        """The grid row (risk set) of every query; only the stratified fits need it, so built on first use."""
+        return concatenated_ranges(self.pair_first_grid_row, self.pair_n_queries, np.int32)
 
 
 def exposed_rows_by_class(
@@ -433,12 +440,13 @@ def exposed_rows_by_class(
         age_key_base=age_key_base,
         query_base=query_base,
         class_queries=class_queries,
-        query_grid_row=concatenated_ranges(grid.first[present % grid.n_strata], pair_queries, np.int32),
         chunk_bounds=chunk_bounds,
         exits_at=exits_at,
         pair_class=present // grid.n_strata,
         pair_stratum=present % grid.n_strata,
         pair_first_query=pair_first_query[present],
+        pair_first_grid_row=grid.first[present % grid.n_strata],
+        pair_n_queries=pair_queries,
     )
 
 
@@ -451,8 +459,12 @@ class ChunkQueries:
     first_query: int
     n_exposed: np.ndarray
     exposed_events: np.ndarray
-    grid_row: np.ndarray
     class_bounds: np.ndarray
+    rows: ExposedRows
+
+    @property
+    def grid_row(self) -> np.ndarray:
+        return self.rows.query_grid_row[self.first_query : self.first_query + self.n_exposed.shape[0]]
 
 
 def count_exposed_chunk(
@@ -502,8 +514,8 @@ def count_exposed_chunk(
         int(first_query),
         n_exposed,
         np.bincount(event_query, minlength=n_queries),
-        rows.query_grid_row[first_query:end_query],
         rows.class_queries[first_class : end_class + 1] - first_query,
+        rows,
     )
     return counts, fits, queries
 
@@ -579,6 +591,9 @@ def screen_covariates(
         rows = exposed_rows_by_class(cohort, exposures, one_stratum_per_cell, grid, len(classes), time_span)
         member = layout.cell_of_person >= 0
         group = SexGroup(sex_group, None, None, (int(member.sum()), int(cohort["event"].to_numpy()[member].sum())))
+        # A class's estimates at one lag start its fit at the next: a class's hazard ratios and the covariates'
+        # coefficients change little between lags, so Newton needs fewer steps (the maximum is the same).
+        previous = np.full((len(classes), 1 + initial.shape[0]), np.nan)
         for lag in screen["lags_years"]:
             chunks = []
             for first_class, end_class in zip(rows.chunk_bounds[:-1], rows.chunk_bounds[1:], strict=True):
@@ -586,11 +601,25 @@ def screen_covariates(
                     rows, grid, first_class, end_class, lag_days(lag), [group], min_cases
                 )
                 result = None if queries is None else fit_covariates_chunk(
-                    cell_grid, rows, first_class, end_class, queries, fit_of_class, initial
+                    cell_grid, rows, first_class, end_class, queries, fit_of_class,
+                    _start_points(fit_of_class, previous[first_class:end_class], initial),
                 )
                 chunks.append((counts, fit_of_class, result))
             counts, fit_of_class, result = combine_chunks(chunks)
+            previous[:] = np.nan
+            if result is not None:
+                fitted = np.flatnonzero(fit_of_class >= 0)
+                previous[fitted] = np.where((result.status == "ok")[:, None], result.coef, np.nan)
             yield [(sex_group, lag, class_results(classes, counts, fit_of_class, result, lag, sex_group, group.size, min_cases))]
+
+
+def _start_points(fit_of_class: np.ndarray, previous: np.ndarray, initial_covariates: np.ndarray) -> np.ndarray:
+    """(fits, 1 + q) Newton start of each fit: its class's estimates at the previous lag where it had them,
+    else exposure 0 and the covariates-only model's coefficients."""
+    start = np.tile(np.r_[0.0, initial_covariates], (int(fit_of_class.max()) + 1 if fit_of_class.size else 0, 1))
+    warm = np.flatnonzero((fit_of_class >= 0) & np.all(np.isfinite(previous), axis=1))
+    start[fit_of_class[warm]] = previous[warm]
+    return start
 
 
 def fit_covariates_chunk(
@@ -600,12 +629,13 @@ def fit_covariates_chunk(
     end_class: int,
     queries: ChunkQueries,
     fit_of_class: np.ndarray,
-    initial: np.ndarray,
+    start: np.ndarray,
 ) -> CoxFitResult:
     """Fit the classes `first_class:end_class` of `rows` (counted with one stratum per cell) that have a fit
     number, with exposure and the grid's covariates, in blocks of fits whose dense (fits x grid rows)
     exposed counts hold at most `MAX_DENSE_CELLS` numbers. A (class, cell) pair's queries are the cell's
-    risk sets in time order, so they fill the cell's column of its stratum's (risk sets x cells) block."""
+    risk sets in time order, so they fill the cell's column of its stratum's (risk sets x cells) block.
+    `start` (fits, 1 + q) is each fit's Newton start (`_start_points`)."""
     pairs = slice(*np.searchsorted(rows.pair_class, [first_class, end_class]))
     pair_fit = fit_of_class[rows.pair_class[pairs] - first_class]
     pair_cell = rows.pair_stratum[pairs]
@@ -626,7 +656,9 @@ def fit_covariates_chunk(
             fit, cell = pair_fit[chosen] - first_fit, pair_cell[chosen] - first_cell
             for dense, counts in ((exposed_at_risk, queries.n_exposed), (exposed_events, queries.exposed_events)):
                 dense[:, first_row:end_row].reshape(n_block, n_times, n_cells)[fit, :, cell] = counts[query]
-        results.append(fit_exposure_and_covariates(grid, exposed_at_risk, exposed_events, initial_covariates=initial))
+        block_start = start[first_fit : first_fit + n_block]
+        results.append(fit_exposure_and_covariates(grid, exposed_at_risk, exposed_events, initial_exposure=block_start[:, 0],
+                                                   initial_covariates=block_start[:, 1:]))
     return CoxFitResult.concatenate(results)
 
 
