@@ -167,7 +167,7 @@ class _Stratum:
     total: np.ndarray  # (R, K)
     events: np.ndarray  # (R, K)
     tied: np.ndarray  # event times with more than one event
-    step_tie: np.ndarray  # per Efron step of the tied times: which tied time
+    step_tie: np.ndarray  # per Efron step l >= 1 of the tied times: which tied time (step 0 is the untied sum)
     step_frac: np.ndarray  # l / D
     tie_starts: np.ndarray  # first step of each tied time
 
@@ -182,9 +182,9 @@ def _strata(grid: CellGrid) -> list[_Stratum]:
         events = grid.n_events[rows].reshape(n_times, n_cells)
         per_time = events.sum(axis=1)
         tied = np.flatnonzero(per_time > 1)
-        n_steps = per_time[tied].astype(np.int64)
+        n_steps = per_time[tied].astype(np.int64) - 1
         step_tie = np.repeat(np.arange(tied.shape[0]), n_steps)
-        step_l = concatenated_ranges(np.zeros_like(n_steps), n_steps).astype(np.float64)
+        step_l = concatenated_ranges(np.ones_like(n_steps), n_steps).astype(np.float64)
         strata.append(_Stratum(slice(first, end), rows, n_times, n_cells, total, events, tied, step_tie,
                                step_l / per_time[tied][step_tie], np.cumsum(n_steps) - n_steps))
     return strata
@@ -245,11 +245,13 @@ def _derivatives(
                 def per_tie(values: np.ndarray) -> np.ndarray:
                     return np.add.reduceat(values, s.tie_starts, axis=1)  # noqa: B023
 
-                a0[:, s.tied] = per_tie(over)
+                # Step l = 0 of a tied time is the untied sum already in a0, b0 and log_s (and adds nothing to
+                # the frac-weighted sums): only the steps l >= 1 are added.
+                a0[:, s.tied] += per_tie(over)
                 a1 = per_tie(frac * over)
-                b0[:, s.tied] = per_tie(over2)
+                b0[:, s.tied] += per_tie(over2)
                 b1, b2 = per_tie(frac * over2), per_tie(frac * frac * over2)
-                log_s[:, s.tied] = per_tie(np.log(denominator))
+                log_s[:, s.tied] += per_tie(np.log(denominator))
                 # Event-weight terms of the expected events and of the information (tied times only).
                 sum_a1_d = np.matmul(a1[:, None, :], d)[:, 0, :]  # (F, K)
                 expected_exposed[:, s.cells] -= sum_a1_d
