@@ -173,3 +173,9 @@ def declaration_of(function: Callable[..., Any]) -> StageDeclaration:
 def rerun_settings(function: Callable[..., Any], config: Mapping[str, Any]) -> dict[str, Any]:
     """A rule's `params`: the settings its stage function declares it reads."""
     return declaration_of(function).settings(config)
+
+
+def job_config(config: Mapping[str, Any], threads: int) -> dict[str, Any]:
+    """The config with `resources.threads` set to a job's own threads, for a job that asks fewer than the run's
+    (a prescription part: the parts, not DuckDB's threads, are the unit of parallelism)."""
+    return {**config, "resources": {**config["resources"], "threads": threads}}

@@ -118,12 +118,6 @@ SITE_STUDY_TABLES = {
 }
 
 
-def job_config(threads):
-    """The config with `resources.threads` set to a job's own threads, for a job that asks fewer than the run's
-    (a prescription part: the parts, not DuckDB's threads, are the unit of parallelism)."""
-    return {**config, "resources": {**config["resources"], "threads": threads}}
-
-
 def stage_inputs(named, lists=()):
     """A rule's named inputs as a stage function's keyword arguments: the `lists` as lists, others one path or None."""
     return {name: list(files) if name in lists else optional(files) for name, files in named.items()}

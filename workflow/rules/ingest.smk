@@ -45,8 +45,13 @@ rule validate_prescriptions:
     resources:
         mem_mb=MEM_MB,
         runtime=60,
-    run:
-        run_logged(log[0], validate_prescription_part, job_config(threads), **input, **output)
+    # The software is the project's venv, never a conda environment (README: offline install); the lint
+    # asks a `script:` rule to name one, so this answers "none" for every job.
+    conda:
+        lambda wildcards: None
+    # A bare Python process per part (the script calls validate_prescription_part), not a whole Snakemake one.
+    script:
+        "../scripts/validate_prescription_part.py"
 
 
 if CLINICAL:
