@@ -9,8 +9,8 @@ import polars as pl
 import pytest
 
 from repurpose.config import validate_config
-from repurpose.registry.ingest import validate_extracts
 from repurpose.registry import reader as reader_module
+from repurpose.registry.ingest import validate_extracts
 from repurpose.registry.reader import ExtractError
 
 POPULATION = [
