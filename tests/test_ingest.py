@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from repurpose.config import validate_config
+from repurpose.registry import reader as reader_module
 from repurpose.registry.ingest import validate_extracts
 from repurpose.registry.reader import ExtractError
 
@@ -269,6 +270,26 @@ def test_a_parquet_part_is_labelled_as_the_same_rows_in_csv(tmp_path):
     kept = [pl.read_parquet(directory / "validated" / "prescriptions").sort("person_id") for directory in (csv_dir, parquet_dir)]
     assert kept[1].drop("ddd").equals(kept[0].drop("ddd"))
     assert kept[1]["ddd"].to_list() == kept[0]["ddd"].to_list()
+
+
+def test_listed_malformed_atc_codes_reject_what_the_regular_expression_rejects(tmp_path, monkeypatch):
+    """A Parquet part's malformed ATC codes are found among its distinct codes and listed in the check: the same
+    rejects as matching every row's code against the regular expression (forced by listing none at most)."""
+    codes = ["N06AB06", " n06ab06 ", "N06AB6X", "N06AB", "N06AB060", "Ä06AB06", "N06AB06\n", "N0６AB06", "", "r03ac02"]
+    lines = [PRESCRIPTIONS[0], *(f"1,2005-01-{day + 1:02d},{code},30," for day, code in enumerate(codes))]
+    rejects = []
+    for listed, directory in ((True, tmp_path / "listed"), (False, tmp_path / "matched")):
+        if not listed:
+            monkeypatch.setattr(reader_module, "MAX_LISTED_MALFORMED", 0)
+        paths = write_extracts(directory / "in")
+        paths["prescriptions"] = _as_parquet_part(lines, directory / "in" / "parts")
+        entry = validate_extracts(make_config(paths, directory), results_dir=directory)["extracts"]["prescriptions"]
+        assert entry["rejected_by_reason"] == {"malformed_atc_code": 6, "missing_atc_code": 1}
+        rejects.append(read_rejects(directory / "validation", "prescriptions"))
+    assert rejects[0].equals(rejects[1])
+    assert sorted(rejects[0].filter(pl.col("reject_reason") == "malformed_atc_code")["atc_code"].to_list()) == sorted(
+        ["N06AB6X", "N06AB", "N06AB060", "Ä06AB06", "N06AB06\n", "N0６AB06"]
+    )
 
 
 def test_a_typed_parquet_part_rejects_what_its_text_twin_rejects(tmp_path):

@@ -173,3 +173,19 @@ def declaration_of(function: Callable[..., Any]) -> StageDeclaration:
 def rerun_settings(function: Callable[..., Any], config: Mapping[str, Any]) -> dict[str, Any]:
     """A rule's `params`: the settings its stage function declares it reads."""
     return declaration_of(function).settings(config)
+
+
+def job_config(config: Mapping[str, Any], threads: int) -> dict[str, Any]:
+    """The config with `resources.threads` set to a job's own threads, for a job that asks fewer than the run's
+    (a prescription part: the parts, not DuckDB's threads, are the unit of parallelism)."""
+    return {**config, "resources": {**config["resources"], "threads": threads}}
+
+
+def optional(files: Any) -> Any:
+    """The one path of an optional named input, or None when it is absent (an empty list in Snakemake)."""
+    return files if isinstance(files, str) else (files[0] if len(files) else None)
+
+
+def stage_inputs(named: Mapping[str, Any], lists: Iterable[str] = ()) -> dict[str, Any]:
+    """A rule's named inputs as a stage function's keyword arguments: the `lists` as lists, others one path or None."""
+    return {name: list(files) if name in lists else optional(files) for name, files in named.items()}

@@ -21,7 +21,7 @@ from repurpose.registry.reader import prescription_parts
 from repurpose.release.export import export_results
 from repurpose.release.report import build_report
 from repurpose.simulate import simulate_registries, simulated_clinical_files, simulated_prescription_files
-from repurpose.stages import rerun_settings
+from repurpose.stages import optional, rerun_settings, stage_inputs
 
 PATHS = results_layout()
 RESULTS = PATHS.root
@@ -32,6 +32,17 @@ THREADS = int(config["resources"]["threads"])
 MEM_MB = int(config["resources"]["memory_gb"] * 1024)
 # One screen job per ATC level x anatomical main group (A, B, C, ...), or one per level.
 SCREEN_GROUPS = ANATOMICAL_GROUPS if config["screen"]["split_by"] == "anatomical_group" else ["all"]
+
+
+# The validation's jobs (workflow/rules/ingest.smk) run this script: a bare Python process each, where a `run:`
+# job is a whole Snakemake process that imports Snakemake and parses every rule file first.
+VALIDATION_JOB = "../scripts/validation_job.py"
+
+
+def NO_CONDA_ENV(wildcards):
+    """No conda environment: a `script:` job's software is the project's venv (README, offline install).
+    Snakemake's lint asks every `script:` rule to name one; this answers "none" for each job."""
+    return None
 
 
 def extract_path(name):
@@ -92,11 +103,6 @@ def simulated_truth():
     return [PATHS.simulated("ground_truth.json")] if simulated else []
 
 
-def optional(files):
-    """The one path of an optional named input, or None when it is absent (an empty list in Snakemake)."""
-    return files if isinstance(files, str) else (files[0] if len(files) else None)
-
-
 # The persistence study runs when the MS registry's treatment table is delivered (workflow/rules/persistence.smk).
 PERSISTENCE = not POOLED and bool(config["inputs"].get("ms_treatments"))
 PERSISTENCE_RELEASED = (
@@ -116,17 +122,6 @@ SITE_STUDY_TABLES = {
     **({f"persistence_{name}": PATHS.persistence_table(name) for name in PERSISTENCE_POOLED_TABLES} if PERSISTENCE else {}),
     **({f"trial_emulation_{name}": PATHS.trial_emulation_table(name) for name in TRIAL_POOLED_TABLES} if TRIAL_EMULATION else {}),
 }
-
-
-def job_config(threads):
-    """The config with `resources.threads` set to a job's own threads, for a job that asks fewer than the run's
-    (a prescription part: the parts, not DuckDB's threads, are the unit of parallelism)."""
-    return {**config, "resources": {**config["resources"], "threads": threads}}
-
-
-def stage_inputs(named, lists=()):
-    """A rule's named inputs as a stage function's keyword arguments: the `lists` as lists, others one path or None."""
-    return {name: list(files) if name in lists else optional(files) for name, files in named.items()}
 
 
 def report_outputs(output, log):

@@ -1,6 +1,7 @@
 # Validate the registry extracts against the data dictionary: the registers first, then each prescription
 # part (one job per delivered file, so a new yearly file is validated alone) and the clinical extracts when
-# configured, then one report.
+# configured, then one report. Each job is a bare Python process running VALIDATION_JOB (Snakemake's
+# `script:`), not a whole Snakemake process: a national extract has a job per yearly file.
 rule validate_registers:
     input:
         population=extract_path("population"),
@@ -22,8 +23,10 @@ rule validate_registers:
     resources:
         mem_mb=MEM_MB,
         runtime=60,
-    run:
-        run_logged(log[0], validate_registers, config, **output)
+    conda:
+        NO_CONDA_ENV
+    script:
+        VALIDATION_JOB
 
 
 rule validate_prescriptions:
@@ -45,8 +48,10 @@ rule validate_prescriptions:
     resources:
         mem_mb=MEM_MB,
         runtime=60,
-    run:
-        run_logged(log[0], validate_prescription_part, job_config(threads), **input, **output)
+    conda:
+        NO_CONDA_ENV
+    script:
+        VALIDATION_JOB
 
 
 if CLINICAL:
@@ -70,16 +75,10 @@ if CLINICAL:
         resources:
             mem_mb=MEM_MB,
             runtime=30,
-        run:
-            run_logged(
-                log[0],
-                validate_clinical,
-                config,
-                population=input.population,
-                ms_registry=input.ms_registry,
-                registers=input.registers,
-                **output,
-            )
+        conda:
+            NO_CONDA_ENV
+        script:
+            VALIDATION_JOB
 
 
 rule validate:
@@ -96,5 +95,7 @@ rule validate:
     resources:
         mem_mb=1024,
         runtime=5,
-    run:
-        run_logged(log[0], merge_validation_reports, config, **stage_inputs(input, ["parts"]), **output)
+    conda:
+        NO_CONDA_ENV
+    script:
+        VALIDATION_JOB

@@ -30,7 +30,7 @@ recorded first and defines a new user's start; a merge would invent a stop date 
 row records (whose?). The rejected row stays in the rejects file for a study that prefers to merge. An
 episode starting on the day the earlier one stopped is a restart, not an overlap.
 
-May import `repurpose.duck`, `repurpose.layout`, `repurpose.stages`, `repurpose.registry.dictionary`, `repurpose.registry.reader`
+May import `repurpose.duck`, `repurpose.layout`, `repurpose.lazy`, `repurpose.stages`, `repurpose.registry.dictionary`, `repurpose.registry.reader`
 and `repurpose.registry.labelled`.
 """
 
@@ -42,11 +42,10 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
-import pyarrow as pa
 
 from repurpose.duck import sql_literal
 from repurpose.layout import ResultsLayout
+from repurpose.lazy import lazy_module
 from repurpose.registry.dictionary import CLINICAL_EXTRACTS, load_extract_spec
 from repurpose.registry.labelled import (
     birth_floor,
@@ -58,11 +57,15 @@ from repurpose.registry.labelled import (
 from repurpose.registry.reader import Check, ExtractError, ExtractReader, csv_problem
 from repurpose.stages import stage
 
+# Imported on first use: a prescription part's job imports this module but validates no clinical extract.
+np = lazy_module("numpy")
+pa = lazy_module("pyarrow")
+
 log = logging.getLogger(__name__)
 
 # The extracts whose persons must be MS patients (in the clean MS registry).
 PATIENT_EXTRACTS = ("ms_treatments", "ms_relapses", "ms_edss")
-ONGOING = np.iinfo(np.int64).max  # the stop day of an ongoing episode
+ONGOING = 2**63 - 1  # the stop day of an ongoing episode (the largest BIGINT)
 
 
 def configured_clinical_extracts(config: dict[str, Any]) -> list[str]:

@@ -45,6 +45,7 @@ from repurpose.registry.clinical_ingest import (
 )
 from repurpose.registry.dictionary import load_extract_spec
 from repurpose.registry.labelled import (
+    DISPENSINGS_COMPRESSION,
     birth_floor,
     check_shared_persons,
     load_clean_population,
@@ -254,7 +255,7 @@ def _write_empty_part(
     rejects_path.parent.mkdir(parents=True, exist_ok=True)
     con.execute(
         f"COPY (SELECT {typed}, CAST(NULL AS BIGINT) AS dispense_year LIMIT 0) "
-        f"TO {sql_literal(str(clean_path))} (FORMAT parquet, COMPRESSION zstd)"
+        f"TO {sql_literal(str(clean_path))} (FORMAT parquet, {DISPENSINGS_COMPRESSION})"
     )
     con.execute(f"COPY (SELECT CAST(NULL AS VARCHAR) AS reject_reason, {raw} LIMIT 0) TO {sql_literal(str(rejects_path))} (FORMAT parquet)")
     return {

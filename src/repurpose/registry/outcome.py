@@ -15,7 +15,7 @@ The old strings `onset` and `diagnosis` stay accepted as shorthand for the MS re
 Per-person outcome frames have the columns of `OUTCOME_COLUMNS`; `first_outcome_date` is the earliest
 date that makes a person prevalent at entry (for the MS registry, the earlier of onset and diagnosis).
 
-May import polars, duckdb and the shared top-level `duck`; nothing else of the package.
+May import polars (on first use), duckdb and the shared top-level `duck` and `lazy`; nothing else of the package.
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
-import polars as pl
 
 from repurpose.duck import connect, sql_literal
+from repurpose.lazy import lazy_module
+
+# Imported on first use: the validation imports this module for its ICD-10 rules only.
+pl = lazy_module("polars")
 
 OUTCOME_SOURCES = ("ms_registry", "diagnoses", "drug_proxy")
 MS_REGISTRY_DATES = ("onset", "diagnosis")
