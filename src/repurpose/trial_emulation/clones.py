@@ -40,7 +40,7 @@ import polars as pl
 
 from repurpose.trial_emulation.adherence import Adherence
 from repurpose.trial_emulation.cohort import COVARIATES, TIME_VARYING
-from repurpose.trial_emulation.logistic import fit_logistic, probabilities, with_intercept
+from repurpose.trial_emulation.logistic import PersonDesign, fit_logistic, probabilities, with_intercept
 from repurpose.trial_emulation.protocol import ESCALATION, HIGH_EFFICACY, STRATEGIES, TrialProtocol
 
 MIN_CLINIC_PERSONS = 50
@@ -258,7 +258,7 @@ class CensoringModel:
 
     rows: np.ndarray  # model rows (indices into the long format)
     person: np.ndarray  # per row: the person (whose bootstrap frequency weights it)
-    x1: np.ndarray  # design with the intercept column
+    design: PersonDesign  # design with the intercept column, stored per person and row pattern
     deviates: np.ndarray
 
 
@@ -281,14 +281,16 @@ def censoring_models(clones: Clones) -> tuple[CensoringModel, ...]:
     for a in (0, 1):
         for part in (~last, last):
             rows = np.flatnonzero((arm == a) & part & grace)
-            models.append(CensoringModel(rows, clones.person[clones.model_clone[rows]], with_intercept(clones.model_x[rows]),
+            person = clones.person[clones.model_clone[rows]]
+            models.append(CensoringModel(rows, person, PersonDesign.build(with_intercept(clones.model_x[rows]), person),
                                          clones.model_deviates[rows]))  # fmt: skip
     if clones.model_extra is not None:
         n_shared = clones.model_x.shape[1] - (clones.n_intervals - 1)  # without the grace interval indicators
         for a in (0, 1):
             rows = np.flatnonzero((arm == a) & ~grace)
             x = np.hstack([clones.model_x[rows, :n_shared], clones.model_extra[rows]])
-            models.append(CensoringModel(rows, clones.person[clones.model_clone[rows]], with_intercept(x), clones.model_deviates[rows]))
+            person = clones.person[clones.model_clone[rows]]
+            models.append(CensoringModel(rows, person, PersonDesign.build(with_intercept(x), person), clones.model_deviates[rows]))
     return tuple(models)
 
 
@@ -299,7 +301,7 @@ def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None, st
     = the other strategy's therapy started first) and one of the last interval (deviation = the strategy not
     started by the end of the grace period), as the two events differ and so may their covariate effects.
     Fitted by Newton-Raphson (`trial_emulation.logistic`) from `start` (the point estimate's coefficients in a
-    bootstrap replicate) on the rows of positive frequency. `known`: per model (in order), the fitted
+    bootstrap replicate; a row of frequency 0 adds nothing). `known`: per model (in order), the fitted
     probabilities of its rows and its coefficients when the same model was fitted already (the sustained clones'
     grace-period models are the start-only clones' ones, row for row: `same_grace_models`)."""
     p = np.zeros(len(clones.model_clone))
@@ -316,9 +318,8 @@ def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None, st
             p[model.rows] = float(np.average(y, weights=w)) if used.size else 0.0
             coefs.append(None)
             continue
-        keep = w > 0
-        fit = fit_logistic(model.x1[keep], y[keep], w[keep], start[j] if j < len(start) else None)
-        p[model.rows] = probabilities(model.x1, fit.coef)
+        fit = fit_logistic(model.design, y, w, start[j] if j < len(start) else None)
+        p[model.rows] = probabilities(model.design, fit.coef)
         coefs.append(fit.coef)
     return CensoringFit(p, tuple(coefs))
 
@@ -327,7 +328,7 @@ def same_grace_models(one: Clones, other: Clones) -> bool:
     """Whether two clone sets have the same grace-period censoring models (persons, designs and outcomes, row for
     row), so that one fit serves both."""
     pairs = zip(one.censoring_models[:4], other.censoring_models[:4], strict=True)
-    return all(np.array_equal(a.person, b.person) and np.array_equal(a.deviates, b.deviates) and np.array_equal(a.x1, b.x1)
+    return all(np.array_equal(a.person, b.person) and np.array_equal(a.deviates, b.deviates) and a.design.same_as(b.design)
                for a, b in pairs)  # fmt: skip
 
 
