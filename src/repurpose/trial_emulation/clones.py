@@ -301,7 +301,7 @@ def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None, st
     = the other strategy's therapy started first) and one of the last interval (deviation = the strategy not
     started by the end of the grace period), as the two events differ and so may their covariate effects.
     Fitted by Newton-Raphson (`trial_emulation.logistic`) from `start` (the point estimate's coefficients in a
-    bootstrap replicate; a row of frequency 0 adds nothing). `known`: per model (in order), the fitted
+    bootstrap replicate) on the rows of positive frequency. `known`: per model (in order), the fitted
     probabilities of its rows and its coefficients when the same model was fitted already (the sustained clones'
     grace-period models are the start-only clones' ones, row for row: `same_grace_models`)."""
     p = np.zeros(len(clones.model_clone))
@@ -318,7 +318,9 @@ def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None, st
             p[model.rows] = float(np.average(y, weights=w)) if used.size else 0.0
             coefs.append(None)
             continue
-        fit = fit_logistic(model.design, y, w, start[j] if j < len(start) else None)
+        keep = w > 0
+        design = model.design if keep.all() else model.design.rows_of(keep)
+        fit = fit_logistic(design, y[keep], w[keep], start[j] if j < len(start) else None)
         p[model.rows] = probabilities(model.design, fit.coef)
         coefs.append(fit.coef)
     return CensoringFit(p, tuple(coefs))

@@ -73,6 +73,16 @@ class PersonDesign:
         return cls(np.ascontiguousarray(x1[first][:, person_columns]), row_person, pattern_x, row_pattern,
                    person_columns, row_columns, by_person)  # fmt: skip
 
+    def rows_of(self, keep: np.ndarray) -> PersonDesign:
+        """The design of the rows where `keep` (a bootstrap replicate's persons drawn: the others' rows weigh 0)."""
+        kept_person = np.zeros(len(self.person_x), bool)
+        kept_person[self.row_person[keep]] = True
+        row_person = (np.cumsum(kept_person) - 1)[self.row_person[keep]]
+        n_rows = len(row_person)
+        by_person = sparse.csr_matrix((np.ones(n_rows), (row_person, np.arange(n_rows))), shape=(int(kept_person.sum()), n_rows))
+        return PersonDesign(self.person_x[kept_person], row_person, self.pattern_x, self.row_pattern[keep], self.person_columns,
+                            self.row_columns, by_person)  # fmt: skip
+
     @property
     def shape(self) -> tuple[int, int]:
         return len(self.row_person), len(self.person_columns) + len(self.row_columns)
