@@ -269,6 +269,7 @@ def bootstrap(data: TrialData, replicates: int, workers: int, grid_days: np.ndar
     _WORKER_DATA, _WORKER_GRID, _WORKER_START = data, grid_days, tuple(start)
     for part in data.parts:
         part.clones.censoring_models  # built once before the fork, shared by every worker  # noqa: B018
+        part.clones.layout  # noqa: B018
     data.shares_grace_models  # checked once before the fork too  # noqa: B018
     try:
         if workers <= 1 or replicates < 2:
