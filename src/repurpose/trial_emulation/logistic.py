@@ -25,6 +25,7 @@ bootstrap refits every model in every replicate). Imports numpy and scipy.sparse
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import sparse
@@ -83,6 +84,11 @@ class PersonDesign:
         return PersonDesign(self.person_x[kept_person], row_person, self.pattern_x, self.row_pattern[keep], self.person_columns,
                             self.row_columns, by_person)  # fmt: skip
 
+    @cached_property
+    def pattern_by_person(self) -> np.ndarray:
+        """The rows' patterns with the rows grouped by person (`by_person`'s order)."""
+        return self.row_pattern[self.by_person.indices]
+
     @property
     def shape(self) -> tuple[int, int]:
         return len(self.row_person), len(self.person_columns) + len(self.row_columns)
@@ -105,8 +111,8 @@ class PersonDesign:
         out[np.ix_(pc, pc)] = (self.person_x * (self.by_person @ v)[:, None]).T @ self.person_x
         counts = np.bincount(self.row_pattern, weights=v, minlength=len(self.pattern_x))
         out[np.ix_(rc, rc)] = (self.pattern_x * counts[:, None]).T @ self.pattern_x
-        order = self.by_person.indices  # rows grouped by person
-        person_pattern = sparse.csr_matrix((v[order], self.row_pattern[order], self.by_person.indptr), shape=(len(self.person_x), len(self.pattern_x)))
+        person_pattern = sparse.csr_matrix((v[self.by_person.indices], self.pattern_by_person, self.by_person.indptr),
+                                           shape=(len(self.person_x), len(self.pattern_x)))  # fmt: skip
         cross = self.person_x.T @ (person_pattern @ self.pattern_x)
         out[np.ix_(pc, rc)] = cross
         out[np.ix_(rc, pc)] = cross.T
@@ -155,13 +161,15 @@ def _as_design(x1: Design) -> PersonDesign | _Dense:
     return x1 if isinstance(x1, PersonDesign) else _Dense(x1)
 
 
-def _log_likelihood(eta: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
-    """sum w [y eta - log(1 + exp(eta))], computed without overflow."""
-    return float(np.sum(w * (np.where(y, eta, 0.0) - (np.maximum(eta, 0.0) + np.log1p(np.exp(-np.abs(eta)))))))
-
-
-def _expit(eta: np.ndarray) -> np.ndarray:
+def _log_likelihood(eta: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
+    """sum w [y eta - log(1 + exp(eta))], computed without overflow, and exp(-|eta|) (which `_expit` reuses)."""
     e = np.exp(-np.abs(eta))
+    return float(np.sum(w * (np.where(y, eta, 0.0) - (np.maximum(eta, 0.0) + np.log1p(e))))), e
+
+
+def _expit(eta: np.ndarray, e: np.ndarray | None = None) -> np.ndarray:
+    """1 / (1 + exp(-eta)), from e = exp(-|eta|) when given."""
+    e = np.exp(-np.abs(eta)) if e is None else e
     return np.where(eta >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
@@ -177,26 +185,27 @@ def fit_logistic(x1: Design, y: np.ndarray, w: np.ndarray, start: np.ndarray | N
     None or when `start` fits worse than zeros)."""
     y = np.asarray(y, bool)
     x = _as_design(x1)
+    y_value = np.where(y, 1.0, 0.0)
     beta, eta = np.zeros(x.shape[1]), np.zeros(len(y))
-    loglik = _log_likelihood(eta, y, w)
+    loglik, e = _log_likelihood(eta, y, w)
     if start is not None:
         warm_eta = x.dot(start)
-        warm = _log_likelihood(warm_eta, y, w)
+        warm, warm_e = _log_likelihood(warm_eta, y, w)
         if warm > loglik:
-            beta, eta, loglik = np.array(start, float), warm_eta, warm
+            beta, eta, e, loglik = np.array(start, float), warm_eta, warm_e, warm
     for iteration in range(1, max_iter + 1):
-        p = _expit(eta)
-        gradient = x.rdot(w * (np.where(y, 1.0, 0.0) - p))
+        p = _expit(eta, e)
+        gradient = x.rdot(w * (y_value - p))
         hessian = x.gram(w * p * (1.0 - p))
         step = np.linalg.lstsq(hessian, gradient, rcond=None)[0]
         decrement = float(gradient @ step)
         for _ in range(40):
             trial_eta = x.dot(beta + step)
-            trial = _log_likelihood(trial_eta, y, w)
+            trial, trial_e = _log_likelihood(trial_eta, y, w)
             if trial >= loglik - 1e-12 * abs(loglik):
                 break
             step = step / 2
-        beta, eta, loglik = beta + step, trial_eta, trial
+        beta, eta, e, loglik = beta + step, trial_eta, trial_e, trial
         if decrement < tol or np.max(np.abs(step)) < tol:
             return LogisticFit(beta, True, iteration)
     return LogisticFit(beta, False, max_iter)
