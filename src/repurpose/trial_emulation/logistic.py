@@ -129,10 +129,14 @@ def _distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     faster than np.unique(axis=0))."""
     code, size = np.zeros(len(x), np.int64), 1
     for column in x.T:
-        values, rank = np.unique(column, return_inverse=True)
-        if size * len(values) >= 2**62:
+        if np.all((column == 0) | (column == 1)):  # an indicator is its own rank (no sort)
+            n_values, rank = 2, column.astype(np.int64)
+        else:
+            values, rank = np.unique(column, return_inverse=True)
+            n_values = len(values)
+        if size * n_values >= 2**62:
             size, code = len(code), np.unique(code, return_inverse=True)[1]
-        code, size = code * len(values) + rank, size * len(values)
+        code, size = code * n_values + rank, size * n_values
     _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
     return x[first], inverse
 
