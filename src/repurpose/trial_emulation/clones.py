@@ -94,7 +94,7 @@ class Clones:
 class WeightLayout:
     """What `weights_from` reads of the clones' structure, computed once: per model row the row before its clone's
     first (-1: none), and for sustained clones the stabiliser's bound and arm per estimation row and per clone and
-    the adherence rows per arm (row, person, interval, deviates)."""
+    the adherence rows per arm (person, interval, deviates)."""
 
     before_row: np.ndarray
     row_bound: np.ndarray | None = None

@@ -3,7 +3,7 @@
 Why not scikit-learn's lbfgs: the censoring models are refitted in every bootstrap replicate on the same rows with
 new frequencies, and lbfgs needed 300 to 500 iterations from zero per fit (sometimes stopping at its limit before
 converging); Newton's method started from the point estimate's coefficients converges in a few steps to the same
-maximum likelihood (quadratically, to machine precision); a row of frequency 0 adds nothing.
+maximum likelihood (quadratically, to machine precision), and a row of frequency 0 is dropped, not carried.
 
 The model: P(y = 1 | x) = 1 / (1 + exp(-(b0 + x b))), maximising sum_i w_i [y_i eta_i - log(1 + exp(eta_i))].
 Each step solves H d = g (H = X'WX with W = w p (1 - p), g = X'w(y - p), X with the intercept column) by least
