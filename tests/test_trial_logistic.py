@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from repurpose.trial_emulation.logistic import fit_logistic, probabilities, with_intercept
+from repurpose.trial_emulation.logistic import PersonDesign, fit_logistic, probabilities, with_intercept
 
 
 def design(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -60,3 +60,25 @@ def test_a_separated_group_goes_to_probability_one_and_the_other_rows_keep_their
     assert np.all(p[group == 1] > 1 - 1e-9)
     rest = group == 0
     np.testing.assert_allclose(p[rest], sklearn_probabilities(x[rest, :3], y[rest], np.ones(rest.sum())), atol=1e-8)
+
+
+def test_the_design_stored_by_person_and_pattern_gives_the_dense_products_and_fit():
+    # rows of persons (a person-level covariate and the intercept are constant over a person's rows; the others,
+    # including an all-zero column, vary): the stored design's products and fit are the dense matrix's
+    x, y, w = design(3000, 4)
+    rng = np.random.default_rng(4)
+    person = rng.integers(0, 500, len(y))
+    w = np.where(np.isin(person, rng.choice(500, 150, replace=False)), 0.0, 1.0 + (person % 3))  # whole persons drawn 0 times
+    x1 = with_intercept(np.column_stack([rng.normal(size=500)[person], x[:, :3], np.zeros(len(y)), x[:, 3]]))
+    stored = PersonDesign.build(x1, person)
+    assert set(stored.person_columns) >= {0, 1, 5} and set(stored.row_columns) == {2, 3, 4, 6}
+    b, v = rng.normal(size=x1.shape[1]), rng.random(len(y))
+    np.testing.assert_allclose(stored.dot(b), x1 @ b, rtol=1e-13, atol=1e-12)
+    np.testing.assert_allclose(stored.rdot(v), x1.T @ v, rtol=1e-13, atol=1e-11)
+    np.testing.assert_allclose(stored.gram(v), (x1 * v[:, None]).T @ x1, rtol=1e-13, atol=1e-10)
+    keep = w > 0
+    drawn = stored.rows_of(keep)
+    np.testing.assert_allclose(drawn.gram(v[keep]), (x1[keep] * v[keep, None]).T @ x1[keep], rtol=1e-13, atol=1e-10)
+    dense, by_parts = fit_logistic(x1[keep], y[keep], w[keep]), fit_logistic(drawn, y[keep], w[keep])
+    assert by_parts.converged and by_parts.n_iter == dense.n_iter
+    np.testing.assert_allclose(probabilities(stored, by_parts.coef), probabilities(x1, dense.coef), rtol=0, atol=1e-12)

@@ -22,21 +22,23 @@ def with_last_edss(
     frame: pl.DataFrame, edss: pl.DataFrame | None, *, at: str, window_days: int | None, name: str = "edss"
 ) -> pl.DataFrame:
     """`name`: the last EDSS score in (at - window_days, at] (the day `at` counts; any earlier score when
-    window_days is None); null when none."""
+    window_days is None; of two scores on that day the later in the extract); null when none.
+
+    An as-of join (the last visit up to `at`, kept when within the window): memory of the order of the frame
+    and the visits, not of every date x every visit of its person (a grid of interval starts)."""
     if edss is None or edss.height == 0:
         return frame.with_columns(pl.lit(None, pl.Float64).alias(name))
-    keys = frame.select("person_id", at).unique()
-    in_window = pl.col("visit_date") <= pl.col(at)
-    if window_days is not None:
-        in_window = in_window & (pl.col("visit_date") > pl.col(at) - pl.duration(days=window_days))
+    keys = frame.select("person_id", at).unique().filter(pl.col(at).is_not_null()).sort(at)
     visits = (
-        edss.select("person_id", "visit_date", "edss").join(keys, on="person_id").filter(in_window)
-        .sort("person_id", at, "visit_date")
-        .group_by("person_id", at, maintain_order=True)
-        .last()
-        .select("person_id", at, pl.col("edss").cast(pl.Float64).alias(name))
+        edss.select("person_id", "visit_date", pl.col("edss").cast(pl.Float64).alias(name))
+        .join(keys.select("person_id").unique(), on="person_id", how="semi")
+        .filter(pl.col("visit_date").is_not_null())
+        .sort("visit_date", maintain_order=True)
     )  # fmt: skip
-    return frame.join(visits, on=["person_id", at], how="left")
+    last = keys.join_asof(visits, left_on=at, right_on="visit_date", by="person_id", strategy="backward", check_sortedness=False)
+    if window_days is not None:
+        last = last.filter(pl.col("visit_date") > pl.col(at) - pl.duration(days=window_days))
+    return frame.join(last.select("person_id", at, name), on=["person_id", at], how="left")
 
 
 def with_relapse_count(

@@ -269,6 +269,7 @@ def bootstrap(data: TrialData, replicates: int, workers: int, grid_days: np.ndar
     _WORKER_DATA, _WORKER_GRID, _WORKER_START = data, grid_days, tuple(start)
     for part in data.parts:
         part.clones.censoring_models  # built once before the fork, shared by every worker  # noqa: B018
+        part.clones.layout  # noqa: B018
     data.shares_grace_models  # checked once before the fork too  # noqa: B018
     try:
         if workers <= 1 or replicates < 2:
@@ -286,20 +287,27 @@ def bootstrap(data: TrialData, replicates: int, workers: int, grid_days: np.ndar
 
 def percentile_intervals(point: Mapping, replicates: Sequence[Mapping], level: float = 0.95) -> dict:
     """(lower, upper) percentile bootstrap interval of every scalar or curve estimate (nan-ignoring; nan when
-    fewer than half the replicates give a value)."""
-    out = {}
+    fewer than half the replicates give a value). Every estimate's replicates as columns of one matrix: one
+    quantile call for the columns without nan, one for the others."""
     alpha = (1 - level) / 2
-    for key, value in point.items():
-        values = np.array([r[key] for r in replicates], dtype=float) if replicates else np.empty((0,))
-        if values.size == 0:
-            out[key] = (np.full_like(np.asarray(value, float), np.nan),) * 2
-            continue
-        ok = np.sum(~np.isnan(values), axis=0) >= len(replicates) / 2
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # an all-nan column: no interval, said by nan
-            lower = np.where(ok, np.nanquantile(values, alpha, axis=0), np.nan)
-            upper = np.where(ok, np.nanquantile(values, 1 - alpha, axis=0), np.nan)
-        out[key] = (lower, upper)
+    shapes = {key: np.shape(value) for key, value in point.items()}
+    if not replicates:
+        return {key: (np.full_like(np.asarray(value, float), np.nan),) * 2 for key, value in point.items()}
+    values = np.array([np.concatenate([np.ravel(np.asarray(r[key], float)) for key in point]) for r in replicates])
+    missing = np.isnan(values)
+    ok = np.sum(~missing, axis=0) >= len(replicates) / 2
+    bounds = np.full((2, values.shape[1]), np.nan)
+    clean = ~missing.any(axis=0)
+    bounds[:, clean] = np.quantile(values[:, clean], [alpha, 1 - alpha], axis=0)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-nan column: no interval, said by nan
+        bounds[:, ~clean] = np.nanquantile(values[:, ~clean], [alpha, 1 - alpha], axis=0)
+    bounds[:, ~ok] = np.nan
+    out, offset = {}, 0
+    for key, shape in shapes.items():
+        size = int(np.prod(shape))
+        out[key] = tuple(b[offset:offset + size].reshape(shape) for b in bounds)
+        offset += size
     return out
 
 

@@ -40,7 +40,7 @@ import polars as pl
 
 from repurpose.trial_emulation.adherence import Adherence
 from repurpose.trial_emulation.cohort import COVARIATES, TIME_VARYING
-from repurpose.trial_emulation.logistic import fit_logistic, probabilities, with_intercept
+from repurpose.trial_emulation.logistic import PersonDesign, fit_logistic, probabilities, with_intercept
 from repurpose.trial_emulation.protocol import ESCALATION, HIGH_EFFICACY, STRATEGIES, TrialProtocol
 
 MIN_CLINIC_PERSONS = 50
@@ -83,6 +83,41 @@ class Clones:
     def censoring_models(self) -> tuple[CensoringModel, ...]:
         """The censoring models' rows and designs (built on first use, then shared by every bootstrap replicate)."""
         return censoring_models(self)
+
+    @cached_property
+    def layout(self) -> WeightLayout:
+        """The index arrays `weights_from` needs (built on first use, then shared by every bootstrap replicate)."""
+        return WeightLayout.of(self)
+
+
+@dataclass(frozen=True)
+class WeightLayout:
+    """What `weights_from` reads of the clones' structure, computed once: per model row the row before its clone's
+    first (-1: none), and for sustained clones the stabiliser's bound and arm per estimation row and per clone and
+    the adherence rows per arm (person, interval, deviates)."""
+
+    before_row: np.ndarray
+    row_bound: np.ndarray | None = None
+    row_arm: np.ndarray | None = None
+    final_bound: np.ndarray | None = None
+    adherence: tuple[tuple[np.ndarray, np.ndarray, np.ndarray], ...] = ()
+
+    @classmethod
+    def of(cls, clones: Clones) -> WeightLayout:
+        n = len(clones.model_clone)
+        starts = np.r_[True, clones.model_clone[1:] != clones.model_clone[:-1]] if n else np.zeros(0, bool)
+        offset = np.maximum.accumulate(np.where(starts, np.arange(n), 0)) if n else np.zeros(0, np.int64)
+        before_row = np.where(offset > 0, offset - 1, -1)
+        if clones.model_phase is None:
+            return cls(before_row)
+        adherent = clones.model_phase == 1
+        model_arm = clones.arm[clones.model_clone]
+        adherence = []
+        for a in (0, 1):
+            rows = adherent & (model_arm == a)
+            adherence.append((clones.person[clones.model_clone[rows]], clones.model_interval[rows], clones.model_deviates[rows]))
+        return cls(before_row, _bound_of(clones, clones.row_weight_row), clones.arm[clones.row_clone],
+                   _bound_of(clones, clones.final_weight_row), tuple(adherence))  # fmt: skip
 
 
 def censoring_days(first_day: np.ndarray, first_high: np.ndarray, followup: np.ndarray, grace: int,
@@ -258,7 +293,7 @@ class CensoringModel:
 
     rows: np.ndarray  # model rows (indices into the long format)
     person: np.ndarray  # per row: the person (whose bootstrap frequency weights it)
-    x1: np.ndarray  # design with the intercept column
+    design: PersonDesign  # design with the intercept column, stored per person and row pattern
     deviates: np.ndarray
 
 
@@ -281,14 +316,16 @@ def censoring_models(clones: Clones) -> tuple[CensoringModel, ...]:
     for a in (0, 1):
         for part in (~last, last):
             rows = np.flatnonzero((arm == a) & part & grace)
-            models.append(CensoringModel(rows, clones.person[clones.model_clone[rows]], with_intercept(clones.model_x[rows]),
+            person = clones.person[clones.model_clone[rows]]
+            models.append(CensoringModel(rows, person, PersonDesign.build(with_intercept(clones.model_x[rows]), person),
                                          clones.model_deviates[rows]))  # fmt: skip
     if clones.model_extra is not None:
         n_shared = clones.model_x.shape[1] - (clones.n_intervals - 1)  # without the grace interval indicators
         for a in (0, 1):
             rows = np.flatnonzero((arm == a) & ~grace)
             x = np.hstack([clones.model_x[rows, :n_shared], clones.model_extra[rows]])
-            models.append(CensoringModel(rows, clones.person[clones.model_clone[rows]], with_intercept(x), clones.model_deviates[rows]))
+            person = clones.person[clones.model_clone[rows]]
+            models.append(CensoringModel(rows, person, PersonDesign.build(with_intercept(x), person), clones.model_deviates[rows]))
     return tuple(models)
 
 
@@ -317,8 +354,9 @@ def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None, st
             coefs.append(None)
             continue
         keep = w > 0
-        fit = fit_logistic(model.x1[keep], y[keep], w[keep], start[j] if j < len(start) else None)
-        p[model.rows] = probabilities(model.x1, fit.coef)
+        design = model.design if keep.all() else model.design.rows_of(keep)
+        fit = fit_logistic(design, y[keep], w[keep], start[j] if j < len(start) else None)
+        p[model.rows] = probabilities(model.design, fit.coef)
         coefs.append(fit.coef)
     return CensoringFit(p, tuple(coefs))
 
@@ -327,7 +365,7 @@ def same_grace_models(one: Clones, other: Clones) -> bool:
     """Whether two clone sets have the same grace-period censoring models (persons, designs and outcomes, row for
     row), so that one fit serves both."""
     pairs = zip(one.censoring_models[:4], other.censoring_models[:4], strict=True)
-    return all(np.array_equal(a.person, b.person) and np.array_equal(a.deviates, b.deviates) and np.array_equal(a.x1, b.x1)
+    return all(np.array_equal(a.person, b.person) and np.array_equal(a.deviates, b.deviates) and a.design.same_as(b.design)
                for a, b in pairs)  # fmt: skip
 
 
@@ -336,19 +374,18 @@ def weights_from(clones: Clones, p_deviate: np.ndarray, percentile: float, frequ
     """Cumulative inverse-probability-of-censoring weights from the fitted deviation probabilities, stabilised
     for sustained clones (`stabiliser`), truncated at `percentile` of the final weights of the clones never
     censored (frequency-weighted in a bootstrap)."""
+    layout = clones.layout
     log_inv = -np.log(np.clip(1.0 - p_deviate, 1e-12, None))
     cum = np.cumsum(log_inv)
-    starts = np.r_[True, clones.model_clone[1:] != clones.model_clone[:-1]]
-    offset = np.maximum.accumulate(np.where(starts, np.arange(len(cum)), 0))
-    before = np.where(offset > 0, cum[offset - 1], 0.0)
+    before = np.where(layout.before_row >= 0, cum[np.maximum(layout.before_row, 0)], 0.0)
     cumulative = np.exp(cum - before) if len(cum) else cum
     final = np.where(clones.final_weight_row >= 0, cumulative[np.maximum(clones.final_weight_row, 0)] if len(cum) else 1.0, 1.0)
     row_weight = np.where(clones.row_weight_row >= 0, cumulative[np.maximum(clones.row_weight_row, 0)] if len(cum) else 1.0, 1.0)
     freq = np.ones(clones.n_persons) if frequency is None else frequency.astype(float)
     if clones.model_phase is not None:
         numerator = stabiliser(clones, freq)
-        row_weight = row_weight * _numerator_at(clones, numerator, clones.row_weight_row, clones.arm[clones.row_clone])
-        final = final * _numerator_at(clones, numerator, clones.final_weight_row, clones.arm)
+        row_weight = row_weight * numerator[layout.row_arm, layout.row_bound]
+        final = final * numerator[clones.arm, layout.final_bound]
     cap, n_capped = np.inf, 0
     if percentile < 100:
         kept = ~clones.censored
@@ -368,23 +405,21 @@ def stabiliser(clones: Clones, frequency: np.ndarray) -> np.ndarray:
     a marginal structural model, Hernan, Brumback and Robins 2000)."""
     n_bounds = int(clones.model_interval.max(initial=0)) + 2
     out = np.ones((2, n_bounds))
-    adherent = clones.model_phase == 1
-    for a in (0, 1):
-        rows = adherent & (clones.arm[clones.model_clone] == a)
-        w = frequency[clones.person[clones.model_clone[rows]]]
-        k = clones.model_interval[rows]
+    for a, (person, k, deviates) in enumerate(clones.layout.adherence):
+        w = frequency[person]
         at_risk = np.bincount(k, weights=w, minlength=n_bounds - 1)
-        deviating = np.bincount(k, weights=w * clones.model_deviates[rows], minlength=n_bounds - 1)
+        deviating = np.bincount(k, weights=w * deviates, minlength=n_bounds - 1)
         share = np.divide(deviating, at_risk, out=np.zeros_like(at_risk), where=at_risk > 0)
         out[a, 1:] = np.cumprod(1.0 - share)
     return out
 
 
-def _numerator_at(clones: Clones, numerator: np.ndarray, weight_row: np.ndarray, arm: np.ndarray) -> np.ndarray:
-    """The stabiliser of time that carries the cumulative weight of model row `weight_row` (-1: before the first
-    interval): the numerator up to the end of that row's interval."""
-    bound = np.where(weight_row >= 0, clones.model_interval[np.maximum(weight_row, 0)] + 1, 0) if len(clones.model_interval) else np.zeros(len(weight_row), np.int64)
-    return numerator[arm, bound]
+def _bound_of(clones: Clones, weight_row: np.ndarray) -> np.ndarray:
+    """The stabiliser's bound (column of `stabiliser`) of time that carries the cumulative weight of model row
+    `weight_row` (-1: before the first interval): the end of that row's interval."""
+    if not len(clones.model_interval):
+        return np.zeros(len(weight_row), np.int64)
+    return np.where(weight_row >= 0, clones.model_interval[np.maximum(weight_row, 0)] + 1, 0)
 
 
 def weighted_percentile(values: np.ndarray, weights: np.ndarray, percentile: float) -> float:

@@ -28,10 +28,8 @@ class SurvivalRows:
     stop: np.ndarray
     event: np.ndarray
     times: np.ndarray  # unique event times, ascending
-    _stop_order: np.ndarray
-    _start_order: np.ndarray
-    _stop_index: np.ndarray
-    _start_index: np.ndarray
+    _start_code: np.ndarray  # per row: 2 x (event times <= start) + arm
+    _stop_code: np.ndarray  # per row: 2 x (event times <= stop) + arm
     _event_code: np.ndarray  # per row: index into times (events only, else -1)
 
     @classmethod
@@ -42,19 +40,18 @@ class SurvivalRows:
         if np.any(stop <= start):
             raise ValueError("survival rows: every row must have start < stop")
         times = np.unique(stop[event])
-        stop_order, start_order = np.argsort(stop, kind="stable"), np.argsort(start, kind="stable")
         code = np.full(len(stop), -1, np.int64)
         code[event] = np.searchsorted(times, stop[event])
-        return cls(arm, start, stop, event, times, stop_order, start_order,
-                   np.searchsorted(stop[stop_order], times, "left"), np.searchsorted(start[start_order], times, "left"),
-                   code)  # fmt: skip
+        side = 2 * np.searchsorted(times, np.stack([start, stop]), "right") + (arm == 1)
+        return cls(arm, start, stop, event, times, side[0], side[1], code)
 
     def _at_risk(self, w: np.ndarray) -> np.ndarray:
-        """Weighted number at risk at each event time: sum of w over rows with start < t <= stop."""
-        by_stop = np.r_[0.0, np.cumsum(w[self._stop_order])]
-        by_start = np.r_[0.0, np.cumsum(w[self._start_order])]
-        total = by_stop[-1]
-        return (total - by_stop[self._stop_index]) - (total - by_start[self._start_index])
+        """Weighted number at risk at each event time per arm (times x arm 0, 1): the sum of w over rows with
+        start < t <= stop, i.e. the rows with stop >= t less those with start >= t (sums over the later event
+        times' bins: no cancellation against the total)."""
+        size = 2 * (len(self.times) + 1)
+        later = np.bincount(self._stop_code, weights=w, minlength=size) - np.bincount(self._start_code, weights=w, minlength=size)
+        return np.cumsum(later.reshape(-1, 2)[:0:-1], axis=0)[::-1]
 
     def tables(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         """Per event time and arm (suffix 1, 0): weighted at risk `n`, weighted events `d`, and the number of
@@ -62,10 +59,11 @@ class SurvivalRows:
         out = {}
         positive_event = self.event & (weights > 0)
         codes = self._event_code[positive_event]
+        at_risk = self._at_risk(weights)
+        event_weight, event_arm = weights[positive_event], self.arm[positive_event]
         for a in (0, 1):
-            w = np.where(self.arm == a, weights, 0.0)
-            out[f"n{a}"] = self._at_risk(w)
-            out[f"d{a}"] = np.bincount(codes, weights=w[positive_event], minlength=len(self.times))
+            out[f"n{a}"] = at_risk[:, a]
+            out[f"d{a}"] = np.bincount(codes, weights=np.where(event_arm == a, event_weight, 0.0), minlength=len(self.times))
         out["count"] = np.bincount(codes, minlength=len(self.times)).astype(float)
         return out
 

@@ -13,14 +13,22 @@ unaffected; the step is halved until the log-likelihood does not fall. Converged
 every coefficient or the Newton decrement g'd (twice the expected gain) was below `tol` (the step taken then
 leaves an error of the order of its square): the second stops a fit
 with (quasi-)separation, whose coefficients grow without bound while the probabilities of the separated rows
-approach 0 or 1 and every other row's probability converges. Imports numpy only.
+approach 0 or 1 and every other row's probability converges.
+
+A censoring model's rows are person x interval, and most of its columns (the intercept, the baseline covariates, the
+clinic indicators) are the same on every row of a person: `PersonDesign` stores them once per person and the other
+columns (time-varying covariates, interval indicators) once per distinct pattern, so that the products a Newton step
+needs (X b, X'r, X'WX) cost persons x columns plus rows x a few columns instead of rows x columns x columns (the
+bootstrap refits every model in every replicate). Imports numpy and scipy.sparse.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
+from scipy import sparse
 
 MAX_ITER = 100
 TOL = 1e-10
@@ -40,45 +48,168 @@ def with_intercept(x: np.ndarray) -> np.ndarray:
     return np.hstack([np.ones((x.shape[0], 1)), x])
 
 
-def _log_likelihood(eta: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
-    """sum w [y eta - log(1 + exp(eta))], computed without overflow."""
-    return float(np.sum(w * (np.where(y, eta, 0.0) - (np.maximum(eta, 0.0) + np.log1p(np.exp(-np.abs(eta)))))))
+@dataclass(frozen=True)
+class PersonDesign:
+    """A design matrix whose rows belong to persons, stored by parts: the columns constant over each person's rows
+    (`person_columns`, values per person in `person_x`) and the others (`row_columns`, values per distinct pattern
+    in `pattern_x`); row r is person `row_person[r]` with pattern `row_pattern[r]`. Same products as the dense
+    matrix (up to the order of summation)."""
+
+    person_x: np.ndarray
+    row_person: np.ndarray
+    pattern_x: np.ndarray
+    row_pattern: np.ndarray
+    person_columns: np.ndarray
+    row_columns: np.ndarray
+    by_person: sparse.csr_matrix  # persons x rows incidence: sums over each person's rows
+
+    @classmethod
+    def build(cls, x1: np.ndarray, person: np.ndarray) -> PersonDesign:
+        """The parts of dense design `x1` whose rows belong to `person` (any codes)."""
+        codes, first, row_person = np.unique(person, return_index=True, return_inverse=True)
+        constant = np.all(x1 == x1[first[row_person]], axis=0)
+        person_columns, row_columns = np.flatnonzero(constant), np.flatnonzero(~constant)
+        pattern_x, row_pattern = _distinct_rows(x1[:, row_columns])
+        by_person = sparse.csr_matrix((np.ones(len(person)), (row_person, np.arange(len(person)))), shape=(len(codes), len(person)))
+        return cls(np.ascontiguousarray(x1[first][:, person_columns]), row_person, pattern_x, row_pattern,
+                   person_columns, row_columns, by_person)  # fmt: skip
+
+    def rows_of(self, keep: np.ndarray) -> PersonDesign:
+        """The design of the rows where `keep` (a bootstrap replicate's persons drawn: the others' rows weigh 0)."""
+        kept_person = np.zeros(len(self.person_x), bool)
+        kept_person[self.row_person[keep]] = True
+        row_person = (np.cumsum(kept_person) - 1)[self.row_person[keep]]
+        n_rows = len(row_person)
+        by_person = sparse.csr_matrix((np.ones(n_rows), (row_person, np.arange(n_rows))), shape=(int(kept_person.sum()), n_rows))
+        return PersonDesign(self.person_x[kept_person], row_person, self.pattern_x, self.row_pattern[keep], self.person_columns,
+                            self.row_columns, by_person)  # fmt: skip
+
+    @cached_property
+    def pattern_by_person(self) -> np.ndarray:
+        """The rows' patterns with the rows grouped by person (`by_person`'s order)."""
+        return self.row_pattern[self.by_person.indices]
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.row_person), len(self.person_columns) + len(self.row_columns)
+
+    def dot(self, coef: np.ndarray) -> np.ndarray:
+        """X b per row."""
+        return (self.person_x @ coef[self.person_columns])[self.row_person] + (self.pattern_x @ coef[self.row_columns])[self.row_pattern]
+
+    def rdot(self, r: np.ndarray) -> np.ndarray:
+        """X'r."""
+        out = np.empty(self.shape[1])
+        out[self.person_columns] = self.person_x.T @ (self.by_person @ r)
+        out[self.row_columns] = self.pattern_x.T @ np.bincount(self.row_pattern, weights=r, minlength=len(self.pattern_x))
+        return out
+
+    def gram(self, v: np.ndarray) -> np.ndarray:
+        """X' diag(v) X."""
+        pc, rc = self.person_columns, self.row_columns
+        out = np.empty((self.shape[1], self.shape[1]))
+        out[np.ix_(pc, pc)] = (self.person_x * (self.by_person @ v)[:, None]).T @ self.person_x
+        counts = np.bincount(self.row_pattern, weights=v, minlength=len(self.pattern_x))
+        out[np.ix_(rc, rc)] = (self.pattern_x * counts[:, None]).T @ self.pattern_x
+        person_pattern = sparse.csr_matrix((v[self.by_person.indices], self.pattern_by_person, self.by_person.indptr),
+                                           shape=(len(self.person_x), len(self.pattern_x)))  # fmt: skip
+        cross = self.person_x.T @ (person_pattern @ self.pattern_x)
+        out[np.ix_(pc, rc)] = cross
+        out[np.ix_(rc, pc)] = cross.T
+        return out
+
+    def same_as(self, other: PersonDesign) -> bool:
+        """Whether two designs are the same matrix stored the same way."""
+        return all(np.array_equal(getattr(self, f), getattr(other, f)) for f in
+                   ("person_x", "row_person", "pattern_x", "row_pattern", "person_columns", "row_columns"))  # fmt: skip
 
 
-def _expit(eta: np.ndarray) -> np.ndarray:
+def _distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct rows of `x` and each row's index among them (a mixed-radix code of the columns' value ranks:
+    faster than np.unique(axis=0))."""
+    code, size = np.zeros(len(x), np.int64), 1
+    for column in x.T:
+        if np.all((column == 0) | (column == 1)):  # an indicator is its own rank (no sort)
+            n_values, rank = 2, column.astype(np.int64)
+        else:
+            values, rank = np.unique(column, return_inverse=True)
+            n_values = len(values)
+        if size * n_values >= 2**62:
+            size, code = len(code), np.unique(code, return_inverse=True)[1]
+        code, size = code * n_values + rank, size * n_values
+    _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+    return x[first], inverse
+
+
+class _Dense:
+    """A dense design matrix with `PersonDesign`'s products."""
+
+    def __init__(self, x1: np.ndarray) -> None:
+        self.x1, self.shape = x1, x1.shape
+
+    def dot(self, coef: np.ndarray) -> np.ndarray:
+        return self.x1 @ coef
+
+    def rdot(self, r: np.ndarray) -> np.ndarray:
+        return self.x1.T @ r
+
+    def gram(self, v: np.ndarray) -> np.ndarray:
+        return (self.x1 * v[:, None]).T @ self.x1
+
+
+Design = np.ndarray | PersonDesign
+"""A design with the intercept column: dense, or stored by parts (`PersonDesign`)."""
+
+
+def _as_design(x1: Design) -> PersonDesign | _Dense:
+    return x1 if isinstance(x1, PersonDesign) else _Dense(x1)
+
+
+def _log_likelihood(eta: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
+    """sum w [y eta - log(1 + exp(eta))], computed without overflow, and exp(-|eta|) (which `_expit` reuses)."""
     e = np.exp(-np.abs(eta))
+    return float(np.sum(w * (np.where(y, eta, 0.0) - (np.maximum(eta, 0.0) + np.log1p(e))))), e
+
+
+def _expit(eta: np.ndarray, e: np.ndarray | None = None) -> np.ndarray:
+    """1 / (1 + exp(-eta)), from e = exp(-|eta|) when given."""
+    e = np.exp(-np.abs(eta)) if e is None else e
     return np.where(eta >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
-def probabilities(x1: np.ndarray, coef: np.ndarray) -> np.ndarray:
+def probabilities(x1: Design, coef: np.ndarray) -> np.ndarray:
     """Fitted P(y = 1) of design rows `x1` (with the intercept column)."""
-    return _expit(x1 @ coef)
+    return _expit(_as_design(x1).dot(coef))
 
 
-def fit_logistic(x1: np.ndarray, y: np.ndarray, w: np.ndarray, start: np.ndarray | None = None, *,
+def fit_logistic(x1: Design, y: np.ndarray, w: np.ndarray, start: np.ndarray | None = None, *,
                  max_iter: int = MAX_ITER, tol: float = TOL) -> LogisticFit:  # fmt: skip
     """Maximum likelihood of the weighted logistic model (module doc) on design `x1` (with the intercept column),
-    0/1 outcome `y` and frequency weights `w` (all positive: drop rows of weight 0 before), from `start` (zeros
-    when None or when `start` fits worse than zeros)."""
+    0/1 outcome `y` and frequency weights `w` (>= 0; a row of weight 0 adds nothing), from `start` (zeros when
+    None or when `start` fits worse than zeros)."""
     y = np.asarray(y, bool)
-    beta = np.zeros(x1.shape[1])
-    loglik = _log_likelihood(np.zeros(len(y)), y, w)
+    x = _as_design(x1)
+    y_value = np.where(y, 1.0, 0.0)
+    beta, eta = np.zeros(x.shape[1]), np.zeros(len(y))
+    loglik, e = _log_likelihood(eta, y, w)
     if start is not None:
-        warm = _log_likelihood(x1 @ start, y, w)
+        warm_eta = x.dot(start)
+        warm, warm_e = _log_likelihood(warm_eta, y, w)
         if warm > loglik:
-            beta, loglik = np.array(start, float), warm
+            beta, eta, e, loglik = np.array(start, float), warm_eta, warm_e, warm
     for iteration in range(1, max_iter + 1):
-        p = probabilities(x1, beta)
-        gradient = x1.T @ (w * (np.where(y, 1.0, 0.0) - p))
-        hessian = (x1 * (w * p * (1.0 - p))[:, None]).T @ x1
+        p = _expit(eta, e)
+        gradient = x.rdot(w * (y_value - p))
+        hessian = x.gram(w * p * (1.0 - p))
         step = np.linalg.lstsq(hessian, gradient, rcond=None)[0]
         decrement = float(gradient @ step)
         for _ in range(40):
-            trial = _log_likelihood(x1 @ (beta + step), y, w)
+            trial_eta = x.dot(beta + step)
+            trial, trial_e = _log_likelihood(trial_eta, y, w)
             if trial >= loglik - 1e-12 * abs(loglik):
                 break
             step = step / 2
-        beta, loglik = beta + step, trial
+        beta, eta, e, loglik = beta + step, trial_eta, trial_e, trial
         if decrement < tol or np.max(np.abs(step)) < tol:
             return LogisticFit(beta, True, iteration)
     return LogisticFit(beta, False, max_iter)

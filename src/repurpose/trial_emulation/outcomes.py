@@ -120,6 +120,8 @@ def confirmed_worsening(
     _require(edss, ("person_id", "visit_date", "edss"), "edss")
     _require(relapses, ("person_id", "relapse_date"), "relapses")
     follow = _follow_up(baseline)
+    persons = follow.select("person_id")  # the baseline persons' visits and relapses only: a visit's validity is per person
+    edss, relapses = (frame.join(persons, on="person_id", how="semi") for frame in (edss, relapses))
     visits = _valid_visits(edss, relapses, relapse_exclusion_days).join(follow, on="person_id")
     baseline_edss = (
         visits.filter(
