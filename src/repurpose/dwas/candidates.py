@@ -455,8 +455,9 @@ def sparse_likelihood_ratio(
             .filter(pl.col("atc_code").is_in(sorted(sparse_codes)))
             .collect()
         )
-        for code in sorted(set(exposures["atc_code"].unique().to_list())):
-            fit = likelihood_ratio_fit(model, exposures, code, lag_days(lag_of[code]))
+        indexed = level_exposures(model, exposures)  # joined with the cohort once per level, not per refit
+        for code in indexed.codes:
+            fit = likelihood_ratio_fit(model, indexed, code, lag_days(lag_of[code]))
             if fit:
                 found.append({"atc_code": code, **fit})
     if not found:

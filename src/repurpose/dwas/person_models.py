@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from repurpose.atc import atc_parent
-from repurpose.cox.engine import efron_log_likelihood, fit_efron
+from repurpose.cox.engine import efron_evaluator, fit_efron
 from repurpose.cox.result import wald
 from repurpose.cox.risk_set_table import RiskSetTable, aggregate_counting_process
 from repurpose.duck import connect, sql_literal
@@ -408,7 +408,8 @@ def healthcare_use(config: dict[str, Any], prescriptions: list[str], cohort_path
 
 def select_proxy_confounders(
     prepared: pl.DataFrame,
-    exposures: pl.DataFrame,
+    exposures: LevelExposures,
+    classes: list[str],
     codes: list[str],
     settings: dict[str, Any],
     seed: int = 0,
@@ -420,14 +421,16 @@ def select_proxy_confounders(
     candidate). Classes with a non-zero coefficient in both are ranked by |coef_outcome| x
     |coef_exposure| and the first `max_adjustment_classes` kept (a high-dimensional proxy adjustment
     in the spirit of hdPS, Schneeweiss et al. 2009, with the lasso doing the selection). Ancestors and
-    descendants cannot occur (one level), and the candidate's own ATC siblings are allowed.
+    descendants cannot occur (one level), and the candidate's own ATC siblings are allowed. `exposures` is the
+    level's table indexed for `prepared`'s persons (`level_exposures`), `classes` every class of the table.
     """
     confirm = settings["confirmation"]
-    classes = sorted(exposures["atc_code"].unique().to_list())
     column_of = {c: i for i, c in enumerate(classes)}
-    rows = exposures.select("person_id", "atc_code").join(prepared.select("person_id", "cohort_row"), on="person_id")
+    column = np.empty(exposures.frame.height, dtype=np.int64)
+    for code, (first, length) in exposures.bounds.items():  # a class's rows are a slice: no per-row lookup
+        column[first : first + length] = column_of[code]
     matrix = sparse.csr_matrix(
-        (np.ones(rows.height), (rows["cohort_row"].to_numpy(), rows["atc_code"].replace_strict(column_of, return_dtype=pl.Int64).to_numpy())),
+        (np.ones(exposures.frame.height), (exposures.frame["cohort_row"].cast(pl.Int64).to_numpy(), column)),
         shape=(prepared.height, len(classes)),
     )
     matrix.data[:] = 1.0
@@ -616,9 +619,9 @@ def level_models(
     main_lag_days = lag_days(settings["main_lag_years"])
     all_codes = sorted(exposures["atc_code"].unique().to_list())
     cutpoints = [float(c) for c in config["screen"]["dose_cutpoints_ddd"]]
-    proxies = select_proxy_confounders(model.prepared, exposures, confirm_codes, settings) if confirm_codes else {}
     # `confirmation` numbers the same persons in the same order (`aggregated_cohort` of model.prepared): one index.
     indexed = level_exposures(model, exposures)
+    proxies = select_proxy_confounders(model.prepared, indexed, all_codes, confirm_codes, settings) if confirm_codes else {}
     rows = []
     for code in codes:
         started = time.perf_counter()
@@ -666,11 +669,12 @@ def likelihood_ratio_fit(model: ModelCohort, exposures: pl.DataFrame | LevelExpo
         loglik_null = float(fit.loglik_null[0])
     statistic = max(2.0 * (loglik_hat - loglik_null), 0.0)
     critical = float(stats.chi2.ppf(level, 1))
+    loglik_at = efron_evaluator(table)  # the profile's many evaluations share the table's index
 
     def deviance_gap(b: float) -> float:
         beta = coef.copy()
         beta[0] = b
-        return 2.0 * (loglik_hat - float(efron_log_likelihood(table, beta).loglik[0])) - critical
+        return 2.0 * (loglik_hat - float(loglik_at(beta).loglik[0])) - critical
 
     b_hat, width = float(coef[0]), 4.0 * max(float(fit.se[0, 0]), 0.1)
     limits = []
