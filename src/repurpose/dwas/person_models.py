@@ -105,6 +105,22 @@ class ModelCohort:
         return design.max(axis=0) > design.min(axis=0)
 
     @cached_property
+    def persons_sorted(self) -> tuple[pl.Series, pl.Series]:
+        """(cohort rows in person_id order, the person_ids in that order): `cohort_rows` searches them."""
+        order = self.prepared["person_id"].arg_sort()
+        return order, self.prepared["person_id"].gather(order)
+
+    def cohort_rows(self, person_id: pl.Series) -> tuple[pl.Series, pl.Series]:
+        """Per person_id whether it is in the cohort, and the cohort rows of those that are (in their order):
+        a binary search in the sorted identifiers, cheaper than a hash join of every exposure row."""
+        order, sorted_ids = self.persons_sorted
+        if not len(sorted_ids):
+            return pl.Series([False] * len(person_id)), order.clear()
+        position = sorted_ids.search_sorted(person_id, side="left").clip(0, len(sorted_ids) - 1)
+        found = sorted_ids.gather(position) == person_id
+        return found, order.gather(position.filter(found)).cast(self.prepared["cohort_row"].dtype)
+
+    @cached_property
     def n_with_follow_up(self) -> int:
         return int(np.sum(self.entry < self.exit))
 
@@ -140,11 +156,13 @@ def level_exposures(model: ModelCohort, exposures: pl.DataFrame | LevelExposures
     have been built for the same model)."""
     if isinstance(exposures, LevelExposures):
         return exposures
-    frame = exposures.join(model.prepared.select("person_id", "cohort_row"), on="person_id", how="inner", maintain_order="left")
+    found, rows = model.cohort_rows(exposures["person_id"])  # an inner join keeping the exposures' order
+    frame = exposures.filter(found).with_columns(cohort_row=rows)
     if not frame["atc_code"].is_sorted():
         frame = frame.sort("atc_code", maintain_order=True)
-    spans = frame.select("atc_code").with_row_index("first").group_by("atc_code").agg(pl.col("first").min(), pl.len())
-    bounds = {c: (int(f), int(n)) for c, f, n in spans.iter_rows()}
+    runs = frame.select(pl.col("atc_code").rle()).unnest("atc_code")  # sorted: one run per class
+    length = runs["len"].to_numpy().astype(np.int64)
+    bounds = {c: (int(f), int(n)) for c, f, n in zip(runs["value"].to_list(), np.cumsum(length) - length, length, strict=True)}
     return LevelExposures(frame, bounds)
 
 
@@ -520,7 +538,7 @@ def switch_segments(
     switch = exposed_from(model.entry[row], joined["age"].to_numpy(), lag_in_days)
     keep = switch < model.exit[row]
     row, switch, bit = row[keep], switch[keep], joined["bit"].to_numpy()[keep]
-    order = np.lexsort((switch, row))
+    order = np.argsort(row * model.time_span + switch, kind="stable")  # by row, then switch (0 <= switch < time_span)
     row, switch, bit = row[order], switch[order], bit[order]
     first = np.flatnonzero(np.r_[True, row[1:] != row[:-1]]) if len(row) else np.zeros(0, dtype=np.int64)
     used = np.cumsum(bit)

@@ -280,12 +280,15 @@ def risk_set_rows(
     keep = keep[np.argsort(query[keep] * (n_patterns + 1) + slot[keep], kind="stable")]
     query, slot = query[keep], slot[keep]
     patterns = np.vstack([np.zeros((1, pattern_design.shape[1])), pattern_design])
+    design = np.empty((len(keep), patterns.shape[1] + covariate_design.shape[1]))  # filled in place: no hstack copy
+    design[:, : patterns.shape[1]] = patterns[slot]
+    design[:, patterns.shape[1] :] = covariate_design[queries["cell"].to_numpy()[query]]
     return RiskSetTable(
         fit_index=queries["fit"].to_numpy()[query].astype(np.int64),
         risk_set_index=risk_set_index[query].astype(np.int64),
         n_at_risk=at_risk[keep],
         n_events=events[keep],
-        design=np.hstack([patterns[slot], covariate_design[queries["cell"].to_numpy()[query]]]),
+        design=design,
         n_fits=n_fits,
     )
 
