@@ -142,6 +142,13 @@ class EfronDerivatives(NamedTuple):
     information_positive_diag: np.ndarray  # (n_fits, p): sum of the positive parts; detects cancellation
 
 
+def _weighted_run_sum(runs: sparse.csr_matrix, weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per group of `runs` (`_run_sum_matrix`) the sum of ``weights * values`` rows: the weights ride in the
+    sparse matrix, so no (n, p) product is formed; each term is the same product, summed in the same order."""
+    weighted = sparse.csr_matrix((weights, runs.indices, runs.indptr), shape=runs.shape, copy=False)
+    return np.asarray(weighted @ values)
+
+
 def _segment_outer_sum(left: np.ndarray, right: np.ndarray, starts: np.ndarray) -> np.ndarray:
     """Per segment (rows from ``starts``), the sum of outer products ``left_i right_i^T``; loops over p only."""
     n_cov = left.shape[1]
@@ -231,8 +238,8 @@ def _evaluate(ws: _Workspace, beta: np.ndarray, *, fast_path: bool = True) -> Ef
         else:
             score = np.add.reduceat(residual_fp[:, None] * ws.fp_design, ws.fp_starts, axis=0)
             info_pos = _segment_outer_sum(q_fp[:, None] * ws.fp_design, ws.fp_design, ws.fp_starts)
-            s1 = ws.risk_set_sum @ (w_risk[:, None] * ws.design)
-            e1 = ws.event_set_sum @ (w_event[:, None] * ws.ev_design)
+            s1 = _weighted_run_sum(ws.risk_set_sum, w_risk, ws.design)
+            e1 = _weighted_run_sum(ws.event_set_sum, w_event, ws.ev_design)
             u = b0[:, None] * s1 - b1[:, None] * e1
             v = b2[:, None] * e1 - b1[:, None] * s1
             info_neg = _segment_outer_sum(s1, u, ws.fit_rs_starts) + _segment_outer_sum(

@@ -49,6 +49,7 @@ from repurpose.dwas.person_models import (
     level_models,
     likelihood_ratio_fit,
     model_cohort,
+    model_exposure_columns,
 )
 from repurpose.dwas.replication import (
     half_cohorts,
@@ -528,7 +529,7 @@ def person_level_evidence(
     progress = Progress(log, "person-level models of the candidates", candidates.height)
     parts = []
     for path in exposure_paths:
-        exposures = pl.read_parquet(path)
+        exposures = pl.read_parquet(path, columns=model_exposure_columns(config))
         present = set(exposures["atc_code"].unique().to_list())
         level_codes = [c for c in candidates["atc_code"].to_list() if c in present]
         if level_codes:

@@ -151,6 +151,12 @@ class LevelExposures:
         return sorted(self.bounds)
 
 
+def model_exposure_columns(config: dict[str, Any]) -> list[str]:
+    """The columns of a level's exposure table that the person-level models read (a file holds more)."""
+    cutpoints = [float(c) for c in config["screen"]["dose_cutpoints_ddd"]]
+    return ["person_id", "atc_code", "exposure_start_age_days", "first_dispense_age_days", *map(dose_column, cutpoints)]
+
+
 def level_exposures(model: ModelCohort, exposures: pl.DataFrame | LevelExposures) -> LevelExposures:
     """`LevelExposures` of an exposure table for `model` (given one already, it is returned as it is: it must
     have been built for the same model)."""
