@@ -6,7 +6,8 @@ Owns: the Efron partial likelihood, score and information of every fit of a `Ris
 exposure-and-categorical-covariates path (`repurpose.cox.categorical`) and the coordinator of the
 distributed fit (`NewtonArrays`, `accept_or_halve`, `start_newton`, `newton_raphson`,
 `information_is_singular`, `finish_fits`). The table is built by `repurpose.cox.risk_set_table`; the fit result and its Wald summary
-are `repurpose.cox.result`. Imports numpy and the other `repurpose.cox` modules only. See
+are `repurpose.cox.result`. Imports numpy, scipy.sparse (on first use) and the other `repurpose.cox` modules
+only. See
 ``docs/cox_engine.md`` for the method.
 """
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple
 
 import numpy as np
@@ -28,6 +30,9 @@ from repurpose.cox.risk_set_table import (
     factorize,
     run_starts,
 )
+from repurpose.lazy import lazy_module
+
+sparse = lazy_module("scipy.sparse")
 
 # A coefficient is reported as diverging (monotone likelihood) when, at the point where the
 # log-likelihood stopped improving, its Newton step is still at least this large ...
@@ -117,6 +122,16 @@ class _Workspace:
         self.ev_fp = self.fp_of_row[event_rows]
         self.ev_design = self.design[event_rows]
 
+    @cached_property
+    def risk_set_sum(self) -> sparse.csr_matrix:
+        """Sums rows into their risk set (`_run_sum_matrix`): the p > 1 per-risk-set sums."""
+        return _run_sum_matrix(self.rs_of_row, self.n_risk_sets)
+
+    @cached_property
+    def event_set_sum(self) -> sparse.csr_matrix:
+        """Sums event rows into their risk set (`_run_sum_matrix`)."""
+        return _run_sum_matrix(self.ev_rs, self.n_risk_sets)
+
 
 class EfronDerivatives(NamedTuple):
     """Efron log partial likelihood, score and observed information per fit."""
@@ -125,6 +140,13 @@ class EfronDerivatives(NamedTuple):
     score: np.ndarray  # (n_fits, p)
     information: np.ndarray  # (n_fits, p, p)
     information_positive_diag: np.ndarray  # (n_fits, p): sum of the positive parts; detects cancellation
+
+
+def _weighted_run_sum(runs: sparse.csr_matrix, weights: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Per group of `runs` (`_run_sum_matrix`) the sum of ``weights * values`` rows: the weights ride in the
+    sparse matrix, so no (n, p) product is formed; each term is the same product, summed in the same order."""
+    weighted = sparse.csr_matrix((weights, runs.indices, runs.indptr), shape=runs.shape, copy=False)
+    return np.asarray(weighted @ values)
 
 
 def _segment_outer_sum(left: np.ndarray, right: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -136,13 +158,14 @@ def _segment_outer_sum(left: np.ndarray, right: np.ndarray, starts: np.ndarray) 
     return out
 
 
-def _group_sum(group: np.ndarray, values: np.ndarray, n_groups: int) -> np.ndarray:
-    """Sum of ``values`` (n,) or (n, p) per group id; bincount is much faster than reduceat on short groups."""
-    if values.ndim == 1:
-        return np.bincount(group, weights=values, minlength=n_groups)
-    return np.stack(
-        [np.bincount(group, weights=values[:, j], minlength=n_groups) for j in range(values.shape[1])], axis=1
-    )
+def _run_sum_matrix(group: np.ndarray, n_groups: int) -> sparse.csr_matrix:
+    """The (n_groups, n) 0/1 matrix summing rows into their group, for a non-decreasing ``group``.
+
+    Its product with an (n, p) array sums each group's rows in row order from 0, as one ``np.bincount``
+    per column does (the same numbers, bit for bit), in one pass over the rows instead of p strided ones.
+    """
+    indptr = np.searchsorted(group, np.arange(n_groups + 1), side="left")
+    return sparse.csr_matrix((np.ones(group.shape[0]), np.arange(group.shape[0]), indptr), shape=(n_groups, group.shape[0]))
 
 
 def _evaluate(ws: _Workspace, beta: np.ndarray, *, fast_path: bool = True) -> EfronDerivatives:
@@ -215,8 +238,8 @@ def _evaluate(ws: _Workspace, beta: np.ndarray, *, fast_path: bool = True) -> Ef
         else:
             score = np.add.reduceat(residual_fp[:, None] * ws.fp_design, ws.fp_starts, axis=0)
             info_pos = _segment_outer_sum(q_fp[:, None] * ws.fp_design, ws.fp_design, ws.fp_starts)
-            s1 = _group_sum(ws.rs_of_row, w_risk[:, None] * ws.design, n_risk_sets)
-            e1 = _group_sum(ws.ev_rs, w_event[:, None] * ws.ev_design, n_risk_sets)
+            s1 = _weighted_run_sum(ws.risk_set_sum, w_risk, ws.design)
+            e1 = _weighted_run_sum(ws.event_set_sum, w_event, ws.ev_design)
             u = b0[:, None] * s1 - b1[:, None] * e1
             v = b2[:, None] * e1 - b1[:, None] * s1
             info_neg = _segment_outer_sum(s1, u, ws.fit_rs_starts) + _segment_outer_sum(
@@ -253,6 +276,28 @@ def _broadcast_beta(beta: np.ndarray | Sequence[float] | None, n_fits: int, p: i
     return np.array(arr)
 
 
+def efron_evaluator(table: RiskSetTable) -> Callable[..., EfronDerivatives]:
+    """`efron_log_likelihood` of ``table`` as a function of ``beta``, the table's index structures built once:
+    for many evaluations of one table (a profile likelihood), the same numbers as separate calls."""
+    n_fits, p = table.n_fits, table.n_covariates
+    fit_events = np.bincount(table.fit_index, weights=table.n_events, minlength=n_fits)
+    fits = np.flatnonzero(fit_events > 0)
+    ws = _Workspace(table, *_prepare(table), fits) if fits.size else None
+
+    def evaluate(beta: np.ndarray | Sequence[float] | None = None) -> EfronDerivatives:
+        beta_arr = _broadcast_beta(beta, n_fits, p, "beta")
+        loglik = np.zeros(n_fits)
+        score = np.zeros((n_fits, p))
+        information = np.zeros((n_fits, p, p))
+        info_pos = np.zeros((n_fits, p))
+        if ws is not None:
+            derivs = _evaluate(ws, beta_arr[fits])
+            loglik[fits], score[fits], information[fits], info_pos[fits] = derivs
+        return EfronDerivatives(loglik, score, information, info_pos)
+
+    return evaluate
+
+
 def efron_log_likelihood(
     table: RiskSetTable, beta: np.ndarray | Sequence[float] | None = None
 ) -> EfronDerivatives:
@@ -261,20 +306,7 @@ def efron_log_likelihood(
     ``beta`` has shape (p,) (same for all fits) or (n_fits, p); default 0 (gives score tests).
     Fits without events get log-likelihood 0, zero score and zero information.
     """
-    n_fits, p = table.n_fits, table.n_covariates
-    beta_arr = _broadcast_beta(beta, n_fits, p, "beta")
-    loglik = np.zeros(n_fits)
-    score = np.zeros((n_fits, p))
-    information = np.zeros((n_fits, p, p))
-    info_pos = np.zeros((n_fits, p))
-    fit_events = np.bincount(table.fit_index, weights=table.n_events, minlength=n_fits)
-    fits = np.flatnonzero(fit_events > 0)
-    if fits.size:
-        row_pattern, patterns = _prepare(table)
-        ws = _Workspace(table, row_pattern, patterns, fits)
-        derivs = _evaluate(ws, beta_arr[fits])
-        loglik[fits], score[fits], information[fits], info_pos[fits] = derivs
-    return EfronDerivatives(loglik, score, information, info_pos)
+    return efron_evaluator(table)(beta)
 
 
 def newton_step(information: np.ndarray, score: np.ndarray) -> np.ndarray:

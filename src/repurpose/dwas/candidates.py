@@ -49,6 +49,7 @@ from repurpose.dwas.person_models import (
     level_models,
     likelihood_ratio_fit,
     model_cohort,
+    model_exposure_columns,
 )
 from repurpose.dwas.replication import (
     half_cohorts,
@@ -455,8 +456,9 @@ def sparse_likelihood_ratio(
             .filter(pl.col("atc_code").is_in(sorted(sparse_codes)))
             .collect()
         )
-        for code in sorted(set(exposures["atc_code"].unique().to_list())):
-            fit = likelihood_ratio_fit(model, exposures, code, lag_days(lag_of[code]))
+        indexed = level_exposures(model, exposures)  # joined with the cohort once per level, not per refit
+        for code in indexed.codes:
+            fit = likelihood_ratio_fit(model, indexed, code, lag_days(lag_of[code]))
             if fit:
                 found.append({"atc_code": code, **fit})
     if not found:
@@ -527,7 +529,7 @@ def person_level_evidence(
     progress = Progress(log, "person-level models of the candidates", candidates.height)
     parts = []
     for path in exposure_paths:
-        exposures = pl.read_parquet(path)
+        exposures = pl.read_parquet(path, columns=model_exposure_columns(config))
         present = set(exposures["atc_code"].unique().to_list())
         level_codes = [c for c in candidates["atc_code"].to_list() if c in present]
         if level_codes:

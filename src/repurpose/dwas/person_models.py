@@ -29,7 +29,7 @@ import numpy as np
 import polars as pl
 
 from repurpose.atc import atc_parent
-from repurpose.cox.engine import efron_log_likelihood, fit_efron
+from repurpose.cox.engine import efron_evaluator, fit_efron
 from repurpose.cox.result import wald
 from repurpose.cox.risk_set_table import RiskSetTable, aggregate_counting_process
 from repurpose.duck import connect, sql_literal
@@ -105,6 +105,22 @@ class ModelCohort:
         return design.max(axis=0) > design.min(axis=0)
 
     @cached_property
+    def persons_sorted(self) -> tuple[pl.Series, pl.Series]:
+        """(cohort rows in person_id order, the person_ids in that order): `cohort_rows` searches them."""
+        order = self.prepared["person_id"].arg_sort()
+        return order, self.prepared["person_id"].gather(order)
+
+    def cohort_rows(self, person_id: pl.Series) -> tuple[pl.Series, pl.Series]:
+        """Per person_id whether it is in the cohort, and the cohort rows of those that are (in their order):
+        a binary search in the sorted identifiers, cheaper than a hash join of every exposure row."""
+        order, sorted_ids = self.persons_sorted
+        if not len(sorted_ids):
+            return pl.Series([False] * len(person_id)), order.clear()
+        position = sorted_ids.search_sorted(person_id, side="left").clip(0, len(sorted_ids) - 1)
+        found = sorted_ids.gather(position) == person_id
+        return found, order.gather(position.filter(found)).cast(self.prepared["cohort_row"].dtype)
+
+    @cached_property
     def n_with_follow_up(self) -> int:
         return int(np.sum(self.entry < self.exit))
 
@@ -135,16 +151,24 @@ class LevelExposures:
         return sorted(self.bounds)
 
 
+def model_exposure_columns(config: dict[str, Any]) -> list[str]:
+    """The columns of a level's exposure table that the person-level models read (a file holds more)."""
+    cutpoints = [float(c) for c in config["screen"]["dose_cutpoints_ddd"]]
+    return ["person_id", "atc_code", "exposure_start_age_days", "first_dispense_age_days", *map(dose_column, cutpoints)]
+
+
 def level_exposures(model: ModelCohort, exposures: pl.DataFrame | LevelExposures) -> LevelExposures:
     """`LevelExposures` of an exposure table for `model` (given one already, it is returned as it is: it must
     have been built for the same model)."""
     if isinstance(exposures, LevelExposures):
         return exposures
-    frame = exposures.join(model.prepared.select("person_id", "cohort_row"), on="person_id", how="inner", maintain_order="left")
+    found, rows = model.cohort_rows(exposures["person_id"])  # an inner join keeping the exposures' order
+    frame = exposures.filter(found).with_columns(cohort_row=rows)
     if not frame["atc_code"].is_sorted():
         frame = frame.sort("atc_code", maintain_order=True)
-    spans = frame.select("atc_code").with_row_index("first").group_by("atc_code").agg(pl.col("first").min(), pl.len())
-    bounds = {c: (int(f), int(n)) for c, f, n in spans.iter_rows()}
+    runs = frame.select(pl.col("atc_code").rle()).unnest("atc_code")  # sorted: one run per class
+    length = runs["len"].to_numpy().astype(np.int64)
+    bounds = {c: (int(f), int(n)) for c, f, n in zip(runs["value"].to_list(), np.cumsum(length) - length, length, strict=True)}
     return LevelExposures(frame, bounds)
 
 
@@ -408,7 +432,8 @@ def healthcare_use(config: dict[str, Any], prescriptions: list[str], cohort_path
 
 def select_proxy_confounders(
     prepared: pl.DataFrame,
-    exposures: pl.DataFrame,
+    exposures: LevelExposures,
+    classes: list[str],
     codes: list[str],
     settings: dict[str, Any],
     seed: int = 0,
@@ -420,14 +445,16 @@ def select_proxy_confounders(
     candidate). Classes with a non-zero coefficient in both are ranked by |coef_outcome| x
     |coef_exposure| and the first `max_adjustment_classes` kept (a high-dimensional proxy adjustment
     in the spirit of hdPS, Schneeweiss et al. 2009, with the lasso doing the selection). Ancestors and
-    descendants cannot occur (one level), and the candidate's own ATC siblings are allowed.
+    descendants cannot occur (one level), and the candidate's own ATC siblings are allowed. `exposures` is the
+    level's table indexed for `prepared`'s persons (`level_exposures`), `classes` every class of the table.
     """
     confirm = settings["confirmation"]
-    classes = sorted(exposures["atc_code"].unique().to_list())
     column_of = {c: i for i, c in enumerate(classes)}
-    rows = exposures.select("person_id", "atc_code").join(prepared.select("person_id", "cohort_row"), on="person_id")
+    column = np.empty(exposures.frame.height, dtype=np.int64)
+    for code, (first, length) in exposures.bounds.items():  # a class's rows are a slice: no per-row lookup
+        column[first : first + length] = column_of[code]
     matrix = sparse.csr_matrix(
-        (np.ones(rows.height), (rows["cohort_row"].to_numpy(), rows["atc_code"].replace_strict(column_of, return_dtype=pl.Int64).to_numpy())),
+        (np.ones(exposures.frame.height), (exposures.frame["cohort_row"].cast(pl.Int64).to_numpy(), column)),
         shape=(prepared.height, len(classes)),
     )
     matrix.data[:] = 1.0
@@ -517,7 +544,7 @@ def switch_segments(
     switch = exposed_from(model.entry[row], joined["age"].to_numpy(), lag_in_days)
     keep = switch < model.exit[row]
     row, switch, bit = row[keep], switch[keep], joined["bit"].to_numpy()[keep]
-    order = np.lexsort((switch, row))
+    order = np.argsort(row * model.time_span + switch, kind="stable")  # by row, then switch (0 <= switch < time_span)
     row, switch, bit = row[order], switch[order], bit[order]
     first = np.flatnonzero(np.r_[True, row[1:] != row[:-1]]) if len(row) else np.zeros(0, dtype=np.int64)
     used = np.cumsum(bit)
@@ -616,9 +643,9 @@ def level_models(
     main_lag_days = lag_days(settings["main_lag_years"])
     all_codes = sorted(exposures["atc_code"].unique().to_list())
     cutpoints = [float(c) for c in config["screen"]["dose_cutpoints_ddd"]]
-    proxies = select_proxy_confounders(model.prepared, exposures, confirm_codes, settings) if confirm_codes else {}
     # `confirmation` numbers the same persons in the same order (`aggregated_cohort` of model.prepared): one index.
     indexed = level_exposures(model, exposures)
+    proxies = select_proxy_confounders(model.prepared, indexed, all_codes, confirm_codes, settings) if confirm_codes else {}
     rows = []
     for code in codes:
         started = time.perf_counter()
@@ -666,11 +693,12 @@ def likelihood_ratio_fit(model: ModelCohort, exposures: pl.DataFrame | LevelExpo
         loglik_null = float(fit.loglik_null[0])
     statistic = max(2.0 * (loglik_hat - loglik_null), 0.0)
     critical = float(stats.chi2.ppf(level, 1))
+    loglik_at = efron_evaluator(table)  # the profile's many evaluations share the table's index
 
     def deviance_gap(b: float) -> float:
         beta = coef.copy()
         beta[0] = b
-        return 2.0 * (loglik_hat - float(efron_log_likelihood(table, beta).loglik[0])) - critical
+        return 2.0 * (loglik_hat - float(loglik_at(beta).loglik[0])) - critical
 
     b_hat, width = float(coef[0]), 4.0 * max(float(fit.se[0, 0]), 0.1)
     limits = []
