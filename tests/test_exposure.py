@@ -169,3 +169,40 @@ def test_all_levels_equal_the_definition_on_random_histories(tmp_path, k):
                 np.testing.assert_allclose(mixed[column].to_numpy(), mixed[f"{column}_ref"].to_numpy(), rtol=1e-12)
             else:
                 assert mixed[column].to_list() == mixed[f"{column}_ref"].to_list(), (level, column)
+
+
+def test_ties_on_a_date_and_cut_points_reached_exactly(tmp_path):
+    """Dispensings sharing a date count one by one for k and together for the dose; a cut reached exactly is
+    reached (>=); the k-th dispensing can fall on a dose crossing's date; long histories cross late."""
+    cohort = COHORT.filter(pl.col("person_id") != 2)
+    cohort_path = tmp_path / "cohort.parquet"
+    cohort.write_parquet(cohort_path)
+    long_history = [(3, str(D("2006-01-01") + (D("2006-01-31") - D("2006-01-01")) * i), "C10AA01", 10.0) for i in range(36)]
+    rows = [
+        # person 1, sertraline: two on one day reach 100 DDD exactly, with the 2nd dispensing; 365 exactly a year later
+        (1, "2010-01-01", "N06AB06", 50.0), (1, "2010-01-01", "N06AB06", 50.0), (1, "2011-01-01", "N06AB06", 265.0),
+        # person 1: salbutamol and terbutaline on one day: at level 4 the class's 2nd dispensing and exactly 100 DDD
+        (1, "2012-03-01", "R03AC02", 60.0), (1, "2012-03-01", "R03AC03", 40.0), (1, "2015-03-01", "R03AC03", None),
+        # person 3: 36 dispensings of 10 DDD a month apart (360), then two on one day: 365 crossed on that day
+        *long_history, (3, "2010-06-01", "C10AA01", 2.5), (3, "2010-06-01", "C10AA01", 2.5), (3, "2011-01-01", "C10AA01", 9.0),
+    ]
+    frame = pl.DataFrame(rows, schema=["person_id", "dispense_date", "atc_code", "ddd"], orient="row").with_columns(
+        pl.col("dispense_date").str.to_date(), reimbursement_code=pl.lit(None, pl.String))
+    frame.with_columns(dispense_year=pl.col("dispense_date").dt.year()).write_parquet(tmp_path / "rx", partition_by="dispense_year")
+    age = lambda person, day: (D(day) - BIRTH[person]).days  # noqa: E731
+    level5 = exposures(tmp_path, cohort_path, 5).drop("atc_level")
+    sertraline = level5.filter(pl.col("atc_code") == "N06AB06").row(0, named=True)
+    assert sertraline["exposure_start_date"] == D("2010-01-01")
+    assert (sertraline[dose_column(100)], sertraline[dose_column(365)]) == (age(1, "2010-01-01"), age(1, "2011-01-01"))
+    statin = level5.filter(pl.col("atc_code") == "C10AA01").row(0, named=True)
+    assert (statin["n_dispensings"], statin["total_ddd"]) == (39, 374.0)
+    assert statin[dose_column(100)] == age(3, str(D("2006-01-01") + (D("2006-01-31") - D("2006-01-01")) * 9))
+    assert statin[dose_column(365)] == age(3, "2010-06-01")
+    level4 = exposures(tmp_path, cohort_path, 4).drop("atc_level")
+    adrenergic = level4.filter(pl.col("atc_code") == "R03AC").row(0, named=True)
+    assert (adrenergic["exposure_start_date"], adrenergic["n_dispensings"], adrenergic["total_ddd"]) == (D("2012-03-01"), 3, 100.0)
+    assert (adrenergic[dose_column(100)], adrenergic[dose_column(365)]) == (age(1, "2012-03-01"), None)
+    assert "R03AC02" not in level5["atc_code"]  # one dispensing of each substance
+    for level, ours in ((5, level5), (4, level4)):
+        expected = reference_exposures(cohort, frame, level, 2, [100.0, 365.0])
+        assert ours.sort("atc_code", "person_id").rows() == expected.rows(), level
