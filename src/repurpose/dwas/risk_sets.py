@@ -42,6 +42,7 @@ class CellLayout:
     covariate_design: np.ndarray  # (n_cells, n_covariate_columns)
     covariate_names: list[str]
     n_cells: int
+    cells: pl.DataFrame  # the adjustment variables' values of each cell, in cell order
 
 
 def cell_layout(cohort: pl.DataFrame, sex_group: str, strata: list[str], covariates: list[str]) -> CellLayout:
@@ -66,6 +67,13 @@ def cell_layout(cohort: pl.DataFrame, sex_group: str, strata: list[str], covaria
         ].to_numpy()
     else:
         stratum_of_cell = np.zeros(cells.height, dtype=np.int64)
+    design, names = covariate_design(cells, covariates)
+    return CellLayout(cell_of_person, stratum_of_cell.astype(np.int64), design, names, cells.height, cells)
+
+
+def covariate_design(cells: pl.DataFrame, covariates: list[str]) -> tuple[np.ndarray, list[str]]:
+    """The design of categorical `covariates` over `cells` (one row per cell): a dummy column per level but the
+    first among these cells (the reference), and the columns' names."""
     design_columns, names = [], []
     for variable in covariates:
         levels = sorted(cells[variable].unique().to_list())
@@ -73,7 +81,7 @@ def cell_layout(cohort: pl.DataFrame, sex_group: str, strata: list[str], covaria
             design_columns.append((cells[variable] == level).cast(pl.Float64).to_numpy())
             names.append(f"{variable}={level}")
     design = np.column_stack(design_columns) if design_columns else np.zeros((cells.height, 0))
-    return CellLayout(cell_of_person, stratum_of_cell.astype(np.int64), design, names, cells.height)
+    return design, names
 
 
 def counts_at_event_times(
