@@ -242,11 +242,13 @@ def test_a_batch_where_every_class_is_fitted_keeps_the_part_schema():
 def fast_path_and_references(monkeypatch, fast_path: str, cohort: pl.DataFrame, exposures: pl.DataFrame,
                              config: dict, chunk_settings: dict[str, int]) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
     """The screen and, with the fast path `fast_path` replaced by the general engine (`screen_general`),
-    the same statuses, counts and estimates (to 1e-9); also the screens with each chunk setting."""
+    the same statuses, counts and estimates (to 1e-9; tests/screen_reference.py); also the screens with each chunk setting."""
+    from screen_reference import screen_general
+
     from repurpose.dwas import screen as screen_module
 
     whole = screen_exposures(cohort, exposures, config, level=3)
-    monkeypatch.setattr(screen_module, fast_path, screen_module.screen_general)
+    monkeypatch.setattr(screen_module, fast_path, screen_general)
     general = screen_exposures(cohort, exposures, config, level=3)
     monkeypatch.undo()
     chunked = []

@@ -12,8 +12,8 @@ by a running sum over each stratum's event ages (`count_exposed_chunk`): with ex
 covariate, the default, per stratum (`screen_binary`, fitted by `repurpose.cox.binary`); with covariates,
 per cell at its stratum's event ages (`screen_covariates`, fitted by `repurpose.cox.categorical`).
 Unexposed counts are the cell totals minus the exposed ones. No person-interval table is built.
-`screen_general` (binary search over sorted keys, `risk_sets.build_risk_sets`, and the general engine
-`fit_efron`) is the reference the tests compare both with. Owns the screen's fitting, its result rows
+The tests compare both with the general engine on risk sets built by binary search (tests/screen_reference.py).
+Owns the screen's fitting, its result rows
 and q-values, and the stage functions `screen_level`
 and `gather_screen`. May import `repurpose.cox`, `repurpose.dwas.risk_sets` and `.window`, `repurpose.schemas`,
 `repurpose.release.disclosure` and `repurpose.atc`. See docs/methods.md and docs/cox_engine.md.
@@ -35,16 +35,13 @@ import polars as pl
 from repurpose.atc import anatomical_group_filter, load_atc_names
 from repurpose.cox.binary import BinaryRiskSets, fit_binary_efron
 from repurpose.cox.categorical import CellGrid, covariates_only_coef, fit_exposure_and_covariates
-from repurpose.cox.engine import fit_efron
 from repurpose.cox.result import CoxFitResult, wald
 from repurpose.cox.risk_set_table import concatenated_ranges, run_starts, segment_sums
 from repurpose.dwas.risk_sets import (
     CellLayout,
     RiskSetCounts,
-    build_risk_sets,
     cell_layout,
     covariate_design,
-    exposed_rows,
     index_screen_inputs,
     total_counts,
 )
@@ -147,35 +144,6 @@ def class_results(
         },
         strict=False,
     ).filter(pl.col("n_exposed") > 0)
-
-
-def screen_general(
-    cohort: pl.DataFrame, exposures: pl.DataFrame, classes: list[str], screen: dict[str, Any], time_span: int
-) -> Iterator[list[tuple[str, float, pl.DataFrame]]]:
-    """The screen with the general engine (any covariates): per sex group and lag, a (sex group, lag, part).
-    The reference of `screen_binary` and `screen_covariates` in the tests (same model, slower)."""
-    adjust, min_cases = screen["adjust"], screen["min_exposed_cases"]
-    for sex_group in screen["sex_strata"]:
-        layout = cell_layout(cohort, sex_group, adjust["strata"], adjust["covariates"])
-        totals = total_counts(cohort, layout, time_span)
-        members = layout.cell_of_person >= 0
-        group_size = (int(members.sum()), int(cohort["event"].to_numpy()[members].sum()))
-        for lag in screen["lags_years"]:
-            class_index, cell, start, exit_, event = exposed_rows(cohort, exposures, layout, lag)
-            counts = ClassCounts(
-                np.bincount(class_index, minlength=len(classes)),
-                np.bincount(class_index[event], minlength=len(classes)),
-                np.bincount(class_index, weights=(exit_ - start) / DAYS_PER_YEAR, minlength=len(classes)),
-            )
-            fit_of_class = classes_to_fit(counts, min_cases)
-            n_fits = int(fit_of_class.max()) + 1
-            result = None
-            if n_fits:
-                table = build_risk_sets(
-                    layout, totals, class_index, cell, start, exit_, event, fit_of_class, n_fits, time_span
-                )
-                result = fit_efron(table)
-            yield [(sex_group, lag, class_results(classes, counts, fit_of_class, result, lag, sex_group, group_size, min_cases))]
 
 
 @dataclass(frozen=True)
