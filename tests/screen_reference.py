@@ -12,7 +12,7 @@ import polars as pl
 
 from repurpose.cox.engine import fit_efron
 from repurpose.dwas.risk_sets import build_risk_sets, cell_layout, exposed_rows, total_counts
-from repurpose.dwas.screen import ClassCounts, class_results, classes_to_fit
+from repurpose.dwas.screen_counts import ClassCounts, class_results, classes_to_fit
 from repurpose.schemas import DAYS_PER_YEAR
 
 

@@ -242,10 +242,12 @@ def test_a_batch_where_every_class_is_fitted_keeps_the_part_schema():
 def fast_path_and_references(monkeypatch, fast_path: str, cohort: pl.DataFrame, exposures: pl.DataFrame,
                              config: dict, chunk_settings: dict[str, int]) -> tuple[pl.DataFrame, list[pl.DataFrame]]:
     """The screen and, with the fast path `fast_path` replaced by the general engine (`screen_general`),
-    the same statuses, counts and estimates (to 1e-9; tests/screen_reference.py); also the screens with each chunk setting."""
+    the same statuses, counts and estimates (to 1e-9; tests/screen_reference.py); also the screens with each chunk
+    setting (a constant of the screen's counting or covariate module)."""
     from screen_reference import screen_general
 
     from repurpose.dwas import screen as screen_module
+    from repurpose.dwas import screen_counts, screen_covariates
 
     whole = screen_exposures(cohort, exposures, config, level=3)
     monkeypatch.setattr(screen_module, fast_path, screen_general)
@@ -253,7 +255,7 @@ def fast_path_and_references(monkeypatch, fast_path: str, cohort: pl.DataFrame, 
     monkeypatch.undo()
     chunked = []
     for name, value in chunk_settings.items():
-        monkeypatch.setattr(screen_module, name, value)
+        monkeypatch.setattr(screen_counts if hasattr(screen_counts, name) else screen_covariates, name, value)
         chunked.append(screen_exposures(cohort, exposures, config, level=3))
         monkeypatch.undo()
 
