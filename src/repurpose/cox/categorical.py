@@ -137,10 +137,10 @@ def covariates_only_coef(grid: CellGrid, max_iter: int = 50, tol: float = 1e-9) 
     if q == 0:
         return np.zeros(0)
     strata, _ = grid._blocks
-    nobody = np.zeros((1, grid.n_rows))
+    nobody = _Exposed.of(strata, np.zeros((1, grid.n_rows)), np.zeros((1, grid.n_rows)))
 
     def at(gamma: np.ndarray) -> EfronDerivatives:
-        d = _derivatives(grid, strata, nobody, nobody, np.column_stack([np.zeros(gamma.shape[0]), gamma]))
+        d = _derivatives(grid, strata, nobody, np.column_stack([np.zeros(gamma.shape[0]), gamma]))
         return EfronDerivatives(d.loglik, d.score[:, 1:], d.information[:, 1:, 1:], d.information_positive_diag[:, 1:])
 
     start = at(np.zeros((1, q)))
@@ -192,10 +192,28 @@ def _strata(grid: CellGrid) -> list[_Stratum]:
     return strata
 
 
-def _derivatives(
-    grid: CellGrid, strata: list[_Stratum], n1: np.ndarray, d1: np.ndarray, theta: np.ndarray
-) -> EfronDerivatives:
-    """Efron log-likelihood, score and information of the fits with exposed counts n1, d1 (F, n_rows) at theta (F, p)."""
+@dataclass(frozen=True)
+class _Exposed:
+    """Fits' exposed counts as `_derivatives` reads them, the point-free parts worked out once per fit block: the
+    exposed at risk n1 (F, n_rows), the exposed events per fit, and per stratum the exposed events at its tied
+    event times (F, tied times, cells)."""
+
+    n1: np.ndarray
+    observed: np.ndarray
+    tied_events: list[np.ndarray]
+
+    @classmethod
+    def of(cls, strata: list[_Stratum], n1: np.ndarray, d1: np.ndarray) -> _Exposed:
+        tied = [d1[:, s.rows].reshape(-1, s.n_times, s.n_cells)[:, s.tied, :] for s in strata]
+        return cls(n1, d1.sum(axis=1), tied)
+
+    def subset(self, fits: np.ndarray) -> _Exposed:
+        return _Exposed(self.n1[fits], self.observed[fits], [d[fits] for d in self.tied_events])
+
+
+def _derivatives(grid: CellGrid, strata: list[_Stratum], exposed: _Exposed, theta: np.ndarray) -> EfronDerivatives:
+    """Efron log-likelihood, score and information of the fits with exposed counts `exposed` at theta (F, p)."""
+    n1 = exposed.n1
     n_fits, p = theta.shape
     design = grid.design
     beta, gamma = theta[:, 0], theta[:, 1:]
@@ -216,7 +234,7 @@ def _derivatives(
         exposed_extra = np.concatenate([phi[:, :, None], phi[:, :, None], phi_x], axis=2)
         exposed_extra *= gain[:, :, None]
         exposed_extra[:, :, 1] = e1[:, None] * phi
-        observed_exposed = d1.sum(axis=1)
+        observed_exposed = exposed.observed
         loglik = beta * observed_exposed + gamma @ _observed_covariates(grid, strata) \
             - grid.n_events.sum() * (shift_cell + shift_beta)
         expected_exposed = np.zeros(phi.shape)
@@ -229,14 +247,14 @@ def _derivatives(
             both += np.matmul(exposed_counts, exposed_extra[:, cells])
             return both[:, :, 0], both[:, :, 1:]
 
-        for s in strata:
+        for s, tied_events in zip(strata, exposed.tied_events, strict=True):
             n = n1[:, s.rows].reshape(n_fits, s.n_times, s.n_cells)
             s0, s1 = sums(s.total, n, s.cells)
             a0 = 1.0 / s0
             b0 = a0 / s0
             log_s = np.log(s0)
             if s.tied.size:
-                d = d1[:, s.rows].reshape(n_fits, s.n_times, s.n_cells)[:, s.tied, :]
+                d = tied_events
                 tie_events = s.events[s.tied]
                 e_0, e_1 = sums(tie_events, d, s.cells)
                 denominator = s0[:, s.tied][:, s.step_tie] - s.step_frac * e_0[:, s.step_tie]
@@ -259,8 +277,10 @@ def _derivatives(
                 expected_exposed[:, s.cells] -= sum_a1_d
                 expected_unexposed[:, s.cells] -= a1 @ tie_events - sum_a1_d
                 s1_tied = s1[:, s.tied, :]
-                information_negative -= np.matmul(s1_tied.transpose(0, 2, 1), b1[:, :, None] * e_1)
-                information_negative += np.matmul(e_1.transpose(0, 2, 1), b2[:, :, None] * e_1 - b1[:, :, None] * s1_tied)
+                # sum b2 e_1 e_1' - b1 (s1 e_1' + e_1 s1'): the cross term once, with its transpose.
+                cross = np.matmul(s1_tied.transpose(0, 2, 1), b1[:, :, None] * e_1)
+                information_negative += np.matmul(e_1.transpose(0, 2, 1), b2[:, :, None] * e_1)
+                information_negative -= cross + cross.transpose(0, 2, 1)
             loglik -= log_s.sum(axis=1)
             sum_a0_n = np.matmul(a0[:, None, :], n)[:, 0, :]  # (F, K)
             expected_exposed[:, s.cells] += sum_a0_n
@@ -330,24 +350,24 @@ EXPOSURE_START_STEPS = 3
 
 
 def _evaluator(
-    grid: CellGrid, strata: list[_Stratum], n1: np.ndarray, d1: np.ndarray, newton: NewtonArrays
+    grid: CellGrid, strata: list[_Stratum], exposed: _Exposed, newton: NewtonArrays
 ) -> Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """`newton_raphson`'s evaluation at the trial points of the active fits: the fits' counts are copied only
     when fewer are left (copying the rows left costs less than evaluating the others)."""
-    current = {"fits": np.arange(n1.shape[0]), "n1": n1, "d1": d1}
+    current = {"fits": np.arange(exposed.n1.shape[0]), "exposed": exposed}
 
     def evaluate(active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         if active.size < current["fits"].size:
-            current.update(fits=active, n1=n1[active], d1=d1[active])
+            current.update(fits=active, exposed=exposed.subset(active))
         fits = current["fits"]
-        derivs = _derivatives(grid, strata, current["n1"], current["d1"], newton.trial[fits])
+        derivs = _derivatives(grid, strata, current["exposed"], newton.trial[fits])
         in_active = np.isin(fits, active, assume_unique=True)
         return fits[in_active], derivs.loglik[in_active], derivs.score[in_active], derivs.information[in_active]
 
     return evaluate
 
 
-def _exposure_start(grid: CellGrid, strata: list[_Stratum], n1: np.ndarray, d1: np.ndarray, start: np.ndarray) -> np.ndarray:
+def _exposure_start(grid: CellGrid, strata: list[_Stratum], exposed: _Exposed, start: np.ndarray) -> np.ndarray:
     """(F,) A start for the exposure nearer the joint maximum than `start`'s (F, 1 + q): the maximum in the
     exposure alone, with the covariates held at `start`'s, of the Breslow likelihood (a start only: the joint
     Newton then reaches the same Efron maximum, in fewer of its costly evaluations). With the covariates held,
@@ -357,19 +377,18 @@ def _exposure_start(grid: CellGrid, strata: list[_Stratum], n1: np.ndarray, d1: 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore"):
         eta = start[:, 1:] @ grid.design.T
         phi = np.exp(eta - eta.max(axis=1, keepdims=True))
-        exposed, total, events = [], [], []
+        at_risk, total, events = [], [], []
         for s in strata:
             weights = phi[:, s.cells]
-            exposed.append(np.matmul(n1[:, s.rows].reshape(-1, s.n_times, s.n_cells), weights[:, :, None])[:, :, 0])
+            at_risk.append(np.matmul(exposed.n1[:, s.rows].reshape(-1, s.n_times, s.n_cells), weights[:, :, None])[:, :, 0])
             total.append(weights @ s.total.T)
             events.append(s.events.sum(axis=1))
-        exposed, total, events = np.concatenate(exposed, axis=1), np.concatenate(total, axis=1), np.concatenate(events)
-        observed = d1.sum(axis=1)
+        at_risk, total, events = np.concatenate(at_risk, axis=1), np.concatenate(total, axis=1), np.concatenate(events)
         beta = start[:, 0].copy()
         for _ in range(EXPOSURE_START_STEPS):
             e1 = np.exp(beta)[:, None]
-            share = e1 * exposed / (total + (e1 - 1.0) * exposed)
-            score = observed - share @ events
+            share = e1 * at_risk / (total + (e1 - 1.0) * at_risk)
+            score = exposed.observed - share @ events
             information = (share * (1.0 - share)) @ events
             beta = beta + np.clip(score / information, -1.0, 1.0)
     return np.where(np.isfinite(beta) & (np.abs(beta) < 10.0), beta, start[:, 0])
@@ -415,19 +434,20 @@ def fit_exposure_and_covariates(
     # every fit. Singular information is judged at the start instead of at 0: the information sums
     # covariances over the risk sets with positive weights, so its null space is the same at every point.
     no_fit = np.zeros((1, grid.n_rows))
-    loglik_null = np.full(n_fits, _derivatives(grid, strata, no_fit, no_fit, np.zeros((1, p))).loglik[0])
+    loglik_null = np.full(n_fits, _derivatives(grid, strata, _Exposed.of(strata, no_fit, no_fit), np.zeros((1, p))).loglik[0])
     beta = zeros.copy()
     if initial_covariates is not None and p > 1:
         beta[:, 1:] = initial_covariates
     if initial_exposure is not None:
         beta[:, 0] = initial_exposure
+    exposed = _Exposed.of(strata, n1, d1)
     if p > 1 and EXPOSURE_START_STEPS:
-        beta[:, 0] = _exposure_start(grid, strata, n1, d1, beta)
-    start = _derivatives(grid, strata, n1, d1, beta)
+        beta[:, 0] = _exposure_start(grid, strata, exposed, beta)
+    start = _derivatives(grid, strata, exposed, beta)
     singular = np.flatnonzero(information_is_singular(start))
     status[singular] = "singular_information"
     active = np.setdiff1d(fits, singular)
     newton = start_newton(beta, start.loglik.copy(), start.score.copy(), start.information.copy(), active)
-    newton_raphson(newton, active, _evaluator(grid, strata, n1, d1, newton), max_iter, tol)
+    newton_raphson(newton, active, _evaluator(grid, strata, exposed, newton), max_iter, tol)
     separation = _separation(grid, strata, covariate_separation, n1, d1)
     return finish_fits(newton, status, fits, singular, separation, loglik_null, n_events)
