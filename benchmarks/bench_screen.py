@@ -49,14 +49,11 @@ def _run_stage(name: str, config: dict[str, Any], work: Path, queue: mp.Queue) -
         run_cohort(config, population=work / "validated/population.parquet", ms_registry=work / "validated/ms_registry.parquet",
                    cohort=work / "cohort.parquet", flow=work / "flow.json")
     elif name == "exposure":
-        from repurpose.dwas.exposure import build_exposures, build_substance_exposures
+        from repurpose.dwas.exposure import build_exposures
 
         prescriptions = sorted(str(p) for p in (work / "validated/prescriptions").glob("*.parquet"))
-        cohort = work / "cohort.parquet"
-        build_substance_exposures(config, prescriptions=prescriptions, cohort=cohort, substances=work / "substances.parquet")
-        for level in config["screen"]["atc_levels"]:
-            build_exposures(config, prescriptions=prescriptions, cohort=cohort, level=level,
-                            exposure=work / f"exposure_{level}.parquet", substances=work / "substances.parquet")
+        build_exposures(config, prescriptions=prescriptions, cohort=work / "cohort.parquet",
+                        exposures=[work / f"exposure_{level}.parquet" for level in config["screen"]["atc_levels"]])
     elif name in ("screen", "screen_covariates"):
         from repurpose.dwas.screen import gather_screen, screen_level
 

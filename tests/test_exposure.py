@@ -46,10 +46,12 @@ def inputs(tmp_path):
 
 def exposures(tmp_path, cohort_path, level, **screen):
     config = validate_config({"inputs": {n: {"path": "x"} for n in ("population", "prescriptions", "ms_registry")},
-                              "screen": screen, "resources": {"tmpdir": str(tmp_path / "tmp")}})
+                              "screen": {"atc_levels": [level], **screen}, "resources": {"tmpdir": str(tmp_path / "tmp")}})
     out = tmp_path / f"exposure_{level}.parquet"
-    build_exposures(config, prescriptions=tmp_path / "rx", cohort=cohort_path, level=level, exposure=out)
-    return pl.read_parquet(out).sort("atc_code", "person_id")
+    build_exposures(config, prescriptions=tmp_path / "rx", cohort=cohort_path, exposures=[out])
+    table = pl.read_parquet(out)
+    assert table.rows() == table.sort("atc_code", "person_id").rows(), "written in (atc_code, person_id) order"
+    return table
 
 
 def test_exposure_starts_at_the_second_dispensing_of_any_substance_in_the_class(inputs):
@@ -131,44 +133,67 @@ def reference_exposures(cohort: pl.DataFrame, dispensings: pl.DataFrame, level: 
     )
 
 
-@pytest.mark.parametrize("k", [1, 2, 3])
-def test_all_levels_equal_the_definition_on_random_histories(tmp_path, k):
-    """Classes built from per-substance summaries (and the mixed-substance dose windows) equal the
-    definition: the k-th dispensing and the cumulative DDD of the class's own dispensing history."""
+def random_registry(tmp_path, seed: int, ddd_values: list[float], n_persons: int = 400, n_rows: int = 12_000):
+    """Random dispensing histories of 8 substances in 4 level-2 classes (5% of DDD missing), written as yearly parts."""
     import numpy as np
 
-    rng = np.random.default_rng(k)
-    n_persons = 400
+    rng = np.random.default_rng(seed)
     birth = [D("1950-01-01") + (D("1990-01-01") - D("1950-01-01")) * float(u) for u in rng.random(n_persons)]
     exit_dates = [D("2008-01-01") + (D("2023-12-31") - D("2008-01-01")) * float(u) for u in rng.random(n_persons)]
     cohort = pl.DataFrame({"person_id": np.arange(1, n_persons + 1) * 3, "birth_date": birth, "exit_date": exit_dates,
                            "entry_date": [D("2005-01-01")] * n_persons, "entry_age_days": 0, "exit_age_days": 1,
                            "event": False})
     substances = ["N06AB06", "N06AB10", "N06AX11", "N05BA01", "R03AC02", "R03AC03", "R03BA02", "C10AA01"]
-    n_rows = 12_000
     days = rng.integers(0, 20 * 365, n_rows)
     dispensings = pl.DataFrame({
         "person_id": rng.integers(1, n_persons + 1, n_rows) * 3,
         "dispense_date": [D("2004-01-01") + (D("2005-01-01") - D("2004-01-01")) * (int(d) / 365) for d in days],
         "atc_code": rng.choice(substances, n_rows),
-        "ddd": np.where(rng.random(n_rows) < 0.05, np.nan, rng.choice([7.5, 10.0, 28.0, 30.0, 90.0], n_rows)),
+        "ddd": np.where(rng.random(n_rows) < 0.05, np.nan, rng.choice(ddd_values, n_rows)),
     }).with_columns(pl.col("ddd").fill_nan(None), reimbursement_code=pl.lit(None, pl.String),
                     dispense_year=pl.col("dispense_date").dt.year())
     dispensings.write_parquet(tmp_path / "rx", partition_by="dispense_year")
     cohort_path = tmp_path / "cohort.parquet"
     cohort.write_parquet(cohort_path)
+    return cohort, dispensings, cohort_path
+
+
+def assert_equal_to_the_definition(ours: pl.DataFrame, expected: pl.DataFrame, label: object) -> None:
+    import numpy as np
+
+    assert ours.height == expected.height > 0, label
+    joined = ours.join(expected, on=["person_id", "atc_code"], suffix="_ref")
+    assert joined.height == ours.height, label
+    for column in expected.columns[2:]:
+        if column == "total_ddd":
+            np.testing.assert_allclose(joined[column].to_numpy(), joined[f"{column}_ref"].to_numpy(), rtol=1e-12)
+        else:
+            assert joined[column].to_list() == joined[f"{column}_ref"].to_list(), (label, column)
+
+
+@pytest.mark.parametrize("k", [1, 2, 3])
+def test_all_levels_equal_the_definition_on_random_histories(tmp_path, k):
+    """Classes built from per-substance milestones (and the mixed-substance dose histories) equal the
+    definition: the k-th dispensing and the cumulative DDD of the class's own dispensing history."""
+    cohort, dispensings, cohort_path = random_registry(tmp_path, k, [7.5, 10.0, 28.0, 30.0, 90.0])
     cuts = [40.0, 100.5, 365.0]
     for level in (1, 2, 3, 4, 5):
         ours = exposures(tmp_path, cohort_path, level, min_dispensings=k, dose_cutpoints_ddd=cuts).drop("atc_level")
-        expected = reference_exposures(cohort, dispensings, level, k, cuts)
-        assert ours.height == expected.height > 0, level
-        mixed = ours.join(expected, on=["person_id", "atc_code"], suffix="_ref")
-        assert mixed.height == ours.height
-        for column in expected.columns[2:]:
-            if column == "total_ddd":
-                np.testing.assert_allclose(mixed[column].to_numpy(), mixed[f"{column}_ref"].to_numpy(), rtol=1e-12)
-            else:
-                assert mixed[column].to_list() == mixed[f"{column}_ref"].to_list(), (level, column)
+        assert_equal_to_the_definition(ours, reference_exposures(cohort, dispensings, level, k, cuts), level)
+
+
+def test_doses_without_a_short_binary_form_in_many_buckets_equal_the_definition(tmp_path, monkeypatch):
+    """DDDs such as 0.1 and 1/3 have remainders in the integer running sum: crossings in doubt are summed in
+    date order, as the definition (Polars' cumulative sum) does. One bucket per class file, two at a time, so
+    the tables are also put together from many buckets in order."""
+    import repurpose.dwas.exposure as exposure_module
+
+    monkeypatch.setattr(exposure_module, "BYTES_PER_BUCKET_ROW", 10**15)
+    cohort, dispensings, cohort_path = random_registry(tmp_path, 7, [0.1, 1 / 3, 6.6667, 33.3, 100 / 3, 10.0])
+    cuts = [1.0, 3.0, 100.0]
+    for level in (2, 4, 5):
+        ours = exposures(tmp_path, cohort_path, level, min_dispensings=2, dose_cutpoints_ddd=cuts).drop("atc_level")
+        assert_equal_to_the_definition(ours, reference_exposures(cohort, dispensings, level, 2, cuts), level)
 
 
 def test_ties_on_a_date_and_cut_points_reached_exactly(tmp_path):
@@ -206,3 +231,27 @@ def test_ties_on_a_date_and_cut_points_reached_exactly(tmp_path):
     for level, ours in ((5, level5), (4, level4)):
         expected = reference_exposures(cohort, frame, level, 2, [100.0, 365.0])
         assert ours.sort("atc_code", "person_id").rows() == expected.rows(), level
+
+
+def test_first_crossings_equal_running_sums_in_date_order():
+    """The integer running sum with its runs in doubt summed in order equals a plain running sum from zero per
+    run, for DDDs with and without remainders (some runs end within half a unit per row of a cut: in doubt)."""
+    import numpy as np
+
+    from repurpose.dwas.exposure import DDD_SCALE_BITS, NOT_REACHED, _first_crossings
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 200, 2000)
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    cuts = [1.0, 3.0, 100.0]
+    for values in ([0.1, 1 / 3, 6.6667, 33.3, 100 / 3, 10.0], [0.5, 7.25, 28.0]):
+        ddd = rng.choice(values, int(lengths.sum()))
+        found = _first_crossings(ddd, starts, lengths, cuts)
+        for cut, rows in zip(cuts, found, strict=True):
+            for run, (start, length) in enumerate(zip(starts, lengths, strict=True)):
+                reached = np.flatnonzero(np.cumsum(ddd[start : start + length]) >= cut)
+                assert rows[run] == (start + reached[0] if len(reached) else NOT_REACHED), (values, cut, run)
+    units = np.cumsum(np.rint(ddd * 2.0**DDD_SCALE_BITS))  # the last values have no remainders: nothing in doubt
+    assert np.all(units == np.cumsum(ddd) * 2.0**DDD_SCALE_BITS)
+    with pytest.raises(ValueError, match="negative"):
+        _first_crossings(np.array([1.0, -1.0]), np.array([0]), np.array([2]), cuts)

@@ -79,19 +79,21 @@ def test_new_yearly_file_validates_only_that_file(completed_run):
         new_file.unlink()
     assert jobs["validate_prescriptions"] == 1  # the new year only, not the 19 validated ones
     assert "validate_registers" not in jobs and "cohort" not in jobs
-    assert jobs["exposure_substances"] == 1 and jobs["exposure"] == 1  # exposures depend on every year's dispensings
+    assert jobs["exposure"] == 1  # exposures depend on every year's dispensings
     assert jobs["screen_gather"] == 1
 
 
-def test_new_atc_level_runs_only_that_level(completed_run, tmp_path):
+def test_new_atc_level_reruns_the_exposure_pass_not_the_validation(completed_run, tmp_path):
+    """Every level's table comes from one pass over the dispensings, so a new level reruns that one job (and the
+    screens of every level it rewrites); validation and the cohort stay."""
     workdir, config, _ = completed_run
     settings = yaml.safe_load(config.read_text())
     delivery = Path(settings["inputs"]["population"]["path"]).parent
     wider = write_config(tmp_path / "wider.yaml", delivery, [2, 3])
     jobs = planned_jobs(workdir, wider)
     assert jobs["exposure"] == 1
-    assert jobs["screen_part"] == len(ANATOMICAL_GROUPS)  # level 3's groups; none for level 2
-    assert not {"validate_prescriptions", "validate_registers", "validate", "cohort", "exposure_substances"} & set(jobs)
+    assert jobs["screen_part"] == 2 * len(ANATOMICAL_GROUPS)
+    assert not {"validate_prescriptions", "validate_registers", "validate", "cohort"} & set(jobs)
 
 
 def test_changed_screen_setting_reruns_the_screen_not_the_exposures(completed_run, tmp_path):
@@ -102,7 +104,7 @@ def test_changed_screen_setting_reruns_the_screen_not_the_exposures(completed_ru
     changed.write_text(yaml.safe_dump(settings))
     jobs = planned_jobs(workdir, changed)
     assert jobs["screen_part"] == len(ANATOMICAL_GROUPS)
-    assert not {"exposure", "exposure_substances", "validate_prescriptions"} & set(jobs)
+    assert not {"exposure", "validate_prescriptions"} & set(jobs)
 
 
 def test_changed_fdr_alpha_reruns_only_the_stages_that_read_it(completed_run, tmp_path):

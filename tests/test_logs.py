@@ -42,6 +42,20 @@ def test_progress_says_i_of_n_and_the_time_left(caplog):
     ]
 
 
+def test_progress_with_an_interval_logs_at_most_that_often_and_at_the_end(caplog):
+    clock = iter([0.0, 10.0, 20.0, 40.0, 45.0])
+    with caplog.at_level(logging.INFO, logger="repurpose"):
+        progress = Progress(logging.getLogger("repurpose.dwas.exposure"), "rows", 1000, clock=lambda: next(clock), interval_seconds=30)
+        progress.advance(100)  # 10 s: quiet
+        progress.advance(200)  # 20 s: quiet
+        progress.advance(300)  # 40 s: logged
+        progress.advance(400)  # 45 s: the last step is logged
+    assert [record.getMessage() for record in caplog.records] == [
+        "rows: 600 of 1000 done after 40 s, about 27 s left",
+        "rows: 1000 of 1000 done after 45 s, about 0 s left",
+    ]
+
+
 def test_stage_warnings_reads_warning_lines_of_each_stage_log_once(tmp_path):
     with log_to(tmp_path / "b_stage.log"):
         log = logging.getLogger("repurpose.test")

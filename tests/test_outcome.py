@@ -174,8 +174,9 @@ def test_proxy_drugs_count_in_no_exposure_class(tmp_path):
     def classes(outcome, level):
         config = config_with(outcome)
         config["resources"]["tmpdir"] = str(tmp_path / "tmp")
+        config["screen"]["atc_levels"] = [level]
         out = tmp_path / f"level{level}.parquet"
-        build_exposures(config, prescriptions=[parts / "p.parquet"], cohort=tmp_path / "cohort.parquet", level=level, exposure=out)
+        build_exposures(config, prescriptions=[parts / "p.parquet"], cohort=tmp_path / "cohort.parquet", exposures=[out])
         return sorted(pl.read_parquet(out).select("person_id", "atc_code").iter_rows())
 
     proxy = {"source": "drug_proxy", "atc_codes": ["N04"], "min_dispensings": 2}

@@ -90,9 +90,6 @@ class ResultsLayout:
     def cohort_flow(self) -> str:
         return self._path("cohort/flow.json")
 
-    def substance_exposures(self) -> str:
-        return self._path("exposure/substances.parquet")
-
     def exposure(self, level: int | str = "{level}") -> str:
         return self._path(f"exposure/atc_level_{level}.parquet")
 

@@ -63,20 +63,33 @@ def stage_warnings(log_dir: str | Path, *, skip: tuple[str, ...] = ()) -> list[t
 
 class Progress:
     """Log "i of n" with the time spent and the time left (extrapolated from the mean step) as steps finish,
-    so a long loop of a stage (the candidates' person-level models) says how far it is."""
+    so a long loop of a stage (the candidates' person-level models, the exposure pass) says how far it is.
+
+    With `interval_seconds`, a line is logged at most that often (and at the last step): for many small steps.
+    """
 
     def __init__(
-        self, logger: logging.Logger, label: str, total: int, clock: Callable[[], float] = time.perf_counter
-    ) -> None:
+        self, logger: logging.Logger, label: str, total: int, clock: Callable[[], float] = time.perf_counter,
+        interval_seconds: float = 0.0,
+    ) -> None:  # fmt: skip
         self.logger, self.label, self.total, self.clock = logger, label, total, clock
+        self.interval_seconds = interval_seconds
         self.done_steps = 0
-        self.started = clock()
+        self.started = self.logged = clock()
 
-    def step_done(self, name: str) -> None:
-        self.done_steps += 1
-        elapsed = self.clock() - self.started
-        left = elapsed / self.done_steps * (self.total - self.done_steps)
+    def step_done(self, name: str = "") -> None:
+        self.advance(1, name)
+
+    def advance(self, steps: int, name: str = "") -> None:
+        """`steps` more steps are done (the last of them `name`, if given)."""
+        self.done_steps += steps
+        now = self.clock()
+        if now - self.logged < self.interval_seconds and self.done_steps < self.total:
+            return
+        self.logged = now
+        elapsed = now - self.started
+        left = elapsed / max(self.done_steps, 1) * max(self.total - self.done_steps, 0)
         self.logger.info(
-            "%s: %d of %d done (%s) after %.0f s, about %.0f s left",
-            self.label, self.done_steps, self.total, name, elapsed, left,
+            "%s: %d of %d done%s after %.0f s, about %.0f s left",
+            self.label, self.done_steps, self.total, f" ({name})" if name else "", elapsed, left,
         )  # fmt: skip

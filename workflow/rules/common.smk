@@ -5,7 +5,7 @@ import os
 
 from repurpose.atc import ANATOMICAL_GROUPS
 from repurpose.dwas.candidates import run_candidates
-from repurpose.dwas.exposure import build_exposures, build_substance_exposures
+from repurpose.dwas.exposure import build_exposures
 from repurpose.dwas.mechanisms import run_mechanisms
 from repurpose.dwas.screen import gather_screen, screen_level
 from repurpose.federation.package import pooled_screen, write_site_package
