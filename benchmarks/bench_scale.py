@@ -5,7 +5,8 @@ cohort -> exposures -> screen (ATC levels 2-5, lags 0/2/5/10, strata all/F/M) ->
 persistence -> trial emulation -> report -> export (a stage whose rule the run's DAG lacks is recorded as
 absent), each stage as its own `snakemake` process so its wall time and peak RSS are its own, plus the
 FLOOR: one DuckDB pass grouping all validated dispensings by person and ATC code under the pipeline's
-DuckDB memory limit and threads. Writes the raw measurements as JSON and a "Scaling" section into
+DuckDB memory limit and threads, and then validate -> export again as one `snakemake` process (as an analyst
+runs it: one start-up, stages side by side where cores allow) on the same simulated registries. Writes the raw measurements as JSON and a "Scaling" section into
 docs/benchmarks.md (figures, fitted exponents of time against dispensings, screen/floor ratios,
 extrapolation, targets met or missed).
 
@@ -295,14 +296,41 @@ def pipeline_stages(record: dict[str, Any]) -> list[str]:
     return [s for s in PIPELINE_STAGES if s in record["stages"] and "absent" not in record["stages"][s]]
 
 
+def whole_run(record: dict[str, Any], workdir: Path, config_path: Path, logdir: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """The measured stages validate -> export as one `snakemake` process, as an analyst runs them: one start-up,
+    and jobs of different stages side by side when cores are free. On a fresh work dir next to `workdir` whose
+    simulated registries are hard links of the ones measured stage by stage (removed afterwards)."""
+    whole = workdir.with_name(f"{workdir.name}-whole")
+    if whole.exists():
+        shutil.rmtree(whole)
+    shutil.copytree(workdir / "results" / "simulated", whole / "results" / "simulated", copy_function=os.link)
+    shutil.copy(config_path, whole / config_path.name)
+    measured = set(pipeline_stages(record))
+    targets = [target for stage, stage_targets in STAGES if stage in measured for target in stage_targets]
+    argv = ["-s", str(SNAKEFILE), "-d", str(whole), "--configfile", str(whole / config_path.name),
+            "--cores", str(args.threads), "--rerun-triggers", "mtime", "--nolock", *targets]
+    try:
+        return _run_child(["--child-snakemake", str(logdir / "whole.json"), *argv], logdir / "whole.log", logdir / "whole.json")
+    finally:
+        shutil.rmtree(whole, ignore_errors=True)
+
+
 def run_size(n_persons: int, args: argparse.Namespace) -> dict[str, Any]:
     """Simulate, then run each stage and the floor for one size; never raises for a failing stage."""
     root = Path(args.workdir)
     workdir = root / str(n_persons)
     logdir = root / "logs" / str(n_persons)
-    if workdir.exists():
+    simulated = workdir / "results" / "simulated"
+    if args.reuse_simulation and (simulated / "ground_truth.json").exists():
+        for path in workdir.iterdir():  # all but the simulated registries (and the results folder holding them)
+            if path.name != "results":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        for path in (workdir / "results").iterdir():
+            if path != simulated:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    elif workdir.exists():
         shutil.rmtree(workdir)
-    workdir.mkdir(parents=True)
+    workdir.mkdir(parents=True, exist_ok=True)
     logdir.mkdir(parents=True, exist_ok=True)
     config = {"simulate": {"n_persons": n_persons, "seed": args.seed, "n_corrupt_rows": 30},
               "resources": {"memory_gb": args.memory_gb, "threads": args.threads}}
@@ -346,6 +374,13 @@ def run_size(n_persons: int, args: argparse.Namespace) -> dict[str, Any]:
         noop = _run_child(["--child-snakemake", str(logdir / "noop.json"), *argv], logdir / "noop.log",
                           logdir / "noop.json")
         record["snakemake_noop_seconds"] = noop["seconds"] if "error" not in noop else None
+    if not failed and args.whole_run:
+        print(f"[{n_persons:,}] whole run (validate -> export, one snakemake) ...", flush=True)
+        record["whole_run"] = whole_run(record, workdir, config_path, logdir, args)
+        if "error" in record["whole_run"]:
+            record["errors"].append(f"whole run: {record['whole_run']['error']}")
+        else:
+            print(f"[{n_persons:,}] whole run: {record['whole_run']['seconds']:.1f} s", flush=True)
     record["cohort_rows"] = _count_rows(workdir / "results/cohort/cohort.parquet")
     record["screen_rows"] = _count_rows(workdir / "results/screen/dwas.parquet")
     record["total_seconds"] = time.perf_counter() - size_started
@@ -554,7 +589,11 @@ def render(data: dict[str, Any]) -> str:
         last = next((s for s in reversed(PIPELINE_STAGES) if _ok(r, s)), "screen")
         out.append(f"- {r['n_persons']:,} persons: {_f(r.get('rows_kept'), '{:,}')} dispensings, "
                    f"{_f(r.get('cohort_rows'), '{:,}')} in the cohort, {_f(r.get('screen_rows'), '{:,}')} screen rows; "
-                   f"validate -> {last} {pipeline:.0f} s ({pipeline / 60:.1f} min); whole size incl. simulation and floor "
+                   f"validate -> {last} {pipeline:.0f} s ({pipeline / 60:.1f} min) as separate stages"
+                   + (f", {r['whole_run']['seconds']:.0f} s ({r['whole_run']['seconds'] / 60:.1f} min; peak RSS "
+                      f"{r['whole_run']['peak_rss_mb']:,.0f} MB) as one Snakemake run"
+                      if "seconds" in r.get("whole_run", {}) and "error" not in r["whole_run"] else "")
+                   + "; whole size incl. simulation and floor "
                    f"{r['total_seconds'] / 60:.1f} min; load average (1 min) at the stages' starts "
                    + "-".join(f"{v:.1f}" for v in _load_range(r)) + ".")
     noops = [r["snakemake_noop_seconds"] for r in sizes if r.get("snakemake_noop_seconds")]
@@ -671,9 +710,16 @@ def _largest_size_targets(sizes: list[dict[str, Any]]) -> list[str]:
                 "every stage to the export)."]
     r = complete[-1]
     pipeline = sum(r["stages"][s]["seconds"] for s in pipeline_stages(r))
-    lines = [f"- Pipeline validate -> export <= {TARGET_PIPELINE_MIN:g} min at the largest size measured to the "
-             f"export ({r['n_persons']:,} persons; the target is for 3,000,000): "
-             f"{_verdict(pipeline / 60 <= TARGET_PIPELINE_MIN)} ({pipeline / 60:.1f} min)."]
+    whole = r.get("whole_run")
+    if whole and "error" not in whole:
+        lines = [f"- Pipeline validate -> export <= {TARGET_PIPELINE_MIN:g} min at the largest size measured to the "
+                 f"export ({r['n_persons']:,} persons; the target is for 3,000,000), as one Snakemake run: "
+                 f"{_verdict(whole['seconds'] / 60 <= TARGET_PIPELINE_MIN)} ({whole['seconds'] / 60:.1f} min; "
+                 f"the stages as separate Snakemake processes, each with its own start-up, {pipeline / 60:.1f} min)."]
+    else:
+        lines = [f"- Pipeline validate -> export <= {TARGET_PIPELINE_MIN:g} min at the largest size measured to the "
+                 f"export ({r['n_persons']:,} persons; the target is for 3,000,000), the stages as separate "
+                 f"Snakemake processes: {_verdict(pipeline / 60 <= TARGET_PIPELINE_MIN)} ({pipeline / 60:.1f} min)."]
     for stage, limit in TARGET_STAGE_SECONDS.items():
         seconds = r["stages"][stage]["seconds"]
         lines.append(f"- {stage.capitalize()} stage <= {limit:g} s at {r['n_persons']:,} persons (target at "
@@ -711,6 +757,11 @@ def main() -> int:
     parser.add_argument("--json", default=str(ROOT / "benchmarks/results/scale.json"), help="raw measurements")
     parser.add_argument("--append", action="store_true", help="merge the sizes into the existing JSON (same size replaced)")
     parser.add_argument("--render-only", action="store_true", help="rewrite the doc from the JSON without running")
+    parser.add_argument("--no-whole-run", dest="whole_run", action="store_false",
+                        help="skip the second measurement of validate -> export as one Snakemake run")
+    parser.add_argument("--reuse-simulation", action="store_true",
+                        help="keep the simulated registries of an earlier run of the same size and seed in --workdir "
+                             "(the simulate stage is then up to date; it is not part of the targets)")
     parser.add_argument("--keep", action="store_true", help="keep each size's work dir (default: deleted after measuring)")
     parser.add_argument("--memory-gb", type=float, default=8, help="resources.memory_gb (DuckDB memory limit)")
     parser.add_argument("--threads", type=int, default=2, help="resources.threads and snakemake --cores")
