@@ -285,12 +285,21 @@ def risk_set_rows(
     `pattern_design[pair_pattern]`, at risk, events; at most one pair per query and pattern). Design columns:
     the pattern's, then the cell's covariates. Rows of a query: the baseline first, then its patterns in order."""
     n, n_patterns = queries.height, pattern_design.shape[0]
+    pair_key = pair_query * (n_patterns + 1) + pair_pattern
+    if np.any(pair_key[1:] < pair_key[:-1]):  # pairs in (query, pattern) order: merged below without a sort
+        order = np.argsort(pair_key, kind="stable")
+        pair_query, pair_pattern, pair_at_risk, pair_events = (a[order] for a in (pair_query, pair_pattern, pair_at_risk, pair_events))
+    # Row order: per query its baseline, then its pairs in pattern order (the position of each in the merge).
+    position = np.empty(n + pair_query.shape[0], dtype=np.int64)
+    position[:n] = np.arange(n) + np.searchsorted(pair_query, np.arange(n), side="left")
+    position[n:] = np.arange(pair_query.shape[0]) + pair_query + 1
+    merged = np.empty_like(position)
+    merged[position] = np.arange(position.shape[0])
     query = np.concatenate([np.arange(n), pair_query])
     slot = np.concatenate([np.zeros(n, dtype=np.int64), pair_pattern + 1])
     at_risk = np.concatenate([queries["n_at_risk"].to_numpy() - np.bincount(pair_query, pair_at_risk, minlength=n), pair_at_risk])
     events = np.concatenate([queries["n_events"].to_numpy() - np.bincount(pair_query, pair_events, minlength=n), pair_events])
-    keep = np.flatnonzero(at_risk > 0)
-    keep = keep[np.argsort(query[keep] * (n_patterns + 1) + slot[keep], kind="stable")]
+    keep = merged[at_risk[merged] > 0]
     query, slot = query[keep], slot[keep]
     patterns = np.vstack([np.zeros((1, pattern_design.shape[1])), pattern_design])
     design = np.empty((len(keep), patterns.shape[1] + covariate_design.shape[1]))  # filled in place: no hstack copy
@@ -328,27 +337,36 @@ def pattern_risk_sets(
                       "n_at_risk": totals.n_at_risk, "n_events": totals.n_events})
         .sort(["stratum", "time", "cell"])
         .with_columns(fit=pl.lit(0, pl.Int64))
-        .with_row_index("query")
     )  # fmt: skip
     block = cell * n_patterns + (pattern - 1)
-    spans = (
-        pl.DataFrame({"block": block, "start": start, "stop": stop})
-        .group_by("block")
-        .agg(pl.col("start").min(), pl.col("stop").max())
-        .with_columns(cell=pl.col("block") // n_patterns)
-    )
-    pairs = (
-        queries.select("query", "cell", "time")
-        .join(spans, on="cell")
-        .filter((pl.col("time") > pl.col("start")) & (pl.col("time") <= pl.col("stop")))
-    )
-    pair_block = pairs["block"].to_numpy()
-    at_risk, events = counts_at_event_times(block, start, stop, event.astype(bool), pair_block, pairs["time"].to_numpy(), time_span)
+    # Each (cell, pattern) block's span: its earliest start and latest stop. A query (cell, t) pairs with the
+    # blocks of its cell whose span holds t; read off a (queries x patterns) grid in (query, pattern) order.
+    first_start = np.full(layout.n_cells * n_patterns, time_span, dtype=np.int64)
+    last_stop = np.full(layout.n_cells * n_patterns, -1, dtype=np.int64)
+    np.minimum.at(first_start, block, start)
+    np.maximum.at(last_stop, block, stop)
+    first_start, last_stop = first_start.reshape(-1, n_patterns), last_stop.reshape(-1, n_patterns)
+    q_cell, q_time = queries["cell"].to_numpy(), queries["time"].to_numpy()
+    chunk = max(1, _GRID_CELLS // max(n_patterns, 1))
+    found = []
+    for lo in range(0, queries.height, chunk):
+        t = q_time[lo : lo + chunk, None]
+        grid = (first_start[q_cell[lo : lo + chunk]] < t) & (t <= last_stop[q_cell[lo : lo + chunk]])
+        chunk_query, chunk_pattern = np.nonzero(grid)
+        found.append((chunk_query + lo, chunk_pattern))
+    pair_query = np.concatenate([f[0] for f in found]) if found else np.zeros(0, dtype=np.int64)
+    pair_pattern = np.concatenate([f[1] for f in found]) if found else np.zeros(0, dtype=np.int64)
+    pair_block = q_cell[pair_query] * n_patterns + pair_pattern
+    at_risk, events = counts_at_event_times(block, start, stop, event.astype(bool), pair_block, q_time[pair_query], time_span)
     _, risk_set_index = np.unique((queries["stratum"] * time_span + queries["time"]).to_numpy(), return_inverse=True)
     return risk_set_rows(
-        queries, risk_set_index, pairs["query"].cast(pl.Int64).to_numpy(), pair_block % n_patterns, at_risk, events,
+        queries, risk_set_index, pair_query.astype(np.int64), pair_pattern.astype(np.int64), at_risk, events,
         pattern_design, layout.covariate_design, 1,
     )
+
+
+_GRID_CELLS = 1 << 22
+"""Queries x patterns read at once by `pattern_risk_sets` (a bound on its memory, not on the patterns)."""
 
 
 def index_screen_inputs(
