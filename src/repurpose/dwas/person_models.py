@@ -453,22 +453,24 @@ def select_proxy_confounders(
     column = np.empty(exposures.frame.height, dtype=np.int64)
     for code, (first, length) in exposures.bounds.items():  # a class's rows are a slice: no per-row lookup
         column[first : first + length] = column_of[code]
-    matrix = sparse.csr_matrix(
-        (np.ones(exposures.frame.height), (exposures.frame["cohort_row"].cast(pl.Int64).to_numpy(), column)),
-        shape=(prepared.height, len(classes)),
-    )
-    matrix.data[:] = 1.0
     rng = np.random.default_rng(seed)
     n_sample = min(prepared.height, int(confirm["l1_sample_size"]))
     sample = np.sort(rng.choice(prepared.height, n_sample, replace=False))
     outcome = prepared["event"].to_numpy()
     # Outcome model: every case plus the sampled persons (case-base sampling keeps the coefficients).
     outcome_rows = np.union1d(sample, np.flatnonzero(outcome))
+    # The ever-use matrix of these persons only (the rows of the whole cohort's matrix: the same entries).
+    position = np.full(prepared.height, -1, dtype=np.int64)
+    position[outcome_rows] = np.arange(outcome_rows.shape[0])
+    row = position[exposures.frame["cohort_row"].cast(pl.Int64).to_numpy()]
+    used = row >= 0
+    matrix = sparse.csr_matrix((np.ones(int(used.sum())), (row[used], column[used])), shape=(outcome_rows.shape[0], len(classes)))
+    matrix.data[:] = 1.0
     model = linear_model.LogisticRegression(l1_ratio=1.0, solver="liblinear", C=confirm["l1_C"], max_iter=200, random_state=seed)
-    model.fit(matrix[outcome_rows], outcome[outcome_rows])
+    model.fit(matrix, outcome[outcome_rows])
     outcome_coef = model.coef_[0]
     chosen: dict[str, list[str]] = {}
-    sampled = matrix[sample]
+    sampled = matrix[np.searchsorted(outcome_rows, sample)]
     for code in codes:
         j = column_of.get(code)
         if j is None:
