@@ -19,9 +19,11 @@ from repurpose.dwas.candidates import (
     siblings_of,
 )
 from repurpose.dwas.person_models import (
+    aggregated_cohort,
     comparator_classes,
     confirmation_fit,
     dose_response,
+    level_models,
     model_cohort,
     segments,
     separated_lag_estimates,
@@ -270,3 +272,19 @@ def test_switch_segments_cut_only_the_users_at_each_start_by_hand():
                        [tuple(design[k].tolist()) for k in pieces.category], pieces.event.tolist(), strict=True))
     assert found == [(1, 10, 100, (1.0, 1.0), True), (2, 0, 50, (1.0, 0.0), False), (2, 50, 100, (1.0, 1.0), False)]
     assert design[0].tolist() == [0.0, 0.0]  # the unexposed: everyone else's follow-up, never cut
+
+
+def test_candidates_in_threads_give_the_same_rows():
+    """`level_models` fits the candidates two at a time with `resources.threads: 2`: the same numbers, in order."""
+    cohort, exposures = synthetic(n=2500, seed=13)
+    config = config_for()
+    hcu = cohort.select("person_id", n_classes_year_before_entry=(pl.col("person_id") * 7) % 10)
+    model = model_cohort(cohort, config)
+    confirmation = aggregated_cohort(model.prepared, config, hcu)
+    codes = ["C03", "A01", "B02"]
+    frames = [
+        level_models({**config, "resources": {**config["resources"], "threads": threads}}, model, confirmation, exposures, codes, codes[:2])
+        for threads in (1, 2)
+    ]
+    assert frames[0]["atc_code"].to_list() == codes
+    assert frames[0].equals(frames[1])
