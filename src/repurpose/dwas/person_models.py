@@ -20,7 +20,7 @@ import logging
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -650,7 +650,6 @@ def level_models(
     cutpoints = [float(c) for c in config["screen"]["dose_cutpoints_ddd"]]
     # `confirmation` numbers the same persons in the same order (`aggregated_cohort` of model.prepared): one index.
     indexed = level_exposures(model, exposures)
-    proxies = select_proxy_confounders(model.prepared, indexed, all_codes, confirm_codes, settings) if confirm_codes else {}
 
     def candidate_row(code: str) -> dict[str, Any]:
         started = time.perf_counter()
@@ -658,6 +657,7 @@ def level_models(
         row.update(dose_response(model, indexed, code, cutpoints, main_lag_days))
         row.update(separated_lag_estimates(model, indexed, code, config["screen"]["lags_years"]))
         row.update(active_comparator(model, indexed, code, all_codes, main_lag_days))
+        proxies = selected.result()
         if code in proxies:
             engine = settings["confirmation"]["engine"]
             row.update(confirmation_fit(confirmation, indexed, code, proxies[code], config, main_lag_days, engine))
@@ -667,7 +667,11 @@ def level_models(
         return row
 
     rows = []
-    with candidate_pool(config, [model, confirmation], len(codes)) as pool:
+    with candidate_pool(stage_threads(config), [model, confirmation], len(codes)) as pool:
+        # The proxy selection first: its thread runs beside the first candidates' other models until they need it.
+        no_proxies: Future[dict[str, list[str]]] = Future()
+        no_proxies.set_result({})
+        selected = pool.submit(select_proxy_confounders, model.prepared, indexed, all_codes, confirm_codes, settings) if confirm_codes else no_proxies
         for code, row in zip(codes, pool.map(candidate_row, codes), strict=True):  # in the candidates' order
             if progress is not None:
                 progress.step_done(code)
@@ -675,13 +679,17 @@ def level_models(
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
+def stage_threads(config: dict[str, Any]) -> int:
+    """The stage's threads (`resources.threads`, a runtime key: speed, not results)."""
+    return int(config.get("resources", {}).get("threads", 1))
+
+
 @contextmanager
-def candidate_pool(config: dict[str, Any], models: list[ModelCohort], n_tasks: int) -> Iterator[Executor]:
-    """Threads for the candidates' models (`resources.threads`, one BLAS thread each): the candidates are
-    independent, and their numpy, scipy and polars work releases the GIL, so the stage's cores fit two
-    candidates at once (the same numbers: each candidate's arithmetic is unchanged). The models' cached
-    arrays are built first, not by two threads at once."""
-    workers = max(1, min(int(config.get("resources", {}).get("threads", 1)), n_tasks))
+def candidate_pool(threads: int, models: list[ModelCohort], n_tasks: int) -> Iterator[Executor]:
+    """Up to `threads` threads (one BLAS thread each) for independent models of the candidates: their numpy,
+    scipy and polars work releases the GIL, so the stage's cores fit two candidates at once (the same numbers:
+    each model's arithmetic is unchanged). The `models`' cached arrays are built first, not by two threads."""
+    workers = max(1, min(threads, n_tasks))
     for model in models:
         model.entry, model.exit, model.event, model.covariate_varying, model.n_with_follow_up  # noqa: B018
     with threadpool_limits(1), ThreadPoolExecutor(max_workers=workers) as pool:
