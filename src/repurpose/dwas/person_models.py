@@ -12,6 +12,7 @@ trick); a model cuts only its exposed persons' follow-up into categories (`class
 and `repurpose.dwas.risk_sets.pattern_risk_sets` moves their counts out of the unexposed rows into their
 own. No model splits or aggregates the whole cohort, and a class's exposure rows are a slice of the level's
 table indexed once (`LevelExposures`). The active comparator's new users are few and aggregated directly.
+The candidates are independent: a level's are fitted in `resources.threads` threads (`candidate_pool`).
 """
 
 from __future__ import annotations
