@@ -12,6 +12,7 @@ from scipy import stats
 from repurpose.config import validate_config
 from repurpose.cox.engine import fit_efron
 from repurpose.cox.risk_set_table import aggregate_counting_process
+from repurpose.dwas import risk_sets
 from repurpose.dwas.candidates import (
     lag_fade,
     reverse_causation_suspected,
@@ -26,6 +27,7 @@ from repurpose.dwas.person_models import (
     level_models,
     model_cohort,
     segments,
+    segments_table,
     separated_lag_estimates,
     split_time_varying,
     switch_segments,
@@ -288,3 +290,19 @@ def test_candidates_in_threads_give_the_same_rows():
     ]
     assert frames[0]["atc_code"].to_list() == codes
     assert frames[0].equals(frames[1])
+
+
+def test_count_grid_and_binary_search_give_the_same_risk_sets(monkeypatch):
+    """`pattern_risk_sets` counts on a dense grid, or by binary searches when the grid would be too large: the
+    same table either way."""
+    cohort, exposures = synthetic(n=2500, seed=14)
+    config = config_for()
+    hcu = cohort.select("person_id", n_classes_year_before_entry=(pl.col("person_id") * 3) % 10)
+    model = model_cohort(cohort, config, hcu)
+    pieces, design = switch_segments(model, exposures, ["B02", "A01", "C03"], 730)
+    grid = segments_table(model, pieces, design)
+    monkeypatch.setattr(risk_sets, "_GRID_CELLS", 1)
+    search = segments_table(model, pieces, design)
+    assert grid.n_rows > 1000
+    for field in ("fit_index", "risk_set_index", "n_at_risk", "n_events", "design"):
+        assert np.array_equal(getattr(grid, field), getattr(search, field)), field
