@@ -12,6 +12,7 @@ from scipy import stats
 from repurpose.config import validate_config
 from repurpose.cox.engine import fit_efron
 from repurpose.cox.risk_set_table import aggregate_counting_process
+from repurpose.dwas import risk_sets
 from repurpose.dwas.candidates import (
     lag_fade,
     reverse_causation_suspected,
@@ -19,11 +20,14 @@ from repurpose.dwas.candidates import (
     siblings_of,
 )
 from repurpose.dwas.person_models import (
+    aggregated_cohort,
     comparator_classes,
     confirmation_fit,
     dose_response,
+    level_models,
     model_cohort,
     segments,
+    segments_table,
     separated_lag_estimates,
     split_time_varying,
     switch_segments,
@@ -270,3 +274,35 @@ def test_switch_segments_cut_only_the_users_at_each_start_by_hand():
                        [tuple(design[k].tolist()) for k in pieces.category], pieces.event.tolist(), strict=True))
     assert found == [(1, 10, 100, (1.0, 1.0), True), (2, 0, 50, (1.0, 0.0), False), (2, 50, 100, (1.0, 1.0), False)]
     assert design[0].tolist() == [0.0, 0.0]  # the unexposed: everyone else's follow-up, never cut
+
+
+def test_candidates_in_threads_give_the_same_rows():
+    """`level_models` fits the candidates two at a time with `resources.threads: 2`: the same numbers, in order."""
+    cohort, exposures = synthetic(n=2500, seed=13)
+    config = config_for()
+    hcu = cohort.select("person_id", n_classes_year_before_entry=(pl.col("person_id") * 7) % 10)
+    model = model_cohort(cohort, config)
+    confirmation = aggregated_cohort(model.prepared, config, hcu)
+    codes = ["C03", "A01", "B02"]
+    frames = [
+        level_models({**config, "resources": {**config["resources"], "threads": threads}}, model, confirmation, exposures, codes, codes[:2])
+        for threads in (1, 2)
+    ]
+    assert frames[0]["atc_code"].to_list() == codes
+    assert frames[0].equals(frames[1])
+
+
+def test_count_grid_and_binary_search_give_the_same_risk_sets(monkeypatch):
+    """`pattern_risk_sets` counts on a dense grid, or by binary searches when the grid would be too large: the
+    same table either way."""
+    cohort, exposures = synthetic(n=2500, seed=14)
+    config = config_for()
+    hcu = cohort.select("person_id", n_classes_year_before_entry=(pl.col("person_id") * 3) % 10)
+    model = model_cohort(cohort, config, hcu)
+    pieces, design = switch_segments(model, exposures, ["B02", "A01", "C03"], 730)
+    grid = segments_table(model, pieces, design)
+    monkeypatch.setattr(risk_sets, "_GRID_CELLS", 1)
+    search = segments_table(model, pieces, design)
+    assert grid.n_rows > 1000
+    for field in ("fit_index", "risk_set_index", "n_at_risk", "n_events", "design"):
+        assert np.array_equal(getattr(grid, field), getattr(search, field)), field

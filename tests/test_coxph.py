@@ -30,6 +30,7 @@ from repurpose.cox.risk_set_table import (
     RiskSetTable,
     RiskSetTableError,
     aggregate_counting_process,
+    factorize,
 )
 
 DATA = Path(__file__).parent / "data"
@@ -698,3 +699,19 @@ def test_timing_prints_only() -> None:
                                                                  strict=True)}
     print(f"\n[timing] fit_efron: {n_fits} fits x {n_sets} risk sets x 2 patterns ({n_rows:,} rows) in "
           f"{elapsed:.2f} s; statuses {statuses}")
+
+
+def test_factorize_codes_are_the_sorted_distinct_rows() -> None:
+    """`factorize` (0/1 columns without hashing, mixed-radix keys across columns) numbers the distinct rows in
+    sorted order, as hashing every column with pandas and renumbering after each does."""
+    rng = np.random.default_rng(5)
+    design = rng.integers(0, 2, (5000, 8)).astype(np.float64)
+    design[:, 3] = 1.0  # a constant 1 column
+    design[:, 5] = rng.integers(0, 7, 5000) * 0.5
+    design[:, 6] = rng.normal(size=5000)  # many levels: renumbered before the key range outgrows a table
+    design[:10, 0] = -0.0
+    for values in (design, design[:, :1], design[:, 3:4], design[:, [0, 6, 1]], design[:0]):
+        codes, n_codes = factorize(values)
+        uniques, expected = np.unique(values, axis=0, return_inverse=True)
+        assert n_codes == uniques.shape[0]
+        assert np.array_equal(codes, expected.reshape(-1))

@@ -18,7 +18,7 @@ import numpy as np
 from repurpose.lazy import lazy_module
 
 pd = lazy_module("pandas")
-stats = lazy_module("scipy.stats")
+special = lazy_module("scipy.special")
 
 FIT_STATUSES = ("ok", "no_events", "separation", "singular_information", "not_converged")
 VARIANCE_STATUSES = ("ok", "separation", "not_converged")
@@ -47,7 +47,9 @@ def wald(coef: np.ndarray | float, se: np.ndarray | float, alpha: float = DEFAUL
         raise ValueError(f"alpha must be in (0, 1); got {alpha!r}.")
     coef = np.asarray(coef, dtype=np.float64)
     se = np.asarray(se, dtype=np.float64)
-    z_crit = stats.norm.ppf(1 - alpha / 2)
+    # scipy.special's normal cdf and quantile: what scipy.stats.norm.sf and ppf compute, without their
+    # per-call argument handling (0.4 ms a summary, thousands of summaries a stage)
+    z_crit = special.ndtri(1 - alpha / 2)
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # diverging fits carry their status
         z = coef / se
         return WaldSummary(
@@ -55,7 +57,7 @@ def wald(coef: np.ndarray | float, se: np.ndarray | float, alpha: float = DEFAUL
             ci_lower=np.exp(coef - z_crit * se),
             ci_upper=np.exp(coef + z_crit * se),
             z=z,
-            p_value=2 * stats.norm.sf(np.abs(z)),
+            p_value=2 * special.ndtr(-np.abs(z)),
         )
 
 

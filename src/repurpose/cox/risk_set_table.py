@@ -180,16 +180,50 @@ def segment_sums(values: np.ndarray, bounds: np.ndarray) -> np.ndarray:
 
 
 def factorize(values: np.ndarray) -> tuple[np.ndarray, int]:
-    """Integer codes 0..k-1 (in sorted order of the values) for a 1-D or 2-D (rows) array; hash-based."""
+    """Integer codes 0..k-1 (in sorted order of the values) for a 1-D or 2-D (rows) array; hash-based, except
+    for a 0/1 column (the dummies of most designs), whose codes are its values (5-10x cheaper, the same codes)."""
     if values.ndim == 1:
+        binary = _binary_codes(values)
+        if binary is not None:
+            return binary
         codes, uniques = pd.factorize(values, sort=True, use_na_sentinel=False)
         return np.asarray(codes, dtype=np.int64), int(len(uniques))
+    # Mixed-radix keys of the columns' codes (lexicographic order), renumbered densely only when the key range
+    # would outgrow a presence table: the same codes as renumbering after every column, with fewer passes.
     codes = np.zeros(values.shape[0], dtype=np.int64)
-    n_codes = 1
+    n_codes, dense = 1, True
+    table_limit = max(4 * values.shape[0], 1 << 20)
     for column in values.T:
         column_codes, n_column = factorize(column)
-        codes, n_codes = _combine_codes(codes, n_codes, column_codes, n_column)
+        if n_codes * n_column > table_limit and not dense:
+            codes, present = dense_codes(codes, n_codes)
+            n_codes = int(present.shape[0])
+        if n_codes * n_column <= table_limit:
+            codes = codes * n_column + column_codes
+            n_codes, dense = n_codes * n_column, False
+        else:
+            codes, n_codes = _combine_codes(codes, n_codes, column_codes, n_column)
+            dense = True
+    if not dense:
+        codes, present = dense_codes(codes, n_codes)
+        n_codes = int(present.shape[0])
     return codes, n_codes
+
+
+def _binary_codes(values: np.ndarray) -> tuple[np.ndarray, int] | None:
+    """`factorize` of a column holding only 0 and 1 (None for any other column): the values as codes when
+    both occur, else all 0 (one value)."""
+    if values.dtype.kind not in "fiub" or not values.shape[0]:
+        return None
+    ones = values == 1
+    n_ones = int(np.count_nonzero(ones))
+    if n_ones and n_ones < values.shape[0] and not np.all(ones | (values == 0)):
+        return None
+    if n_ones == 0 and not np.all(values == 0):
+        return None
+    if n_ones in (0, values.shape[0]):
+        return np.zeros(values.shape[0], dtype=np.int64), 1
+    return ones.astype(np.int64), 2
 
 
 def _combine_codes(

@@ -26,7 +26,7 @@ from repurpose.cox.result import wald_p_value
 from repurpose.lazy import lazy_module
 
 optimize = lazy_module("scipy.optimize")
-stats = lazy_module("scipy.stats")
+special = lazy_module("scipy.special")
 
 
 class CalibrationError(ValueError):
@@ -81,7 +81,7 @@ def calibrated_ci(
     """Calibrated log estimate `b - mu` and its CI limits with variance `se^2 + sigma^2` (log scale)."""
     b = np.asarray(log_estimate, dtype=np.float64) - null.mu
     total_se = np.sqrt(np.asarray(se, dtype=np.float64) ** 2 + null.sigma**2)
-    z = stats.norm.ppf(0.5 + level / 2)
+    z = special.ndtri(0.5 + level / 2)  # stats.norm.ppf without its per-call overhead
     return b, b - z * total_se, b + z * total_se
 
 

@@ -44,12 +44,14 @@ from repurpose.dwas.evidence import AGAINST, SUPPORTED, order_rows, score_rows
 from repurpose.dwas.person_models import (
     ModelCohort,
     aggregated_cohort,
+    candidate_pool,
     healthcare_use,
     level_exposures,
     level_models,
     likelihood_ratio_fit,
     model_cohort,
     model_exposure_columns,
+    stage_threads,
 )
 from repurpose.dwas.replication import (
     half_cohorts,
@@ -433,14 +435,14 @@ LIKELIHOOD_RATIO_MAX_WALD_P = 0.2
 
 
 def sparse_likelihood_ratio(
-    evidence: pl.DataFrame, exposure_paths: list[str], model: ModelCohort, settings: dict[str, Any]
+    evidence: pl.DataFrame, exposure_paths: list[str], model: ModelCohort, settings: dict[str, Any], threads: int = 1
 ) -> pl.DataFrame:
     """Replace the Wald p and CI of sparse signals (exposed cases below `small_numbers_cases`, or not counted)
     by the likelihood-ratio p and the profile-likelihood CI of the same model (`likelihood_ratio_fit`).
 
     Only signals with a Wald p below LIKELIHOOD_RATIO_MAX_WALD_P are refitted (each refit reads the whole
     cohort): where Wald already finds nothing, the LR test changes no decision and the order uses the
-    shrunken estimate anyway."""
+    shrunken estimate anyway. The refits of a level run in `threads` threads (`candidate_pool`)."""
     sparse = pl.col("n_exposed_cases").is_null() | (pl.col("n_exposed_cases") < settings["small_numbers_cases"])
     sparse_codes = set(evidence.filter(sparse & (pl.col("p_value") < LIKELIHOOD_RATIO_MAX_WALD_P))["atc_code"].to_list())
     lag_of = dict(zip(evidence["atc_code"].to_list(), evidence["lag_years"].to_list(), strict=True))
@@ -457,10 +459,9 @@ def sparse_likelihood_ratio(
             .collect()
         )
         indexed = level_exposures(model, exposures)  # joined with the cohort once per level, not per refit
-        for code in indexed.codes:
-            fit = likelihood_ratio_fit(model, indexed, code, lag_days(lag_of[code]))
-            if fit:
-                found.append({"atc_code": code, **fit})
+        with candidate_pool(threads, [model], len(indexed.codes)) as pool:
+            fits = pool.map(partial(likelihood_ratio_fit, model, indexed), indexed.codes, [lag_days(lag_of[c]) for c in indexed.codes])
+            found.extend({"atc_code": code, **fit} for code, fit in zip(indexed.codes, fits, strict=True) if fit)
     if not found:
         return evidence
     lr = pl.DataFrame(found)
@@ -604,7 +605,7 @@ def run_candidates(
     model = None
     if signals.height and cohort_path is not None:
         model = model_cohort(pl.read_parquet(cohort_path), config)
-        evidence = level_q_values(dwas, sparse_likelihood_ratio(evidence, exposure_paths, model, settings), main_lag)
+        evidence = level_q_values(dwas, sparse_likelihood_ratio(evidence, exposure_paths, model, settings, stage_threads(config)), main_lag)
     if signals.height:
         evidence = tree_q_values(dwas, evidence, main_lag, settings["fdr_alpha"])
         lag0_hits = set(select_signals(dwas.filter(pl.col("lag_years") == 0.0), settings["fdr_alpha"], 0.0)["atc_code"].to_list())

@@ -12,6 +12,7 @@ trick); a model cuts only its exposed persons' follow-up into categories (`class
 and `repurpose.dwas.risk_sets.pattern_risk_sets` moves their counts out of the unexposed rows into their
 own. No model splits or aggregates the whole cohort, and a class's exposure rows are a slice of the level's
 table indexed once (`LevelExposures`). The active comparator's new users are few and aggregated directly.
+The candidates are independent: a level's are fitted in `resources.threads` threads (`candidate_pool`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -27,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from threadpoolctl import threadpool_limits
 
 from repurpose.atc import atc_parent
 from repurpose.cox.engine import efron_evaluator, fit_efron
@@ -453,22 +457,24 @@ def select_proxy_confounders(
     column = np.empty(exposures.frame.height, dtype=np.int64)
     for code, (first, length) in exposures.bounds.items():  # a class's rows are a slice: no per-row lookup
         column[first : first + length] = column_of[code]
-    matrix = sparse.csr_matrix(
-        (np.ones(exposures.frame.height), (exposures.frame["cohort_row"].cast(pl.Int64).to_numpy(), column)),
-        shape=(prepared.height, len(classes)),
-    )
-    matrix.data[:] = 1.0
     rng = np.random.default_rng(seed)
     n_sample = min(prepared.height, int(confirm["l1_sample_size"]))
     sample = np.sort(rng.choice(prepared.height, n_sample, replace=False))
     outcome = prepared["event"].to_numpy()
     # Outcome model: every case plus the sampled persons (case-base sampling keeps the coefficients).
     outcome_rows = np.union1d(sample, np.flatnonzero(outcome))
+    # The ever-use matrix of these persons only (the rows of the whole cohort's matrix: the same entries).
+    position = np.full(prepared.height, -1, dtype=np.int64)
+    position[outcome_rows] = np.arange(outcome_rows.shape[0])
+    row = position[exposures.frame["cohort_row"].cast(pl.Int64).to_numpy()]
+    used = row >= 0
+    matrix = sparse.csr_matrix((np.ones(int(used.sum())), (row[used], column[used])), shape=(outcome_rows.shape[0], len(classes)))
+    matrix.data[:] = 1.0
     model = linear_model.LogisticRegression(l1_ratio=1.0, solver="liblinear", C=confirm["l1_C"], max_iter=200, random_state=seed)
-    model.fit(matrix[outcome_rows], outcome[outcome_rows])
+    model.fit(matrix, outcome[outcome_rows])
     outcome_coef = model.coef_[0]
     chosen: dict[str, list[str]] = {}
-    sampled = matrix[sample]
+    sampled = matrix[np.searchsorted(outcome_rows, sample)]
     for code in codes:
         j = column_of.get(code)
         if j is None:
@@ -645,24 +651,50 @@ def level_models(
     cutpoints = [float(c) for c in config["screen"]["dose_cutpoints_ddd"]]
     # `confirmation` numbers the same persons in the same order (`aggregated_cohort` of model.prepared): one index.
     indexed = level_exposures(model, exposures)
-    proxies = select_proxy_confounders(model.prepared, indexed, all_codes, confirm_codes, settings) if confirm_codes else {}
-    rows = []
-    for code in codes:
+
+    def candidate_row(code: str) -> dict[str, Any]:
         started = time.perf_counter()
         row: dict[str, Any] = {"atc_code": code}
         row.update(dose_response(model, indexed, code, cutpoints, main_lag_days))
         row.update(separated_lag_estimates(model, indexed, code, config["screen"]["lags_years"]))
         row.update(active_comparator(model, indexed, code, all_codes, main_lag_days))
+        proxies = selected.result()
         if code in proxies:
             engine = settings["confirmation"]["engine"]
             row.update(confirmation_fit(confirmation, indexed, code, proxies[code], config, main_lag_days, engine))
             if replicate is not None:
                 row.update(replicate(code, proxies[code]))
         log.info("%s: person-level models in %.1f s", code, time.perf_counter() - started)
-        if progress is not None:
-            progress.step_done(code)
-        rows.append(row)
+        return row
+
+    rows = []
+    with candidate_pool(stage_threads(config), [model, confirmation], len(codes)) as pool:
+        # The proxy selection first: its thread runs beside the first candidates' other models until they need it.
+        no_proxies: Future[dict[str, list[str]]] = Future()
+        no_proxies.set_result({})
+        selected = pool.submit(select_proxy_confounders, model.prepared, indexed, all_codes, confirm_codes, settings) if confirm_codes else no_proxies
+        for code, row in zip(codes, pool.map(candidate_row, codes), strict=True):  # in the candidates' order
+            if progress is not None:
+                progress.step_done(code)
+            rows.append(row)
     return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def stage_threads(config: dict[str, Any]) -> int:
+    """The stage's threads (`resources.threads`, a runtime key: speed, not results)."""
+    return int(config.get("resources", {}).get("threads", 1))
+
+
+@contextmanager
+def candidate_pool(threads: int, models: list[ModelCohort], n_tasks: int) -> Iterator[Executor]:
+    """Up to `threads` threads (one BLAS thread each) for independent models of the candidates: their numpy,
+    scipy and polars work releases the GIL, so the stage's cores fit two candidates at once (the same numbers:
+    each model's arithmetic is unchanged). The `models`' cached arrays are built first, not by two threads."""
+    workers = max(1, min(threads, n_tasks))
+    for model in models:
+        model.entry, model.exit, model.event, model.covariate_varying, model.n_with_follow_up  # noqa: B018
+    with threadpool_limits(1), ThreadPoolExecutor(max_workers=workers) as pool:
+        yield pool
 
 
 def likelihood_ratio_fit(model: ModelCohort, exposures: pl.DataFrame | LevelExposures, code: str, lag_in_days: int, *, level: float = 0.95) -> dict[str, float]:

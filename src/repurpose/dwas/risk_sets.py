@@ -285,12 +285,21 @@ def risk_set_rows(
     `pattern_design[pair_pattern]`, at risk, events; at most one pair per query and pattern). Design columns:
     the pattern's, then the cell's covariates. Rows of a query: the baseline first, then its patterns in order."""
     n, n_patterns = queries.height, pattern_design.shape[0]
+    pair_key = pair_query * (n_patterns + 1) + pair_pattern
+    if np.any(pair_key[1:] < pair_key[:-1]):  # pairs in (query, pattern) order: merged below without a sort
+        order = np.argsort(pair_key, kind="stable")
+        pair_query, pair_pattern, pair_at_risk, pair_events = (a[order] for a in (pair_query, pair_pattern, pair_at_risk, pair_events))
+    # Row order: per query its baseline, then its pairs in pattern order (the position of each in the merge).
+    position = np.empty(n + pair_query.shape[0], dtype=np.int64)
+    position[:n] = np.arange(n) + np.searchsorted(pair_query, np.arange(n), side="left")
+    position[n:] = np.arange(pair_query.shape[0]) + pair_query + 1
+    merged = np.empty_like(position)
+    merged[position] = np.arange(position.shape[0])
     query = np.concatenate([np.arange(n), pair_query])
     slot = np.concatenate([np.zeros(n, dtype=np.int64), pair_pattern + 1])
     at_risk = np.concatenate([queries["n_at_risk"].to_numpy() - np.bincount(pair_query, pair_at_risk, minlength=n), pair_at_risk])
     events = np.concatenate([queries["n_events"].to_numpy() - np.bincount(pair_query, pair_events, minlength=n), pair_events])
-    keep = np.flatnonzero(at_risk > 0)
-    keep = keep[np.argsort(query[keep] * (n_patterns + 1) + slot[keep], kind="stable")]
+    keep = merged[at_risk[merged] > 0]
     query, slot = query[keep], slot[keep]
     patterns = np.vstack([np.zeros((1, pattern_design.shape[1])), pattern_design])
     design = np.empty((len(keep), patterns.shape[1] + covariate_design.shape[1]))  # filled in place: no hstack copy
@@ -328,27 +337,90 @@ def pattern_risk_sets(
                       "n_at_risk": totals.n_at_risk, "n_events": totals.n_events})
         .sort(["stratum", "time", "cell"])
         .with_columns(fit=pl.lit(0, pl.Int64))
-        .with_row_index("query")
     )  # fmt: skip
-    block = cell * n_patterns + (pattern - 1)
-    spans = (
-        pl.DataFrame({"block": block, "start": start, "stop": stop})
-        .group_by("block")
-        .agg(pl.col("start").min(), pl.col("stop").max())
-        .with_columns(cell=pl.col("block") // n_patterns)
+    risk_sets, risk_set_index = np.unique((queries["stratum"] * time_span + queries["time"]).to_numpy(), return_inverse=True)
+    segments = (cell, pattern - 1, start, stop, event.astype(bool))
+    n_strata = int(layout.stratum_of_cell.max()) + 1 if layout.n_cells else 0
+    if queries.height * n_patterns <= _GRID_CELLS and n_strata * time_span <= 2 * _GRID_CELLS:
+        pairs = _pairs_from_count_grid(layout, queries, risk_sets, risk_set_index, *segments, n_patterns, time_span)
+    else:
+        pairs = _pairs_by_search(layout, queries, *segments, n_patterns, time_span)
+    return risk_set_rows(queries, risk_set_index, *pairs, pattern_design, layout.covariate_design, 1)
+
+
+_GRID_CELLS = 1 << 24
+"""Queries x patterns (and half the strata x days) up to which `pattern_risk_sets` counts on a dense grid
+(int64: 128 MB an array); larger models pair queries and segments by binary search."""
+
+
+def _pairs_from_count_grid(
+    layout: CellLayout, queries: pl.DataFrame, risk_sets: np.ndarray, risk_set_index: np.ndarray, cell: np.ndarray,
+    pattern: np.ndarray, start: np.ndarray, stop: np.ndarray, event: np.ndarray, n_patterns: int, time_span: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every (query, pattern) with someone at risk, in that order, with the numbers at risk and with the event.
+
+    On a (cell, event time of its stratum) x pattern grid a segment adds 1 from the first event time after its
+    start and removes it after its stop (the at-risk convention start < t <= stop); a running sum down each
+    cell's times counts who is at risk: two binary searches per segment in the few event times, no sort."""
+    q_stratum, q_cell = queries["stratum"].to_numpy(), queries["cell"].to_numpy()
+    stratum_first = np.searchsorted(risk_sets, np.arange(layout.stratum_of_cell.max() + 2) * time_span)
+    n_times = np.diff(stratum_first)[layout.stratum_of_cell]  # per cell: its stratum's event times
+    cell_first = np.concatenate([[0], np.cumsum(n_times)])  # cell-major rows: each cell's times in order
+    q_row = cell_first[q_cell] + risk_set_index - stratum_first[q_stratum]
+    n_rows = queries.height
+    stratum = layout.stratum_of_cell[cell]
+    time_base = stratum * time_span
+    # Event times up to each (stratum, day): a table look-up instead of a binary search per segment end.
+    upto = np.zeros(int(stratum_first.shape[0] - 1) * time_span, dtype=np.int32)
+    upto[risk_sets] = 1
+    np.cumsum(upto, out=upto)
+    first = upto[time_base + start] - stratum_first[stratum]
+    after = upto[time_base + stop] - stratum_first[stratum]
+    row = cell_first[cell]
+    size = n_rows * n_patterns
+    opens, closes = first < n_times[cell], after < n_times[cell]
+    count = np.bincount(((row + first) * n_patterns + pattern)[opens], minlength=size)
+    count -= np.bincount(((row + after) * n_patterns + pattern)[closes], minlength=size)
+    count = count.reshape(n_rows, n_patterns)
+    np.cumsum(count, axis=0, out=count)
+    # The running sum crosses cells: subtract what it carried into each cell (segments open past its times).
+    carried = np.vstack([np.zeros((1, n_patterns), dtype=count.dtype), count])[cell_first[:-1]]
+    at_risk = count[q_row] - carried[q_cell]
+    del count, carried
+    ended = event & (after > 0)  # the event at stop, the last event time <= stop
+    ended &= risk_sets[np.minimum(stratum_first[stratum] + after - 1, len(risk_sets) - 1)] == time_base + stop
+    events = np.bincount(((row + after - 1) * n_patterns + pattern)[ended], minlength=size).reshape(n_rows, n_patterns)[q_row]
+    pair_query, pair_pattern = np.nonzero(at_risk > 0)
+    return pair_query, pair_pattern, at_risk[pair_query, pair_pattern].astype(np.float64), events[pair_query, pair_pattern].astype(np.float64)
+
+
+def _pairs_by_search(
+    layout: CellLayout, queries: pl.DataFrame, cell: np.ndarray, pattern: np.ndarray, start: np.ndarray,
+    stop: np.ndarray, event: np.ndarray, n_patterns: int, time_span: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """`_pairs_from_count_grid` for grids too large to hold: a query (cell, t) pairs with the (cell, pattern)
+    blocks whose span (earliest start, latest stop) holds t, read off the grid a chunk of queries at a time,
+    and each pair is counted by binary searches in the sorted segments (`counts_at_event_times`)."""
+    block = cell * n_patterns + pattern
+    first_start = np.full(layout.n_cells * n_patterns, time_span, dtype=np.int64)
+    last_stop = np.full(layout.n_cells * n_patterns, -1, dtype=np.int64)
+    np.minimum.at(first_start, block, start)
+    np.maximum.at(last_stop, block, stop)
+    first_start, last_stop = first_start.reshape(-1, n_patterns), last_stop.reshape(-1, n_patterns)
+    q_cell, q_time = queries["cell"].to_numpy(), queries["time"].to_numpy()
+    chunk = max(1, _GRID_CELLS // 4 // n_patterns)
+    found = []
+    for lo in range(0, queries.height, chunk):
+        t = q_time[lo : lo + chunk, None]
+        grid = (first_start[q_cell[lo : lo + chunk]] < t) & (t <= last_stop[q_cell[lo : lo + chunk]])
+        chunk_query, chunk_pattern = np.nonzero(grid)
+        found.append((chunk_query + lo, chunk_pattern))
+    pair_query = np.concatenate([f[0] for f in found]) if found else np.zeros(0, dtype=np.int64)
+    pair_pattern = np.concatenate([f[1] for f in found]) if found else np.zeros(0, dtype=np.int64)
+    at_risk, events = counts_at_event_times(
+        block, start, stop, event, q_cell[pair_query] * n_patterns + pair_pattern, q_time[pair_query], time_span
     )
-    pairs = (
-        queries.select("query", "cell", "time")
-        .join(spans, on="cell")
-        .filter((pl.col("time") > pl.col("start")) & (pl.col("time") <= pl.col("stop")))
-    )
-    pair_block = pairs["block"].to_numpy()
-    at_risk, events = counts_at_event_times(block, start, stop, event.astype(bool), pair_block, pairs["time"].to_numpy(), time_span)
-    _, risk_set_index = np.unique((queries["stratum"] * time_span + queries["time"]).to_numpy(), return_inverse=True)
-    return risk_set_rows(
-        queries, risk_set_index, pairs["query"].cast(pl.Int64).to_numpy(), pair_block % n_patterns, at_risk, events,
-        pattern_design, layout.covariate_design, 1,
-    )
+    return pair_query.astype(np.int64), pair_pattern.astype(np.int64), at_risk, events
 
 
 def index_screen_inputs(
