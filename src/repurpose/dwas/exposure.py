@@ -35,7 +35,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -87,11 +87,6 @@ class KeyLayout:
         return layout
 
     @property
-    def pair_shift(self) -> int:
-        """Bits below the (code, person) pair: the date."""
-        return DATE_BITS
-
-    @property
     def code_shift(self) -> int:
         return self.person_bits + DATE_BITS
 
@@ -106,6 +101,10 @@ class KeyLayout:
         """The keys with each code replaced by `code_map[code]` (a class index at a coarser level)."""
         low = keys & ((1 << self.code_shift) - 1)
         return (code_map[keys >> self.code_shift].astype(np.int64) << self.code_shift) | low
+
+    def recode_pairs(self, pairs: np.ndarray, code_map: np.ndarray) -> np.ndarray:
+        """The (code, person) pairs with each code replaced by `code_map[code]`."""
+        return (code_map[self.code_of_pair(pairs)].astype(np.int64) << self.person_bits) | self.person_of_pair(pairs)
 
     def person_of_pair(self, pairs: np.ndarray) -> np.ndarray:
         return pairs & ((1 << self.person_bits) - 1)
@@ -221,16 +220,13 @@ def class_milestones(
     class was used through one substance is that substance's row; the dispensings of pairs mixing substances
     are recoded to the class and sorted again.
     """
-    class_pairs = (code_map[layout.code_of_pair(substances.pair)].astype(np.int64) << layout.person_bits) | (
-        layout.person_of_pair(substances.pair)
-    )
+    class_pairs = layout.recode_pairs(substances.pair, code_map)
     order = np.argsort(class_pairs, kind="stable")
     grouped = class_pairs[order]
     first_of_group = np.concatenate(([True], grouped[1:] != grouped[:-1])) if len(grouped) else np.zeros(0, bool)
     group_size = np.diff(np.append(np.flatnonzero(first_of_group), len(grouped)))
     mixed_substance = np.repeat(group_size > 1, group_size)
-    single = substances.take(order[~mixed_substance])
-    single.pair = grouped[~mixed_substance]
+    single = replace(substances.take(order[~mixed_substance]), pair=grouped[~mixed_substance])
     mixed_rows = np.zeros(len(substances.pair), bool)
     mixed_rows[order[mixed_substance]] = True
     row_is_mixed = np.repeat(mixed_rows, substances.n_dispensings)
@@ -373,10 +369,7 @@ def _bucket_exposures(
     result = {}
     for level in levels:
         if len(codes.classes[level]) == len(codes.codes):  # one code per class: nothing to mix
-            pairs = (codes.class_of_code[level][layout.code_of_pair(substances.pair)] << layout.person_bits) | (
-                layout.person_of_pair(substances.pair)
-            )
-            result[level] = Milestones(pairs, *(getattr(substances, n) for n in ("n_dispensings", "total_ddd", "first", "kth")), substances.reached)
+            result[level] = replace(substances, pair=layout.recode_pairs(substances.pair, codes.class_of_code[level]))
         else:
             result[level] = class_milestones(keys, ddd, substances, codes.class_of_code[level], layout, k, cutpoints)
     return result
