@@ -36,11 +36,13 @@ TOL = 1e-10
 
 @dataclass(frozen=True)
 class LogisticFit:
-    """Coefficients (intercept first), whether the fit converged and the iterations it took."""
+    """Coefficients (intercept first), whether the fit converged, the iterations it took and the fitted P(y = 1)
+    of the fitted rows (the caller needs them: no second pass over the design)."""
 
     coef: np.ndarray
     converged: bool
     n_iter: int
+    fitted: np.ndarray
 
 
 def with_intercept(x: np.ndarray) -> np.ndarray:
@@ -70,24 +72,23 @@ class PersonDesign:
         constant = np.all(x1 == x1[first[row_person]], axis=0)
         person_columns, row_columns = np.flatnonzero(constant), np.flatnonzero(~constant)
         pattern_x, row_pattern = _distinct_rows(x1[:, row_columns])
-        by_person = sparse.csr_matrix((np.ones(len(person)), (row_person, np.arange(len(person)))), shape=(len(codes), len(person)))
         return cls(np.ascontiguousarray(x1[first][:, person_columns]), row_person, pattern_x, row_pattern,
-                   person_columns, row_columns, by_person)  # fmt: skip
+                   person_columns, row_columns, _incidence(row_person, len(codes)))  # fmt: skip
 
     def rows_of(self, keep: np.ndarray) -> PersonDesign:
         """The design of the rows where `keep` (a bootstrap replicate's persons drawn: the others' rows weigh 0)."""
         kept_person = np.zeros(len(self.person_x), bool)
         kept_person[self.row_person[keep]] = True
         row_person = (np.cumsum(kept_person) - 1)[self.row_person[keep]]
-        n_rows = len(row_person)
-        by_person = sparse.csr_matrix((np.ones(n_rows), (row_person, np.arange(n_rows))), shape=(int(kept_person.sum()), n_rows))
         return PersonDesign(self.person_x[kept_person], row_person, self.pattern_x, self.row_pattern[keep], self.person_columns,
-                            self.row_columns, by_person)  # fmt: skip
+                            self.row_columns, _incidence(row_person, int(kept_person.sum())))  # fmt: skip
 
     @cached_property
-    def pattern_by_person(self) -> np.ndarray:
-        """The rows' patterns with the rows grouped by person (`by_person`'s order)."""
-        return self.row_pattern[self.by_person.indices]
+    def person_pattern(self) -> sparse.csr_matrix:
+        """Persons x patterns, one entry per row (its person's row, its pattern's column; in `by_person`'s order):
+        the structure of the cross term of `gram`, built once."""
+        return sparse.csr_matrix((np.ones(len(self.row_person)), self.row_pattern[self.by_person.indices], self.by_person.indptr),
+                                 shape=(len(self.person_x), len(self.pattern_x)))  # fmt: skip
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -111,8 +112,8 @@ class PersonDesign:
         out[np.ix_(pc, pc)] = (self.person_x * (self.by_person @ v)[:, None]).T @ self.person_x
         counts = np.bincount(self.row_pattern, weights=v, minlength=len(self.pattern_x))
         out[np.ix_(rc, rc)] = (self.pattern_x * counts[:, None]).T @ self.pattern_x
-        person_pattern = sparse.csr_matrix((v[self.by_person.indices], self.pattern_by_person, self.by_person.indptr),
-                                           shape=(len(self.person_x), len(self.pattern_x)))  # fmt: skip
+        person_pattern = self.person_pattern.copy()  # same structure, this call's values
+        person_pattern.data = v[self.by_person.indices]
         cross = self.person_x.T @ (person_pattern @ self.pattern_x)
         out[np.ix_(pc, rc)] = cross
         out[np.ix_(rc, pc)] = cross.T
@@ -122,6 +123,14 @@ class PersonDesign:
         """Whether two designs are the same matrix stored the same way."""
         return all(np.array_equal(getattr(self, f), getattr(other, f)) for f in
                    ("person_x", "row_person", "pattern_x", "row_pattern", "person_columns", "row_columns"))  # fmt: skip
+
+
+def _incidence(row_person: np.ndarray, n_persons: int) -> sparse.csr_matrix:
+    """Persons x rows incidence (a person's row holds a 1 in each of its rows' columns, in row order), built
+    directly as CSR (a stable sort by person) instead of through COO."""
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(row_person, minlength=n_persons))])
+    return sparse.csr_matrix((np.ones(len(row_person)), np.argsort(row_person, kind="stable"), indptr),
+                             shape=(n_persons, len(row_person)))  # fmt: skip
 
 
 def _distinct_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -165,10 +174,13 @@ def _as_design(x1: Design) -> PersonDesign | _Dense:
     return x1 if isinstance(x1, PersonDesign) else _Dense(x1)
 
 
-def _log_likelihood(eta: np.ndarray, y: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
-    """sum w [y eta - log(1 + exp(eta))], computed without overflow, and exp(-|eta|) (which `_expit` reuses)."""
+def _log_likelihood(eta: np.ndarray, wy: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
+    """sum w [y eta - log(1 + exp(eta))] (`wy` = w y), computed without overflow as two dot products, and
+    exp(-|eta|) (which `_expit` reuses)."""
     e = np.exp(-np.abs(eta))
-    return float(np.sum(w * (np.where(y, eta, 0.0) - (np.maximum(eta, 0.0) + np.log1p(e))))), e
+    softplus = np.log1p(e)
+    softplus += np.maximum(eta, 0.0)
+    return float(wy @ eta - w @ softplus), e
 
 
 def _expit(eta: np.ndarray, e: np.ndarray | None = None) -> np.ndarray:
@@ -189,12 +201,14 @@ def fit_logistic(x1: Design, y: np.ndarray, w: np.ndarray, start: np.ndarray | N
     None or when `start` fits worse than zeros)."""
     y = np.asarray(y, bool)
     x = _as_design(x1)
+    w = np.asarray(w, float)
     y_value = np.where(y, 1.0, 0.0)
+    wy = w * y_value
     beta, eta = np.zeros(x.shape[1]), np.zeros(len(y))
-    loglik, e = _log_likelihood(eta, y, w)
+    loglik, e = -np.log(2.0) * float(np.sum(w)), np.ones(len(y))  # at zero: every probability 1/2
     if start is not None:
         warm_eta = x.dot(start)
-        warm, warm_e = _log_likelihood(warm_eta, y, w)
+        warm, warm_e = _log_likelihood(warm_eta, wy, w)
         if warm > loglik:
             beta, eta, e, loglik = np.array(start, float), warm_eta, warm_e, warm
     for iteration in range(1, max_iter + 1):
@@ -205,11 +219,11 @@ def fit_logistic(x1: Design, y: np.ndarray, w: np.ndarray, start: np.ndarray | N
         decrement = float(gradient @ step)
         for _ in range(40):
             trial_eta = x.dot(beta + step)
-            trial, trial_e = _log_likelihood(trial_eta, y, w)
+            trial, trial_e = _log_likelihood(trial_eta, wy, w)
             if trial >= loglik - 1e-12 * abs(loglik):
                 break
             step = step / 2
         beta, eta, e, loglik = beta + step, trial_eta, trial_e, trial
         if decrement < tol or np.max(np.abs(step)) < tol:
-            return LogisticFit(beta, True, iteration)
-    return LogisticFit(beta, False, max_iter)
+            return LogisticFit(beta, True, iteration, _expit(eta, e))
+    return LogisticFit(beta, False, max_iter, _expit(eta, e))
