@@ -40,7 +40,7 @@ import polars as pl
 
 from repurpose.trial_emulation.adherence import Adherence
 from repurpose.trial_emulation.cohort import COVARIATES, TIME_VARYING
-from repurpose.trial_emulation.logistic import PersonDesign, fit_logistic, with_intercept
+from repurpose.trial_emulation.logistic import PersonDesign, WarmStart, fit_logistic, with_intercept
 from repurpose.trial_emulation.protocol import ESCALATION, HIGH_EFFICACY, STRATEGIES, TrialProtocol
 
 MIN_CLINIC_PERSONS = 50
@@ -329,15 +329,16 @@ def censoring_models(clones: Clones) -> tuple[CensoringModel, ...]:
     return tuple(models)
 
 
-def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None, start: tuple[np.ndarray | None, ...] = (),
+def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None,
+                         start: tuple[np.ndarray | WarmStart | None, ...] = (),
                          known: Sequence[tuple[np.ndarray, np.ndarray | None]] = ()) -> CensoringFit:  # fmt: skip
     """P(deviation in the interval) for every model row, rows weighted by the person's frequency (bootstrap; 1
     otherwise). Per arm two unpenalised pooled logistic models: one of the intervals before the last (deviation
     = the other strategy's therapy started first) and one of the last interval (deviation = the strategy not
     started by the end of the grace period), as the two events differ and so may their covariate effects.
     Fitted by Newton-Raphson (`trial_emulation.logistic`) from `start` (the point estimate's coefficients in a
-    bootstrap replicate) on the rows of positive frequency (the rows of frequency 0, which weigh 0 in every
-    estimate, keep probability 0). `known`: per model (in order), the fitted
+    bootstrap replicate; a `WarmStart` of them: the first step from per-person sums) on the rows of positive
+    frequency (the rows of frequency 0, which weigh 0 in every estimate, keep probability 0). `known`: per model (in order), the fitted
     probabilities of its rows and its coefficients when the same model was fitted already (the sustained clones'
     grace-period models are the start-only clones' ones, row for row: `same_grace_models`)."""
     p = np.zeros(len(clones.model_clone))
@@ -356,7 +357,10 @@ def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None, st
             continue
         keep = w > 0
         design = model.design if keep.all() else model.design.rows_of(keep)
-        fit = fit_logistic(design, y[keep], w[keep], start[j] if j < len(start) else None)
+        first, at_start = start[j] if j < len(start) else None, None
+        if isinstance(first, WarmStart):
+            first, at_start = first.coef, first.at_frequencies(model.design, w[model.design.person_row])
+        fit = fit_logistic(design, y[keep], w[keep], first, at_start=at_start)
         p[model.rows[keep]] = fit.fitted  # rows of persons not drawn weigh 0 in every estimate: left at 0
         coefs.append(fit.coef)
     return CensoringFit(p, tuple(coefs))

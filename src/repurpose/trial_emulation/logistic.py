@@ -84,6 +84,12 @@ class PersonDesign:
                             self.row_columns, _incidence(row_person, int(kept_person.sum())))  # fmt: skip
 
     @cached_property
+    def person_row(self) -> np.ndarray:
+        """A row of each person (its first), in the persons' order: per-row values constant over a person's rows
+        (a bootstrap frequency) read per person."""
+        return self.by_person.indices[self.by_person.indptr[:-1]]
+
+    @cached_property
     def person_pattern(self) -> sparse.csr_matrix:
         """Persons x patterns, one entry per row (its person's row, its pattern's column; in `by_person`'s order):
         the structure of the cross term of `gram`, built once."""
@@ -174,6 +180,52 @@ def _as_design(x1: Design) -> PersonDesign | _Dense:
     return x1 if isinstance(x1, PersonDesign) else _Dense(x1)
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """Coefficients to start refits of a `PersonDesign` from (a bootstrap replicate's, from the point estimate's),
+    with each person's part of the log-likelihood, score and information at them (every row of weight 1). A refit
+    with per-person frequencies f gets its first Newton step's quantities as f-weighted sums over persons
+    (`at_frequencies`) instead of a pass over the rows: the same sums in another order, so the same steps up to
+    rounding."""
+
+    coef: np.ndarray
+    loglik: np.ndarray  # per person
+    score: np.ndarray  # persons x columns
+    information: np.ndarray  # per person: sum of p (1 - p) over its rows
+    cross: np.ndarray  # persons x row columns: sum of p (1 - p) z over its rows (z: the row's pattern)
+    by_pattern: sparse.csr_matrix  # persons x patterns: p (1 - p) of each row
+
+    @classmethod
+    def at(cls, design: PersonDesign, y: np.ndarray, coef: np.ndarray) -> WarmStart:
+        """The per-person parts at `coef` of design `design` with outcome `y`."""
+        y = np.asarray(y, bool)
+        eta = design.dot(coef)
+        e = np.exp(-np.abs(eta))
+        p = _expit(eta, e)
+        v, r = p * (1.0 - p), np.where(y, 1.0, 0.0) - p
+        terms = np.where(y, eta, 0.0) - (np.maximum(eta, 0.0) + np.log1p(e))
+        by_person, z = design.by_person, design.pattern_x[design.row_pattern]
+        score = np.empty((len(design.person_x), design.shape[1]))
+        score[:, design.person_columns] = design.person_x * (by_person @ r)[:, None]
+        score[:, design.row_columns] = by_person @ (z * r[:, None])
+        by_pattern = design.person_pattern.copy()
+        by_pattern.data = v[by_person.indices]
+        return cls(np.array(coef, float), by_person @ terms, score, by_person @ v, by_person @ (z * v[:, None]), by_pattern)
+
+    def at_frequencies(self, design: PersonDesign, f: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+        """(log-likelihood, score, information) at `coef` with rows weighted by their person's frequency `f`
+        (per person, in `design`'s person order), as `fit_logistic`'s `at_start`."""
+        pc, rc = design.person_columns, design.row_columns
+        information = np.empty((design.shape[1], design.shape[1]))
+        information[np.ix_(pc, pc)] = (design.person_x * (f * self.information)[:, None]).T @ design.person_x
+        cross = (design.person_x * f[:, None]).T @ self.cross
+        information[np.ix_(pc, rc)] = cross
+        information[np.ix_(rc, pc)] = cross.T
+        counts = self.by_pattern.T @ f
+        information[np.ix_(rc, rc)] = (design.pattern_x * counts[:, None]).T @ design.pattern_x
+        return float(f @ self.loglik), self.score.T @ f, information
+
+
 def _log_likelihood(eta: np.ndarray, wy: np.ndarray, w: np.ndarray) -> tuple[float, np.ndarray]:
     """sum w [y eta - log(1 + exp(eta))] (`wy` = w y), computed without overflow as two dot products, and
     exp(-|eta|) (which `_expit` reuses)."""
@@ -195,10 +247,12 @@ def probabilities(x1: Design, coef: np.ndarray) -> np.ndarray:
 
 
 def fit_logistic(x1: Design, y: np.ndarray, w: np.ndarray, start: np.ndarray | None = None, *,
-                 max_iter: int = MAX_ITER, tol: float = TOL) -> LogisticFit:  # fmt: skip
+                 at_start: tuple[float, np.ndarray, np.ndarray] | None = None, max_iter: int = MAX_ITER,
+                 tol: float = TOL) -> LogisticFit:  # fmt: skip
     """Maximum likelihood of the weighted logistic model (module doc) on design `x1` (with the intercept column),
     0/1 outcome `y` and frequency weights `w` (>= 0; a row of weight 0 adds nothing), from `start` (zeros when
-    None or when `start` fits worse than zeros)."""
+    None or when `start` fits worse than zeros). `at_start`: the log-likelihood, score and information at `start`
+    when known (`WarmStart.at_frequencies`): the first step is then taken without a pass over the rows."""
     y = np.asarray(y, bool)
     x = _as_design(x1)
     w = np.asarray(w, float)
@@ -206,15 +260,25 @@ def fit_logistic(x1: Design, y: np.ndarray, w: np.ndarray, start: np.ndarray | N
     wy = w * y_value
     beta, eta = np.zeros(x.shape[1]), np.zeros(len(y))
     loglik, e = -np.log(2.0) * float(np.sum(w)), np.ones(len(y))  # at zero: every probability 1/2
+    known = None
     if start is not None:
-        warm_eta = x.dot(start)
-        warm, warm_e = _log_likelihood(warm_eta, wy, w)
+        if at_start is not None:
+            warm, known = at_start[0], at_start[1:]
+            warm_eta, warm_e = eta, e  # not needed: the first step uses `known`, then the line search's eta
+        else:
+            warm_eta = x.dot(start)
+            warm, warm_e = _log_likelihood(warm_eta, wy, w)
         if warm > loglik:
             beta, eta, e, loglik = np.array(start, float), warm_eta, warm_e, warm
+        else:
+            known = None
     for iteration in range(1, max_iter + 1):
-        p = _expit(eta, e)
-        gradient = x.rdot(w * (y_value - p))
-        hessian = x.gram(w * p * (1.0 - p))
+        if known is not None:
+            (gradient, hessian), known = known, None
+        else:
+            p = _expit(eta, e)
+            gradient = x.rdot(w * (y_value - p))
+            hessian = x.gram(w * p * (1.0 - p))
         step = np.linalg.lstsq(hessian, gradient, rcond=None)[0]
         decrement = float(gradient @ step)
         for _ in range(40):
