@@ -93,10 +93,13 @@ class Clones:
 @dataclass(frozen=True)
 class WeightLayout:
     """What `weights_from` reads of the clones' structure, computed once: per model row the row before its clone's
-    first (-1: none), and for sustained clones the stabiliser's bound and arm per estimation row and per clone and
-    the adherence rows per arm (person, interval, deviates)."""
+    first, per estimation row and per clone the model row of its weight, all plus 1 (0: none; indices into arrays
+    with a leading 0 or 1), and for sustained clones the stabiliser's bound and arm per estimation row and per
+    clone and the adherence rows per arm (person, interval, deviates)."""
 
-    before_row: np.ndarray
+    before_index: np.ndarray
+    row_index: np.ndarray
+    final_index: np.ndarray
     row_bound: np.ndarray | None = None
     row_arm: np.ndarray | None = None
     final_bound: np.ndarray | None = None
@@ -107,16 +110,16 @@ class WeightLayout:
         n = len(clones.model_clone)
         starts = np.r_[True, clones.model_clone[1:] != clones.model_clone[:-1]] if n else np.zeros(0, bool)
         offset = np.maximum.accumulate(np.where(starts, np.arange(n), 0)) if n else np.zeros(0, np.int64)
-        before_row = np.where(offset > 0, offset - 1, -1)
+        indices = (np.where(offset > 0, offset, 0), clones.row_weight_row + 1, clones.final_weight_row + 1)
         if clones.model_phase is None:
-            return cls(before_row)
+            return cls(*indices)
         adherent = clones.model_phase == 1
         model_arm = clones.arm[clones.model_clone]
         adherence = []
         for a in (0, 1):
             rows = adherent & (model_arm == a)
             adherence.append((clones.person[clones.model_clone[rows]], clones.model_interval[rows], clones.model_deviates[rows]))
-        return cls(before_row, _bound_of(clones, clones.row_weight_row), clones.arm[clones.row_clone],
+        return cls(*indices, _bound_of(clones, clones.row_weight_row), clones.arm[clones.row_clone],
                    _bound_of(clones, clones.final_weight_row), tuple(adherence))  # fmt: skip
 
 
@@ -381,11 +384,10 @@ def weights_from(clones: Clones, p_deviate: np.ndarray, percentile: float, frequ
     censored (frequency-weighted in a bootstrap)."""
     layout = clones.layout
     log_inv = -np.log(np.clip(1.0 - p_deviate, 1e-12, None))
-    cum = np.cumsum(log_inv)
-    before = np.where(layout.before_row >= 0, cum[np.maximum(layout.before_row, 0)], 0.0)
-    cumulative = np.exp(cum - before) if len(cum) else cum
-    final = np.where(clones.final_weight_row >= 0, cumulative[np.maximum(clones.final_weight_row, 0)] if len(cum) else 1.0, 1.0)
-    row_weight = np.where(clones.row_weight_row >= 0, cumulative[np.maximum(clones.row_weight_row, 0)] if len(cum) else 1.0, 1.0)
+    cum = np.concatenate([[0.0], np.cumsum(log_inv)])  # a leading 0: the sum before a clone's first row
+    cumulative = np.exp(cum[1:] - cum[layout.before_index])
+    with_one = np.concatenate([[1.0], cumulative])  # a leading 1: the weight before any model row
+    final, row_weight = with_one[layout.final_index], with_one[layout.row_index]
     freq = np.ones(clones.n_persons) if frequency is None else frequency.astype(float)
     if clones.model_phase is not None:
         numerator = stabiliser(clones, freq)
