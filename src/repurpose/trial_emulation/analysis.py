@@ -264,8 +264,9 @@ def _replicates(indices: Sequence[int]) -> list[dict]:
 def bootstrap(data: TrialData, replicates: int, workers: int, grid_days: np.ndarray | None = None,
               start: Sequence[tuple[np.ndarray | None, ...]] = ()) -> list[dict]:  # fmt: skip
     """`replicates` bootstrap replicates' estimates (every estimand, `TrialData.parts`), in replicate order, over
-    `workers` processes; the censoring models start from `start` (per part, the point estimate's coefficients:
-    fewer Newton steps, the same maximum)."""
+    `workers` processes (chunks of consecutive replicates; replicate b draws from the stream (seed, b) whichever
+    process runs it); the censoring models start from `start` (per part, the point estimate's coefficients: fewer
+    Newton steps, the same maximum; the first step from per-person sums, `warm_starts`)."""
     global _WORKER_DATA, _WORKER_GRID, _WORKER_START
     for part in data.parts:
         part.clones.censoring_models  # built once before the fork, shared by every worker  # noqa: B018
@@ -275,13 +276,12 @@ def bootstrap(data: TrialData, replicates: int, workers: int, grid_days: np.ndar
     try:
         if workers <= 1 or replicates < 2:
             return _replicates(range(replicates))
-        chunks = [list(range(replicates))[k::workers] for k in range(workers)]
+        # consecutive chunks of about an eighth of a worker's share, handed to whichever worker is free: on a shared
+        # machine a worker slowed by other jobs takes fewer chunks instead of holding up the others at the end
+        size = max(1, replicates // (8 * workers))
+        chunks = [range(i, min(i + size, replicates)) for i in range(0, replicates, size)]
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            parts = list(pool.map(_replicates, chunks))
-        by_index = {}
-        for chunk, part in zip(chunks, parts, strict=True):
-            by_index.update(zip(chunk, part, strict=True))
-        return [by_index[i] for i in range(replicates)]
+            return [replicate for part in pool.map(_replicates, chunks) for replicate in part]
     finally:
         _WORKER_DATA, _WORKER_GRID, _WORKER_START = None, None, ()
 
