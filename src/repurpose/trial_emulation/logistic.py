@@ -19,7 +19,10 @@ A censoring model's rows are person x interval, and most of its columns (the int
 clinic indicators) are the same on every row of a person: `PersonDesign` stores them once per person and the other
 columns (time-varying covariates, interval indicators) once per distinct pattern, so that the products a Newton step
 needs (X b, X'r, X'WX) cost persons x columns plus rows x a few columns instead of rows x columns x columns (the
-bootstrap refits every model in every replicate). Imports numpy and scipy.sparse.
+bootstrap refits every model in every replicate). A replicate's refit starts from the point estimate, where each
+person's part of the log-likelihood, score and information is known once (`WarmStart`): its first Newton step is
+then sums over persons weighted by the replicate's frequencies, without a pass over the rows. Imports numpy and
+scipy.sparse.
 """
 
 from __future__ import annotations
