@@ -341,9 +341,9 @@ def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None,
     started by the end of the grace period), as the two events differ and so may their covariate effects.
     Fitted by Newton-Raphson (`trial_emulation.logistic`) from `start` (the point estimate's coefficients in a
     bootstrap replicate; a `WarmStart` of them: the first step from per-person sums) on the rows of positive
-    frequency (the rows of frequency 0, which weigh 0 in every estimate, keep probability 0). `known`: per model (in order), the fitted
-    probabilities of its rows and its coefficients when the same model was fitted already (the sustained clones'
-    grace-period models are the start-only clones' ones, row for row: `same_grace_models`)."""
+    frequency (the rows of frequency 0, which weigh 0 in every estimate, keep probability 0). `known`: per model
+    (in order), the fitted probabilities of its rows and its coefficients when the same model was fitted already
+    (the sustained clones' grace-period models are the start-only clones' ones, row for row: `same_grace_models`)."""
     p = np.zeros(len(clones.model_clone))
     coefs: list[np.ndarray | None] = []
     for j, model in enumerate(clones.censoring_models):
