@@ -7,7 +7,13 @@ from __future__ import annotations
 import numpy as np
 from sklearn.linear_model import LogisticRegression
 
-from repurpose.trial_emulation.logistic import PersonDesign, fit_logistic, probabilities, with_intercept
+from repurpose.trial_emulation.logistic import (
+    PersonDesign,
+    WarmStart,
+    fit_logistic,
+    probabilities,
+    with_intercept,
+)
 
 
 def design(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -82,3 +88,29 @@ def test_the_design_stored_by_person_and_pattern_gives_the_dense_products_and_fi
     dense, by_parts = fit_logistic(x1[keep], y[keep], w[keep]), fit_logistic(drawn, y[keep], w[keep])
     assert by_parts.converged and by_parts.n_iter == dense.n_iter
     np.testing.assert_allclose(probabilities(stored, by_parts.coef), probabilities(x1, dense.coef), rtol=0, atol=1e-12)
+
+
+def test_a_warm_start_gives_the_first_step_from_per_person_sums_and_the_same_fit():
+    # a replicate's frequencies per person (some 0): the log-likelihood, score and information at the start from
+    # the per-person parts equal the row sums, and the fit from them takes the same steps to the same maximum
+    x, y, _ = design(3000, 5)
+    rng = np.random.default_rng(5)
+    person = rng.integers(0, 400, len(y))
+    x1 = with_intercept(np.column_stack([rng.normal(size=400)[person], x[:, :3], x[:, 3]]))
+    stored = PersonDesign.build(x1, person)
+    start = fit_logistic(stored, y, np.ones(len(y))).coef
+    warm = WarmStart.at(stored, y, start)
+    f = rng.multinomial(400, np.full(400, 1 / 400)).astype(float)
+    w = f[person]
+    loglik, score, information = warm.at_frequencies(stored, w[stored.person_row])
+    p = probabilities(x1, start)
+    assert np.isclose(loglik, np.sum(w * (np.where(y, np.log(p), np.log1p(-p)))), rtol=1e-12)
+    np.testing.assert_allclose(score, x1.T @ (w * (y - p)), rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(information, (x1 * (w * p * (1 - p))[:, None]).T @ x1, rtol=1e-12, atol=1e-10)
+    keep = w > 0
+    rows = stored.rows_of(keep)
+    plain = fit_logistic(rows, y[keep], w[keep], start)
+    from_sums = fit_logistic(rows, y[keep], w[keep], start, at_start=(loglik, score, information))
+    assert from_sums.converged and from_sums.n_iter == plain.n_iter
+    np.testing.assert_allclose(from_sums.coef, plain.coef, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(from_sums.fitted, probabilities(x1[keep], plain.coef), rtol=1e-12, atol=1e-14)

@@ -41,6 +41,7 @@ from repurpose.trial_emulation.estimators import (
     survival_at,
     weighted_rate,
 )
+from repurpose.trial_emulation.logistic import WarmStart
 from repurpose.trial_emulation.protocol import TrialProtocol
 
 EMULATION = "emulation"
@@ -211,7 +212,7 @@ def estimates(data: TrialData, fit: WeightFit, frequency: np.ndarray | None = No
     return out
 
 
-def fit_weights(data: TrialData, frequency: np.ndarray | None = None, start: tuple[np.ndarray | None, ...] = (),
+def fit_weights(data: TrialData, frequency: np.ndarray | None = None, start: tuple[np.ndarray | WarmStart | None, ...] = (),
                 known: Sequence[tuple[np.ndarray, np.ndarray | None]] = ()) -> WeightFit:  # fmt: skip
     """Censoring models fitted (with bootstrap frequencies, from `start` coefficients; `known`: models fitted
     already, `fit_censoring_models`) and the truncated cumulative weights."""
@@ -220,7 +221,7 @@ def fit_weights(data: TrialData, frequency: np.ndarray | None = None, start: tup
 
 
 def fit_all(data: TrialData, frequency: np.ndarray | None = None,
-            starts: Sequence[tuple[np.ndarray | None, ...]] = ()) -> list[WeightFit]:  # fmt: skip
+            starts: Sequence[tuple[np.ndarray | WarmStart | None, ...]] = ()) -> list[WeightFit]:  # fmt: skip
     """`fit_weights` of every estimand's clones (`TrialData.parts`), from `starts` (one per part). The sustained
     clones' grace-period models are the emulation's (`TrialData.shares_grace_models`): fitted once."""
     fits = [fit_weights(data, frequency, starts[0] if starts else ())]
@@ -242,7 +243,7 @@ def estimates_all(data: TrialData, fits: Sequence[WeightFit], frequency: np.ndar
 
 _WORKER_DATA: TrialData | None = None
 _WORKER_GRID: np.ndarray | None = None
-_WORKER_START: tuple[tuple[np.ndarray | None, ...], ...] = ()
+_WORKER_START: tuple[tuple[WarmStart | None, ...], ...] = ()
 
 
 def _replicate(index: int) -> dict:
@@ -263,26 +264,37 @@ def _replicates(indices: Sequence[int]) -> list[dict]:
 def bootstrap(data: TrialData, replicates: int, workers: int, grid_days: np.ndarray | None = None,
               start: Sequence[tuple[np.ndarray | None, ...]] = ()) -> list[dict]:  # fmt: skip
     """`replicates` bootstrap replicates' estimates (every estimand, `TrialData.parts`), in replicate order, over
-    `workers` processes; the censoring models start from `start` (per part, the point estimate's coefficients:
-    fewer Newton steps, the same maximum)."""
+    `workers` processes (chunks of consecutive replicates; replicate b draws from the stream (seed, b) whichever
+    process runs it); the censoring models start from `start` (per part, the point estimate's coefficients: fewer
+    Newton steps, the same maximum; the first step from per-person sums, `warm_starts`)."""
     global _WORKER_DATA, _WORKER_GRID, _WORKER_START
-    _WORKER_DATA, _WORKER_GRID, _WORKER_START = data, grid_days, tuple(start)
     for part in data.parts:
         part.clones.censoring_models  # built once before the fork, shared by every worker  # noqa: B018
         part.clones.layout  # noqa: B018
     data.shares_grace_models  # checked once before the fork too  # noqa: B018
+    _WORKER_DATA, _WORKER_GRID, _WORKER_START = data, grid_days, warm_starts(data, start)
     try:
         if workers <= 1 or replicates < 2:
             return _replicates(range(replicates))
-        chunks = [list(range(replicates))[k::workers] for k in range(workers)]
+        # consecutive chunks of about an eighth of a worker's share, handed to whichever worker is free: on a shared
+        # machine a worker slowed by other jobs takes fewer chunks instead of holding up the others at the end
+        size = max(1, replicates // (8 * workers))
+        chunks = [range(i, min(i + size, replicates)) for i in range(0, replicates, size)]
         with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            parts = list(pool.map(_replicates, chunks))
-        by_index = {}
-        for chunk, part in zip(chunks, parts, strict=True):
-            by_index.update(zip(chunk, part, strict=True))
-        return [by_index[i] for i in range(replicates)]
+            return [replicate for part in pool.map(_replicates, chunks) for replicate in part]
     finally:
         _WORKER_DATA, _WORKER_GRID, _WORKER_START = None, None, ()
+
+
+def warm_starts(data: TrialData, start: Sequence[tuple[np.ndarray | None, ...]]) -> tuple[tuple[WarmStart | None, ...], ...]:
+    """Per part and censoring model, the `WarmStart` of its `start` coefficients (None: no logistic fit, or a model
+    fitted once for both parts, `fit_all`), built once before the bootstrap's fork."""
+    out = []
+    for i, (part, coefs) in enumerate(zip(data.parts, start, strict=False)):
+        shared = len(data.clones.censoring_models) if i > 0 and data.shares_grace_models else 0
+        out.append(tuple(WarmStart.at(model.design, model.deviates, coef) if coef is not None and j >= shared else None
+                         for j, (model, coef) in enumerate(zip(part.clones.censoring_models, coefs, strict=True))))  # fmt: skip
+    return tuple(out)
 
 
 def percentile_intervals(point: Mapping, replicates: Sequence[Mapping], level: float = 0.95) -> dict:

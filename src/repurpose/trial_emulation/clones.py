@@ -40,7 +40,7 @@ import polars as pl
 
 from repurpose.trial_emulation.adherence import Adherence
 from repurpose.trial_emulation.cohort import COVARIATES, TIME_VARYING
-from repurpose.trial_emulation.logistic import PersonDesign, fit_logistic, probabilities, with_intercept
+from repurpose.trial_emulation.logistic import PersonDesign, WarmStart, fit_logistic, with_intercept
 from repurpose.trial_emulation.protocol import ESCALATION, HIGH_EFFICACY, STRATEGIES, TrialProtocol
 
 MIN_CLINIC_PERSONS = 50
@@ -93,10 +93,13 @@ class Clones:
 @dataclass(frozen=True)
 class WeightLayout:
     """What `weights_from` reads of the clones' structure, computed once: per model row the row before its clone's
-    first (-1: none), and for sustained clones the stabiliser's bound and arm per estimation row and per clone and
-    the adherence rows per arm (person, interval, deviates)."""
+    first, per estimation row and per clone the model row of its weight, all plus 1 (0: none; indices into arrays
+    with a leading 0 or 1), and for sustained clones the stabiliser's bound and arm per estimation row and per
+    clone and the adherence rows per arm (person, interval, deviates)."""
 
-    before_row: np.ndarray
+    before_index: np.ndarray
+    row_index: np.ndarray
+    final_index: np.ndarray
     row_bound: np.ndarray | None = None
     row_arm: np.ndarray | None = None
     final_bound: np.ndarray | None = None
@@ -107,16 +110,16 @@ class WeightLayout:
         n = len(clones.model_clone)
         starts = np.r_[True, clones.model_clone[1:] != clones.model_clone[:-1]] if n else np.zeros(0, bool)
         offset = np.maximum.accumulate(np.where(starts, np.arange(n), 0)) if n else np.zeros(0, np.int64)
-        before_row = np.where(offset > 0, offset - 1, -1)
+        indices = (np.where(offset > 0, offset, 0), clones.row_weight_row + 1, clones.final_weight_row + 1)
         if clones.model_phase is None:
-            return cls(before_row)
+            return cls(*indices)
         adherent = clones.model_phase == 1
         model_arm = clones.arm[clones.model_clone]
         adherence = []
         for a in (0, 1):
             rows = adherent & (model_arm == a)
             adherence.append((clones.person[clones.model_clone[rows]], clones.model_interval[rows], clones.model_deviates[rows]))
-        return cls(before_row, _bound_of(clones, clones.row_weight_row), clones.arm[clones.row_clone],
+        return cls(*indices, _bound_of(clones, clones.row_weight_row), clones.arm[clones.row_clone],
                    _bound_of(clones, clones.final_weight_row), tuple(adherence))  # fmt: skip
 
 
@@ -329,16 +332,18 @@ def censoring_models(clones: Clones) -> tuple[CensoringModel, ...]:
     return tuple(models)
 
 
-def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None, start: tuple[np.ndarray | None, ...] = (),
+def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None,
+                         start: tuple[np.ndarray | WarmStart | None, ...] = (),
                          known: Sequence[tuple[np.ndarray, np.ndarray | None]] = ()) -> CensoringFit:  # fmt: skip
     """P(deviation in the interval) for every model row, rows weighted by the person's frequency (bootstrap; 1
     otherwise). Per arm two unpenalised pooled logistic models: one of the intervals before the last (deviation
     = the other strategy's therapy started first) and one of the last interval (deviation = the strategy not
     started by the end of the grace period), as the two events differ and so may their covariate effects.
     Fitted by Newton-Raphson (`trial_emulation.logistic`) from `start` (the point estimate's coefficients in a
-    bootstrap replicate) on the rows of positive frequency. `known`: per model (in order), the fitted
-    probabilities of its rows and its coefficients when the same model was fitted already (the sustained clones'
-    grace-period models are the start-only clones' ones, row for row: `same_grace_models`)."""
+    bootstrap replicate; a `WarmStart` of them: the first step from per-person sums) on the rows of positive
+    frequency (the rows of frequency 0, which weigh 0 in every estimate, keep probability 0). `known`: per model
+    (in order), the fitted probabilities of its rows and its coefficients when the same model was fitted already
+    (the sustained clones' grace-period models are the start-only clones' ones, row for row: `same_grace_models`)."""
     p = np.zeros(len(clones.model_clone))
     coefs: list[np.ndarray | None] = []
     for j, model in enumerate(clones.censoring_models):
@@ -355,8 +360,11 @@ def fit_censoring_models(clones: Clones, frequency: np.ndarray | None = None, st
             continue
         keep = w > 0
         design = model.design if keep.all() else model.design.rows_of(keep)
-        fit = fit_logistic(design, y[keep], w[keep], start[j] if j < len(start) else None)
-        p[model.rows] = probabilities(model.design, fit.coef)
+        first, at_start = start[j] if j < len(start) else None, None
+        if isinstance(first, WarmStart):
+            first, at_start = first.coef, first.at_frequencies(model.design, w[model.design.person_row])
+        fit = fit_logistic(design, y[keep], w[keep], first, at_start=at_start)
+        p[model.rows[keep]] = fit.fitted  # rows of persons not drawn weigh 0 in every estimate: left at 0
         coefs.append(fit.coef)
     return CensoringFit(p, tuple(coefs))
 
@@ -376,11 +384,10 @@ def weights_from(clones: Clones, p_deviate: np.ndarray, percentile: float, frequ
     censored (frequency-weighted in a bootstrap)."""
     layout = clones.layout
     log_inv = -np.log(np.clip(1.0 - p_deviate, 1e-12, None))
-    cum = np.cumsum(log_inv)
-    before = np.where(layout.before_row >= 0, cum[np.maximum(layout.before_row, 0)], 0.0)
-    cumulative = np.exp(cum - before) if len(cum) else cum
-    final = np.where(clones.final_weight_row >= 0, cumulative[np.maximum(clones.final_weight_row, 0)] if len(cum) else 1.0, 1.0)
-    row_weight = np.where(clones.row_weight_row >= 0, cumulative[np.maximum(clones.row_weight_row, 0)] if len(cum) else 1.0, 1.0)
+    cum = np.concatenate([[0.0], np.cumsum(log_inv)])  # a leading 0: the sum before a clone's first row
+    cumulative = np.exp(cum[1:] - cum[layout.before_index])
+    with_one = np.concatenate([[1.0], cumulative])  # a leading 1: the weight before any model row
+    final, row_weight = with_one[layout.final_index], with_one[layout.row_index]
     freq = np.ones(clones.n_persons) if frequency is None else frequency.astype(float)
     if clones.model_phase is not None:
         numerator = stabiliser(clones, freq)

@@ -3,23 +3,19 @@ differences before and after weighting), positivity (the fitted probability of s
 among those who started either within the grace period), weight summaries, and persons and events per strategy.
 
 Summaries are released without minima or maxima (a single person's value); percentiles from the 1st to the 99th.
-Imports numpy, polars, scikit-learn and the package's `trial_emulation` modules.
+Imports numpy, polars and the package's `trial_emulation` modules.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import polars as pl
 
-from repurpose.lazy import lazy_module
 from repurpose.trial_emulation.clones import Clones, WeightFit, baseline_design, strategy_label
 from repurpose.trial_emulation.cohort import COVARIATES
-
-sklearn_exceptions = lazy_module("sklearn.exceptions")
-linear_model = lazy_module("sklearn.linear_model")
+from repurpose.trial_emulation.logistic import fit_logistic, with_intercept
 
 PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
 
@@ -80,18 +76,17 @@ def balance_table(baseline: pl.DataFrame, clones: Clones, fit: WeightFit, grace_
 
 def positivity(baseline: pl.DataFrame, grace_days: int) -> tuple[pl.DataFrame, np.ndarray]:
     """Percentiles of the fitted probability of starting high-efficacy therapy (unpenalised logistic model on the
-    baseline covariates and clinic groups, among those who started either within the grace period), by the
-    class started; and the probabilities (per starter, internal)."""
+    baseline covariates and clinic groups, among those who started either within the grace period, fitted by
+    `logistic.fit_logistic`), by the class started; and the probabilities (per starter, internal)."""
     first = baseline["first_start_day"].cast(pl.Float64).fill_null(np.nan).to_numpy()
     started = ~np.isnan(first) & (first <= grace_days)
     high = (baseline["first_class"] == "high_efficacy").fill_null(False).to_numpy()[started]
     rows = []
     if started.sum() < 2 or high.all() or not high.any():
         return pl.DataFrame(schema={"started": pl.String, "n_persons": pl.Int64, "statistic": pl.String, "value": pl.Float64}), np.empty(0)
-    x = baseline_design(baseline)[started]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", sklearn_exceptions.ConvergenceWarning)
-        p = linear_model.LogisticRegression(C=np.inf, max_iter=500).fit(x, high).predict_proba(x)[:, 1]
+    # the censoring models' Newton fit: the maximum likelihood (scikit-learn's lbfgs stopped short of it, and its
+    # import alone cost seconds of the stage)
+    p = fit_logistic(with_intercept(baseline_design(baseline)[started]), high, np.ones(len(high))).fitted
     for label, mask in (("high_efficacy", high), ("escalation", ~high)):
         values = p[mask]
         for q in PERCENTILES:

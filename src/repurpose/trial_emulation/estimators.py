@@ -137,10 +137,9 @@ def fit_cox(tables: dict[str, np.ndarray], *, max_iter: int = COX_MAX_ITER, tol:
 
 
 def weighted_rate(counts: np.ndarray, years: np.ndarray, weights: np.ndarray, arm: np.ndarray) -> tuple[float, float]:
-    """Weighted rates per year of arm 1 and arm 0: sum(w x count) / sum(w x years) (Poisson maximum likelihood)."""
-    rates = []
-    for a in (1, 0):
-        mask = arm == a
-        exposure = float(np.sum(weights[mask] * years[mask]))
-        rates.append(float(np.sum(weights[mask] * counts[mask])) / exposure if exposure > 0 else np.nan)
-    return rates[0], rates[1]
+    """Weighted rates per year of arm 1 and arm 0: sum(w x count) / sum(w x years) (Poisson maximum likelihood),
+    each sum per arm by one `bincount`."""
+    exposure = np.bincount(arm, weights=weights * years, minlength=2)
+    events = np.bincount(arm, weights=weights * counts, minlength=2)
+    r1, r0 = (float(events[a]) / float(exposure[a]) if exposure[a] > 0 else np.nan for a in (1, 0))
+    return r1, r0
