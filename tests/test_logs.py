@@ -30,6 +30,25 @@ def test_jobs_running_as_threads_each_log_only_their_own_records(tmp_path):
         assert not any(f" {other} step " in line for line in lines)
 
 
+def test_a_pools_worker_threads_log_to_the_callers_stage_log(tmp_path):
+    """A warning raised in a worker thread of the stage (the candidates' models, the exposure buckets) reaches the
+    stage log; a thread outside the pool does not, and the pool's threads are forgotten after the block."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from repurpose.logs import _OWNER_OF_THREAD, threads_log_as_caller
+
+    log = logging.getLogger("repurpose.test")
+    with log_to(tmp_path / "stage.log"):
+        with threads_log_as_caller() as adopt, ThreadPoolExecutor(max_workers=2, initializer=adopt) as pool:
+            list(pool.map(lambda i: log.warning("worker %d: not estimable", i), range(3)))
+        outsider = threading.Thread(target=lambda: log.warning("outsider"))
+        outsider.start()
+        outsider.join()
+    lines = (tmp_path / "stage.log").read_text().splitlines()
+    assert sorted(line.split(": ", 1)[1] for line in lines) == [f"worker {i}: not estimable" for i in range(3)]
+    assert not _OWNER_OF_THREAD
+
+
 def test_progress_says_i_of_n_and_the_time_left(caplog):
     clock = iter([100.0, 104.0, 110.0])
     with caplog.at_level(logging.INFO, logger="repurpose"):

@@ -17,6 +17,34 @@ WARNING_LINE = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ WARNING (?P<logg
 """A WARNING record's first line in a stage log written with FORMAT."""
 
 
+_OWNER_OF_THREAD: dict[int, int] = {}
+"""Worker threads whose records belong to another thread's stage log (`threads_log_as_caller`)."""
+
+
+@contextmanager
+def threads_log_as_caller() -> Iterator[Callable[[], None]]:
+    """An initializer for a pool's worker threads: their records go to the calling thread's stage log.
+
+    Within the block, threads that ran the initializer count as the caller for `log_to`, so a warning raised in
+    a worker reaches the stage log (and the report) like one raised by the stage itself. Thread identifiers
+    can be reused once a thread ends, so the pool must shut down inside the block, which then forgets them.
+    """
+    caller = threading.get_ident()
+    owner = _OWNER_OF_THREAD.get(caller, caller)
+    adopted: list[int] = []
+
+    def adopt() -> None:
+        ident = threading.get_ident()
+        _OWNER_OF_THREAD[ident] = owner
+        adopted.append(ident)
+
+    try:
+        yield adopt
+    finally:
+        for ident in adopted:
+            _OWNER_OF_THREAD.pop(ident, None)
+
+
 @contextmanager
 def log_to(path: str | Path | None, level: int = logging.INFO) -> Iterator[logging.Logger]:
     """Within the block, write `repurpose.*` log records of the calling thread to `path` (and nowhere if None).
@@ -32,7 +60,7 @@ def log_to(path: str | Path | None, level: int = logging.INFO) -> Iterator[loggi
         handler = logging.FileHandler(path, mode="w", encoding="utf-8")
         handler.setFormatter(logging.Formatter(FORMAT))
     owner = threading.get_ident()
-    handler.addFilter(lambda record: record.thread == owner)
+    handler.addFilter(lambda record: _OWNER_OF_THREAD.get(record.thread, record.thread) == owner)
     logger.addHandler(handler)
     try:
         yield logger

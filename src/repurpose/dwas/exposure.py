@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from repurpose.atc import ATC_LEVEL_CODE_LENGTH
 from repurpose.duck import connect, sql_literal
-from repurpose.logs import Progress
+from repurpose.logs import Progress, threads_log_as_caller
 from repurpose.registry.outcome import atc_prefix_sql, outcome_definition
 from repurpose.schemas import dose_column, exposure_columns
 from repurpose.stages import stage
@@ -452,7 +452,7 @@ def _write_levels(study: _Study, buckets: list[list[Path]], outputs: list[Path],
         progress.step_done()
 
     try:
-        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="exposure") as pool:
+        with threads_log_as_caller() as adopt, ThreadPoolExecutor(max_workers=threads, initializer=adopt) as pool:
             pending: deque[Future[list[pa.Table]]] = deque()
             for bucket in buckets:
                 pending.append(pool.submit(study.tables, bucket))

@@ -48,7 +48,7 @@ from repurpose.dwas.risk_sets import (
 )
 from repurpose.dwas.window import NEVER_EXPOSED, exposed_from, lag_days
 from repurpose.lazy import lazy_module
-from repurpose.logs import Progress
+from repurpose.logs import Progress, threads_log_as_caller
 from repurpose.schemas import dose_column
 
 lifelines = lazy_module("lifelines")
@@ -693,7 +693,7 @@ def candidate_pool(threads: int, models: list[ModelCohort], n_tasks: int) -> Ite
     workers = max(1, min(threads, n_tasks))
     for model in models:
         model.entry, model.exit, model.event, model.covariate_varying, model.n_with_follow_up  # noqa: B018
-    with threadpool_limits(1), ThreadPoolExecutor(max_workers=workers) as pool:
+    with threads_log_as_caller() as adopt, threadpool_limits(1), ThreadPoolExecutor(max_workers=workers, initializer=adopt) as pool:
         yield pool
 
 
