@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $(STAMP)
 
-# --force-use-threads: the demo's ~40 small jobs run as threads of one Snakemake process instead of a new
-# Python process each (same outputs; minutes less start-up on a small machine).
+# --force-use-threads: the demo's `run:` jobs (the simulator) run as threads of one Snakemake process; the
+# validation and stage jobs are bare Python processes either way (workflow/scripts/).
 run: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --force-use-threads --configfile config/config.yaml
 	@echo

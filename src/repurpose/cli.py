@@ -225,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--in-process",
         action="store_true",
-        help="run jobs as threads of one Snakemake process (no Python start-up per job: a demo or a small study; "
-        "a national run keeps one process per job, so one job's crash or memory cannot take the others down)",
+        help="run the `run:` jobs (the simulator) as threads of one Snakemake process: a demo or a small study; "
+        "validation and stage jobs are bare Python processes either way, one per job",
     )
     run.add_argument("--targets", nargs="*", default=[], help="rules or files to build (default: everything)")
     run.set_defaults(handler=_run)

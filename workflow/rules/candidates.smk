@@ -14,8 +14,10 @@ rule mechanisms:
     resources:
         mem_mb=2048,
         runtime=10,
-    run:
-        run_logged(log[0], run_mechanisms, config, **input, **output)
+    conda:
+        NO_CONDA_ENV
+    script:
+        STAGE_JOB
 
 
 rule candidates:
@@ -38,5 +40,7 @@ rule candidates:
     resources:
         mem_mb=MEM_MB,
         runtime=120,
-    run:
-        run_logged(log[0], run_candidates, config, **stage_inputs(input, ["exposures", "prescriptions"]), **output)
+    conda:
+        NO_CONDA_ENV
+    script:
+        STAGE_JOB

@@ -16,5 +16,7 @@ rule cohort:
     resources:
         mem_mb=MEM_MB,
         runtime=30,
-    run:
-        run_logged(log[0], run_cohort, config, **stage_inputs(input, ["prescriptions"]), **output)
+    conda:
+        NO_CONDA_ENV
+    script:
+        STAGE_JOB

@@ -37,6 +37,8 @@ SCREEN_GROUPS = ANATOMICAL_GROUPS if config["screen"]["split_by"] == "anatomical
 # The validation's jobs (workflow/rules/ingest.smk) run this script: a bare Python process each, where a `run:`
 # job is a whole Snakemake process that imports Snakemake and parses every rule file first.
 VALIDATION_JOB = "../scripts/validation_job.py"
+# The stage rules' jobs (cohort -> export) run this one: a bare Python process importing its stage only.
+STAGE_JOB = "../scripts/stage_job.py"
 
 
 def NO_CONDA_ENV(wildcards):
@@ -122,12 +124,6 @@ SITE_STUDY_TABLES = {
     **({f"persistence_{name}": PATHS.persistence_table(name) for name in PERSISTENCE_POOLED_TABLES} if PERSISTENCE else {}),
     **({f"trial_emulation_{name}": PATHS.trial_emulation_table(name) for name in TRIAL_POOLED_TABLES} if TRIAL_EMULATION else {}),
 }
-
-
-def report_outputs(output, log):
-    """The report rule's outputs as `build_report`'s keyword arguments, with the stage logs' folder (its warnings)."""
-    tables = dict(zip(REPORT_TABLES, output.tables))
-    return {"html": output.html, "provenance_json": output.provenance_json, "tables": tables, "run_logs": os.path.dirname(log[0])}
 
 
 FINAL_TARGETS = [

@@ -14,5 +14,7 @@ rule exposure:
     resources:
         mem_mb=MEM_MB,
         runtime=120,
-    run:
-        run_logged(log[0], build_exposures, config, **stage_inputs(input, ["prescriptions"]), **stage_inputs(output, ["exposures"]))
+    conda:
+        NO_CONDA_ENV
+    script:
+        STAGE_JOB

@@ -28,8 +28,10 @@ rule persistence:
     resources:
         mem_mb=MEM_MB,
         runtime=30,
-    run:
-        run_logged(log[0], run_persistence, config, **stage_inputs(input, ["prescriptions"]), **output)
+    conda:
+        NO_CONDA_ENV
+    script:
+        STAGE_JOB
 
 
 FINAL_TARGETS.extend(PERSISTENCE_RELEASED)

@@ -26,8 +26,10 @@ rule report:
     resources:
         mem_mb=2048,
         runtime=20,
-    run:
-        run_logged(log[0], build_report, config, **stage_inputs(input), **report_outputs(output, log))
+    conda:
+        NO_CONDA_ENV
+    script:
+        STAGE_JOB
 
 
 rule export:
@@ -48,11 +50,14 @@ rule export:
         manifest=PATHS.export_manifest(),
     params:
         settings=rerun_settings(export_results, config),
+        folders={"results_dir": RESULTS, "export_dir": PATHS.export_dir()},
     log:
         PATHS.log("export"),
     threads: 1
     resources:
         mem_mb=1024,
         runtime=10,
-    run:
-        run_logged(log[0], export_results, config, results_dir=RESULTS, export_dir=PATHS.export_dir(), **stage_inputs(input, ["sources"]), **output)
+    conda:
+        NO_CONDA_ENV
+    script:
+        STAGE_JOB

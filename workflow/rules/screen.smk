@@ -18,8 +18,10 @@ rule screen_part:
     resources:
         mem_mb=MEM_MB,
         runtime=60,
-    run:
-        run_logged(log[0], screen_level, config, **input, **output, level=int(wildcards.level), group=wildcards.group)
+    conda:
+        NO_CONDA_ENV
+    script:
+        STAGE_JOB
 
 
 rule screen_gather:
@@ -38,5 +40,7 @@ rule screen_gather:
     resources:
         mem_mb=2048,
         runtime=10,
-    run:
-        run_logged(log[0], gather_screen, config, **stage_inputs(input, ["parts"]), **output)
+    conda:
+        NO_CONDA_ENV
+    script:
+        STAGE_JOB

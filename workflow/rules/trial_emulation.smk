@@ -36,8 +36,10 @@ rule trial_emulation:
     resources:
         mem_mb=MEM_MB,
         runtime=30,
-    run:
-        run_logged(log[0], run_trial_emulation, config, **stage_inputs(input), **output)
+    conda:
+        NO_CONDA_ENV
+    script:
+        STAGE_JOB
 
 
 FINAL_TARGETS.extend(TRIAL_EMULATION_RELEASED)
