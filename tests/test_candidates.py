@@ -20,6 +20,8 @@ from repurpose.dwas.candidates import (
     siblings_of,
 )
 from repurpose.dwas.person_models import (
+    HCU_BINS,
+    ModelCohort,
     aggregated_cohort,
     comparator_classes,
     confirmation_fit,
@@ -255,6 +257,38 @@ def test_confirmation_equals_the_split_cohort_fit_and_lifelines(adjust):
     lifelines = confirmation_fit(model, exposures, "B02", ["A01", "C03"], config, 730, "lifelines")
     assert fit["log_hr_confirmation"] == pytest.approx(lifelines["log_hr_confirmation"], abs=1e-6)
     assert fit["se_confirmation"] == pytest.approx(lifelines["se_confirmation"], rel=1e-5)
+
+
+def test_a_use_category_without_events_is_left_out_at_the_limit_of_its_fit():
+    """A health-care-use category in which nobody has the event has coefficient minus infinity: the
+    confirmation cohort leaves its persons out (no follow-up, same row numbers), which is the fit's limit:
+    the exposure estimate equals the fit on the cohort without them, and that of the plain fit, whose
+    category coefficient walks towards minus infinity, to within its distance from the limit."""
+    cohort, exposures = synthetic(n=2500, seed=15)
+    config = config_for(ADJUSTMENTS[1])
+    heavy = (pl.col("person_id") % 7 == 0) & ~pl.col("event")  # 7+ classes: never a case
+    hcu = cohort.select("person_id", n_classes_year_before_entry=pl.when(heavy).then(9).otherwise(pl.col("person_id") % 4))
+    model = model_cohort(cohort, config, hcu)
+    assert model.hcu_left_out == ("7+",) and not any("hcu_4" in name for name in model.layout.covariate_names)
+    assert model.prepared.height == cohort.height  # the same rows: one exposure index for every model
+    fit = confirmation_fit(model, exposures, "B02", ["A01", "C03"], config, 730, "aggregated")
+    kept = cohort.filter(~cohort.select(heavy).to_series())
+    without = confirmation_fit(model_cohort(kept, config, hcu), exposures, "B02", ["A01", "C03"], config, 730, "aggregated")
+    assert fit["log_hr_confirmation"] == pytest.approx(without["log_hr_confirmation"], abs=1e-12)
+    assert fit["se_confirmation"] == pytest.approx(without["se_confirmation"], rel=1e-10)
+    lifelines = confirmation_fit(model, exposures, "B02", ["A01", "C03"], config, 730, "lifelines")
+    assert fit["log_hr_confirmation"] == pytest.approx(lifelines["log_hr_confirmation"], abs=1e-6)
+    # The plain fit with the category's own column: the same estimate, after Newton steps towards -inf.
+    plain = model_cohort(cohort, config)
+    count = plain.prepared.join(hcu, on="person_id", maintain_order="left")["n_classes_year_before_entry"].to_numpy()
+    labelled = plain.prepared.with_columns(hcu=pl.lit("hcu_") + pl.Series(np.searchsorted(HCU_BINS, count, side="right")).cast(pl.String))
+    pieces, design = switch_segments(plain, exposures, ["B02", "A01", "C03"], 730)
+    layout = risk_sets.cell_layout(labelled, "all", ["sex"], ["education", "birth_cohort", "hcu"])
+    walked = fit_efron(segments_table(
+        ModelCohort(labelled, layout, risk_sets.total_counts(labelled, layout, plain.time_span), plain.time_span), pieces, design
+    ))
+    assert walked.status[0] == "separation" and walked.coef[0, -1] < -10
+    assert fit["log_hr_confirmation"] == pytest.approx(walked.coef[0, 0], abs=1e-6)
 
 
 def test_switch_segments_cut_only_the_users_at_each_start_by_hand():

@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import polars as pl
@@ -47,11 +49,11 @@ from repurpose.dwas.person_models import (
     candidate_pool,
     healthcare_use,
     level_exposures,
-    level_models,
     likelihood_ratio_fit,
     model_cohort,
     model_exposure_columns,
     stage_threads,
+    submit_level_models,
 )
 from repurpose.dwas.replication import (
     half_cohorts,
@@ -74,6 +76,7 @@ from repurpose.stages import stage
 stats = lazy_module("scipy.stats")
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 README_TEMPLATE = "data/candidates_readme.md"
 """The results README's text (package data), formatted with this run's settings."""
@@ -510,6 +513,16 @@ def tree_q_values(dwas: pl.DataFrame, evidence: pl.DataFrame, main_lag: float, a
     )
 
 
+LEVELS_IN_FLIGHT = 2
+"""Levels whose candidates are in the pool at once (`person_level_evidence`): one fitted, the next read."""
+
+
+def code_length(exposure_path: str | Path) -> int:
+    """The length of the ATC codes of a level's exposure table (its first row; 0 when it is empty)."""
+    first = pl.scan_parquet(exposure_path).select("atc_code").head(1).collect()
+    return len(first["atc_code"][0]) if first.height else 0
+
+
 def person_level_evidence(
     config: dict[str, Any],
     evidence: pl.DataFrame,
@@ -528,12 +541,16 @@ def person_level_evidence(
     candidates = evidence.filter("candidate").sort("p_value", "atc_code")
     confirm_set = set(candidates["atc_code"].to_list()[: settings["confirmation"]["max_classes"]])
     progress = Progress(log, "person-level models of the candidates", candidates.height)
-    parts = []
-    for path in exposure_paths:
-        exposures = pl.read_parquet(path, columns=model_exposure_columns(config))
-        present = set(exposures["atc_code"].unique().to_list())
-        level_codes = [c for c in candidates["atc_code"].to_list() if c in present]
-        if level_codes:
+    parts, in_flight = [], []
+    with candidate_pool(stage_threads(config), [model, confirmation], candidates.height) as pool:
+        for path in exposure_paths:
+            level_codes = [c for c in candidates["atc_code"].to_list() if len(c) == code_length(path)]
+            if not level_codes:
+                continue  # a level without candidates is not read
+            if len(in_flight) == LEVELS_IN_FLIGHT:  # bounds memory: each level's exposures are held until fitted
+                parts.append(in_flight.pop(0).rows(progress))
+            # Read while the pool fits the level before: the cores never wait for a level's table.
+            exposures = pl.read_parquet(path, columns=model_exposure_columns(config))
             replicate = None
             if halves is not None:
                 by_half = {which: level_exposures(half_model, exposures) for which, half_model in halves.items()}
@@ -541,9 +558,8 @@ def person_level_evidence(
                     replication_fits, halves=halves, exposures=by_half, config=config, lag_in_days=lag_days(settings["main_lag_years"])
                 )
             confirm_codes = [c for c in level_codes if c in confirm_set]
-            parts.append(
-                level_models(config, model, confirmation, exposures, level_codes, confirm_codes, progress, replicate)
-            )
+            in_flight.append(submit_level_models(pool, config, model, confirmation, exposures, level_codes, confirm_codes, replicate))
+        parts.extend(level.rows(progress) for level in in_flight)
     reason = pl.when(~pl.col("candidate")).then(pl.lit("not a candidate (person-level models are fitted for candidates)"))
     evidence = evidence.with_columns(person_level_reason=reason.otherwise(pl.lit(None, pl.String)))
     if not parts:
@@ -596,6 +612,9 @@ def run_candidates(
     tree = collapse_tree(shown.filter(~pl.col("main_lag_not_estimable")), settings["carrier_alpha"])
     signals = shown.filter(pl.col("atc_code").is_in([c for c, s in tree.signal_of.items() if s == c]) | pl.col("main_lag_not_estimable"))
     log.info("%d fitted codes collapse into %d signals", shown.height, signals.height)
+    # Health-care use, a DuckDB pass over the prescriptions, runs beside the screen-level evidence below.
+    hcu_wanted = signals.height and cohort_path is not None and prescriptions and settings["confirmation"]["healthcare_use"]
+    hcu_future = in_background(healthcare_use, config, prescriptions, cohort_path) if hcu_wanted else None
     nulls = fit_nulls(dwas, main_lag, settings["fdr_alpha"], settings["negative_controls"])
     matches = pl.read_csv(matches_path) if matches_path and Path(matches_path).exists() else None
     evidence = empty_evidence()
@@ -614,9 +633,7 @@ def run_candidates(
         )
         log.info("%d of %d signals are candidates (q < %g at lag 0 or %g)", int(evidence["candidate"].sum()), evidence.height, settings["fdr_alpha"], main_lag)
     if model is not None and evidence.height:
-        hcu = None
-        if settings["confirmation"]["healthcare_use"] and prescriptions:
-            hcu = healthcare_use(config, prescriptions, cohort_path)
+        hcu = hcu_future.result() if hcu_future is not None else None
         evidence = person_level_evidence(config, evidence, exposure_paths, model, hcu)
     elif evidence.height:
         evidence = evidence.with_columns(person_level_reason=pl.lit("no person-level data (pooled run)"))
@@ -645,6 +662,15 @@ def run_candidates(
         Path(readme_path).write_text(candidates_readme(config, nulls, matches), encoding="utf-8")
     log.info("drug ranking: %d signals in %.1f s", ranking.height, time.perf_counter() - started)
     return released
+
+
+def in_background(function: Callable[..., T], *args: Any) -> Future[T]:
+    """`function(*args)` started in a thread of its own (DuckDB and numpy release the GIL); `.result()` waits."""
+    executor = ThreadPoolExecutor(max_workers=1)
+    try:
+        return executor.submit(function, *args)
+    finally:
+        executor.shutdown(wait=False)  # the thread ends with its one task
 
 
 def empty_evidence() -> pl.DataFrame:

@@ -62,6 +62,8 @@ log = logging.getLogger(__name__)
 
 HCU_BINS = (1, 2, 4, 7)
 """Health-care-use proxy categories (distinct ATC level-4 classes in the year before entry): 0, 1, 2-3, 4-6, 7+."""
+HCU_LABELS = ("0", "1", "2-3", "4-6", "7+")
+"""The categories of HCU_BINS in words (classes in the year before entry)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +78,7 @@ class ModelCohort:
     totals: RiskSetCounts
     time_span: int
     hcu: bool = False
+    hcu_left_out: tuple[str, ...] = ()  # health-care-use categories without events, left out (`without_eventless_categories`)
 
     @cached_property
     def entry(self) -> np.ndarray:
@@ -189,14 +192,44 @@ def aggregated_cohort(prepared: pl.DataFrame, config: dict[str, Any], hcu: pl.Da
     adjust = config["screen"]["adjust"]
     prepared = prepared.drop("cohort_row", strict=False).with_row_index("cohort_row")
     covariates = list(adjust["covariates"])
+    left_out: tuple[str, ...] = ()
     if hcu is not None:
         count = prepared.select("person_id").join(hcu, on="person_id", how="left", maintain_order="left")
         category = np.searchsorted(HCU_BINS, count["n_classes_year_before_entry"].fill_null(0).to_numpy(), side="right")
-        prepared = prepared.with_columns(hcu=pl.lit("hcu_") + pl.Series(category).cast(pl.String))
+        prepared, left_out = without_eventless_categories(prepared, category)
         covariates.append("hcu")
+        if left_out:  # no count: a category without events is itself a small number
+            log.info("health-care use: no event in the categories %s (classes in the year before entry): their persons "
+                     "are left out of the confirmation model, the limit of its fit", ", ".join(left_out))
     layout = cell_layout(prepared, "all", adjust["strata"], covariates)
     time_span = int(prepared["exit"].max()) + 2 if prepared.height else 2
-    return ModelCohort(prepared, layout, total_counts(prepared, layout, time_span), time_span, hcu is not None)
+    return ModelCohort(prepared, layout, total_counts(prepared, layout, time_span), time_span, hcu is not None, left_out)
+
+
+def without_eventless_categories(prepared: pl.DataFrame, category: np.ndarray) -> tuple[pl.DataFrame, tuple[str, ...]]:
+    """`prepared` with the health-care-use category (index into HCU_LABELS per row) as the label column `hcu`,
+    and the categories in which nobody with follow-up has the event (in words).
+
+    Such a category's coefficient is minus infinity (monotone likelihood): Newton would walk it out for some
+    twenty steps while every other coefficient has long converged. The fit's limit is the model without
+    these persons, so they get no follow-up (exit = entry, the same row numbers) and a label with events
+    (no column of their own); the other estimates are that limit, exactly."""
+    followed = (prepared["entry"] < prepared["exit"]).to_numpy()
+    event = prepared["event"].to_numpy().astype(bool) & followed
+    persons = np.bincount(category[followed], minlength=len(HCU_LABELS))
+    events = np.bincount(category[event], minlength=len(HCU_LABELS))
+    eventless = (persons > 0) & (events == 0)
+    if np.any(eventless) and np.any(events > 0):
+        out = eventless[category]
+        category = np.where(out, int(np.argmax(events > 0)), category)
+        prepared = prepared.with_columns(
+            exit=pl.when(pl.Series(out)).then("entry").otherwise("exit"),
+            exit_age_days=pl.when(pl.Series(out)).then("entry_age_days").otherwise("exit_age_days"),
+        )
+    else:
+        eventless[:] = False
+    labelled = prepared.with_columns(hcu=pl.lit("hcu_") + pl.Series(category).cast(pl.String))
+    return labelled, tuple(label for label, out in zip(HCU_LABELS, eventless, strict=True) if out)
 
 
 def segments(
@@ -361,14 +394,10 @@ def active_comparator(
     empty = {"n_active_comparator": None, "n_active_comparator_cases": None, "comparator_classes": ""}
     if not comparators:
         return empty
-    per_person = (
-        level_exposures(model, exposures).rows(code, *comparators)
-        .with_columns(is_candidate=pl.col("atc_code") == code)
-        .group_by("cohort_row", "is_candidate")
-        .agg(pl.col("first_dispense_age_days").min(), pl.col("exposure_start_age_days").min())
-    )  # fmt: skip
-    cand = per_person.filter("is_candidate").drop("is_candidate")
-    comp = per_person.filter(~pl.col("is_candidate")).drop("is_candidate")
+    indexed = level_exposures(model, exposures)
+    ages = ["first_dispense_age_days", "exposure_start_age_days"]
+    cand = indexed.rows(code).select("cohort_row", *ages)  # one row per person and class (docs/schemas.md)
+    comp = indexed.rows(*comparators).group_by("cohort_row").agg(pl.col(ages).min())
     # Everyone else has neither first dispensing: a tie, dropped below.
     both = cand.join(comp, on="cohort_row", how="full", coalesce=True, suffix="_comparator")
     row = both["cohort_row"].cast(pl.Int64).to_numpy()
@@ -641,16 +670,50 @@ def level_models(
     replicate: Callable[[str, list[str]], dict[str, Any]] | None = None,
 ) -> pl.DataFrame:
     """Dose-response, active comparator and (for `confirm_codes`) confirmation for the candidates of one level
-    (`progress` counts each finished candidate among all levels' candidates). `confirmation` is the cohort of
+    (`submit_level_models` in a pool of its own)."""
+    with candidate_pool(stage_threads(config), [model, confirmation], len(codes)) as pool:
+        return submit_level_models(pool, config, model, confirmation, exposures, codes, confirm_codes, replicate).rows(progress)
+
+
+@dataclass(frozen=True)
+class SubmittedLevel:
+    """The candidates of one level submitted to a pool: their codes and the futures of their rows."""
+
+    codes: list[str]
+    futures: list[Future[dict[str, Any]]]
+
+    def rows(self, progress: Progress | None = None) -> pl.DataFrame:
+        """The candidates' rows in their order, once fitted (`progress` counts each)."""
+        rows = []
+        for code, future in zip(self.codes, self.futures, strict=True):
+            rows.append(future.result())
+            if progress is not None:
+                progress.step_done(code)
+        return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def submit_level_models(
+    pool: Executor,
+    config: dict[str, Any],
+    model: ModelCohort,
+    confirmation: ModelCohort,
+    exposures: pl.DataFrame,
+    codes: list[str],
+    confirm_codes: list[str],
+    replicate: Callable[[str, list[str]], dict[str, Any]] | None = None,
+) -> SubmittedLevel:
+    """Submit to `pool` the person-level models of the candidates `codes` of one level: dose-response,
+    separated lags, active comparator and (for `confirm_codes`) confirmation. `confirmation` is the cohort of
     the confirmation model (`model` with the health-care-use categories, when they are used).
     `replicate(code, proxy classes)`, when given, refits the confirmation model of each confirmed code in the
-    split halves (`repurpose.dwas.replication`) with the same proxy classes; its columns join the row."""
+    split halves (`repurpose.dwas.replication`) with the same proxy classes; its columns join the row.
+    The pool may hold other levels' candidates: the caller loads the next level while these are fitted."""
     settings = config["candidates"]
     main_lag_days = lag_days(settings["main_lag_years"])
-    all_codes = sorted(exposures["atc_code"].unique().to_list())
     cutpoints = [float(c) for c in config["screen"]["dose_cutpoints_ddd"]]
     # `confirmation` numbers the same persons in the same order (`aggregated_cohort` of model.prepared): one index.
     indexed = level_exposures(model, exposures)
+    all_codes = indexed.codes  # the classes of the level's persons in the cohort (the table holds no others)
 
     def candidate_row(code: str) -> dict[str, Any]:
         started = time.perf_counter()
@@ -667,17 +730,11 @@ def level_models(
         log.info("%s: person-level models in %.1f s", code, time.perf_counter() - started)
         return row
 
-    rows = []
-    with candidate_pool(stage_threads(config), [model, confirmation], len(codes)) as pool:
-        # The proxy selection first: its thread runs beside the first candidates' other models until they need it.
-        no_proxies: Future[dict[str, list[str]]] = Future()
-        no_proxies.set_result({})
-        selected = pool.submit(select_proxy_confounders, model.prepared, indexed, all_codes, confirm_codes, settings) if confirm_codes else no_proxies
-        for code, row in zip(codes, pool.map(candidate_row, codes), strict=True):  # in the candidates' order
-            if progress is not None:
-                progress.step_done(code)
-            rows.append(row)
-    return pl.DataFrame(rows, infer_schema_length=None)
+    # The proxy selection first: its thread runs beside the first candidates' other models until they need it.
+    no_proxies: Future[dict[str, list[str]]] = Future()
+    no_proxies.set_result({})
+    selected = pool.submit(select_proxy_confounders, model.prepared, indexed, all_codes, confirm_codes, settings) if confirm_codes else no_proxies
+    return SubmittedLevel(codes, [pool.submit(candidate_row, code) for code in codes])
 
 
 def stage_threads(config: dict[str, Any]) -> int:
