@@ -544,7 +544,8 @@ def person_level_evidence(
     parts, in_flight = [], []
     with candidate_pool(stage_threads(config), [model, confirmation], candidates.height) as pool:
         for path in exposure_paths:
-            level_codes = [c for c in candidates["atc_code"].to_list() if len(c) == code_length(path)]
+            length = code_length(path)
+            level_codes = [c for c in candidates["atc_code"].to_list() if len(c) == length]
             if not level_codes:
                 continue  # a level without candidates is not read
             if len(in_flight) == LEVELS_IN_FLIGHT:  # bounds memory: each level's exposures are held until fitted
@@ -613,7 +614,7 @@ def run_candidates(
     signals = shown.filter(pl.col("atc_code").is_in([c for c, s in tree.signal_of.items() if s == c]) | pl.col("main_lag_not_estimable"))
     log.info("%d fitted codes collapse into %d signals", shown.height, signals.height)
     # Health-care use, a DuckDB pass over the prescriptions, runs beside the screen-level evidence below.
-    hcu_wanted = signals.height and cohort_path is not None and prescriptions and settings["confirmation"]["healthcare_use"]
+    hcu_wanted = bool(signals.height and cohort_path is not None and prescriptions and settings["confirmation"]["healthcare_use"])
     hcu_future = in_background(healthcare_use, config, prescriptions, cohort_path) if hcu_wanted else None
     nulls = fit_nulls(dwas, main_lag, settings["fdr_alpha"], settings["negative_controls"])
     matches = pl.read_csv(matches_path) if matches_path and Path(matches_path).exists() else None
