@@ -23,15 +23,16 @@ from repurpose.dwas.person_models import (
     HCU_BINS,
     ModelCohort,
     aggregated_cohort,
+    candidate_pool,
     comparator_classes,
     confirmation_fit,
     dose_response,
-    level_models,
     model_cohort,
     segments,
     segments_table,
     separated_lag_estimates,
     split_time_varying,
+    submit_level_models,
     switch_segments,
 )
 from repurpose.dwas.screen import screen_exposures
@@ -311,17 +312,17 @@ def test_switch_segments_cut_only_the_users_at_each_start_by_hand():
 
 
 def test_candidates_in_threads_give_the_same_rows():
-    """`level_models` fits the candidates two at a time with `resources.threads: 2`: the same numbers, in order."""
+    """The person-level models of a level's candidates in a pool of two threads: the same numbers, in order."""
     cohort, exposures = synthetic(n=2500, seed=13)
     config = config_for()
     hcu = cohort.select("person_id", n_classes_year_before_entry=(pl.col("person_id") * 7) % 10)
     model = model_cohort(cohort, config)
     confirmation = aggregated_cohort(model.prepared, config, hcu)
     codes = ["C03", "A01", "B02"]
-    frames = [
-        level_models({**config, "resources": {**config["resources"], "threads": threads}}, model, confirmation, exposures, codes, codes[:2])
-        for threads in (1, 2)
-    ]
+    frames = []
+    for threads in (1, 2):
+        with candidate_pool(threads, [model, confirmation], len(codes)) as pool:
+            frames.append(submit_level_models(pool, config, model, confirmation, exposures, codes, codes[:2]).rows())
     assert frames[0]["atc_code"].to_list() == codes
     assert frames[0].equals(frames[1])
 

@@ -2,7 +2,7 @@
 the confirmation model adjusted for health-care use and L1-selected proxy confounders.
 
 Owns the models that need the cohort and the exposure tables (not just the screen table), for the
-candidates of one ATC level at a time (`level_models`). They share the screen's strata and covariates
+candidates of one ATC level at a time (`submit_level_models`). They share the screen's strata and covariates
 (`repurpose.dwas.risk_sets`) and its exposure window (`repurpose.dwas.window`), so that with nothing added
 they reproduce the screen's estimate. Estimates are summarised by `repurpose.cox.result.wald`. May import
 `repurpose.cox`, the other `repurpose.dwas` modules of the screen, `repurpose.schemas`, `repurpose.logs` and DuckDB.
@@ -12,7 +12,8 @@ trick); a model cuts only its exposed persons' follow-up into categories (`class
 and `repurpose.dwas.risk_sets.pattern_risk_sets` moves their counts out of the unexposed rows into their
 own. No model splits or aggregates the whole cohort, and a class's exposure rows are a slice of the level's
 table indexed once (`LevelExposures`). The active comparator's new users are few and aggregated directly.
-The candidates are independent: a level's are fitted in `resources.threads` threads (`candidate_pool`).
+The candidates are independent: every level's are fitted in one pool of `resources.threads` threads
+(`candidate_pool`), and the caller reads the next level's table while the pool fits the current one.
 """
 
 from __future__ import annotations
@@ -657,22 +658,6 @@ def _lifelines_confirmation(
     except lifelines_exceptions.ConvergenceError as error:  # e.g. a covariate that separates the events: no estimate, said so
         log.warning("%s: confirmation model not estimable (lifelines: %s)", code, str(error).splitlines()[0])
         return float("nan"), float("nan"), True
-
-
-def level_models(
-    config: dict[str, Any],
-    model: ModelCohort,
-    confirmation: ModelCohort,
-    exposures: pl.DataFrame,
-    codes: list[str],
-    confirm_codes: list[str],
-    progress: Progress | None = None,
-    replicate: Callable[[str, list[str]], dict[str, Any]] | None = None,
-) -> pl.DataFrame:
-    """Dose-response, active comparator and (for `confirm_codes`) confirmation for the candidates of one level
-    (`submit_level_models` in a pool of its own)."""
-    with candidate_pool(stage_threads(config), [model, confirmation], len(codes)) as pool:
-        return submit_level_models(pool, config, model, confirmation, exposures, codes, confirm_codes, replicate).rows(progress)
 
 
 @dataclass(frozen=True)
