@@ -34,10 +34,9 @@ MEM_MB = int(config["resources"]["memory_gb"] * 1024)
 SCREEN_GROUPS = ANATOMICAL_GROUPS if config["screen"]["split_by"] == "anatomical_group" else ["all"]
 
 
-# The validation's jobs (workflow/rules/ingest.smk) run this script: a bare Python process each, where a `run:`
-# job is a whole Snakemake process that imports Snakemake and parses every rule file first.
-VALIDATION_JOB = "../scripts/validation_job.py"
-# The stage rules' jobs (cohort -> export) run this one: a bare Python process importing its stage only.
+# The validation's and the stage rules' jobs (validation -> export) run this script: a bare Python process each,
+# importing its stage only, where a `run:` job is a whole Snakemake process that imports Snakemake and parses
+# every rule file first.
 STAGE_JOB = "../scripts/stage_job.py"
 
 

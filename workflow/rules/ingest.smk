@@ -1,6 +1,6 @@
 # Validate the registry extracts against the data dictionary: the registers first, then each prescription
 # part (one job per delivered file, so a new yearly file is validated alone) and the clinical extracts when
-# configured, then one report. Each job is a bare Python process running VALIDATION_JOB (Snakemake's
+# configured, then one report. Each job is a bare Python process running STAGE_JOB (Snakemake's
 # `script:`), not a whole Snakemake process: a national extract has a job per yearly file.
 rule validate_registers:
     input:
@@ -26,7 +26,7 @@ rule validate_registers:
     conda:
         NO_CONDA_ENV
     script:
-        VALIDATION_JOB
+        STAGE_JOB
 
 
 rule validate_prescriptions:
@@ -51,7 +51,7 @@ rule validate_prescriptions:
     conda:
         NO_CONDA_ENV
     script:
-        VALIDATION_JOB
+        STAGE_JOB
 
 
 if CLINICAL:
@@ -78,7 +78,7 @@ if CLINICAL:
         conda:
             NO_CONDA_ENV
         script:
-            VALIDATION_JOB
+            STAGE_JOB
 
 
 rule validate:
@@ -98,4 +98,4 @@ rule validate:
     conda:
         NO_CONDA_ENV
     script:
-        VALIDATION_JOB
+        STAGE_JOB

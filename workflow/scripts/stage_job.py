@@ -1,17 +1,36 @@
-# The jobs of the pipeline's stage rules (cohort -> export), run by Snakemake's `script:` directive: a bare Python
-# process that imports the one stage it runs, where a `run:` job started a whole Snakemake process that imported
-# Snakemake and every stage and parsed every rule file first (about 2.5 s per job, 14 jobs in a national run).
-# Each branch is the one call the rule's `run:` block made.
+# The jobs of the validation's rules and of the pipeline's stage rules (cohort -> export), run by Snakemake's
+# `script:` directive: a bare Python process that imports the one stage it runs, where a `run:` job started a
+# whole Snakemake process that imported Snakemake and every stage and parsed every rule file first (about 2.5 s
+# per job; a national run has a validation job per yearly prescription file and 14 stage jobs).
+# Each branch is the one call of its rule.
 import os
 
-from repurpose.layout import REPORT_TABLES
 from repurpose.logs import run_logged
-from repurpose.stages import stage_inputs
+from repurpose.stages import job_config, stage_inputs
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script preamble
 config, rule, log_path = snakemake.config, snakemake.rule, snakemake.log[0]
 named_input, output = snakemake.input, dict(snakemake.output.items())
-if rule == "cohort":
+if rule == "validate_registers":
+    from repurpose.registry.ingest import validate_registers
+
+    run_logged(log_path, validate_registers, config, **output)
+elif rule == "validate_prescriptions":
+    from repurpose.registry.ingest import validate_prescription_part
+
+    # One thread per part: the parts, not DuckDB's threads, are the unit of parallelism.
+    part_config = job_config(config, snakemake.threads)
+    run_logged(log_path, validate_prescription_part, part_config, **dict(named_input.items()), **output)
+elif rule == "validate_clinical":
+    from repurpose.registry.clinical_ingest import validate_clinical
+
+    registers = {name: named_input[name] for name in ("population", "ms_registry", "registers")}
+    run_logged(log_path, validate_clinical, config, **registers, **output)
+elif rule == "validate":
+    from repurpose.registry.ingest import merge_validation_reports
+
+    run_logged(log_path, merge_validation_reports, config, **stage_inputs(named_input, ["parts"]), **output)
+elif rule == "cohort":
     from repurpose.registry.cohort import run_cohort
 
     run_logged(log_path, run_cohort, config, **stage_inputs(named_input, ["prescriptions"]), **output)
@@ -46,6 +65,7 @@ elif rule == "trial_emulation":
 
     run_logged(log_path, run_trial_emulation, config, **stage_inputs(named_input), **output)
 elif rule == "report":
+    from repurpose.layout import REPORT_TABLES
     from repurpose.release.report import build_report
 
     pages = {"html": output["html"], "provenance_json": output["provenance_json"]}
