@@ -82,7 +82,8 @@ class _Workspace:
         self.p = table.n_covariates
         fit_of_row = np.repeat(np.arange(n_fits, dtype=np.int64), rows_per_fit)
         self.n_at_risk = table.n_at_risk[rows]
-        self.design = table.design[rows]
+        self.row_pattern = row_pattern[rows]
+        self.patterns = patterns
         n_events = table.n_events[rows]
         n_rows = self.n_at_risk.shape[0]
 
@@ -120,17 +121,21 @@ class _Workspace:
         self.ev_count = n_events[event_rows]
         self.ev_rs = self.rs_of_row[event_rows]
         self.ev_fp = self.fp_of_row[event_rows]
-        self.ev_design = self.design[event_rows]
+        self.ev_pattern = self.row_pattern[event_rows]
 
     @cached_property
     def risk_set_sum(self) -> sparse.csr_matrix:
-        """Sums rows into their risk set (`_run_sum_matrix`): the p > 1 per-risk-set sums."""
-        return _run_sum_matrix(self.rs_of_row, self.n_risk_sets)
+        """Sums rows' patterns into their risk set (`_run_sum_matrix`): the p > 1 per-risk-set sums."""
+        return _run_sum_matrix(self.rs_of_row, self.n_risk_sets, self.row_pattern, self.patterns.shape[0])
 
     @cached_property
     def event_set_sum(self) -> sparse.csr_matrix:
-        """Sums event rows into their risk set (`_run_sum_matrix`)."""
-        return _run_sum_matrix(self.ev_rs, self.n_risk_sets)
+        """Sums event rows' patterns into their risk set (`_run_sum_matrix`)."""
+        return _run_sum_matrix(self.ev_rs, self.n_risk_sets, self.ev_pattern, self.patterns.shape[0])
+
+    def column(self, j: int) -> np.ndarray:
+        """Per row the value of covariate ``j``."""
+        return self.patterns[self.row_pattern, j]
 
 
 class EfronDerivatives(NamedTuple):
@@ -143,8 +148,9 @@ class EfronDerivatives(NamedTuple):
 
 
 def _weighted_run_sum(runs: sparse.csr_matrix, weights: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Per group of `runs` (`_run_sum_matrix`) the sum of ``weights * values`` rows: the weights ride in the
-    sparse matrix, so no (n, p) product is formed; each term is the same product, summed in the same order."""
+    """Per group of `runs` (`_run_sum_matrix`) the sum of ``weights * values[pattern]`` over its rows: the
+    weights ride in the sparse matrix, so no (n, p) product is formed; each term is the same product, summed
+    in the same order."""
     weighted = sparse.csr_matrix((weights, runs.indices, runs.indptr), shape=runs.shape, copy=False)
     return np.asarray(weighted @ values)
 
@@ -158,14 +164,16 @@ def _segment_outer_sum(left: np.ndarray, right: np.ndarray, starts: np.ndarray) 
     return out
 
 
-def _run_sum_matrix(group: np.ndarray, n_groups: int) -> sparse.csr_matrix:
-    """The (n_groups, n) 0/1 matrix summing rows into their group, for a non-decreasing ``group``.
+def _run_sum_matrix(group: np.ndarray, n_groups: int, pattern: np.ndarray, n_patterns: int) -> sparse.csr_matrix:
+    """The (n_groups, n_patterns) matrix with a 1 per row (at its group, its pattern), for a non-decreasing
+    ``group``; the entries of one group are its rows in order (a pattern may repeat: entries are not merged).
 
-    Its product with an (n, p) array sums each group's rows in row order from 0, as one ``np.bincount``
-    per column does (the same numbers, bit for bit), in one pass over the rows instead of p strided ones.
+    Its product with the (n_patterns, p) patterns sums each group's rows' covariates in row order from 0, as
+    one ``np.bincount`` per column of the rows' design does (the same numbers, bit for bit), in one pass over
+    the rows instead of p strided ones and without the (rows, p) design.
     """
     indptr = np.searchsorted(group, np.arange(n_groups + 1), side="left")
-    return sparse.csr_matrix((np.ones(group.shape[0]), np.arange(group.shape[0]), indptr), shape=(n_groups, group.shape[0]))
+    return sparse.csr_matrix((np.ones(group.shape[0]), pattern, indptr), shape=(n_groups, n_patterns))
 
 
 def _evaluate(ws: _Workspace, beta: np.ndarray, *, fast_path: bool = True) -> EfronDerivatives:
@@ -228,8 +236,8 @@ def _evaluate(ws: _Workspace, beta: np.ndarray, *, fast_path: bool = True) -> Ef
             x_fp = ws.fp_design[:, 0]
             score = np.add.reduceat(residual_fp * x_fp, ws.fp_starts)[:, None]
             info_pos = np.add.reduceat(q_fp * x_fp * x_fp, ws.fp_starts)
-            s1 = np.bincount(ws.rs_of_row, weights=w_risk * ws.design[:, 0], minlength=n_risk_sets)
-            e1 = np.bincount(ws.ev_rs, weights=w_event * ws.ev_design[:, 0], minlength=n_risk_sets)
+            s1 = np.bincount(ws.rs_of_row, weights=w_risk * ws.column(0), minlength=n_risk_sets)
+            e1 = np.bincount(ws.ev_rs, weights=w_event * ws.patterns[ws.ev_pattern, 0], minlength=n_risk_sets)
             u = b0 * s1 - b1 * e1
             v = b2 * e1 - b1 * s1
             info_neg = np.add.reduceat(s1 * u, ws.fit_rs_starts) + np.add.reduceat(e1 * v, ws.fit_rs_starts)
@@ -238,8 +246,8 @@ def _evaluate(ws: _Workspace, beta: np.ndarray, *, fast_path: bool = True) -> Ef
         else:
             score = np.add.reduceat(residual_fp[:, None] * ws.fp_design, ws.fp_starts, axis=0)
             info_pos = _segment_outer_sum(q_fp[:, None] * ws.fp_design, ws.fp_design, ws.fp_starts)
-            s1 = _weighted_run_sum(ws.risk_set_sum, w_risk, ws.design)
-            e1 = _weighted_run_sum(ws.event_set_sum, w_event, ws.ev_design)
+            s1 = _weighted_run_sum(ws.risk_set_sum, w_risk, ws.patterns)
+            e1 = _weighted_run_sum(ws.event_set_sum, w_event, ws.patterns)
             u = b0[:, None] * s1 - b1[:, None] * e1
             v = b2[:, None] * e1 - b1[:, None] * s1
             info_neg = _segment_outer_sum(s1, u, ws.fit_rs_starts) + _segment_outer_sum(
@@ -252,9 +260,17 @@ def _evaluate(ws: _Workspace, beta: np.ndarray, *, fast_path: bool = True) -> Ef
 
 
 def _prepare(table: RiskSetTable) -> tuple[np.ndarray, np.ndarray]:
-    """Global pattern id per row and the pattern matrix (computed once per table)."""
+    """Global pattern id per row and the pattern matrix (computed once per table): the distinct covariate rows
+    in sorted order, so a factored table (`RiskSetTable.factored`, its patterns factorized, not its rows)
+    gets the same ids as the same table with its design."""
     if table.n_rows == 0:
         return np.zeros(0, dtype=np.int64), np.zeros((0, table.n_covariates))
+    if table.design is None:
+        pattern_codes, n_codes = factorize(table.patterns)
+        codes, present = dense_codes(pattern_codes[table.row_pattern], n_codes)
+        representative = np.empty(n_codes, dtype=np.int64)
+        representative[pattern_codes] = np.arange(pattern_codes.shape[0])
+        return codes, table.patterns[representative[present]]
     codes, n_patterns = factorize(table.design)
     patterns = np.empty((n_patterns, table.n_covariates))
     patterns[codes] = table.design
@@ -345,22 +361,21 @@ def _coordinate_separation(ws: _Workspace) -> np.ndarray:
     Along +e_j the log-likelihood is non-decreasing iff every event sits in a pattern with the largest
     x_j of its risk set, and strictly increasing iff x_j also varies within some risk set with events.
     """
-    x = ws.design
     at_risk = ws.n_at_risk > 0
     all_at_risk = bool(np.all(at_risk))
-    x_max = np.maximum.reduceat(
-        x if all_at_risk else np.where(at_risk[:, None], x, -np.inf), ws.rs_starts, axis=0
-    )
-    x_min = np.minimum.reduceat(
-        x if all_at_risk else np.where(at_risk[:, None], x, np.inf), ws.rs_starts, axis=0
-    )
+    x_max, x_min = np.empty((ws.n_risk_sets, ws.p)), np.empty((ws.n_risk_sets, ws.p))
+    for j in range(ws.p):  # a column at a time: the rows' (n, p) design is never formed
+        x = ws.column(j)
+        x_max[:, j] = np.maximum.reduceat(x if all_at_risk else np.where(at_risk, x, -np.inf), ws.rs_starts)
+        x_min[:, j] = np.minimum.reduceat(x if all_at_risk else np.where(at_risk, x, np.inf), ws.rs_starts)
     event_x_max = np.full_like(x_max, -np.inf)
     event_x_min = np.full_like(x_min, np.inf)
     if ws.ev_rs.size:
         event_starts = run_starts(ws.ev_rs)
         sets_with_events = ws.ev_rs[event_starts]
-        event_x_max[sets_with_events] = np.maximum.reduceat(ws.ev_design, event_starts, axis=0)
-        event_x_min[sets_with_events] = np.minimum.reduceat(ws.ev_design, event_starts, axis=0)
+        ev_design = ws.patterns[ws.ev_pattern]
+        event_x_max[sets_with_events] = np.maximum.reduceat(ev_design, event_starts, axis=0)
+        event_x_min[sets_with_events] = np.minimum.reduceat(ev_design, event_starts, axis=0)
     set_has_events = (ws.rs_events > 0)[:, None]
     varies = set_has_events & (x_min < x_max)
     not_top = set_has_events & (event_x_min < x_max)
@@ -420,8 +435,10 @@ def _unchecked_table(table: RiskSetTable, rows: slice, first_fit: int, n_fits: i
     object.__setattr__(block, "risk_set_index", table.risk_set_index[rows])
     object.__setattr__(block, "n_at_risk", table.n_at_risk[rows])
     object.__setattr__(block, "n_events", table.n_events[rows])
-    object.__setattr__(block, "design", table.design[rows])
+    object.__setattr__(block, "design", None if table.design is None else table.design[rows])
     object.__setattr__(block, "n_fits", int(n_fits))
+    object.__setattr__(block, "patterns", table.patterns)
+    object.__setattr__(block, "row_pattern", None if table.row_pattern is None else table.row_pattern[rows])
     return block
 
 

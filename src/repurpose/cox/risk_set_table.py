@@ -8,6 +8,7 @@ share (runs, ranges, segment sums, dense codes). Imports numpy and pandas only.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,24 +43,37 @@ class RiskSetTable:
 
     One row per (fit, risk set, covariate pattern). A risk set is one (fit, stratum, event time).
     Counts may be non-integer (weights); ``n_events <= n_at_risk`` must hold row-wise.
+
+    The rows' covariates come as ``design`` (rows, p) or, factored, as ``patterns`` (k, p) and
+    ``row_pattern`` (a row's covariates are ``patterns[row_pattern[row]]``, ``design`` None): a table of
+    millions of rows over a few thousand patterns then never holds the (rows, p) matrix
+    (`RiskSetTable.factored`; the engine works on patterns either way).
     """
 
     fit_index: np.ndarray  # int64, per row: which fit (0..n_fits-1)
     risk_set_index: np.ndarray  # int64, per row: id of the (fit, stratum, event time) risk set
     n_at_risk: np.ndarray  # float64, persons at risk with this pattern just before the event time
     n_events: np.ndarray  # float64, events at this event time with this pattern
-    design: np.ndarray  # float64 (rows, p): covariate pattern
+    design: np.ndarray | None  # float64 (rows, p): covariate pattern (None when factored)
     n_fits: int
+    patterns: np.ndarray | None = None  # float64 (k, p): the covariate patterns of a factored table
+    row_pattern: np.ndarray | None = None  # int64, per row of a factored table: its row of `patterns`
+
+    @classmethod
+    def factored(
+        cls, fit_index: np.ndarray, risk_set_index: np.ndarray, n_at_risk: np.ndarray, n_events: np.ndarray,
+        patterns: np.ndarray, row_pattern: np.ndarray, n_fits: int,
+    ) -> RiskSetTable:
+        """A table whose row i has the covariates ``patterns[row_pattern[i]]`` (patterns may repeat)."""
+        return cls(fit_index, risk_set_index, n_at_risk, n_events, None, n_fits, patterns, row_pattern)  # fmt: skip
 
     def __post_init__(self) -> None:
         fit_index = _as_array(self.fit_index, np.int64, "fit_index")
         risk_set_index = _as_array(self.risk_set_index, np.int64, "risk_set_index")
         n_at_risk = _as_array(self.n_at_risk, np.float64, "n_at_risk")
         n_events = _as_array(self.n_events, np.float64, "n_events")
-        design = _as_array(self.design, np.float64, "design")
-        if design.ndim == 1:
-            design = design[:, None]
         n_rows = fit_index.shape[0]
+        design, patterns, row_pattern = self._checked_covariates(n_rows)
         for name, arr in (
             ("fit_index", fit_index),
             ("risk_set_index", risk_set_index),
@@ -71,10 +85,6 @@ class RiskSetTable:
                     f"{name} must be 1-D with one entry per row ({n_rows} rows, as fit_index); "
                     f"got shape {arr.shape}."
                 )
-        if design.ndim != 2 or design.shape[0] != n_rows or design.shape[1] < 1:
-            raise RiskSetTableError(
-                f"design must be 2-D (rows, p) with p >= 1 and {n_rows} rows; got shape {design.shape}."
-            )
         try:
             n_fits = int(self.n_fits)
         except (TypeError, ValueError) as exc:
@@ -101,7 +111,7 @@ class RiskSetTable:
             if not (
                 np.all(np.isfinite(n_at_risk))
                 and np.all(np.isfinite(n_events))
-                and np.all(np.isfinite(design))
+                and np.all(np.isfinite(design if design is not None else patterns))
             ):
                 raise RiskSetTableError("n_at_risk, n_events and design must be finite (no NaN or inf).")
             if np.any(n_events < 0) or np.any(n_events > n_at_risk):
@@ -120,6 +130,29 @@ class RiskSetTable:
         object.__setattr__(self, "n_events", n_events)
         object.__setattr__(self, "design", design)
         object.__setattr__(self, "n_fits", n_fits)
+        object.__setattr__(self, "patterns", patterns)
+        object.__setattr__(self, "row_pattern", row_pattern)
+
+    def _checked_covariates(self, n_rows: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
+        """(design, patterns, row_pattern) as arrays of the right shapes: one of the two forms, not both."""
+        if (self.design is None) == (self.patterns is None) or (self.patterns is None) != (self.row_pattern is None):
+            raise RiskSetTableError("give the covariates as design, or as patterns with row_pattern (RiskSetTable.factored).")
+        if self.design is not None:
+            design = _as_array(self.design, np.float64, "design")
+            design = design[:, None] if design.ndim == 1 else design
+            if design.ndim != 2 or design.shape[0] != n_rows or design.shape[1] < 1:
+                raise RiskSetTableError(f"design must be 2-D (rows, p) with p >= 1 and {n_rows} rows; got shape {design.shape}.")
+            return design, None, None
+        patterns = _as_array(self.patterns, np.float64, "patterns")
+        row_pattern = _as_array(self.row_pattern, np.int64, "row_pattern")
+        if patterns.ndim != 2 or patterns.shape[1] < 1 or row_pattern.ndim != 1 or row_pattern.shape[0] != n_rows:
+            raise RiskSetTableError(
+                f"patterns must be 2-D (k, p) with p >= 1 and row_pattern 1-D with {n_rows} rows; got shapes "
+                f"{patterns.shape} and {row_pattern.shape}."
+            )
+        if n_rows and (row_pattern.min() < 0 or row_pattern.max() >= patterns.shape[0]):
+            raise RiskSetTableError(f"row_pattern must lie in [0, {patterns.shape[0]}), the rows of patterns.")
+        return None, patterns, row_pattern
 
     @property
     def n_rows(self) -> int:
@@ -129,7 +162,23 @@ class RiskSetTable:
     @property
     def n_covariates(self) -> int:
         """Number of covariates p (columns of ``design``)."""
-        return int(self.design.shape[1])
+        return int((self.design if self.design is not None else self.patterns).shape[1])
+
+    def column(self, j: int) -> np.ndarray:
+        """Per row the value of covariate ``j``."""
+        return self.design[:, j] if self.design is not None else self.patterns[self.row_pattern, j]
+
+    def row_design(self) -> np.ndarray:
+        """The (rows, p) covariates, built when the table is factored."""
+        return self.design if self.design is not None else self.patterns[self.row_pattern]
+
+    def with_covariates(self, columns: np.ndarray | Sequence[int]) -> RiskSetTable:
+        """The same rows with only the covariates ``columns``."""
+        if self.design is not None:
+            return RiskSetTable(self.fit_index, self.risk_set_index, self.n_at_risk, self.n_events, self.design[:, columns], self.n_fits)
+        return RiskSetTable.factored(
+            self.fit_index, self.risk_set_index, self.n_at_risk, self.n_events, self.patterns[:, columns], self.row_pattern, self.n_fits
+        )  # fmt: skip
 
 
 def _as_array(values: Any, dtype: type, name: str) -> np.ndarray:

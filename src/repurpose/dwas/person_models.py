@@ -36,7 +36,7 @@ from threadpoolctl import threadpool_limits
 from repurpose.atc import atc_parent
 from repurpose.cox.engine import efron_evaluator, fit_efron
 from repurpose.cox.result import wald
-from repurpose.cox.risk_set_table import RiskSetTable, aggregate_counting_process
+from repurpose.cox.risk_set_table import RiskSetTable, aggregate_counting_process, dense_codes
 from repurpose.duck import connect, sql_literal
 from repurpose.dwas.exposure import prescription_source
 from repurpose.dwas.risk_sets import (
@@ -307,7 +307,7 @@ def _fit_segments(model: ModelCohort, pieces: ClassSegments, pattern_design: np.
         return coef, se, "no_variation"
     table = segments_table(model, pieces, pattern_design)
     if len(varying) < n_columns:
-        table = RiskSetTable(table.fit_index, table.risk_set_index, table.n_at_risk, table.n_events, table.design[:, varying], 1)
+        table = table.with_covariates(varying)
     fit = fit_efron(table)
     if fit.status[0] == "ok":
         coef[varying], se[varying] = fit.coef[0], fit.se[0]
@@ -588,9 +588,9 @@ def switch_segments(
     last = np.r_[row[1:] != row[:-1], True] if len(row) else np.zeros(0, dtype=bool)
     stop = np.where(last, model.exit[row], np.r_[switch[1:], 0][: len(row)])
     piece = stop > switch
-    masks, category = np.unique(used[piece], return_inverse=True)
+    category, masks = dense_codes(used[piece], 1 << len(classes))
     person = row[piece]
-    pieces = ClassSegments(person, switch[piece], stop[piece], category.reshape(-1) + 1, model.event[person] & (stop[piece] == model.exit[person]))
+    pieces = ClassSegments(person, switch[piece], stop[piece], category + 1, model.event[person] & (stop[piece] == model.exit[person]))
     design = np.zeros((len(masks) + 1, len(classes)))
     design[1:] = (masks[:, None] >> np.arange(len(classes))[None, :]) & 1
     return pieces, design
@@ -761,7 +761,7 @@ def likelihood_ratio_fit(model: ModelCohort, exposures: pl.DataFrame | LevelExpo
     coef = fit.coef[0].copy()
     loglik_hat = float(fit.loglik[0])
     if table.n_covariates > 1:  # the covariates alone: the same risk sets without the exposure column
-        reduced = RiskSetTable(table.fit_index, table.risk_set_index, table.n_at_risk, table.n_events, table.design[:, 1:], 1)
+        reduced = table.with_covariates(np.arange(1, table.n_covariates))
         loglik_null = float(fit_efron(reduced).loglik[0])
     else:
         loglik_null = float(fit.loglik_null[0])

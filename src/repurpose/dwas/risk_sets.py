@@ -301,16 +301,18 @@ def risk_set_rows(
     events = np.concatenate([queries["n_events"].to_numpy() - np.bincount(pair_query, pair_events, minlength=n), pair_events])
     keep = merged[at_risk[merged] > 0]
     query, slot = query[keep], slot[keep]
-    patterns = np.vstack([np.zeros((1, pattern_design.shape[1])), pattern_design])
-    design = np.empty((len(keep), patterns.shape[1] + covariate_design.shape[1]))  # filled in place: no hstack copy
-    design[:, : patterns.shape[1]] = patterns[slot]
-    design[:, patterns.shape[1] :] = covariate_design[queries["cell"].to_numpy()[query]]
-    return RiskSetTable(
+    # Factored: a row's covariates are (its pattern's design row, its cell's covariates), one of
+    # slots x cells patterns, so the (rows, p) design is never built.
+    n_cells = covariate_design.shape[0]
+    slot_design = np.vstack([np.zeros((1, pattern_design.shape[1])), pattern_design])
+    patterns = np.hstack([np.repeat(slot_design, n_cells, axis=0), np.tile(covariate_design, (slot_design.shape[0], 1))])
+    return RiskSetTable.factored(
         fit_index=queries["fit"].to_numpy()[query].astype(np.int64),
         risk_set_index=risk_set_index[query].astype(np.int64),
         n_at_risk=at_risk[keep],
         n_events=events[keep],
-        design=design,
+        patterns=patterns,
+        row_pattern=slot * n_cells + queries["cell"].to_numpy()[query],
         n_fits=n_fits,
     )
 
@@ -384,14 +386,24 @@ def _pairs_from_count_grid(
     count = count.reshape(n_rows, n_patterns)
     np.cumsum(count, axis=0, out=count)
     # The running sum crosses cells: subtract what it carried into each cell (segments open past its times).
-    carried = np.vstack([np.zeros((1, n_patterns), dtype=count.dtype), count])[cell_first[:-1]]
-    at_risk = count[q_row] - carried[q_cell]
-    del count, carried
+    carried = np.zeros((len(cell_first) - 1, n_patterns), dtype=count.dtype)
+    after_first = np.flatnonzero(cell_first[:-1] > 0)
+    carried[after_first] = count[cell_first[after_first] - 1]
+    at_risk = count[q_row]
+    del count
+    at_risk -= carried[q_cell]
+    pair_query, pair_pattern = np.nonzero(at_risk > 0)
+    pair_at_risk = at_risk[pair_query, pair_pattern].astype(np.float64)
+    del at_risk
+    # Events: each ended segment's (query, pattern) is a pair (its person is at risk then), found by search.
     ended = event & (after > 0)  # the event at stop, the last event time <= stop
     ended &= risk_sets[np.minimum(stratum_first[stratum] + after - 1, len(risk_sets) - 1)] == time_base + stop
-    events = np.bincount(((row + after - 1) * n_patterns + pattern)[ended], minlength=size).reshape(n_rows, n_patterns)[q_row]
-    pair_query, pair_pattern = np.nonzero(at_risk > 0)
-    return pair_query, pair_pattern, at_risk[pair_query, pair_pattern].astype(np.float64), events[pair_query, pair_pattern].astype(np.float64)
+    query_of_row = np.full(cell_first[-1], -1, dtype=np.int64)
+    query_of_row[q_row] = np.arange(n_rows)
+    event_query = query_of_row[(row + after - 1)[ended]]
+    event_key = (event_query * n_patterns + pattern[ended])[event_query >= 0]
+    pair_event = np.searchsorted(pair_query * n_patterns + pair_pattern, event_key)
+    return pair_query, pair_pattern, pair_at_risk, np.bincount(pair_event, minlength=pair_query.shape[0]).astype(np.float64)
 
 
 def _pairs_by_search(

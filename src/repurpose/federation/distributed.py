@@ -271,8 +271,9 @@ def _varying_columns(table: RiskSetTable) -> np.ndarray:
     if table.n_rows == 0:
         return varies
     starts = np.flatnonzero(np.diff(table.risk_set_index, prepend=-1))
-    x_max = np.maximum.reduceat(table.design, starts, axis=0)
-    x_min = np.minimum.reduceat(table.design, starts, axis=0)
+    design = table.row_design()
+    x_max = np.maximum.reduceat(design, starts, axis=0)
+    x_min = np.minimum.reduceat(design, starts, axis=0)
     has_events = np.add.reduceat(table.n_events, starts) > 0
     per_set = (x_min < x_max) & has_events[:, None]
     set_fit = table.fit_index[starts]
