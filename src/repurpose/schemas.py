@@ -48,9 +48,11 @@ def dose_column(cut_ddd: float) -> str:
 
 
 def exposure_columns(config: dict[str, Any]) -> list[str]:
-    """The columns of an exposure table of one ATC level, in order (one dose column per cut point)."""
+    """The columns of an exposure table of one ATC level, in order (one dose column per cut point).
+    `cohort_row` is the person's row in the cohort table the exposures were built from (0-based): later
+    stages index their cohort arrays with it instead of searching the person_id."""
     return [
-        "person_id", "atc_code", "atc_level", "exposure_start_date", "exposure_start_age_days",
+        "person_id", "cohort_row", "atc_code", "atc_level", "exposure_start_date", "exposure_start_age_days",
         "first_dispense_age_days", "n_dispensings", "total_ddd",
         *[dose_column(float(cut)) for cut in config["screen"]["dose_cutpoints_ddd"]],
     ]  # fmt: skip

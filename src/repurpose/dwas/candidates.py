@@ -52,6 +52,7 @@ from repurpose.dwas.person_models import (
     likelihood_ratio_fit,
     model_cohort,
     model_exposure_columns,
+    read_level_exposures,
     stage_threads,
     submit_level_models,
 )
@@ -455,12 +456,7 @@ def sparse_likelihood_ratio(
             break
         # Only the sparse classes' rows: a level's file holds every class, and at national scale reading it
         # whole for a few refits costs minutes.
-        exposures = (
-            pl.scan_parquet(path)
-            .select("person_id", "atc_code", "exposure_start_age_days")
-            .filter(pl.col("atc_code").is_in(sorted(sparse_codes)))
-            .collect()
-        )
+        exposures = read_level_exposures(path, ["person_id", "atc_code", "exposure_start_age_days"], sorted(sparse_codes))
         indexed = level_exposures(model, exposures)  # joined with the cohort once per level, not per refit
         with candidate_pool(threads, [model], len(indexed.codes)) as pool:
             fits = pool.map(partial(likelihood_ratio_fit, model, indexed), indexed.codes, [lag_days(lag_of[c]) for c in indexed.codes])
@@ -551,7 +547,7 @@ def person_level_evidence(
             if len(in_flight) == LEVELS_IN_FLIGHT:  # bounds memory: each level's exposures are held until fitted
                 parts.append(in_flight.pop(0).rows(progress))
             # Read while the pool fits the level before: the cores never wait for a level's table.
-            exposures = pl.read_parquet(path, columns=model_exposure_columns(config))
+            exposures = read_level_exposures(path, model_exposure_columns(config))
             replicate = None
             if halves is not None:
                 by_half = {which: level_exposures(half_model, exposures) for which, half_model in halves.items()}

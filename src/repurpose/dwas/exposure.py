@@ -395,6 +395,7 @@ def _exposure_table(
 
     values = {
         "person_id": cohort.column("person_id").take(pa.array(person)),
+        "cohort_row": cohort.column("cohort_row").take(pa.array(person)),
         "atc_code": pa.array(codes.classes[level].tolist(), pa.string()).take(pa.array(layout.code_of_pair(found.pair))),
         "atc_level": pa.array(np.full(len(person), level, np.int8)),
         "exposure_start_date": _date_array(found.kth),
@@ -409,7 +410,8 @@ def _exposure_table(
 
 @dataclass(frozen=True)
 class _Study:
-    """What every bucket needs: the cohort in `person_id` order, the codes, the key layout and the definition."""
+    """What every bucket needs: the cohort in `person_id` order (with each person's row in the cohort table),
+    the codes, the key layout and the definition."""
 
     cohort_rows: pa.Table
     birth: np.ndarray
@@ -493,7 +495,12 @@ def build_exposures(
     started = time.perf_counter()
     files = prescription_files(prescriptions)
     con = connect(resources)
-    cohort_table = pl.read_parquet(cohort, columns=["person_id", "birth_date", "exit_date"]).sort("person_id")
+    cohort_table = (
+        pl.read_parquet(cohort, columns=["person_id", "birth_date", "exit_date"])
+        .with_row_index("cohort_row")
+        .with_columns(pl.col("cohort_row").cast(pl.Int32))
+        .sort("person_id")
+    )
     present = con.execute(f"SELECT DISTINCT atc_code FROM read_parquet({prescription_source(files)}) WHERE atc_code IS NOT NULL").fetchall()
     codes = CodeTable.from_codes([code for (code,) in present], levels)
     study = _Study(

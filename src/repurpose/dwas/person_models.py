@@ -74,7 +74,7 @@ class ModelCohort:
     every event time of its stratum. A model then counts only its exposed persons' follow-up
     (`repurpose.dwas.risk_sets.pattern_risk_sets`), so no model aggregates the whole cohort."""
 
-    prepared: pl.DataFrame  # one row per person: cohort_row (0..n-1), person_id, entry, exit, event, labels
+    prepared: pl.DataFrame  # one row per person: cohort_row (0..n-1), cohort_file_row (its row in the cohort table, when known), person_id, entry, exit, event, labels
     layout: CellLayout
     totals: RiskSetCounts
     time_span: int
@@ -117,6 +117,36 @@ class ModelCohort:
         """(cohort rows in person_id order, the person_ids in that order): `cohort_rows` searches them."""
         order = self.prepared["person_id"].arg_sort()
         return order, self.prepared["person_id"].gather(order)
+
+    @cached_property
+    def row_of_file_row(self) -> np.ndarray | None:
+        """Per row of the cohort table (`model_cohort`'s input) this cohort's row, -1 for persons it leaves out;
+        None when its rows do not say which row of that table they are (`cohort_file_row`)."""
+        if "cohort_file_row" not in self.prepared.columns:
+            return None
+        file_row = self.prepared["cohort_file_row"].cast(pl.Int64).to_numpy()
+        lookup = np.full(int(file_row.max()) + 1 if len(file_row) else 0, -1, dtype=np.int64)
+        lookup[file_row] = np.arange(len(file_row))
+        return lookup
+
+    def exposure_rows(self, exposures: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
+        """Per exposure row whether its person is in this cohort, and the cohort rows of those that are (in
+        their order). The exposure stage's tables carry the person's row in the cohort table (`cohort_row`):
+        an array look-up, checked against person_id; other tables are searched by person_id (`cohort_rows`)."""
+        lookup = self.row_of_file_row
+        if lookup is None or "cohort_row" not in exposures.columns:
+            return self.cohort_rows(exposures["person_id"])
+        file_row = exposures["cohort_row"].cast(pl.Int64).to_numpy()
+        inside = (file_row >= 0) & (file_row < len(lookup))
+        row = np.where(inside, lookup[np.where(inside, file_row, 0)] if len(lookup) else -1, -1)
+        found = row >= 0
+        rows = pl.Series(row[found]).cast(self.prepared["cohort_row"].dtype)
+        if not self.prepared["person_id"].gather(rows).equals(exposures["person_id"].filter(pl.Series(found)), check_names=False):
+            raise ValueError(
+                "an exposure table's cohort_row does not match its person_id: it was built from another cohort "
+                "table; rebuild the exposures from this cohort"
+            )
+        return pl.Series(found), rows
 
     def cohort_rows(self, person_id: pl.Series) -> tuple[pl.Series, pl.Series]:
         """Per person_id whether it is in the cohort, and the cohort rows of those that are (in their order):
@@ -165,12 +195,21 @@ def model_exposure_columns(config: dict[str, Any]) -> list[str]:
     return ["person_id", "atc_code", "exposure_start_age_days", "first_dispense_age_days", *map(dose_column, cutpoints)]
 
 
+def read_level_exposures(path: str | Path, columns: list[str], codes: list[str] | None = None) -> pl.DataFrame:
+    """A level's exposure table: `columns`, with `cohort_row` when the table has it (`exposure_rows`), and only
+    the classes `codes` when given (the file is sorted by class: its row groups' statistics skip the rest)."""
+    frame = pl.scan_parquet(path)
+    has_row = "cohort_row" in frame.collect_schema().names()
+    frame = frame.select(list(dict.fromkeys([*columns, *(["cohort_row"] if has_row else [])])))
+    return (frame if codes is None else frame.filter(pl.col("atc_code").is_in(codes))).collect()
+
+
 def level_exposures(model: ModelCohort, exposures: pl.DataFrame | LevelExposures) -> LevelExposures:
     """`LevelExposures` of an exposure table for `model` (given one already, it is returned as it is: it must
     have been built for the same model)."""
     if isinstance(exposures, LevelExposures):
         return exposures
-    found, rows = model.cohort_rows(exposures["person_id"])  # an inner join keeping the exposures' order
+    found, rows = model.exposure_rows(exposures)  # an inner join keeping the exposures' order
     frame = exposures.filter(found).with_columns(cohort_row=rows)
     if not frame["atc_code"].is_sorted():
         frame = frame.sort("atc_code", maintain_order=True)
@@ -183,7 +222,7 @@ def level_exposures(model: ModelCohort, exposures: pl.DataFrame | LevelExposures
 def model_cohort(cohort: pl.DataFrame, config: dict[str, Any], hcu: pl.DataFrame | None = None) -> ModelCohort:
     """The person-level models' cohort: the screen's strata and covariates (`hcu`, per person_id the number of
     classes in the year before entry, adds the health-care-use categories as a covariate)."""
-    prepared = prepare_cohort(cohort, config["screen"]["birth_cohort_band_years"]).with_row_index("cohort_row")
+    prepared = prepare_cohort(cohort, config["screen"]["birth_cohort_band_years"]).with_row_index("cohort_file_row")
     return aggregated_cohort(prepared, config, hcu)
 
 
