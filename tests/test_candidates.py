@@ -27,6 +27,7 @@ from repurpose.dwas.person_models import (
     comparator_classes,
     confirmation_fit,
     dose_response,
+    level_exposures,
     model_cohort,
     segments,
     segments_table,
@@ -339,5 +340,29 @@ def test_count_grid_and_binary_search_give_the_same_risk_sets(monkeypatch):
     monkeypatch.setattr(risk_sets, "_GRID_CELLS", 1)
     search = segments_table(model, pieces, design)
     assert grid.n_rows > 1000
-    for field in ("fit_index", "risk_set_index", "n_at_risk", "n_events", "design"):
+    for field in ("fit_index", "risk_set_index", "n_at_risk", "n_events"):
         assert np.array_equal(getattr(grid, field), getattr(search, field)), field
+    assert np.array_equal(grid.row_design(), search.row_design())
+
+
+def test_exposure_rows_by_cohort_row_equal_the_person_id_search():
+    """The exposure stage's `cohort_row` (the person's row in the cohort table, here in no particular order)
+    indexes the whole cohort and a subset of it as the search by person_id does; a table built from another
+    cohort is refused."""
+    cohort, exposures = synthetic(n=2000, seed=15)
+    cohort = cohort.sample(fraction=1.0, shuffle=True, seed=1)
+    config = config_for()
+    rows = cohort.with_row_index("cohort_row").select("person_id", pl.col("cohort_row").cast(pl.Int32))
+    with_rows = exposures.join(rows, on="person_id", maintain_order="left")
+    model = model_cohort(cohort, config)
+    half = aggregated_cohort(model.prepared.filter(pl.col("person_id") % 2 == 0), config)
+    assert model.row_of_file_row is None and half.row_of_file_row is not None
+    for subset in (model, half):
+        by_row, by_search = level_exposures(subset, with_rows), level_exposures(subset, exposures)
+        assert by_row.bounds == by_search.bounds
+        assert by_row.frame.select(by_search.frame.columns).equals(by_search.frame)
+    assert level_exposures(half, with_rows).frame.height < with_rows.height
+    other = with_rows.with_columns(cohort_row=(pl.col("cohort_row") + 1) % cohort.height)
+    for subset in (model, half):
+        with pytest.raises(ValueError, match="built from another cohort"):
+            level_exposures(subset, other)

@@ -322,6 +322,41 @@ def test_risk_set_table_validation() -> None:
         fit_efron(good)  # type: ignore[arg-type]
 
 
+def factored_copy(table: RiskSetTable, seed: int) -> RiskSetTable:
+    """`table` with its covariates as patterns (shuffled, one repeated, one unused) and a row index into them."""
+    rng = np.random.default_rng(seed)
+    distinct, codes = np.unique(table.design, axis=0, return_inverse=True)
+    order = rng.permutation(len(distinct))
+    patterns = np.vstack([distinct[order], distinct[order[:1]], np.full((1, table.n_covariates), 7.0)])
+    position = np.argsort(order)[codes.reshape(-1)]
+    position = np.where((position == 0) & (rng.random(len(position)) < 0.5), len(distinct), position)  # the repeat
+    return RiskSetTable.factored(table.fit_index, table.risk_set_index, table.n_at_risk, table.n_events, patterns, position, table.n_fits)
+
+
+def test_factored_table_fits_bit_for_bit_as_its_design() -> None:
+    """A table given as patterns and a row index fits to the same numbers, bit for bit, as the same table with
+    its (rows, p) design: the engine numbers its patterns in sorted order either way."""
+    rows = _many_cohorts(12)
+    design = rows[["exposed", "level_1", "level_2"]].to_numpy()
+    table = aggregate_counting_process(rows.start, rows.stop, rows.event, design, strata=rows.stratum.to_numpy(),
+                                       fit_index=rows.fit.to_numpy())  # fmt: skip
+    factored = factored_copy(table, seed=3)
+    np.testing.assert_array_equal(factored.row_design(), table.design)
+    for j in range(table.n_covariates):
+        np.testing.assert_array_equal(factored.column(j), table.design[:, j])
+    dense, split = fit_efron(table), fit_efron(factored)
+    assert (dense.status == "ok").sum() >= 10
+    for name in ("coef", "se", "loglik", "loglik_null", "n_iter"):
+        np.testing.assert_array_equal(getattr(split, name), getattr(dense, name), err_msg=name)
+    np.testing.assert_array_equal(fit_efron(factored.with_covariates([0, 2])).coef, fit_efron(table.with_covariates([0, 2])).coef)
+    with pytest.raises(RiskSetTableError, match="row_pattern must lie"):
+        RiskSetTable.factored(table.fit_index, table.risk_set_index, table.n_at_risk, table.n_events,
+                              factored.patterns, factored.row_pattern + len(factored.patterns), table.n_fits)  # fmt: skip
+    with pytest.raises(RiskSetTableError, match="give the covariates as design, or as patterns"):
+        RiskSetTable(table.fit_index, table.risk_set_index, table.n_at_risk, table.n_events, table.design, table.n_fits,
+                     factored.patterns, factored.row_pattern)  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------------
 # Exactness against lifelines on simulated cohorts
 # --------------------------------------------------------------------------------------------------

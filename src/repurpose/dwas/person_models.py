@@ -67,6 +67,11 @@ HCU_LABELS = ("0", "1", "2-3", "4-6", "7+")
 """The categories of HCU_BINS in words (classes in the year before entry)."""
 
 
+EXPOSURE_ROW_CHECKS = 100_000
+"""Exposure rows (evenly spaced) whose `cohort_row` is checked against their person_id: a table built from
+another cohort fails on nearly every row, and checking all of a national level's rows costs seconds."""
+
+
 @dataclass(frozen=True)
 class ModelCohort:
     """The cohort of the person-level models with its risk sets counted once, everyone unexposed: the screen's
@@ -121,32 +126,40 @@ class ModelCohort:
     @cached_property
     def row_of_file_row(self) -> np.ndarray | None:
         """Per row of the cohort table (`model_cohort`'s input) this cohort's row, -1 for persons it leaves out;
-        None when its rows do not say which row of that table they are (`cohort_file_row`)."""
+        None when its rows are that table's rows in order (or do not say which they are: `cohort_file_row`)."""
         if "cohort_file_row" not in self.prepared.columns:
             return None
         file_row = self.prepared["cohort_file_row"].cast(pl.Int64).to_numpy()
+        if np.array_equal(file_row, np.arange(len(file_row))):
+            return None
         lookup = np.full(int(file_row.max()) + 1 if len(file_row) else 0, -1, dtype=np.int64)
         lookup[file_row] = np.arange(len(file_row))
         return lookup
 
-    def exposure_rows(self, exposures: pl.DataFrame) -> tuple[pl.Series, pl.Series]:
-        """Per exposure row whether its person is in this cohort, and the cohort rows of those that are (in
-        their order). The exposure stage's tables carry the person's row in the cohort table (`cohort_row`):
-        an array look-up, checked against person_id; other tables are searched by person_id (`cohort_rows`)."""
-        lookup = self.row_of_file_row
-        if lookup is None or "cohort_row" not in exposures.columns:
+    def exposure_rows(self, exposures: pl.DataFrame) -> tuple[pl.Series | None, pl.Series]:
+        """Per exposure row whether its person is in this cohort (None: all are), and the cohort rows of those
+        that are (in their order). The exposure stage's tables carry the person's row in the cohort table
+        (`cohort_row`): taken as it is or looked up, and checked against person_id (`EXPOSURE_ROW_CHECKS`
+        rows); other tables are searched by person_id (`cohort_rows`)."""
+        if "cohort_file_row" not in self.prepared.columns or "cohort_row" not in exposures.columns:
             return self.cohort_rows(exposures["person_id"])
-        file_row = exposures["cohort_row"].cast(pl.Int64).to_numpy()
-        inside = (file_row >= 0) & (file_row < len(lookup))
-        row = np.where(inside, lookup[np.where(inside, file_row, 0)] if len(lookup) else -1, -1)
-        found = row >= 0
-        rows = pl.Series(row[found]).cast(self.prepared["cohort_row"].dtype)
-        if not self.prepared["person_id"].gather(rows).equals(exposures["person_id"].filter(pl.Series(found)), check_names=False):
+        found, rows, lookup = None, exposures["cohort_row"], self.row_of_file_row
+        if lookup is not None:
+            file_row = rows.cast(pl.Int64).to_numpy()
+            inside = (file_row >= 0) & (file_row < len(lookup))
+            row = np.where(inside, lookup[np.where(inside, file_row, 0)] if len(lookup) else -1, -1)
+            found = pl.Series(row >= 0)
+            rows = pl.Series(row[row >= 0])
+        ids = exposures["person_id"] if found is None else exposures["person_id"].filter(found)
+        step = max(1, len(rows) // EXPOSURE_ROW_CHECKS)
+        checked = rows.gather_every(step)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.prepared.height
+                          or not self.prepared["person_id"].gather(checked).equals(ids.gather_every(step), check_names=False)):  # fmt: skip
             raise ValueError(
                 "an exposure table's cohort_row does not match its person_id: it was built from another cohort "
                 "table; rebuild the exposures from this cohort"
             )
-        return pl.Series(found), rows
+        return found, rows.cast(self.prepared["cohort_row"].dtype)
 
     def cohort_rows(self, person_id: pl.Series) -> tuple[pl.Series, pl.Series]:
         """Per person_id whether it is in the cohort, and the cohort rows of those that are (in their order):
@@ -210,7 +223,7 @@ def level_exposures(model: ModelCohort, exposures: pl.DataFrame | LevelExposures
     if isinstance(exposures, LevelExposures):
         return exposures
     found, rows = model.exposure_rows(exposures)  # an inner join keeping the exposures' order
-    frame = exposures.filter(found).with_columns(cohort_row=rows)
+    frame = (exposures if found is None else exposures.filter(found)).with_columns(cohort_row=rows)
     if not frame["atc_code"].is_sorted():
         frame = frame.sort("atc_code", maintain_order=True)
     runs = frame.select(pl.col("atc_code").rle()).unnest("atc_code")  # sorted: one run per class
