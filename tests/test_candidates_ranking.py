@@ -343,7 +343,7 @@ def test_a_study_with_lags_0_1_3_runs_through_candidates(tmp_path):
     pl.DataFrame(rows).write_parquet(tmp_path / "dwas.parquet")
     base = {"inputs": {n: {"path": "x"} for n in ("population", "prescriptions", "ms_registry")}}
     config = validate_config({**base, "screen": {"lags_years": [0, 1, 3]}, "candidates": {"main_lag_years": 1}})
-    run_candidates(config, dwas=tmp_path / "dwas.parquet", cohort=None, exposures=[], prescriptions=None, matches=None,
+    run_candidates(config, dwas=tmp_path / "dwas.parquet", cohort=None, exposures=[], healthcare_use=None, matches=None,
                    mechanisms=None, ranking=tmp_path / "drugs.csv", readme=tmp_path / "README.md")  # fmt: skip
     drugs = pl.read_csv(tmp_path / "drugs.csv", infer_schema_length=None)
     assert drugs.columns == drug_ranking_columns(config)

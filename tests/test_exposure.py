@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import date
+import shutil
+from datetime import date, timedelta
 
 import polars as pl
 import pytest
@@ -256,3 +257,41 @@ def test_first_crossings_equal_running_sums_in_date_order():
     assert np.all(units == np.cumsum(ddd) * 2.0**DDD_SCALE_BITS)
     with pytest.raises(ValueError, match="negative"):
         _first_crossings(np.array([1.0, -1.0]), np.array([0]), np.array([2]), cuts)
+
+
+def test_healthcare_use_counts_the_level4_classes_of_the_year_up_to_entry(tmp_path):
+    """The exposure stage's health-care-use table equals the definition (Polars) on random histories with entry
+    dates spread over the years: per cohort member the distinct ATC level-4 classes dispensed in the 365 days up
+    to entry, a dispensing on the entry date counted and one 365 days before it not; 0 for nobody's dispensings.
+    The table is in cohort order with each person's cohort_row."""
+    import numpy as np
+
+    cohort, dispensings, cohort_path = random_registry(tmp_path, 5, [10.0])
+    rng = np.random.default_rng(6)
+    entry = [D("2004-06-01") + (exit_date - D("2004-06-01")) * float(u) for exit_date, u in zip(cohort["exit_date"], rng.random(cohort.height))]
+    cohort = cohort.with_columns(entry_date=pl.Series(entry)).sample(fraction=1.0, shuffle=True, seed=2)
+    first = cohort.row(0, named=True)
+    edge = pl.DataFrame({  # the first cohort row: on the entry date (N05B), 364 days before (R03B), 365 days before (C10A)
+        "person_id": [first["person_id"]] * 3, "atc_code": ["N05BA01", "R03BA02", "C10AA01"],
+        "dispense_date": [first["entry_date"] - timedelta(days=d) for d in (0, 364, 365)], "ddd": [1.0] * 3,
+    })  # fmt: skip
+    edge = edge.with_columns(reimbursement_code=pl.lit(None, pl.String), dispense_year=pl.col("dispense_date").dt.year())
+    dispensings = pl.concat([dispensings.filter(pl.col("person_id") != first["person_id"]), edge], how="diagonal_relaxed")
+    shutil.rmtree(tmp_path / "rx")
+    dispensings.write_parquet(tmp_path / "rx", partition_by="dispense_year")
+    cohort.write_parquet(cohort_path)
+    config = validate_config({"inputs": {n: {"path": "x"} for n in ("population", "prescriptions", "ms_registry")},
+                              "screen": {"atc_levels": [5]}, "resources": {"tmpdir": str(tmp_path / "tmp")}})  # fmt: skip
+    hcu_path = tmp_path / "healthcare_use.parquet"
+    build_exposures(config, prescriptions=tmp_path / "rx", cohort=cohort_path, exposures=[tmp_path / "e5.parquet"], healthcare_use=hcu_path)
+    ours = pl.read_parquet(hcu_path)
+    window = (pl.col("dispense_date") <= pl.col("entry_date")) & (pl.col("dispense_date") > pl.col("entry_date") - pl.duration(days=365))
+    counted = (
+        dispensings.join(cohort.select("person_id", "entry_date"), on="person_id").filter(window)
+        .group_by("person_id").agg(n=pl.col("atc_code").str.slice(0, 5).n_unique())
+    )  # fmt: skip
+    expected = cohort.with_row_index("cohort_row").join(counted, on="person_id", how="left", maintain_order="left").select(
+        "person_id", pl.col("cohort_row").cast(pl.Int32), n_classes_year_before_entry=pl.col("n").fill_null(0).cast(pl.Int32))
+    assert ours.equals(expected)
+    assert ours["n_classes_year_before_entry"].max() >= 3 and (ours["n_classes_year_before_entry"] == 0).any()
+    assert ours.row(0, named=True)["n_classes_year_before_entry"] == 2  # N05BA and R03BA, not C10AA

@@ -221,10 +221,9 @@ def test_the_stage_with_replication_on_hides_small_halves(demo_run, tmp_path):
     config["candidates"]["min_evidence_cases"] = config["disclosure"]["min_cell"]
     paths = results_layout(demo_run)
     exposures = [paths.exposure(level) for level in config["screen"]["atc_levels"]]
-    prescriptions = sorted(str(p) for p in Path(paths.validated_prescriptions("x")).parent.glob("*.parquet"))
     ranking = tmp_path / "drugs.csv"
     run_candidates(
-        config, dwas=paths.screen_fits(), cohort=paths.cohort(), exposures=exposures, prescriptions=prescriptions,
+        config, dwas=paths.screen_fits(), cohort=paths.cohort(), exposures=exposures, healthcare_use=paths.healthcare_use(),
         matches=None, mechanisms=None, ranking=ranking,
     )  # fmt: skip
     drugs = pl.read_csv(ranking, infer_schema_length=None)

@@ -93,6 +93,9 @@ class ResultsLayout:
     def exposure(self, level: int | str = "{level}") -> str:
         return self._path(f"exposure/atc_level_{level}.parquet")
 
+    def healthcare_use(self) -> str:
+        return self._path("exposure/healthcare_use.parquet")
+
     # -- screen ---------------------------------------------------------------------------------------
     def screen_part(self, level: int | str = "{level}", group: str = "{group}") -> str:
         return self._path(f"screen/parts/atc_level_{level}/{group}.parquet")

@@ -26,7 +26,7 @@ rule candidates:
         dwas=PATHS.dwas() if POOLED else PATHS.screen_fits(),
         cohort=person_level(PATHS.cohort()),
         exposures=person_level([PATHS.exposure(level) for level in ATC_LEVELS]),
-        prescriptions=person_level(VALIDATED_PRESCRIPTIONS),
+        healthcare_use=person_level(PATHS.healthcare_use()),
         matches=rules.mechanisms.output.matches,
         mechanisms=rules.mechanisms.output.ranking,
     output:

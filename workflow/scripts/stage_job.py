@@ -55,7 +55,7 @@ elif rule == "mechanisms":
 elif rule == "candidates":
     from repurpose.dwas.candidates import run_candidates
 
-    run_logged(log_path, run_candidates, config, **stage_inputs(named_input, ["exposures", "prescriptions"]), **output)
+    run_logged(log_path, run_candidates, config, **stage_inputs(named_input, ["exposures"]), **output)
 elif rule == "persistence":
     from repurpose.persistence import run_persistence
 

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import polars as pl
@@ -47,7 +45,6 @@ from repurpose.dwas.person_models import (
     ModelCohort,
     aggregated_cohort,
     candidate_pool,
-    healthcare_use,
     level_exposures,
     likelihood_ratio_fit,
     model_cohort,
@@ -77,7 +74,6 @@ from repurpose.stages import stage
 stats = lazy_module("scipy.stats")
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 README_TEMPLATE = "data/candidates_readme.md"
 """The results README's text (package data), formatted with this run's settings."""
@@ -579,7 +575,7 @@ def run_candidates(
     dwas: str | Path,
     cohort: str | Path | None,
     exposures: list[str],
-    prescriptions: list[str] | None,
+    healthcare_use: str | Path | None,
     matches: str | Path | None,
     mechanisms: str | Path | None,
     ranking: str | Path,
@@ -590,7 +586,8 @@ def run_candidates(
     Every estimable signal is ranked (docs/methods.md "Drug ranking"); `candidate` marks those passing the
     threshold, and only they get the person-level models. `cohort=None` (a pooled federated run, no
     person-level data): the person-level lines say `not assessed` and p-values stay Wald.
-    `prescriptions` are the validated prescription part files (for health-care use), None to leave it out.
+    `healthcare_use` is the exposure stage's health-care-use table (the confirmation model's covariate), None to
+    leave it out.
     """
     dwas_path, cohort_path, exposure_paths, matches_path, mechanisms_path = dwas, cohort, exposures, matches, mechanisms
     ranking_path, readme_path = ranking, readme
@@ -609,9 +606,6 @@ def run_candidates(
     tree = collapse_tree(shown.filter(~pl.col("main_lag_not_estimable")), settings["carrier_alpha"])
     signals = shown.filter(pl.col("atc_code").is_in([c for c, s in tree.signal_of.items() if s == c]) | pl.col("main_lag_not_estimable"))
     log.info("%d fitted codes collapse into %d signals", shown.height, signals.height)
-    # Health-care use, a DuckDB pass over the prescriptions, runs beside the screen-level evidence below.
-    hcu_wanted = bool(signals.height and cohort_path is not None and prescriptions and settings["confirmation"]["healthcare_use"])
-    hcu_future = in_background(healthcare_use, config, prescriptions, cohort_path) if hcu_wanted else None
     nulls = fit_nulls(dwas, main_lag, settings["fdr_alpha"], settings["negative_controls"])
     matches = pl.read_csv(matches_path) if matches_path and Path(matches_path).exists() else None
     evidence = empty_evidence()
@@ -630,7 +624,7 @@ def run_candidates(
         )
         log.info("%d of %d signals are candidates (q < %g at lag 0 or %g)", int(evidence["candidate"].sum()), evidence.height, settings["fdr_alpha"], main_lag)
     if model is not None and evidence.height:
-        hcu = hcu_future.result() if hcu_future is not None else None
+        hcu = pl.read_parquet(healthcare_use) if healthcare_use is not None and settings["confirmation"]["healthcare_use"] else None
         evidence = person_level_evidence(config, evidence, exposure_paths, model, hcu)
     elif evidence.height:
         evidence = evidence.with_columns(person_level_reason=pl.lit("no person-level data (pooled run)"))
@@ -659,15 +653,6 @@ def run_candidates(
         Path(readme_path).write_text(candidates_readme(config, nulls, matches), encoding="utf-8")
     log.info("drug ranking: %d signals in %.1f s", ranking.height, time.perf_counter() - started)
     return released
-
-
-def in_background(function: Callable[..., T], *args: Any) -> Future[T]:
-    """`function(*args)` started in a thread of its own (DuckDB and numpy release the GIL); `.result()` waits."""
-    executor = ThreadPoolExecutor(max_workers=1)
-    try:
-        return executor.submit(function, *args)
-    finally:
-        executor.shutdown(wait=False)  # the thread ends with its one task
 
 
 def empty_evidence() -> pl.DataFrame:

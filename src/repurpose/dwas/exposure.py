@@ -274,11 +274,37 @@ def prescription_files(prescriptions: str | Path | Sequence[str | Path]) -> list
     return [str(p) for p in prescriptions]
 
 
+HEALTHCARE_USE_LEVEL = 4
+"""Health-care use counts distinct classes of this ATC level ..."""
+HEALTHCARE_USE_DAYS = 365
+"""... dispensed in this many days up to entry (a dispensing on the entry date counts)."""
+
+
+class _HealthcareUse:
+    """Per cohort member the number of distinct ATC level-4 classes dispensed in the `HEALTHCARE_USE_DAYS` days up
+    to entry (the confirmation model's health-care-use covariate), counted from the scatter's batches."""
+
+    def __init__(self, codes: CodeTable, layout: KeyLayout, n_persons: int) -> None:
+        prefixes = np.array([code[: ATC_LEVEL_CODE_LENGTH[HEALTHCARE_USE_LEVEL]] for code in codes.codes], dtype=object)
+        self.class_of_code = np.unique(prefixes, return_inverse=True)[1].astype(np.int64) if len(prefixes) else np.zeros(0, np.int64)
+        self.layout, self.n_persons, self.pairs = layout, n_persons, [np.zeros(0, np.int64)]
+
+    def add(self, keys: np.ndarray, before_entry: np.ndarray) -> None:
+        """Dispensings of a batch (`before_entry`: in the window): their (class, person) pairs, each once."""
+        self.pairs.append(np.unique(self.layout.recode_pairs(self.layout.pair_of(keys[before_entry]), self.class_of_code)))
+
+    def counts(self) -> np.ndarray:
+        """Per person (cohort row in `person_id` order) the number of classes."""
+        pairs = np.unique(np.concatenate(self.pairs))
+        return np.bincount(self.layout.person_of_pair(pairs), minlength=self.n_persons)
+
+
 def _scatter(
     con: Any, files: list[str], cohort: pa.Table, codes: CodeTable, file_of_code: np.ndarray, layout: KeyLayout,
     excluded_atc_prefixes: Sequence[str], scratch: Path, progress_seconds: float,
-) -> list[Path]:  # fmt: skip
-    """Step 1 of the module docstring: every kept dispensing as (key, DDD) appended to its class file."""
+) -> tuple[list[Path], np.ndarray]:  # fmt: skip
+    """Step 1 of the module docstring: every kept dispensing as (key, DDD) appended to its class file; and, from
+    the same rows, each person's health-care use (`_HealthcareUse`)."""
     con.register("cohort_rows", cohort)
     con.register("codes", pa.table({
         "atc_code": pa.array(codes.codes.tolist(), pa.string()),
@@ -292,7 +318,8 @@ def _scatter(
         SELECT (k.code_index << {layout.code_shift}) | (c.person_row << {DATE_BITS})
                | CASE WHEN {days} BETWEEN 0 AND {last_day} THEN {days}
                       ELSE error('exposure: a dispense_date of the validated prescriptions lies outside {DATE_EPOCH} + {last_day} days') END AS key,
-               coalesce(r.ddd, 0) AS ddd, k.file_index
+               coalesce(r.ddd, 0) AS ddd, k.file_index,
+               r.dispense_date <= c.entry_date AND r.dispense_date > c.healthcare_use_after AS before_entry
         FROM read_parquet({prescription_source(files)}) r
         JOIN cohort_rows c ON r.person_id = c.person_id
         JOIN codes k ON r.atc_code = k.atc_code
@@ -302,10 +329,12 @@ def _scatter(
     paths = [scratch / f"class_{i:05d}" for i in range(n_files)]
     handles = [(open(f"{path}.key", "wb"), open(f"{path}.ddd", "wb")) for path in paths]  # noqa: SIM115 - closed below
     progress = Progress(log, "exposure: dispensings read", _expected_rows(files), interval_seconds=progress_seconds)
+    healthcare_use = _HealthcareUse(codes, layout, cohort.num_rows)
     done = 0
     try:
         reader = con.sql(sql).to_arrow_reader(1 << 20)
         for batch in reader:
+            healthcare_use.add(batch.column(0).to_numpy(), batch.column(3).to_numpy(zero_copy_only=False))
             file_index = batch.column(2).to_numpy()
             order = np.argsort(file_index, kind="stable")
             bounds = np.searchsorted(file_index[order], np.arange(n_files + 1))
@@ -320,7 +349,7 @@ def _scatter(
             key_file.close()
             ddd_file.close()
     log.info("exposure: %d dispensings of cohort members before exit, in %d class files", done, n_files)
-    return paths
+    return paths, healthcare_use.counts()
 
 
 def _buckets(paths: list[Path], max_rows: int) -> Iterator[list[Path]]:
@@ -480,8 +509,10 @@ def build_exposures(
     prescriptions: str | Path | Sequence[str | Path],
     cohort: str | Path,
     exposures: Sequence[str | Path],
+    healthcare_use: str | Path | None = None,
 ) -> dict[int, int]:
-    """Write the exposure table of every configured ATC level (`exposures`, in `screen.atc_levels` order).
+    """Write the exposure table of every configured ATC level (`exposures`, in `screen.atc_levels` order) and,
+    from the same pass, each cohort member's health-care use (`healthcare_use`, docs/schemas.md).
 
     Returns the number of rows per level.
     """
@@ -496,9 +527,9 @@ def build_exposures(
     files = prescription_files(prescriptions)
     con = connect(resources)
     cohort_table = (
-        pl.read_parquet(cohort, columns=["person_id", "birth_date", "exit_date"])
+        pl.read_parquet(cohort, columns=["person_id", "birth_date", "entry_date", "exit_date"])
         .with_row_index("cohort_row")
-        .with_columns(pl.col("cohort_row").cast(pl.Int32))
+        .with_columns(pl.col("cohort_row").cast(pl.Int32), healthcare_use_after=pl.col("entry_date") - pl.duration(days=HEALTHCARE_USE_DAYS))
         .sort("person_id")
     )
     present = con.execute(f"SELECT DISTINCT atc_code FROM read_parquet({prescription_source(files)}) WHERE atc_code IS NOT NULL").fetchall()
@@ -516,16 +547,28 @@ def build_exposures(
     outputs = [Path(p) for p in exposures]
     max_bucket_rows = max(1, int(float(resources.get("memory_gb", 8)) * 1e9 / (threads + 1) / BYTES_PER_BUCKET_ROW))
     with tempfile.TemporaryDirectory(dir=outputs[0].parent, prefix=".exposure-") as scratch:
-        paths = _scatter(
+        paths, classes_before_entry = _scatter(
             con, files, study.cohort_rows, codes, codes.class_of_code[min(levels)], study.layout,
             outcome_definition(config["study"]["outcome"]).proxy_atc_prefixes, Path(scratch), progress_seconds,
         )  # fmt: skip
         con.close()
+        if healthcare_use is not None:
+            _write_healthcare_use(cohort_table, classes_before_entry, Path(healthcare_use))
         written = _write_levels(study, list(_buckets(paths, max_bucket_rows)), outputs, threads, progress_seconds)
     for level in levels:
         log.info("ATC level %d: %d person-class exposures (k = %d dispensings)", level, written[level], study.k)
     log.info("exposure: %d levels in %.1f s", len(levels), time.perf_counter() - started)
     return written
+
+
+def _write_healthcare_use(cohort_table: pl.DataFrame, classes_before_entry: np.ndarray, path: Path) -> None:
+    """The health-care-use table (one row per cohort member, in cohort order), written whole or not at all."""
+    table = cohort_table.select(
+        "person_id", "cohort_row", n_classes_year_before_entry=pl.Series(classes_before_entry, dtype=pl.Int32)
+    ).sort("cohort_row")
+    partial = path.with_name(f".{path.name}.partial")
+    table.write_parquet(partial)
+    os.replace(partial, path)
 
 
 def _schema(columns: list[str], cohort_rows: pa.Table) -> pa.Schema:

@@ -5,7 +5,8 @@ Owns the models that need the cohort and the exposure tables (not just the scree
 candidates of one ATC level at a time (`submit_level_models`). They share the screen's strata and covariates
 (`repurpose.dwas.risk_sets`) and its exposure window (`repurpose.dwas.window`), so that with nothing added
 they reproduce the screen's estimate. Estimates are summarised by `repurpose.cox.result.wald`. May import
-`repurpose.cox`, the other `repurpose.dwas` modules of the screen, `repurpose.schemas`, `repurpose.logs` and DuckDB.
+`repurpose.cox`, the other `repurpose.dwas` modules of the screen, `repurpose.schemas` and `repurpose.logs`; the
+health-care-use covariate is counted by the exposure stage (`repurpose.dwas.exposure`) and read from its table.
 
 Why it scales: the cohort's risk sets are counted once with everyone unexposed (`ModelCohort`, the screen's
 trick); a model cuts only its exposed persons' follow-up into categories (`class_segments`, `switch_segments`)
@@ -37,8 +38,6 @@ from repurpose.atc import atc_parent
 from repurpose.cox.engine import efron_evaluator, fit_efron
 from repurpose.cox.result import wald
 from repurpose.cox.risk_set_table import RiskSetTable, aggregate_counting_process, dense_codes
-from repurpose.duck import connect, sql_literal
-from repurpose.dwas.exposure import prescription_source
 from repurpose.dwas.risk_sets import (
     CellLayout,
     RiskSetCounts,
@@ -499,21 +498,6 @@ def active_comparator(
         hr, lo, hi, _ = wald_floats(fit.coef[0, 0], fit.se[0, 0])
         result.update(hr_active_comparator=hr, ci_lower_active_comparator=lo, ci_upper_active_comparator=hi)
     return result
-
-
-def healthcare_use(config: dict[str, Any], prescriptions: list[str], cohort_path: str | Path) -> pl.DataFrame:
-    """Per person the number of distinct ATC level-4 classes dispensed in the 365 days before entry (DuckDB),
-    from exactly the given validated prescription parts."""
-    con = connect(config.get("resources"))
-    sql = f"""
-    WITH cohort AS (SELECT person_id, entry_date FROM read_parquet({sql_literal(str(cohort_path))}))
-    SELECT c.person_id, count(DISTINCT substr(r.atc_code, 1, 5)) AS n_classes_year_before_entry
-    FROM cohort c LEFT JOIN read_parquet({prescription_source(list(prescriptions))}) r
-      ON r.person_id = c.person_id AND r.dispense_date <= c.entry_date
-         AND r.dispense_date > c.entry_date - INTERVAL 365 DAY
-    GROUP BY c.person_id
-    """
-    return pl.from_arrow(con.sql(sql).to_arrow_table()).with_columns(pl.col("n_classes_year_before_entry").cast(pl.Int64))
 
 
 def select_proxy_confounders(
