@@ -268,7 +268,7 @@ def test_healthcare_use_counts_the_level4_classes_of_the_year_up_to_entry(tmp_pa
 
     cohort, dispensings, cohort_path = random_registry(tmp_path, 5, [10.0])
     rng = np.random.default_rng(6)
-    entry = [D("2004-06-01") + (exit_date - D("2004-06-01")) * float(u) for exit_date, u in zip(cohort["exit_date"], rng.random(cohort.height))]
+    entry = [D("2004-06-01") + (exit_date - D("2004-06-01")) * float(u) for exit_date, u in zip(cohort["exit_date"], rng.random(cohort.height), strict=True)]
     cohort = cohort.with_columns(entry_date=pl.Series(entry)).sample(fraction=1.0, shuffle=True, seed=2)
     first = cohort.row(0, named=True)
     edge = pl.DataFrame({  # the first cohort row: on the entry date (N05B), 364 days before (R03B), 365 days before (C10A)
