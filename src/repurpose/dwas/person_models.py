@@ -38,10 +38,12 @@ from repurpose.atc import atc_parent
 from repurpose.cox.engine import efron_evaluator, fit_efron
 from repurpose.cox.result import wald
 from repurpose.cox.risk_set_table import RiskSetTable, aggregate_counting_process, dense_codes
+from repurpose.dwas.proxy_confounders import select_proxy_confounders
 from repurpose.dwas.risk_sets import (
     CellLayout,
     RiskSetCounts,
     cell_layout,
+    pattern_covariates,
     pattern_risk_sets,
     prepare_cohort,
     total_counts,
@@ -54,9 +56,7 @@ from repurpose.schemas import dose_column
 lifelines = lazy_module("lifelines")
 lifelines_exceptions = lazy_module("lifelines.exceptions")
 optimize = lazy_module("scipy.optimize")
-sparse = lazy_module("scipy.sparse")
 stats = lazy_module("scipy.stats")
-linear_model = lazy_module("sklearn.linear_model")
 
 log = logging.getLogger(__name__)
 
@@ -345,9 +345,12 @@ def segments_table(model: ModelCohort, pieces: ClassSegments, pattern_design: np
     )  # fmt: skip
 
 
-def _fit_segments(model: ModelCohort, pieces: ClassSegments, pattern_design: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+def _fit_segments(
+    model: ModelCohort, pieces: ClassSegments, pattern_design: np.ndarray, counted: RiskSetTable | None = None
+) -> tuple[np.ndarray, np.ndarray, str, RiskSetTable | None]:
     """One Cox fit (aggregated engine) of `segments_table`; columns that never vary over the follow-up (an
-    empty category) are left out and get NaN."""
+    empty category) are left out and get NaN. `counted`, the table of the same pieces under another design
+    (returned by an earlier call), lends its risk sets: only the patterns' covariates change."""
     baseline = bool(np.any(pieces.category == 0)) or len(np.unique(pieces.person)) < model.n_with_follow_up
     values = pattern_design[np.union1d(np.unique(pieces.category), [0] if baseline else [])]
     pattern_varying = values.max(axis=0) > values.min(axis=0) if len(values) else np.zeros(pattern_design.shape[1], dtype=bool)
@@ -355,14 +358,18 @@ def _fit_segments(model: ModelCohort, pieces: ClassSegments, pattern_design: np.
     n_columns = pattern_design.shape[1] + model.layout.covariate_design.shape[1]
     coef, se = np.full(n_columns, np.nan), np.full(n_columns, np.nan)
     if not len(varying):
-        return coef, se, "no_variation"
-    table = segments_table(model, pieces, pattern_design)
-    if len(varying) < n_columns:
-        table = table.with_covariates(varying)
-    fit = fit_efron(table)
+        return coef, se, "no_variation", counted
+    if counted is None:
+        table = segments_table(model, pieces, pattern_design)
+    else:
+        table = RiskSetTable.factored(
+            counted.fit_index, counted.risk_set_index, counted.n_at_risk, counted.n_events,
+            pattern_covariates(pattern_design[1:], model.layout.covariate_design), counted.row_pattern, counted.n_fits,
+        )  # fmt: skip
+    fit = fit_efron(table if len(varying) == n_columns else table.with_covariates(varying))
     if fit.status[0] == "ok":
         coef[varying], se[varying] = fit.coef[0], fit.se[0]
-    return coef, se, str(fit.status[0])
+    return coef, se, str(fit.status[0]), table
 
 
 def dose_response(
@@ -381,10 +388,10 @@ def dose_response(
     dummies = (categories[:, None] == np.arange(1, n_cat)[None, :]).astype(np.float64)
     trend = np.column_stack([categories >= 1, np.maximum(categories - 1, 0)]).astype(np.float64)
     result: dict[str, float] = {"dose_exposed_cases": float(np.sum(pieces.event & (pieces.category >= 1)))}
-    coef, se, _ = _fit_segments(model, pieces, dummies)
+    coef, se, _, counted = _fit_segments(model, pieces, dummies)
     for k in range(n_cat - 1):
         result[f"hr_dose_{k + 1}"] = wald_floats(coef[k], se[k])[0]
-    coef, se, _ = _fit_segments(model, pieces, trend)
+    coef, se, _, _ = _fit_segments(model, pieces, trend, counted)  # the same pieces: the same risk sets
     hr, _, _, p = wald_floats(coef[1], se[1])
     result.update(dose_trend_hr=hr, dose_trend_p=p)
     return result
@@ -412,7 +419,7 @@ def separated_lag_estimates(
     result: dict[str, float] = {}
     for lag in sorted(v for v in lags_years if v > 0):
         pieces = class_segments(model, rows, ["exposure_start_age_days"] * 2, [0, lag_days(lag)])
-        coef, se, _ = _fit_segments(model, pieces, SEPARATED_LAG_DESIGN)
+        coef, se, _, _ = _fit_segments(model, pieces, SEPARATED_LAG_DESIGN)
         if np.isfinite(coef[1]):
             result[f"log_hr_separated_lag{lag:g}"] = float(coef[1])
             result[f"se_separated_lag{lag:g}"] = float(se[1])
@@ -498,65 +505,6 @@ def active_comparator(
         hr, lo, hi, _ = wald_floats(fit.coef[0, 0], fit.se[0, 0])
         result.update(hr_active_comparator=hr, ci_lower_active_comparator=lo, ci_upper_active_comparator=hi)
     return result
-
-
-def select_proxy_confounders(
-    prepared: pl.DataFrame,
-    exposures: LevelExposures,
-    classes: list[str],
-    codes: list[str],
-    settings: dict[str, Any],
-    seed: int = 0,
-) -> dict[str, list[str]]:
-    """Per candidate, the other classes of its level most associated with both exposure and outcome.
-
-    Two L1-penalised logistic models on ever-use indicators of every class of the level (persons x
-    classes, sparse): outcome ~ all classes (once per level), and candidate ~ all other classes (per
-    candidate). Classes with a non-zero coefficient in both are ranked by |coef_outcome| x
-    |coef_exposure| and the first `max_adjustment_classes` kept (a high-dimensional proxy adjustment
-    in the spirit of hdPS, Schneeweiss et al. 2009, with the lasso doing the selection). Ancestors and
-    descendants cannot occur (one level), and the candidate's own ATC siblings are allowed. `exposures` is the
-    level's table indexed for `prepared`'s persons (`level_exposures`), `classes` every class of the table.
-    """
-    confirm = settings["confirmation"]
-    column_of = {c: i for i, c in enumerate(classes)}
-    column = np.empty(exposures.frame.height, dtype=np.int64)
-    for code, (first, length) in exposures.bounds.items():  # a class's rows are a slice: no per-row lookup
-        column[first : first + length] = column_of[code]
-    rng = np.random.default_rng(seed)
-    n_sample = min(prepared.height, int(confirm["l1_sample_size"]))
-    sample = np.sort(rng.choice(prepared.height, n_sample, replace=False))
-    outcome = prepared["event"].to_numpy()
-    # Outcome model: every case plus the sampled persons (case-base sampling keeps the coefficients).
-    outcome_rows = np.union1d(sample, np.flatnonzero(outcome))
-    # The ever-use matrix of these persons only (the rows of the whole cohort's matrix: the same entries).
-    position = np.full(prepared.height, -1, dtype=np.int64)
-    position[outcome_rows] = np.arange(outcome_rows.shape[0])
-    row = position[exposures.frame["cohort_row"].cast(pl.Int64).to_numpy()]
-    used = row >= 0
-    matrix = sparse.csr_matrix((np.ones(int(used.sum())), (row[used], column[used])), shape=(outcome_rows.shape[0], len(classes)))
-    matrix.data[:] = 1.0
-    model = linear_model.LogisticRegression(l1_ratio=1.0, solver="liblinear", C=confirm["l1_C"], max_iter=200, random_state=seed)
-    model.fit(matrix, outcome[outcome_rows])
-    outcome_coef = model.coef_[0]
-    chosen: dict[str, list[str]] = {}
-    sampled = matrix[np.searchsorted(outcome_rows, sample)]
-    for code in codes:
-        j = column_of.get(code)
-        if j is None:
-            chosen[code] = []
-            continue
-        target = sampled[:, j].toarray().ravel()
-        if target.sum() < 5 or target.sum() > len(target) - 5:
-            chosen[code] = []
-            continue
-        others = np.setdiff1d(np.arange(len(classes)), [j])
-        exposure_model = linear_model.LogisticRegression(l1_ratio=1.0, solver="liblinear", C=confirm["l1_C"], max_iter=200, random_state=seed)
-        exposure_model.fit(sampled[:, others], target)
-        strength = np.abs(exposure_model.coef_[0]) * np.abs(outcome_coef[others])
-        order = np.argsort(-strength)
-        chosen[code] = [classes[others[k]] for k in order[: confirm["max_adjustment_classes"]] if strength[k] > 0]
-    return chosen
 
 
 def split_time_varying(

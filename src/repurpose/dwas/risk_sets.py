@@ -302,19 +302,25 @@ def risk_set_rows(
     keep = merged[at_risk[merged] > 0]
     query, slot = query[keep], slot[keep]
     # Factored: a row's covariates are (its pattern's design row, its cell's covariates), one of
-    # slots x cells patterns, so the (rows, p) design is never built.
-    n_cells = covariate_design.shape[0]
-    slot_design = np.vstack([np.zeros((1, pattern_design.shape[1])), pattern_design])
-    patterns = np.hstack([np.repeat(slot_design, n_cells, axis=0), np.tile(covariate_design, (slot_design.shape[0], 1))])
+    # slots x cells patterns (`pattern_covariates`), so the (rows, p) design is never built.
     return RiskSetTable.factored(
         fit_index=queries["fit"].to_numpy()[query].astype(np.int64),
         risk_set_index=risk_set_index[query].astype(np.int64),
         n_at_risk=at_risk[keep],
         n_events=events[keep],
-        patterns=patterns,
-        row_pattern=slot * n_cells + queries["cell"].to_numpy()[query],
+        patterns=pattern_covariates(pattern_design, covariate_design),
+        row_pattern=slot * covariate_design.shape[0] + queries["cell"].to_numpy()[query],
         n_fits=n_fits,
     )
+
+
+def pattern_covariates(pattern_design: np.ndarray, covariate_design: np.ndarray) -> np.ndarray:
+    """The patterns of a `risk_set_rows` table: row slot x n_cells + cell holds (the slot's pattern design row,
+    zeros for slot 0, the baseline; the cell's covariates). Another `pattern_design` with as many rows gives
+    the same table's rows other covariates (`RiskSetTable.factored` with its `row_pattern`)."""
+    n_cells = covariate_design.shape[0]
+    slot_design = np.vstack([np.zeros((1, pattern_design.shape[1])), pattern_design])
+    return np.hstack([np.repeat(slot_design, n_cells, axis=0), np.tile(covariate_design, (slot_design.shape[0], 1))])
 
 
 def pattern_risk_sets(
