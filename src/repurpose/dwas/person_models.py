@@ -702,7 +702,11 @@ def submit_level_models(
     # The proxy selection first: its thread runs beside the first candidates' other models until they need it.
     no_proxies: Future[dict[str, list[str]]] = Future()
     no_proxies.set_result({})
-    selected = pool.submit(select_proxy_confounders, model.prepared, indexed, all_codes, confirm_codes, settings) if confirm_codes else no_proxies
+    selected = (
+        pool.submit(select_proxy_confounders, model.prepared, indexed.frame["cohort_row"], indexed.bounds, all_codes, confirm_codes, settings)
+        if confirm_codes
+        else no_proxies
+    )
     return SubmittedLevel(codes, [pool.submit(candidate_row, code) for code in codes])
 
 

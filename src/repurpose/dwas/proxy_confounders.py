@@ -7,15 +7,12 @@ Owns that selection only; the confirmation model that adjusts for the chosen cla
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import polars as pl
 
 from repurpose.lazy import lazy_module
-
-if TYPE_CHECKING:
-    from repurpose.dwas.person_models import LevelExposures
 
 sparse = lazy_module("scipy.sparse")
 linear_model = lazy_module("sklearn.linear_model")
@@ -23,7 +20,8 @@ linear_model = lazy_module("sklearn.linear_model")
 
 def select_proxy_confounders(
     prepared: pl.DataFrame,
-    exposures: LevelExposures,
+    cohort_row: pl.Series,
+    bounds: dict[str, tuple[int, int]],
     classes: list[str],
     codes: list[str],
     settings: dict[str, Any],
@@ -36,13 +34,14 @@ def select_proxy_confounders(
     candidate). Classes with a non-zero coefficient in both are ranked by |coef_outcome| x
     |coef_exposure| and the first `max_adjustment_classes` kept (a high-dimensional proxy adjustment
     in the spirit of hdPS, Schneeweiss et al. 2009, with the lasso doing the selection). Ancestors and
-    descendants cannot occur (one level), and the candidate's own ATC siblings are allowed. `exposures` is the
-    level's table indexed for `prepared`'s persons (`level_exposures`), `classes` every class of the table.
+    descendants cannot occur (one level), and the candidate's own ATC siblings are allowed. `cohort_row` and
+    `bounds` are the level's table indexed for `prepared`'s persons (`LevelExposures.frame["cohort_row"]`, its
+    class slices `LevelExposures.bounds`), `classes` every class of the table.
     """
     confirm = settings["confirmation"]
     column_of = {c: i for i, c in enumerate(classes)}
-    column = np.empty(exposures.frame.height, dtype=np.int64)
-    for code, (first, length) in exposures.bounds.items():  # a class's rows are a slice: no per-row lookup
+    column = np.empty(len(cohort_row), dtype=np.int64)
+    for code, (first, length) in bounds.items():  # a class's rows are a slice: no per-row lookup
         column[first : first + length] = column_of[code]
     rng = np.random.default_rng(seed)
     n_sample = min(prepared.height, int(confirm["l1_sample_size"]))
@@ -53,7 +52,7 @@ def select_proxy_confounders(
     # The ever-use matrix of these persons only (the rows of the whole cohort's matrix: the same entries).
     position = np.full(prepared.height, -1, dtype=np.int64)
     position[outcome_rows] = np.arange(outcome_rows.shape[0])
-    row = position[exposures.frame["cohort_row"].cast(pl.Int64).to_numpy()]
+    row = position[cohort_row.cast(pl.Int64).to_numpy()]
     used = row >= 0
     matrix = sparse.csr_matrix((np.ones(int(used.sum())), (row[used], column[used])), shape=(outcome_rows.shape[0], len(classes)))
     matrix.data[:] = 1.0
