@@ -338,6 +338,12 @@ def run_size(n_persons: int, args: argparse.Namespace) -> dict[str, Any]:
     config_path.write_text(json.dumps(config, indent=2))  # JSON is YAML
     record: dict[str, Any] = {"n_persons": n_persons, "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
                               "config": config, "stages": {}, "errors": []}
+    from repurpose.cli import unanswered_slurm_warning
+
+    slurm = unanswered_slurm_warning()  # a silent controller adds ~10 s to every Snakemake start: say so
+    if slurm:
+        record["slurm_warning"] = slurm
+        print(f"[{n_persons:,}] warning: {slurm}", flush=True)
     size_started = time.perf_counter()
     failed = False
     rules = _workflow_rules(workdir, config_path)
@@ -606,6 +612,11 @@ def render(data: dict[str, Any]) -> str:
                    "jobs pay it per job (" + ", ".join(f"{st}: {len(sizes[-1]['stages'][st].get('jobs', []))}"
                                                       for st in PIPELINE_STAGES if _ok(sizes[-1], st))
                    + " jobs), which dominates at the smallest sizes.")
+    silent_slurm = [f"{r['n_persons']:,}" for r in sizes if r.get("slurm_warning")]
+    if silent_slurm:
+        out.append("- **SLURM's controller did not answer** when these sizes were measured: " + ", ".join(silent_slurm)
+                   + ". Every Snakemake start, so every stage's figure, includes about 10 s of waiting for "
+                   "`scontrol show config` (docs/cluster.md).")
     errors = [(r["n_persons"], e) for r in sizes for e in r.get("errors", [])]
     if errors:
         out += ["", "Failures:", ""]

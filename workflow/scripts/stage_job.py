@@ -53,6 +53,9 @@ elif rule == "mechanisms":
 
     run_logged(log_path, run_mechanisms, config, **dict(named_input.items()), **output)
 elif rule == "candidates":
+    from repurpose.process_memory import keep_freed_memory
+
+    keep_freed_memory()  # thousands of large arrays allocated and freed: reuse them, not fresh pages
     from repurpose.dwas.candidates import run_candidates
 
     run_logged(log_path, run_candidates, config, **stage_inputs(named_input, ["exposures"]), **output)

@@ -285,8 +285,9 @@ class _HealthcareUse:
     to entry (the confirmation model's health-care-use covariate), counted from the scatter's batches."""
 
     def __init__(self, codes: CodeTable, layout: KeyLayout, n_persons: int) -> None:
-        prefixes = np.array([code[: ATC_LEVEL_CODE_LENGTH[HEALTHCARE_USE_LEVEL]] for code in codes.codes], dtype=object)
-        self.class_of_code = np.unique(prefixes, return_inverse=True)[1].astype(np.int64) if len(prefixes) else np.zeros(0, np.int64)
+        level = HEALTHCARE_USE_LEVEL
+        table = codes if level in codes.class_of_code else CodeTable.from_codes(codes.codes, [level])
+        self.class_of_code = table.class_of_code[level]
         self.layout, self.n_persons, self.pairs = layout, n_persons, [np.zeros(0, np.int64)]
 
     def add(self, keys: np.ndarray, before_entry: np.ndarray) -> None:

@@ -40,21 +40,24 @@ def select_proxy_confounders(
     """
     confirm = settings["confirmation"]
     column_of = {c: i for i, c in enumerate(classes)}
-    column = np.empty(len(cohort_row), dtype=np.int64)
-    for code, (first, length) in bounds.items():  # a class's rows are a slice: no per-row lookup
-        column[first : first + length] = column_of[code]
     rng = np.random.default_rng(seed)
     n_sample = min(prepared.height, int(confirm["l1_sample_size"]))
     sample = np.sort(rng.choice(prepared.height, n_sample, replace=False))
     outcome = prepared["event"].to_numpy()
     # Outcome model: every case plus the sampled persons (case-base sampling keeps the coefficients).
     outcome_rows = np.union1d(sample, np.flatnonzero(outcome))
-    # The ever-use matrix of these persons only (the rows of the whole cohort's matrix: the same entries).
-    position = np.full(prepared.height, -1, dtype=np.int64)
-    position[outcome_rows] = np.arange(outcome_rows.shape[0])
-    row = position[cohort_row.cast(pl.Int64).to_numpy()]
-    used = row >= 0
-    matrix = sparse.csr_matrix((np.ones(int(used.sum())), (row[used], column[used])), shape=(outcome_rows.shape[0], len(classes)))
+    # The ever-use matrix of these persons only (the rows of the whole cohort's matrix: the same entries):
+    # their table rows are found with one boolean gather, and each one's class from the slices' starts.
+    member = np.zeros(prepared.height, dtype=bool)
+    member[outcome_rows] = True
+    table_row = cohort_row.to_numpy()
+    used = np.flatnonzero(member[table_row])
+    sliced = sorted((first, column_of[code]) for code, (first, length) in bounds.items() if length)
+    starts = np.array([first for first, _ in sliced], dtype=np.int64)
+    columns = np.array([j for _, j in sliced], dtype=np.int64)
+    column = columns[np.searchsorted(starts, used, side="right") - 1] if used.size else used
+    row = np.searchsorted(outcome_rows, table_row[used])
+    matrix = sparse.csr_matrix((np.ones(used.shape[0]), (row, column)), shape=(outcome_rows.shape[0], len(classes)))
     matrix.data[:] = 1.0
     model = linear_model.LogisticRegression(l1_ratio=1.0, solver="liblinear", C=confirm["l1_C"], max_iter=200, random_state=seed)
     model.fit(matrix, outcome[outcome_rows])

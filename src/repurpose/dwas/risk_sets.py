@@ -398,9 +398,11 @@ def _pairs_from_count_grid(
     at_risk = count[q_row]
     del count
     at_risk -= carried[q_cell]
-    pair_query, pair_pattern = np.nonzero(at_risk > 0)
-    pair_at_risk = at_risk[pair_query, pair_pattern].astype(np.float64)
+    at_risk = at_risk.ravel()  # flat (query, pattern) keys: one gather instead of a 2-d fancy index
+    pair_key = np.flatnonzero(at_risk > 0)
+    pair_at_risk = at_risk[pair_key].astype(np.float64)
     del at_risk
+    pair_query, pair_pattern = np.divmod(pair_key, n_patterns)
     # Events: each ended segment's (query, pattern) is a pair (its person is at risk then), found by search.
     ended = event & (after > 0)  # the event at stop, the last event time <= stop
     ended &= risk_sets[np.minimum(stratum_first[stratum] + after - 1, len(risk_sets) - 1)] == time_base + stop
@@ -408,7 +410,7 @@ def _pairs_from_count_grid(
     query_of_row[q_row] = np.arange(n_rows)
     event_query = query_of_row[(row + after - 1)[ended]]
     event_key = (event_query * n_patterns + pattern[ended])[event_query >= 0]
-    pair_event = np.searchsorted(pair_query * n_patterns + pair_pattern, event_key)
+    pair_event = np.searchsorted(pair_key, event_key)
     return pair_query, pair_pattern, pair_at_risk, np.bincount(pair_event, minlength=pair_query.shape[0]).astype(np.float64)
 
 
