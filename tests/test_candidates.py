@@ -37,7 +37,7 @@ from repurpose.dwas.person_models import (
     switch_segments,
 )
 from repurpose.dwas.screen import screen_exposures
-from repurpose.dwas.window import NEVER_EXPOSED, exposed_from
+from repurpose.dwas.window import NEVER_EXPOSED, exposed_from, lag_days
 from repurpose.schemas import dose_column
 
 RULE = {"reverse_causation": {"max_retained_fraction": 0.5, "alpha": 0.05}}
@@ -230,10 +230,15 @@ def test_dose_and_separated_lag_models_equal_the_whole_cohort_fits(adjust):
     coef, se = whole_cohort_fit(model, exposures, "A01", columns, [730] * 3, trend)
     assert np.log(result["dose_trend_hr"]) == pytest.approx(coef[1], abs=1e-8)
     assert result["dose_trend_p"] == pytest.approx(2 * stats.norm.sf(abs(coef[1] / se[1])), rel=1e-6)
-    separated = separated_lag_estimates(model, exposures, "C03", [2.0])
-    coef, se = whole_cohort_fit(model, exposures, "C03", ["exposure_start_age_days"] * 2, [0, 730], np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]))
-    assert separated["log_hr_separated_lag2"] == pytest.approx(coef[1], abs=1e-8)
-    assert separated["se_separated_lag2"] == pytest.approx(se[1], rel=1e-8)
+    # Every lag's model from the one table cut at all lags equals its own cut (recent exposure, then lagged).
+    separated = separated_lag_estimates(model, exposures, "C03", [0.0, 5.0, 2.0])
+    assert not any("lag0" in key for key in separated)
+    for lag in (2, 5):
+        separation = np.array([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]])
+        coef, se = whole_cohort_fit(model, exposures, "C03", ["exposure_start_age_days"] * 2, [0, lag_days(lag)], separation)
+        assert np.isfinite(coef[1])
+        assert separated[f"log_hr_separated_lag{lag}"] == pytest.approx(coef[1], abs=1e-8)
+        assert separated[f"se_separated_lag{lag}"] == pytest.approx(se[1], rel=1e-8)
 
 
 @pytest.mark.parametrize("adjust", ADJUSTMENTS)

@@ -289,27 +289,36 @@ def risk_set_rows(
     if np.any(pair_key[1:] < pair_key[:-1]):  # pairs in (query, pattern) order: merged below without a sort
         order = np.argsort(pair_key, kind="stable")
         pair_query, pair_pattern, pair_at_risk, pair_events = (a[order] for a in (pair_query, pair_pattern, pair_at_risk, pair_events))
-    # Row order: per query its baseline, then its pairs in pattern order (the position of each in the merge).
-    position = np.empty(n + pair_query.shape[0], dtype=np.int64)
-    position[:n] = np.arange(n) + np.searchsorted(pair_query, np.arange(n), side="left")
-    position[n:] = np.arange(pair_query.shape[0]) + pair_query + 1
-    merged = np.empty_like(position)
-    merged[position] = np.arange(position.shape[0])
-    query = np.concatenate([np.arange(n), pair_query])
-    slot = np.concatenate([np.zeros(n, dtype=np.int64), pair_pattern + 1])
-    at_risk = np.concatenate([queries["n_at_risk"].to_numpy() - np.bincount(pair_query, pair_at_risk, minlength=n), pair_at_risk])
-    events = np.concatenate([queries["n_events"].to_numpy() - np.bincount(pair_query, pair_events, minlength=n), pair_events])
-    keep = merged[at_risk[merged] > 0]
-    query, slot = query[keep], slot[keep]
+    if not np.all(pair_at_risk > 0):  # a pair with nobody at risk has no row
+        pair_query, pair_pattern, pair_at_risk, pair_events = (
+            a[pair_at_risk > 0] for a in (pair_query, pair_pattern, pair_at_risk, pair_events)
+        )
+    base_at_risk = queries["n_at_risk"].to_numpy() - np.bincount(pair_query, pair_at_risk, minlength=n)
+    base_events = queries["n_events"].to_numpy() - np.bincount(pair_query, pair_events, minlength=n)
+    # Row order: per query its baseline (when someone is left in it), then its pairs in pattern order; each
+    # row is written straight to its place.
+    kept = base_at_risk > 0
+    kept_before = np.cumsum(kept) - kept  # baseline rows of the queries before
+    base_row = (kept_before + np.searchsorted(pair_query, np.arange(n), side="left"))[kept]
+    pair_row = np.arange(pair_query.shape[0]) + kept_before[pair_query] + kept[pair_query]
+    n_rows = base_row.shape[0] + pair_row.shape[0]
+    query = np.empty(n_rows, dtype=np.int64)
+    query[base_row] = np.flatnonzero(kept)
+    query[pair_row] = pair_query
+    at_risk, events = np.empty(n_rows), np.empty(n_rows)
+    at_risk[base_row], at_risk[pair_row] = base_at_risk[kept], pair_at_risk
+    events[base_row], events[pair_row] = base_events[kept], pair_events
     # Factored: a row's covariates are (its pattern's design row, its cell's covariates), one of
     # slots x cells patterns (`pattern_covariates`), so the (rows, p) design is never built.
+    row_pattern = queries["cell"].to_numpy()[query].astype(np.int64)
+    row_pattern[pair_row] += (pair_pattern + 1) * covariate_design.shape[0]  # slot 0, the baseline, adds nothing
     return RiskSetTable.factored(
         fit_index=queries["fit"].to_numpy()[query].astype(np.int64),
         risk_set_index=risk_set_index[query].astype(np.int64),
-        n_at_risk=at_risk[keep],
-        n_events=events[keep],
+        n_at_risk=at_risk,
+        n_events=events,
         patterns=pattern_covariates(pattern_design, covariate_design),
-        row_pattern=slot * covariate_design.shape[0] + queries["cell"].to_numpy()[query],
+        row_pattern=row_pattern,
         n_fits=n_fits,
     )
 
