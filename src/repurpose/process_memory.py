@@ -4,8 +4,9 @@ The person-level models allocate and free arrays of tens to hundreds of MB thous
 grids, tables, Newton steps). glibc serves each of them from a fresh `mmap` and returns it to the kernel on
 `free`, so every allocation pays the kernel's page faults and page zeroing again; on a virtual machine whose
 host takes freed pages back, a 2 MB page can cost milliseconds. Keeping freed memory in the process's heap
-for the next array removes that cost. The heap then never shrinks during the job: its peak stays the
-process's resident memory until the job ends (less what lies free above 2 GB at its top), which is what a batch job is sized for anyway.
+for the next array removes that cost. The heap then hardly shrinks during the job (only what lies free above
+2 GB at its top): its peak stays the process's resident memory until the job ends, which is what a batch job
+is sized for anyway (measured: +150 MB on the 3M candidates job's 4.6 GB).
 
 Imports nothing of the package.
 """
@@ -27,8 +28,8 @@ _TRIM_THRESHOLD = 2**31 - 1
 
 
 def keep_freed_memory() -> bool:
-    """Serve every allocation from one heap that keeps what is freed (no `mmap` per large array, no trim, one
-    arena shared by the threads). Must run before the job's threads start. False, and nothing changed, where
+    """Serve every allocation from one heap that keeps what is freed (no `mmap` per large array, no trim below
+    2 GB, one arena shared by the threads). Must run before the job's threads start. False, and nothing changed, where
     the C library is not glibc (macOS, musl): there the allocator's own defaults stay."""
     name = ctypes.util.find_library("c")
     try:
