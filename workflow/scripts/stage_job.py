@@ -6,10 +6,17 @@
 import os
 
 from repurpose.logs import run_logged
+from repurpose.process_memory import keep_freed_memory
 from repurpose.stages import job_config, stage_inputs
+
+# Jobs that allocate and free large numpy arrays thousands of times (model fits): they reuse freed memory
+# instead of faulting fresh pages in (repurpose.process_memory; measured in docs/benchmarks.md).
+KEEPS_FREED_MEMORY = {"candidates", "trial_emulation"}
 
 snakemake = globals()["snakemake"]  # injected by Snakemake's script preamble
 config, rule, log_path = snakemake.config, snakemake.rule, snakemake.log[0]
+if rule in KEEPS_FREED_MEMORY:
+    keep_freed_memory()
 named_input, output = snakemake.input, dict(snakemake.output.items())
 if rule == "validate_registers":
     from repurpose.registry.ingest import validate_registers
@@ -53,9 +60,6 @@ elif rule == "mechanisms":
 
     run_logged(log_path, run_mechanisms, config, **dict(named_input.items()), **output)
 elif rule == "candidates":
-    from repurpose.process_memory import keep_freed_memory
-
-    keep_freed_memory()  # thousands of large arrays allocated and freed: reuse them, not fresh pages
     from repurpose.dwas.candidates import run_candidates
 
     run_logged(log_path, run_candidates, config, **stage_inputs(named_input, ["exposures"]), **output)
