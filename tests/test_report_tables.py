@@ -104,6 +104,10 @@ def test_planted_truth_counts_found_missed_and_false_positives():
     false = {r["item"]: r["role"] for r in table["rows"] if r["kind"] == "false-positive"}
     assert false == {"L04AB04 infliximab": "null", "NR3C1 AGONIST": "no planted mechanism"}
     assert table["summary"] == "3 of 5 planted effects found, 2 missed, 2 false positives among the key findings"
+    # a simulator table that plants no mechanism writes "mechanism": null; every key mechanism is then a false positive
+    without = planted_truth({**truth, "mechanism": None}, signals, mechs, drugs)
+    assert not [r for r in without["rows"] if r["item"].startswith("mechanism ")]
+    assert {r["item"] for r in without["rows"] if r["kind"] == "false-positive"} >= {"ADRB2 AGONIST", "NR3C1 AGONIST"}
 
 
 def test_forest_plots_go_to_both_directions():

@@ -19,7 +19,7 @@ from repurpose.simulate import simulate_registries, write_native_extracts
 from repurpose.simulate.corrupt import CORRUPT_KINDS
 from repurpose.simulate.infections import INFECTION_CODES
 from repurpose.simulate.native import NATIVE_COLUMNS, NATIVE_DATE_FORMAT
-from repurpose.simulate.profiles import NOT_SIMULATED, PLANTED
+from repurpose.simulate.profiles import NOT_SIMULATED, PLANTED, PLANTED_TABLE
 
 STUDY_START = date(2004, 1, 1)
 STUDY_END = date(2023, 12, 31)
@@ -273,12 +273,11 @@ def test_demo_drug_targets_cover_the_planted_substances() -> None:
     names = dict(zip(catalog["atc_code"], catalog["atc_name"], strict=True))
     assert set(targets["DRUG_NAME"]) <= set(names.values())
     assert {names[code] for code in PLANTED} <= set(targets["DRUG_NAME"])
-    agonists = targets.filter(
-        pl.col("GENE").str.split("|").list.contains("ADRB2") & (pl.col("ACTION_TYPE") == "AGONIST")
-    )
-    via_target = {code for code, name in names.items() if name in set(agonists["DRUG_NAME"])}
+    gene, action_type = PLANTED_TABLE.mechanism_target
+    acting = targets.filter(pl.col("GENE").str.split("|").list.contains(gene) & (pl.col("ACTION_TYPE") == action_type))
+    via_target = {code for code, name in names.items() if name in set(acting["DRUG_NAME"])}
     mechanism = {code for code, planted in PLANTED.items() if planted.role == "mechanism"}
-    assert via_target == mechanism  # the planted mechanism is exactly the ADRB2 agonists of the catalog
+    assert via_target == mechanism  # the planted mechanism is exactly the catalog's substances acting so on its target
 
 
 def test_women_have_more_onsets_than_men(simulated: tuple[Path, dict[str, Any]]) -> None:

@@ -40,7 +40,7 @@ def test_default_and_an_explicit_copy_of_the_packaged_table_give_the_same_files_
     copy = tmp_path / "copy.csv"
     copy.write_text(PACKAGED, encoding="utf-8")
     other = tmp_path / "other.csv"  # paracetamol, common and otherwise null, planted protective
-    other.write_text(PACKAGED + "N02BE01,causal_protective,0.5,0.3,test row\n", encoding="utf-8")
+    other.write_text(PACKAGED.replace(",ADRB2,AGONIST,", ",HTR2A,ANTAGONIST,") + "N02BE01,causal_protective,0.5,0.3,,,test row\n", encoding="utf-8")
     default, explicit, changed = (
         digests(Path(simulate_registries(tmp_path / name, **SMALL, **extra)["out_dir"]))
         for name, extra in (("default", {}), ("copy", {"planted_substances": copy}), ("other", {"planted_substances": other}))
@@ -59,6 +59,9 @@ def test_default_and_an_explicit_copy_of_the_packaged_table_give_the_same_files_
     assert truth["default"]["substances"]["N02BE01"]["role"] == NULL
     assert truth["other"]["substances"]["N02BE01"]["planted_hr"] == 0.5
     assert truth["other"]["substances"]["N02BE01"]["target_ever_use"] == 0.3
+    # the mechanism's target is the table's, not a constant of the simulator
+    assert (truth["default"]["mechanism"]["gene"], truth["default"]["mechanism"]["action_type"]) == ("ADRB2", "AGONIST")
+    assert (truth["other"]["mechanism"]["gene"], truth["other"]["mechanism"]["action_type"]) == ("HTR2A", "ANTAGONIST")
     moved = {k for k in default if default[k] != changed[k]}
     assert {"ms_registry.parquet", "ground_truth_persons.parquet", "prescriptions/dispensings_2010.parquet"} <= moved
 
@@ -85,6 +88,8 @@ def with_row(text: str, line: int, **cells: str) -> str:
         ({"ever_use": "15"}, 4, "ever_use", "share in (0, 1)"),
         ({"rationale": " "}, 5, "rationale", "empty"),
         ({"atc_code": "R06AA04"}, 7, "atc_code", "repeats 'R06AA04' (first on line 2)"),
+        ({"target_gene": ""}, 10, "target_gene", "is empty (a mechanism row names the target"),
+        ({"target_action_type": "ANTAGONIST"}, 2, "target_action_type", "names a target on a causal_protective row"),
     ],
 )
 def test_a_bad_cell_is_named_by_file_line_and_column(tmp_path: Path, edit: dict[str, str], line: int, column: str, says: str) -> None:
@@ -106,15 +111,26 @@ def test_table_wide_mistakes_are_named(tmp_path: Path) -> None:
         load_planted(table)
     with pytest.raises(ProfileTableError, match=r"cannot read .*absent\.csv"):
         load_planted(tmp_path / "absent.csv")
+    table.write_text(with_row(PACKAGED, 13, target_gene="ADRB1"), encoding="utf-8")
+    with pytest.raises(ProfileTableError, match=r"must name one target for every mechanism row, got ADRB2 AGONIST \(line 9\), ADRB1 AGONIST \(line 13\)"):
+        load_planted(table)
+    without_targets = "".join(
+        ",".join(line.split(",", 6)[:4] + line.split(",", 6)[6:]) + "\n" for line in PACKAGED.splitlines()
+    )
+    table.write_text(without_targets, encoding="utf-8")
+    with pytest.raises(ProfileTableError, match=r"line 9: column 'target_gene' is missing"):
+        load_planted(table)
+    table.write_text("".join(line + "\n" for line in without_targets.splitlines() if ",mechanism," not in line), encoding="utf-8")
+    assert load_planted(table).mechanism_target is None  # no mechanism planted: no target columns needed
 
 
 def test_codes_the_simulator_does_not_dispense_or_that_carry_a_parkinson_role_are_refused(tmp_path: Path) -> None:
     table = tmp_path / "planted.csv"
-    table.write_text(PACKAGED + "L04AX07,causal_protective,0.8,0.01,dimethyl fumarate: an MS treatment\n", encoding="utf-8")
+    table.write_text(PACKAGED + "L04AX07,causal_protective,0.8,0.01,,,dimethyl fumarate: an MS treatment\n", encoding="utf-8")
     line = len(PACKAGED.splitlines()) + 1
     with pytest.raises(ProfileTableError, match=rf"planted\.csv line {line}: column 'atc_code' 'L04AX07' is not a substance"):
         simulate_registries(tmp_path / "out", **SMALL, planted_substances=table)
-    table.write_text(PACKAGED + "M01AE01,causal_protective,0.8,0.1,ibuprofen\n", encoding="utf-8")
+    table.write_text(PACKAGED + "M01AE01,causal_protective,0.8,0.1,,,ibuprofen\n", encoding="utf-8")
     simulate_registries(tmp_path / "ms_only", **SMALL, planted_substances=table)  # fine without the Parkinson outcome
     with pytest.raises(ProfileTableError, match=r"\['M01AE01'\] have a planted MS role and a Parkinson role"):
         simulate_registries(tmp_path / "both", **SMALL, planted_substances=table, parkinson={"enabled": True})

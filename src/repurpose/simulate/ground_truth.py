@@ -30,8 +30,6 @@ from repurpose.simulate.profiles import (
     AGE_BAND_LOWER_YEARS,
     AGE_BAND_RELATIVE_HAZARD,
     MECHANISM,
-    MECHANISM_ACTION_TYPE,
-    MECHANISM_GENE,
     NOT_SIMULATED,
     ROLES,
 )
@@ -79,6 +77,7 @@ def ground_truth(
         for j, code in enumerate(substances.codes)
     }
     mechanism = substances.planted.codes(MECHANISM)
+    target = substances.planted.mechanism_target  # None when the table plants no mechanism
     corrupt_person_ids = {kind: [] for kind in CORRUPT_KINDS}
     for kind_index, person_id in zip(corrupt_plan.kind, corrupt_plan.person_id, strict=True):
         corrupt_person_ids[CORRUPT_KINDS[kind_index]].append(int(person_id))
@@ -90,9 +89,11 @@ def ground_truth(
         "roles": {
             role: [c for c in substances.codes if substance_truth[c]["role"] == role] for role in ROLES
         },
-        "mechanism": {
-            "gene": MECHANISM_GENE,
-            "action_type": MECHANISM_ACTION_TYPE,
+        "mechanism": None
+        if target is None
+        else {
+            "gene": target[0],
+            "action_type": target[1],
             "substances": sorted(mechanism),
             "substance_names": [substance_truth[c]["atc_name"] for c in sorted(mechanism)],
             "planted_hr": substances.planted.mechanism_hr(),

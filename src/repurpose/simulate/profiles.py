@@ -71,6 +71,9 @@ class PlantedSubstance:
 
 PLANTED_COLUMNS = ("atc_code", "role", "planted_hr", "ever_use", "rationale")
 """Columns of a planted-substance table (`ms_planted_substances.csv` or `simulate.planted_substances`)."""
+TARGET_COLUMNS = ("target_gene", "target_action_type")
+"""The planted mechanism's shared target (a gene symbol and an action type as the drug-target data spell them):
+filled on every `mechanism` row with one value, empty on the others; needed only when a mechanism is planted."""
 DEFAULT_PLANTED_TABLE = "ms_planted_substances.csv"
 
 
@@ -79,12 +82,14 @@ class PlantedTable:
     """The MS truth of one run: planted substances by ATC code, with the table they came from.
 
     `source` names the table in messages; `lines` gives each code's line in it (the header is line 1), so a
-    later check (a code the simulator does not dispense) can name the row too.
+    later check (a code the simulator does not dispense) can name the row too. `mechanism_target` is the
+    (gene, action type) the `mechanism` rows share, None when none is planted.
     """
 
     source: str
     substances: dict[str, PlantedSubstance]
     lines: dict[str, int]
+    mechanism_target: tuple[str, str] | None = None
 
     def codes(self, role: str) -> list[str]:
         """The codes planted with `role`, in table order."""
@@ -119,7 +124,8 @@ def parse_planted(text: str, source: str) -> PlantedTable:
 
     Checks the columns, one row per ATC code, the role, the numbers (a causal protective HR below 1, a harmful
     one above 1, HR 1 for the roles without an effect, ever-use in (0, 1)), a rationale on every row, and one
-    shared HR for the `mechanism` rows. Which codes the simulator dispenses is checked where the catalog is.
+    shared HR and one named target (`TARGET_COLUMNS`) for the `mechanism` rows. Which codes the simulator
+    dispenses is checked where the catalog is.
     """
     reader = csv.DictReader(io.StringIO(text))
     missing = [column for column in PLANTED_COLUMNS if column not in (reader.fieldnames or [])]
@@ -129,6 +135,7 @@ def parse_planted(text: str, source: str) -> PlantedTable:
         )
     planted: dict[str, PlantedSubstance] = {}
     lines: dict[str, int] = {}
+    targets: dict[tuple[str, str], int] = {}
     for line, row in enumerate(reader, start=2):
         where = f"{source} line {line}"
         code = (row["atc_code"] or "").strip()
@@ -138,15 +145,37 @@ def parse_planted(text: str, source: str) -> PlantedTable:
             )
         hr, ever_use = (_number(row, column, where) for column in ("planted_hr", "ever_use"))
         _check_planted_row(row, hr, ever_use, where)
+        target = _planted_target(row, reader.fieldnames or [], where)
+        if target is not None:
+            targets.setdefault(target, line)
         planted[code] = PlantedSubstance(row["role"], hr, ever_use, row["rationale"])
         lines[code] = line
-    table = PlantedTable(source, planted, lines)
+    if len(targets) > 1:
+        named = ", ".join(f"{gene} {action} (line {line})" for (gene, action), line in targets.items())
+        raise ProfileTableError(f"{source}: columns {list(TARGET_COLUMNS)} must name one target for every mechanism row, got {named}")
+    table = PlantedTable(source, planted, lines, next(iter(targets), None))
     ratios = {planted[code].planted_hr for code in table.codes(MECHANISM)}
     if len(ratios) > 1:
         raise ProfileTableError(
             f"{source}: column 'planted_hr' must be one value for every mechanism row, got {sorted(ratios)}"
         )
     return table
+
+
+def _planted_target(row: dict[str, str], columns: list[str], where: str) -> tuple[str, str] | None:
+    """A mechanism row's (gene, action type); None for the other roles, whose target cells must be empty."""
+    cells = {column: (row.get(column) or "").strip() for column in TARGET_COLUMNS}
+    if row["role"] != MECHANISM:
+        filled = [column for column, value in cells.items() if value]
+        if filled:
+            raise ProfileTableError(f"{where}: column {filled[0]!r} names a target on a {row['role']} row (only mechanism rows share one)")
+        return None
+    for column, value in cells.items():
+        if not value:
+            why = "is empty" if column in columns else "is missing"
+            raise ProfileTableError(f"{where}: column {column!r} {why} (a mechanism row names the target it acts through)")
+    gene, action = (cells[column] for column in TARGET_COLUMNS)
+    return gene, action
 
 
 def load_planted(path: str | Path | None = None) -> PlantedTable:
@@ -209,9 +238,6 @@ def _load_use_profiles(age_profiles: dict[str, object]) -> dict[str, UseProfile]
         profiles[row["atc_prefix"]] = UseProfile(row["age_profile"], *values, reimbursement_codes=codes)
     return profiles
 
-
-MECHANISM_GENE = "ADRB2"
-MECHANISM_ACTION_TYPE = "AGONIST"
 
 PLANTED_TABLE = load_planted()
 PLANTED: dict[str, PlantedSubstance] = PLANTED_TABLE.substances
