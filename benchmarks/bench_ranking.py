@@ -39,7 +39,7 @@ def main() -> None:
         config["candidates"],
     )
     print(f"drug ranking vs planted truth: {args.results} ({platform.node()}, {platform.processor() or platform.machine()})")
-    with pl.Config(fmt_str_lengths=60, tbl_width_chars=140, tbl_hide_dataframe_shape=True):
+    with pl.Config(fmt_str_lengths=60, tbl_width_chars=230, tbl_hide_dataframe_shape=True):
         print(table)
 
 

@@ -28,7 +28,14 @@ from repurpose.dwas.candidates import (
 )
 from repurpose.dwas.evidence import evidence_lines, flags_of, order_rows, score_rows, tier
 from repurpose.dwas.person_models import likelihood_ratio_fit, model_cohort, split_time_varying
-from repurpose.dwas.ranking_benchmark import average_precision, recovery, split_listed
+from repurpose.dwas.ranking_benchmark import (
+    average_precision,
+    fewest_nulls_in_top,
+    ranking_order,
+    recovery,
+    short_list_order,
+    split_listed,
+)
 from repurpose.dwas.shrinkage import Groups, LevelPrior, fit_level_prior, shrink
 from repurpose.dwas.signals import collapse_tree
 from repurpose.schemas import EVIDENCE_LINES, drug_ranking_columns
@@ -368,6 +375,22 @@ def test_average_precision_by_hand_and_unlisted_substances_are_ties_at_the_botto
     assert partial["average_precision"] == pytest.approx((1 + (2 / 2 + 2 / 3 + 2 / 4) / 3) / 2, abs=0.01)
     # code order would have put N1 and N2 before P1 every time; ties are not decided by the alphabet
     assert recovery(["P2"], {**roles, "A1": "null"}, top=2)["nulls_in_top"] == pytest.approx(3 / 4)
+
+
+def test_the_short_list_ordering_puts_candidates_of_both_directions_first_and_the_floor_counts_non_nulls():
+    ranking = pl.DataFrame({
+        "atc_code": ["P1", "N1", "P2", "H1", "N2", "N3"],
+        "direction": ["protective", "protective", "protective", "harmful", "harmful", "harmful"],
+        "rank": [1, 2, 3, 1, 2, 3],
+        "candidate": [True, False, True, True, False, False],
+    })  # fmt: skip
+    assert ranking_order(ranking) == ["P1", "N1", "P2", "N3", "N2", "H1"]
+    assert short_list_order(ranking) == ["P1", "P2", "H1", "N1", "N3", "N2"]
+    assert short_list_order(ranking.with_columns(pl.col("candidate").cast(pl.String))) == short_list_order(ranking)  # as read from CSV
+    roles = {"P1": "mechanism", "P2": "causal_protective", "H1": "causal_harmful", "N1": "null", "N2": "null", "N3": "null"}
+    assert fewest_nulls_in_top(roles, top=4) == 1 and fewest_nulls_in_top(roles, top=3) == 0
+    assert fewest_nulls_in_top(roles, top=20) == 3  # only six substances: all three nulls are in any top 20
+    assert recovery(short_list_order(ranking), roles, top=4)["nulls_in_top"] == fewest_nulls_in_top(roles, top=4)
 
 
 @pytest.mark.slow

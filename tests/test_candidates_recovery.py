@@ -97,7 +97,7 @@ def test_no_evidence_point_comes_from_a_fit_below_the_minimum_of_cases(run):
 def test_the_ranking_beats_the_screen_z_and_the_previous_ranking(run):
     paths, config, truth, drugs, _ = run
     table = compare_orderings(pl.read_parquet(paths.screen_fits()), drugs.drop("role"), truth, config["candidates"])
-    with pl.Config(fmt_str_lengths=60, tbl_width_chars=140):
+    with pl.Config(fmt_str_lengths=60, tbl_width_chars=230):
         print(f"\n{table}")
     previous, screen_z, new = (table.row(i, named=True) for i in range(3))
     assert new["average_precision"] >= screen_z["average_precision"] and new["average_precision"] > previous["average_precision"]

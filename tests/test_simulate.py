@@ -19,8 +19,9 @@ from repurpose.simulate import simulate_registries, write_native_extracts
 from repurpose.simulate.corrupt import CORRUPT_KINDS
 from repurpose.simulate.infections import INFECTION_CODES
 from repurpose.simulate.native import NATIVE_COLUMNS, NATIVE_DATE_FORMAT
-from repurpose.simulate.profiles import NOT_SIMULATED, PLANTED, PLANTED_TABLE
+from repurpose.simulate.profiles import NOT_SIMULATED, PLANTED, load_planted
 
+REPO = Path(__file__).resolve().parents[1]
 STUDY_START = date(2004, 1, 1)
 STUDY_END = date(2023, 12, 31)
 DAY_AFTER_END = date(2024, 1, 1)
@@ -273,11 +274,21 @@ def test_demo_drug_targets_cover_the_planted_substances() -> None:
     names = dict(zip(catalog["atc_code"], catalog["atc_name"], strict=True))
     assert set(targets["DRUG_NAME"]) <= set(names.values())
     assert {names[code] for code in PLANTED} <= set(targets["DRUG_NAME"])
-    gene, action_type = PLANTED_TABLE.mechanism_target
+
+
+@pytest.mark.parametrize("table", [None, "benchmarks/planted/weak_effects.csv", "benchmarks/planted/htr2a_mechanism.csv"])
+def test_a_planted_mechanism_is_every_substance_the_demo_targets_give_its_target(table: str | None) -> None:
+    """The packaged and the benchmark tables plant a mechanism as the demo drug-target mapping has it: every
+    catalog substance acting so on the named target, across at least two level-3 classes."""
+    text = resources.files("repurpose").joinpath("data/demo_drug_targets.tsv").read_text(encoding="utf-8")
+    targets = pl.read_csv(io.StringIO(text), separator="\t", infer_schema=False, quote_char=None)
+    catalog = load_builtin_catalog().filter(pl.col("atc_level") == 5)
+    planted = load_planted(REPO / table if table else None)
+    gene, action_type = planted.mechanism_target
     acting = targets.filter(pl.col("GENE").str.split("|").list.contains(gene) & (pl.col("ACTION_TYPE") == action_type))
-    via_target = {code for code, name in names.items() if name in set(acting["DRUG_NAME"])}
-    mechanism = {code for code, planted in PLANTED.items() if planted.role == "mechanism"}
-    assert via_target == mechanism  # the planted mechanism is exactly the catalog's substances acting so on its target
+    via_target = set(catalog.filter(pl.col("atc_name").is_in(acting["DRUG_NAME"].to_list()))["atc_code"].to_list())
+    assert via_target == set(planted.codes("mechanism"))
+    assert len({code[:4] for code in via_target}) >= 2
 
 
 def test_women_have_more_onsets_than_men(simulated: tuple[Path, dict[str, Any]]) -> None:

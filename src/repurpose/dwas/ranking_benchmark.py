@@ -1,5 +1,5 @@
 """How well a drug ranking recovers planted truth: average precision of planted causal protective substances
-and null substances in the top 20, for three orderings of the same run's level-5 substances.
+and null substances in the top 20, for four orderings of the same run's level-5 substances.
 
 Used by `benchmarks/bench_ranking.py` and the slow recovery test; nothing here is read by the pipeline.
 The orderings (every level-5 substance of the screen; substances an ordering leaves out go to the bottom
@@ -13,7 +13,14 @@ where the left-out substances' codes fall in the alphabet):
   causation after the others, then the old points score (one per supporting line, no minimum of cases),
   then the calibrated p;
 - `ranking_order`: the drug ranking's protective list by rank, then its harmful list from the weakest to
-  the strongest harmful signal.
+  the strongest harmful signal;
+- `short_list_order`: the drug ranking read as its report's key findings: the candidates (protective by
+  rank, then harmful by rank), then the other rows as in `ranking_order`.
+
+`fewest_nulls_in_top` is the floor every ordering shares: a top 20 holds at least 20 minus the number of
+substances that are not null. The previous short list also counts harmful, confounded and prodromal hits in
+its top 20, so an ordering that lists the protective direction first cannot have fewer nulls there than 20
+minus the planted protective substances.
 
 Planted truth comes from the simulator's ground_truth.json (`roles`), so nothing here depends on which
 substances a simulator plants.
@@ -111,6 +118,19 @@ def ranking_order(ranking: pl.DataFrame) -> list[str]:
     return protective + harmful
 
 
+def short_list_order(ranking: pl.DataFrame) -> list[str]:
+    """Level-5 codes with the candidates first (protective by rank, then harmful by rank), then the rest as
+    `ranking_order` lists them."""
+    flagged = ranking.with_columns(pl.col("candidate").cast(pl.String).str.to_lowercase() == "true")
+    candidates = flagged.filter(pl.col("candidate")).sort([pl.col("direction") != "protective", "rank"])["atc_code"].to_list()
+    return candidates + [code for code in ranking_order(ranking) if code not in set(candidates)]
+
+
+def fewest_nulls_in_top(roles: dict[str, str], *, top: int = 20) -> int:
+    """The fewest null substances any ordering of `roles` can have in its top `top`."""
+    return max(min(top, len(roles)) - sum(role != "null" for role in roles.values()), 0)
+
+
 def recovery(order: list[str], roles: dict[str, str], *, top: int = 20) -> dict[str, float]:
     """Average precision of the planted protective substances; null substances in the top `top`, and all
     substances there that are not planted protective (nulls and the harmful, confounded and prodromal ones)."""
@@ -132,13 +152,16 @@ def recovery(order: list[str], roles: dict[str, str], *, top: int = 20) -> dict[
 
 
 def compare_orderings(dwas: pl.DataFrame, ranking: pl.DataFrame, truth: dict[str, Any], settings: dict[str, Any]) -> pl.DataFrame:
-    """One row per ordering (previous, screen_z, new) with its average precision and nulls in the top 20,
-    over the level-5 substances that the screen fitted at any lag (the others have nothing to rank)."""
+    """One row per ordering (previous, screen_z, new, new with its candidates first) with its average precision
+    and nulls in the top 20, over the level-5 substances that the screen fitted at any lag (the others have
+    nothing to rank), and the fewest nulls any ordering could have there."""
     fitted = set(dwas.filter((pl.col("atc_level") == 5) & (pl.col("status") == "ok"))["atc_code"].to_list())
     roles = {code: s["role"] for code, s in truth["substances"].items() if code in fitted}
     orderings = {
         "previous (q < alpha classes, points score)": previous_order(dwas, ranking, settings),
         "screen z at the main lag": screen_z_order(dwas, float(settings["main_lag_years"])),
         "new (signals, tiers, shrunken z)": ranking_order(ranking),
+        "new, candidates of both directions first": short_list_order(ranking),
     }
-    return pl.DataFrame([{"ordering": name, **recovery(order, roles)} for name, order in orderings.items()])
+    rows = [{"ordering": name, **recovery(order, roles)} for name, order in orderings.items()]
+    return pl.DataFrame(rows).with_columns(fewest_nulls_possible=pl.lit(fewest_nulls_in_top(roles)))
