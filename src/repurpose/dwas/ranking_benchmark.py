@@ -123,7 +123,8 @@ def short_list_order(ranking: pl.DataFrame) -> list[str]:
     `ranking_order` lists them."""
     flagged = ranking.with_columns(pl.col("candidate").cast(pl.String).str.to_lowercase() == "true")
     candidates = flagged.filter(pl.col("candidate")).sort([pl.col("direction") != "protective", "rank"])["atc_code"].to_list()
-    return candidates + [code for code in ranking_order(ranking) if code not in set(candidates)]
+    chosen = set(candidates)
+    return candidates + [code for code in ranking_order(ranking) if code not in chosen]
 
 
 def fewest_nulls_in_top(roles: dict[str, str], *, top: int = 20) -> int:
