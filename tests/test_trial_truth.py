@@ -18,10 +18,10 @@ the risk difference or the hazard ratio in every seed. Nothing is tuned to the s
 default one but for the window (from the first high-efficacy drug's availability, so both strategies are
 possible), the 5-year follow-up, and fingolimod counted as high-efficacy, as the simulator's drug classes
 (`clinical_model.DRUGS`, whose flag the counterfactual forcing uses) count it: the strategies compared must be
-the truth's. The figures are printed. Measured 2026-12-06 with the default protocol (10-day grace intervals)
-after the simulator's start-day fix (a first therapy's choice saw relapses dated after the start before; with
-it and 30-day intervals no seed met the criterion): see KNOWN_FAILURES for any seed that does not (strict: it
-fails the run if it starts to pass) and docs/methods.md for the figures.
+the truth's. The figures are printed. Measured 2026-12-07 with the default protocol (10-day grace intervals)
+after the simulator's fixes of the first therapy's choice (it saw relapses dated after the start, and then the
+unrecorded true EDSS; with the first and 30-day intervals no seed met the criterion): see KNOWN_FAILURES for any
+seed that does not (strict: it fails the run if it starts to pass) and docs/methods.md for the figures.
 """
 
 from __future__ import annotations

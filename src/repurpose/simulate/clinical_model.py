@@ -115,7 +115,7 @@ OLDER_DRUGS_DECLINE_PER_YEAR = 0.15
 """log preference lost per calendar year after 2012 by the interferons and glatiramer (newer orals arrive)."""
 HIGH_EFFICACY_LOG_WEIGHT_PER_ACTIVITY = 0.8
 """Confounding by indication: log preference of a high-efficacy drug per unit of disease activity
-(relapses in the last 24 months + 0.4 * (EDSS - 2))."""
+(relapses in the last 24 months + 0.4 * (last recorded EDSS - 2), as the records show them that day)."""
 ESCALATION_LOG_WEIGHT = 1.5
 """Extra log preference of a high-efficacy drug after a stop for lack of efficacy."""
 RESUME_LOG_WEIGHT = 1.5

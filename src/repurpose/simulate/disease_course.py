@@ -27,8 +27,10 @@ emigration or the extraction date = study end), per patient:
   (median 90 days from 2008, 180 before). At a start the drug is drawn among those available on that day
   (not used before; anti-CD20 only for PP) with log preference = base + country + era (the interferons and
   glatiramer lose `OLDER_DRUGS_DECLINE_PER_YEAR` a year after 2012) + for high-efficacy drugs
-  0.8 * activity (relapses in the last 24 months before the start day + 0.4 (EDSS at the start of the
-  step - 2): only what could be known that day): confounding by indication, + 1.5
+  0.8 * activity (relapses in the last 24 months before the start day + 0.4 (the last recorded EDSS on
+  the start day, the registry's at diagnosis or a visit's, - 2; no EDSS term while none is recorded): only
+  what the records show that day, so a registry analysis can adjust for all of it): confounding by
+  indication, + 1.5
   after a stop for lack of efficacy (escalation), + 1.5 for the drug stopped for a pregnancy.
 * Discontinuation: competing reasons with hazards (per year) `BASELINE_STOP_HAZARD_PER_YEAR[reason]`
   times: adverse events x the drug's factor x 2.5 in the first half year; lack of efficacy
@@ -269,6 +271,9 @@ def simulate_course(
         np.where(patients.edss_known, patients.diagnosis_day, patients.diagnosis_day + 182),
     )
     leave_until = np.full(n, -1, dtype=np.int64)
+    # the EDSS the records show: the registry's score at diagnosis, then each visit's
+    recorded_edss = np.where(patients.edss_known, patients.edss_at_diagnosis, np.nan).astype(np.float64)
+    recorded_day = np.where(patients.edss_known, patients.diagnosis_day, -NEVER).astype(np.int64)
     last_relapse = np.full(n, -NEVER, dtype=np.int64)
     cumulative_relapses = np.zeros((n, n_steps + 1), dtype=np.int32)
     ever_started = np.zeros(n, dtype=bool)
@@ -304,7 +309,6 @@ def simulate_course(
         diagnosed = patients.diagnosis_day < d0
         at_diagnosis = (patients.diagnosis_day >= d0) & (patients.diagnosis_day < d1)
         edss = np.where(at_diagnosis, patients.edss_at_diagnosis, edss)
-        edss_at_step_start = edss  # what a neurologist deciding a start in this step can know
 
         # relapses
         rate = (
@@ -337,6 +341,7 @@ def simulate_course(
         edss = np.minimum(edss + 0.5 * steps_up, np.maximum(EDSS_MAX, edss))  # (the registry has a few 10s)
 
         # EDSS visits
+        recorded_before_step = recorded_edss.copy()
         due = active & (next_visit < span_end) & (next_visit >= patients.diagnosis_day)
         due_index = np.flatnonzero(due)
         if len(due_index):
@@ -347,6 +352,8 @@ def simulate_course(
             sign = np.where(rng.random(len(due_index)) < 0.5, -0.5, 0.5)
             observed = np.clip(edss[due_index] + error * sign, 0.0, np.maximum(EDSS_MAX, edss[due_index]))
             visits.add(patient=due_index, day=day, edss=observed)
+            recorded_edss[due_index] = observed
+            recorded_day[due_index] = day
             early_years = (day - patients.diagnosis_day[due_index]) < 2 * DAYS_PER_YEAR
             interval = np.where(early_years, 182.0, 365.0) * rng.uniform(0.8, 1.25, len(due_index))
             next_visit[due_index] = day + np.maximum(np.rint(interval).astype(np.int64), 30)
@@ -417,13 +424,15 @@ def simulate_course(
                 forced = ever_started[s][:, None] | first_class[None, :]  # the class binds the first start only
                 available &= forced
                 later &= forced
-            # the activity known on the start day: relapses before it (this step's only if dated earlier) and
-            # the EDSS before this step's worsening
+            # the activity in the records on the start day: relapses before it (this step's only if dated
+            # earlier) and the last recorded EDSS (a visit of this step only if on or before it; no EDSS term
+            # while none is recorded)
             relapses_24m = (
                 cumulative_relapses[s, step] - cumulative_relapses[s, max(step - 23, 0)]
                 + (first_relapse[s] < start_day)
             )
-            activity = relapses_24m + 0.4 * (edss_at_step_start[s] - 2.0)
+            known_edss = np.where(recorded_day[s] <= start_day, recorded_edss[s], recorded_before_step[s])
+            activity = relapses_24m + 0.4 * (np.nan_to_num(known_edss, nan=2.0) - 2.0)
             year = year_of_day(start_day)
             score = (
                 drugs.choice_log_weight[None, :]

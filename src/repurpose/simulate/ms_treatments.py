@@ -405,7 +405,7 @@ def clinical_truth(
             "country_log_weight": COUNTRY_CHOICE_LOG_WEIGHT,
             "older_drugs_decline_per_year_after_2012": OLDER_DRUGS_DECLINE_PER_YEAR,
             "high_efficacy_log_weight_per_activity": HIGH_EFFICACY_LOG_WEIGHT_PER_ACTIVITY,
-            "activity": "relapses in the last 24 months + 0.4 * (EDSS - 2)",
+            "activity": "relapses in the last 24 months + 0.4 * (last recorded EDSS - 2)",
             "escalation_log_weight": ESCALATION_LOG_WEIGHT,
             "resume_after_pregnancy_log_weight": RESUME_LOG_WEIGHT,
         },
