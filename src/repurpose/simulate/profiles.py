@@ -152,7 +152,10 @@ def parse_planted(text: str, source: str) -> PlantedTable:
         lines[code] = line
     if len(targets) > 1:
         named = ", ".join(f"{gene} {action} (line {line})" for (gene, action), line in targets.items())
-        raise ProfileTableError(f"{source}: columns {list(TARGET_COLUMNS)} must name one target for every mechanism row, got {named}")
+        raise ProfileTableError(
+            f"{source}: columns {list(TARGET_COLUMNS)} must name one target for every mechanism row, "
+            f"got {named}"
+        )
     table = PlantedTable(source, planted, lines, next(iter(targets), None))
     ratios = {planted[code].planted_hr for code in table.codes(MECHANISM)}
     if len(ratios) > 1:
@@ -168,12 +171,17 @@ def _planted_target(row: dict[str, str], columns: list[str], where: str) -> tupl
     if row["role"] != MECHANISM:
         filled = [column for column, value in cells.items() if value]
         if filled:
-            raise ProfileTableError(f"{where}: column {filled[0]!r} names a target on a {row['role']} row (only mechanism rows share one)")
+            raise ProfileTableError(
+                f"{where}: column {filled[0]!r} names a target on a {row['role']} row "
+                "(only mechanism rows share one)"
+            )
         return None
     for column, value in cells.items():
         if not value:
             why = "is empty" if column in columns else "is missing"
-            raise ProfileTableError(f"{where}: column {column!r} {why} (a mechanism row names the target it acts through)")
+            raise ProfileTableError(
+                f"{where}: column {column!r} {why} (a mechanism row names the target it acts through)"
+            )
     gene, action = (cells[column] for column in TARGET_COLUMNS)
     return gene, action
 
