@@ -385,12 +385,12 @@ def test_the_short_list_ordering_puts_candidates_of_both_directions_first_and_th
         "candidate": [True, False, True, True, False, False],
     })  # fmt: skip
     assert ranking_order(ranking) == ["P1", "N1", "P2", "N3", "N2", "H1"]
-    assert short_list_order(ranking) == ["P1", "P2", "H1", "N1", "N3", "N2"]
-    assert short_list_order(ranking.with_columns(pl.col("candidate").cast(pl.String))) == short_list_order(ranking)  # as read from CSV
+    assert short_list_order(ranking, 0.05) == ["P1", "P2", "H1", "N1", "N3", "N2"]
+    assert short_list_order(ranking.with_columns(pl.col("candidate").cast(pl.String)), 0.05) == short_list_order(ranking, 0.05)  # as read from CSV
     roles = {"P1": "mechanism", "P2": "causal_protective", "H1": "causal_harmful", "N1": "null", "N2": "null", "N3": "null"}
     assert fewest_nulls_in_top(roles, top=4) == 1 and fewest_nulls_in_top(roles, top=3) == 0
     assert fewest_nulls_in_top(roles, top=20) == 3  # only six substances: all three nulls are in any top 20
-    assert recovery(short_list_order(ranking), roles, top=4)["nulls_in_top"] == fewest_nulls_in_top(roles, top=4)
+    assert recovery(short_list_order(ranking, 0.05), roles, top=4)["nulls_in_top"] == fewest_nulls_in_top(roles, top=4)
 
 
 @pytest.mark.slow

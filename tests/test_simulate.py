@@ -15,6 +15,7 @@ import pytest
 from scipy import stats
 
 from repurpose.atc import LEVEL5_PATTERN, load_builtin_catalog
+from repurpose.dwas.mechanisms import map_substances, read_drug_targets
 from repurpose.simulate import simulate_registries, write_native_extracts
 from repurpose.simulate.corrupt import CORRUPT_KINDS
 from repurpose.simulate.infections import INFECTION_CODES
@@ -278,15 +279,13 @@ def test_demo_drug_targets_cover_the_planted_substances() -> None:
 
 @pytest.mark.parametrize("table", [None, "benchmarks/planted/weak_effects.csv", "benchmarks/planted/htr2a_mechanism.csv"])
 def test_a_planted_mechanism_is_every_substance_the_demo_targets_give_its_target(table: str | None) -> None:
-    """The packaged and the benchmark tables plant a mechanism as the demo drug-target mapping has it: every
-    catalog substance acting so on the named target, across at least two level-3 classes."""
-    text = resources.files("repurpose").joinpath("data/demo_drug_targets.tsv").read_text(encoding="utf-8")
-    targets = pl.read_csv(io.StringIO(text), separator="\t", infer_schema=False, quote_char=None)
-    catalog = load_builtin_catalog().filter(pl.col("atc_level") == 5)
+    """The packaged and the benchmark tables plant a mechanism as the mechanisms stage maps the demo drug-target
+    data: every catalog substance acting so on the named target, across at least two level-3 classes."""
+    mapping, _ = map_substances(load_builtin_catalog().filter(pl.col("atc_level") == 5), read_drug_targets(None))
     planted = load_planted(REPO / table if table else None)
     gene, action_type = planted.mechanism_target
-    acting = targets.filter(pl.col("GENE").str.split("|").list.contains(gene) & (pl.col("ACTION_TYPE") == action_type))
-    via_target = set(catalog.filter(pl.col("atc_name").is_in(acting["DRUG_NAME"].to_list()))["atc_code"].to_list())
+    acting = mapping.filter(pl.col("target").str.split("|").list.contains(gene) & (pl.col("action_type") == action_type))
+    via_target = set(acting["atc_code"].to_list())
     assert via_target == set(planted.codes("mechanism"))
     assert len({code[:4] for code in via_target}) >= 2
 

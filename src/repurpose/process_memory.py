@@ -3,11 +3,11 @@
 The person-level models and the trial emulation's fits allocate and free arrays of tens to hundreds of MB
 thousands of times (risk-set grids, tables, Newton steps). glibc serves each of them from a fresh `mmap` and
 returns it to the kernel on `free`, so every allocation pays the kernel's page faults and page zeroing again;
-on a virtual machine whose host takes freed pages back, a 2 MB page can cost milliseconds. Keeping freed memory in the process's heap
-for the next array removes that cost. The heap then hardly shrinks during the job (only what lies free above
-2 GB at its top): its peak stays the process's resident memory until the job ends, which is what a batch job
-is sized for anyway (measured at 3M: +150 MB on the candidates job's 4.6 GB, +120 MB on the trial
-emulation's 2.5 GB).
+on a virtual machine whose host takes freed pages back, a 2 MB page can cost milliseconds. Keeping freed
+memory in the process's heap for the next array removes that cost. The heap then hardly shrinks during the job
+(only what lies free above 2 GB at its top): its peak stays the process's resident memory until the job ends,
+which is what a batch job is sized for anyway (measured at 3M: +150 MB on the candidates job's 4.6 GB, +120 MB
+on the trial emulation's 2.5 GB).
 
 Imports nothing of the package.
 """

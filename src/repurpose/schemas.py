@@ -129,6 +129,16 @@ EVIDENCE_LINES = (
 `not assessed: <why>` (`repurpose.dwas.evidence`)."""
 
 
+def is_candidate(frame: pl.DataFrame, alpha: float) -> pl.Series:
+    """The drug ranking's `candidate` column as booleans, as written or as read back from its CSV (an older
+    ranking without the column lists only candidates: q < alpha)."""
+    if "candidate" in frame.columns:
+        return frame["candidate"].cast(pl.String).str.to_lowercase().is_in(["true", "1", "yes"])
+    if "q_value" in frame.columns:
+        return (frame["q_value"] < alpha).fill_null(False)
+    return pl.Series([True] * frame.height)
+
+
 def drug_ranking_columns(config: dict[str, Any]) -> list[str]:
     """Columns of drug_ranking.csv, in order (the contract the report reads; docs/schemas.md).
 

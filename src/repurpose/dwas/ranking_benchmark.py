@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from repurpose.schemas import is_candidate
+
 PROTECTIVE_ROLES = ("causal_protective", "mechanism")
 """Roles of the simulator's ground truth that count as true protective substances."""
 
@@ -118,11 +120,10 @@ def ranking_order(ranking: pl.DataFrame) -> list[str]:
     return protective + harmful
 
 
-def short_list_order(ranking: pl.DataFrame) -> list[str]:
+def short_list_order(ranking: pl.DataFrame, alpha: float) -> list[str]:
     """Level-5 codes with the candidates first (protective by rank, then harmful by rank), then the rest as
     `ranking_order` lists them."""
-    flagged = ranking.with_columns(pl.col("candidate").cast(pl.String).str.to_lowercase() == "true")
-    candidates = flagged.filter(pl.col("candidate")).sort([pl.col("direction") != "protective", "rank"])["atc_code"].to_list()
+    candidates = ranking.filter(is_candidate(ranking, alpha)).sort([pl.col("direction") != "protective", "rank"])["atc_code"].to_list()
     chosen = set(candidates)
     return candidates + [code for code in ranking_order(ranking) if code not in chosen]
 
@@ -162,7 +163,7 @@ def compare_orderings(dwas: pl.DataFrame, ranking: pl.DataFrame, truth: dict[str
         "previous (q < alpha classes, points score)": previous_order(dwas, ranking, settings),
         "screen z at the main lag": screen_z_order(dwas, float(settings["main_lag_years"])),
         "new (signals, tiers, shrunken z)": ranking_order(ranking),
-        "new, candidates of both directions first": short_list_order(ranking),
+        "new, candidates of both directions first": short_list_order(ranking, settings["fdr_alpha"]),
     }
     rows = [{"ordering": name, **recovery(order, roles)} for name, order in orderings.items()]
     return pl.DataFrame(rows).with_columns(fewest_nulls_possible=pl.lit(fewest_nulls_in_top(roles)))

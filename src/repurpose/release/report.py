@@ -60,7 +60,6 @@ from repurpose.release.report_tables import (
     SiteEvidence,
     cell_text,
     drug_anchor,
-    is_candidate,
     mechanism_anchor,
     mechanism_findings,
     number,
@@ -68,7 +67,7 @@ from repurpose.release.report_tables import (
     screen_table,
     signal_findings,
 )
-from repurpose.schemas import lag_label
+from repurpose.schemas import is_candidate, lag_label
 from repurpose.stages import ALL_DESIGN, stage
 
 log = logging.getLogger(__name__)

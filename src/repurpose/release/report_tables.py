@@ -13,6 +13,8 @@ from typing import Any
 
 import polars as pl
 
+from repurpose.schemas import is_candidate
+
 EVIDENCE_TOTALS = ("evidence_supported", "evidence_assessed", "evidence_score")
 SCREEN_TABLE_COLUMNS = (
     ("atc_code", "ATC code"), ("atc_name", "Name"), ("atc_level", "Level"), ("lag_years", "Lag (years)"),
@@ -97,15 +99,6 @@ def evidence_status(value: Any) -> tuple[str, str]:
         why = text.removeprefix("not assessed").lstrip(": ").strip()
         return "not-assessed", "not assessed" + (f" ({why})" if why else "")
     return "not-assessed", "not reported" if not text else text
-
-
-def is_candidate(frame: pl.DataFrame, alpha: float) -> pl.Series:
-    """The `candidate` column as booleans; an older ranking without it lists only candidates (q < alpha)."""
-    if "candidate" in frame.columns:
-        return frame["candidate"].cast(pl.String).str.to_lowercase().is_in(["true", "1", "yes"])
-    if "q_value" in frame.columns:
-        return (frame["q_value"] < alpha).fill_null(False)
-    return pl.Series([True] * frame.height)
 
 
 def _score_text(row: dict[str, Any]) -> str:

@@ -182,8 +182,7 @@ def _planted_target(row: dict[str, str], columns: list[str], where: str) -> tupl
             raise ProfileTableError(
                 f"{where}: column {column!r} {why} (a mechanism row names the target it acts through)"
             )
-    gene, action = (cells[column] for column in TARGET_COLUMNS)
-    return gene, action
+    return cells["target_gene"], cells["target_action_type"]
 
 
 def load_planted(path: str | Path | None = None) -> PlantedTable:
